@@ -1,0 +1,3 @@
+from saturn.cli.main import run
+
+run()

@@ -1,0 +1,44 @@
+"""Plumbing shared by every `saturn` command: console, JSON output, logging, exit codes.
+
+Exit codes: 0 success; 2 a user error (bad spec, missing profiles, bad flag) with a short message
+and no traceback; 1 an unexpected failure (a bug: the traceback is shown so it can be reported).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import sys
+
+# Rich wraps at 80 columns when output is not a terminal; piped tables should not wrap.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)])
+
+
+def write_json(data: Any, path: Path | str) -> None:
+    """Write-then-rename, so a reader never sees half a file. '-' means stdout."""
+    text = json.dumps(data, indent=2, default=str)
+    if str(path) == "-":
+        print(text)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,40 @@
+"""The `saturn` command: one sub-command per stage of spec -> profiles -> plan -> execution."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from saturn.cli.common import err_console, setup_logging
+from saturn.cli.validate import validate_command
+from saturn.errors import SaturnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Saturn: plan and run many training jobs on a GPU cluster, jointly choosing "
+                       "each job's parallelism, GPUs and start time.")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+app.command("validate")(validate_command)
+
+
+def run() -> None:
+    """Console entry point: user errors exit 2 with a message, never a traceback.
+
+    Click's own usage errors (unknown flag, missing argument) already exit 2 in standalone mode;
+    SaturnError (bad spec, missing profiles...) propagates out of the app and is caught here.
+    """
+    try:
+        app()
+    except SaturnError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,102 @@
+"""The four ways people plan by hand, which every summary compares Saturn against.
+
+All are FIFO in workload order unless named otherwise and produce valid plans with concrete GPU
+ids (so the validator checks them too). They use `JobOptions.by_size` (fastest option per GPU
+count, before Pareto pruning) because they fix the GPU count themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+from saturn.planner.inputs import NodeSpec
+from saturn.planner.options import JobOptions, Option
+from saturn.planner.plan import Assignment
+from saturn.planner.schedule import Choice, list_schedule, make_assignment
+
+
+def _best_at_most(jo: JobOptions, node: NodeSpec, k: int) -> Optional[Option]:
+    """Fastest option with the most GPUs <= k that fits the node (the "whole group" choice)."""
+    fit = [o for o in jo.by_size if o.gpus <= k and o.fits(node)]
+    if not fit:
+        return None
+    top = max(o.gpus for o in fit)
+    return min((o for o in fit if o.gpus == top), key=lambda o: o.runtime_s)
+
+
+def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], k: Optional[int]) -> Optional[list[Assignment]]:
+    """Split nodes into exclusive groups of k GPUs (None = whole node); FIFO to the group free first."""
+    groups = []  # (free_at, node, gpu ids)
+    for n in nodes:
+        size = n.gpus if k is None else k
+        for start in range(0, n.gpus - size + 1, size):
+            groups.append([0.0, n, list(range(start, start + size))])
+    if not groups:
+        return None
+    out = []
+    for name, jo in options.items():
+        best = None
+        for gi, (free, n, ids) in enumerate(groups):
+            o = _best_at_most(jo, n, len(ids))
+            if o is not None and (best is None or free + o.runtime_s < best[0]):
+                best = (free + o.runtime_s, gi, o)
+        if best is None:
+            return None
+        end, gi, o = best
+        free, n, ids = groups[gi]
+        out.append(make_assignment(o, n.name, free, ids[: o.gpus]))
+        groups[gi][0] = end
+    return out
+
+
+def whole_node(options, nodes) -> Optional[list[Assignment]]:
+    """Each job on all GPUs of a node with its best technique at that size, one after another."""
+    return _groups_sequential(options, nodes, None)
+
+
+def fixed_split(options, nodes) -> tuple[Optional[int], Optional[list[Assignment]]]:
+    """Equal groups of k GPUs per node (best k among powers of two between 1 and the node size)."""
+    best = (None, None)
+    biggest = max(n.gpus for n in nodes)
+    k = 2
+    while k < biggest:
+        plan = _groups_sequential(options, nodes, k)
+        if plan is not None and (best[1] is None or _ms(plan) < _ms(best[1])):
+            best = (k, plan)
+        k *= 2
+    return best
+
+
+def one_gpu(options, nodes) -> list[Assignment]:
+    """The fastest 1-GPU option (spilling where nothing else fits); smallest option otherwise."""
+    chosen = []
+    for jo in options.values():
+        ones = [o for o in jo.by_size if o.gpus == 1]
+        pool = ones or [o for o in jo.by_size if o.gpus == min(p.gpus for p in jo.by_size)]
+        chosen.append(Choice(min(pool, key=lambda o: o.runtime_s)))
+    return list_schedule(nodes, chosen)
+
+
+def greedy_min_area(options, nodes) -> list[Assignment]:
+    """Least-GPU-area option per job, longest first, earliest finish with backfilling."""
+    chosen = [jo.min_area() for jo in options.values()]
+    chosen.sort(key=lambda o: (-o.runtime_s, o.job))
+    return list_schedule(nodes, (Choice(o) for o in chosen))
+
+
+def _ms(a: Sequence[Assignment]) -> float:
+    return max((x.end_s for x in a), default=0.0)
+
+
+def baseline_plans(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> dict[str, list[Assignment]]:
+    """name -> assignments, for each baseline that applies to this cluster."""
+    out = {}
+    wn = whole_node(options, nodes)
+    if wn is not None:
+        out["whole_node"] = wn
+    out["one_gpu"] = one_gpu(options, nodes)
+    k, fs = fixed_split(options, nodes)
+    if fs is not None:
+        out["fixed_split"] = fs
+    out["greedy_min_area"] = greedy_min_area(options, nodes)
+    return out

@@ -1,0 +1,147 @@
+"""Normalize the planner's inputs into small internal dataclasses.
+
+`plan()` is called by several tools with different shapes of input: the CLI passes a parsed
+`Workload` (jobs with allowed techniques / GPU counts, a cluster with typed nodes), tests and the
+benchmark pass plain mappings. Everything past this module sees only `JobSpec` and `NodeSpec`, so
+the solver core never imports `saturn.spec` (duck typing keeps the packages independent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+from saturn.errors import SaturnError
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One training job as the planner sees it."""
+
+    name: str
+    steps: float
+    techniques: Optional[frozenset[str]] = None  # allowed techniques (None = any)
+    gpus: Optional[frozenset[int]] = None  # allowed GPU counts (None = any)
+    signature: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node: `gpus` GPUs with ids 0..gpus-1."""
+
+    name: str
+    gpus: int
+    gpu_type: Optional[str] = None
+    gpu_memory_gb: Optional[float] = None
+
+
+def _opt_set(value: Any, cast) -> Optional[frozenset]:
+    """None/empty means "no restriction"; otherwise a frozenset of cast values."""
+    if value is None:
+        return None
+    if isinstance(value, (str, int)):
+        value = [value]
+    items = [cast(v) for v in value]
+    return frozenset(items) if items else None
+
+
+def normalize_jobs(jobs: Any) -> list[JobSpec]:
+    """Accept `{name: steps}`, a Workload (`.jobs`), or an iterable of job-like objects."""
+    if hasattr(jobs, "jobs") and not isinstance(jobs, Mapping):
+        jobs = jobs.jobs
+    if isinstance(jobs, Mapping):
+        out = [JobSpec(str(name), float(steps)) for name, steps in jobs.items()]
+    else:
+        out = []
+        for job in jobs:
+            if isinstance(job, JobSpec):
+                out.append(job)
+                continue
+            out.append(
+                JobSpec(
+                    name=str(job.name),
+                    steps=float(job.steps),
+                    techniques=_opt_set(getattr(job, "techniques", None), str),
+                    gpus=_opt_set(getattr(job, "gpus", None), int),
+                    signature=getattr(job, "signature", None),
+                )
+            )
+    names = [j.name for j in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SaturnError(f"job names must be unique; duplicated: {', '.join(dupes)}")
+    for j in out:
+        if not (j.steps > 0 and math.isfinite(j.steps)):
+            raise SaturnError(f"job {j.name!r}: steps must be a positive number, got {j.steps}")
+    if not out:
+        raise SaturnError("the workload has no jobs to plan")
+    return out
+
+
+def normalize_cluster(cluster: Any) -> list[NodeSpec]:
+    """Accept `{node: gpu_count}`, a Cluster (`.nodes`), or an iterable of node-like objects."""
+    if hasattr(cluster, "cluster") and not hasattr(cluster, "nodes"):
+        cluster = cluster.cluster  # a Workload
+    if hasattr(cluster, "nodes") and not isinstance(cluster, Mapping):
+        cluster = cluster.nodes
+    if isinstance(cluster, Mapping):
+        out = [NodeSpec(str(name), int(g)) for name, g in cluster.items()]
+    else:
+        out = []
+        for node in cluster:
+            if isinstance(node, NodeSpec):
+                out.append(node)
+                continue
+            gtype = getattr(node, "gpu_type", None)
+            mem = getattr(node, "gpu_memory_gb", None)
+            out.append(
+                NodeSpec(
+                    name=str(node.name),
+                    gpus=int(node.gpus),
+                    gpu_type=str(gtype) if gtype is not None else None,
+                    gpu_memory_gb=float(mem) if mem is not None else None,
+                )
+            )
+    if not out:
+        raise SaturnError("the cluster has no nodes")
+    names = [n.name for n in out]
+    if len(set(names)) != len(names):
+        raise SaturnError(f"node names must be unique, got {names}")
+    for n in out:
+        if n.gpus < 1:
+            raise SaturnError(f"node {n.name!r} must have at least 1 GPU, got {n.gpus}")
+    return out
+
+
+def canonical_knobs(knobs: Any) -> str:
+    """Knobs as a canonical JSON string, so that equal knobs compare equal as text."""
+    if knobs is None or (isinstance(knobs, float) and math.isnan(knobs)):
+        return "{}"
+    if isinstance(knobs, str):
+        text = knobs.strip()
+        if not text:
+            return "{}"
+        knobs = json.loads(text)
+    return json.dumps(knobs, sort_keys=True, separators=(",", ":"))
+
+
+def gpu_type_matches(profile_type: Any, node: NodeSpec) -> bool:
+    """A profile row applies to a node unless both name a GPU type and the types differ."""
+    if node.gpu_type is None or profile_type is None:
+        return True
+    if isinstance(profile_type, float) and math.isnan(profile_type):
+        return True
+    return str(profile_type).strip().lower() == node.gpu_type.strip().lower()
+
+
+def iter_unique(items: Iterable[Any]) -> list[Any]:
+    """Order-preserving de-duplication."""
+    seen: set = set()
+    out = []
+    for it in items:
+        if it not in seen:
+            seen.add(it)
+            out.append(it)
+    return out

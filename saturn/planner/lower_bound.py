@@ -1,0 +1,46 @@
+"""Valid lower bounds on the makespan, used to report plan quality (makespan / bound).
+
+`simple_bound` is the textbook one from SPASE.md: max(longest job at its fastest option,
+total minimal GPU-area / total GPUs). `allotment_bound` is never weaker and still valid: in a plan
+of makespan C every job runs an option of runtime <= C, so it occupies at least the least area
+among *those* options, hence C >= sum_j min{area_o : runtime_o <= C} / total GPUs. The smallest C
+satisfying both is the bound. It matters when fast options are GPU-hungry (jobs that scale
+badly): the simple bound pairs the fastest runtime with the smallest area, which no plan can do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from saturn.planner.inputs import NodeSpec
+from saturn.planner.options import JobOptions
+
+
+def simple_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> float:
+    total = sum(n.gpus for n in nodes)
+    longest = max(jo.fastest().runtime_s for jo in options.values())
+    area = sum(jo.min_area().area for jo in options.values())
+    return max(longest, area / total)
+
+
+def _min_area_within(jo: JobOptions, c: float) -> float:
+    return min((o.area for o in jo.options if o.runtime_s <= c), default=math.inf)
+
+
+def allotment_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> float:
+    """min over candidate C of max(C, sum_j minarea_j(C) / G); see the module docstring."""
+    total = sum(n.gpus for n in nodes)
+    longest = max(jo.fastest().runtime_s for jo in options.values())
+    cands = sorted({o.runtime_s for jo in options.values() for o in jo.options if o.runtime_s >= longest})
+    best = math.inf
+    for c in cands:  # area(C) is a step function that only drops at option runtimes
+        if c >= best:
+            break
+        area = sum(_min_area_within(jo, c) for jo in options.values())
+        best = min(best, max(c, area / total))
+    return max(best, simple_bound(options, nodes))
+
+
+def lower_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> float:
+    return allotment_bound(options, nodes)

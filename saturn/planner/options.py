@@ -1,0 +1,199 @@
+"""Profile table -> per-job options (technique, knobs, GPU count, runtime).
+
+The solver only ever looks at a job's *options*. A profile table may hold dozens of rows per job
+(techniques x knobs x GPU counts), most of which can never be part of an optimal plan, so we prune:
+
+1. for each (job, GPU count, GPU type) keep only the fastest feasible technique/knobs
+   (`JobOptions.by_size`, used by the baselines, which fix the GPU count themselves);
+2. drop an option if another one uses no more GPUs and is at least as fast (`JobOptions.options`,
+   the Pareto front used by the planner). With fewer GPUs an option also fits every node the
+   bigger one fits, so pruning never loses a better plan.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pandas as pd
+
+from saturn.errors import InfeasibleError, MissingProfilesError, SaturnError
+from saturn.planner.inputs import JobSpec, NodeSpec, canonical_knobs, gpu_type_matches
+
+REQUIRED_COLUMNS = ("job", "technique", "gpus", "step_time_s", "feasible")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to run one job: `runtime_s = steps * step_time_s + startup_s` on `gpus` GPUs."""
+
+    job: str
+    technique: str
+    knobs: str  # canonical JSON
+    gpus: int
+    runtime_s: float
+    step_time_s: float = 0.0
+    startup_s: float = 0.0
+    peak_mem_gb: Optional[float] = None
+    gpu_type: Optional[str] = None
+
+    @property
+    def area(self) -> float:
+        """GPU-seconds the option occupies."""
+        return self.gpus * self.runtime_s
+
+    @property
+    def knobs_dict(self) -> dict:
+        return json.loads(self.knobs)
+
+    def fits(self, node: NodeSpec) -> bool:
+        return self.gpus <= node.gpus and gpu_type_matches(self.gpu_type, node)
+
+
+@dataclass
+class JobOptions:
+    job: JobSpec
+    by_size: list[Option] = field(default_factory=list)  # fastest per (gpus, gpu_type)
+    options: list[Option] = field(default_factory=list)  # Pareto front over (gpus, runtime)
+
+    def fitting(self, node: NodeSpec) -> list[Option]:
+        return [o for o in self.options if o.fits(node)]
+
+    def fastest(self) -> Option:
+        return min(self.options, key=lambda o: (o.runtime_s, o.gpus))
+
+    def min_area(self) -> Option:
+        return min(self.options, key=lambda o: (o.area, o.runtime_s))
+
+
+def _is_true(v) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes", "y", "t")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return False
+    return bool(v)
+
+
+def _num(v, default: float = 0.0) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(f) else f
+
+
+def check_profile_columns(profiles: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in profiles.columns]
+    if missing:
+        raise SaturnError(
+            f"the profile table lacks column(s) {', '.join(missing)}; "
+            f"it needs at least {', '.join(REQUIRED_COLUMNS)}"
+        )
+
+
+def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
+    """All feasible, allowed rows of one job as Options (no pruning)."""
+    out = []
+    for r in rows.itertuples(index=False):
+        r = r._asdict()
+        if not _is_true(r["feasible"]):
+            continue
+        tech, gpus = str(r["technique"]), int(r["gpus"])
+        if job.techniques is not None and tech not in job.techniques:
+            continue
+        if job.gpus is not None and gpus not in job.gpus:
+            continue
+        step = _num(r["step_time_s"], math.nan)
+        if not (step >= 0 and math.isfinite(step)) or gpus < 1:
+            continue
+        startup = _num(r.get("startup_s"), 0.0)
+        runtime = job.steps * step + startup
+        if runtime <= 0:
+            continue
+        mem = _num(r.get("peak_mem_gb"), math.nan)
+        out.append(
+            Option(
+                job=job.name,
+                technique=tech,
+                knobs=canonical_knobs(r.get("knobs")),
+                gpus=gpus,
+                runtime_s=runtime,
+                step_time_s=step,
+                startup_s=startup,
+                peak_mem_gb=None if math.isnan(mem) else mem,
+                gpu_type=None if r.get("gpu_type") is None or pd.isna(r.get("gpu_type")) else str(r["gpu_type"]),
+            )
+        )
+    return out
+
+
+def pareto(options: list[Option]) -> list[Option]:
+    """Keep options not dominated by one with <= GPUs and <= runtime (per GPU type)."""
+    keep = []
+    for gtype in {o.gpu_type for o in options}:
+        best = math.inf
+        for o in sorted((o for o in options if o.gpu_type == gtype), key=lambda o: (o.gpus, o.runtime_s)):
+            if o.runtime_s < best:
+                keep.append(o)
+                best = o.runtime_s
+    return sorted(keep, key=lambda o: (o.gpus, o.runtime_s, o.gpu_type or ""))
+
+
+def fastest_per_size(options: list[Option]) -> list[Option]:
+    best: dict = {}
+    for o in options:
+        key = (o.gpus, o.gpu_type)
+        if key not in best or (o.runtime_s, o.technique, o.knobs) < (
+            best[key].runtime_s,
+            best[key].technique,
+            best[key].knobs,
+        ):
+            best[key] = o
+    return sorted(best.values(), key=lambda o: (o.gpus, o.gpu_type or ""))
+
+
+def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataFrame) -> dict[str, JobOptions]:
+    """Options per job; raises a user-facing error naming every job that cannot be planned."""
+    check_profile_columns(profiles)
+    groups = {str(k): g for k, g in profiles.groupby(profiles["job"].astype(str), sort=False)}
+    missing = [j.name for j in jobs if j.name not in groups]
+    if missing:
+        raise MissingProfilesError(
+            f"no profile rows for job(s): {', '.join(missing)}. "
+            "Run `saturn profile WORKLOAD.yaml` on the target cluster or pass --profiles FILE."
+        )
+    out: dict[str, JobOptions] = {}
+    problems = []
+    max_gpus = max(n.gpus for n in nodes)
+    for job in jobs:
+        feasible = rows_to_options(job, groups[job.name])
+        fitting = [o for o in feasible if any(o.fits(n) for n in nodes)]
+        if not feasible:
+            problems.append(
+                f"job {job.name!r} has no feasible profiled option"
+                + _allowed_note(job)
+                + " (every profiled technique/GPU count failed, e.g. out of memory)"
+            )
+            continue
+        if not fitting:
+            need = min(o.gpus for o in feasible)
+            problems.append(
+                f"job {job.name!r} needs at least {need} GPUs on one node but the largest node "
+                f"has {max_gpus}; allow a technique that fits fewer GPUs (e.g. spilling) or add a bigger node"
+            )
+            continue
+        out[job.name] = JobOptions(job=job, by_size=fastest_per_size(fitting), options=pareto(fitting))
+    if problems:
+        raise InfeasibleError("cannot plan: " + "; ".join(problems))
+    return out
+
+
+def _allowed_note(job: JobSpec) -> str:
+    parts = []
+    if job.techniques is not None:
+        parts.append(f"techniques {sorted(job.techniques)}")
+    if job.gpus is not None:
+        parts.append(f"GPU counts {sorted(job.gpus)}")
+    return f" among its allowed {' and '.join(parts)}" if parts else ""

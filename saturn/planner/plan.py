@@ -1,0 +1,208 @@
+"""The plan the planner returns, its JSON form, and an independent validator.
+
+`validate_plan` deliberately re-derives everything from the raw inputs (the profile table, the
+cluster) instead of trusting the planner's internal option objects: it is the last line of defence
+against a solver bug, so it must not share the solver's assumptions. `plan()` calls it on every plan
+before returning it, and the property tests call it on thousands of random instances.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import pandas as pd
+
+from saturn.planner.inputs import canonical_knobs, gpu_type_matches, normalize_cluster, normalize_jobs
+
+
+class InvalidPlanError(AssertionError):
+    """A plan breaks a hard rule (a planner bug, or a hand-edited plan file)."""
+
+
+@dataclass
+class Assignment:
+    """One job's decision: technique + knobs, a node, concrete GPU ids and its time window."""
+
+    job: str
+    technique: str
+    knobs: dict
+    node: str
+    gpus: list[int]
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def to_dict(self) -> dict:
+        return {
+            "job": self.job,
+            "technique": self.technique,
+            "knobs": dict(self.knobs),
+            "node": self.node,
+            "gpus": [int(g) for g in self.gpus],
+            "start_s": float(self.start_s),
+            "end_s": float(self.end_s),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Assignment":
+        knobs = d.get("knobs") or {}
+        if isinstance(knobs, str):
+            knobs = json.loads(knobs or "{}")
+        return cls(
+            job=str(d["job"]),
+            technique=str(d["technique"]),
+            knobs=dict(knobs),
+            node=str(d["node"]),
+            gpus=[int(g) for g in d["gpus"]],
+            start_s=float(d["start_s"]),
+            end_s=float(d["end_s"]),
+        )
+
+
+@dataclass
+class SolverInfo:
+    """How the plan was found.
+
+    status: "optimal" (makespan equals the lower bound), "gap_limit" (within the requested gap of
+    the lower bound), "slot_optimal" (the time-slotted MILP was solved to optimality; the real plan
+    is within slot rounding of optimal), "time_limit" (stopped by the time limit), "heuristic" (no
+    MILP was needed or possible). gap = (makespan - lower_bound) / makespan, a certified gap.
+    """
+
+    status: str = "heuristic"
+    gap: float = 0.0
+    time_s: float = 0.0
+    source: str = ""  # which candidate won: "milp", "greedy:...", "warm_start", "baseline:..."
+    milp_status: Optional[str] = None
+    milp_gap: Optional[float] = None
+
+
+@dataclass
+class Plan:
+    assignments: list[Assignment]
+    lower_bound_s: float = 0.0
+    solver: SolverInfo = field(default_factory=SolverInfo)
+    baselines: dict[str, float] = field(default_factory=dict)  # baseline name -> makespan
+
+    @property
+    def makespan_s(self) -> float:
+        return max((a.end_s for a in self.assignments), default=0.0)
+
+    def by_job(self) -> dict[str, Assignment]:
+        return {a.job: a for a in self.assignments}
+
+    def to_dict(self) -> dict:
+        return {
+            "makespan_s": self.makespan_s,
+            "lower_bound_s": float(self.lower_bound_s),
+            "solver": asdict(self.solver),
+            "baselines": {k: float(v) for k, v in self.baselines.items()},
+            "assignments": [a.to_dict() for a in sorted(self.assignments, key=lambda a: (a.start_s, a.job))],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        solver = d.get("solver") or {}
+        known = SolverInfo.__dataclass_fields__
+        return cls(
+            assignments=[Assignment.from_dict(a) for a in d.get("assignments", [])],
+            lower_bound_s=float(d.get("lower_bound_s", 0.0)),
+            solver=SolverInfo(**{k: v for k, v in solver.items() if k in known}),
+            baselines={k: float(v) for k, v in (d.get("baselines") or {}).items()},
+        )
+
+    def to_json(self, path: Union[str, Path, None] = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: Union[str, Path]) -> "Plan":
+        p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
+        return cls.from_dict(json.loads(p.read_text() if p else str(text_or_path)))
+
+
+def as_plan(plan: Union[Plan, dict]) -> Plan:
+    return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+
+
+def _profiled_runtimes(rows: pd.DataFrame, steps: float) -> dict[tuple, list[tuple[float, Any]]]:
+    """(technique, knobs, gpus) -> [(runtime, gpu_type)] over the feasible rows of one job."""
+    out: dict[tuple, list] = {}
+    for r in rows.to_dict("records"):
+        feas = r["feasible"]
+        if isinstance(feas, str):
+            feas = feas.strip().lower() in ("true", "1", "yes", "y", "t")
+        if not bool(feas) or pd.isna(r["feasible"]):
+            continue
+        startup = r.get("startup_s", 0.0)
+        startup = 0.0 if startup is None or pd.isna(startup) else float(startup)
+        key = (str(r["technique"]), canonical_knobs(r.get("knobs")), int(r["gpus"]))
+        out.setdefault(key, []).append((steps * float(r["step_time_s"]) + startup, r.get("gpu_type")))
+    return out
+
+
+def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd.DataFrame, *, rel_tol: float = 1e-6) -> None:
+    """Raise InvalidPlanError listing every broken rule; return None if the plan is valid.
+
+    Rules: every job exactly once and nothing else; its GPUs distinct, on one existing node, with
+    valid ids; a feasible profile row (allowed technique and GPU count, matching GPU type) whose
+    runtime equals end - start; no GPU runs two jobs at once; lower bound <= makespan.
+    """
+    plan = as_plan(plan)
+    jobs_n = {j.name: j for j in normalize_jobs(jobs)}
+    nodes = {n.name: n for n in normalize_cluster(cluster)}
+    problems: list[str] = []
+    span = max([abs(a.end_s) for a in plan.assignments] + [1.0])
+    tol = rel_tol * span
+    groups = {str(k): g for k, g in profiles.groupby(profiles["job"].astype(str), sort=False)}
+    seen: dict[str, int] = {}
+    busy: dict[tuple[str, int], list[tuple[float, float, str]]] = {}
+    for a in plan.assignments:
+        seen[a.job] = seen.get(a.job, 0) + 1
+        job, node = jobs_n.get(a.job), nodes.get(a.node)
+        if job is None:
+            problems.append(f"{a.job}: not a job of this workload")
+            continue
+        if node is None:
+            problems.append(f"{a.job}: unknown node {a.node!r}")
+            continue
+        if not a.gpus or len(set(a.gpus)) != len(a.gpus) or any(not 0 <= g < node.gpus for g in a.gpus):
+            problems.append(f"{a.job}: bad GPU ids {a.gpus} on node {a.node} ({node.gpus} GPUs)")
+        if not (math.isfinite(a.start_s) and math.isfinite(a.end_s)) or a.start_s < -tol or a.end_s <= a.start_s:
+            problems.append(f"{a.job}: bad time window [{a.start_s}, {a.end_s}]")
+        if job.techniques is not None and a.technique not in job.techniques:
+            problems.append(f"{a.job}: technique {a.technique} not allowed")
+        if job.gpus is not None and len(a.gpus) not in job.gpus:
+            problems.append(f"{a.job}: {len(a.gpus)} GPUs not allowed")
+        rows = groups.get(a.job)
+        runtimes = [] if rows is None else _profiled_runtimes(rows, job.steps).get(
+            (a.technique, canonical_knobs(a.knobs), len(a.gpus)), []
+        )
+        runtimes = [rt for rt, gt in runtimes if gpu_type_matches(gt, node)]
+        if not runtimes:
+            problems.append(f"{a.job}: no feasible profile row for {a.technique} {a.knobs} on {len(a.gpus)} GPUs of {a.node}")
+        elif not any(abs(rt - a.duration_s) <= tol for rt in runtimes):
+            problems.append(f"{a.job}: duration {a.duration_s:.6g}s differs from profiled runtime {runtimes[0]:.6g}s")
+        for g in a.gpus:
+            busy.setdefault((a.node, g), []).append((a.start_s, a.end_s, a.job))
+    for name in jobs_n:
+        if seen.get(name, 0) != 1:
+            problems.append(f"{name}: assigned {seen.get(name, 0)} times (must be exactly once)")
+    for (node, g), ivs in busy.items():
+        ivs.sort()
+        for (s0, e0, j0), (s1, e1, j1) in zip(ivs, ivs[1:]):
+            if s1 < e0 - tol:
+                problems.append(f"{node} GPU {g}: {j0} [{s0:.6g},{e0:.6g}) overlaps {j1} [{s1:.6g},{e1:.6g})")
+    if plan.lower_bound_s > plan.makespan_s + tol:
+        problems.append(f"lower bound {plan.lower_bound_s:.6g}s exceeds makespan {plan.makespan_s:.6g}s")
+    if problems:
+        raise InvalidPlanError("invalid plan:\n  " + "\n  ".join(problems))

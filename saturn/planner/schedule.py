@@ -1,0 +1,139 @@
+"""List scheduling with concrete GPU ids.
+
+Every plan the planner returns is built here, by placing jobs one at a time (in some priority
+order) at the earliest time at which enough *specific* GPUs of a node are free for the job's whole
+duration. Working with real GPU ids and real durations is what makes every candidate valid by
+construction; the MILP only decides options, nodes and the order in which jobs are placed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+from saturn.planner.inputs import NodeSpec
+from saturn.planner.options import Option
+from saturn.planner.plan import Assignment
+
+
+class NodeTimeline:
+    """Busy intervals of every GPU of one node; supports backfilling into gaps."""
+
+    def __init__(self, node: NodeSpec):
+        self.node = node
+        self.starts: list[list[float]] = [[] for _ in range(node.gpus)]
+        self.ends: list[list[float]] = [[] for _ in range(node.gpus)]
+        self.events: list[float] = [0.0]  # sorted distinct end times: the only useful start times
+
+    def _free_gap(self, gpu: int, t: float, d: float) -> Optional[float]:
+        """If `gpu` is free during [t, t+d), return how long it had been idle before t."""
+        starts, ends = self.starts[gpu], self.ends[gpu]
+        k = bisect_left(starts, t + d)  # intervals k.. start at or after t+d: no overlap
+        if k == 0:
+            return t
+        if ends[k - 1] <= t:  # intervals are disjoint and sorted: only k-1 can overlap
+            return t - ends[k - 1]
+        return None
+
+    def earliest(self, gpus: int, duration: float, release: float = 0.0) -> tuple[float, list[int]]:
+        """Earliest start >= release with `gpus` GPUs free for `duration`, and which GPUs.
+
+        Among the free GPUs we take those idle the shortest time before the start (best fit),
+        which keeps long idle gaps whole for later jobs.
+        """
+        if gpus > self.node.gpus:
+            raise ValueError(f"{gpus} GPUs do not fit node {self.node.name}")
+        i = bisect_left(self.events, release)
+        candidates = ([release] if i >= len(self.events) or self.events[i] != release else []) + self.events[i:]
+        for t in candidates:
+            free = []
+            for g in range(self.node.gpus):
+                gap = self._free_gap(g, t, duration)
+                if gap is not None:
+                    free.append((gap, g))
+            if len(free) >= gpus:
+                free.sort()
+                return t, sorted(g for _, g in free[:gpus])
+        raise AssertionError("unreachable: after the last event every GPU is free")
+
+    def place(self, start: float, duration: float, gpu_ids: Iterable[int]) -> None:
+        end = start + duration
+        for g in gpu_ids:
+            k = bisect_left(self.starts[g], start)
+            self.starts[g].insert(k, start)
+            self.ends[g].insert(k, end)
+        k = bisect_left(self.events, end)
+        if k >= len(self.events) or self.events[k] != end:
+            insort(self.events, end)
+
+
+@dataclass
+class Choice:
+    """What the scheduler places: a job's option, optionally pinned to a node."""
+
+    option: Option
+    node: Optional[str] = None
+    release: float = 0.0
+
+
+def make_assignment(opt: Option, node: str, start: float, gpu_ids: list[int]) -> Assignment:
+    return Assignment(
+        job=opt.job,
+        technique=opt.technique,
+        knobs=opt.knobs_dict,
+        node=node,
+        gpus=list(gpu_ids),
+        start_s=start,
+        end_s=start + opt.runtime_s,
+    )
+
+
+class Scheduler:
+    """Places jobs one by one on a cluster; `best_place` picks the earliest-finishing node."""
+
+    def __init__(self, nodes: Sequence[NodeSpec]):
+        self.nodes = list(nodes)
+        self.timelines = {n.name: NodeTimeline(n) for n in self.nodes}
+        self.assignments: list[Assignment] = []
+
+    def candidates(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
+        """(finish, start, node, gpu ids) for each node the option fits (or just `node`)."""
+        for n in self.nodes:
+            if (node is not None and n.name != node) or not opt.fits(n):
+                continue
+            t, ids = self.timelines[n.name].earliest(opt.gpus, opt.runtime_s, release)
+            yield t + opt.runtime_s, t, n, ids
+
+    def best_place(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
+        """Earliest finish; ties go to the node whose size fits the option most tightly."""
+        best = None
+        for fin, t, n, ids in self.candidates(opt, node, release):
+            key = (fin, n.gpus - opt.gpus)
+            if best is None or key < best[0]:
+                best = (key, t, n, ids)
+        if best is None:
+            raise ValueError(f"option {opt.technique}x{opt.gpus} of job {opt.job} fits no node")
+        return best[1], best[2], best[3]
+
+    def place(self, opt: Option, start: float, node: NodeSpec, ids: list[int]) -> Assignment:
+        self.timelines[node.name].place(start, opt.runtime_s, ids)
+        a = make_assignment(opt, node.name, start, ids)
+        self.assignments.append(a)
+        return a
+
+    def add(self, choice: Choice) -> Assignment:
+        t, n, ids = self.best_place(choice.option, choice.node, choice.release)
+        return self.place(choice.option, t, n, ids)
+
+    @property
+    def makespan(self) -> float:
+        return max((a.end_s for a in self.assignments), default=0.0)
+
+
+def list_schedule(nodes: Sequence[NodeSpec], choices: Iterable[Choice]) -> list[Assignment]:
+    """Place the choices in the given order, each at its earliest finish."""
+    s = Scheduler(nodes)
+    for c in choices:
+        s.add(c)
+    return s.assignments

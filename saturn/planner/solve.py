@@ -1,0 +1,182 @@
+"""`plan()`: from jobs + cluster + profiles to a validated, near-optimal plan.
+
+Pipeline (every stage yields *valid* plans with concrete GPU ids; the best one so far is kept, so a
+time limit can stop us anywhere and still return something sound):
+
+1. options: profile table -> Pareto-pruned options per job (errors name infeasible jobs);
+2. lower bound (allotment bound, see lower_bound.py);
+3. baselines + greedy rules (+ the warm-start plan, replayed on the current jobs);
+4. time-indexed MILP warm-started from the best plan, compacted to real durations. On one node,
+   or when the whole model is small, one MILP; otherwise the best plan's job-to-node split is kept
+   and each node gets its own MILP (critical nodes first, each with a share of the time);
+5. a short randomized re-ordering search with what time is left;
+6. `validate_plan` on the result.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import pandas as pd
+
+from saturn.planner.baselines import baseline_plans
+from saturn.planner.greedy import allot, allotment_targets, greedy_candidates, makespan, perturbed_search
+from saturn.planner.inputs import NodeSpec, normalize_cluster, normalize_jobs
+from saturn.planner.lower_bound import lower_bound
+from saturn.planner.milp import MilpResult, solve_time_indexed
+from saturn.planner.options import JobOptions, Option, build_options
+from saturn.planner.plan import Assignment, Plan, SolverInfo, as_plan, validate_plan
+from saturn.planner.schedule import Choice, list_schedule
+
+FULL_MODEL_MAX_STARTS = 60_000  # (job, option, node, start) columns above which we decompose by node
+
+
+def plan(
+    jobs: Any,
+    cluster: Any,
+    profiles: pd.DataFrame,
+    *,
+    time_limit_s: float = 30,
+    mip_gap: float = 0.01,
+    warm_start: Union[Plan, dict, None] = None,
+    threads: int = 1,
+    slots: Optional[int] = None,
+) -> Plan:
+    """Choose a technique, node, GPU ids and start time for every job, minimizing makespan."""
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit_s
+    job_specs = normalize_jobs(jobs)
+    nodes = normalize_cluster(cluster)
+    options = build_options(job_specs, nodes, profiles)
+    lb = lower_bound(options, nodes)
+
+    base = baseline_plans(options, nodes)
+    cands: list[tuple[str, list[Assignment]]] = [(f"baseline:{k}", v) for k, v in base.items()]
+    if warm_start is not None:
+        ws = warm_start_assignments(options, nodes, warm_start)
+        if ws is not None:
+            cands.append(("warm_start", ws))
+    cands += greedy_candidates(options, nodes, deadline=t0 + 0.3 * time_limit_s)
+    source, best = min(cands, key=lambda c: (makespan(c[1]), c[0]))
+
+    milp_runs: list[MilpResult] = []
+    if _gap(makespan(best), lb) > mip_gap and time.perf_counter() < deadline - 0.2:
+        improved = _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, milp_runs)
+        if improved is not None and makespan(improved) < makespan(best) - 1e-9:
+            source, best = "milp", improved
+    if _gap(makespan(best), lb) > mip_gap and time.perf_counter() < deadline - 0.1:
+        better = perturbed_search(options, nodes, best, deadline=min(deadline, time.perf_counter() + 2.0))
+        if better is not None and makespan(better) < makespan(best) - 1e-9:
+            source, best = source + "+reorder", better
+
+    result = Plan(
+        assignments=sorted(best, key=lambda a: (a.start_s, a.job)),
+        lower_bound_s=lb,
+        solver=_solver_info(makespan(best), lb, mip_gap, milp_runs, time.perf_counter() - t0, source),
+        baselines={k: makespan(v) for k, v in base.items()},
+    )
+    validate_plan(result, job_specs, nodes, profiles)
+    return result
+
+
+def _gap(ms: float, lb: float) -> float:
+    return (ms - lb) / ms if ms > 0 else 0.0
+
+
+def _solver_info(ms, lb, mip_gap, runs: Sequence[MilpResult], elapsed, source) -> SolverInfo:
+    gap = max(0.0, _gap(ms, lb))
+    if gap <= 1e-9:
+        status = "optimal"
+    elif gap <= mip_gap:
+        status = "gap_limit"
+    elif runs and all(r.status == "optimal" for r in runs):
+        status = "slot_optimal"
+    elif runs:
+        status = "time_limit"
+    else:
+        status = "heuristic"
+    milp_status = ",".join(sorted({r.status for r in runs})) if runs else None
+    gaps = [r.gap for r in runs if r.gap is not None]
+    return SolverInfo(
+        status=status,
+        gap=gap,
+        time_s=elapsed,
+        source=source,
+        milp_status=milp_status,
+        milp_gap=max(gaps) if gaps else None,
+    )
+
+
+def _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs) -> Optional[list[Assignment]]:
+    """Full model when small enough, otherwise one MILP per node of the best plan's split."""
+    n_opt = sum(len(jo.options) for jo in options.values())
+    T = slots or _choose_slots(len(options), len(nodes))
+    if len(nodes) == 1 or n_opt * len(nodes) * T <= FULL_MODEL_MAX_STARTS:
+        r = solve_time_indexed(options, nodes, best, lb, time_limit_s=deadline - time.perf_counter(),
+                               mip_gap=mip_gap, slots=T, threads=threads)
+        runs.append(r)
+        return r.assignments
+    return _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs)
+
+
+def _choose_slots(n_jobs: int, n_nodes: int) -> int:
+    """More slots (finer rounding) for few jobs; fewer when there are many columns."""
+    per_node = n_jobs / max(1, n_nodes)
+    return int(max(40, min(120, 2400 / max(1.0, per_node))))
+
+
+def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs) -> Optional[list[Assignment]]:
+    by_node: dict[str, list[Assignment]] = {}
+    for a in best:
+        by_node.setdefault(a.node, []).append(a)
+    order = sorted(by_node, key=lambda n: -makespan(by_node[n]))
+    node_of = {n.name: n for n in nodes}
+    result = {n: list(v) for n, v in by_node.items()}
+    for i, name in enumerate(order):
+        left = deadline - time.perf_counter()
+        if left < 0.2:
+            break
+        sub = {a.job: options[a.job] for a in by_node[name]}
+        sub_nodes = [node_of[name]]
+        sub_lb = lower_bound(sub, sub_nodes)
+        if _gap(makespan(by_node[name]), sub_lb) <= mip_gap:
+            continue
+        share = left / (len(order) - i) * (1.5 if i == 0 else 1.0)
+        T = slots or _choose_slots(len(sub), 1)
+        r = solve_time_indexed(sub, sub_nodes, by_node[name], sub_lb, time_limit_s=min(left, share),
+                               mip_gap=mip_gap, slots=T, threads=threads)
+        runs.append(r)
+        if r.assignments is not None and makespan(r.assignments) < makespan(result[name]) - 1e-9:
+            result[name] = r.assignments
+    return [a for v in result.values() for a in v]
+
+
+def warm_start_assignments(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], warm) -> Optional[list[Assignment]]:
+    """Replay a previous plan on the current jobs: kept jobs keep option and node (if still
+    feasible) and their start order; jobs no longer present are ignored; new jobs are added
+    longest-first with the allotment rule's option."""
+    prev = as_plan(warm).by_job()
+    node_of = {n.name: n for n in nodes}
+    chosen = allot(options, allotment_targets(options, nodes, k=1)[0])
+    kept, new = [], []
+    for name, jo in options.items():
+        a = prev.get(name)
+        o = _find_option(jo, a, node_of.get(a.node)) if a is not None else None
+        if o is not None:
+            kept.append((a.start_s, name, Choice(o, a.node)))
+        else:
+            new.append((-chosen[name].runtime_s, name, Choice(chosen[name])))
+    if not kept:
+        return None
+    seq = [c for *_, c in sorted(kept, key=lambda x: x[:2])] + [c for *_, c in sorted(new, key=lambda x: x[:2])]
+    return list_schedule(nodes, seq)
+
+
+def _find_option(jo: JobOptions, a: Assignment, node: Optional[NodeSpec]) -> Optional[Option]:
+    if node is None:
+        return None
+    for o in jo.options + jo.by_size:
+        if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs and o.fits(node):
+            return o
+    return None

@@ -1,0 +1,311 @@
+"""The workload spec: what the user writes in YAML, as validated Python objects.
+
+Pydantic models with `extra="forbid"` everywhere, because a typo in a key (`bach_size`) must be an
+error, never a silently ignored setting. Raw YAML is expanded (defaults merged, sweeps multiplied)
+by `saturn.spec.load` before it reaches these models, so each `Job` here is complete.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    """A zoo model by `name` with architecture overrides, or a user factory `pkg.module:function`."""
+
+    name: Optional[str] = None
+    factory: Optional[str] = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    weights: Optional[str] = None  # local directory or file with a state dict
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        return _name_or_factory(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of `name` (a zoo model, see `saturn validate --zoo`) "
+                             "or `factory` (an import path 'pkg.module:function')")
+        if self.name is not None:
+            from saturn.zoo import check_model_name
+
+            check_model_name(self.name, self.overrides)
+        if self.factory is not None:
+            _check_import_path(self.factory)
+        return self
+
+    def label(self) -> str:
+        return self.name or self.factory or "?"
+
+
+class DataSpec(_Strict):
+    """A built-in dataset by `name` (synthetic streams or a local text file), or a user factory."""
+
+    name: Optional[str] = None
+    factory: Optional[str] = None
+    path: Optional[str] = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        return _name_or_factory(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        from saturn.zoo.data import DATASETS
+
+        if (self.name is None) == (self.factory is None):
+            raise ValueError(f"give exactly one of `name` (one of {sorted(DATASETS)}) or `factory` "
+                             "(an import path 'pkg.module:function')")
+        if self.name is not None and self.name not in DATASETS:
+            raise ValueError(f"unknown dataset {self.name!r}; allowed: {sorted(DATASETS)}")
+        if self.name == "text-file" and not self.path:
+            raise ValueError("dataset 'text-file' needs `path: path/to/file.txt`")
+        if self.factory is not None:
+            _check_import_path(self.factory)
+        return self
+
+
+class OptimizerSpec(_Strict):
+    """Optimizer name plus its keyword arguments (lr, betas, weight_decay...)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 3e-4
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0, e.g. 3e-4")
+        return v
+
+    def kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k != "name"}
+
+
+class Job(_Strict):
+    """One training job: a model, its data and hyperparameters, and what Saturn may choose from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=lambda: DataSpec(name="synthetic-tokens"))
+    batch_size: int = Field(gt=0)
+    seq_len: int = Field(default=512, gt=0)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    steps: Optional[int] = Field(default=None, gt=0)
+    epochs: Optional[float] = Field(default=None, gt=0)
+    techniques: Optional[list[str]] = None  # None: every registered technique
+    gpus: Optional[list[int]] = None  # None: 1, 2, 4, ... up to the largest node
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    seed: int = 0
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_counts(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is None:
+            return v
+        if not v or any((not isinstance(g, int)) or g < 1 for g in v):
+            raise ValueError("must be a non-empty list of positive GPU counts, e.g. [1, 2, 4]")
+        return sorted(set(v))
+
+    @field_validator("techniques")
+    @classmethod
+    def _known_techniques(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is None:
+            return v
+        from saturn.techniques.registry import technique_names
+
+        known = technique_names()
+        bad = [t for t in v if t not in known and ":" not in t]  # ':' = a user class by path
+        if bad or not v:
+            raise ValueError(f"unknown technique(s) {bad}; allowed: {known}")
+        return v
+
+    @model_validator(mode="after")
+    def _length(self) -> "Job":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of `steps` (optimizer steps) or `epochs`")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        """Steps to train; epochs are turned into steps with the dataset's size."""
+        if self.steps is not None:
+            return self.steps
+        from saturn.zoo.data import dataset_size
+
+        size = dataset_size(self.data, self.seq_len)
+        return max(1, math.ceil(size / self.batch_size * float(self.epochs)))
+
+    @property
+    def signature(self) -> str:
+        from saturn.spec.signature import profile_signature
+
+        return profile_signature(self)
+
+
+class Node(_Strict):
+    name: str
+    gpus: int = Field(gt=0)
+    gpu_memory_gb: float = Field(default=80.0, gt=0)
+    gpu_type: str = "H200"
+
+
+class RaySpec(_Strict):
+    address: str = "auto"
+
+
+class Cluster(_Strict):
+    """Where jobs run: explicit nodes (plan for a cluster you are not on), local devices, or Ray.
+
+    `devices: cpu` makes `slots` CPU "GPUs" so that everything runs on a laptop or CI machine.
+    """
+
+    nodes: Optional[list[Node]] = None
+    devices: Literal["auto", "cuda", "cpu"] = "auto"
+    slots: Optional[int] = Field(default=None, gt=0)
+    ray: Optional[RaySpec] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        if v == "local":
+            return {"devices": "auto"}
+        if isinstance(v, str):
+            raise ValueError(f"{v!r} is not a cluster; write `local`, `{{devices: cpu, slots: 4}}` "
+                             "or `{nodes: [{name: node0, gpus: 4, gpu_memory_gb: 141}]}`")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Cluster":
+        if self.nodes is not None:
+            if not self.nodes:
+                raise ValueError("`nodes` is empty; give at least one {name, gpus}")
+            names = [n.name for n in self.nodes]
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"node names must be unique; repeated: {sorted(dup)}")
+        if self.slots is not None and self.devices != "cpu":
+            raise ValueError("`slots` applies to `devices: cpu` only")
+        return self
+
+    @classmethod
+    def local(cls) -> "Cluster":
+        return cls(devices="auto")
+
+    def resolved(self) -> "Cluster":
+        """Explicit nodes for this cluster: detects local GPUs (or CPU slots) when not given."""
+        if self.nodes is not None:
+            return self
+        if self.ray is not None:
+            from saturn.errors import SpecError
+
+            raise SpecError("cluster.ray: multi-node Ray clusters are not supported yet; "
+                            "list the nodes explicitly under cluster.nodes")
+        return Cluster(nodes=[_detect_local_node(self.devices, self.slots)],
+                       devices=self.devices if self.devices != "auto" else _auto_devices())
+
+    @property
+    def is_cpu(self) -> bool:
+        nodes = self.resolved().nodes or []
+        return all(n.gpu_type == "cpu" for n in nodes)
+
+    @property
+    def max_gpus(self) -> int:
+        return max(n.gpus for n in self.resolved().nodes or [])
+
+
+def _auto_devices() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # planning-only installs may lack torch
+        return "cpu"
+
+
+def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
+    import os
+    import socket
+
+    devices = _auto_devices() if devices == "auto" else devices
+    if devices == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return Node(name=socket.gethostname(), gpus=torch.cuda.device_count(),
+                    gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    gpu_type=_short_gpu_name(props.name))
+    n = slots or max(1, min(4, (os.cpu_count() or 2) // 2))
+    return Node(name="localhost", gpus=n, gpu_memory_gb=4.0, gpu_type="cpu")
+
+
+def _short_gpu_name(name: str) -> str:
+    """'NVIDIA H200' -> 'H200', so profiles match across driver naming variants."""
+    for token in name.replace("-", " ").split():
+        if any(c.isdigit() for c in token) and token[0].isalpha():
+            return token.upper()
+    return name
+
+
+def _name_or_factory(v: Any) -> Any:
+    """`gpt2-small` means {name: gpt2-small}; `pkg.mod:fn` means {factory: pkg.mod:fn}."""
+    if isinstance(v, str):
+        return {"factory": v} if ":" in v else {"name": v}
+    return v
+
+
+def _check_import_path(path: str) -> None:
+    if ":" not in path or not all(path.split(":", 1)):
+        raise ValueError(f"{path!r} is not an import path; write it as 'pkg.module:function'")
+
+
+class Workload(_Strict):
+    """A named set of jobs and the cluster they run on."""
+
+    name: str = "workload"
+    cluster: Cluster = Field(default_factory=Cluster.local)
+    jobs: list[Job]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Workload":
+        if not self.jobs:
+            raise ValueError("`jobs` is empty: give at least one job (or a `sweep`)")
+        names = [j.name for j in self.jobs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"job names must be unique; repeated: {dup} (rename them, or let the "
+                             "sweep name them)")
+        return self
+
+    def job(self, name: str) -> Job:
+        for j in self.jobs:
+            if j.name == name:
+                return j
+        raise KeyError(name)
+
+    # YAML round trip lives in saturn.spec.load; these are conveniences.
+    @classmethod
+    def from_yaml(cls, source: Union[str, "os.PathLike[str]"]) -> "Workload":
+        from saturn.spec.load import load_workload
+
+        return load_workload(source)
+
+    def to_yaml(self) -> str:
+        from saturn.spec.load import dump_workload
+
+        return dump_workload(self)

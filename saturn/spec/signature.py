@@ -1,0 +1,33 @@
+"""Profile signatures: one profile serves every job that would run at the same speed and memory.
+
+The signature hashes what decides step time and memory — the resolved model architecture, batch
+size, sequence length, precision, optimizer *type* and the input kind — and nothing else: jobs that
+differ only in learning rate, seed or step count share a signature, so a sweep over 8 learning
+rates is profiled once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def signature_fields(job: Any) -> dict[str, Any]:
+    from saturn.zoo import architecture
+
+    data = job.data.name or job.data.factory
+    return {
+        "model": architecture(job.model),
+        "batch_size": job.batch_size,
+        "seq_len": job.seq_len,
+        "precision": job.precision,
+        "optimizer": job.optimizer.name,
+        "data": data,
+    }
+
+
+def profile_signature(job: Any) -> str:
+    """12 hex characters, stable across runs, machines and Python versions."""
+    blob = json.dumps(signature_fields(job), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,92 @@
+"""The interface every parallelism technique implements.
+
+The profiler, planner and executor see techniques only through this interface, so a new technique
+(built in or a user's, by import path) is one class in one module. Everything a technique returns is
+a plain dataclass: the profiler stores it in a table, the executor journals it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Optional, Sequence, Union
+
+Devices = Union[int, Sequence[int]]  # a count (feasible/candidates) or concrete device ids
+
+
+def device_ids(gpus: Devices) -> list[int]:
+    """`4` means devices 0..3; a list is taken as the concrete ids."""
+    return list(range(gpus)) if isinstance(gpus, int) else [int(g) for g in gpus]
+
+
+@dataclass
+class Feasibility:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass
+class TrialResult:
+    """Outcome of a short trial. OOM and failures are outcomes, never exceptions."""
+
+    status: str  # "ok" | "oom" | "failed" | "timeout"
+    step_time_s: Optional[float] = None  # median of the timed steps (warm-up excluded)
+    peak_mem_gb: Optional[float] = None  # max over workers
+    startup_s: Optional[float] = None  # process start to first step done
+    reason: str = ""
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunResult:
+    """Outcome of `Technique.run`: where training stopped and where its checkpoint is."""
+
+    status: str  # "completed" | "interrupted" | "failed" | "oom"
+    step: int  # next step to run (== start_step + steps actually done)
+    checkpoint: Optional[str] = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Technique(abc.ABC):
+    """A parallelism technique: a template with knobs, a static feasibility check, and runners.
+
+    Subclasses set `name`, `knobs` (knob -> what it does) and `requires` (one line for
+    `saturn techniques`), and register themselves with `@register`.
+    """
+
+    name: ClassVar[str]
+    knobs: ClassVar[dict[str, str]] = {}
+    requires: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def feasible(self, job: Any, gpus: int) -> Feasibility:
+        """Cheap static check (no processes, no GPU) with a reason when not feasible."""
+
+    @abc.abstractmethod
+    def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
+        """The few knob settings worth trying, best guess first."""
+
+    @abc.abstractmethod
+    def trial(self, job: Any, gpus: Devices, knobs: dict[str, Any], steps: int,
+              timeout_s: float = 600.0) -> TrialResult:
+        """Run `steps` steps (plus warm-up) and measure; never raises for OOM or crashes."""
+
+    @abc.abstractmethod
+    def run(self, job: Any, gpus: Devices, knobs: dict[str, Any], start_step: int,
+            num_steps: int, checkpoint_dir: str, **kwargs: Any) -> RunResult:
+        """Train from `start_step` (resuming from `checkpoint_dir` if it holds a checkpoint) and
+        save a technique-neutral checkpoint at the end and on SIGTERM."""

@@ -1,0 +1,270 @@
+"""Run a technique's worker function in a fresh set of processes, one per device.
+
+Why fresh processes: every trial and every run must start from a clean CUDA context and process
+group (an OOM or a NCCL hang poisons the process), and the executor must be able to stop, time out
+and relaunch a job with another technique or GPU count without leaking GPUs, ports or orphans.
+
+    result = run_workers("saturn.techniques.training:worker_entry", payload, devices=[0, 1],
+                         timeout_s=600, log_path="runs/job/log.txt")
+
+`result` is always a dict with a `status`:
+  * on success, rank 0's JSON result (whatever the target returned; `status` defaults to "ok");
+  * on failure, {"status": "oom" | "failed" | "timeout" | "interrupted", "reason", "log_tail"}
+    (an "interrupted" run whose rank 0 still wrote its result returns that result instead).
+
+Each worker is `python -m saturn.techniques.worker <rundir>`: it reads `<rundir>/payload.json`,
+initializes the process group (nccl on GPUs, gloo on CPU "slots"), calls `target(payload, ctx)`
+(`ctx` is a `worker.WorkerContext`) and writes `<rundir>/result-<rank>.json`.
+
+Stopping: SIGTERM/SIGINT to the launcher (main thread only) or setting `stop_event` forwards SIGTERM
+to all workers; the training loop finishes its step, checkpoints and returns "interrupted". After
+`grace_s` every worker's process group is SIGKILLed. Workers also die with the launcher (Linux
+PDEATHSIG), so a SIGKILLed launcher leaves no orphans either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Optional
+
+# Log text that means the job ran out of (GPU or host) memory, as opposed to a bug.
+OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+               "DefaultCPUAllocator: can't allocate memory", "std::bad_alloc")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_device_type(device_type: str = "auto") -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
+    if device_type != "auto":
+        return device_type
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def free_port() -> int:
+    """A TCP port free right now (the OS picks it; the rendezvous binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(target: str, payload: dict[str, Any], devices: list[int], *,
+                device_type: str = "auto", timeout_s: float = 600.0,
+                log_path: Optional[str] = None, env: Optional[dict[str, str]] = None,
+                grace_s: float = 60.0, stop_event: Optional[threading.Event] = None) -> dict[str, Any]:
+    """Run `target(payload, ctx)` ("pkg.module:function") in one process per device; rank 0's result.
+
+    `devices`: GPU ids (become CUDA_VISIBLE_DEVICES, in this order) or, on CPU, just one slot per
+    rank. `env`: extra environment for the workers. `timeout_s`: wall-clock limit for the whole
+    launch (start-up included). Never raises for worker failures: see the module docstring.
+    """
+    device_type = resolve_device_type(device_type)
+    rundir = tempfile.mkdtemp(prefix="saturn-launch-")
+    try:
+        with open(os.path.join(rundir, "payload.json"), "w") as f:
+            json.dump({"target": target, "payload": payload}, f)
+        procs = _spawn(rundir, devices, device_type, env or {})
+        outcome = _supervise(procs, timeout_s, grace_s, stop_event)
+        result = _collect(rundir, procs, outcome)
+        if log_path:
+            _write_log(rundir, len(procs), log_path)
+        return result
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _worker_env(rank: int, world: int, port: int, devices: list[int], device_type: str,
+                extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)  # keeps NCCL_* (e.g. NCCL_NVLS_ENABLE) and the like from the parent
+    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+               LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               SATURN_DEVICE_TYPE=device_type, SATURN_LAUNCH_TIME=repr(time.time()),
+               PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
+    if device_type == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    else:  # CPU slots: one thread each, so N workers do not fight over the cores
+        env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   SATURN_TORCH_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def _spawn(rundir: str, devices: list[int], device_type: str,
+           extra: dict[str, str]) -> list[subprocess.Popen]:
+    """One process per device, each in its own session (so a kill takes its children along)."""
+    port, world, procs = free_port(), len(devices), []
+    try:
+        for rank in range(world):
+            log = open(os.path.join(rundir, f"log-{rank}.txt"), "wb")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "saturn.techniques.worker", rundir],
+                env=_worker_env(rank, world, port, devices, device_type, extra),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=os.getcwd()))
+            log.close()
+    except BaseException:
+        _kill_all(procs)
+        raise
+    return procs
+
+
+class _Signals:
+    """Turn SIGTERM/SIGINT to the launcher into a flag while workers run (main thread only)."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _supervise(procs: list[subprocess.Popen], timeout_s: float, grace_s: float,
+               stop_event: Optional[threading.Event]) -> str:
+    """Wait for the workers; 'done' | 'failed' | 'timeout' | 'interrupted'. Always reaps them all."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        with _Signals() as sigs:
+            while True:
+                codes = [p.poll() for p in procs]
+                if all(c == 0 for c in codes):
+                    return "done"
+                if any(c not in (None, 0) for c in codes):
+                    _wait_or_kill(procs, min(grace_s, 5.0))  # peers usually hang in a collective
+                    return "failed"
+                if time.monotonic() > deadline:
+                    _kill_all(procs)
+                    return "timeout"
+                if sigs.received is not None or (stop_event is not None and stop_event.is_set()):
+                    _terminate_gracefully(procs, grace_s)
+                    return "interrupted"
+                time.sleep(0.05)
+    finally:
+        _kill_all(procs)  # no-op when they all exited; covers exceptions in this thread
+
+
+def _terminate_gracefully(procs: list[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM every worker (they checkpoint and exit), then SIGKILL what is left after grace_s."""
+    for p in procs:
+        if p.poll() is None:
+            _signal_group(p, signal.SIGTERM)
+    _wait_or_kill(procs, grace_s)
+
+
+def _wait_or_kill(procs: list[subprocess.Popen], grace_s: float) -> None:
+    end = time.monotonic() + grace_s
+    while time.monotonic() < end and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    _kill_all(procs)
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL each worker's whole process group and reap it (no zombies, ports released)."""
+    for p in procs:
+        _signal_group(p, signal.SIGKILL)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)  # pgid == pid: start_new_session
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _collect(rundir: str, procs: list[subprocess.Popen], outcome: str) -> dict[str, Any]:
+    """Rank 0's result, or a structured failure (OOM is told apart from other failures)."""
+    results = [_read_json(os.path.join(rundir, f"result-{r}.json")) for r in range(len(procs))]
+    if outcome == "done" and results[0] is not None:
+        results[0].setdefault("status", "ok")
+        return results[0]
+    if outcome == "interrupted" and results[0] is not None:
+        return results[0]
+    bad = _first_failed_rank(procs, results)
+    tail = _tail(os.path.join(rundir, f"log-{bad}.txt"))
+    oom = any((r or {}).get("status") == "oom" for r in results) or any(
+        m in _tail(os.path.join(rundir, f"log-{k}.txt"), 200_000) for k in range(len(procs))
+        for m in OOM_MARKERS)
+    status = outcome if outcome in ("timeout", "interrupted") else ("oom" if oom else "failed")
+    if outcome == "done":  # exited 0 but wrote nothing: the target did not return a result
+        reason = "rank 0 exited without writing a result"
+    else:
+        reason = _reason(status, bad, procs[bad].returncode, results[bad], tail)
+    return {"status": status, "reason": reason, "log_tail": tail}
+
+
+def _first_failed_rank(procs: list[subprocess.Popen], results: list[Optional[dict]]) -> int:
+    for r, res in enumerate(results):
+        if res is not None and res.get("status") in ("oom", "failed"):
+            return r
+    for r, p in enumerate(procs):
+        if p.returncode not in (0, None, -signal.SIGKILL, -signal.SIGTERM):
+            return r
+    return 0
+
+
+def _reason(status: str, rank: int, code: Optional[int], result: Optional[dict], tail: str) -> str:
+    if result is not None and result.get("reason"):
+        return f"rank {rank}: {result['reason']}"
+    last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+    return f"{status}: rank {rank} exit code {code}: {last[-300:]}"
+
+
+def _read_json(path: str) -> Optional[dict[str, Any]]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: str, n: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _write_log(rundir: str, world: int, log_path: str) -> None:
+    """All ranks' output in one file, rank by rank (appended: a job's relaunches share a log)."""
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    with open(log_path, "ab") as out:
+        for r in range(world):
+            out.write(f"===== rank {r} =====\n".encode())
+            try:
+                with open(os.path.join(rundir, f"log-{r}.txt"), "rb") as f:
+                    shutil.copyfileobj(f, out)
+            except OSError:
+                pass

@@ -1,0 +1,137 @@
+"""The worker process started by `launch.run_workers`: `python -m saturn.techniques.worker RUNDIR`.
+
+It sets up what every technique needs (process group, device, thread count, a SIGTERM flag), then
+calls the target named in RUNDIR/payload.json and writes RUNDIR/result-<rank>.json. An exception
+becomes a result with status "oom" or "failed" (and exit code 1), so the launcher can tell an
+out-of-memory configuration (a profiling outcome) from a bug.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
+
+
+@dataclass
+class WorkerContext:
+    """What a target gets besides its payload. `stop_requested()` turns True after SIGTERM; the
+    training loop agrees on it across ranks (see training.train) before acting on it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device_type: str  # "cuda" | "cpu"
+    launch_time: float  # launcher's clock when this process was spawned (start-up time origin)
+    _stop: list = field(default_factory=lambda: [False])
+
+    @property
+    def device(self) -> "Any":
+        import torch
+
+        return torch.device("cuda", self.local_rank) if self.device_type == "cuda" else torch.device("cpu")
+
+    def stop_requested(self) -> bool:
+        return self._stop[0]
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop[0] = True
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the launcher dies, so a killed launcher leaves no orphans."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _context() -> WorkerContext:
+    return WorkerContext(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                         local_rank=int(os.environ["LOCAL_RANK"]),
+                         device_type=os.environ.get("SATURN_DEVICE_TYPE", "cpu"),
+                         launch_time=float(os.environ.get("SATURN_LAUNCH_TIME", time.time())))
+
+
+def _init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if ctx.device_type == "cuda":
+        torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s),
+                                device_id=torch.device("cuda", ctx.local_rank))
+    else:
+        torch.set_num_threads(int(os.environ.get("SATURN_TORCH_THREADS", "1")))
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+
+
+def _resolve(path: str) -> Callable[..., Any]:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    from saturn.techniques.launch import OOM_MARKERS
+
+    import torch
+
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(
+        m in str(exc) for m in OOM_MARKERS)
+
+
+def _write_result(rundir: str, rank: int, result: dict[str, Any]) -> None:
+    path = os.path.join(rundir, f"result-{rank}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
+
+
+def main(rundir: str) -> int:
+    _die_with_parent()
+    ctx = _context()
+    signal.signal(signal.SIGTERM, ctx.request_stop)
+    signal.signal(signal.SIGINT, ctx.request_stop)
+    with open(os.path.join(rundir, "payload.json")) as f:
+        spec = json.load(f)
+    payload = spec["payload"]
+    code = 0
+    try:
+        _init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
+        result = _resolve(spec["target"])(payload, ctx)
+        result = dict(result or {})
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
+        traceback.print_exc()
+        status = "oom" if _is_oom(exc) else "failed"
+        result, code = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000]}, 1
+    _write_result(rundir, ctx.rank, result)
+    sys.stdout.flush()
+    if code == 0:
+        _shutdown()
+    return code
+
+
+def _shutdown() -> None:
+    """Destroy the process group so NCCL/gloo release their resources before exit."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - exit anyway
+        pass
+
+
+if __name__ == "__main__":
+    rc = main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)  # skip interpreter teardown: stuck NCCL/gloo threads must not keep us alive

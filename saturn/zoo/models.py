@@ -1,0 +1,141 @@
+"""Model zoo: build any job's model as a `SequentialModel` (an ordered layer sequence).
+
+Every technique relies on the same three facts about a model: its ordered layers (pipeline stages
+and spilling shards cut between them), its repeated block class (FSDP wraps and activation-
+checkpoints per block) and its loss. Built-ins come from configs with random init; user models
+come from `pkg.module:factory` and may return a `SequentialModel` or an `nn.Sequential`.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import os
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from saturn.zoo import gpt, vit
+
+
+class SequentialModel(nn.Module):
+    """`forward` = the layers applied in order; `loss` and `metrics` are per model family."""
+
+    def __init__(self, layers: list[nn.Module], block_class: Optional[type],
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 config: Any = None, family: str = "custom",
+                 metric_fns: Optional[dict[str, Callable[..., float]]] = None):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.block_class = block_class
+        self.loss_fn = loss_fn
+        self.config = config
+        self.family = family
+        self.metric_fns = metric_fns or {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(output, target)
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        return {name: fn(output, target) for name, fn in self.metric_fns.items()}
+
+    def blocks(self) -> list[nn.Module]:
+        return [m for m in self.layers if self.block_class and isinstance(m, self.block_class)]
+
+
+def _config_for(name: str) -> tuple[str, dict[str, Any]]:
+    if name in gpt.GPT_CONFIGS:
+        return "gpt", gpt.GPT_CONFIGS[name].to_dict()
+    if name in vit.VIT_CONFIGS:
+        return "vit", vit.VIT_CONFIGS[name].to_dict()
+    raise ValueError(f"unknown model {name!r}; zoo models: {model_names()}")
+
+
+def model_names() -> list[str]:
+    return [*gpt.GPT_CONFIGS, *vit.VIT_CONFIGS]
+
+
+def check_model_name(name: str, overrides: dict[str, Any]) -> None:
+    """Validate a zoo name and its overrides without building anything (spec validation)."""
+    family, fields = _config_for(name)
+    bad = sorted(set(overrides) - set(fields))
+    if bad:
+        raise ValueError(f"unknown override(s) {bad} for {name}; allowed: {sorted(fields)}")
+    try:
+        model_config(name, overrides)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"overrides for {name}: {exc}") from None
+
+
+def model_config(name: str, overrides: Optional[dict[str, Any]] = None) -> Any:
+    family, _ = _config_for(name)
+    build = gpt.gpt_config if family == "gpt" else vit.vit_config
+    return build(name, dict(overrides or {}))
+
+
+def architecture(spec: Any) -> dict[str, Any]:
+    """What decides speed and memory of a model spec: its resolved config (for signatures)."""
+    if spec.name:
+        family, _ = _config_for(spec.name)
+        return {"family": family, **model_config(spec.name, spec.overrides).to_dict()}
+    return {"factory": spec.factory, "kwargs": spec.kwargs}
+
+
+def param_count(spec: Any) -> Optional[int]:
+    """Parameters of a zoo model without building it; None for user factories."""
+    return model_config(spec.name, spec.overrides).params() if spec.name else None
+
+
+def build_model(spec: Any, device: Optional[torch.device] = None) -> SequentialModel:
+    """Build (random init, or the spec's local weights) on `device` (default CPU; 'meta' works)."""
+    with torch.device(device or "cpu"):
+        model = _build(spec)
+    if spec.weights:
+        load_weights(model, spec.weights)
+    return model
+
+
+def _build(spec: Any) -> SequentialModel:
+    if spec.factory:
+        module, _, attr = spec.factory.partition(":")
+        made = getattr(importlib.import_module(module), attr)(**spec.kwargs)
+        return _as_sequential(made, spec.factory)
+    cfg = model_config(spec.name, spec.overrides)
+    if isinstance(cfg, gpt.GPTConfig):
+        return SequentialModel(gpt.gpt_layers(cfg), gpt.Block, gpt.lm_loss, cfg, "lm")
+    return SequentialModel(vit.vit_layers(cfg), vit.ViTBlock, vit.classification_loss, cfg,
+                           "vision", {"accuracy": vit.accuracy})
+
+
+def _as_sequential(made: Any, where: str) -> SequentialModel:
+    if isinstance(made, SequentialModel):
+        return made
+    if isinstance(made, nn.Sequential):
+        layers = list(made)
+        counts = collections.Counter(type(m) for m in layers)
+        block = counts.most_common(1)[0][0] if counts else None
+        return SequentialModel(layers, block, torch.nn.functional.cross_entropy)
+    raise TypeError(f"model factory {where} returned {type(made).__name__}; return a "
+                    "saturn.zoo.SequentialModel or an nn.Sequential")
+
+
+def load_weights(model: SequentialModel, path: str) -> None:
+    """Load a state dict from a local file or directory (ours, or HF GPT-2 naming)."""
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        for name in ("model.pt", "pytorch_model.bin"):
+            if os.path.exists(os.path.join(path, name)):
+                path = os.path.join(path, name)
+                break
+        else:
+            raise FileNotFoundError(f"no model.pt or pytorch_model.bin in {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(model.config, gpt.GPTConfig) and not any(k.startswith("layers.") for k in state):
+        state = gpt.load_hf_gpt2_state_dict(state, model.config)
+    model.load_state_dict(state)
