@@ -7,6 +7,10 @@ import sys
 import typer
 
 from saturn.cli.common import err_console, setup_logging
+from saturn.cli.plan import plan_command
+from saturn.cli.profile import profile_command
+from saturn.cli.run import report_command, run_command, status_command
+from saturn.cli.techniques import techniques_command
 from saturn.cli.validate import validate_command
 from saturn.errors import SaturnError
 
@@ -21,6 +25,12 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 app.command("validate")(validate_command)
+app.command("profile")(profile_command)
+app.command("plan")(plan_command)
+app.command("run")(run_command)
+app.command("status")(status_command)
+app.command("report")(report_command)
+app.command("techniques")(techniques_command)
 
 
 def run() -> None:

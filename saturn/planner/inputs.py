@@ -59,10 +59,11 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
             if isinstance(job, JobSpec):
                 out.append(job)
                 continue
+            steps = getattr(job, "total_steps", None) or job.steps  # spec Jobs may give epochs
             out.append(
                 JobSpec(
                     name=str(job.name),
-                    steps=float(job.steps),
+                    steps=float(steps),
                     techniques=_opt_set(getattr(job, "techniques", None), str),
                     gpus=_opt_set(getattr(job, "gpus", None), int),
                     signature=getattr(job, "signature", None),
@@ -135,13 +136,3 @@ def gpu_type_matches(profile_type: Any, node: NodeSpec) -> bool:
         return True
     return str(profile_type).strip().lower() == node.gpu_type.strip().lower()
 
-
-def iter_unique(items: Iterable[Any]) -> list[Any]:
-    """Order-preserving de-duplication."""
-    seen: set = set()
-    out = []
-    for it in items:
-        if it not in seen:
-            seen.add(it)
-            out.append(it)
-    return out

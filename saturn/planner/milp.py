@@ -74,18 +74,117 @@ def new_highs():
 
 @dataclass
 class _Block:
-    """Columns for one (job, option, node): start slots 0..n_starts-1."""
+    """Columns for one (job, option, node group): start slots 0..n_starts-1."""
 
     job: int
     option: Option
-    node: int
+    group: int
     dur: int
     col0: int
     n_starts: int
 
 
-def _slot_seed(blocks_by_key: dict, seed: Sequence[Assignment], opt_key, nodes_idx, caps: Sequence[int], dur_of) -> tuple[dict, int]:
-    """Replay the seed plan (options, nodes, start order) in slot time: job -> (key, start slot)."""
+@dataclass
+class _Model:
+    lp: object
+    blocks: list[_Block]
+    c_col: int
+    n_cols: int
+
+
+def okey(o: Option) -> tuple:
+    return (o.job, o.technique, o.knobs, o.gpus, o.gpu_type)
+
+
+def _build(jobs, opts, groups, T, dur, endc, last_start, lb_slots, max_nonzeros) -> Optional[_Model]:
+    """Column-wise (CSC) time-indexed model; see the module docstring for the rows.
+
+    groups: [(capacity, representative node)] (one per node, or per pool of identical nodes);
+    dur/endc/last_start: per option key, slots occupied, end coefficient in the makespan row,
+    and the last allowed start slot. Returns None if the model would exceed max_nonzeros.
+    """
+    import highspy
+
+    J = len(jobs)
+    sym_pairs = _identical_pairs(jobs, opts)
+    sym_row0 = 2 * J + T * len(groups)
+    sym_rows_of: dict[int, list[tuple[int, int]]] = {}
+    for p, (j1, j2) in enumerate(sym_pairs):
+        sym_rows_of.setdefault(j1, []).append((sym_row0 + p, -1))
+        sym_rows_of.setdefault(j2, []).append((sym_row0 + p, +1))
+    blocks: list[_Block] = []
+    starts, index, value = [0], [], []
+    col = nnz = 0
+    for ji, j in enumerate(jobs):
+        syms = sym_rows_of.get(ji, [])
+        for o in opts[j]:
+            k = okey(o)
+            d, ns = dur[k], last_start[k] + 1
+            if ns <= 0:
+                continue
+            for gi, (_, rep) in enumerate(groups):
+                if not o.fits(rep):
+                    continue
+                nnz += ns * (2 + d + len(syms))
+                if nnz > max_nonzeros:
+                    return None
+                blocks.append(_Block(ji, o, gi, d, col, ns))
+                s = np.arange(ns)
+                rows = [np.full(ns, ji), np.full(ns, J + ji)]
+                vals = [np.ones(ns), -(s + endc[k]).astype(float)]
+                for step in range(d):
+                    rows.append(2 * J + gi * T + s + step)
+                    vals.append(np.full(ns, float(o.gpus)))
+                for r, sign in syms:
+                    rows.append(np.full(ns, r))
+                    vals.append(sign * s.astype(float))
+                R, V = np.stack(rows, axis=1), np.stack(vals, axis=1)
+                mask = V != 0
+                index.append(R[mask])  # row-major over (start, entry) = column by column
+                value.append(V[mask])
+                starts.extend((np.cumsum(mask.sum(axis=1)) + starts[-1]).tolist())
+                col += ns
+    c_col = col
+    index.append(np.arange(J, 2 * J))
+    value.append(np.ones(J))
+    starts.append(starts[-1] + J)
+    n_cols, n_rows = col + 1, sym_row0 + len(sym_pairs)
+    inf = highspy.kHighsInf
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = n_cols, n_rows
+    cost = np.zeros(n_cols)
+    cost[c_col] = 1.0
+    lp.col_cost_ = cost
+    lp.col_lower_ = np.concatenate([np.zeros(col), [float(min(lb_slots, T))]])
+    lp.col_upper_ = np.concatenate([np.ones(col), [inf]])
+    caps = np.repeat(np.array([c for c, _ in groups], float), T)
+    nsym = len(sym_pairs)
+    lp.row_lower_ = np.concatenate([np.ones(J), np.zeros(J), np.full(T * len(groups), -inf), np.zeros(nsym)])
+    lp.row_upper_ = np.concatenate([np.ones(J), np.full(J, inf), caps, np.full(nsym, inf)])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
+    lp.a_matrix_.index_ = np.concatenate(index).astype(np.int32)
+    lp.a_matrix_.value_ = np.concatenate(value)
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * col + [highspy.HighsVarType.kContinuous]
+    return _Model(lp, blocks, c_col, n_cols)
+
+
+def _highs_for(model: _Model, time_limit_s: float, mip_gap: float, threads: int):
+    h = new_highs()
+    # HiGHS overshoots its limit a little (presolve, the last node): keep a margin.
+    h.setOptionValue("time_limit", max(0.05, 0.9 * time_limit_s - 0.1))
+    h.setOptionValue("mip_rel_gap", mip_gap)
+    h.setOptionValue("threads", threads)
+    h.setOptionValue("random_seed", 0)
+    h.passModel(model.lp)
+    return h
+
+
+def _slot_seed(seed: Sequence[Assignment], opt_key, nodes_idx, caps: Sequence[int], dur_of) -> tuple[dict, int]:
+    """Replay the seed plan (options, nodes, start order) in slot time: job -> (key, start slot).
+
+    Gives HiGHS a feasible starting point of the rounded model; its makespan fixes the horizon.
+    """
     use = [dict() for _ in caps]  # per node: slot -> GPUs in use
     out, ms = {}, 0
     for a in sorted(seed, key=lambda a: (a.start_s, a.job)):
@@ -110,149 +209,127 @@ def solve_time_indexed(
     *,
     time_limit_s: float,
     mip_gap: float = 0.01,
-    slots: int = 80,
+    slots: int = 40,
     threads: int = 1,
     max_nonzeros: int = 3_000_000,
 ) -> MilpResult:
-    """Solve the model for `options` on `nodes`, warm-started from `seed` (a valid plan)."""
+    """Solve the ceil-rounded model on `nodes`, warm-started from `seed` (a valid plan)."""
+    import highspy
+
     t0 = time.perf_counter()
     jobs = list(options)
     horizon = max(a.end_s for a in seed)
     delta = horizon / slots
     node_idx = {n.name: i for i, n in enumerate(nodes)}
-    caps = [n.gpus for n in nodes]
-
-    def okey(o: Option):
-        return (o.job, o.technique, o.knobs, o.gpus, o.gpu_type)
-
     seed_by_job = {a.job: a for a in seed}
     opts: dict[str, list[Option]] = {}
     for j in jobs:
-        jo = options[j]
-        a = seed_by_job[j]
+        jo, a = options[j], seed_by_job[j]
         cand = [o for o in jo.options if o.runtime_s <= horizon * (1 + 1e-9)]
-        seed_opt = next(o for o in jo.options + jo.by_size if o.technique == a.technique and o.gpus == len(a.gpus)
-                        and o.knobs_dict == a.knobs and o.fits(nodes[node_idx[a.node]]) and abs(o.runtime_s - a.duration_s) <= 1e-6 * max(1.0, a.duration_s))
+        seed_opt = _match(jo.options + jo.by_size, a)
         if okey(seed_opt) not in {okey(o) for o in cand}:
             cand.append(seed_opt)
         opts[j] = cand
-    dur_of = {okey(o): max(1, math.ceil(o.runtime_s / delta - 1e-9)) for j in jobs for o in opts[j]}
-    seed_slots, seed_ms = _slot_seed({}, seed, lambda a: okey(_match(opts[a.job], a)), node_idx, caps, dur_of)
+    dur = {okey(o): max(1, math.ceil(o.runtime_s / delta - 1e-9)) for j in jobs for o in opts[j]}
+    seed_slots, seed_ms = _slot_seed(seed, lambda a: okey(_match(opts[a.job], a)), node_idx, [n.gpus for n in nodes], dur)
     T = max(slots, seed_ms)
+    last = {k: T - d for k, d in dur.items()}
+    lb_slots = math.ceil(lower_bound_s / delta - 1e-6) if lower_bound_s > 0 else 0
+    model = _build(jobs, opts, [(n.gpus, n) for n in nodes], T, dur, dur, last, lb_slots, max_nonzeros)
+    if model is None:
+        return MilpResult("too_large", None, time.perf_counter() - t0, None, delta, 0)
+    h = _highs_for(model, time_limit_s - (time.perf_counter() - t0), mip_gap, threads)
 
-    # --- columns -------------------------------------------------------------------------
-    J = len(jobs)
-    cap_base = [2 * J + sum(T for _ in range(i)) for i in range(len(nodes))]
-    sym_pairs = _identical_pairs(jobs, opts)
-    sym_row0 = 2 * J + T * len(nodes)
-    sym_rows_of: dict[int, list[tuple[int, int]]] = {}
-    for p, (j1, j2) in enumerate(sym_pairs):
-        sym_rows_of.setdefault(j1, []).append((sym_row0 + p, -1))
-        sym_rows_of.setdefault(j2, []).append((sym_row0 + p, +1))
-    n_rows = sym_row0 + len(sym_pairs)
-
-    blocks: list[_Block] = []
-    starts, index, value = [0], [], []
-    col = 0
-    nnz = 0
-    for ji, j in enumerate(jobs):
-        for o in opts[j]:
-            d = dur_of[okey(o)]
-            for ni, n in enumerate(nodes):
-                if not o.fits(n) or d > T:
-                    continue
-                ns = T - d + 1
-                nnz += ns * (2 + d + len(sym_rows_of.get(ji, [])))
-                if nnz > max_nonzeros:
-                    return MilpResult("too_large", None, time.perf_counter() - t0, None, delta, col)
-                blocks.append(_Block(ji, o, ni, d, col, ns))
-                s = np.arange(ns)
-                rows = [np.full(ns, ji), np.full(ns, J + ji)]
-                vals = [np.ones(ns), -(s + d).astype(float)]
-                for k in range(d):
-                    rows.append(cap_base[ni] + s + k)
-                    vals.append(np.full(ns, float(o.gpus)))
-                for r, sign in sym_rows_of.get(ji, []):
-                    rows.append(np.full(ns, r))
-                    vals.append(sign * s.astype(float))
-                R = np.stack(rows, axis=1)
-                V = np.stack(vals, axis=1)
-                mask = V != 0
-                index.append(R[mask])  # row-major over (start, entry): column by column
-                value.append(V[mask])
-                starts.extend((np.cumsum(mask.sum(axis=1)) + starts[-1]).tolist())
-                col += ns
-    c_col = col  # the makespan variable
-    index.append(np.arange(J, 2 * J))
-    value.append(np.ones(J))
-    starts.append(starts[-1] + J)
-    n_cols = col + 1
-
-    import highspy
-
-    lp = highspy.HighsLp()
-    lp.num_col_ = n_cols
-    lp.num_row_ = n_rows
-    cost = np.zeros(n_cols)
-    cost[c_col] = 1.0
-    lp.col_cost_ = cost
-    lb_slots = max(1, math.ceil(lower_bound_s / delta - 1e-9)) if lower_bound_s > 0 else 0
-    lp.col_lower_ = np.concatenate([np.zeros(col), [float(min(lb_slots, T))]])
-    lp.col_upper_ = np.concatenate([np.ones(col), [float(T)]])
-    row_lower = np.concatenate([np.ones(J), np.zeros(J), np.full(T * len(nodes), -highspy.kHighsInf), np.zeros(len(sym_pairs))])
-    row_upper = np.concatenate([np.ones(J), np.full(J, highspy.kHighsInf), np.repeat(np.array(caps, float), T), np.full(len(sym_pairs), highspy.kHighsInf)])
-    lp.row_lower_ = row_lower
-    lp.row_upper_ = row_upper
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
-    lp.a_matrix_.index_ = np.concatenate(index).astype(np.int32)
-    lp.a_matrix_.value_ = np.concatenate(value)
-    lp.integrality_ = [highspy.HighsVarType.kInteger] * col + [highspy.HighsVarType.kContinuous]
-
-    h = new_highs()
-    h.setOptionValue("time_limit", max(0.1, time_limit_s - (time.perf_counter() - t0)))
-    h.setOptionValue("mip_rel_gap", mip_gap)
-    h.setOptionValue("threads", threads)
-    h.setOptionValue("random_seed", 0)
-    h.passModel(lp)
-
-    # --- warm start from the seed plan ---------------------------------------------------
-    x0 = np.zeros(n_cols)
-    by_jn = {}
-    for b in blocks:
-        by_jn[(b.job, okey(b.option), b.node)] = b
+    x0 = np.zeros(model.n_cols)
+    where = {(b.job, okey(b.option), b.group): b for b in model.blocks}
     for ji, j in enumerate(jobs):
         key, s = seed_slots[j]
-        b = by_jn[(ji, key, node_idx[seed_by_job[j].node])]
-        x0[b.col0 + s] = 1.0
-    x0[c_col] = float(seed_ms)
+        x0[where[(ji, key, node_idx[seed_by_job[j].node])].col0 + s] = 1.0
+    x0[model.c_col] = float(seed_ms)
     sol = highspy.HighsSolution()
     sol.col_value = x0.tolist()
     sol.value_valid = True
     h.setSolution(sol)
 
     h.run()
-    status = h.modelStatusToString(h.getModelStatus())
+    status = _status_name(h.modelStatusToString(h.getModelStatus()))
     info = h.getInfo()
     gap = float(info.mip_gap) if math.isfinite(info.mip_gap) else None
-    values = np.asarray(h.getSolution().col_value) if info.primal_solution_status >= 1 else None
+    values = np.asarray(h.getSolution().col_value)
     elapsed = time.perf_counter() - t0
-    if values is None or len(values) != n_cols:
-        return MilpResult("no_solution", None, elapsed, None, delta, n_cols)
+    if info.primal_solution_status < 1 or len(values) != model.n_cols:
+        return MilpResult("no_solution", None, elapsed, None, delta, model.n_cols)
     picks = []  # (start slot, job name, option, node index)
-    for b in blocks:
+    for b in model.blocks:
         seg = values[b.col0 : b.col0 + b.n_starts]
         k = int(np.argmax(seg))
         if seg[k] > 0.5:
-            picks.append((k, jobs[b.job], b.option, b.node))
-    if len(picks) != J:
-        return MilpResult("no_solution", gap, elapsed, None, delta, n_cols)
-    plan = compact(picks, nodes, delta)
-    return MilpResult(_status_name(status), gap, time.perf_counter() - t0, plan, delta, n_cols)
+            picks.append((k, jobs[b.job], b.option, b.group))
+    if len(picks) != len(jobs):
+        return MilpResult("no_solution", gap, elapsed, None, delta, model.n_cols)
+    return MilpResult(status, gap, time.perf_counter() - t0, compact(picks, nodes, delta), delta, model.n_cols)
+
+
+def slot_lower_bound(
+    options: Mapping[str, JobOptions],
+    nodes: Sequence[NodeSpec],
+    upper_bound_s: float,
+    lower_bound_s: float,
+    *,
+    time_limit_s: float,
+    slots: int = 40,
+    threads: int = 1,
+    max_nonzeros: int = 2_000_000,
+) -> Optional[float]:
+    """A valid makespan lower bound from a *relaxed* time-indexed model (None if not solved).
+
+    Relaxations: durations rounded *down* to slots (a real schedule with start S maps to slot
+    floor(S/delta); every job occupying slot t in that image is running at real time
+    (t+1)*delta - 0, so slot capacities hold), identical nodes pooled into one capacity (drops
+    "all GPUs on one node" across pooled nodes, keeps it via option fit), and the makespan row
+    uses the real runtime: C * delta >= floor(S/delta)*delta + r <= S + r. Any dual bound of
+    this MILP, times delta, bounds every plan no longer than upper_bound_s; hence
+    min(upper_bound_s, bound) is valid.
+    """
+    t0 = time.perf_counter()
+    jobs = list(options)
+    delta = upper_bound_s / slots
+    opts = {j: [o for o in options[j].options if o.runtime_s <= upper_bound_s * (1 + 1e-9)] for j in jobs}
+    pools: dict[tuple, list[NodeSpec]] = {}
+    for n in nodes:
+        pools.setdefault((n.gpus, (n.gpu_type or "").lower()), []).append(n)
+    groups = [(sum(n.gpus for n in ns), ns[0]) for ns in pools.values()]
+    keys = {okey(o): o for j in jobs for o in opts[j]}
+    dur = {k: int(math.floor(o.runtime_s / delta + 1e-9)) for k, o in keys.items()}
+    endc = {k: o.runtime_s / delta for k, o in keys.items()}
+    last = {k: int(math.floor((upper_bound_s - o.runtime_s) / delta + 1e-9)) for k, o in keys.items()}
+    T = slots + 1
+    lb_slots = lower_bound_s / delta
+    model = _build(jobs, opts, groups, T, dur, endc, last, lb_slots, max_nonzeros)
+    if model is None:
+        return None
+    h = _highs_for(model, time_limit_s - (time.perf_counter() - t0), 0.0, threads)
+    h.run()
+    info = h.getInfo()
+    status = h.getModelStatus()
+    import highspy
+
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return upper_bound_s  # no plan shorter than the upper bound exists
+    bound = info.mip_dual_bound
+    if not math.isfinite(bound):
+        return None
+    return min(upper_bound_s, bound * delta * (1 - 1e-7))
 
 
 def _match(opts: list[Option], a: Assignment) -> Option:
-    return next(o for o in opts if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs)
+    """The option an assignment runs (same technique, knobs, GPU count and duration)."""
+    tol = 1e-6 * max(1.0, a.duration_s)
+    return next(
+        o for o in opts
+        if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs
+        and abs(o.runtime_s - a.duration_s) <= tol
+    )
 
 
 def _status_name(s: str) -> str:
@@ -307,3 +384,39 @@ def _compact_fixed(picks, nodes: Sequence[NodeSpec], delta: float) -> list[Assig
             shifted_end[ni][g] = start + o.runtime_s
         out.append(make_assignment(o, nodes[ni].name, start, ids))
     return out
+
+
+def export_model(jobs, cluster, profiles, path, *, slots: int = 40):
+    """Write the rounded time-indexed model (warm-start horizon from the greedy plan) as MPS/LP.
+
+    For users with other MILP solvers; the file format follows the suffix (.mps or .lp).
+    """
+    from pathlib import Path
+
+    from saturn.planner.greedy import greedy_candidates, makespan
+    from saturn.planner.inputs import normalize_cluster, normalize_jobs
+    from saturn.planner.lower_bound import lower_bound
+    from saturn.planner.options import build_options
+
+    nodes = normalize_cluster(cluster)
+    options = build_options(normalize_jobs(jobs), nodes, profiles)
+    seed = min((a for _, a in greedy_candidates(options, nodes)), key=makespan)
+    horizon = makespan(seed)
+    delta = horizon / slots
+    opts = {j: [o for o in jo.options if o.runtime_s <= horizon * (1 + 1e-9)] for j, jo in options.items()}
+    for a in seed:  # the seed's options must be in the model (a baseline may use non-Pareto ones)
+        o = _match(options[a.job].options + options[a.job].by_size, a)
+        if okey(o) not in {okey(x) for x in opts[a.job]}:
+            opts[a.job].append(o)
+    dur = {okey(o): max(1, math.ceil(o.runtime_s / delta - 1e-9)) for v in opts.values() for o in v}
+    node_idx = {n.name: i for i, n in enumerate(nodes)}
+    _, seed_ms = _slot_seed(seed, lambda a: okey(_match(opts[a.job], a)), node_idx, [n.gpus for n in nodes], dur)
+    T = max(slots, seed_ms)
+    last = {k: T - d for k, d in dur.items()}
+    lb = math.ceil(lower_bound(options, nodes) / delta - 1e-6)
+    model = _build(list(opts), opts, [(n.gpus, n) for n in nodes], T, dur, dur, last, lb, 50_000_000)
+    h = new_highs()
+    h.passModel(model.lp)
+    path = Path(path)
+    h.writeModel(str(path))
+    return path

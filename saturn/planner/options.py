@@ -98,7 +98,7 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
     out = []
     for r in rows.itertuples(index=False):
         r = r._asdict()
-        if not _is_true(r["feasible"]):
+        if not _is_true(r["feasible"]) or str(r.get("status") or "ok").lower() not in ("ok", "nan"):
             continue
         tech, gpus = str(r["technique"]), int(r["gpus"])
         if job.techniques is not None and tech not in job.techniques:

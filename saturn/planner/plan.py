@@ -141,7 +141,8 @@ def _profiled_runtimes(rows: pd.DataFrame, steps: float) -> dict[tuple, list[tup
         feas = r["feasible"]
         if isinstance(feas, str):
             feas = feas.strip().lower() in ("true", "1", "yes", "y", "t")
-        if not bool(feas) or pd.isna(r["feasible"]):
+        status = r.get("status")
+        if not bool(feas) or pd.isna(r["feasible"]) or (isinstance(status, str) and status.lower() != "ok"):
             continue
         startup = r.get("startup_s", 0.0)
         startup = 0.0 if startup is None or pd.isna(startup) else float(startup)

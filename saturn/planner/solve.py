@@ -24,7 +24,7 @@ from saturn.planner.baselines import baseline_plans
 from saturn.planner.greedy import allot, allotment_targets, greedy_candidates, makespan, perturbed_search
 from saturn.planner.inputs import NodeSpec, normalize_cluster, normalize_jobs
 from saturn.planner.lower_bound import lower_bound
-from saturn.planner.milp import MilpResult, solve_time_indexed
+from saturn.planner.milp import MilpResult, slot_lower_bound, solve_time_indexed
 from saturn.planner.options import JobOptions, Option, build_options
 from saturn.planner.plan import Assignment, Plan, SolverInfo, as_plan, validate_plan
 from saturn.planner.schedule import Choice, list_schedule
@@ -45,7 +45,8 @@ def plan(
 ) -> Plan:
     """Choose a technique, node, GPU ids and start time for every job, minimizing makespan."""
     t0 = time.perf_counter()
-    deadline = t0 + time_limit_s
+    # Keep a margin for validation and for HiGHS finishing its current node after the limit.
+    deadline = t0 + time_limit_s - min(1.0, 0.06 * time_limit_s)
     job_specs = normalize_jobs(jobs)
     nodes = normalize_cluster(cluster)
     options = build_options(job_specs, nodes, profiles)
@@ -61,15 +62,22 @@ def plan(
     source, best = min(cands, key=lambda c: (makespan(c[1]), c[0]))
 
     milp_runs: list[MilpResult] = []
+    if _gap(makespan(best), lb) > mip_gap:  # a stronger bound may already certify the plan
+        budget = min(0.15 * time_limit_s, 5.0, deadline - time.perf_counter() - 0.1)
+        if budget > 0.05:
+            slot_lb = slot_lower_bound(options, nodes, makespan(best), lb, time_limit_s=budget, slots=30, threads=threads)
+            lb = max(lb, slot_lb or 0.0)
     if _gap(makespan(best), lb) > mip_gap and time.perf_counter() < deadline - 0.2:
         improved = _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, milp_runs)
         if improved is not None and makespan(improved) < makespan(best) - 1e-9:
             source, best = "milp", improved
     if _gap(makespan(best), lb) > mip_gap and time.perf_counter() < deadline - 0.1:
-        better = perturbed_search(options, nodes, best, deadline=min(deadline, time.perf_counter() + 2.0))
+        better = perturbed_search(options, nodes, best, deadline=min(deadline - 0.05, time.perf_counter() + 2.0))
         if better is not None and makespan(better) < makespan(best) - 1e-9:
             source, best = source + "+reorder", better
 
+    if makespan(best) < lb <= makespan(best) * (1 + 1e-9):  # floating-point noise only
+        lb = makespan(best)
     result = Plan(
         assignments=sorted(best, key=lambda a: (a.start_s, a.job)),
         lower_bound_s=lb,
@@ -108,48 +116,54 @@ def _solver_info(ms, lb, mip_gap, runs: Sequence[MilpResult], elapsed, source) -
     )
 
 
+SLOT_LADDER = (20, 30, 45, 70, 100, 150)  # coarse first (fast, proves optimal), then finer
+
+
 def _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs) -> Optional[list[Assignment]]:
     """Full model when small enough, otherwise one MILP per node of the best plan's split."""
     n_opt = sum(len(jo.options) for jo in options.values())
-    T = slots or _choose_slots(len(options), len(nodes))
-    if len(nodes) == 1 or n_opt * len(nodes) * T <= FULL_MODEL_MAX_STARTS:
-        r = solve_time_indexed(options, nodes, best, lb, time_limit_s=deadline - time.perf_counter(),
-                               mip_gap=mip_gap, slots=T, threads=threads)
-        runs.append(r)
-        return r.assignments
+    if len(nodes) == 1 or n_opt * len(nodes) * SLOT_LADDER[1] <= FULL_MODEL_MAX_STARTS:
+        return _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs)
     return _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs)
 
 
-def _choose_slots(n_jobs: int, n_nodes: int) -> int:
-    """More slots (finer rounding) for few jobs; fewer when there are many columns."""
-    per_node = n_jobs / max(1, n_nodes)
-    return int(max(40, min(120, 2400 / max(1.0, per_node))))
+def _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs) -> list[Assignment]:
+    """Solve the rounded model with finer and finer slots while each level solves to optimality.
+
+    Each level is warm-started from the best plan so far and its horizon is that plan's
+    makespan, so the slot length shrinks both with the slot count and with every improvement.
+    """
+    ladder = (slots,) if slots else SLOT_LADDER
+    for T in ladder:
+        left = deadline - time.perf_counter()
+        if left < 0.1 or _gap(makespan(best), lb) <= mip_gap:
+            break
+        r = solve_time_indexed(options, nodes, best, lb, time_limit_s=left, mip_gap=mip_gap, slots=T, threads=threads)
+        runs.append(r)
+        if r.assignments is not None and makespan(r.assignments) < makespan(best) - 1e-9:
+            best = r.assignments
+        if r.status != "optimal":
+            break
+    return best
 
 
 def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs) -> Optional[list[Assignment]]:
+    """Keep the best plan's job->node split; improve nodes one by one, longest first."""
     by_node: dict[str, list[Assignment]] = {}
     for a in best:
         by_node.setdefault(a.node, []).append(a)
     order = sorted(by_node, key=lambda n: -makespan(by_node[n]))
     node_of = {n.name: n for n in nodes}
-    result = {n: list(v) for n, v in by_node.items()}
     for i, name in enumerate(order):
         left = deadline - time.perf_counter()
         if left < 0.2:
             break
         sub = {a.job: options[a.job] for a in by_node[name]}
         sub_nodes = [node_of[name]]
-        sub_lb = lower_bound(sub, sub_nodes)
-        if _gap(makespan(by_node[name]), sub_lb) <= mip_gap:
-            continue
         share = left / (len(order) - i) * (1.5 if i == 0 else 1.0)
-        T = slots or _choose_slots(len(sub), 1)
-        r = solve_time_indexed(sub, sub_nodes, by_node[name], sub_lb, time_limit_s=min(left, share),
-                               mip_gap=mip_gap, slots=T, threads=threads)
-        runs.append(r)
-        if r.assignments is not None and makespan(r.assignments) < makespan(result[name]) - 1e-9:
-            result[name] = r.assignments
-    return [a for v in result.values() for a in v]
+        by_node[name] = _refine(sub, sub_nodes, by_node[name], lower_bound(sub, sub_nodes),
+                                time.perf_counter() + min(left, share), mip_gap, threads, slots, runs)
+    return [a for v in by_node.values() for a in v]
 
 
 def warm_start_assignments(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], warm) -> Optional[list[Assignment]]:

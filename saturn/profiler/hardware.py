@@ -76,7 +76,10 @@ def detect_interconnect() -> str:
 
 def parse_topology(text: str) -> str:
     """Summarise `nvidia-smi topo -m` as 'nvlink' (all GPU pairs NV#), 'nvlink-partial' or 'pcie'."""
-    gpu_rows = [line.split() for line in text.splitlines() if line.strip().startswith("GPU")]
+    import re
+
+    gpu_rows = [line.split() for line in text.splitlines()
+                if re.match(r"GPU\d+\s", line)]  # row lines; the header line starts with a tab
     links: list[str] = []
     n = len(gpu_rows)
     for i, cells in enumerate(gpu_rows):

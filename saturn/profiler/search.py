@@ -7,7 +7,8 @@ settings the technique proposes. Trying everything is slow, so the search skips 
   order. The two smallest counts start at once; a larger count starts only when the step from the
   previous two counts still sped up by at least `min_speedup` (default 1.15x). When the speed-up
   flattens, the larger counts are skipped: more GPUs for the same speed can never win a plan. An
-  infeasible smaller count (e.g. OOM) never stops the ladder: more GPUs may make it fit.
+  infeasible smaller count (e.g. OOM) never stops the ladder: more GPUs may make it fit; but two
+  counts in a row that crashed (status 'failed', not OOM) do.
 * **Memory tiers.** A cell's knob settings are tiered: plain (tier 0), activation checkpointing
   (tier 1), offload (tier 2). A tier runs only when every setting of the tiers before it was
   infeasible and at least one of them ran out of memory (a slower, leaner setting cannot beat a
@@ -31,6 +32,7 @@ from typing import Any, Iterable, Mapping, Optional
 SHORT_CHECK_TECHNIQUES = frozenset({"spilling"})
 OK = "ok"
 OOM = "oom"
+FAILED = "failed"
 
 _FALSY = (None, False, 0, "", "none", "None", "off", "no", "false", "False")
 
@@ -277,18 +279,33 @@ class Search:
             a, b = self._cells[(sig, tech, counts[i - 2])], self._cells[(sig, tech, counts[i - 1])]
             if "pruned" in (a.state, b.state):
                 return f"a smaller GPU count of {tech} was skipped"
-            if a.state != "resolved" or b.state != "resolved":
+            a_failed = bool(a.plan) and all(a.results.get(k, ("",))[0] == FAILED for _, k in a.plan)
+            if a.state == "resolved" and a.best() is None and not a_failed:
+                pass  # no speed-up to measure from an infeasible count: keep climbing
+            elif a.state != "resolved" or b.state != "resolved":
                 return False
-            ta, tb = a.best(), b.best()
-            if ta is not None and tb is not None and ta / tb < self.min_speedup:
-                return (f"speed-up flattened: {tech} went from {ta:.4g}s on {a.inp.gpus} GPUs to "
-                        f"{tb:.4g}s on {b.inp.gpus} GPUs ({ta / tb:.2f}x < {self.min_speedup}x)")
+            else:
+                verdict = self._flattened(tech, a, b)
+                if verdict:
+                    return verdict
         if cell.short_check:
             siblings = [c for (s, t, n), c in self._cells.items()
                         if s == sig and n == g and not c.short_check]
             if any(c.state in ("waiting", "open") for c in siblings):
                 return False
         return True
+
+    def _flattened(self, tech: str, a: _Cell, b: _Cell) -> Optional[str]:
+        """Why counts above b's are not worth trying, or None."""
+        if all(a.results.get(k, ("",))[0] == FAILED for _, k in a.plan) and all(
+                b.results.get(k, ("",))[0] == FAILED for _, k in b.plan) and a.plan and b.plan:
+            return (f"{tech} failed (not out of memory) on {a.inp.gpus} and {b.inp.gpus} GPUs; "
+                    "more GPUs will not fix that")
+        ta, tb = a.best(), b.best()
+        if ta is not None and tb is not None and ta / tb < self.min_speedup:
+            return (f"speed-up flattened: {tech} went from {ta:.4g}s on {a.inp.gpus} GPUs to "
+                    f"{tb:.4g}s on {b.inp.gpus} GPUs ({ta / tb:.2f}x < {self.min_speedup}x)")
+        return None
 
     def _open(self, cell: _Cell) -> None:
         sig, tech, g = cell.key

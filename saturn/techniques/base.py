@@ -82,11 +82,14 @@ class Technique(abc.ABC):
 
     @abc.abstractmethod
     def trial(self, job: Any, gpus: Devices, knobs: dict[str, Any], steps: int,
-              timeout_s: float = 600.0) -> TrialResult:
-        """Run `steps` steps (plus warm-up) and measure; never raises for OOM or crashes."""
+              timeout_s: float = 600.0, **kwargs: Any) -> TrialResult:
+        """Run `steps` steps (plus warm-up) and measure; never raises for OOM or crashes.
+        Optional kwargs (see saturn.techniques.common): device_type, log_path, warmup."""
 
     @abc.abstractmethod
     def run(self, job: Any, gpus: Devices, knobs: dict[str, Any], start_step: int,
             num_steps: int, checkpoint_dir: str, **kwargs: Any) -> RunResult:
         """Train from `start_step` (resuming from `checkpoint_dir` if it holds a checkpoint) and
-        save a technique-neutral checkpoint at the end and on SIGTERM."""
+        save a technique-neutral checkpoint at the end and on SIGTERM. Optional kwargs (see
+        saturn.techniques.common): device_type, log_path, timeout_s, stop_event,
+        checkpoint_every, grace_s."""

@@ -100,9 +100,13 @@ def load_state(path: str, model_sd: dict[str, Any], optim_sd: Optional[dict[str,
     pass DTensors to get shards, plain tensors to get full tensors, a subset of keys to get only
     those). Returns the meta dict."""
     state: dict[str, Any] = {"model": model_sd}
-    if optim_sd:
-        state["optim"] = optim_sd
+    if optim_sd:  # per-parameter state only: param_groups (hyperparameters, and which FQNs this
+        # rank holds) stay those of the live optimizer, so a pipeline stage or a differently
+        # sharded optimizer never receives another rank's parameter list
+        state["optim"] = {"state": optim_sd.get("state", {})}
     dcp.load(state, checkpoint_id=path)
+    if optim_sd:
+        optim_sd["state"] = state["optim"]["state"]
     return read_meta(path)
 
 

@@ -78,8 +78,8 @@ def run_workers(target: str, payload: dict[str, Any], devices: list[int], *,
         with open(os.path.join(rundir, "payload.json"), "w") as f:
             json.dump({"target": target, "payload": payload}, f)
         procs = _spawn(rundir, devices, device_type, env or {})
-        outcome = _supervise(procs, timeout_s, grace_s, stop_event)
-        result = _collect(rundir, procs, outcome)
+        outcome, culprit = _supervise(procs, timeout_s, grace_s, stop_event)
+        result = _collect(rundir, procs, outcome, culprit)
         if log_path:
             _write_log(rundir, len(procs), log_path)
         return result
@@ -145,24 +145,26 @@ class _Signals:
 
 
 def _supervise(procs: list[subprocess.Popen], timeout_s: float, grace_s: float,
-               stop_event: Optional[threading.Event]) -> str:
-    """Wait for the workers; 'done' | 'failed' | 'timeout' | 'interrupted'. Always reaps them all."""
+               stop_event: Optional[threading.Event]) -> tuple[str, int]:
+    """Wait for the workers: ('done' | 'failed' | 'timeout' | 'interrupted', first failed rank).
+    The first rank to fail is the culprit: its peers fail after it (connection closed)."""
     deadline = time.monotonic() + timeout_s
     try:
         with _Signals() as sigs:
             while True:
                 codes = [p.poll() for p in procs]
                 if all(c == 0 for c in codes):
-                    return "done"
-                if any(c not in (None, 0) for c in codes):
+                    return "done", 0
+                bad = [r for r, c in enumerate(codes) if c not in (None, 0)]
+                if bad:
                     _wait_or_kill(procs, min(grace_s, 5.0))  # peers usually hang in a collective
-                    return "failed"
+                    return "failed", bad[0]
                 if time.monotonic() > deadline:
                     _kill_all(procs)
-                    return "timeout"
+                    return "timeout", 0
                 if sigs.received is not None or (stop_event is not None and stop_event.is_set()):
                     _terminate_gracefully(procs, grace_s)
-                    return "interrupted"
+                    return "interrupted", 0
                 time.sleep(0.05)
     finally:
         _kill_all(procs)  # no-op when they all exited; covers exceptions in this thread
@@ -201,7 +203,8 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _collect(rundir: str, procs: list[subprocess.Popen], outcome: str) -> dict[str, Any]:
+def _collect(rundir: str, procs: list[subprocess.Popen], outcome: str,
+             culprit: int) -> dict[str, Any]:
     """Rank 0's result, or a structured failure (OOM is told apart from other failures)."""
     results = [_read_json(os.path.join(rundir, f"result-{r}.json")) for r in range(len(procs))]
     if outcome == "done" and results[0] is not None:
@@ -209,7 +212,7 @@ def _collect(rundir: str, procs: list[subprocess.Popen], outcome: str) -> dict[s
         return results[0]
     if outcome == "interrupted" and results[0] is not None:
         return results[0]
-    bad = _first_failed_rank(procs, results)
+    bad = _root_cause(procs, results, culprit)
     tail = _tail(os.path.join(rundir, f"log-{bad}.txt"))
     oom = any((r or {}).get("status") == "oom" for r in results) or any(
         m in _tail(os.path.join(rundir, f"log-{k}.txt"), 200_000) for k in range(len(procs))
@@ -222,14 +225,20 @@ def _collect(rundir: str, procs: list[subprocess.Popen], outcome: str) -> dict[s
     return {"status": status, "reason": reason, "log_tail": tail}
 
 
-def _first_failed_rank(procs: list[subprocess.Popen], results: list[Optional[dict]]) -> int:
-    for r, res in enumerate(results):
-        if res is not None and res.get("status") in ("oom", "failed"):
+_PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "remote worker crash",
+              "NCCL communicator was aborted", "Broken pipe", "ProcessGroupGloo")
+
+
+def _root_cause(procs: list[subprocess.Popen], results: list[Optional[dict]], culprit: int) -> int:
+    """The rank that failed for its own reason: the first to exit non-zero, unless its error only
+    says that a peer went away (ranks failing within one poll interval look simultaneous)."""
+    failed = [culprit] + [r for r, p in enumerate(procs) if r != culprit and p.returncode not in
+                          (0, None, -signal.SIGKILL, -signal.SIGTERM)]
+    for r in failed:
+        reason = (results[r] or {}).get("reason", "")
+        if reason and not any(m in reason for m in _PEER_LOSS):
             return r
-    for r, p in enumerate(procs):
-        if p.returncode not in (0, None, -signal.SIGKILL, -signal.SIGTERM):
-            return r
-    return 0
+    return culprit
 
 
 def _reason(status: str, rank: int, code: Optional[int], result: Optional[dict], tail: str) -> str:

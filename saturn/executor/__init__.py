@@ -1,0 +1,17 @@
+"""Introspective execution: run a plan, observe real progress, re-plan and switch when it pays.
+
+    from saturn.executor import Executor, ExecutorConfig, ProcessBackend, SimulatedBackend
+    ex = Executor(workload.jobs, workload.cluster, profiles, ProcessBackend(run_dir), run_dir=run_dir)
+    results = ex.run_until_done()
+
+Modules: state (dataclasses), journal (SQLite event log + replay), policy (pure decisions),
+backends (simulated / real processes), job_runner (one attempt in a child process), loop (the
+Executor), display (rich live view), report (status, Gantt, prediction error).
+"""
+
+from saturn.executor.backends import Backend, BackendEvent, ProcessBackend, SimulatedBackend
+from saturn.executor.loop import Executor, ExecutorConfig, ExecutorError
+from saturn.executor.state import JobInfo, JobResult, JobState, RunState
+
+__all__ = ["Backend", "BackendEvent", "Executor", "ExecutorConfig", "ExecutorError", "JobInfo", "JobResult",
+           "JobState", "ProcessBackend", "RunState", "SimulatedBackend"]

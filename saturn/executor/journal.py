@@ -1,0 +1,200 @@
+"""The run directory's durable journal: SQLite (WAL), one row per event.
+
+Every state change of the executor is an event, and the executor changes its state *only* by
+applying events (`apply_event`), the same function `replay` uses on `--resume`. So the state after
+a crash is exactly the state the journal describes: nothing the executor acted on is missing.
+
+Tables: `events` (seq, t, wall, kind, job, data JSON) is the source of truth; `plans` (version, t0,
+reason, plan JSON) and `checkpoints` (job, step, path, t) are denormalized views for `saturn status`
+/ `report` and for humans with the sqlite3 shell.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+from saturn.executor.state import (CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING, JobInfo,
+                                   JobState, RunState, Segment, option_key)
+
+JOURNAL_FILE = "journal.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL,
+    wall REAL NOT NULL, kind TEXT NOT NULL, job TEXT, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plans (version INTEGER PRIMARY KEY, t0 REAL NOT NULL, reason TEXT,
+    makespan_s REAL, plan TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL,
+    step INTEGER NOT NULL, path TEXT, t REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Journal:
+    """Append-only event log. `path=None` keeps it in memory (simulations, benchmarks)."""
+
+    def __init__(self, path: Union[str, Path, None]):
+        self.path = None if path is None else Path(path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(":memory:" if self.path is None else str(self.path),
+                                  isolation_level=None, check_same_thread=False)
+        if self.path is not None:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def append(self, t: float, kind: str, data: dict[str, Any]) -> None:
+        job = data.get("job")
+        with self.db:
+            self.db.execute("INSERT INTO events (t, wall, kind, job, data) VALUES (?, ?, ?, ?, ?)",
+                            (float(t), time.time(), kind, job, json.dumps(data, default=str)))
+            if kind == "plan":
+                self.db.execute("INSERT OR REPLACE INTO plans VALUES (?, ?, ?, ?, ?)",
+                                (int(data["version"]), float(data["t0"]), data.get("reason", ""),
+                                 float(data["plan"].get("makespan_s", 0.0)),
+                                 json.dumps(data["plan"])))
+            elif kind in ("checkpoint", "finished") and data.get("checkpoint"):
+                self.db.execute("INSERT INTO checkpoints (job, step, path, t) VALUES (?, ?, ?, ?)",
+                                (job, int(data["step"]), data["checkpoint"], float(t)))
+
+    def events(self) -> Iterator[tuple[float, str, dict[str, Any]]]:
+        for t, kind, data in self.db.execute("SELECT t, kind, data FROM events ORDER BY seq"):
+            yield t, kind, json.loads(data)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def plans(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT version, t0, reason, plan FROM plans ORDER BY version")
+        return [{"version": v, "t0": t0, "reason": r, "plan": json.loads(p)} for v, t0, r, p in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_journal(run_dir: Union[str, Path, None]) -> Journal:
+    return Journal(None if run_dir is None else Path(run_dir) / JOURNAL_FILE)
+
+
+# ------------------------------------------------------------------------------ state transitions
+def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None:
+    """The one place the run state changes. Unknown kinds are ignored (forward compatibility)."""
+    js: Optional[JobState] = state.jobs.get(d.get("job", "")) if "job" in d else None
+    if kind == "run_started":
+        state.started_wall = float(d.get("wall", 0.0))
+    elif kind == "job_added":
+        info = JobInfo(**d["info"])
+        if info.name in state.jobs:  # re-submitted after a cancel: a fresh job of the same name
+            old = state.jobs[info.name]
+            state.jobs[info.name] = JobState(info=info, committed_step=old.committed_step,
+                                             checkpoint=old.checkpoint)
+        else:
+            state.jobs[info.name] = JobState(info=info)
+    elif kind == "plan":
+        state.plan, state.plan_t0 = d["plan"], float(d["t0"])
+        state.plan_version = int(d["version"])
+        if d.get("reason") not in ("initial", "given", "resume"):
+            state.replans += 1
+    elif kind == "launch" and js is not None:
+        js.status = RUNNING
+        js.stop_reason = ""
+        js.segments.append(Segment(attempt=len(js.segments) + 1, technique=d["technique"],
+                                   knobs=dict(d.get("knobs") or {}), node=d["node"],
+                                   gpus=[int(g) for g in d["gpus"]], start_step=int(d["start_step"]),
+                                   launched_at=t))
+        js.progress_step = int(d["start_step"])
+    elif kind == "progress" and js is not None:
+        seg = js.current
+        step = int(d["step"])
+        if seg is not None:
+            if seg.first_progress is None:
+                seg.first_progress = (t, step)
+            elif seg.last_progress is not None and step > seg.last_progress[1]:
+                js.observe(seg.technique, len(seg.gpus), t - seg.last_progress[0], step - seg.last_progress[1])
+                if seg.startup_s is None:  # launch -> first step, from the first two reports
+                    (t0, s0), rate = seg.first_progress, (t - seg.first_progress[0]) / (step - seg.first_progress[1])
+                    seg.startup_s = max(0.0, (t0 - seg.launched_at) - (s0 - seg.start_step) * rate)
+                    js.startup_obs.append(seg.startup_s)
+            seg.last_progress = (t, step)
+        js.progress_step = max(js.progress_step, step)
+        if d.get("loss") is not None:
+            js.loss = float(d["loss"])
+        if step > js.committed_step:
+            js.failures = 0  # it makes progress again: retries are counted per stuck position
+    elif kind == "checkpoint" and js is not None:
+        if int(d["step"]) >= js.committed_step:
+            js.committed_step = int(d["step"])
+            js.checkpoint = d.get("checkpoint") or js.checkpoint
+            if d.get("loss") is not None:
+                js.loss = float(d["loss"])
+    elif kind == "stop_requested" and js is not None:
+        js.status = STOPPING
+        js.stop_reason = d.get("reason", "")
+        if js.current is not None:
+            js.current.stop_requested_at = t
+    elif kind == "finished" and js is not None:
+        _finish(state, js, t, d)
+    elif kind == "cancel" and js is not None:
+        if js.status not in (RUNNING, STOPPING):
+            js.status = CANCELLED
+            js.reason = d.get("reason", "cancelled")
+    elif kind == "infeasible" and js is not None:
+        js.infeasible.add(option_key(d["technique"], int(d["gpus"])))
+    elif kind == "job_failed" and js is not None:
+        js.status = FAILED
+        js.reason = d.get("reason", "")
+    elif kind == "spawned" and js is not None:
+        if js.current is not None:
+            js.current.pid = int(d["pid"])
+    elif kind == "switch":
+        state.switches += 1
+
+
+def _finish(state: RunState, js: JobState, t: float, d: dict[str, Any]) -> None:
+    """A launch ended: close its segment, commit its checkpoint, decide the job's next status."""
+    seg = js.current
+    status = d["status"]
+    step = int(d.get("step", js.committed_step))
+    if seg is not None:
+        seg.ended_at, seg.end_step, seg.status = t, step, status
+        if seg.stop_requested_at is not None and status == "interrupted":
+            js.checkpoint_obs.append(max(0.0, t - seg.stop_requested_at))
+    if step >= js.committed_step:
+        js.committed_step = step
+        js.checkpoint = d.get("checkpoint") or js.checkpoint
+    js.progress_step = js.committed_step
+    if d.get("loss") is not None:
+        js.loss = float(d["loss"])
+    if status == "completed":
+        js.status = COMPLETED
+        js.early_stopped = step < js.info.total_steps
+        js.failures = 0
+    elif status == "interrupted":
+        js.status = CANCELLED if js.stop_reason == "cancel" else PENDING
+        js.failures = 0
+    else:  # failed / oom / lost: back to pending; the executor decides on retry or failure
+        js.status = PENDING
+        if status != "lost":
+            js.failures += 1
+        js.reason = d.get("reason", "")
+        if js.stop_reason == "cancel":
+            js.status = CANCELLED
+
+
+def replay(journal: Journal) -> RunState:
+    """Rebuild the run state from the journal (what `--resume` starts from)."""
+    state = RunState()
+    last_t = 0.0
+    for t, kind, d in journal.events():
+        apply_event(state, t, kind, d)
+        last_t = max(last_t, t)
+    state.clock_offset = last_t
+    return state

@@ -1,0 +1,415 @@
+"""The executor: run a plan, watch progress, re-plan, switch, retry; the same loop for every backend.
+
+    ex = Executor(workload.jobs, workload.cluster.resolved(), profiles, backend, run_dir=run_dir)
+    ex.run_until_done()            # or: while ex.step(): backend.wait(...)
+    ex.submit(job); ex.cancel("name")   # dynamic workloads (HPO)
+    ex.results["name"].final_loss
+
+State changes go through `emit` only: each is journaled (SQLite) and applied with
+`journal.apply_event`, which is also what `Executor.resume` replays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import pandas as pd
+
+from saturn.errors import SaturnError
+from saturn.executor import policy
+from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
+from saturn.executor.journal import Journal, apply_event, open_journal, replay
+from saturn.executor.state import (ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING,
+                                   TERMINAL, JobInfo, JobResult, JobState, RunState)
+
+log = logging.getLogger(__name__)
+
+
+class ExecutorError(SaturnError):
+    """The run cannot continue (bad run directory, nothing can be scheduled...)."""
+
+
+@dataclass
+class ExecutorConfig:
+    interval_s: float = 60.0  # re-plan every interval (run clock)
+    introspect: bool = True  # False: execute the first plan as is (the static baseline)
+    replan_on_events: bool = True  # also re-plan when a job finishes, fails, or is added/cancelled
+    max_retries: int = 2  # relaunches of a crashed job from its checkpoint before it is failed
+    time_limit_s: float = 10.0  # planner time limit per re-plan
+    mip_gap: float = 0.02
+    min_gain_s: float = 0.0  # adopt a new plan only if it saves more than this ...
+    min_gain_frac: float = 0.02  # ... and more than this fraction of the remaining makespan
+    poll_s: float = 0.5  # real backends: how often to poll processes (simulation: inf)
+    shutdown_timeout_s: float = 600.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nodes_of(cluster: Any) -> list[SimpleNamespace]:
+    if hasattr(cluster, "resolved"):
+        cluster = cluster.resolved()
+    if hasattr(cluster, "nodes") and not isinstance(cluster, Mapping):
+        cluster = cluster.nodes
+    if isinstance(cluster, Mapping):
+        return [SimpleNamespace(name=str(k), gpus=int(v), gpu_type=None, gpu_memory_gb=None) for k, v in cluster.items()]
+    return [SimpleNamespace(name=str(n.name), gpus=int(n.gpus), gpu_type=getattr(n, "gpu_type", None),
+                            gpu_memory_gb=getattr(n, "gpu_memory_gb", None)) for n in cluster]
+
+
+def _jobs_of(jobs: Any) -> list[JobInfo]:
+    if hasattr(jobs, "jobs") and not isinstance(jobs, Mapping):
+        jobs = jobs.jobs
+    if isinstance(jobs, Mapping):
+        return [JobInfo(name=str(k), total_steps=int(v)) for k, v in jobs.items()]
+    return [JobInfo.from_job(j) for j in jobs]
+
+
+class Executor:
+    def __init__(self, jobs: Any, cluster: Any, profiles: pd.DataFrame, backend: Backend, *,
+                 run_dir: Union[str, Path, None] = None, config: Optional[ExecutorConfig] = None,
+                 plan: Union[dict, Any, None] = None, display: Any = None,
+                 _journal: Optional[Journal] = None, _state: Optional[RunState] = None):
+        self.cfg = config or ExecutorConfig()
+        self.backend = backend
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.nodes = _nodes_of(cluster)
+        self.node_gpus = {n.name: n.gpus for n in self.nodes}
+        self.est = policy.Estimator(profiles)
+        self.display = display
+        self.journal = _journal or open_journal(self.run_dir)
+        self.state = _state or RunState()
+        self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
+        self.plan_calls = 0
+        self.plan_time_s = 0.0
+        self._replan_needed = False
+        self._shutdown: Optional[str] = None
+        self._resumed = _state is not None
+        if _state is None:
+            if self.run_dir is not None:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.journal.set_meta("nodes", [vars(n) for n in self.nodes])
+                self.journal.set_meta("config", self.cfg.to_dict())
+            self.emit("run_started", wall=time.time())
+            self.emit("profiles", rows=_records(profiles))
+            for info in _jobs_of(jobs):
+                self.emit("job_added", info=info.to_dict())
+            if plan is not None:
+                p = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
+                self._adopt(p, "given")
+            else:
+                self._initial_plan()
+        self._next_replan = self.backend.now() + self.cfg.interval_s
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def resume(cls, run_dir: Union[str, Path], backend_factory, *, config: Optional[ExecutorConfig] = None,
+               display: Any = None) -> "Executor":
+        """Continue a run from its journal: jobs that were running when the executor died are
+        resumed from their newest checkpoint on disk (their processes died with it)."""
+        run_dir = Path(run_dir)
+        path = run_dir / "journal.sqlite"
+        if not path.exists():
+            raise ExecutorError(f"{run_dir} is not a run directory (no journal.sqlite); "
+                                "start a run with `saturn run WORKLOAD.yaml --run-dir DIR`")
+        journal = Journal(path)
+        state = replay(journal)
+        cfg = config or ExecutorConfig(**{k: v for k, v in (journal.get_meta("config") or {}).items()
+                                          if k in ExecutorConfig.__dataclass_fields__})
+        nodes = journal.get_meta("nodes") or []
+        rows = [r for _, kind, d in journal.events() if kind == "profiles" for r in d["rows"]]
+        backend = backend_factory(state.clock_offset)
+        ex = cls([], [SimpleNamespace(**n) for n in nodes], pd.DataFrame(rows), backend, run_dir=run_dir,
+                 config=cfg, display=display, _journal=journal, _state=state)
+        ex.emit("resumed", wall=time.time())
+        for js in list(state.jobs.values()):
+            seg = js.current
+            if js.status in ACTIVE and seg is not None:
+                _kill_stale(seg.pid)
+                step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt") if ex.run_dir else (None, None)
+                if step is None or step < js.committed_step:
+                    step, ckpt = js.committed_step, js.checkpoint
+                ex.emit("finished", job=js.name, status="lost", step=step, checkpoint=ckpt,
+                        reason="the executor stopped while this attempt ran")
+        ex._housekeeping()
+        if not state.done():
+            ex.replan("resume", force=True)
+        return ex
+
+    def job_dir(self, job: str) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "jobs" / job
+
+    # ---------------------------------------------------------------------------------- events
+    def emit(self, kind: str, **data: Any) -> None:
+        t = self.backend.now()
+        self.journal.append(t, kind, data)
+        apply_event(self.state, t, kind, data)
+
+    @property
+    def now(self) -> float:
+        return self.backend.now()
+
+    # ---------------------------------------------------------------------------------- API
+    def submit(self, job: Any, profiles: Optional[pd.DataFrame] = None) -> None:
+        """Add a job while running (its profile rows, with a `job` column, unless known)."""
+        info = JobInfo.from_job(job)
+        if info.name in self.state.jobs and self.state.jobs[info.name].status not in TERMINAL:
+            raise ExecutorError(f"job {info.name!r} is already in this run")
+        if profiles is not None and len(profiles):
+            self.emit("profiles", rows=_records(profiles))
+            self.est.add_profiles(profiles)
+        if not self.est.rows.get(info.name):
+            raise ExecutorError(f"job {info.name!r} has no profile rows; profile it first")
+        self.emit("job_added", info=info.to_dict())
+        self._replan_needed = True
+
+    def cancel(self, job_name: str, reason: str = "cancelled") -> None:
+        js = self.state.jobs.get(job_name)
+        if js is None:
+            raise ExecutorError(f"no job {job_name!r} in this run")
+        if js.status in TERMINAL:
+            return
+        if js.status in ACTIVE:
+            self.emit("stop_requested", job=job_name, reason="cancel")
+            self.backend.stop(job_name)
+        else:
+            self.emit("cancel", job=job_name, reason=reason)
+        self._replan_needed = True
+
+    def request_shutdown(self, reason: str = "signal") -> None:
+        """Checkpoint every running job and stop (Ctrl-C / SIGTERM)."""
+        if self._shutdown is None:
+            self._shutdown = reason
+            for js in self.state.jobs.values():
+                if js.status == RUNNING:
+                    self.emit("stop_requested", job=js.name, reason="shutdown")
+                    self.backend.stop(js.name)
+
+    @property
+    def results(self) -> dict[str, JobResult]:
+        out = {}
+        for js in self.state.jobs.values():
+            mp = str(self.job_dir(js.name) / "metrics.jsonl") if self.run_dir else None
+            out[js.name] = JobResult(js.name, js.status, js.committed_step, js.loss, js.checkpoint, mp, js.reason)
+        return out
+
+    @property
+    def makespan_s(self) -> float:
+        return max([s.ended_at or 0.0 for js in self.state.jobs.values() for s in js.segments] + [0.0])
+
+    def step(self) -> bool:
+        """One iteration: poll, handle events, re-plan if due, launch. False when the run is over."""
+        for ev in self.backend.poll():
+            self._on_event(ev)
+        self._housekeeping()
+        if self._shutdown is not None:
+            if self.display is not None:
+                self.display.update(self)
+            return any(j.status in ACTIVE for j in self.state.jobs.values())
+        now = self.backend.now()
+        if self._replan_needed or (self.cfg.introspect and now >= self._next_replan):
+            self.replan("event" if self._replan_needed else "interval", force=self._replan_needed and not self._plan_covers())
+        self._launch_ready()
+        if not self.state.done() and not any(j.status in ACTIVE for j in self.state.jobs.values()):
+            self.replan("stalled", force=True)  # nothing runs and nothing can start: plan again
+            self._launch_ready()
+            if not any(j.status in ACTIVE for j in self.state.jobs.values()) and not self.state.done():
+                raise ExecutorError("no job can be launched: " + ", ".join(
+                    f"{j.name} ({j.status})" for j in self.state.unfinished()))
+        if self.display is not None:
+            self.display.update(self)
+        return not self.state.done()
+
+    def run_until_done(self) -> dict[str, JobResult]:
+        while self.step():
+            now = self.backend.now()
+            timeout = self._next_replan - now if self.cfg.introspect else math.inf
+            self.backend.wait(max(0.0, min(timeout, self.cfg.poll_s)))
+        self.emit("run_finished" if self._shutdown is None else "run_stopped", reason=self._shutdown or "")
+        return self.results
+
+    # --------------------------------------------------------------------------------- internals
+    def _plan_covers(self) -> bool:
+        return policy.covers(policy.choices_from_plan(self.state.plan, self.state), self.state, self.est)
+
+    def _on_event(self, ev: BackendEvent) -> None:
+        js = self.state.jobs.get(ev.job)
+        if js is None:
+            return
+        if ev.kind == "progress":
+            self.journal.append(ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
+            apply_event(self.state, ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
+            return
+        if ev.kind == "checkpoint":
+            for kind in ("progress", "checkpoint"):
+                d = {"job": ev.job, "step": ev.step, "loss": ev.loss, "checkpoint": ev.checkpoint}
+                self.journal.append(ev.t, kind, d)
+                apply_event(self.state, ev.t, kind, d)
+            return
+        seg = js.current
+        step = ev.step if ev.step is not None and ev.step >= 0 else js.committed_step
+        if self.run_dir is not None and ev.losses and seg is not None:
+            self._write_metrics(js, seg, ev.losses, step)
+        d = {"job": ev.job, "status": ev.status, "step": step, "checkpoint": ev.checkpoint, "loss": ev.loss,
+             "reason": ev.reason[-4000:] if ev.reason else ""}
+        self.journal.append(ev.t, "finished", d)
+        apply_event(self.state, ev.t, "finished", d)
+        if ev.status == "oom" and seg is not None:
+            self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus))
+            self._replan_needed = True
+        elif ev.status == "failed" and js.status == PENDING:
+            if js.failures > self.cfg.max_retries:
+                self.emit("job_failed", job=ev.job, reason=f"failed {js.failures} times; last: {ev.reason[-2000:]}")
+                self._replan_needed = True
+            # else: it stays first on its GPUs in the plan and is relaunched from its checkpoint
+        elif ev.status == "completed" or js.status in (CANCELLED, FAILED):
+            if self.cfg.introspect and self.cfg.replan_on_events:
+                self._replan_needed = True
+            elif not self._plan_covers():
+                self._replan_needed = True
+
+    def _write_metrics(self, js: JobState, seg, losses, end_step: int) -> None:
+        d = self.job_dir(js.name)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / "metrics.jsonl", "a") as f:
+            for s, loss in losses:
+                if seg.start_step <= int(s) < end_step:
+                    f.write(json.dumps({"step": int(s), "loss": float(loss), "attempt": seg.attempt,
+                                        "technique": seg.technique, "gpus": len(seg.gpus)}) + "\n")
+
+    def _housekeeping(self) -> None:
+        for js in self.state.jobs.values():
+            if js.status == PENDING and js.remaining_steps <= 0:
+                self.emit("finished", job=js.name, status="completed", step=js.committed_step,
+                          checkpoint=js.checkpoint, loss=js.loss, reason="")
+            elif js.status == PENDING and not self.est.options(js):
+                self.emit("job_failed", job=js.name, reason="no feasible option left (all OOM or not profiled)")
+
+    def _launch_ready(self) -> None:
+        if self._shutdown is not None:
+            return
+        for a in policy.ready_to_launch(self.state.plan, self.state):
+            js = self.state.jobs[a["job"]]
+            self.emit("launch", job=js.name, technique=a["technique"], knobs=a.get("knobs") or {},
+                      node=a["node"], gpus=list(a["gpus"]), start_step=js.committed_step)
+            pid = self.backend.launch(js, a, js.committed_step, js.attempts)
+            if pid is not None:
+                js.current.pid = pid
+                self.emit("spawned", job=js.name, pid=pid)
+
+    def _initial_plan(self) -> None:
+        from saturn.planner import plan as solve
+
+        jobs, table = policy.planner_jobs_and_profiles(self.state, self.est, self.backend.now())
+        if not jobs:
+            return
+        p = self._solve(solve, jobs, table, None)
+        self._adopt(p.to_dict(), "initial")
+
+    def _solve(self, solve, jobs, table, warm):
+        t0 = time.perf_counter()
+        try:
+            return solve(jobs, self.nodes, table, time_limit_s=self.cfg.time_limit_s, mip_gap=self.cfg.mip_gap,
+                         warm_start=warm)
+        finally:
+            self.plan_calls += 1
+            self.plan_time_s += time.perf_counter() - t0
+
+    def replan(self, reason: str = "interval", force: bool = False) -> Optional[policy.Decision]:
+        """Re-solve for the remaining work and adopt the result if it pays (see policy)."""
+        from saturn.planner import plan as solve
+
+        self._replan_needed = False
+        now = self.backend.now()
+        self._next_replan = now + self.cfg.interval_s
+        self._housekeeping()
+        if self.state.done():
+            return None
+        est = self.est
+        cur_choices = policy.choices_from_plan(self.state.plan, self.state)
+        cur = None
+        if not force and policy.covers(cur_choices, self.state, est):
+            cur = policy.retime(self.state, est, now, self.node_gpus, cur_choices, "current")
+        jobs, table = policy.planner_jobs_and_profiles(self.state, est, now)
+        cands = []
+        if jobs:
+            warm = cur.to_plan_dict() if cur is not None else None
+            try:
+                new = self._solve(solve, jobs, table, warm).to_dict()
+            except SaturnError as exc:
+                log.warning("re-plan failed: %s", exc)
+                new = None
+            if new is not None:
+                ch = policy.choices_from_plan(new, self.state)
+                cands.append(policy.retime(self.state, est, now, self.node_gpus, ch, "replan"))
+                cands.append(policy.retime(self.state, est, now, self.node_gpus, policy.keep_running(ch, self.state),
+                                           "replan-keep-running"))
+                for c in cands:
+                    if c is not None:
+                        c.solver, c.lower_bound_s = dict(new.get("solver") or {}), float(new.get("lower_bound_s", 0.0))
+        if force and not cands and cur_choices and policy.covers(cur_choices, self.state, est):
+            cands.append(policy.retime(self.state, est, now, self.node_gpus, cur_choices, "current"))
+        if not jobs:  # only running jobs are left: nothing to decide
+            return None
+        dec = policy.choose_plan(cur, cands, min_gain_s=self.cfg.min_gain_s, min_gain_frac=self.cfg.min_gain_frac)
+        self.decisions.append({"t": now, "reason": reason, "adopt": dec.adopt, "current_s": dec.current_s,
+                               "best_s": dec.best_s, "why": dec.reason,
+                               "switches": list(dec.chosen.switches) if dec.chosen else []})
+        if dec.adopt and dec.chosen is not None:
+            for name in dec.chosen.switches:
+                self.emit("switch", job=name)
+                self.emit("stop_requested", job=name, reason="switch")
+                self.backend.stop(name)
+            self._adopt(dec.chosen.to_plan_dict(), reason if reason != "interval" else "replan",
+                        detail=dec.reason)
+        elif cur is not None:
+            self.emit("replan_rejected", reason=reason, detail=dec.reason, current_s=dec.current_s,
+                      best_s=dec.best_s if math.isfinite(dec.best_s) else None)
+        return dec
+
+    def _adopt(self, plan_dict: dict, reason: str, detail: str = "") -> None:
+        version = self.state.plan_version + 1
+        self.emit("plan", version=version, t0=self.backend.now(), plan=plan_dict, reason=reason, detail=detail)
+        if self.run_dir is not None:
+            d = self.run_dir / "plans"
+            d.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(plan_dict, indent=1)
+            (d / f"plan-v{version}.json").write_text(text)
+            tmp = self.run_dir / ".plan.json.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.run_dir / "plan.json")
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    cols = [c for c in ("job", "technique", "knobs", "gpus", "step_time_s", "startup_s", "checkpoint_s",
+                        "feasible", "gpu_type") if c in df.columns]
+    out = []
+    for r in df[cols].to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    return json.loads(json.dumps(out, default=str))
+
+
+def _kill_stale(pid: Optional[int]) -> None:
+    """SIGKILL a job runner this run started, if it outlived its executor (it normally dies with it)."""
+    if not pid:
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return
+    if b"saturn.executor.job_runner" in cmd:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,36 @@
+"""The empirical profiler: a few real training steps per (job signature, technique, GPU count).
+
+    from saturn.profiler import profile, estimate_runtime_s
+    rows = profile("configs/examples/tiny-cpu.yaml", budget_min=10)   # one row per job x option
+    estimate_runtime_s(rows.iloc[0], steps=1000)                       # seconds
+
+Modules: `search` (which trials can still win: pure), `runner` (devices, threads, timeouts),
+`table` (row columns, the store adapter, the runtime estimate), `hardware` (the hardware key),
+`session` (`profile()` tying them together). Names are imported lazily, so a trial process that
+imports `saturn.profiler.runner` does not pay for pandas.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Hardware": "hardware", "hardware_for_cluster": "hardware", "local_hardware": "hardware",
+    "CellInput": "search", "Search": "search", "Skip": "search", "TrialSpec": "search",
+    "knob_tier": "search",
+    "ProfileReport": "session", "profile": "session", "workload_rows": "session",
+    "COLUMNS": "table", "KEY_COLUMNS": "table", "ProfileStore": "table",
+    "checkpoint_cost_s": "table", "estimate_runtime_s": "table",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"saturn.profiler.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'saturn.profiler' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

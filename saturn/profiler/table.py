@@ -1,0 +1,226 @@
+"""Profile rows: their columns, the runtime estimate, and reading/writing the profile store.
+
+One row = one measured trial: (signature, technique, knobs, GPU count, hardware) -> status, step
+time, peak memory, start-up time, checkpoint cost. The store (`saturn.profiles.store`, owned by
+the planner side) keeps one table of them; this module is the profiler's adapter to it, with a
+small built-in fallback (CSV, write-to-temp-then-rename) so the profiler works before/without it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import pandas as pd
+
+from saturn.profiler.hardware import HARDWARE_COLUMNS
+
+KEY_COLUMNS = ("signature", "technique", "knobs", "gpus", *HARDWARE_COLUMNS)
+VALUE_COLUMNS = ("status", "feasible", "step_time_s", "peak_mem_gb", "startup_s", "launch_s",
+                 "checkpoint_s", "first_step_s", "steps", "short", "reason", "trial_s", "measured_at", "source", "model",
+                 "batch_size", "seq_len", "precision")
+COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
+STATUSES = ("ok", "oom", "failed", "timeout", "infeasible")
+DEFAULT_STORE_ENV = "SATURN_PROFILES"
+DEFAULT_FILE = "profiles.csv"
+# Host write bandwidth assumed for the checkpoint at the end of a job (bytes/s); override with
+# SATURN_CHECKPOINT_GBPS. Weights + AdamW state in fp32 = 12 bytes per parameter.
+CHECKPOINT_BYTES_PER_PARAM = 12
+DEFAULT_CHECKPOINT_GBPS = 2.0
+
+
+def _num(v: Any, default: float = 0.0) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(f) else f
+
+
+def estimate_runtime_s(row: Mapping[str, Any], steps: float, checkpoint_cost_s: Optional[float] = None,
+                       checkpoints: int = 1) -> float:
+    """Predicted wall-clock seconds to train `steps` steps with this profile row:
+
+        steps x step_time_s + launch_s + checkpoints x checkpoint_s
+
+    `launch_s` is the measured fixed cost of one launch (process start, model build, first-step
+    overheads, teardown: the trial's wall time not spent in steady steps); `checkpoint_s` the cost
+    of writing one checkpoint (default: the row's column; pass `checkpoint_cost_s` to override).
+    Rows store `startup_s = launch_s + checkpoint_s`, so the planner's `steps x step + startup_s`
+    is this estimate with its defaults. Rows without `launch_s` (tables from elsewhere) use
+    `startup_s` as the whole fixed cost. Infeasible rows are `inf`.
+    """
+    status = row.get("status")
+    feasible = row.get("feasible", True)
+    if isinstance(feasible, str):
+        feasible = feasible.strip().lower() in ("true", "1", "yes")
+    step = _num(row.get("step_time_s"), math.nan)
+    if (isinstance(status, str) and status != "ok") or not feasible or not math.isfinite(step):
+        return math.inf
+    launch = _num(row.get("launch_s"), math.nan)
+    if math.isnan(launch):  # a table without the split: startup_s is the whole fixed cost
+        fixed = _num(row.get("startup_s"), 0.0)
+        if checkpoint_cost_s is not None:
+            fixed += checkpoints * checkpoint_cost_s
+        return float(steps) * step + fixed
+    if checkpoint_cost_s is None:
+        checkpoint_cost_s = _num(row.get("checkpoint_s"), 0.0)
+    return float(steps) * step + launch + checkpoints * checkpoint_cost_s
+
+
+def fixed_costs(step_time_s: Optional[float], trial_s: float, timed_steps: int,
+                first_step_s: Optional[float], warmup_steps: int) -> float:
+    """`launch_s` from one trial: wall time minus the steady steps it ran (warm-up + timed).
+
+    A trial takes S + (warmup - 1 + timed) x t + D (S: launch to first step done, D: teardown); a
+    run of N steps takes S + (N - 1) x t + checkpoint + D = N x t + launch_s + checkpoint, so
+    launch_s = trial wall - (warmup + timed) x t = S - t + D. Never below the technique's own
+    S - t (trials that run in-process report S without spending it here).
+    """
+    if step_time_s is None:
+        return 0.0
+    from_wall = trial_s - (warmup_steps + timed_steps) * step_time_s
+    reported = (first_step_s - step_time_s) if first_step_s is not None else 0.0
+    return round(max(from_wall, reported, 0.0), 4)
+
+
+def checkpoint_cost_s(job: Any) -> float:
+    """Seconds to write one technique-neutral checkpoint of `job` (weights + optimizer state),
+    from its parameter count; 0 when unknown (user model factories)."""
+    try:
+        from saturn.zoo import param_count
+
+        params = param_count(job.model)
+    except Exception:  # noqa: BLE001 - an estimate must never fail the profile
+        params = None
+    if not params:
+        return 0.0
+    gbps = _num(os.environ.get("SATURN_CHECKPOINT_GBPS"), DEFAULT_CHECKPOINT_GBPS) or DEFAULT_CHECKPOINT_GBPS
+    return round(params * CHECKPOINT_BYTES_PER_PARAM / (gbps * 1e9), 3)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Every profiler column present, in order (extra columns kept after them), keys typed."""
+    df = df.copy()
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    df = df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
+    if len(df):
+        from saturn.profiler.search import canonical_knobs
+
+        df["knobs"] = df["knobs"].map(canonical_knobs)
+        df["gpus"] = df["gpus"].astype(int)
+        df["signature"] = df["signature"].astype(str)
+        df["technique"] = df["technique"].astype(str)
+        df["gpu_memory_gb"] = df["gpu_memory_gb"].astype(float).round(1)
+        df["torch_version"] = df["torch_version"].astype(str)
+        df["reason"] = df["reason"].fillna("").astype(str)
+        missing = df["status"].isna()
+        if missing.any():  # tables from elsewhere may only say feasible or not
+            df.loc[missing, "status"] = df.loc[missing, "feasible"].map(
+                lambda ok: "ok" if ok else "failed")
+        df["feasible"] = df["feasible"].map(
+            lambda v: str(v).strip().lower() in ("true", "1", "yes") if isinstance(v, str) else bool(v))
+    return df
+
+
+def _key_tuple(row: Mapping[str, Any]) -> tuple:
+    from saturn.profiler.search import canonical_knobs
+
+    return (str(row["signature"]), str(row["technique"]), canonical_knobs(row["knobs"]),
+            int(row["gpus"]), str(row["gpu_type"]), round(float(row["gpu_memory_gb"]), 1),
+            str(row["interconnect"]), str(row["torch_version"]))
+
+
+class ProfileStore:
+    """The profiler's view of the profile store: `load()` the table, `upsert(rows)` atomically.
+
+    Uses `saturn.profiles.store` (load_store / upsert_rows / store_path / default_dir) when it is
+    importable, else a CSV file `<dir>/profiles.csv` written to a temp file and renamed. Either way
+    readers never see half a table, and an interrupted profile run keeps every row written so far.
+    Thread-safe within a process (trials finish in the runner's thread; writes are serialized).
+    """
+
+    def __init__(self, store_dir: Union[str, os.PathLike, None] = None):
+        self._backend = _planner_store()
+        if store_dir is not None:
+            self.dir = Path(store_dir)
+        elif self._backend is not None:
+            self.dir = Path(self._backend.default_dir())
+        else:
+            self.dir = Path(os.environ.get(DEFAULT_STORE_ENV) or "profiles")
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The file new rows go to (other tables under the directory are read, never written)."""
+        if self._backend is not None:
+            return Path(self._backend.store_path(self.dir))
+        return self.dir / DEFAULT_FILE
+
+    def load(self) -> pd.DataFrame:
+        with self._lock:
+            if self._backend is not None:
+                df = self._backend.load_store(self.dir)
+            elif self.path.exists():
+                df = pd.read_csv(self.path, dtype={"signature": str, "torch_version": str,
+                                                   "knobs": str})
+            else:
+                df = pd.DataFrame(columns=list(COLUMNS))
+            return normalize(df)
+
+    def upsert(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Insert rows, replacing stored rows with the same key; one atomic file replace."""
+        rows = [{"source": "profiler", **dict(r)} for r in rows]
+        if not rows:
+            return
+        with self._lock:
+            if self._backend is not None:
+                self._backend.upsert_rows(rows, self.dir)
+                return
+            new = normalize(pd.DataFrame(rows))
+            old = normalize(pd.read_csv(self.path, dtype={"signature": str, "torch_version": str,
+                                                          "knobs": str})) \
+                if self.path.exists() else normalize(pd.DataFrame(columns=list(COLUMNS)))
+            keys = {_key_tuple(r) for r in new.to_dict("records")}
+            keep = old[[_key_tuple(r) not in keys for r in old.to_dict("records")]] if len(old) else old
+            table = normalize(pd.concat([keep, new], ignore_index=True) if len(keep) else new)
+            _atomic_csv(table, self.path)
+
+
+def _planner_store():
+    """`saturn.profiles.store` when it has the functions used here, else None (fallback CSV)."""
+    try:
+        from saturn.profiles import store
+    except ImportError:
+        return None
+    if all(hasattr(store, f) for f in ("load_store", "upsert_rows", "store_path", "default_dir")):
+        return store
+    return None
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            df.to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

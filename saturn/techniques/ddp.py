@@ -1,0 +1,69 @@
+"""DDP: a full replica per device, gradients all-reduced in buckets. With 1 device it is plain
+single-device training, the reference every other technique's loss curve is compared with.
+
+Best when the model, its gradients and optimizer state fit on one device: it has the least
+communication of all techniques (SPASE.md: 1 GPU 0.048 s/step, DDP×4 0.074 s for 4× the samples).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saturn.techniques import training
+from saturn.techniques.base import Feasibility
+from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
+from saturn.techniques.registry import register
+
+
+@register
+class DDP(LaunchedTechnique):
+    name = "ddp"
+    builder = "saturn.techniques.ddp:build"
+    requires = "torch (nccl on GPUs, gloo on CPU); 1 device = plain single-device training"
+    knobs = {
+        "bucket_cap_mb": "gradient all-reduce bucket size in MB (bigger: fewer, larger messages)",
+        "activation_checkpointing": "recompute each block's activations in backward (less memory)",
+        "grad_compression": "none | bf16 | fp16: all-reduce gradients in half precision",
+    }
+
+    def feasible(self, job: Any, gpus: int) -> Feasibility:
+        return dp_feasible(job, gpus)
+
+    def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
+        base = {"bucket_cap_mb": 25, "activation_checkpointing": False, "grad_compression": "none"}
+        out = [base, {**base, "activation_checkpointing": True}] if has_blocks(job) else [base]
+        if gpus > 1:
+            out.append({**base, "bucket_cap_mb": 100})
+        return out
+
+
+def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
+    """Worker side: seeded model on this rank's device, wrapped in DDP when world > 1."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device, world = ctx.device, ctx.world_size
+    model = training.build_model(job)
+    dataset = training.build_dataset(job, model)
+    model.to(device)
+    if knobs.get("activation_checkpointing"):
+        training.apply_activation_checkpointing(model)
+    wrapped: torch.nn.Module = model
+    if world > 1:
+        wrapped = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            bucket_cap_mb=float(knobs.get("bucket_cap_mb", 25)))
+        _compression_hook(wrapped, knobs.get("grad_compression", "none"))
+    optimizer = training.build_optimizer(job, model.parameters())
+    step = training.standard_step(wrapped, model.loss, optimizer, job, ctx.device_type)
+    return training.Trainable.for_module(wrapped, optimizer, step, device, dp_rank=ctx.rank,
+                                         dp_world=world, loss_weight=1.0 / world, dataset=dataset)
+
+
+def _compression_hook(ddp: Any, kind: str) -> None:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    hooks = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
+    if kind in hooks:
+        ddp.register_comm_hook(None, hooks[kind])

@@ -1,0 +1,78 @@
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`): parameters, gradients and optimizer state sharded
+over the devices; each block's parameters are all-gathered just before use.
+
+For models whose replica (params + grads + Adam state = 16 bytes/param in fp32) does not fit one
+device. Wrapping follows the PyTorch docs: `fully_shard` per block, then the root (embedding and
+head go with the root). Parameters are DTensors, so checkpoints are saved sharded and DCP
+reshards them for any other technique or process count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saturn.techniques import training
+from saturn.techniques.base import Feasibility
+from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
+from saturn.techniques.registry import register
+
+
+@register
+class FSDP(LaunchedTechnique):
+    name = "fsdp"
+    builder = "saturn.techniques.fsdp:build"
+    requires = "torch>=2.6 (FSDP2 fully_shard); CPU offload needs CUDA"
+    knobs = {
+        "reshard_after_forward": "free gathered block params after forward (ZeRO-3-like memory) "
+                                 "or keep them for backward (ZeRO-2-like speed)",
+        "activation_checkpointing": "recompute each block's activations in backward",
+        "cpu_offload": "keep sharded params/grads/optimizer step on the CPU (CPUOffloadPolicy)",
+        "mixed_precision": "autocast (fp32 params, autocast compute) | policy (MixedPrecisionPolicy: "
+                           "params gathered in the job's precision, gradients reduced in fp32)",
+    }
+
+    def feasible(self, job: Any, gpus: int) -> Feasibility:
+        return dp_feasible(job, gpus)
+
+    def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
+        mp = "policy" if job.precision != "fp32" else "autocast"
+        base = {"reshard_after_forward": True, "activation_checkpointing": False,
+                "cpu_offload": False, "mixed_precision": mp}
+        out = [base, {**base, "reshard_after_forward": False}]
+        if has_blocks(job):
+            out.append({**base, "activation_checkpointing": True})
+        out.append({**base, "activation_checkpointing": has_blocks(job), "cpu_offload": True})
+        return out
+
+
+def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
+    """Worker side: seeded CPU model, fully_shard per block then root, optimizer on the shards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    dtype = training.autocast_dtype(job, ctx.device_type)
+    use_policy = knobs.get("mixed_precision") == "policy" and dtype is not None
+    offload = bool(knobs.get("cpu_offload")) and ctx.device_type == "cuda"
+    model = training.build_model(job)
+    dataset = training.build_dataset(job, model)
+    if not offload:
+        model.to(ctx.device)
+    if knobs.get("activation_checkpointing"):
+        training.apply_activation_checkpointing(model)
+    kw: dict[str, Any] = {"mesh": init_device_mesh(ctx.device_type, (ctx.world_size,)),
+                          "reshard_after_forward": bool(knobs.get("reshard_after_forward", True))}
+    if use_policy:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    if offload:
+        kw["offload_policy"] = CPUOffloadPolicy()
+    for block in model.blocks():
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    optimizer = training.build_optimizer(job, model.parameters())
+    step_job = job.model_copy(update={"precision": "fp32"}) if use_policy else job
+    step = training.standard_step(model, model.loss, optimizer, step_job, ctx.device_type)
+    return training.Trainable.for_module(model, optimizer, step, ctx.device, dp_rank=ctx.rank,
+                                         dp_world=ctx.world_size, loss_weight=1.0 / ctx.world_size,
+                                         dataset=dataset)

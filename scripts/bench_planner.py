@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Planner benchmark: seeded random SPASE instances, 8-256 jobs, clusters of 1x8 .. 8x8 GPUs.
+
+Per instance: makespan / lower bound, gain over each baseline, solve time, solver status. Writes
+benchmarks/planner.json and BENCHMARKS_planner.md (a section the lead merges into BENCHMARKS.md).
+
+    python scripts/bench_planner.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from saturn.planner import plan, validate_plan  # noqa: E402
+from saturn.planner.random_instances import random_instance  # noqa: E402
+
+# (jobs, nodes x 8 GPUs, seeds, time limit s): limits follow the issue's targets.
+SUITE = [
+    (8, 1, 2, 10), (16, 1, 3, 10), (32, 1, 2, 10),
+    (16, 2, 2, 10), (32, 2, 2, 10), (64, 2, 2, 10),
+    (64, 4, 1, 30), (128, 4, 1, 30),
+    (128, 8, 1, 55), (256, 8, 1, 55),
+]
+QUICK = [(8, 1, 1, 5), (16, 1, 1, 5), (32, 2, 1, 5), (64, 4, 1, 10)]
+
+
+def run(suite):
+    results = []
+    for n_jobs, n_nodes, seeds, limit in suite:
+        for seed in range(seeds):
+            jobs, cluster, prof = random_instance(n_jobs, [8] * n_nodes, seed=1000 * n_jobs + 10 * n_nodes + seed)
+            t0 = time.perf_counter()
+            p = plan(jobs, cluster, prof, time_limit_s=limit)
+            wall = time.perf_counter() - t0
+            validate_plan(p, jobs, cluster, prof)
+            best_base = min(p.baselines.values())
+            r = {
+                "jobs": n_jobs, "gpus": f"{n_nodes}x8", "seed": seed, "time_limit_s": limit,
+                "makespan_s": p.makespan_s, "lower_bound_s": p.lower_bound_s,
+                "ratio": p.makespan_s / p.lower_bound_s, "solve_s": wall,
+                "status": p.solver.status, "source": p.solver.source,
+                "baselines_s": p.baselines,
+                "gain": {k: v / p.makespan_s for k, v in p.baselines.items()},
+                "vs_best_baseline": best_base / p.makespan_s,
+            }
+            results.append(r)
+            print(f"{n_jobs:4d} jobs {n_nodes}x8  ratio {r['ratio']:.3f}  best-baseline/saturn {r['vs_best_baseline']:.3f}  "
+                  f"{wall:5.1f}s  {p.solver.status:12s} {p.solver.source}", flush=True)
+    return results
+
+
+def summarize(results):
+    big = [r for r in results if r["jobs"] >= 16]
+    names = sorted({k for r in results for k in r["gain"]})
+    return {
+        "median_ratio_ge16": statistics.median(r["ratio"] for r in big) if big else None,
+        "worst_ratio": max(r["ratio"] for r in results),
+        "median_gain": {k: statistics.median(r["gain"][k] for r in results if k in r["gain"]) for k in names},
+        "min_vs_best_baseline": min(r["vs_best_baseline"] for r in results),
+        "max_solve_s_le64_le16gpu": max((r["solve_s"] for r in results if r["jobs"] <= 64 and r["gpus"] in ("1x8", "2x8")), default=None),
+        "max_solve_s_256_64gpu": max((r["solve_s"] for r in results if r["jobs"] == 256 and r["gpus"] == "8x8"), default=None),
+    }
+
+
+def markdown(meta, summ, results):
+    g = summ["median_gain"]
+    lines = [
+        "## Planner (`saturn plan`)",
+        "",
+        f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, HiGHS {meta['highs']}, 1 solver thread.",
+        "Instances: seeded random (`saturn/planner/random_instances.py`): small jobs that scale badly, mid-size jobs",
+        "that need sharding or spilling, large jobs needing 4 GPUs, some needing a whole 8-GPU node.",
+        "Ratio = makespan / valid lower bound (allotment bound, strengthened by a relaxed slot-MILP bound);",
+        "gain = baseline makespan / Saturn makespan. All numbers from this one run.",
+        "",
+        f"- median ratio (≥ 16 jobs): **{summ['median_ratio_ge16']:.3f}** (target ≤ 1.05); worst ratio {summ['worst_ratio']:.3f}",
+        f"- never worse than the best baseline: min(best baseline / Saturn) = {summ['min_vs_best_baseline']:.3f} (target ≥ 1.0)",
+        "- median gain: " + ", ".join(f"{k} {v:.2f}x" for k, v in g.items()),
+        f"- max solve time, ≤ 64 jobs on ≤ 16 GPUs: {summ['max_solve_s_le64_le16gpu']:.1f} s (target ≤ 10 s)"
+        if summ["max_solve_s_le64_le16gpu"] is not None else "",
+        f"- solve time, 256 jobs on 64 GPUs: {summ['max_solve_s_256_64gpu']:.1f} s (target ≤ 60 s)"
+        if summ["max_solve_s_256_64gpu"] is not None else "",
+        "",
+        "| jobs | GPUs | ratio | vs best baseline | whole node | one GPU | fixed split | greedy min-area | solve s | status |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        gg = r["gain"]
+        f = lambda k: f"{gg[k]:.2f}x" if k in gg else "–"  # noqa: E731
+        lines.append(f"| {r['jobs']} | {r['gpus']} | {r['ratio']:.3f} | {r['vs_best_baseline']:.3f} | {f('whole_node')} | "
+                     f"{f('one_gpu')} | {f('fixed_split')} | {f('greedy_min_area')} | {r['solve_s']:.1f} | {r['status']} |")
+    return "\n".join(x for x in lines if x is not None) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a 4-instance smoke run (~30 s)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "planner.json"))
+    ap.add_argument("--md", default=str(ROOT / "BENCHMARKS_planner.md"))
+    args = ap.parse_args()
+    import highspy
+
+    meta = {
+        "command": "python scripts/bench_planner.py" + (" --quick" if args.quick else ""),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}",
+        "highs": f"{highspy.Highs().version()}" if hasattr(highspy.Highs(), "version") else "?",
+    }
+    results = run(QUICK if args.quick else SUITE)
+    summ = summarize(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "summary": summ, "instances": results}, indent=2) + "\n")
+    Path(args.md).write_text(markdown(meta, summ, results))
+    print(json.dumps(summ, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Step time and peak memory of each Saturn technique x GPU count, against a hand-written
+reference of the same library measured in the same run:
+
+  ddp      vs a plain DDP loop (1 GPU: a plain single-device loop)
+  fsdp     vs FSDP2 set up as the PyTorch docs do (fully_shard per block + root, bf16 params)
+  zero     vs a plain DeepSpeed engine (its own AdamW, same ZeRO stage)
+  pipeline (no reference: reported for the planner's comparison only)
+
+The overhead column (Saturn / reference step time) is what Saturn's shared loop, data path and
+checkpoint-neutral setup cost over the bare library. Writes benchmarks/techniques.json and
+BENCHMARKS_techniques.md.
+
+GPU run (the SPASE.md setting, 350M GPT, seq 512, 8 samples/GPU, bf16):
+    python scripts/bench_techniques.py --gpus 1,2,4
+CPU smoke test (seconds):
+    python scripts/bench_techniques.py --device cpu --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from saturn.spec.schema import Job  # noqa: E402
+from saturn.techniques import get_technique  # noqa: E402
+from saturn.techniques.launch import resolve_device_type, run_workers  # noqa: E402
+
+HERE = "scripts.bench_techniques"
+
+
+# ------------------------------------------------------- hand-written references (in workers)
+def _setup(payload: dict, ctx: Any):
+    import torch
+
+    from saturn.zoo import build_model
+
+    job = Job.model_validate(payload["job"])
+    torch.manual_seed(0)
+    model = build_model(job.model)
+    per = job.batch_size // ctx.world_size
+    vocab = model.config.vocab_size
+    x = torch.randint(0, vocab, (per, job.seq_len), device=ctx.device)
+    return job, model, x, torch.roll(x, -1, 1)
+
+
+def _timed(step, payload: dict, ctx: Any) -> dict:
+    import torch
+
+    times = []
+    for i in range(payload["warmup"] + payload["steps"]):
+        t0 = time.perf_counter()
+        step()
+        if ctx.device_type == "cuda":
+            torch.cuda.synchronize()
+        if i >= payload["warmup"]:
+            times.append(time.perf_counter() - t0)
+    if ctx.device_type == "cuda":
+        mem = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        import resource
+
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"step_time_s": statistics.median(times), "peak_mem_gb": mem}
+
+
+def _autocast(ctx: Any):
+    import contextlib
+
+    import torch
+
+    if ctx.device_type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def ref_ddp(payload: dict, ctx: Any) -> dict:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    job, model, x, y = _setup(payload, ctx)
+    model.to(ctx.device)
+    net = DDP(model, device_ids=[ctx.local_rank] if ctx.device_type == "cuda" else None) \
+        if ctx.world_size > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(ctx):
+            loss = model.loss(net(x), y)
+        loss.backward()
+        opt.step()
+
+    return _timed(step, payload, ctx)
+
+
+def ref_fsdp(payload: dict, ctx: Any) -> dict:
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    job, model, x, y = _setup(payload, ctx)
+    model.to(ctx.device)
+    kw = {}
+    if ctx.device_type == "cuda":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.blocks():
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model.loss(model(x), y).backward()
+        opt.step()
+
+    return _timed(step, payload, ctx)
+
+
+def ref_zero(payload: dict, ctx: Any) -> dict:
+    import deepspeed
+
+    job, model, x, y = _setup(payload, ctx)
+    cuda = ctx.device_type == "cuda"
+    cfg = {"train_batch_size": job.batch_size,
+           "train_micro_batch_size_per_gpu": job.batch_size // ctx.world_size,
+           "zero_optimization": {"stage": payload["stage"]}, "bf16": {"enabled": cuda},
+           "optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "torch_adam": not cuda}},
+           "steps_per_print": 1 << 30}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+
+    def step() -> None:
+        loss = model.loss(engine(x), y)
+        engine.backward(loss)
+        engine.step()
+
+    return _timed(step, payload, ctx)
+
+
+REFERENCES = {"ddp": "ref_ddp", "fsdp": "ref_fsdp", "zero": "ref_zero"}
+
+
+# ----------------------------------------------------------------------------------- driver
+def make_job(args: argparse.Namespace, gpus: int) -> Job:
+    model = "gpt2-tiny" if args.tiny else args.model
+    return Job(name="bench", model={"name": model},
+               batch_size=args.per_gpu_batch * gpus, seq_len=args.seq_len, steps=1_000,
+               precision="bf16", optimizer={"name": "adamw", "lr": 3e-4})
+
+
+def bench_one(args: argparse.Namespace, name: str, gpus: int) -> dict[str, Any]:
+    job, tech = make_job(args, gpus), get_technique(name)
+    feas = tech.feasible(job, gpus)
+    row: dict[str, Any] = {"technique": name, "gpus": gpus, "model": job.model.label(),
+                           "global_batch": job.batch_size, "seq_len": job.seq_len}
+    if not feas:
+        return {**row, "status": "infeasible", "reason": feas.reason}
+    knobs = tech.candidates(job, gpus)[0]
+    res = tech.trial(job, list(range(gpus)), knobs, steps=args.steps, timeout_s=args.timeout,
+                     device_type=args.device, warmup=args.warmup)
+    row.update(knobs=knobs, status=res.status, step_time_s=res.step_time_s,
+               peak_mem_gb=res.peak_mem_gb, startup_s=res.startup_s, reason=res.reason[-300:])
+    if name in REFERENCES:
+        payload = {"job": job.model_dump(mode="json"), "steps": args.steps, "warmup": args.warmup,
+                   "stage": knobs.get("stage", 2)}
+        env = {"DS_ACCELERATOR": "cpu"} if args.device == "cpu" else {}
+        ref = run_workers(f"{HERE}:{REFERENCES[name]}", payload, list(range(gpus)),
+                          device_type=args.device, timeout_s=args.timeout, env=env)
+        row["reference"] = {k: ref.get(k) for k in ("status", "step_time_s", "peak_mem_gb", "reason")}
+        if res.step_time_s and ref.get("step_time_s"):
+            row["overhead"] = round(res.step_time_s / ref["step_time_s"], 3)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) -> str:
+    lines = ["## Techniques vs hand-written references", "",
+             f"Device: {device}; model {rows[0]['model'] if rows else '?'}, seq {args.seq_len}, "
+             f"{args.per_gpu_batch} samples/GPU, bf16 on GPU, AdamW; median of {args.steps} steps "
+             f"after {args.warmup} warm-up. Command: `python scripts/bench_techniques.py "
+             f"{' '.join(sys.argv[1:])}`", "",
+             "| technique | GPUs | knobs | status | s/step | peak GB | ref s/step | ref peak GB | "
+             "overhead |", "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+    for r in rows:
+        ref = r.get("reference") or {}
+        knobs = ", ".join(f"{k}={v}" for k, v in (r.get("knobs") or {}).items())
+        lines.append(f"| {r['technique']} | {r['gpus']} | {knobs} | {r['status']} | "
+                     f"{fmt(r.get('step_time_s'))} | {fmt(r.get('peak_mem_gb'))} | "
+                     f"{fmt(ref.get('step_time_s'))} | {fmt(ref.get('peak_mem_gb'))} | "
+                     f"{fmt(r.get('overhead'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--tiny", action="store_true", help="gpt2-tiny, seq 32: a smoke test")
+    p.add_argument("--model", default="gpt2-medium", help="zoo model (gpt2-medium = 350M)")
+    p.add_argument("--gpus", default=None, help="comma-separated GPU counts (default 1,2,4,...)")
+    p.add_argument("--techniques", default="ddp,fsdp,zero,pipeline")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--per-gpu-batch", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--out", default="benchmarks/techniques.json")
+    p.add_argument("--md", default="BENCHMARKS_techniques.md")
+    args = p.parse_args()
+    args.device = resolve_device_type(args.device)
+    if args.tiny:
+        args.seq_len, args.per_gpu_batch, args.steps, args.warmup = 32, 2, 3, 1
+    counts = [int(g) for g in args.gpus.split(",")] if args.gpus else _default_counts(args.device)
+    rows = [bench_one(args, name, g) for g in counts for name in args.techniques.split(",")]
+    device = _device_name(args.device)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"device": device, "args": vars(args), "rows": rows}, f, indent=1)
+    with open(args.md, "w") as f:
+        f.write(markdown(rows, args, device))
+    print(f"wrote {args.out} and {args.md}")
+
+
+def _default_counts(device: str) -> list[int]:
+    if device == "cpu":
+        return [1, 2]
+    import torch
+
+    n, out = torch.cuda.device_count(), [1]
+    while out[-1] * 2 <= n:
+        out.append(out[-1] * 2)
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu (gloo slots)"
+    import torch
+
+    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+
+
+if __name__ == "__main__":
+    main()
