@@ -1,7 +1,28 @@
-"""Saturn: jointly select parallelism, allocate GPUs and schedule many training jobs (SPASE)."""
+"""Saturn: jointly select parallelism, allocate GPUs and schedule many training jobs (SPASE).
+
+    import saturn
+    wl = saturn.load_workload("configs/examples/tiny-cpu.yaml")
+    saturn.profile(wl); p = saturn.plan(wl); results = saturn.run(wl, run_dir="runs/x")
+    with saturn.Orchestrator(wl.cluster, run_dir="runs/hpo") as orch:   # online (HPO)
+        fut = orch.submit(job); fut.metrics(); orch.cancel(job); fut.result()
+
+The API names (profile, plan, run, Orchestrator, JobFuture, JobReport) live in `saturn.api` and are
+imported on first use, so `import saturn` stays light.
+"""
 
 from saturn.errors import SaturnError
 from saturn.spec import Cluster, Job, Node, Workload, load_workload
 
 __version__ = "0.1.0"
-__all__ = ["Cluster", "Job", "Node", "SaturnError", "Workload", "load_workload", "__version__"]
+
+_API = ("JobFuture", "JobReport", "Orchestrator", "OrchestratorError", "plan", "profile", "run",
+        "synthetic_profiles")
+__all__ = ["Cluster", "Job", "Node", "SaturnError", "Workload", "load_workload", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from saturn import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'saturn' has no attribute {name!r}")

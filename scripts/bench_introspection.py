@@ -114,15 +114,9 @@ def run_seed(seed, args):
     true_jobs = {j: stop_after.get(j, s) for j, s in jobs.items()}
     perfect = plan(true_jobs, cluster, true_prof, time_limit_s=args.time_limit * 3, mip_gap=args.gap / 2)
     out["perfect"] = execute(jobs, cluster, prof, case, dict(base, introspect=False),
-                             given=_rescale(perfect.to_dict(), prof)).makespan_s
+                             given=perfect).makespan_s
     out["wall_s"] = time.perf_counter() - t0
     return out
-
-
-def _rescale(p, prof):
-    """The perfect plan as the executor runs it: options/GPUs/order from the plan (its times are
-    only used for ordering)."""
-    return p
 
 
 def summarize(rows):

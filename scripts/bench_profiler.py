@@ -9,19 +9,29 @@ the measured profiles and report profiling time as a share of the planned makesp
 
 Targets (issue 5): median |error| <= 10%, max <= 25%; profiling <= 10% of the makespan.
 
-    # GPU (the real numbers; writes benchmarks/profiler.json and the BENCHMARKS.md section)
-    python scripts/bench_profiler.py --workload configs/examples/gpt2-sweep.yaml \\
-        --run-steps 200 --store profiles --json benchmarks/profiler.json --markdown BENCHMARKS.md
     # CPU smoke test (a minute or two)
     python scripts/bench_profiler.py --device cpu --tiny
+
+    # GPU, all in one command (small workloads)
+    python scripts/bench_profiler.py --workload configs/examples/gpt2-sweep.yaml --run-steps 200 \
+        --store profiles --force --json benchmarks/profiler.json --markdown BENCHMARKS.md
+
+    # GPU in phases, each within a 10-minute command (rows are reused between them):
+    python scripts/bench_profiler.py --only profile --store profiles --force --budget-min 8 \
+        --json /tmp/p.json           # repeat WITHOUT --force until nothing is skipped
+    python scripts/bench_profiler.py --only measure --store profiles --shard 1/3 --json /tmp/m1.json
+    ...  (--shard 2/3, 3/3)
+    python scripts/bench_profiler.py --merge /tmp/p.json /tmp/m1.json /tmp/m2.json /tmp/m3.json \
+        --json benchmarks/profiler.json --markdown BENCHMARKS.md
+
+With phases, the profiling cost is the first (cold) profile run's; add the wall times of the
+repeats by hand if the budget cut it short.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import platform
 import statistics
 import sys
@@ -59,6 +69,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--sequential", action="store_true",
                    help="measure options one at a time (default: side by side on free devices, "
                         "like the executor runs jobs)")
+    p.add_argument("--budget-min", type=float, default=None,
+                   help="profiling budget (re-run to fill in what was skipped: rows are reused)")
+    p.add_argument("--only", choices=("all", "profile", "measure"), default="all",
+                   help="profile: fill the store and time it; measure: run options from the store "
+                        "(each phase fits a 10-minute command; combine the JSONs with --merge)")
+    p.add_argument("--shard", default=None, help="K/N: measure only every N-th option from the K-th")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="combine JSON files of earlier runs into --json / --markdown")
     p.add_argument("--plan-time-limit", type=float, default=20.0)
     p.add_argument("--json", type=Path, default=None, help="write results here "
                                                            "(e.g. benchmarks/profiler.json)")
@@ -183,21 +201,23 @@ def summarize(results: list[dict]) -> dict[str, Any]:
 
 
 def markdown(out: dict[str, Any]) -> str:
-    s, c, hw = out["accuracy"], out["cost"], out["hardware"]
+    s, c, hw = out["accuracy"], out.get("cost") or {}, out["hardware"]
     lines = [MD_START, "## Profiler: accuracy and cost", "",
              f"`{out['command']}` on {hw['gpus']}x {hw['gpu_type']} ({hw['gpu_memory_gb']} GB, "
-             f"{hw['interconnect']}), torch {hw['torch_version']}, {out['date']}.", "",
-             f"Workload `{out['workload']}`: {c['signatures']} distinct profiles, "
-             f"{c['trials_run']} trials in {c['profile_wall_s']:.0f}s "
-             f"(one by one: {c['trials_sequential_s']:.0f}s, {c['parallel_speedup']:.1f}x faster side by side).",
-             "",
-             f"- Runtime prediction over {s['measured']} options x {out['run_steps']} steps: median "
-             f"|error| **{_pct(s['median_abs_error'])}** (target <= 10%), max "
-             f"**{_pct(s['max_abs_error'])}** (target <= 25%).",
-             f"- Profiling time / planned makespan ({c['makespan_source']}, "
-             f"{_s(c['planned_makespan_s'])}): **{_pct(c['profile_share'])}** (target <= 10%).", "",
-             "| job | technique | GPUs | knobs | step (s) | start-up (s) | predicted (s) | measured (s) | error |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{hw['interconnect']}), torch {hw['torch_version']}, {out['date']}.", ""]
+    if c:
+        lines += [f"Workload `{out['workload']}`: {c['signatures']} distinct profiles, "
+                  f"{c['trials_run']} trials in {c['profile_wall_s']:.0f}s (one by one: "
+                  f"{c['trials_sequential_s']:.0f}s, {c['parallel_speedup'] or 0:.1f}x faster side by "
+                  f"side){'; some rows reused, so not a cold cost' if c.get('reused') else ''}.", ""]
+    lines += [f"- Runtime prediction over {s['measured']} options x {out['run_steps']} steps: median "
+              f"|error| **{_pct(s['median_abs_error'])}** (target <= 10%), max "
+              f"**{_pct(s['max_abs_error'])}** (target <= 25%).",
+              f"- Profiling time / planned makespan ({out.get('makespan_source')}, "
+              f"{_s(out.get('planned_makespan_s'))}): **{_pct(c.get('profile_share'))}** "
+              "(target <= 10%).", "",
+              "| job | technique | GPUs | knobs | step (s) | start-up (s) | predicted (s) | measured (s) | error |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in out["options"]:
         lines.append(f"| {r['job']} | {r['technique']} | {r['gpus']} | `{r['knobs']}` | "
                      f"{r['step_time_s']:.4g} | {r['startup_s']:.3g} | {r['predicted_s']:.1f} | "
@@ -225,54 +245,43 @@ def write_markdown(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
+def run_profile(args: argparse.Namespace, wl: Any, store: Path, steps: int, timeout: float):
     from saturn.profiler import profile
-    from saturn.profiler.hardware import hardware_for_cluster
 
-    wl, path = load(args)
-    steps = args.steps or (3 if args.tiny else 5)
-    run_steps = args.run_steps or (30 if args.tiny else 200)
-    timeout = args.timeout or 600.0
-    hw = hardware_for_cluster(wl.cluster)
-    store = args.store or Path(tempfile.mkdtemp(prefix="saturn-bench-store-"))
-    print(f"profiling {path} ({len(wl.jobs)} jobs) on {hw.gpus}x {hw.gpu_type}; store {store}",
-          flush=True)
     t0 = time.monotonic()
     rows = profile(wl, store_dir=store, force=args.force, steps=steps, timeout_s=timeout,
-                   progress=sys.stderr.isatty())
-    profile_wall = time.monotonic() - t0
+                   budget_min=args.budget_min, progress=sys.stderr.isatty())
+    wall = time.monotonic() - t0
     rep = rows.attrs["report"]
-    print(f"  {rep['trials_run']} trials ({rep['reused']} reused) in {profile_wall:.0f}s; "
+    print(f"  {rep['trials_run']} trials ({rep['reused']} reused) in {wall:.0f}s; "
           f"one by one: {rep['sequential_s']:.0f}s", flush=True)
+    if rep["reused"]:
+        print("  note: rows were reused from the store, so this profiling time is not a cold "
+              "cost (use --force or a fresh --store for that)", flush=True)
+    cost = {"signatures": rep["signatures"], "trials_run": rep["trials_run"],
+            "reused": rep["reused"], "budget_hit": rep["budget_hit"],
+            "profile_wall_s": round(wall, 2), "trials_sequential_s": round(rep["sequential_s"], 2),
+            "parallel_speedup": round(rep["sequential_s"] / wall, 2) if wall else None}
+    return rows, cost
 
-    jobs_by_sig: dict[str, Any] = {}
-    for job in wl.jobs:
-        jobs_by_sig.setdefault(str(job.signature), job)
-    opts = options_to_measure(rows.drop_duplicates(subset=["signature", "technique", "knobs", "gpus"]),
-                              args.max_options)
-    print(f"measuring {len(opts)} options x {run_steps} steps", flush=True)
-    results = measure(opts, jobs_by_sig, list(range(min(hw.gpus, wl.cluster.max_gpus))), run_steps,
-                      args.sequential, timeout_s=max(timeout, 10 * 3600.0))
-    results.sort(key=lambda r: (r["job"], r["technique"], r["gpus"]))
-    makespan, source = planned_makespan(wl, rows, args.plan_time_limit)
-    # cold profiling cost: the trials' wall time (reused rows cost nothing now, but did once)
-    acc = summarize(results)
-    out = {
-        "command": "python scripts/bench_profiler.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"), "host": platform.node(),
-        "workload": str(path), "hardware": {**hw.key(), "gpus": hw.gpus},
-        "trial_steps": steps, "run_steps": run_steps,
-        "cost": {"signatures": rep["signatures"], "trials_run": rep["trials_run"],
-                 "reused": rep["reused"], "profile_wall_s": round(profile_wall, 2),
-                 "trials_sequential_s": round(rep["sequential_s"], 2),
-                 "parallel_speedup": round(rep["sequential_s"] / profile_wall, 2) if profile_wall else None,
-                 "planned_makespan_s": None if makespan is None else round(makespan, 1),
-                 "makespan_source": source,
-                 "profile_share": None if not makespan else round(profile_wall / makespan, 4)},
-        "accuracy": acc, "options": results,
-    }
-    print(json.dumps({"accuracy": acc, "cost": out["cost"]}, indent=2))
+
+def select_shard(opts: list[dict], shard: Optional[str]) -> list[dict]:
+    if not shard:
+        return opts
+    k, n = (int(x) for x in shard.split("/"))
+    if not 1 <= k <= n:
+        raise SystemExit(f"--shard {shard}: want K/N with 1 <= K <= N")
+    return opts[k - 1::n]
+
+
+def finish(out: dict[str, Any], args: argparse.Namespace) -> None:
+    out["accuracy"] = summarize(out["options"])
+    cost, makespan = out.get("cost"), out.get("planned_makespan_s")
+    if cost:
+        cost["profile_share"] = (round(cost["profile_wall_s"] / makespan, 4)
+                                 if makespan else None)
+    print(json.dumps({"accuracy": out["accuracy"], "cost": cost,
+                      "planned_makespan_s": makespan}, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
@@ -281,6 +290,76 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_markdown(args.markdown, section)
     else:
         print(section)
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """Combine the JSON of separate runs (a profile run, measure shards) into one result."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    out = dict(parts[0])
+    out["cost"] = next((p["cost"] for p in parts if p.get("cost")), None)
+    out["planned_makespan_s"] = next((p["planned_makespan_s"] for p in parts
+                                      if p.get("planned_makespan_s")), None)
+    out["makespan_source"] = next((p.get("makespan_source") for p in parts
+                                   if p.get("planned_makespan_s")), None)
+    seen, options = set(), []
+    for p in parts:
+        for r in p.get("options", []):
+            key = (r["signature"], r["technique"], r["knobs"], r["gpus"])
+            if key not in seen:
+                seen.add(key)
+                options.append(r)
+    out["options"] = sorted(options, key=lambda r: (r["job"], r["technique"], r["gpus"]))
+    out["command"] = " + ".join(p["command"] for p in parts)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.merge:
+        finish(merge(args.merge), args)
+        return 0
+    from saturn.profiler import ProfileStore, workload_rows
+    from saturn.profiler.hardware import hardware_for_cluster
+
+    wl, path = load(args)
+    steps = args.steps or (3 if args.tiny else 5)
+    run_steps = args.run_steps or (30 if args.tiny else 200)
+    timeout = args.timeout or 600.0
+    hw = hardware_for_cluster(wl.cluster)
+    store = args.store or Path(tempfile.mkdtemp(prefix="saturn-bench-store-"))
+    cost = None
+    if args.only in ("all", "profile"):
+        print(f"profiling {path} ({len(wl.jobs)} jobs) on {hw.gpus}x {hw.gpu_type}; store {store}",
+              flush=True)
+        rows, cost = run_profile(args, wl, store, steps, timeout)
+    else:
+        rows = workload_rows(ProfileStore(store).load(), wl, hw)
+        if not len(rows):
+            raise SystemExit(f"no profile rows for {path} on {hw.gpu_type} in {store}; "
+                             "run with --only profile first")
+    makespan, source = planned_makespan(wl, rows, args.plan_time_limit)
+    results: list[dict] = []
+    if args.only in ("all", "measure"):
+        jobs_by_sig: dict[str, Any] = {}
+        for job in wl.jobs:
+            jobs_by_sig.setdefault(str(job.signature), job)
+        opts = options_to_measure(rows.drop_duplicates(subset=["signature", "technique", "knobs",
+                                                               "gpus"]), args.max_options)
+        opts = select_shard(opts, args.shard)
+        print(f"measuring {len(opts)} options x {run_steps} steps", flush=True)
+        results = measure(opts, jobs_by_sig, list(range(min(hw.gpus, wl.cluster.max_gpus))),
+                          run_steps, args.sequential, timeout_s=max(timeout, 10 * 3600.0))
+        results.sort(key=lambda r: (r["job"], r["technique"], r["gpus"]))
+    out = {
+        "command": "python scripts/bench_profiler.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "host": platform.node(),
+        "workload": str(path), "hardware": {**hw.key(), "gpus": hw.gpus},
+        "trial_steps": steps, "run_steps": run_steps,
+        "planned_makespan_s": None if makespan is None else round(makespan, 1),
+        "makespan_source": source, "cost": cost, "options": results,
+    }
+    finish(out, args)
     return 0
 
 

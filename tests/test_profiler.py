@@ -271,3 +271,14 @@ def test_cli_is_a_typer_command(tmp_path, trial_log, write_yaml):
     assert res.exit_code == 0 and len(read_log(trial_log)) == 2
     res = CliRunner().invoke(app, ["profile", "--show", "--store", str(tmp_path)])
     assert res.exit_code == 0 and "Scales" in res.output
+
+
+def test_checkpoint_cost_model(monkeypatch):
+    from saturn.profiler import checkpoint_cost_s
+
+    job = workload(["Scales"], lr_sweep=False).jobs[0]
+    assert 0.5 <= checkpoint_cost_s(job, "cpu") < 0.6
+    assert 3.0 <= checkpoint_cost_s(job, "H200") < 3.1
+    monkeypatch.setenv("SATURN_CHECKPOINT_FIXED_S", "0")
+    monkeypatch.setenv("SATURN_CHECKPOINT_GBPS", "1")
+    assert checkpoint_cost_s(job, "H200") < 0.01

@@ -77,8 +77,16 @@ def _wait_for_pids(pid_dir: str, n: int, timeout: float = 60.0) -> None:
 
 
 def _no_workers_of(pid: int) -> bool:
-    return not [c for c in psutil.Process(pid).children(recursive=True) if c.is_running()
-                and c.status() != psutil.STATUS_ZOMBIE]
+    """No live Saturn worker below `pid` (other children, e.g. a Ray cluster an earlier test
+    started in this pytest process, are not ours to judge)."""
+    def is_worker(c: psutil.Process) -> bool:
+        try:
+            return (c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+                    and "saturn.techniques.worker" in " ".join(c.cmdline()))
+        except psutil.Error:
+            return False
+
+    return not [c for c in psutil.Process(pid).children(recursive=True) if is_worker(c)]
 
 
 # --------------------------------------------------------------------------------------- tests

@@ -82,8 +82,14 @@ def run_command(
         cfg_over = None
         display = LiveDisplay(console) if live else None
         be_kwargs = {"device_type": device_type, "checkpoint_every": checkpoint_every}
-        ex = Executor.resume(resume, lambda off: ProcessBackend(resume, clock_offset=off, **be_kwargs),
-                             config=cfg_over, display=display)
+        from saturn.executor.ray_backend import RayExecutor, resume_backend_factory
+
+        factory = resume_backend_factory(resume, checkpoint_every=checkpoint_every)
+        if factory is not None:  # the run was on a Ray cluster: resume there
+            ex = RayExecutor.resume(resume, factory, config=cfg_over, display=display)
+        else:
+            ex = Executor.resume(resume, lambda off: ProcessBackend(resume, clock_offset=off, **be_kwargs),
+                                 config=cfg_over, display=display)
         _execute(ex, display, console, resume)
         return
     if workload is None:
@@ -105,13 +111,20 @@ def run_command(
         given = Plan.from_json(plan)
     cfg = ExecutorConfig(interval_s=interval, introspect=not no_introspect, max_retries=max_retries,
                          time_limit_s=time_limit, poll_s=math.inf if simulate else 0.5)
+    executor_cls = Executor
     if simulate:
         backend = simulated_backend(table, noise=noise, seed=seed)
+    elif wl.cluster.ray is not None:
+        from saturn.executor.ray_backend import RayBackend, RayExecutor
+
+        backend = RayBackend(run_dir, wl.cluster.ray, checkpoint_every=checkpoint_every)
+        executor_cls = RayExecutor
     else:
         backend = ProcessBackend(run_dir, device_type=device_type if not cluster.is_cpu else "cpu",
                                  checkpoint_every=checkpoint_every)
     display = LiveDisplay(console) if live and not simulate else None
-    ex = Executor(wl.jobs, cluster, table, backend, run_dir=run_dir, config=cfg, plan=given, display=display)
+    ex = executor_cls(wl.jobs, cluster, table, backend, run_dir=run_dir, config=cfg, plan=given,
+                      display=display)
     _execute(ex, display, console, run_dir)
 
 

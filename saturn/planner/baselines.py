@@ -24,13 +24,21 @@ def _best_at_most(jo: JobOptions, node: NodeSpec, k: int) -> Optional[Option]:
     return min((o for o in fit if o.gpus == top), key=lambda o: o.runtime_s)
 
 
-def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], k: Optional[int]) -> Optional[list[Assignment]]:
-    """Split nodes into exclusive groups of k GPUs (None = whole node); FIFO to the group free first."""
+def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], k: Optional[int],
+                       fixed: Sequence[Assignment] = ()) -> Optional[list[Assignment]]:
+    """Split nodes into exclusive groups of k GPUs (None = whole node); FIFO to the group free first.
+
+    A group is free once every fixed (running) job on one of its GPUs has ended."""
+    busy_until: dict[tuple[str, int], float] = {}
+    for a in fixed:
+        for g in a.gpus:
+            busy_until[(a.node, g)] = max(busy_until.get((a.node, g), 0.0), a.end_s)
     groups = []  # (free_at, node, gpu ids)
     for n in nodes:
         size = n.gpus if k is None else k
         for start in range(0, n.gpus - size + 1, size):
-            groups.append([0.0, n, list(range(start, start + size))])
+            ids = list(range(start, start + size))
+            groups.append([max([0.0] + [busy_until.get((n.name, g), 0.0) for g in ids]), n, ids])
     if not groups:
         return None
     out = []
@@ -49,54 +57,55 @@ def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSp
     return out
 
 
-def whole_node(options, nodes) -> Optional[list[Assignment]]:
+def whole_node(options, nodes, fixed=()) -> Optional[list[Assignment]]:
     """Each job on all GPUs of a node with its best technique at that size, one after another."""
-    return _groups_sequential(options, nodes, None)
+    return _groups_sequential(options, nodes, None, fixed)
 
 
-def fixed_split(options, nodes) -> tuple[Optional[int], Optional[list[Assignment]]]:
+def fixed_split(options, nodes, fixed=()) -> tuple[Optional[int], Optional[list[Assignment]]]:
     """Equal groups of k GPUs per node (best k among powers of two between 1 and the node size)."""
     best = (None, None)
     biggest = max(n.gpus for n in nodes)
     k = 2
     while k < biggest:
-        plan = _groups_sequential(options, nodes, k)
+        plan = _groups_sequential(options, nodes, k, fixed)
         if plan is not None and (best[1] is None or _ms(plan) < _ms(best[1])):
             best = (k, plan)
         k *= 2
     return best
 
 
-def one_gpu(options, nodes) -> list[Assignment]:
+def one_gpu(options, nodes, fixed=()) -> list[Assignment]:
     """The fastest 1-GPU option (spilling where nothing else fits); smallest option otherwise."""
     chosen = []
     for jo in options.values():
         ones = [o for o in jo.by_size if o.gpus == 1]
         pool = ones or [o for o in jo.by_size if o.gpus == min(p.gpus for p in jo.by_size)]
         chosen.append(Choice(min(pool, key=lambda o: o.runtime_s)))
-    return list_schedule(nodes, chosen)
+    return list_schedule(nodes, chosen, fixed)
 
 
-def greedy_min_area(options, nodes) -> list[Assignment]:
+def greedy_min_area(options, nodes, fixed=()) -> list[Assignment]:
     """Least-GPU-area option per job, longest first, earliest finish with backfilling."""
     chosen = [jo.min_area() for jo in options.values()]
     chosen.sort(key=lambda o: (-o.runtime_s, o.job))
-    return list_schedule(nodes, (Choice(o) for o in chosen))
+    return list_schedule(nodes, (Choice(o) for o in chosen), fixed)
 
 
 def _ms(a: Sequence[Assignment]) -> float:
     return max((x.end_s for x in a), default=0.0)
 
 
-def baseline_plans(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> dict[str, list[Assignment]]:
-    """name -> assignments, for each baseline that applies to this cluster."""
+def baseline_plans(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec],
+                   fixed: Sequence[Assignment] = ()) -> dict[str, list[Assignment]]:
+    """name -> assignments (of the jobs to plan, around the `fixed` ones), per applicable baseline."""
     out = {}
-    wn = whole_node(options, nodes)
+    wn = whole_node(options, nodes, fixed)
     if wn is not None:
         out["whole_node"] = wn
-    out["one_gpu"] = one_gpu(options, nodes)
-    k, fs = fixed_split(options, nodes)
+    out["one_gpu"] = one_gpu(options, nodes, fixed)
+    k, fs = fixed_split(options, nodes, fixed)
     if fs is not None:
         out["fixed_split"] = fs
-    out["greedy_min_area"] = greedy_min_area(options, nodes)
+    out["greedy_min_area"] = greedy_min_area(options, nodes, fixed)
     return out

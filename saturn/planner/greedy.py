@@ -63,16 +63,18 @@ ORDERS: dict[str, Callable[[Option], tuple]] = {
 }
 
 
-def schedule_allotted(nodes: Sequence[NodeSpec], chosen: Mapping[str, Option], order: str) -> list[Assignment]:
+def schedule_allotted(nodes: Sequence[NodeSpec], chosen: Mapping[str, Option], order: str,
+                      fixed: Sequence[Assignment] = ()) -> list[Assignment]:
     seq = sorted(chosen.values(), key=ORDERS[order])
-    return list_schedule(nodes, (Choice(o) for o in seq))
+    return list_schedule(nodes, (Choice(o) for o in seq), fixed)
 
 
 def schedule_eft(
-    nodes: Sequence[NodeSpec], options: Mapping[str, JobOptions], order: Sequence[str], area_factor: float
+    nodes: Sequence[NodeSpec], options: Mapping[str, JobOptions], order: Sequence[str], area_factor: float,
+    fixed: Sequence[Assignment] = (),
 ) -> list[Assignment]:
     """Each job in `order` takes the option+node finishing first among near-min-area options."""
-    s = Scheduler(nodes)
+    s = Scheduler(nodes, fixed)
     for name in order:
         jo = options[name]
         cap = jo.min_area().area * area_factor * (1 + 1e-9)
@@ -90,7 +92,8 @@ def schedule_eft(
 
 
 def greedy_candidates(
-    options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], deadline: Optional[float] = None
+    options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], deadline: Optional[float] = None,
+    fixed: Sequence[Assignment] = (),
 ) -> list[Candidate]:
     """All greedy rules, cheapest first; stops early (keeping what it has) past `deadline`."""
     out: list[Candidate] = []
@@ -103,12 +106,12 @@ def greedy_candidates(
         for order in ORDERS:
             if late():
                 return out
-            out.append((f"greedy:allot({c:.4g}s)/{order}", schedule_allotted(nodes, chosen, order)))
+            out.append((f"greedy:allot({c:.4g}s)/{order}", schedule_allotted(nodes, chosen, order, fixed)))
     lpt = sorted(options, key=lambda j: (-options[j].min_area().runtime_s, j))
     for f in (1.0, 1.25, 1.5, 2.0, math.inf):
         if late():
             return out
-        out.append((f"greedy:eft(area<={f}x)", schedule_eft(nodes, options, lpt, f)))
+        out.append((f"greedy:eft(area<={f}x)", schedule_eft(nodes, options, lpt, f, fixed)))
     return out
 
 
@@ -119,6 +122,7 @@ def perturbed_search(
     deadline: float,
     seed: int = 0,
     max_iters: int = 200,
+    fixed: Sequence[Assignment] = (),
 ) -> Optional[list[Assignment]]:
     """Randomized re-ordering of the best plan's (option, node) choices until the deadline.
 
@@ -134,7 +138,8 @@ def perturbed_search(
             o for o in jo.options + jo.by_size if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs
         )
     order = sorted(by_job, key=lambda j: (by_job[j].start_s, j))
-    cur, cur_ms, improved = order, makespan(best), None
+    fixed_end = makespan(fixed)
+    cur, cur_ms, improved = order, max(makespan(best), fixed_end), None
     for _ in range(max_iters):
         if time.perf_counter() > deadline:
             break
@@ -142,8 +147,8 @@ def perturbed_search(
         for _ in range(rng.randint(1, 3)):
             i, j = rng.randrange(len(cand)), rng.randrange(len(cand))
             cand.insert(j, cand.pop(i))
-        sched = list_schedule(nodes, (Choice(opt_of[j]) for j in cand))
-        ms = makespan(sched)
+        sched = list_schedule(nodes, (Choice(opt_of[j]) for j in cand), fixed)
+        ms = max(makespan(sched), fixed_end)
         if ms < cur_ms - 1e-9:
             cur, cur_ms, improved = cand, ms, sched
     return improved

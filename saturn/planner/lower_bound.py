@@ -6,6 +6,9 @@ of makespan C every job runs an option of runtime <= C, so it occupies at least 
 among *those* options, hence C >= sum_j min{area_o : runtime_o <= C} / total GPUs. The smallest C
 satisfying both is the bound. It matters when fast options are GPU-hungry (jobs that scale
 badly): the simple bound pairs the fastest runtime with the smallest area, which no plan can do.
+
+With `fixed` (running) jobs, every plan also lasts until the last of them ends, and their GPU-area
+up to that end is taken before any planned job's: both bounds add it.
 """
 
 from __future__ import annotations
@@ -15,32 +18,41 @@ from typing import Mapping, Sequence
 
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import JobOptions
+from saturn.planner.plan import Assignment
 
 
-def simple_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> float:
+def _fixed_end_area(fixed: Sequence[Assignment]) -> tuple[float, float]:
+    return max((a.end_s for a in fixed), default=0.0), sum(len(a.gpus) * a.duration_s for a in fixed)
+
+
+def simple_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()) -> float:
     total = sum(n.gpus for n in nodes)
-    longest = max(jo.fastest().runtime_s for jo in options.values())
-    area = sum(jo.min_area().area for jo in options.values())
-    return max(longest, area / total)
+    fixed_end, fixed_area = _fixed_end_area(fixed)
+    longest = max((jo.fastest().runtime_s for jo in options.values()), default=0.0)
+    area = sum(jo.min_area().area for jo in options.values()) + fixed_area
+    return max(longest, area / total, fixed_end)
 
 
 def _min_area_within(jo: JobOptions, c: float) -> float:
     return min((o.area for o in jo.options if o.runtime_s <= c), default=math.inf)
 
 
-def allotment_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> float:
+def allotment_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()) -> float:
     """min over candidate C of max(C, sum_j minarea_j(C) / G); see the module docstring."""
+    if not options:
+        return simple_bound(options, nodes, fixed)
     total = sum(n.gpus for n in nodes)
+    _, fixed_area = _fixed_end_area(fixed)
     longest = max(jo.fastest().runtime_s for jo in options.values())
     cands = sorted({o.runtime_s for jo in options.values() for o in jo.options if o.runtime_s >= longest})
     best = math.inf
     for c in cands:  # area(C) is a step function that only drops at option runtimes
         if c >= best:
             break
-        area = sum(_min_area_within(jo, c) for jo in options.values())
+        area = sum(_min_area_within(jo, c) for jo in options.values()) + fixed_area
         best = min(best, max(c, area / total))
-    return max(best, simple_bound(options, nodes))
+    return max(best, simple_bound(options, nodes, fixed))
 
 
-def lower_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]) -> float:
-    return allotment_bound(options, nodes)
+def lower_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()) -> float:
+    return allotment_bound(options, nodes, fixed)

@@ -130,6 +130,13 @@ class Plan:
         return cls.from_dict(json.loads(p.read_text() if p else str(text_or_path)))
 
 
+def _is_empty(jobs: Any) -> bool:
+    try:
+        return len(jobs) == 0
+    except TypeError:
+        return False
+
+
 def as_plan(plan: Union[Plan, dict]) -> Plan:
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
 
@@ -151,15 +158,23 @@ def _profiled_runtimes(rows: pd.DataFrame, steps: float) -> dict[tuple, list[tup
     return out
 
 
-def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd.DataFrame, *, rel_tol: float = 1e-6) -> None:
+def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd.DataFrame, *, rel_tol: float = 1e-6,
+                  fixed: Optional[list] = None) -> None:
     """Raise InvalidPlanError listing every broken rule; return None if the plan is valid.
 
     Rules: every job exactly once and nothing else; its GPUs distinct, on one existing node, with
     valid ids; a feasible profile row (allowed technique and GPU count, matching GPU type) whose
     runtime equals end - start; no GPU runs two jobs at once; lower bound <= makespan.
+    `fixed` (running jobs, Assignments or dicts): each must appear exactly as given -- technique,
+    knobs, node, GPU ids, start and end -- whether or not it is also in `jobs`; its window is its
+    remaining time, so it is not checked against the profile table, but its GPUs count as busy.
     """
     plan = as_plan(plan)
-    jobs_n = {j.name: j for j in normalize_jobs(jobs)}
+    fixed_by_job = {}
+    for f in fixed or []:
+        f = f if isinstance(f, Assignment) else Assignment.from_dict(f)
+        fixed_by_job[f.job] = f
+    jobs_n = {j.name: j for j in normalize_jobs(jobs)} if not (fixed_by_job and _is_empty(jobs)) else {}
     nodes = {n.name: n for n in normalize_cluster(cluster)}
     problems: list[str] = []
     span = max([abs(a.end_s) for a in plan.assignments] + [1.0])
@@ -170,6 +185,22 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
     for a in plan.assignments:
         seen[a.job] = seen.get(a.job, 0) + 1
         job, node = jobs_n.get(a.job), nodes.get(a.node)
+        f = fixed_by_job.get(a.job)
+        if f is not None:
+            if (a.technique, canonical_knobs(a.knobs), a.node, sorted(a.gpus)) != (
+                    f.technique, canonical_knobs(f.knobs), f.node, sorted(f.gpus)) \
+                    or abs(a.start_s - f.start_s) > tol or abs(a.end_s - f.end_s) > tol:
+                problems.append(f"{a.job}: fixed (running) job not kept as given: planned {a.technique} {a.knobs} "
+                                f"on {a.node} GPUs {a.gpus} [{a.start_s:.6g}, {a.end_s:.6g}), fixed {f.technique} "
+                                f"{f.knobs} on {f.node} GPUs {f.gpus} [{f.start_s:.6g}, {f.end_s:.6g})")
+            if node is None:
+                problems.append(f"{a.job}: unknown node {a.node!r}")
+                continue
+            if not a.gpus or len(set(a.gpus)) != len(a.gpus) or any(not 0 <= g < node.gpus for g in a.gpus):
+                problems.append(f"{a.job}: bad GPU ids {a.gpus} on node {a.node} ({node.gpus} GPUs)")
+            for g in a.gpus:
+                busy.setdefault((a.node, g), []).append((a.start_s, a.end_s, a.job))
+            continue
         if job is None:
             problems.append(f"{a.job}: not a job of this workload")
             continue
@@ -195,7 +226,7 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
             problems.append(f"{a.job}: duration {a.duration_s:.6g}s differs from profiled runtime {runtimes[0]:.6g}s")
         for g in a.gpus:
             busy.setdefault((a.node, g), []).append((a.start_s, a.end_s, a.job))
-    for name in jobs_n:
+    for name in {**jobs_n, **fixed_by_job}:
         if seen.get(name, 0) != 1:
             problems.append(f"{name}: assigned {seen.get(name, 0)} times (must be exactly once)")
     for (node, g), ivs in busy.items():

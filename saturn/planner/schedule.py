@@ -4,6 +4,9 @@ Every plan the planner returns is built here, by placing jobs one at a time (in 
 order) at the earliest time at which enough *specific* GPUs of a node are free for the job's whole
 duration. Working with real GPU ids and real durations is what makes every candidate valid by
 construction; the MILP only decides options, nodes and the order in which jobs are placed.
+
+`fixed` assignments (jobs already running when the executor re-plans) are pre-placed: their GPUs
+are busy from 0 until their end, and every job placed here goes around them.
 """
 
 from __future__ import annotations
@@ -90,12 +93,18 @@ def make_assignment(opt: Option, node: str, start: float, gpu_ids: list[int]) ->
 
 
 class Scheduler:
-    """Places jobs one by one on a cluster; `best_place` picks the earliest-finishing node."""
+    """Places jobs one by one on a cluster; `best_place` picks the earliest-finishing node.
 
-    def __init__(self, nodes: Sequence[NodeSpec]):
+    `fixed` assignments block their GPUs but are not part of `assignments`.
+    """
+
+    def __init__(self, nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()):
         self.nodes = list(nodes)
         self.timelines = {n.name: NodeTimeline(n) for n in self.nodes}
         self.assignments: list[Assignment] = []
+        for a in fixed:
+            if a.node in self.timelines:
+                self.timelines[a.node].place(a.start_s, a.duration_s, a.gpus)
 
     def candidates(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
         """(finish, start, node, gpu ids) for each node the option fits (or just `node`)."""
@@ -131,9 +140,9 @@ class Scheduler:
         return max((a.end_s for a in self.assignments), default=0.0)
 
 
-def list_schedule(nodes: Sequence[NodeSpec], choices: Iterable[Choice]) -> list[Assignment]:
-    """Place the choices in the given order, each at its earliest finish."""
-    s = Scheduler(nodes)
+def list_schedule(nodes: Sequence[NodeSpec], choices: Iterable[Choice], fixed: Sequence[Assignment] = ()) -> list[Assignment]:
+    """Place the choices in the given order (around `fixed`), each at its earliest finish."""
+    s = Scheduler(nodes, fixed)
     for c in choices:
         s.add(c)
     return s.assignments

@@ -11,6 +11,16 @@ time limit can stop us anywhere and still return something sound):
    and each node gets its own MILP (critical nodes first, each with a share of the time);
 5. a short randomized re-ordering search with what time is left;
 6. `validate_plan` on the result.
+
+`time_limit_s` is the wall-clock budget of the whole call (inputs, bounds, heuristics, MILP,
+validation): every stage gets a deadline, HiGHS is interrupted at it (see milp._highs_for), and a
+margin is kept for building and validating the result.
+
+`fixed` (keyword-only): assignments of jobs already running when the executor re-plans (start_s=0,
+end_s = remaining runtime from now). They are kept exactly -- same technique, knobs, node, GPU ids
+and window -- and appear in the returned plan; every other job is planned around them, and the
+makespan and lower bound include them. A fixed job may also be listed in `jobs` (it is not
+planned again) and needs no profile rows.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 
+from saturn.errors import SaturnError
 from saturn.planner.baselines import baseline_plans
 from saturn.planner.greedy import allot, allotment_targets, greedy_candidates, makespan, perturbed_search
 from saturn.planner.inputs import NodeSpec, normalize_cluster, normalize_jobs
@@ -42,50 +53,107 @@ def plan(
     warm_start: Union[Plan, dict, None] = None,
     threads: int = 1,
     slots: Optional[int] = None,
+    fixed: Optional[Sequence[Union[Assignment, dict]]] = None,
 ) -> Plan:
-    """Choose a technique, node, GPU ids and start time for every job, minimizing makespan."""
-    t0 = time.perf_counter()
-    # Keep a margin for validation and for HiGHS finishing its current node after the limit.
-    deadline = t0 + time_limit_s - min(1.0, 0.06 * time_limit_s)
-    job_specs = normalize_jobs(jobs)
-    nodes = normalize_cluster(cluster)
-    options = build_options(job_specs, nodes, profiles)
-    lb = lower_bound(options, nodes)
+    """Choose a technique, node, GPU ids and start time for every job, minimizing makespan.
 
-    base = baseline_plans(options, nodes)
+    Returns within about `time_limit_s` seconds of wall time (the whole call)."""
+    t0 = time.perf_counter()
+    nodes = normalize_cluster(cluster)
+    pinned = normalize_fixed(fixed, nodes)
+    pinned_names = {a.job for a in pinned}
+    job_specs = normalize_jobs(jobs) if not (pinned and _empty(jobs)) else []
+    to_plan = [j for j in job_specs if j.name not in pinned_names]
+    # Margin for building + validating the result (grows with the job count) and for HiGHS
+    # returning after an interrupt.
+    margin = min(0.25 * time_limit_s, 0.3 + 0.006 * len(to_plan) + 0.03 * time_limit_s)
+    deadline = t0 + time_limit_s - margin
+    fixed_end = makespan(pinned)
+
+    def ms(assignments) -> float:  # makespan including the running jobs
+        return max(makespan(assignments), fixed_end)
+
+    if not to_plan:  # everything is already running
+        result = Plan(assignments=sorted(pinned, key=lambda a: (a.start_s, a.job)), lower_bound_s=fixed_end,
+                      solver=SolverInfo(status="optimal", time_s=time.perf_counter() - t0, source="fixed"))
+        validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
+        return result
+    options = build_options(to_plan, nodes, profiles)
+    lb = lower_bound(options, nodes, pinned)
+
+    base = baseline_plans(options, nodes, pinned)
     cands: list[tuple[str, list[Assignment]]] = [(f"baseline:{k}", v) for k, v in base.items()]
     if warm_start is not None:
-        ws = warm_start_assignments(options, nodes, warm_start)
+        ws = warm_start_assignments(options, nodes, warm_start, pinned)
         if ws is not None:
             cands.append(("warm_start", ws))
-    cands += greedy_candidates(options, nodes, deadline=t0 + 0.3 * time_limit_s)
-    source, best = min(cands, key=lambda c: (makespan(c[1]), c[0]))
+    cands += greedy_candidates(options, nodes, deadline=t0 + 0.3 * time_limit_s, fixed=pinned)
+    source, best = min(cands, key=lambda c: (ms(c[1]), c[0]))
 
     milp_runs: list[MilpResult] = []
-    if _gap(makespan(best), lb) > mip_gap:  # a stronger bound may already certify the plan
+    if _gap(ms(best), lb) > mip_gap:  # a stronger bound may already certify the plan
         budget = min(0.15 * time_limit_s, 5.0, deadline - time.perf_counter() - 0.1)
         if budget > 0.05:
-            slot_lb = slot_lower_bound(options, nodes, makespan(best), lb, time_limit_s=budget, slots=30, threads=threads)
+            slot_lb = slot_lower_bound(options, nodes, ms(best), lb, time_limit_s=budget, slots=30, threads=threads,
+                                       fixed=pinned)
             lb = max(lb, slot_lb or 0.0)
-    if _gap(makespan(best), lb) > mip_gap and time.perf_counter() < deadline - 0.2:
-        improved = _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, milp_runs)
-        if improved is not None and makespan(improved) < makespan(best) - 1e-9:
+    if _gap(ms(best), lb) > mip_gap and time.perf_counter() < deadline - 0.2:
+        improved = _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, milp_runs, pinned)
+        if improved is not None and ms(improved) < ms(best) - 1e-9:
             source, best = "milp", improved
-    if _gap(makespan(best), lb) > mip_gap and time.perf_counter() < deadline - 0.1:
-        better = perturbed_search(options, nodes, best, deadline=min(deadline - 0.05, time.perf_counter() + 2.0))
-        if better is not None and makespan(better) < makespan(best) - 1e-9:
+    if _gap(ms(best), lb) > mip_gap and time.perf_counter() < deadline - 0.1:
+        better = perturbed_search(options, nodes, best, deadline=min(deadline - 0.05, time.perf_counter() + 2.0),
+                                  fixed=pinned)
+        if better is not None and ms(better) < ms(best) - 1e-9:
             source, best = source + "+reorder", better
 
-    if makespan(best) < lb <= makespan(best) * (1 + 1e-9):  # floating-point noise only
-        lb = makespan(best)
+    if ms(best) < lb <= ms(best) * (1 + 1e-9):  # floating-point noise only
+        lb = ms(best)
     result = Plan(
-        assignments=sorted(best, key=lambda a: (a.start_s, a.job)),
+        assignments=sorted(list(pinned) + list(best), key=lambda a: (a.start_s, a.job)),
         lower_bound_s=lb,
-        solver=_solver_info(makespan(best), lb, mip_gap, milp_runs, time.perf_counter() - t0, source),
-        baselines={k: makespan(v) for k, v in base.items()},
+        solver=_solver_info(ms(best), lb, mip_gap, milp_runs, time.perf_counter() - t0, source),
+        baselines={k: ms(v) for k, v in base.items()},
     )
-    validate_plan(result, job_specs, nodes, profiles)
+    validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
+    result.solver.time_s = time.perf_counter() - t0
     return result
+
+
+def _empty(jobs: Any) -> bool:
+    try:
+        return len(jobs) == 0
+    except TypeError:
+        return False
+
+
+def normalize_fixed(fixed: Optional[Sequence[Union[Assignment, dict]]], nodes: Sequence[NodeSpec]) -> list[Assignment]:
+    """Check the pinned (running) assignments: known node, valid distinct GPU ids, start 0, end > 0,
+    no GPU held by two of them, unique job names."""
+    if not fixed:
+        return []
+    node_of = {n.name: n for n in nodes}
+    out, held, problems = [], {}, []
+    for f in fixed:
+        a = f if isinstance(f, Assignment) else Assignment.from_dict(f)
+        n = node_of.get(a.node)
+        if n is None:
+            problems.append(f"{a.job}: unknown node {a.node!r}")
+        elif not a.gpus or len(set(a.gpus)) != len(a.gpus) or any(not 0 <= g < n.gpus for g in a.gpus):
+            problems.append(f"{a.job}: bad GPU ids {a.gpus} on node {a.node} ({n.gpus} GPUs)")
+        if abs(a.start_s) > 1e-9 or not (a.end_s > 0 and a.end_s < float("inf")):
+            problems.append(f"{a.job}: a running job needs start_s=0 and a finite end_s > 0 (remaining time), "
+                            f"got [{a.start_s}, {a.end_s}]")
+        for g in a.gpus:
+            other = held.setdefault((a.node, g), a.job)
+            if other != a.job:
+                problems.append(f"{a.job}: GPU {g} of {a.node} is already held by fixed job {other}")
+        if any(b.job == a.job for b in out):
+            problems.append(f"{a.job}: fixed twice")
+        out.append(Assignment(a.job, a.technique, dict(a.knobs), a.node, [int(g) for g in a.gpus], 0.0, float(a.end_s)))
+    if problems:
+        raise SaturnError("bad fixed (running) assignments:\n  " + "\n  ".join(problems))
+    return out
 
 
 def _gap(ms: float, lb: float) -> float:
@@ -119,26 +187,30 @@ def _solver_info(ms, lb, mip_gap, runs: Sequence[MilpResult], elapsed, source) -
 SLOT_LADDER = (20, 30, 45, 70, 100, 150)  # coarse first (fast, proves optimal), then finer
 
 
-def _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs) -> Optional[list[Assignment]]:
+def _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed=()) -> Optional[list[Assignment]]:
     """Full model when small enough, otherwise one MILP per node of the best plan's split."""
     n_opt = sum(len(jo.options) for jo in options.values())
     if len(nodes) == 1 or n_opt * len(nodes) * SLOT_LADDER[1] <= FULL_MODEL_MAX_STARTS:
-        return _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs)
-    return _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs)
+        return _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed)
+    return _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs, fixed)
 
 
-def _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs) -> list[Assignment]:
+def _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed=()) -> list[Assignment]:
     """Solve the rounded model with finer and finer slots while each level solves to optimality.
 
     Each level is warm-started from the best plan so far and its horizon is that plan's
     makespan, so the slot length shrinks both with the slot count and with every improvement.
     """
     ladder = (slots,) if slots else SLOT_LADDER
+    names = {n.name for n in nodes}
+    fixed = [a for a in fixed if a.node in names]
+    fixed_end = makespan(fixed)
     for T in ladder:
         left = deadline - time.perf_counter()
-        if left < 0.1 or _gap(makespan(best), lb) <= mip_gap:
+        if left < 0.1 or _gap(max(makespan(best), fixed_end), lb) <= mip_gap:
             break
-        r = solve_time_indexed(options, nodes, best, lb, time_limit_s=left, mip_gap=mip_gap, slots=T, threads=threads)
+        r = solve_time_indexed(options, nodes, best, lb, time_limit_s=left, mip_gap=mip_gap, slots=T, threads=threads,
+                               fixed=fixed)
         runs.append(r)
         if r.assignments is not None and makespan(r.assignments) < makespan(best) - 1e-9:
             best = r.assignments
@@ -147,7 +219,7 @@ def _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs) -
     return best
 
 
-def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs) -> Optional[list[Assignment]]:
+def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs, fixed=()) -> Optional[list[Assignment]]:
     """Keep the best plan's job->node split; improve nodes one by one, longest first."""
     by_node: dict[str, list[Assignment]] = {}
     for a in best:
@@ -160,13 +232,15 @@ def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs) -> 
             break
         sub = {a.job: options[a.job] for a in by_node[name]}
         sub_nodes = [node_of[name]]
+        sub_fixed = [a for a in fixed if a.node == name]
         share = left / (len(order) - i) * (1.5 if i == 0 else 1.0)
-        by_node[name] = _refine(sub, sub_nodes, by_node[name], lower_bound(sub, sub_nodes),
-                                time.perf_counter() + min(left, share), mip_gap, threads, slots, runs)
+        by_node[name] = _refine(sub, sub_nodes, by_node[name], lower_bound(sub, sub_nodes, sub_fixed),
+                                time.perf_counter() + min(left, share), mip_gap, threads, slots, runs, sub_fixed)
     return [a for v in by_node.values() for a in v]
 
 
-def warm_start_assignments(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], warm) -> Optional[list[Assignment]]:
+def warm_start_assignments(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], warm,
+                           fixed: Sequence[Assignment] = ()) -> Optional[list[Assignment]]:
     """Replay a previous plan on the current jobs: kept jobs keep option and node (if still
     feasible) and their start order; jobs no longer present are ignored; new jobs are added
     longest-first with the allotment rule's option."""
@@ -184,7 +258,7 @@ def warm_start_assignments(options: Mapping[str, JobOptions], nodes: Sequence[No
     if not kept:
         return None
     seq = [c for *_, c in sorted(kept, key=lambda x: x[:2])] + [c for *_, c in sorted(new, key=lambda x: x[:2])]
-    return list_schedule(nodes, seq)
+    return list_schedule(nodes, seq, fixed)
 
 
 def _find_option(jo: JobOptions, a: Assignment, node: Optional[NodeSpec]) -> Optional[Option]:

@@ -14,12 +14,11 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import pandas as pd
 
-from saturn.errors import SaturnError, SpecError
+from saturn.errors import SaturnError
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import (SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec,
@@ -156,7 +155,8 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     if not force and len(table):
         mine = table[[hw.matches(r) for r in table.to_dict("records")]]
         for r in mine.to_dict("records"):
-            if r["signature"] in groups and r["status"] != "infeasible":
+            if (r["signature"] in groups and r["status"] != "infeasible"
+                    and not str(r.get("source") or "").startswith("sample")):  # never reuse samples
                 step = r.get("step_time_s")
                 step = None if step is None or (isinstance(step, float) and math.isnan(step)) else float(step)
                 known[(r["signature"], r["technique"], canonical_knobs(r["knobs"]), int(r["gpus"]))] = (
@@ -267,7 +267,8 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
     step = _f(outcome.get("step_time_s")) if ok else None
     first = _f(outcome.get("startup_s"))
     launch = fixed_costs(step, wall, steps, first, warmup_steps) if ok else None
-    ckpt = checkpoint_cost_s(job)
+    ckpt = _f(outcome.get("checkpoint_s"))  # a technique that measured its own save
+    ckpt = checkpoint_cost_s(job, hw.gpu_type) if ckpt is None else ckpt
     return {
         "signature": sig, "technique": technique, "knobs": knobs, "gpus": int(gpus),
         **hw.key(),
@@ -318,9 +319,9 @@ class _Progress:
                                        TimeElapsedColumn, TimeRemainingColumn)
 
             if self._console is None:
-                from saturn.cli.common import err_console
+                from rich.console import Console
 
-                self._console = err_console
+                self._console = Console(stderr=True)
             self._bar = Progress(TextColumn("[bold]profiling[/]"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("trials"), TimeElapsedColumn(), TextColumn("left"),
                                  TimeRemainingColumn(), TextColumn("{task.description}"),

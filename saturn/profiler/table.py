@@ -28,10 +28,15 @@ COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 STATUSES = ("ok", "oom", "failed", "timeout", "infeasible")
 DEFAULT_STORE_ENV = "SATURN_PROFILES"
 DEFAULT_FILE = "profiles.csv"
-# Host write bandwidth assumed for the checkpoint at the end of a job (bytes/s); override with
-# SATURN_CHECKPOINT_GBPS. Weights + AdamW state in fp32 = 12 bytes per parameter.
+# The checkpoint at the end of a job (torch.distributed.checkpoint, weights + AdamW state in fp32 =
+# 12 bytes per parameter): a fixed cost (DCP planning, metadata, rename) plus bytes / bandwidth.
+# Fitted on one H100 run (gpt2-small/medium, DDP and spilling: 3.9-6.6 s measured); override with
+# SATURN_CHECKPOINT_FIXED_S and SATURN_CHECKPOINT_GBPS. A technique that measures its own save
+# can return `checkpoint_s` in its trial result, which then wins.
 CHECKPOINT_BYTES_PER_PARAM = 12
 DEFAULT_CHECKPOINT_GBPS = 2.0
+DEFAULT_CHECKPOINT_FIXED_S = 3.0
+CPU_CHECKPOINT_FIXED_S = 0.5  # CPU slots: no device-to-host copies, tiny models
 
 
 def _num(v: Any, default: float = 0.0) -> float:
@@ -89,19 +94,22 @@ def fixed_costs(step_time_s: Optional[float], trial_s: float, timed_steps: int,
     return round(max(from_wall, reported, 0.0), 4)
 
 
-def checkpoint_cost_s(job: Any) -> float:
-    """Seconds to write one technique-neutral checkpoint of `job` (weights + optimizer state),
-    from its parameter count; 0 when unknown (user model factories)."""
+def checkpoint_cost_s(job: Any, gpu_type: Optional[str] = None) -> float:
+    """Seconds to write one technique-neutral checkpoint of `job` (weights + optimizer state):
+    the fixed cost plus its parameter bytes over the write bandwidth (the fixed cost alone for user
+    model factories, whose size is unknown without building them)."""
     try:
         from saturn.zoo import param_count
 
         params = param_count(job.model)
     except Exception:  # noqa: BLE001 - an estimate must never fail the profile
         params = None
+    default = CPU_CHECKPOINT_FIXED_S if str(gpu_type).lower() == "cpu" else DEFAULT_CHECKPOINT_FIXED_S
+    fixed = _num(os.environ.get("SATURN_CHECKPOINT_FIXED_S"), default)
     if not params:
-        return 0.0
+        return fixed
     gbps = _num(os.environ.get("SATURN_CHECKPOINT_GBPS"), DEFAULT_CHECKPOINT_GBPS) or DEFAULT_CHECKPOINT_GBPS
-    return round(params * CHECKPOINT_BYTES_PER_PARAM / (gbps * 1e9), 3)
+    return round(fixed + params * CHECKPOINT_BYTES_PER_PARAM / (gbps * 1e9), 3)
 
 
 def now_iso() -> str:

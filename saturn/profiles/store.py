@@ -157,12 +157,23 @@ def lookup(jobs: Iterable[Any], cluster: Any, table: Optional[pd.DataFrame] = No
         missing += [(job.name, k) for k in allowed if k <= cap and k not in have]
         if g is None:
             continue
+        g = _prefer_measured(g)
         g = g.sort_values(["feasible", "step_time_s"], ascending=[False, True])
         g = g.drop_duplicates(subset=["technique", "gpus", "gpu_type"], keep="first").copy()
         g.insert(0, "job", job.name)
         out.append(g)
     df = pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["job", *COLUMNS])
     return df, missing
+
+
+def _prefer_measured(g: pd.DataFrame) -> pd.DataFrame:
+    """A measurement beats an extrapolated sample row for the same (technique, GPUs, GPU type),
+    whichever is faster: samples only fill the gaps that nothing has measured yet."""
+    sample = g["source"].astype(str).str.startswith("sample")
+    key = ["technique", "gpus", "gpu_type"]
+    measured_keys = set(map(tuple, g.loc[~sample, key].astype(str).values.tolist()))
+    shadowed = sample & g[key].astype(str).apply(tuple, axis=1).isin(measured_keys)
+    return g[~shadowed]
 
 
 def profiles_for(workload: Any, table: Optional[pd.DataFrame] = None, *, source: str = "the profile store") -> pd.DataFrame:

@@ -166,7 +166,18 @@ class Node(_Strict):
 
 
 class RaySpec(_Strict):
+    """A Ray cluster: nodes and GPUs are discovered from it (see saturn.ray_cluster).
+
+    checkpoint_root: storage every node can read and write (a shared filesystem path, or an fsspec
+    URL such as s3://bucket/saturn); default: the run directory, which must then be shared.
+    devices: cpu plans on each node's custom `saturn_slots` resource (tests/CI); auto = GPUs if any.
+    """
+
     address: str = "auto"
+    checkpoint_root: Optional[str] = None
+    devices: Literal["auto", "cuda", "cpu"] = "auto"
+    slots: Optional[int] = Field(default=None, gt=0)  # cpu: slots per node without `saturn_slots`
+    gpu_memory_gb: Optional[float] = Field(default=None, gt=0)
 
 
 class Cluster(_Strict):
@@ -211,11 +222,11 @@ class Cluster(_Strict):
         """Explicit nodes for this cluster: detects local GPUs (or CPU slots) when not given."""
         if self.nodes is not None:
             return self
-        if self.ray is not None:
-            from saturn.errors import SpecError
+        if self.ray is not None:  # discovered from Ray (connects to it); see saturn.ray_cluster
+            from saturn.ray_cluster import discover
 
-            raise SpecError("cluster.ray: multi-node Ray clusters are not supported yet; "
-                            "list the nodes explicitly under cluster.nodes")
+            nodes, dev = discover(self.ray.address, self.ray.devices, self.ray.slots, self.ray.gpu_memory_gb)
+            return Cluster(nodes=[n.to_node() for n in nodes], devices=dev, ray=self.ray)
         return Cluster(nodes=[_detect_local_node(self.devices, self.slots)],
                        devices=self.devices if self.devices != "auto" else _auto_devices())
 

@@ -70,7 +70,8 @@ class LaunchedTechnique(Technique):
         res, _ = self._launch(job, gpus, knobs, "run", kwargs.get("timeout_s", _RUN_FOREVER_S),
                               kwargs, start_step=start_step, num_steps=num_steps,
                               checkpoint_dir=checkpoint_dir,
-                              checkpoint_every=kwargs.get("checkpoint_every", 0))
+                              checkpoint_every=kwargs.get("checkpoint_every", 0),
+                              metrics_path=kwargs.get("metrics_path"))
         return run_result(res, start_step, checkpoint_dir)
 
 

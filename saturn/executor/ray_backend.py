@@ -1,0 +1,619 @@
+"""Run a plan across the nodes of a Ray cluster: `RayBackend` + `RayExecutor`.
+
+    from saturn.executor.ray_backend import RayBackend, RayExecutor
+    cluster = workload.cluster.resolved()            # cluster: {ray: {address: auto}} -> nodes from Ray
+    backend = RayBackend(run_dir, cluster.ray, checkpoint_every=200)
+    ex = RayExecutor(workload.jobs, cluster, profiles, backend, run_dir=run_dir)
+    ex.run_until_done()
+
+How it works
+* One Ray actor (`_JobAttempt`, `num_cpus=0`) per job attempt, created with
+  `NodeAffinitySchedulingStrategy(node_id, soft=False)` on the node the plan chose. The actor runs
+  the very same `python -m saturn.executor.job_runner SPEC.json` child as `ProcessBackend`, on the
+  plan's device ids of that node (mapped through the node's `CUDA_VISIBLE_DEVICES` if the raylet
+  has one). Ray does not allocate the GPUs: Saturn's plan does (the actor asks for 0 GPUs so that
+  Ray leaves `CUDA_VISIBLE_DEVICES` alone); do not run other GPU work on the same Ray nodes.
+* The driver polls every actor (`poll()` returns new progress/checkpoint records, new log bytes,
+  and the result when the child exited) with non-blocking `ray.wait`. Records become the same
+  `BackendEvent`s as `ProcessBackend`'s, so progress, checkpoints and metrics reach the journal and
+  the live display unchanged; log bytes are appended to `RUN_DIR/jobs/<job>/log.txt` on the driver.
+* Checkpoints live on storage every node can read (`cluster.ray.checkpoint_root`): a shared
+  filesystem path (used directly), or an fsspec URL (`s3://`, `gs://`, `file://`...): the actor
+  downloads the newest checkpoint into node-local staging before the child starts, and uploads each
+  new checkpoint (files, then `meta.json`, then the `latest` pointer, so a half-uploaded checkpoint
+  is never "latest") before it reports it. Default root: the run directory (it must then be shared).
+* Node loss: when a node disappears from `ray.nodes()` (or an actor dies because its node died),
+  every attempt on it ends as `finished(status="lost")` at the newest checkpoint on the shared
+  storage (a lost attempt is not a failure: it does not count against `max_retries`), with the
+  per-step losses streamed so far, so `metrics.jsonl` keeps every step up to that checkpoint.
+  `RayExecutor` then removes the node from its cluster, journals `node_lost` (and `node_joined` for
+  new nodes), and re-plans with `force=True` before launching anything, so lost jobs resume from
+  their checkpoints on the remaining nodes. A joining node is used at the next re-plan.
+
+`RayExecutor` is `Executor` plus one hook (`sync_cluster`, called right before launching) that
+applies cluster changes reported by the backend; `Executor.resume` works through it unchanged
+(nodes are re-discovered on the first step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional, Union
+
+from saturn.executor.backends import BackendEvent, latest_checkpoint_step
+from saturn.executor.loop import Executor
+from saturn.executor.state import ACTIVE, JobState
+
+log = logging.getLogger(__name__)
+
+_LOG_CHUNK = 64 * 1024  # log bytes returned per poll, per file
+
+
+# ------------------------------------------------------------------------------------ storage
+def is_url(path: Optional[str]) -> bool:
+    return bool(path) and "://" in str(path)
+
+
+def _join(root: str, *parts: str) -> str:
+    if is_url(root):
+        return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
+    return str(Path(root, *parts))
+
+
+def _fs(url: str):
+    try:
+        import fsspec
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        raise RuntimeError(f"checkpoint_root {url!r} is a URL: pip install fsspec (and its s3fs/gcsfs...)") from exc
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def latest_in_store(ckpt: str) -> tuple[Optional[int], Optional[str]]:
+    """(step, path) of the newest complete checkpoint under `ckpt` (a path or an fsspec URL)."""
+    if not is_url(ckpt):
+        return latest_checkpoint_step(Path(ckpt))
+    try:
+        fs, root = _fs(ckpt)
+        name = None
+        if fs.exists(f"{root}/latest"):
+            name = fs.cat_file(f"{root}/latest").decode().strip()
+            if not (name and fs.exists(f"{root}/{name}/meta.json")):
+                name = None
+        if name is None:
+            steps = []
+            for p in fs.ls(root, detail=False) if fs.exists(root) else []:
+                base = p.rstrip("/").rsplit("/", 1)[-1]
+                if base.startswith("step-") and base[5:].isdigit() and fs.exists(f"{p}/meta.json"):
+                    steps.append(int(base[5:]))
+            name = f"step-{max(steps)}" if steps else None
+        if name is None:
+            return None, None
+        meta = json.loads(fs.cat_file(f"{root}/{name}/meta.json"))
+        return int(meta["step"]), _join(ckpt, name)
+    except (OSError, ValueError, KeyError):
+        return None, None
+
+
+def download_latest(url: str, local_dir: str) -> Optional[int]:
+    """Copy the newest checkpoint at `url` into `local_dir` (as step-N + `latest`); its step."""
+    step, src = latest_in_store(url)
+    if step is None:
+        return None
+    fs, _ = _fs(url)
+    name = src.rstrip("/").rsplit("/", 1)[-1]
+    os.makedirs(local_dir, exist_ok=True)
+    dst = os.path.join(local_dir, name)
+    shutil.rmtree(dst, ignore_errors=True)
+    fs.get(_fs(src)[1].rstrip("/") + "/", dst + "/", recursive=True)
+    with open(os.path.join(local_dir, "latest"), "w") as f:
+        f.write(name)
+    return step
+
+
+def upload_checkpoint(local_path: str, url: str, keep: int = 2) -> str:
+    """Upload one local `step-N` directory under `url`; meta.json last, then the `latest` pointer
+    (what `latest_checkpoint` trusts), so readers never see a partial checkpoint. Returns its URL."""
+    fs, root = _fs(url)
+    name = os.path.basename(local_path.rstrip("/"))
+    dst = f"{root}/{name}"
+    files = sorted(str(p.relative_to(local_path)) for p in Path(local_path).rglob("*") if p.is_file())
+    for rel in sorted(files, key=lambda r: r == "meta.json"):
+        fs.makedirs(os.path.dirname(f"{dst}/{rel}"), exist_ok=True)
+        fs.put_file(os.path.join(local_path, rel), f"{dst}/{rel}")
+    fs.pipe_file(f"{root}/latest", name.encode())
+    try:  # prune older remote checkpoints
+        olds = sorted(int(p.rstrip("/").rsplit("-", 1)[-1]) for p in fs.ls(root, detail=False)
+                      if p.rstrip("/").rsplit("/", 1)[-1].startswith("step-")
+                      and p.rstrip("/").rsplit("-", 1)[-1].isdigit())
+        for s in olds[:-keep] if keep > 0 else []:
+            if f"step-{s}" != name:
+                fs.rm(f"{root}/step-{s}", recursive=True)
+    except OSError:
+        pass
+    return _join(url, name)
+
+
+# ------------------------------------------------------------------------- the per-attempt actor
+class _JobAttempt:
+    """Body of the Ray actor that runs one attempt of one job on its node (see module doc)."""
+
+    def __init__(self, spec: dict, store: str, scratch: str):
+        self.spec, self.store, self.scratch = dict(spec), store, scratch
+        self.url = is_url(store)
+        os.makedirs(scratch, exist_ok=True)
+        self.offsets = {"progress": 0, "log": 0, "runner": 0}
+        if self.url:
+            self.spec["checkpoint_dir"] = os.path.join(scratch, "ckpt")
+            download_latest(store, self.spec["checkpoint_dir"])
+        else:
+            os.makedirs(self.spec["checkpoint_dir"], exist_ok=True)
+        self.uploaded: dict[str, str] = {}
+        self.done_payload: Optional[dict] = None
+        self.spec["gpus"] = self._physical(self.spec["gpus"])
+        spec_path = os.path.join(scratch, "spec.json")
+        with open(spec_path, "w") as f:
+            json.dump(self.spec, f, indent=1)
+        env = dict(os.environ)
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # launch.py sets it from the (physical) device ids
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env.update(self.spec.pop("env", None) or {})
+        with open(os.path.join(scratch, "runner.txt"), "ab") as out:
+            self.popen = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", spec_path],
+                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True, env=env)
+
+    def _physical(self, gpus: list) -> list:
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if self.spec.get("device_type") != "cuda" or not vis.strip():
+            return [int(g) for g in gpus]
+        ids = [v.strip() for v in vis.split(",") if v.strip()]
+        return [int(ids[int(g)]) if ids[int(g)].isdigit() else int(g) for g in gpus]
+
+    def info(self) -> dict:
+        import ray
+
+        return {"pid": self.popen.pid, "node_id": ray.get_runtime_context().get_node_id()}
+
+    def _read_new(self, key: str, path: str, whole_lines: bool) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.offsets[key])
+                data = f.read(_LOG_CHUNK if not whole_lines else -1)
+        except OSError:
+            return b""
+        if whole_lines:
+            end = data.rfind(b"\n")
+            data = data[: end + 1] if end >= 0 else b""
+        self.offsets[key] += len(data)
+        return data
+
+    def _ckpt_out(self, path: Optional[str]) -> Optional[str]:
+        """The shared-storage name of a checkpoint path (uploads it first in URL mode)."""
+        if not path or not self.url:
+            return path
+        if path not in self.uploaded and os.path.isdir(path):
+            self.uploaded[path] = upload_checkpoint(path, self.store)
+        return self.uploaded.get(path)
+
+    def poll(self) -> dict:
+        if self.done_payload is not None:
+            return self.done_payload
+        code = self.popen.poll()
+        recs = []
+        for line in self._read_new("progress", self.spec["progress_path"], True).splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("attempt", self.spec["attempt"]) != self.spec["attempt"]:
+                continue
+            if rec.get("checkpoint"):
+                rec["checkpoint"] = self._ckpt_out(rec["checkpoint"])
+                if rec["checkpoint"] is None:
+                    continue
+            recs.append(rec)
+        logs = {"log": self._read_new("log", self.spec["log_path"], False).decode("utf-8", "replace"),
+                "runner": self._read_new("runner", os.path.join(self.scratch, "runner.txt"), False)
+                .decode("utf-8", "replace")}
+        out = {"records": recs, "logs": logs, "done": False, "code": code, "result": None, "fallback": None}
+        if code is None:
+            return out
+        if any(len(v) >= _LOG_CHUNK for v in logs.values()):
+            return out  # drain the logs first
+        try:
+            with open(self.spec["result_path"]) as f:
+                res = json.load(f)
+        except (OSError, ValueError):
+            res = None
+        if res is not None:
+            res["checkpoint"] = self._ckpt_out(res.get("checkpoint"))
+        else:
+            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]))
+            out["fallback"] = [step, self._ckpt_out(path)]
+        out.update(done=True, result=res)
+        self.done_payload = dict(out, records=[], logs={"log": "", "runner": ""})
+        if self.url:
+            shutil.rmtree(self.spec["checkpoint_dir"], ignore_errors=True)
+        return out
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.popen.wait(timeout=10)
+
+
+_ACTOR_CLS = None
+
+
+def _actor_cls():
+    global _ACTOR_CLS
+    if _ACTOR_CLS is None:
+        import ray
+
+        _ACTOR_CLS = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)(_JobAttempt)
+    return _ACTOR_CLS
+
+
+# ------------------------------------------------------------------------------------ the backend
+@dataclass
+class _Att:
+    job: str
+    attempt: int
+    node: str
+    node_id: str
+    ckpt: str  # checkpoint location on shared storage (path or URL)
+    start_step: int
+    actor: Any
+    log_path: Path
+    ref: Any = None
+    losses: dict = field(default_factory=dict)  # step -> loss, streamed per-step lines
+    log_tail: str = ""
+
+
+class RayBackend:
+    """Runs each job attempt in a Ray actor on the node its plan assignment names.
+
+    ray: a `RaySpec` (address, checkpoint_root, devices, slots) or an address string.
+    checkpoint_every: periodic checkpoints (steps); they bound what a lost node costs.
+    refresh_s: how often `ray.nodes()` is read (node loss / joins)."""
+
+    def __init__(self, run_dir: Union[str, Path], ray: Any = "auto", *, checkpoint_root: Optional[str] = None,
+                 checkpoint_every: int = 0, device_type: Optional[str] = None, clock_offset: float = 0.0,
+                 grace_s: float = 60.0, extra_env: Optional[dict] = None, refresh_s: float = 1.0,
+                 scratch_dir: Optional[str] = None):
+        from saturn.ray_cluster import connect, devices_of
+
+        spec = SimpleNamespace(address=ray, checkpoint_root=None, devices="auto", slots=None,
+                               gpu_memory_gb=None) if isinstance(ray, (str, type(None))) else ray
+        self.spec = spec
+        self.run_dir = Path(run_dir)
+        self.ray = connect(spec.address)
+        root = checkpoint_root or getattr(spec, "checkpoint_root", None)
+        self.store_root = _join(root, self.run_dir.name) if root else str(self.run_dir.resolve())
+        self.checkpoint_every = checkpoint_every
+        self.grace_s = grace_s
+        self.extra_env = dict(extra_env or {})
+        self.refresh_s = refresh_s
+        self.scratch = scratch_dir or os.path.join(tempfile.gettempdir(), "saturn-ray",
+                                                   f"{self.run_dir.name}-{uuid.uuid4().hex[:6]}")
+        self._t0 = time.monotonic()
+        self._offset = clock_offset
+        self.atts: dict[str, _Att] = {}
+        self._queued: list[BackendEvent] = []
+        self._next_refresh = 0.0
+        self.lost_nodes: list[tuple[float, str, list[str]]] = []  # (t, node, jobs) for tests/reports
+        entries = self.ray.nodes()
+        self.device_type = device_type or devices_of(entries, getattr(spec, "devices", "auto"))
+        self._nodes = self._planable(entries)
+        self._alive_ids = {e["NodeID"] for e in entries if e.get("Alive")}
+
+    # ------------------------------------------------------------------------- cluster view
+    def _planable(self, entries):
+        from saturn.ray_cluster import nodes_from_entries
+
+        return nodes_from_entries(entries, self.device_type, getattr(self.spec, "slots", None),
+                                  getattr(self.spec, "gpu_memory_gb", None))
+
+    def nodes(self) -> list:
+        """The planable alive nodes as of the last poll (RayNode: name, node_id, gpus, gpu_type...)."""
+        return list(self._nodes)
+
+    def node_ids(self) -> dict[str, str]:
+        return {n.name: n.node_id for n in self._nodes}
+
+    def _refresh(self, force: bool = False) -> None:
+        if not force and time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + self.refresh_s
+        try:
+            entries = self.ray.nodes()
+        except Exception as exc:  # noqa: BLE001 - a GCS hiccup: keep the last view
+            log.warning("ray.nodes() failed: %s", exc)
+            return
+        self._alive_ids = {e["NodeID"] for e in entries if e.get("Alive")}
+        self._nodes = self._planable(entries)
+        for att in list(self.atts.values()):
+            if att.node_id not in self._alive_ids:
+                self._lose(att, f"node {att.node} was lost (Ray node {att.node_id[:12]} is dead)")
+
+    # ---------------------------------------------------------------------------- Backend API
+    def now(self) -> float:
+        return self._offset + time.monotonic() - self._t0
+
+    def _from_wall(self, wall: float) -> float:
+        return min(self.now(), self.now() - (time.time() - wall))
+
+    def job_dir(self, job: str) -> Path:
+        return self.run_dir / "jobs" / job
+
+    def checkpoint_location(self, job: str) -> str:
+        return _join(self.store_root, "jobs", job, "ckpt") if is_url(self.store_root) else \
+            str(Path(self.store_root) / "jobs" / job / "ckpt")
+
+    def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if job.info.spec is None:
+            raise ValueError(f"job {job.name}: no job spec to run (simulation-only job)")
+        d = self.job_dir(job.name)
+        d.mkdir(parents=True, exist_ok=True)
+        node = assignment["node"]
+        ckpt = self.checkpoint_location(job.name)
+        scratch = os.path.join(self.scratch, job.name, f"attempt-{attempt}")
+        spec = {
+            "job": job.info.spec, "technique": assignment["technique"],
+            "knobs": assignment.get("knobs") or {}, "gpus": [int(g) for g in assignment["gpus"]],
+            "start_step": int(start_step), "num_steps": int(job.info.total_steps - start_step),
+            "checkpoint_dir": ckpt, "device_type": self.device_type,
+            "log_path": os.path.join(scratch, "log.txt"), "progress_path": os.path.join(scratch, "progress.jsonl"),
+            "result_path": os.path.join(scratch, "result.json"), "checkpoint_every": self.checkpoint_every,
+            "attempt": attempt, "grace_s": self.grace_s, "env": self.extra_env,
+        }
+        (d / f"attempt-{attempt}.json").write_text(json.dumps(dict(spec, node=node), indent=1))
+        node_id = self.node_ids().get(node)
+        placeholder = _Att(job.name, attempt, node, node_id or "", ckpt, int(start_step), None, d / "log.txt")
+        if node_id is None or node_id not in self._alive_ids:
+            self._lose(placeholder, f"node {node} is not (or no longer) in the Ray cluster")
+            return None
+        with open(placeholder.log_path, "a") as f:
+            f.write(f"\n=== attempt {attempt} on {node} (Ray node {node_id[:12]}), from step {start_step} ===\n")
+        placeholder.actor = _actor_cls().options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            name=None).remote(spec, ckpt, scratch)
+        self.atts[job.name] = placeholder
+        return None
+
+    def stop(self, job: str) -> None:
+        att = self.atts.get(job)
+        if att is not None and att.actor is not None:
+            att.actor.stop.remote()
+
+    def poll(self) -> list[BackendEvent]:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+        self._refresh()
+        for att in self.atts.values():
+            if att.ref is None:
+                att.ref = att.actor.poll.remote()
+        refs = [a.ref for a in self.atts.values()]
+        if refs:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
+            ready = set(ready)
+            for name, att in list(self.atts.items()):
+                if att.ref not in ready:
+                    continue
+                ref, att.ref = att.ref, None
+                try:
+                    payload = ray.get(ref, timeout=10)
+                except (RayActorError, GetTimeoutError, RayError) as exc:
+                    self._actor_error(att, exc)
+                    continue
+                self._handle(att, payload)
+        out, self._queued = self._queued, []
+        return sorted(out, key=lambda e: e.t)
+
+    def _actor_error(self, att: _Att, exc: Exception) -> None:
+        self._refresh(force=True)  # is its node gone?
+        if att.job not in self.atts:
+            return  # _refresh found the node dead: already reported as lost
+        reason = f"Ray actor of {att.job} died on node {att.node}: {type(exc).__name__}: {str(exc)[:1500]}"
+        self._end(att, "failed", reason)
+
+    def _handle(self, att: _Att, p: dict) -> None:
+        for rec in p.get("records") or []:
+            t = self._from_wall(float(rec.get("wall", time.time())))
+            if rec.get("checkpoint"):
+                self._queued.append(BackendEvent("checkpoint", att.job, t, step=int(rec["step"]), loss=rec.get("loss"),
+                                                 checkpoint=rec["checkpoint"]))
+            else:
+                if rec.get("loss") is not None:
+                    att.losses[int(rec["step"]) - 1] = float(rec["loss"])  # per-step lines: "next step"
+                self._queued.append(BackendEvent("progress", att.job, t, step=int(rec["step"]), loss=rec.get("loss")))
+        logs = p.get("logs") or {}
+        text = (logs.get("log") or "") + (logs.get("runner") or "")
+        if text:
+            with open(att.log_path, "a") as f:
+                f.write(text)
+            att.log_tail = (att.log_tail + text)[-4000:]
+        if not p.get("done"):
+            return
+        res = p.get("result")
+        self.atts.pop(att.job, None)
+        self._kill_actor(att, graceful=False)
+        now = self.now()
+        if res is None:
+            step, ckpt = (p.get("fallback") or [None, None])
+            self._queued.append(BackendEvent(
+                "finished", att.job, now, step=step if step is not None else -1, status="failed", checkpoint=ckpt,
+                reason=f"job runner exited with code {p.get('code')} on node {att.node}: {att.log_tail[-1500:]}"))
+            return
+        losses = res.get("losses") or []
+        reason = res.get("reason", "")
+        if res.get("status") in ("failed", "oom"):
+            reason = (reason + "\n" + att.log_tail[-1500:]).strip()
+        self._queued.append(BackendEvent("finished", att.job, now, step=int(res.get("step", 0)),
+                                         status=res.get("status", "failed"), checkpoint=res.get("checkpoint"),
+                                         reason=reason, loss=float(losses[-1][1]) if losses else None, losses=losses))
+
+    def _end(self, att: _Att, status: str, reason: str) -> None:
+        """The attempt is gone without a result: report the newest checkpoint on shared storage."""
+        self.atts.pop(att.job, None)
+        if att.actor is not None:
+            self._kill_actor(att, graceful=False)
+        step, ckpt = latest_in_store(att.ckpt)
+        if step is not None and step < att.start_step:
+            step, ckpt = None, None
+        end = step if step is not None else att.start_step
+        losses = sorted([s, l] for s, l in att.losses.items() if att.start_step <= s < end)
+        self._queued.append(BackendEvent("finished", att.job, self.now(), step=step if step is not None else -1,
+                                         status=status, checkpoint=ckpt, reason=reason, losses=losses,
+                                         loss=losses[-1][1] if losses else None))
+        with open(att.log_path, "a") as f:
+            f.write(f"\n=== attempt {att.attempt}: {status}: {reason[:300]} ===\n")
+
+    def _lose(self, att: _Att, reason: str) -> None:
+        if att.node and att.node_id:
+            self.lost_nodes.append((self.now(), att.node, [att.job]))
+        self._end(att, "lost", reason)
+
+    def _kill_actor(self, att: _Att, graceful: bool = True) -> None:
+        import ray
+
+        try:
+            if graceful:
+                ray.get(att.actor.kill.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - the actor or its node may be gone
+            pass
+        try:
+            ray.kill(att.actor, no_restart=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def wait(self, timeout_s: float) -> None:
+        time.sleep(max(0.0, min(timeout_s, 1.0)))
+
+    def shutdown(self) -> None:
+        for att in list(self.atts.values()):
+            if att.actor is not None:
+                self._kill_actor(att, graceful=True)
+        self.atts.clear()
+
+
+# ------------------------------------------------------------------------------------ the executor
+class RayExecutor(Executor):
+    """`Executor` whose cluster follows the Ray cluster: before launching, `sync_cluster` applies
+    node losses/joins seen by the backend (journal: `node_lost` / `node_joined`; meta `nodes`).
+    The Ray settings are kept in the journal's meta `ray` so `--resume` can rebuild the backend
+    (`resume_backend_factory`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        spec = getattr(self.backend, "spec", None)
+        if self.run_dir is not None and spec is not None and kwargs.get("_state") is None:
+            self.journal.set_meta("ray", {k: getattr(spec, k, None) for k in
+                                          ("address", "checkpoint_root", "devices", "slots", "gpu_memory_gb")})
+
+    def emit(self, kind: str, **data: Any) -> None:
+        # `Executor.resume` reports attempts that died with the previous driver as "lost" at the
+        # newest checkpoint under RUN_DIR/jobs/<job>/ckpt; with a checkpoint_root elsewhere (another
+        # path, a URL) the newest one is on that storage: take it, so the next attempt's segment
+        # starts where its job_runner will really resume.
+        be = getattr(self, "backend", None)
+        if kind == "finished" and data.get("status") == "lost" and isinstance(be, RayBackend) \
+                and data.get("job") not in be.atts:
+            step, ckpt = latest_in_store(be.checkpoint_location(data["job"]))
+            if step is not None and step >= int(data.get("step") or 0):
+                data.update(step=step, checkpoint=ckpt)
+        super().emit(kind, **data)
+
+    def _launch_ready(self) -> None:
+        self.sync_cluster()
+        super()._launch_ready()
+
+    def sync_cluster(self) -> bool:
+        nodes_fn = getattr(self.backend, "nodes", None)
+        if nodes_fn is None:
+            return False
+        nodes = nodes_fn()
+        new = {n.name: int(n.gpus) for n in nodes}
+        if not new or new == self.node_gpus:
+            return False  # an empty view (GCS hiccup, every node gone) changes nothing: jobs wait
+        old = dict(self.node_gpus)
+        lost = [n for n in old if n not in new or new[n] < old[n]]
+        joined = [n for n in new if n not in old or new[n] > old[n]]
+        for n in lost:
+            jobs = sorted(js.name for js in self.state.jobs.values()
+                          if js.segments and js.segments[-1].node == n and js.segments[-1].status == "lost")
+            self.emit("node_lost", node=n, gpus=old[n], remaining_gpus=new.get(n, 0), jobs=jobs)
+        for n in joined:
+            self.emit("node_joined", node=n, gpus=new[n])
+        self.nodes = [SimpleNamespace(name=n.name, gpus=int(n.gpus), gpu_type=n.gpu_type,
+                                      gpu_memory_gb=n.gpu_memory_gb) for n in nodes]
+        self.node_gpus = new
+        if self.run_dir is not None:
+            self.journal.set_meta("nodes", [vars(n) for n in self.nodes])
+        if self.state.done():
+            return True
+        if lost or self._plan_uses_missing_gpus():
+            self.replan("node_lost" if lost else "cluster", force=True)
+        else:
+            self._replan_needed = True  # a joined node: used by the next re-plan (adopted if it pays)
+        return True
+
+    def _plan_uses_missing_gpus(self) -> bool:
+        for a in (self.state.plan or {}).get("assignments", []):
+            js = self.state.jobs.get(a["job"])
+            if js is None or js.status not in ("pending",) + ACTIVE:
+                continue
+            if a["node"] not in self.node_gpus or any(int(g) >= self.node_gpus[a["node"]] for g in a["gpus"]):
+                return True
+        return False
+
+
+def ray_run_settings(run_dir: Union[str, Path]) -> Optional[dict]:
+    """The Ray settings a run was started with (None: not a Ray run)."""
+    from saturn.executor.journal import Journal
+
+    path = Path(run_dir) / "journal.sqlite"
+    if not path.exists():
+        return None
+    j = Journal(path)
+    try:
+        return j.get_meta("ray")
+    finally:
+        j.close()
+
+
+def resume_backend_factory(run_dir: Union[str, Path], **backend_kwargs: Any):
+    """For `RayExecutor.resume(run_dir, factory)`: a RayBackend with the run's Ray settings."""
+    settings = ray_run_settings(run_dir)
+    if settings is None:
+        return None
+    spec = SimpleNamespace(**{"address": "auto", "checkpoint_root": None, "devices": "auto", "slots": None,
+                              "gpu_memory_gb": None, **settings})
+    return lambda offset: RayBackend(run_dir, spec, clock_offset=offset, **backend_kwargs)
