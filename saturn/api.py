@@ -233,6 +233,7 @@ class JobFuture:
         self._result: Optional[JobReport] = None
         self._callbacks: list[Callable[["JobFuture"], None]] = []
         self._lock = threading.Lock()
+        self._accepted = False  # the executor has the job (set by the orchestrator's loop)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -258,6 +259,7 @@ class JobFuture:
         return True
 
     def add_done_callback(self, fn: Callable[["JobFuture"], None]) -> None:
+        """Call fn(future) when the job is done (on the orchestrator thread: keep it short)."""
         with self._lock:
             if not self._done.is_set():
                 self._callbacks.append(fn)
@@ -371,7 +373,8 @@ class Orchestrator:
         self._reports: dict[str, JobReport] = {}
         self._jobs: dict[str, Any] = {}
         self._cmds: "queue.Queue[tuple]" = queue.Queue()
-        self._lock = threading.RLock()  # guards the executor for direct reads (executor property)
+        self._lock = threading.RLock()  # guards the executor (held by the loop during a step)
+        self._flock = threading.Lock()  # guards the futures/reports maps (never held for long)
         self._closing = False
         self._cancel_on_close = False
         self._error: Optional[BaseException] = None
@@ -389,6 +392,8 @@ class Orchestrator:
             elif backend == "process":
                 if self.run_dir is None:
                     raise OrchestratorError("backend='process' needs a run_dir (journal, logs, checkpoints)")
+                if (self.run_dir / "journal.sqlite").exists():
+                    raise OrchestratorError(f"{self.run_dir} already holds a run; pick another run_dir")
                 is_cpu = getattr(self.cluster, "is_cpu", False)
                 be = ProcessBackend(self.run_dir, device_type="cpu" if is_cpu else device_type,
                                     checkpoint_every=checkpoint_every)
@@ -421,22 +426,24 @@ class Orchestrator:
         from saturn.spec import Job
 
         self._check_open()
-        batch = []
+        prepared = []  # validate everything first: a bad job leaves no half-registered batch
         for job in jobs:
             if isinstance(job, dict):
                 job = Job.model_validate(job)
-            with self._lock:
+            with self._flock:
                 old = self._futures.get(job.name)
-                if old is not None and not old.done():
+                if (old is not None and not old.done()) or any(job.name == j.name for j, _ in prepared):
                     raise OrchestratorError(f"job {job.name!r} is already submitted and not done")
-            rows = self._rows_for(job, profiles)
-            fut = JobFuture(self, job.name)
-            with self._lock:
+            prepared.append((job, self._rows_for(job, profiles)))
+        batch = []
+        with self._flock:
+            for job, rows in prepared:
+                fut = JobFuture(self, job.name)
                 self._futures[job.name] = fut
                 self._jobs[job.name] = job
                 self._histories[job.name] = {}
                 self._reports[job.name] = JobReport(job.name, "pending", total_steps=int(job.total_steps))
-            batch.append((job, rows, fut))
+                batch.append((job, rows, fut))
         self._last_submit = time.monotonic()
         self._cmds.put(("submit", batch))
         return [f for _, _, f in batch]
@@ -444,7 +451,7 @@ class Orchestrator:
     def cancel(self, job: Any, reason: str = "cancelled") -> None:
         """Stop a job (running: checkpoint and exit; pending: dropped); its GPUs are re-planned."""
         name = getattr(job, "name", job)
-        with self._lock:
+        with self._flock:
             if name not in self._futures:
                 raise OrchestratorError(f"no job {name!r} was submitted")
         self._cmds.put(("cancel", str(name), reason))
@@ -452,7 +459,7 @@ class Orchestrator:
     def report(self, job: Any) -> JobReport:
         """The job's running metrics: status, step, latest loss, all intermediate values so far."""
         name = str(getattr(job, "name", job))
-        with self._lock:
+        with self._flock:
             rep = self._reports.get(name)
         if rep is None:
             raise OrchestratorError(f"no job {name!r} was submitted")
@@ -484,7 +491,7 @@ class Orchestrator:
     @property
     def results(self) -> dict[str, JobReport]:
         """Final reports of the jobs that are done."""
-        with self._lock:
+        with self._flock:
             return {n: f._result for n, f in self._futures.items() if f.done() and f._result is not None}
 
     @property
@@ -610,6 +617,7 @@ class Orchestrator:
             for job, rows, fut in cmd[1]:
                 try:
                     self._ex.submit(job, profiles=rows)
+                    fut._accepted = True
                 except Exception as exc:  # noqa: BLE001 - the job fails, the loop goes on
                     fut._set(JobReport(job.name, "failed", total_steps=int(job.total_steps), reason=str(exc)))
         elif kind == "cancel":
@@ -648,7 +656,8 @@ class Orchestrator:
                             if js.status not in ACTIVE:
                                 self._ex.emit("job_failed", job=js.name, reason=str(exc))
                     self._publish()
-                    busy = any(not f.done() for f in self._futures.values())
+                    with self._flock:
+                        busy = any(not f.done() for f in self._futures.values())
                 if not open_ and not busy and self._cmds.empty() and not self._held:
                     break
                 self.backend.wait(self._wait_s)
@@ -674,17 +683,20 @@ class Orchestrator:
 
         for name, js in self._ex.state.jobs.items():
             fut = self._futures.get(name)
-            if fut is None:
+            if fut is None or fut.done() or not fut._accepted:  # (a re-used name: wait for the new job)
                 continue
             seg = js.segments[-1] if js.segments else None
             hist = self._histories.get(name, {})
+            old = self._reports.get(name)
+            metrics = old.metrics if old is not None and len(old.metrics) == len(hist) else tuple(sorted(hist.items()))
             rep = JobReport(
                 name=name, status=js.status, step=max(js.progress_step, js.committed_step),
-                total_steps=js.info.total_steps, loss=js.loss, metrics=tuple(sorted(hist.items())),
+                total_steps=js.info.total_steps, loss=js.loss, metrics=metrics,
                 technique=seg.technique if seg else None, gpus=tuple(seg.gpus) if seg else (),
                 node=seg.node if seg else None, attempts=js.attempts, checkpoint=js.checkpoint,
                 metrics_path=str(self._ex.job_dir(name) / "metrics.jsonl") if self.run_dir else None,
                 reason=js.reason, early_stopped=js.early_stopped)
-            self._reports[name] = rep
+            with self._flock:
+                self._reports[name] = rep
             if js.status in TERMINAL and not fut.done():
                 fut._set(rep)

@@ -12,18 +12,16 @@ simulated cluster by the same executor:
 * perfect: the plan made knowing the true step times and the early stops, executed.
 
     python scripts/bench_introspection.py --seeds 20 --jobs 10 --gpus 8
+    python scripts/bench_introspection.py --quick      # smoke test: 2 seeds, 6 jobs; writes nothing
 
-Writes BENCHMARKS_introspection.md (a markdown section) and benchmarks/introspection.json.
+Writes the `introspection` section of BENCHMARKS.md and benchmarks/introspection.json (through
+scripts/benchlib.py, with the command, machine and date).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
-import platform
 import random
 import statistics
 import sys
@@ -138,11 +136,12 @@ def summarize(rows):
             "mean_plan_calls": statistics.mean(r["plan_calls"] for r in rows)}
 
 
-def markdown(summary, args, cmd, machine, date, rows):
+TITLE = "Introspective execution (simulation)"
+
+
+def markdown(summary, args, rows):
     m, rel = summary["mean_makespan_s"], summary["mean_relative_to_perfect"]
-    lines = ["## Introspective execution (simulation)", "",
-             f"Command: `{cmd}`  ", f"Machine: {machine}  ", f"Date: {date}", "",
-             f"{len(rows)} seeds; random instances of {args.jobs} jobs on nodes {args.gpus} GPUs; true step time = "
+    lines = [f"{len(rows)} seeds; random instances of {args.jobs} jobs on nodes {args.gpus} GPUs; true step time = "
              f"profiled x log-normal error (sigma {args.sigma}, clipped to +-{int(args.err * 100)}%); "
              f"{int(args.stop_frac * 100)}% of jobs stopped early at 20-80% of their steps; checkpoint {args.checkpoint_s}s "
              f"+ profiled start-up per switch; re-plan every planned-makespan/{args.replans} and on every job end; "
@@ -173,9 +172,11 @@ def main(argv=None):
     ap.add_argument("--time-limit", type=float, default=1.0)
     ap.add_argument("--gap", type=float, default=0.02)
     ap.add_argument("--min-gain", type=float, default=0.01)
-    ap.add_argument("--out-md", default=str(ROOT / "BENCHMARKS_introspection.md"))
-    ap.add_argument("--out-json", default=str(ROOT / "benchmarks" / "introspection.json"))
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test (2 seeds, 6 jobs); prints only, writes nothing")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.jobs = min(args.seeds, 2), min(args.jobs, 6)
     rows = []
     for seed in range(args.seeds):
         r = run_seed(seed, args)
@@ -183,16 +184,17 @@ def main(argv=None):
         print(f"seed {seed}: static {r['static']:.0f} intro {r['introspective']:.0f} perfect {r['perfect']:.0f} "
               f"switches {r['switches']} ({r['wall_s']:.0f}s)", flush=True)
     summary = summarize(rows)
-    cmd = "python scripts/bench_introspection.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = f"{platform.node() or 'host'}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-              f"Python {platform.python_version()}"
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = markdown(summary, args, cmd.strip(), machine, date, rows)
-    Path(args.out_md).write_text(md + "\n")
-    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out_json).write_text(json.dumps({"command": cmd.strip(), "machine": machine, "date": date,
-                                               "args": vars(args), "summary": summary, "seeds": rows}, indent=1, default=str))
+    md = markdown(summary, args, rows)
     print(md)
+    if args.quick:  # a smoke run must not overwrite the recorded results
+        print("--quick: nothing written")
+        return
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchlib import write_json, write_section
+
+    write_json("introspection", {"args": vars(args), "summary": summary, "seeds": rows})
+    write_section("introspection", TITLE, md)
+    print("wrote benchmarks/introspection.json and the introspection section of BENCHMARKS.md")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@ the measured profiles and report profiling time as a share of the planned makesp
 
 Targets (issue 5): median |error| <= 10%, max <= 25%; profiling <= 10% of the makespan.
 
-    # CPU smoke test (a minute or two)
+Writes nothing unless asked: `--record` writes benchmarks/profiler.json and the `profiler` section
+of BENCHMARKS.md (through scripts/benchlib.py, with the command, machine and date); `--json FILE`
+writes this run's raw result (a phase file for --merge, e.g. $OUT/p.json on a remote machine).
+
+    # CPU smoke test (a minute or two; prints only)
     python scripts/bench_profiler.py --device cpu --tiny
 
     # GPU, all in one command (small workloads)
     python scripts/bench_profiler.py --workload configs/examples/gpt2-sweep.yaml --run-steps 200 \
-        --store profiles --force --json benchmarks/profiler.json --markdown BENCHMARKS.md
+        --store profiles --force --record
 
     # GPU in phases, each within a 10-minute command (rows are reused between them):
     python scripts/bench_profiler.py --only profile --store profiles --force --budget-min 8 \
@@ -22,7 +26,7 @@ Targets (issue 5): median |error| <= 10%, max <= 25%; profiling <= 10% of the ma
     python scripts/bench_profiler.py --only measure --store profiles --shard 1/3 --json /tmp/m1.json
     ...  (--shard 2/3, 3/3)
     python scripts/bench_profiler.py --merge /tmp/p.json /tmp/m1.json /tmp/m2.json /tmp/m3.json \
-        --json benchmarks/profiler.json --markdown BENCHMARKS.md
+        --record
 
 With phases, the profiling cost is the first (cold) profile run's; add the wall times of the
 repeats by hand if the budget cut it short.
@@ -44,7 +48,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MD_START, MD_END = "<!-- bench_profiler:start -->", "<!-- bench_profiler:end -->"
+TITLE = "Profiler: accuracy and cost"
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -76,13 +80,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "(each phase fits a 10-minute command; combine the JSONs with --merge)")
     p.add_argument("--shard", default=None, help="K/N: measure only every N-th option from the K-th")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
-                   help="combine JSON files of earlier runs into --json / --markdown")
+                   help="combine JSON files of earlier runs (print; --json / --record to write)")
     p.add_argument("--plan-time-limit", type=float, default=20.0)
-    p.add_argument("--json", type=Path, default=None, help="write results here "
-                                                           "(e.g. benchmarks/profiler.json)")
-    p.add_argument("--markdown", type=Path, default=None,
-                   help="replace the section between bench_profiler markers in this file "
-                        "(e.g. BENCHMARKS.md); appended when the markers are absent")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write this run's raw result here (a phase file for --merge)")
+    p.add_argument("--record", action="store_true",
+                   help="write benchmarks/profiler.json and the profiler section of BENCHMARKS.md "
+                        "(use on a complete run or a --merge; without it nothing is recorded)")
     return p.parse_args(argv)
 
 
@@ -202,8 +206,7 @@ def summarize(results: list[dict]) -> dict[str, Any]:
 
 def markdown(out: dict[str, Any]) -> str:
     s, c, hw = out["accuracy"], out.get("cost") or {}, out["hardware"]
-    lines = [MD_START, "## Profiler: accuracy and cost", "",
-             f"`{out['command']}` on {hw['gpus']}x {hw['gpu_type']} ({hw['gpu_memory_gb']} GB, "
+    lines = [f"Measured by `{out['command']}` on {hw['gpus']}x {hw['gpu_type']} ({hw['gpu_memory_gb']} GB, "
              f"{hw['interconnect']}), torch {hw['torch_version']}, {out['date']}.", ""]
     if c:
         lines += [f"Workload `{out['workload']}`: {c['signatures']} distinct profiles, "
@@ -223,8 +226,7 @@ def markdown(out: dict[str, Any]) -> str:
                      f"{r['step_time_s']:.4g} | {r['startup_s']:.3g} | {r['predicted_s']:.1f} | "
                      f"{r['measured_s']:.1f} | "
                      f"{'%+.1f%%' % (100 * r['error']) if r['error'] is not None else r['status']} |")
-    lines += ["", MD_END]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _pct(v: Optional[float]) -> str:
@@ -233,16 +235,6 @@ def _pct(v: Optional[float]) -> str:
 
 def _s(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.0f}s"
-
-
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if MD_START in text and MD_END in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + section + rest.split(MD_END, 1)[1]
-    else:
-        text = (text.rstrip() + "\n\n" if text else "") + section + "\n"
-    path.write_text(text)
 
 
 def run_profile(args: argparse.Namespace, wl: Any, store: Path, steps: int, timeout: float):
@@ -286,10 +278,17 @@ def finish(out: dict[str, Any], args: argparse.Namespace) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
     section = markdown(out)
-    if args.markdown:
-        write_markdown(args.markdown, section)
-    else:
-        print(section)
+    print(section)
+    if args.record:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from benchlib import write_json, write_section
+
+        # benchlib stamps this command/machine/date; the measuring runs' own are kept as `runs`
+        data = {k: v for k, v in out.items() if k not in ("command", "date")}
+        write_json("profiler", {**data, "runs": {"command": out["command"], "date": out["date"],
+                                                 "host": out.get("host")}})
+        write_section("profiler", TITLE, section)
+        print("wrote benchmarks/profiler.json and the profiler section of BENCHMARKS.md")
 
 
 def merge(paths: list[Path]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ GPU (the lead's run; a model that does not fit the capped GPU memory):
     python scripts/bench_spilling.py --model gpt-2.7b --batch-size 8 --seq-len 512 --steps 5 \
         --memory-fraction 0.15
 
-CPU smoke test (no targets):  python scripts/bench_spilling.py --device cpu --tiny
+CPU smoke test (no targets; prints only, writes nothing):
+    python scripts/bench_spilling.py --device cpu --tiny
 
 Measured, in this order, each as the median of `--steps` timed steps after `--warmup` steps:
 
@@ -23,13 +24,14 @@ Measured, in this order, each as the median of `--steps` timed steps after `--wa
    checkpoint_activation=True, same autocast and optimizer on its CPU parameters), capped likewise.
 
 Targets (GPU only): spilling >= 2x faster than OffloadModel; spilling <= 1.3 x max(compute,
-transfer). Writes `--out` (JSON) and `--md` (a markdown section for BENCHMARKS.md).
+transfer). Writes benchmarks/spilling.json and the `spilling` section of BENCHMARKS.md (through
+scripts/benchlib.py, with the command, machine and date); `--out FILE` also writes the JSON to
+FILE (e.g. $OUT/spilling.json on a remote machine). `--tiny` runs write nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -41,6 +43,7 @@ import traceback
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
@@ -64,11 +67,12 @@ def parse() -> argparse.Namespace:
                    help="cap GPU memory (torch.cuda.set_per_process_memory_fraction); 0 = no cap")
     p.add_argument("--knobs", default="{}", help='spilling knobs as JSON, e.g. {"shard_layers": 4}')
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--tiny", action="store_true", help="smoke test: gpt2-tiny, small batch")
+    p.add_argument("--tiny", action="store_true",
+                   help="smoke test: gpt2-tiny, small batch; prints only, writes nothing")
     p.add_argument("--gpu-optimizer", action="store_true", help="also run optimizer_on=gpu")
     p.add_argument("--skip-offload", action="store_true", help="skip fairscale OffloadModel")
-    p.add_argument("--out", default="benchmarks/spilling.json")
-    p.add_argument("--md", default="BENCHMARKS_spilling.md")
+    p.add_argument("--out", default=None,
+                   help="also write the JSON here (benchmarks/spilling.json is always written)")
     a = p.parse_args()
     if a.tiny:
         a.model, a.batch_size, a.seq_len = "gpt2-tiny", 4, 32
@@ -247,12 +251,19 @@ def main() -> int:
                                        lambda: offload_model(job, device, len(shards), batches, a))
 
     report = summarize(a, job, n_params, device, total_gb, cap_gb, shards, res)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    with open(a.md, "w") as f:
-        f.write(markdown(report))
     print(markdown(report))
+    if a.tiny:  # a smoke run must not overwrite the recorded results
+        print("--tiny: nothing written")
+        return 0
+    from benchlib import write_json, write_section
+
+    path = write_json("spilling", report)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(path.read_text())
+    write_section("spilling", title(report), markdown(report))
+    print(f"wrote {path}{' and ' + a.out if a.out else ''} and the spilling section of BENCHMARKS.md")
     return 0
 
 
@@ -308,7 +319,6 @@ def summarize(a: Any, job: Job, n_params: int, device: torch.device, total_gb: O
             targets["spilling_over_max_compute_transfer_ok"] = spill / bound <= 1.3
     return {
         "benchmark": "spilling",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
@@ -319,8 +329,11 @@ def summarize(a: Any, job: Job, n_params: int, device: torch.device, total_gb: O
                    "gpu_total_gb": total_gb and round(total_gb, 1),
                    "gpu_cap_gb": cap_gb and round(cap_gb, 1), "shards": [list(s) for s in shards]},
         "results": res, "targets": targets,
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
     }
+
+
+def title(r: dict) -> str:
+    return f"Model spilling ({r['device']})"
 
 
 def markdown(r: dict) -> str:
@@ -336,9 +349,7 @@ def markdown(r: dict) -> str:
         return (f"| {label} | {x['step_time_s']:.4f} | {'' if mem is None else f'{mem:.2f}'} "
                 f"| {how} |\n")
 
-    out = [f"## Model spilling ({r['device']})\n\n",
-           f"`{r['command']}`, {r['date']}, torch {r['torch']}.\n\n",
-           f"Model {c['model']} ({c['params'] / 1e6:.0f}M parameters, {c['param_gb_fp32']:.2f} GiB "
+    out = [f"Model {c['model']} ({c['params'] / 1e6:.0f}M parameters, {c['param_gb_fp32']:.2f} GiB "
            f"fp32), batch {c['batch_size']} x seq {c['seq_len']}, {c['precision']}, "
            f"{c['optimizer']}; GPU memory capped at {c['gpu_cap_gb']} of {c['gpu_total_gb']} GiB; "
            f"{len(c['shards'])} shards {c['shards']}. Median of {c['steps']} steps after "

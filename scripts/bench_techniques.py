@@ -8,12 +8,13 @@ reference of the same library measured in the same run:
   pipeline (no reference: reported for the planner's comparison only)
 
 The overhead column (Saturn / reference step time) is what Saturn's shared loop, data path and
-checkpoint-neutral setup cost over the bare library. Writes benchmarks/techniques.json and
-BENCHMARKS_techniques.md.
+checkpoint-neutral setup cost over the bare library. Writes benchmarks/techniques.json and the
+`techniques` section of BENCHMARKS.md (through scripts/benchlib.py, with the command, machine and
+date); `--out FILE` also writes the JSON to FILE (e.g. $OUT/techniques.json on a remote machine).
 
 GPU run (the SPASE.md setting, 350M GPT, seq 512, 8 samples/GPU, bf16):
     python scripts/bench_techniques.py --gpus 1,2,4
-CPU smoke test (seconds):
+CPU smoke test (seconds; prints only, writes nothing):
     python scripts/bench_techniques.py --device cpu --tiny
 """
 
@@ -28,6 +29,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from saturn.spec.schema import Job  # noqa: E402
 from saturn.techniques import get_technique  # noqa: E402
@@ -179,12 +181,13 @@ def bench_one(args: argparse.Namespace, name: str, gpus: int) -> dict[str, Any]:
     return row
 
 
+TITLE = "Techniques vs hand-written references"
+
+
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) -> str:
-    lines = ["## Techniques vs hand-written references", "",
-             f"Device: {device}; model {rows[0]['model'] if rows else '?'}, seq {args.seq_len}, "
+    lines = [f"Device: {device}; model {rows[0]['model'] if rows else '?'}, seq {args.seq_len}, "
              f"{args.per_gpu_batch} samples/GPU, bf16 on GPU, AdamW; median of {args.steps} steps "
-             f"after {args.warmup} warm-up. Command: `python scripts/bench_techniques.py "
-             f"{' '.join(sys.argv[1:])}`", "",
+             f"after {args.warmup} warm-up.", "",
              "| technique | GPUs | knobs | status | s/step | peak GB | ref s/step | ref peak GB | "
              "overhead |", "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
@@ -201,7 +204,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--tiny", action="store_true", help="gpt2-tiny, seq 32: a smoke test")
+    p.add_argument("--tiny", action="store_true",
+                   help="gpt2-tiny, seq 32: a smoke test; prints only, writes nothing")
     p.add_argument("--model", default="gpt2-medium", help="zoo model (gpt2-medium = 350M)")
     p.add_argument("--gpus", default=None, help="comma-separated GPU counts (default 1,2,4,...)")
     p.add_argument("--techniques", default="ddp,fsdp,zero,pipeline")
@@ -210,8 +214,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--per-gpu-batch", type=int, default=8)
     p.add_argument("--timeout", type=float, default=600)
-    p.add_argument("--out", default="benchmarks/techniques.json")
-    p.add_argument("--md", default="BENCHMARKS_techniques.md")
+    p.add_argument("--out", default=None,
+                   help="also write the JSON here (benchmarks/techniques.json is always written)")
     args = p.parse_args()
     args.device = resolve_device_type(args.device)
     if args.tiny:
@@ -219,12 +223,21 @@ def main() -> None:
     counts = [int(g) for g in args.gpus.split(",")] if args.gpus else _default_counts(args.device)
     rows = [bench_one(args, name, g) for g in counts for name in args.techniques.split(",")]
     device = _device_name(args.device)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": device, "args": vars(args), "rows": rows}, f, indent=1)
-    with open(args.md, "w") as f:
-        f.write(markdown(rows, args, device))
-    print(f"wrote {args.out} and {args.md}")
+    md = markdown(rows, args, device)
+    print(md)
+    if args.tiny:  # a smoke run must not overwrite the recorded results
+        print("--tiny: nothing written")
+        return
+    from benchlib import write_json, write_section
+
+    path = write_json("techniques", {"device": device, "args": vars(args), "rows": rows})
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(path.read_text())
+    write_section("techniques", TITLE, md)
+    print(f"wrote {path}{' and ' + args.out if args.out else ''} and the techniques section of "
+          "BENCHMARKS.md")
 
 
 def _default_counts(device: str) -> list[int]:

@@ -114,6 +114,11 @@ def test_errors():
             orch.cancel("nope")
         with pytest.raises(OrchestratorError, match="no profile rows"):
             orch.submit(saturn.Job(name="big", model="gpt2-small", batch_size=4, steps=5))
+        with pytest.raises(OrchestratorError, match="no profile rows"):  # all or nothing
+            orch.submit_many([_job("ok1"), saturn.Job(name="big2", model="gpt2-small", batch_size=4, steps=5)])
+        with pytest.raises(OrchestratorError, match="already submitted"):
+            orch.submit_many([_job("d"), _job("d")])
+        assert "ok1" not in orch and "d" not in orch
         orch.wait(timeout=30)
         fut = orch.submit(_job("a", steps=10))  # a finished job's name can be reused
         assert fut.result(timeout=30).status == "completed"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from saturn.executor.state import JobState
+from saturn.techniques.launch import log_tail
 
 
 @dataclass
@@ -204,7 +205,25 @@ class _Proc:
     offset: int = 0
 
 
-class ProcessBackend:
+class WallClock:
+    """Backend time for real runs: seconds since the backend started plus the offset of a resumed
+    run, so a journal's times stay on one axis across executor restarts."""
+
+    run_dir: Path
+    _t0: float
+    _offset: float
+
+    def now(self) -> float:
+        return self._offset + time.monotonic() - self._t0
+
+    def _from_wall(self, wall: float) -> float:
+        return min(self.now(), self.now() - (time.time() - wall))
+
+    def job_dir(self, job: str) -> Path:
+        return self.run_dir / "jobs" / job
+
+
+class ProcessBackend(WallClock):
     """Runs every attempt as a child process (`saturn.executor.job_runner`) on local devices.
 
     device_type: "auto" | "cuda" | "cpu" (CPU slots). checkpoint_every: periodic checkpoints in
@@ -222,14 +241,6 @@ class ProcessBackend:
         self._offset = clock_offset
         self.procs: dict[str, _Proc] = {}
 
-    def now(self) -> float:
-        return self._offset + time.monotonic() - self._t0
-
-    def _from_wall(self, wall: float) -> float:
-        return min(self.now(), self.now() - (time.time() - wall))
-
-    def job_dir(self, job: str) -> Path:
-        return self.run_dir / "jobs" / job
 
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         if job.info.spec is None:
@@ -358,13 +369,3 @@ def latest_checkpoint_step(ckpt_dir: Path) -> tuple[Optional[int], Optional[str]
     if not path:
         return None, None
     return int(read_meta(path)["step"]), path
-
-
-def log_tail(path: Path, n: int = 2000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""

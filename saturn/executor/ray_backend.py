@@ -52,7 +52,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Union
 
-from saturn.executor.backends import BackendEvent, latest_checkpoint_step
+from saturn.executor.backends import BackendEvent, WallClock, latest_checkpoint_step
 from saturn.executor.loop import Executor
 from saturn.executor.state import ACTIVE, JobState
 
@@ -294,7 +294,7 @@ class _Att:
     log_tail: str = ""
 
 
-class RayBackend:
+class RayBackend(WallClock):
     """Runs each job attempt in a Ray actor on the node its plan assignment names.
 
     ray: a `RaySpec` (address, checkpoint_root, devices, slots) or an address string.
@@ -361,15 +361,6 @@ class RayBackend:
                 self._lose(att, f"node {att.node} was lost (Ray node {att.node_id[:12]} is dead)")
 
     # ---------------------------------------------------------------------------- Backend API
-    def now(self) -> float:
-        return self._offset + time.monotonic() - self._t0
-
-    def _from_wall(self, wall: float) -> float:
-        return min(self.now(), self.now() - (time.time() - wall))
-
-    def job_dir(self, job: str) -> Path:
-        return self.run_dir / "jobs" / job
-
     def checkpoint_location(self, job: str) -> str:
         return _join(self.store_root, "jobs", job, "ckpt") if is_url(self.store_root) else \
             str(Path(self.store_root) / "jobs" / job / "ckpt")

@@ -213,9 +213,9 @@ def _collect(rundir: str, procs: list[subprocess.Popen], outcome: str,
     if outcome == "interrupted" and results[0] is not None:
         return results[0]
     bad = _root_cause(procs, results, culprit)
-    tail = _tail(os.path.join(rundir, f"log-{bad}.txt"))
+    tail = log_tail(os.path.join(rundir, f"log-{bad}.txt"))
     oom = any((r or {}).get("status") == "oom" for r in results) or any(
-        m in _tail(os.path.join(rundir, f"log-{k}.txt"), 200_000) for k in range(len(procs))
+        m in log_tail(os.path.join(rundir, f"log-{k}.txt"), 200_000) for k in range(len(procs))
         for m in OOM_MARKERS)
     status = outcome if outcome in ("timeout", "interrupted") else ("oom" if oom else "failed")
     if outcome == "done":  # exited 0 but wrote nothing: the target did not return a result
@@ -256,7 +256,8 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
         return None
 
 
-def _tail(path: str, n: int = 4000) -> str:
+def log_tail(path: "str | os.PathLike", n: int = 4000) -> str:
+    """The last `n` bytes of a log file as text ('' when it does not exist yet)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
