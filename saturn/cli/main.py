@@ -19,8 +19,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "each job's parallelism, GPUs and start time.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from saturn import __version__
+
+        typer.echo(f"saturn {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     setup_logging(verbose)
 
 
