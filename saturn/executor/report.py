@@ -69,32 +69,22 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from saturn.planner.gantt import draw_bars, job_colors
+
     state, journal = load_run(run_dir)
     plans = journal.plans()
     nodes = journal.get_meta("nodes") or [{"name": "node0", "gpus": 1}]
-    rows = {}
-    for n in nodes:
-        for g in range(int(n["gpus"])):
-            rows[(n["name"], g)] = len(rows)
-    names = sorted(state.jobs)
-    cmap = plt.get_cmap("tab20")
-    color = {j: cmap(i % 20) for i, j in enumerate(names)}
+    rows = [(n["name"], g) for n in nodes for g in range(int(n["gpus"]))]
+    colors = job_colors(state.jobs)
     fig, axes = plt.subplots(2, 1, figsize=(12, 2 + 0.5 * len(rows) * 2), sharex=True)
     last_t = max([t for t, _, _ in journal.events()] + [0.0])
     panels = [("plan (v1)", [(a["job"], a["node"], a["gpus"], plans[0]["t0"] + a["start_s"], plans[0]["t0"] + a["end_s"],
-                              a["technique"]) for a in plans[0]["plan"]["assignments"]] if plans else []),
+                              f"{a['technique']}x{len(a['gpus'])}") for a in plans[0]["plan"]["assignments"]] if plans else []),
               ("actual", [(js.name, s.node, s.gpus, s.launched_at, s.ended_at if s.ended_at is not None else last_t,
-                           s.technique) for js in state.jobs.values() for s in js.segments])]
+                           f"{s.technique}x{len(s.gpus)}") for js in state.jobs.values() for s in js.segments])]
     for ax, (title, bars) in zip(axes, panels):
-        for job, node, gpus, s, e, tech in bars:
-            for g in gpus:
-                y = rows.get((node, int(g)), 0)
-                ax.barh(y, e - s, left=s, color=color.get(job, "grey"), edgecolor="black", linewidth=0.5)
-            y0 = rows.get((node, int(gpus[0])), 0)
-            ax.text(s + (e - s) / 2, y0, f"{job}\n{tech}x{len(gpus)}", ha="center", va="center", fontsize=6)
-        ax.set_yticks(list(rows.values()), [f"{n}:{g}" for n, g in rows])
+        draw_bars(ax, bars, rows, colors, min_label_frac=0.0)
         ax.set_title(title)
-        ax.invert_yaxis()
     axes[-1].set_xlabel("seconds since run start")
     fig.tight_layout()
     out = Path(out)
