@@ -30,6 +30,7 @@ from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_st
 from saturn.executor.journal import Journal, apply_event, open_journal, replay
 from saturn.executor.state import (ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING,
                                    TERMINAL, JobInfo, JobResult, JobState, RunState)
+from saturn.planner import InvalidPlanError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ExecutorConfig:
     introspect: bool = True  # False: execute the first plan as is (the static baseline)
     replan_on_events: bool = True  # also re-plan when a job finishes, fails, or is added/cancelled
     max_retries: int = 2  # relaunches of a crashed job from its checkpoint before it is failed
-    time_limit_s: float = 10.0  # planner time limit per re-plan
+    time_limit_s: float = 10.0  # planner time limit per re-plan (+ half of it to plan around running jobs)
     mip_gap: float = 0.02
     min_gain_s: float = 0.0  # adopt a new plan only if it saves more than this ...
     min_gain_frac: float = 0.02  # ... and more than this fraction of the remaining makespan
@@ -316,11 +317,11 @@ class Executor:
         p = self._solve(solve, jobs, table, None)
         self._adopt(p.to_dict(), "initial")
 
-    def _solve(self, solve, jobs, table, warm):
+    def _solve(self, solve, jobs, table, warm, fixed=None, time_limit_s=None):
         t0 = time.perf_counter()
         try:
-            return solve(jobs, self.nodes, table, time_limit_s=self.cfg.time_limit_s, mip_gap=self.cfg.mip_gap,
-                         warm_start=warm)
+            return solve(jobs, self.nodes, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
+                         mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed)
         finally:
             self.plan_calls += 1
             self.plan_time_s += time.perf_counter() - t0
@@ -350,13 +351,15 @@ class Executor:
                 log.warning("re-plan failed: %s", exc)
                 new = None
             if new is not None:
-                ch = policy.choices_from_plan(new, self.state)
-                cands.append(policy.retime(self.state, est, now, self.node_gpus, ch, "replan"))
-                cands.append(policy.retime(self.state, est, now, self.node_gpus, policy.keep_running(ch, self.state),
-                                           "replan-keep-running"))
-                for c in cands:
-                    if c is not None:
-                        c.solver, c.lower_bound_s = dict(new.get("solver") or {}), float(new.get("lower_bound_s", 0.0))
+                # running jobs were free to move in `new`: pin those that keep their option
+                c = policy.retime(self.state, est, now, self.node_gpus, policy.choices_from_plan(new, self.state),
+                                  "replan")
+                if c is not None:
+                    c.solver, c.lower_bound_s = dict(new.get("solver") or {}), float(new.get("lower_bound_s", 0.0))
+                cands.append(c)
+            around = self._plan_around_running(solve, now, new or warm)
+            if around is not None:
+                cands.append(around)
         if force and not cands and cur_choices and policy.covers(cur_choices, self.state, est):
             cands.append(policy.retime(self.state, est, now, self.node_gpus, cur_choices, "current"))
         if not jobs:  # only running jobs are left: nothing to decide
@@ -376,6 +379,19 @@ class Executor:
             self.emit("replan_rejected", reason=reason, detail=dec.reason, current_s=dec.current_s,
                       best_s=dec.best_s if math.isfinite(dec.best_s) else None)
         return dec
+
+    def _plan_around_running(self, solve, now: float, warm: Optional[dict]) -> Optional[policy.Retimed]:
+        """The "no job moved" candidate: the planner plans the other jobs around the running ones
+        (fixed on their GPUs until their estimated end), warm-started from the free re-plan."""
+        jobs, table, fixed = policy.planner_inputs_around_running(self.state, self.est, now)
+        if all(policy.is_checkpoint(a) for a in fixed):
+            return None  # nothing runs: the same problem as the free re-plan
+        try:
+            p = self._solve(solve, jobs, table, warm, fixed=fixed, time_limit_s=self.cfg.time_limit_s / 2)
+        except (SaturnError, InvalidPlanError) as exc:
+            log.warning("re-plan around the running jobs failed: %s", exc)
+            return None
+        return policy.retimed_from_plan(p, "replan-keep-running")
 
     def _adopt(self, plan_dict: dict, reason: str, detail: str = "") -> None:
         version = self.state.plan_version + 1

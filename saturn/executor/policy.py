@@ -6,12 +6,19 @@
 * `planner_jobs_and_profiles`: the remaining work as `saturn.planner.plan` inputs. Running jobs get
   their remaining steps; their current option costs no start-up, every other option of theirs
   costs start-up + checkpoint (the switching cost), so the planner weighs switching itself.
+* `held_gpus` / `planner_inputs_around_running`: what holds GPUs now as the planner's `fixed`
+  assignments (times relative to now): running jobs keep their option and GPUs until their
+  estimated end (remaining steps at the observed speed); a checkpointing job (stopping, or moved by
+  a candidate) holds its old GPUs for its checkpoint time as a pseudo-job `<job>@checkpoint`. With
+  them, `plan(..., fixed=...)` optimizes the rest around the running jobs: the "no job moved"
+  candidate.
 * `retime`: turn a plan's choices (option + node + order per job) into concrete assignments on the
-  *current* cluster state: running jobs that keep their option are pinned to their GPUs from now;
-  stopping/switching jobs block their old GPUs for the checkpoint time; everyone else is list-
-  scheduled in plan order. The planner cannot pin jobs, so this is where "running jobs keep their
-  GPUs" is enforced, and every candidate (keep the current plan, new plan, new plan without
-  switches) is compared on the same ground.
+  *current* cluster state, with the planner's list scheduler (`saturn.planner.list_schedule`)
+  around the same `fixed` assignments: running jobs that keep their option stay on their GPUs;
+  moved jobs block their old GPUs for the checkpoint time and restart once checkpointed; everyone
+  else is placed in plan order. This is how a plan made with running jobs free to move (which may
+  put a job that keeps its option elsewhere) and the current plan are brought onto the same ground
+  as the "no job moved" candidate before they are compared.
 * `choose_plan`: adopt a candidate only if it beats the current plan by more than a margin
   (switching costs are already inside the candidates' durations).
 * `ready_to_launch`: which assignments start now: GPUs free and every job the plan put before it
@@ -29,6 +36,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import pandas as pd
 
 from saturn.executor.state import ACTIVE, RUNNING, STOPPING, TERMINAL, JobState, RunState, option_key
+from saturn.planner import Assignment, NodeSpec, Option, Placement, list_schedule
 
 DEFAULT_CHECKPOINT_S = 1.0  # when neither measured nor profiled
 
@@ -167,11 +175,9 @@ class Estimator:
 
 
 # ------------------------------------------------------------------------------- planner inputs
-def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float,
-                              keep_running: bool = False) -> tuple[list[Any], pd.DataFrame]:
-    """(jobs, profile table) for `saturn.planner.plan` describing the remaining work.
-
-    keep_running=True restricts running jobs to their current option (no switching)."""
+def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tuple[list[Any], pd.DataFrame]:
+    """(jobs, profile table) for `saturn.planner.plan` describing the remaining work (running jobs
+    may switch; `planner_inputs_around_running` is the variant in which none moves)."""
     jobs, rows = [], []
     for js in state.jobs.values():
         if js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
@@ -181,9 +187,6 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float,
             continue
         seg = js.current if js.status == RUNNING else None
         opts = est.options(js)
-        if seg is not None and keep_running:
-            opts = [o for o in opts if o.technique == seg.technique and o.gpus == len(seg.gpus)
-                    and o.knobs == knobs_key(seg.knobs)] or [o for o in opts if o.technique == seg.technique and o.gpus == len(seg.gpus)]
         if not opts:
             continue
         jobs.append(SimpleNamespace(name=js.name, steps=steps, techniques=None, gpus=None, signature=None))
@@ -196,7 +199,7 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float,
             elif seg is not None:
                 startup = est.switch_cost(js, o.technique, o.gpus, o.knobs)
             elif js.status == STOPPING:
-                startup = est.checkpoint_cost(js) + est.startup(js, o.technique, o.gpus, o.knobs)
+                startup = _checkpoint_left(js, est, now) + est.startup(js, o.technique, o.gpus, o.knobs)
             else:
                 startup = est.startup(js, o.technique, o.gpus, o.knobs)
             rows.append({"job": js.name, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
@@ -207,6 +210,60 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float,
 
 
 # ------------------------------------------------------------------------------------ retiming
+CHECKPOINT_SUFFIX = "@checkpoint"  # pseudo-job holding a checkpointing job's old GPUs
+
+
+def _checkpoint_left(js: JobState, est: Estimator, now: float) -> float:
+    """Checkpoint time a running/stopping job still needs before its GPUs are free."""
+    left = est.checkpoint_cost(js)
+    seg = js.current
+    if seg is not None and seg.stop_requested_at is not None:
+        left = max(0.0, left - (now - seg.stop_requested_at))
+    return left
+
+
+def held_gpus(state: RunState, est: Estimator, now: float, moved: Iterable[str] = ()) -> list[Assignment]:
+    """What holds GPUs now, as `fixed` assignments for the planner (times relative to `now`).
+
+    A running job not in `moved` keeps its option and GPUs until its estimated end (remaining time
+    from observed speed); a job that checkpoints -- a stopping job, or a running job in `moved` --
+    holds its old GPUs for its (remaining) checkpoint time, as a pseudo-job `<job>@checkpoint`
+    (see `is_checkpoint`), which is not launched and is dropped from the plans the executor keeps."""
+    moved = set(moved)
+    out = []
+    for js in state.jobs.values():
+        seg = js.current
+        if js.status not in ACTIVE or seg is None:
+            continue
+        if js.status == RUNNING and js.name not in moved:
+            out.append(Assignment(js.name, seg.technique, dict(seg.knobs), seg.node, list(seg.gpus), 0.0,
+                                  max(est.remaining_s(js, now), 1e-6)))
+        else:
+            left = _checkpoint_left(js, est, now)
+            if left > 1e-9:
+                out.append(Assignment(js.name + CHECKPOINT_SUFFIX, seg.technique, dict(seg.knobs), seg.node,
+                                      list(seg.gpus), 0.0, left))
+    return out
+
+
+def is_checkpoint(a: Any) -> bool:
+    job = a["job"] if isinstance(a, Mapping) else a.job
+    return str(job).endswith(CHECKPOINT_SUFFIX)
+
+
+def planner_inputs_around_running(state: RunState, est: Estimator, now: float
+                                  ) -> tuple[list[Any], pd.DataFrame, list[Assignment]]:
+    """(jobs, profile table, fixed) for `plan(jobs, cluster, table, fixed=fixed)`: the plan in
+    which no running job moves. Running jobs are fixed on their GPUs (see `held_gpus`), so the
+    solver places everything else around them; only the other jobs are planned."""
+    fixed = held_gpus(state, est, now)
+    pinned = {a.job for a in fixed}
+    jobs, table = planner_jobs_and_profiles(state, est, now)
+    jobs = [j for j in jobs if j.name not in pinned]
+    table = table[table["job"].isin({j.name for j in jobs})].reset_index(drop=True)
+    return jobs, table, fixed
+
+
 @dataclass
 class Choice:
     job: str
@@ -214,7 +271,6 @@ class Choice:
     knobs: dict
     gpus: int
     node: Optional[str] = None
-    prefer: Sequence[int] = ()
 
 
 @dataclass
@@ -234,91 +290,56 @@ class Retimed:
                 "assignments": sorted(self.assignments, key=lambda a: (a["start_s"], a["job"]))}
 
 
+def retimed_from_plan(plan: Any, source: str, switches: Sequence[str] = ()) -> Retimed:
+    """A planner result (relative to now, running jobs fixed in it) as a candidate; the
+    checkpoint pseudo-jobs are dropped."""
+    d = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
+    out = [dict(a) for a in d.get("assignments", []) if not is_checkpoint(a)]
+    return Retimed(assignments=out, makespan_s=max([a["end_s"] for a in out] + [0.0]), switches=list(switches),
+                   source=source, solver=dict(d.get("solver") or {}),
+                   lower_bound_s=float(d.get("lower_bound_s", 0.0)))
+
+
 def retime(state: RunState, est: Estimator, now: float, nodes: Mapping[str, int],
            choices: Iterable[Choice], source: str = "") -> Optional[Retimed]:
     """Schedule `choices` (in order) around the running jobs; None if a choice cannot be placed.
 
     A running job whose choice matches its current option and node keeps its GPUs from now (it
     need not appear in `choices`); a running job with a different choice is a switch: its old GPUs
-    stay busy for its checkpoint time, and it restarts (start-up) with the new option."""
-    avail = {(n, g): 0.0 for n, k in nodes.items() for g in range(k)}
+    stay busy for its checkpoint time, and it restarts (start-up) with the new option once it has
+    checkpointed. Both are `fixed` assignments (`held_gpus`); the planner's list scheduler places
+    the rest in order, each at its earliest finish."""
+    choices = list(choices)
     by_job = {c.job: c for c in choices}
-    out, switches = [], []
-    ordered: list[Choice] = []
+    switches = []
     for js in state.jobs.values():
-        seg = js.current
-        if js.status not in ACTIVE or seg is None:
+        seg, c = js.current, by_job.get(js.name)
+        if js.status != RUNNING or seg is None or c is None:
             continue
-        c = by_job.get(js.name)
-        same = (js.status == RUNNING and (c is None or (c.technique == seg.technique and c.gpus == len(seg.gpus)
-                and knobs_key(c.knobs) == knobs_key(seg.knobs) and (c.node in (None, seg.node)))))
-        if same:
-            end = est.remaining_s(js, now)
-            for g in seg.gpus:
-                avail[(seg.node, g)] = max(avail.get((seg.node, g), 0.0), end)
-            out.append({"job": js.name, "technique": seg.technique, "knobs": dict(seg.knobs),
-                        "node": seg.node, "gpus": list(seg.gpus), "start_s": 0.0, "end_s": max(end, 1e-6)})
-        else:
-            left = est.checkpoint_cost(js)
-            if js.status == STOPPING and seg.stop_requested_at is not None:
-                left = max(0.0, left - (now - seg.stop_requested_at))
-            for g in seg.gpus:
-                avail[(seg.node, g)] = max(avail.get((seg.node, g), 0.0), left)
-            if js.status == RUNNING:
-                switches.append(js.name)
-    pinned = {a["job"] for a in out}
-    busy: dict[tuple[str, int], list[tuple[float, float]]] = {k: [(0.0, v)] if v > 0 else [] for k, v in avail.items()}
+        if not (c.technique == seg.technique and c.gpus == len(seg.gpus) and knobs_key(c.knobs) == knobs_key(seg.knobs)
+                and c.node in (None, seg.node)):
+            switches.append(js.name)
+    fixed = held_gpus(state, est, now, moved=switches)
+    pinned = {a.job for a in fixed}
+    place = []
     for c in choices:
-        if c.job not in pinned:
-            ordered.append(c)
-    for c in ordered:
+        if c.job in pinned:
+            continue
         js = state.jobs[c.job]
         steps = js.live_remaining_steps if js.status == RUNNING else js.remaining_steps
         dur = steps * est.step_time(js, c.technique, c.gpus, c.knobs) + est.startup(js, c.technique, c.gpus, c.knobs)
-        release = 0.0
-        if js.status in ACTIVE:  # switching / stopping: it checkpoints first
-            release = est.checkpoint_cost(js)
-            if js.current is not None and js.current.stop_requested_at is not None:
-                release = max(0.0, release - (now - js.current.stop_requested_at))
         if not math.isfinite(dur):
             return None
-        dur = max(dur, 1e-6)
-        best = None
-        for n, k in nodes.items():
-            if c.gpus > k or (c.node is not None and c.node in nodes and n != c.node):
-                continue
-            start, ids = _earliest(busy, n, k, c.gpus, dur, release, c.prefer)
-            key = (start + dur, k - c.gpus, n)
-            if best is None or key < best[0]:
-                best = (key, n, start, ids)
-        if best is None:
-            return None
-        _, n, start, ids = best
-        for g in ids:
-            busy[(n, g)].append((start, start + dur))
-            busy[(n, g)].sort()
-        out.append({"job": c.job, "technique": c.technique, "knobs": dict(c.knobs), "node": n,
-                    "gpus": ids, "start_s": start, "end_s": start + dur})
+        release = _checkpoint_left(js, est, now) if js.status in ACTIVE else 0.0  # it checkpoints first
+        opt = Option(c.job, c.technique, knobs_key(c.knobs), c.gpus, max(dur, 1e-6))
+        place.append(Placement(opt, c.node if c.node in nodes else None, release))
+    try:
+        placed = list_schedule([NodeSpec(n, int(k)) for n, k in nodes.items()], place, fixed)
+    except ValueError:  # an option fits no node (or not its planned one)
+        return None
+    out = [a.to_dict() for a in fixed if not is_checkpoint(a)] + [a.to_dict() for a in placed]
     ms = max([a["end_s"] for a in out] + [0.0])
     return Retimed(assignments=out, makespan_s=ms, switches=switches, source=source)
-
-
-def _earliest(busy, node: str, k: int, need: int, dur: float, release: float,
-              prefer: Sequence[int]) -> tuple[float, list[int]]:
-    """Earliest start >= release at which `need` GPUs of the node are free for `dur` (backfilling
-    into gaps), and which GPUs: the planned ones when free, else those idle the shortest time."""
-    times = sorted({release} | {e for g in range(k) for _, e in busy[(node, g)] if e > release})
-    for t in times:
-        free = []
-        for g in range(k):
-            ivs = busy[(node, g)]
-            if all(e <= t + 1e-9 or s >= t + dur - 1e-9 for s, e in ivs):
-                idle_since = max([e for _, e in ivs if e <= t + 1e-9] + [0.0])
-                free.append((0 if g in prefer else 1, t - idle_since, g))
-        if len(free) >= need:
-            free.sort()
-            return t, sorted(g for *_, g in free[:need])
-    raise AssertionError("unreachable: after the last interval every GPU is free")
 
 
 def choices_from_plan(plan: Optional[dict], state: RunState) -> list[Choice]:
@@ -330,8 +351,7 @@ def choices_from_plan(plan: Optional[dict], state: RunState) -> list[Choice]:
         js = state.jobs.get(a["job"])
         if js is None or js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
             continue
-        out.append(Choice(a["job"], a["technique"], dict(a.get("knobs") or {}), len(a["gpus"]),
-                          a.get("node"), tuple(a["gpus"])))
+        out.append(Choice(a["job"], a["technique"], dict(a.get("knobs") or {}), len(a["gpus"]), a.get("node")))
     return out
 
 
@@ -347,19 +367,6 @@ def covers(plan_choices: Sequence[Choice], state: RunState, est: Estimator) -> b
         if not any(o.technique == c.technique and o.gpus == c.gpus for o in est.options(js)):
             return False
     return True
-
-
-def keep_running(choices: Sequence[Choice], state: RunState) -> list[Choice]:
-    """The same choices, but every running job keeps its current option and GPUs."""
-    out = []
-    for c in choices:
-        js = state.jobs[c.job]
-        seg = js.current
-        if js.status == RUNNING and seg is not None:
-            out.append(Choice(c.job, seg.technique, dict(seg.knobs), len(seg.gpus), seg.node, tuple(seg.gpus)))
-        else:
-            out.append(c)
-    return out
 
 
 @dataclass
