@@ -350,13 +350,18 @@ class ProcessBackend(WallClock):
 
     def shutdown(self) -> None:
         for pr in self.procs.values():
-            if pr.popen.poll() is None:
-                try:
-                    os.killpg(pr.popen.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                pr.popen.wait(timeout=10)
+            kill_session(pr.popen)
         self.procs.clear()
+
+
+def kill_session(popen: subprocess.Popen) -> None:
+    """SIGKILL a job runner and everything in its session (its workers), then reap it."""
+    if popen.poll() is None:
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        popen.wait(timeout=10)
 
 
 def latest_checkpoint_step(ckpt_dir: Path) -> tuple[Optional[int], Optional[str]]:

@@ -52,7 +52,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Union
 
-from saturn.executor.backends import BackendEvent, WallClock, latest_checkpoint_step
+from saturn.executor.backends import BackendEvent, WallClock, kill_session, latest_checkpoint_step
 from saturn.executor.loop import Executor
 from saturn.executor.state import ACTIVE, JobState
 
@@ -258,12 +258,7 @@ class _JobAttempt:
                 pass
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.popen.wait(timeout=10)
+        kill_session(self.popen)
 
 
 _ACTOR_CLS = None
