@@ -44,9 +44,8 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
     from torch.nn.parallel import DistributedDataParallel
 
     device, world = ctx.device, ctx.world_size
-    model = training.build_model(job)
+    model = training.build_model(job, device)  # allocated and initialized on the device
     dataset = training.build_dataset(job, model)
-    model.to(device)
     if knobs.get("activation_checkpointing"):
         training.apply_activation_checkpointing(model)
     wrapped: torch.nn.Module = model

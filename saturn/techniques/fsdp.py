@@ -55,10 +55,12 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
     dtype = training.autocast_dtype(job, ctx.device_type)
     use_policy = knobs.get("mixed_precision") == "policy" and dtype is not None
     offload = bool(knobs.get("cpu_offload")) and ctx.device_type == "cuda"
-    model = training.build_model(job)
+    from saturn.zoo.init import materialize
+
+    model = training.build_model(job, "meta")  # sharded first, then only this rank's shard is made
     dataset = training.build_dataset(job, model)
     if not offload:
-        model.to(ctx.device)
+        materialize(model, ctx.device, job.seed)  # no-op for meta zoo models; moves factory ones
     if knobs.get("activation_checkpointing"):
         training.apply_activation_checkpointing(model)
     kw: dict[str, Any] = {"mesh": init_device_mesh(ctx.device_type, (ctx.world_size,)),
@@ -70,6 +72,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
     for block in model.blocks():
         fully_shard(block, **kw)
     fully_shard(model, **kw)
+    materialize(model, "cpu" if offload else ctx.device, job.seed, gen_device=ctx.device)
     optimizer = training.build_optimizer(job, model.parameters())
     step_job = job.model_copy(update={"precision": "fp32"}) if use_policy else job
     step = training.standard_step(model, model.loss, optimizer, step_job, ctx.device_type)

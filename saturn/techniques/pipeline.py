@@ -121,13 +121,15 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
     rank, world, device = ctx.rank, ctx.world_size, ctx.device
-    model = training.build_model(job)
+    from saturn.zoo.init import materialize
+
+    model = training.build_model(job, "meta")  # allocate only this stage's layers
     dataset = training.build_dataset(job, model)
     mine = _stage_range(model, knobs, rank, world)
     for i in range(len(model.layers)):
         if i not in mine:
             model.layers[i] = nn.Identity()
-    model.to(device)
+    materialize(model, device, job.seed)
     if knobs.get("activation_checkpointing"):
         training.apply_activation_checkpointing(model)
     stage = PipelineStage(model, stage_index=rank, num_stages=world, device=device)

@@ -97,13 +97,16 @@ def build_optimizer(job: Any, params: Any) -> torch.optim.Optimizer:
     return cls[job.optimizer.name](params, **job.optimizer.kwargs())
 
 
-def build_model(job: Any) -> torch.nn.Module:
-    """The job's model with the seeded init on CPU: every technique, rank and process count starts
-    from bit-identical weights, which is what makes their loss curves comparable."""
+def build_model(job: Any, device: Any = None) -> torch.nn.Module:
+    """The job's model on `device` (default CPU; "meta" = unallocated, then
+    `saturn.zoo.init.materialize`) with the one seeded init rule of `saturn.zoo.init`: every
+    technique, rank and process count starts from the same weights, which is what makes their
+    loss curves comparable and their checkpoints interchangeable. Also seeds the global RNG
+    (dropout masks)."""
     from saturn.zoo import build_model as zoo_build
 
     torch.manual_seed(job.seed)
-    return zoo_build(job.model, device=torch.device("cpu"))
+    return zoo_build(job.model, device=torch.device(device or "cpu"), seed=job.seed)
 
 
 def build_dataset(job: Any, model: torch.nn.Module) -> torch.utils.data.Dataset:

@@ -82,7 +82,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
     """Worker side: seeded model and the job's torch optimizer wrapped in a DeepSpeed engine."""
     import deepspeed
 
-    model = training.build_model(job)
+    model = training.build_model(job, ctx.device)
     dataset = training.build_dataset(job, model)
     config = ds_config(job, knobs, ctx.world_size, ctx.device_type)
     optimizer = training.build_optimizer(job, model.parameters())

@@ -10,7 +10,6 @@ different layers of the sequence (different pipeline stages / spilling shards).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -123,19 +122,7 @@ def gpt_layers(cfg: GPTConfig) -> list[nn.Module]:
     layers: list[nn.Module] = [Embedding(cfg)]
     layers += [Block(cfg) for _ in range(cfg.n_layer)]
     layers.append(LMHead(cfg))
-    _init_weights(layers, cfg)
-    return layers
-
-
-def _init_weights(layers: list[nn.Module], cfg: GPTConfig) -> None:
-    """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
-    for layer in layers:
-        for name, m in layer.named_modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj") else 0.02
-                nn.init.normal_(m.weight, mean=0.0, std=std)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
+    return layers  # values: saturn.zoo.init (GPT-2 init: N(0, 0.02), c_proj scaled by depth)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """Model zoo: build any job's model as a `SequentialModel` (an ordered layer sequence).
 
+Models are built on the meta device and initialized where they live by one seeded rule (see
+`saturn.zoo.init`): every technique and GPU count starts from the same weights.
+
 Every technique relies on the same three facts about a model: its ordered layers (pipeline stages
 and spilling shards cut between them), its repeated block class (FSDP wraps and activation-
 checkpoints per block) and its loss. Built-ins come from configs with random init; user models
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from saturn.zoo import gpt, vit
+from saturn.zoo.init import materialize
 
 
 class SequentialModel(nn.Module):
@@ -92,13 +96,31 @@ def param_count(spec: Any) -> Optional[int]:
     return model_config(spec.name, spec.overrides).params() if spec.name else None
 
 
-def build_model(spec: Any, device: Optional[torch.device] = None) -> SequentialModel:
-    """Build (random init, or the spec's local weights) on `device` (default CPU; 'meta' works)."""
-    with torch.device(device or "cpu"):
+def build_model(spec: Any, device: Optional[Any] = None, seed: int = 0,
+                gen_device: Optional[Any] = None) -> SequentialModel:
+    """Build a spec's model on `device` (default CPU) with the seeded init rule of
+    `saturn.zoo.init` (or the spec's local weights).
+
+    Zoo models are built on the meta device and allocated directly on `device` (no CPU build and
+    copy); `device="meta"` returns them unallocated, for techniques that shard or cut first and
+    then call `saturn.zoo.init.materialize`. Factory models are built by the user's code on the
+    CPU under `torch.manual_seed(seed)`, then moved."""
+    device = torch.device(device or "cpu")
+    if spec.factory:
+        torch.manual_seed(seed)
         model = _build(spec)
+        if spec.weights:
+            load_weights(model, spec.weights)
+        return model if device.type == "meta" else model.to(device)
+    with torch.device("meta"):
+        model = _build(spec)
+    if device.type == "meta":
+        return model
     if spec.weights:
+        model.to_empty(device=device)
         load_weights(model, spec.weights)
-    return model
+        return model
+    return materialize(model, device, seed, gen_device)
 
 
 def _build(spec: Any) -> SequentialModel:

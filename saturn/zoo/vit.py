@@ -59,7 +59,7 @@ class PatchEmbedding(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(cfg.channels, cfg.n_embd, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.n_embd))
-        self.pos = nn.Parameter(torch.randn(1, cfg.n_patches + 1, cfg.n_embd) * 0.02)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.n_patches + 1, cfg.n_embd))  # saturn.zoo.init
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.proj(images).flatten(2).transpose(1, 2)
