@@ -14,9 +14,22 @@ produces this layout for plain modules, DDP, FSDP2 and activation-checkpointed m
 techniques that hold parameters elsewhere (ZeRO, spilling shards) build the same two dicts
 themselves and call `save_state`/`load_state`.
 
-Layout (atomic): write `<dir>/tmp-<step>`, rename to `<dir>/step-<step>`, then point `<dir>/latest`
-at it (write-then-rename). A crash at any moment leaves the previous checkpoint loadable. The last
-`keep` (default 2) checkpoints are kept.
+Layout and durability: a save writes `<dir>/tmp-<step>` (DCP files, fsynced by DCP's writer), then
+rank 0 writes `meta.json` (with every file's size), fsyncs the directory, renames it to
+`<dir>/step-<step>`, fsyncs `<dir>`, atomically moves `<dir>/latest`, and only then deletes older
+steps (the last `keep`, default 2, stay). A checkpoint is a resume point only once published: a
+kill at any moment leaves the previous one as the newest intact checkpoint.
+
+Off the critical path: inside `in_background()` a save is started with DCP `async_save`: tensors
+are staged synchronously into (on CUDA, pinned) host memory, which is quick, and the files are
+written and published by a background thread while training continues. At most one save is in
+flight per process; the next save, a load and `wait_pending()` wait for it. The final save of a
+run is synchronous, so a run never returns before its result is durable. Background collectives
+use their own gloo group (created once per process group), never the training group.
+
+Loading trusts nothing: `newest_intact` walks `latest` then the other steps newest-first, skipping
+(with a warning) a checkpoint whose `meta.json` is missing or garbled or whose files are missing
+or truncated; `load_newest` also falls back when DCP cannot read the data.
 
 All save/load functions are collective when a process group is initialized (every rank calls them);
 without one they work in a single process.
@@ -24,21 +37,34 @@ without one they work in a single process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from typing import Any, Optional
+import threading
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
                                                      set_state_dict)
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (garbled meta.json, missing or truncated files)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an older intact one."""
 
 
 def _rank() -> int:
@@ -60,9 +86,75 @@ def canonical_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Opti
     return model_sd, (optim_sd if optimizer is not None else {})
 
 
+# ------------------------------------------------------------ background (async) saves
+class _Background:
+    """This process's save in flight (at most one), its DCP stager and its gloo group."""
+
+    def __init__(self) -> None:
+        self.enabled = threading.local()
+        self.pending: Optional[Future] = None
+        self.pool: Optional[ThreadPoolExecutor] = None
+        self.stager: Any = None
+        self.group: Any = None
+        self.group_of: Any = None
+
+    def stager_for(self) -> Any:
+        if self.stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            cuda = torch.cuda.is_available()  # pinned host buffers, reused across saves
+            self.stager = DefaultStager(StagingOptions(use_pinned_memory=cuda,
+                                                       use_shared_memory=False,
+                                                       use_async_staging=False,
+                                                       use_non_blocking_copy=False))
+        return self.stager
+
+    def group_for(self) -> Any:
+        """A gloo group for the background thread's collectives (collective to create; one per
+        training process group, which warm workers make per job)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        default = dist.distributed_c10d._get_default_group()
+        if self.group_of is not default:
+            self.group = dist.new_group(backend="gloo")
+            self.group_of = default
+        return self.group
+
+
+_BG = _Background()
+
+
+@contextlib.contextmanager
+def in_background() -> Iterator[None]:
+    """Saves started inside return once staged; bytes are written and published behind."""
+    prev = getattr(_BG.enabled, "on", False)
+    _BG.enabled.on = True
+    try:
+        yield
+    finally:
+        _BG.enabled.on = prev
+
+
+def wait_pending() -> Optional[str]:
+    """Block until this process's background save (if any) is written and published; its path.
+    A failed background save is reported as a warning (the previous checkpoint stays newest)."""
+    fut, _BG.pending = _BG.pending, None
+    if fut is None:
+        return None
+    try:
+        return fut.result()
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - a lost periodic save must not kill the run
+        warnings.warn(f"background checkpoint save failed ({type(exc).__name__}: {exc}); the "
+                      "previous checkpoint stays the resume point", CheckpointWarning, stacklevel=2)
+        return None
+
+
 def save_state(ckpt_dir: str, step: int, model_sd: dict[str, Any], optim_sd: dict[str, Any],
                meta: dict[str, Any], keep: int = 2) -> str:
-    """Write {"model", "optim"} + meta.json atomically as `<ckpt_dir>/step-<step>`; its path."""
+    """Write {"model", "optim"} + meta.json as `<ckpt_dir>/step-<step>` and publish it
+    (collective). Inside `in_background()` returns once the state is staged, before it is
+    durable; otherwise returns once published. Returns the checkpoint's final path."""
+    wait_pending()
     tmp = os.path.join(ckpt_dir, f"tmp-{step}")
     final = os.path.join(ckpt_dir, f"step-{step}")
     if _rank() == 0:
@@ -73,16 +165,47 @@ def save_state(ckpt_dir: str, step: int, model_sd: dict[str, Any], optim_sd: dic
     state: dict[str, Any] = {"model": model_sd}
     if optim_sd:
         state["optim"] = optim_sd
+    meta = {**meta, "step": int(step)}
+    if getattr(_BG.enabled, "on", False):
+        group = _BG.group_for()
+        written = dcp.async_save(state, checkpoint_id=tmp, process_group=group,
+                                 async_stager=_BG.stager_for())
+        written = getattr(written, "upload_completion", written)  # AsyncSaveResponse or Future
+        if _BG.pool is None:
+            _BG.pool = ThreadPoolExecutor(1, thread_name_prefix="saturn-ckpt")
+        rank0 = _rank() == 0
+        _BG.pending = _BG.pool.submit(_finish, written, tmp, final, ckpt_dir, meta, keep, rank0)
+        return final
     dcp.save(state, checkpoint_id=tmp)
     _barrier()
     if _rank() == 0:
-        _write_json(os.path.join(tmp, META_FILE), {**meta, "step": int(step)})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _atomic_write(os.path.join(ckpt_dir, LATEST_FILE), f"step-{step}\n")
-        _prune(ckpt_dir, keep)
+        _publish(tmp, final, ckpt_dir, meta, keep)
     _barrier()
     return final
+
+
+def _finish(written: Future, tmp: str, final: str, ckpt_dir: str, meta: dict[str, Any],
+            keep: int, rank0: bool) -> str:
+    written.result()  # rank 0's DCP save ends after every rank's files and the metadata are in
+    if rank0:
+        _publish(tmp, final, ckpt_dir, meta, keep)
+    return final
+
+
+def _publish(tmp: str, final: str, ckpt_dir: str, meta: dict[str, Any], keep: int) -> None:
+    """meta.json (with file sizes) -> fsync dir -> rename -> fsync parent -> move latest ->
+    prune: a crash between any two leaves the previous checkpoint the newest intact one."""
+    files = {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
+    for name in files:
+        _fsync_path(os.path.join(tmp, name))
+    _write_json(os.path.join(tmp, META_FILE), {**meta, "files": files})
+    _fsync_path(tmp)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_path(ckpt_dir)
+    _atomic_write(os.path.join(ckpt_dir, LATEST_FILE), f"{os.path.basename(final)}\n")
+    _prune(ckpt_dir, keep, protect=os.path.basename(final))
 
 
 def save_checkpoint(ckpt_dir: str, step: int, model: torch.nn.Module,
@@ -95,10 +218,13 @@ def save_checkpoint(ckpt_dir: str, step: int, model: torch.nn.Module,
     return save_state(ckpt_dir, step, model_sd, optim_sd, meta, keep)
 
 
+# --------------------------------------------------------------------------------- loading
 def load_state(path: str, model_sd: dict[str, Any], optim_sd: Optional[dict[str, Any]]) -> dict:
     """Fill `model_sd`/`optim_sd` in place from checkpoint `path` (DCP reshards to their layout:
     pass DTensors to get shards, plain tensors to get full tensors, a subset of keys to get only
     those). Returns the meta dict."""
+    wait_pending()
+    meta = read_meta(path)
     state: dict[str, Any] = {"model": model_sd}
     if optim_sd:  # per-parameter state only: param_groups (hyperparameters, and which FQNs this
         # rank holds) stay those of the live optimizer, so a pipeline stage or a differently
@@ -107,7 +233,7 @@ def load_state(path: str, model_sd: dict[str, Any], optim_sd: Optional[dict[str,
     dcp.load(state, checkpoint_id=path)
     if optim_sd:
         optim_sd["state"] = state["optim"]["state"]
-    return read_meta(path)
+    return meta
 
 
 def load_checkpoint(path: str, model: torch.nn.Module,
@@ -123,42 +249,102 @@ def load_checkpoint(path: str, model: torch.nn.Module,
     return meta
 
 
+def load_newest(ckpt_dir: Optional[str], load: Callable[[str], dict[str, Any]]
+                ) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+    """Load the newest checkpoint that loads: (path, meta), or (None, None) when there is none.
+    A damaged one is skipped with a CheckpointWarning (collective: DCP raises on every rank)."""
+    for path in intact_checkpoints(ckpt_dir):
+        try:
+            return path, load(path)
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 - unreadable: try older
+            warnings.warn(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}); falling back to an older one", CheckpointWarning,
+                          stacklevel=2)
+    return None, None
+
+
 def latest_checkpoint(ckpt_dir: Optional[str]) -> Optional[str]:
-    """Path of the newest complete checkpoint in `ckpt_dir`, or None. Trusts the `latest` pointer,
-    falling back to the highest complete `step-N` (one with meta.json) if the pointer is stale."""
+    """Path of the newest intact checkpoint in `ckpt_dir` (see `intact_checkpoints`), or None."""
+    for path in intact_checkpoints(ckpt_dir):
+        return path
+    return None
+
+
+def intact_checkpoints(ckpt_dir: Optional[str]) -> Iterator[str]:
+    """Published checkpoints that look intact, newest first: the `latest` target, then every
+    `step-N` by decreasing N. Damaged ones are skipped with a CheckpointWarning."""
     if not ckpt_dir or not os.path.isdir(ckpt_dir):
-        return None
+        return
+    names: list[str] = []
     try:
         with open(os.path.join(ckpt_dir, LATEST_FILE)) as f:
-            name = f.read().strip()
-        if name and os.path.exists(os.path.join(ckpt_dir, name, META_FILE)):
-            return os.path.join(ckpt_dir, name)
+            pointed = f.read().strip()
+        if _STEP_DIR.match(pointed):
+            names.append(pointed)
     except OSError:
         pass
-    steps = sorted(_complete_steps(ckpt_dir))
-    return os.path.join(ckpt_dir, f"step-{steps[-1]}") if steps else None
+    steps = sorted((int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(ckpt_dir)) if m),
+                   reverse=True)
+    names += [f"step-{s}" for s in steps if f"step-{s}" not in names]
+    for name in names:
+        path = os.path.join(ckpt_dir, name)
+        if not os.path.isdir(path):
+            continue
+        try:
+            check_intact(path)
+        except CheckpointError as exc:
+            warnings.warn(f"skipping damaged checkpoint: {exc}", CheckpointWarning, stacklevel=2)
+            continue
+        yield path
+
+
+def check_intact(path: str) -> dict[str, Any]:
+    """meta.json parses to an object with an integer step, and every file it lists is there with
+    its recorded size (checkpoints written before sizes were recorded: not checked). Its meta."""
+    meta = read_meta(path)
+    for name, size in (meta.get("files") or {}).items():
+        fpath = os.path.join(path, name)
+        if not os.path.exists(fpath):
+            raise CheckpointError(f"{path}: file {name} is missing")
+        if os.path.getsize(fpath) != int(size):
+            raise CheckpointError(f"{path}: file {name} has {os.path.getsize(fpath)} bytes, "
+                                  f"{size} were written (truncated or overwritten)")
+    return meta
 
 
 def read_meta(path: str) -> dict[str, Any]:
-    with open(os.path.join(path, META_FILE)) as f:
-        return json.load(f)
+    """The checkpoint's meta.json; CheckpointError (naming the file) if missing or garbled."""
+    fpath = os.path.join(path, META_FILE)
+    try:
+        with open(fpath) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{fpath} is missing (an unpublished checkpoint)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{fpath} is not readable JSON ({exc}); the checkpoint is "
+                              "skipped, delete the directory to silence this") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] < 0:
+        raise CheckpointError(f"{fpath} has no non-negative integer 'step'; the checkpoint is "
+                              "skipped, delete the directory to silence this")
+    return meta
 
 
-def _complete_steps(ckpt_dir: str) -> list[int]:
-    out = []
-    for name in os.listdir(ckpt_dir):
-        m = _STEP_DIR.match(name)
-        if m and os.path.exists(os.path.join(ckpt_dir, name, META_FILE)):
-            out.append(int(m.group(1)))
-    return out
-
-
-def _prune(ckpt_dir: str, keep: int) -> None:
-    for step in sorted(_complete_steps(ckpt_dir))[:-keep] if keep > 0 else []:
-        shutil.rmtree(os.path.join(ckpt_dir, f"step-{step}"), ignore_errors=True)
+def _prune(ckpt_dir: str, keep: int, protect: str = "") -> None:
+    steps = sorted(int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(ckpt_dir)) if m)
+    for step in steps[:-keep] if keep > 0 else []:
+        if f"step-{step}" != protect:
+            shutil.rmtree(os.path.join(ckpt_dir, f"step-{step}"), ignore_errors=True)
     for name in os.listdir(ckpt_dir):  # leftovers of crashed saves
         if name.startswith("tmp-"):
             shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -167,6 +353,7 @@ def _atomic_write(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
+    _fsync_path(os.path.dirname(path) or ".")
 
 
 def _write_json(path: str, obj: Any) -> None:

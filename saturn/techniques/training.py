@@ -181,7 +181,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             if metrics_path and mode == "run" and ctx.rank == 0:
                 _append_metrics(metrics_path, step, loss, times[-1])
             if mode == "run" and checkpoint_every and step % checkpoint_every == 0 and i + 1 < total:
-                _save(trainable, checkpoint_dir, step, job, technique, knobs, loss)
+                with ckpt.in_background():  # staged now, written + published while steps run
+                    _save(trainable, checkpoint_dir, step, job, technique, knobs, loss)
             if stop and mode == "run":
                 stopped = True
                 break
@@ -256,14 +257,17 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     start, num = int(payload.get("start_step", 0)), int(payload.get("num_steps", 1))
     end = start + num
     ckpt_dir = payload.get("checkpoint_dir") if mode == "run" else None
-    resumed = ckpt.latest_checkpoint(ckpt_dir)
+    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load)  # skips damaged ones, warns
     if resumed:
-        start = int(trainable.load(resumed)["step"])
+        start = int(meta["step"])
     if mode == "run" and start >= end:
         return {"status": "completed", "step": start, "checkpoint": resumed, "losses": []}
     num = end - start if mode == "run" else num
-    return train(job, trainable, ctx, mode=mode, start_step=start if mode == "run" else 0,
-                 num_steps=num, warmup=int(payload.get("warmup", 2)), checkpoint_dir=ckpt_dir,
-                 checkpoint_every=int(payload.get("checkpoint_every", 0)),
-                 technique=payload.get("technique", ""), knobs=knobs,
-                 metrics_path=payload.get("metrics_path"))
+    try:
+        return train(job, trainable, ctx, mode=mode, start_step=start if mode == "run" else 0,
+                     num_steps=num, warmup=int(payload.get("warmup", 2)), checkpoint_dir=ckpt_dir,
+                     checkpoint_every=int(payload.get("checkpoint_every", 0)),
+                     technique=payload.get("technique", ""), knobs=knobs,
+                     metrics_path=payload.get("metrics_path"))
+    finally:
+        ckpt.wait_pending()  # a periodic save in flight completes even if a step raised
