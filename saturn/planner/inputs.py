@@ -25,6 +25,7 @@ class JobSpec:
     techniques: Optional[frozenset[str]] = None  # allowed techniques (None = any)
     gpus: Optional[frozenset[int]] = None  # allowed GPU counts (None = any)
     signature: Optional[str] = None
+    checkpoint_every: int = 0  # periodic checkpoints every N steps (0: only the final one)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
                     techniques=_opt_set(getattr(job, "techniques", None), str),
                     gpus=_opt_set(getattr(job, "gpus", None), int),
                     signature=getattr(job, "signature", None),
+                    checkpoint_every=int(getattr(job, "checkpoint_every", 0) or 0),
                 )
             )
     names = [j.name for j in out]
@@ -136,3 +138,69 @@ def gpu_type_matches(profile_type: Any, node: NodeSpec) -> bool:
         return True
     return str(profile_type).strip().lower() == node.gpu_type.strip().lower()
 
+
+
+# ------------------------------------------------------------------ the job duration model
+# Periodic checkpoints are background saves (saturn.techniques.checkpoint.in_background): only
+# their staging into host memory blocks the steps. When a profile did not measure that part, it
+# is estimated as this fraction of a full save (device->host copy vs. write + fsync).
+BACKGROUND_SAVE_FRACTION = 0.1
+
+
+def _val(row: Mapping[str, Any], key: str) -> Optional[float]:
+    try:
+        f = float(row.get(key))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f >= 0 else None
+
+
+def periodic_checkpoints(steps: float, checkpoint_every: int) -> int:
+    """Checkpoints a run of `steps` steps writes before its final one (every N steps)."""
+    if not checkpoint_every or checkpoint_every <= 0:
+        return 0
+    return max(0, math.ceil(steps / checkpoint_every) - 1)
+
+
+def job_phases(row: Mapping[str, Any], steps: float, checkpoint_every: int = 0
+               ) -> dict[str, tuple[float, str]]:
+    """A job's planned wall time by phase, each (seconds, source), from one profile row:
+
+        launch       process start, model build, first-step warm-up overheads, teardown
+        steps        steps x steady step time
+        checkpoints  periodic background saves x their blocking (staging) cost
+        final_save   the last checkpoint, written synchronously: the run waits for it
+
+    Sources say where each number came from: "measured" (the profiler timed it), "estimated"
+    (a model, e.g. bytes / bandwidth), "startup_s" (a table without the launch/checkpoint split:
+    its startup_s is the whole fixed cost) or "none" (not in the table: counted as 0).
+    Rows with a `launch_s` column keep `startup_s = launch_s + checkpoint_s`, so with no periodic
+    checkpoints the total equals the older `steps x step + startup_s`."""
+    step = _val(row, "step_time_s") or 0.0
+    out: dict[str, tuple[float, str]] = {"steps": (steps * step, "measured")}
+    launch, ckpt = _val(row, "launch_s"), _val(row, "checkpoint_s")
+    ckpt_src = str(row.get("checkpoint_source") or "estimated")
+    if ckpt_src not in ("measured", "estimated"):
+        ckpt_src = "estimated"
+    if launch is None:  # older tables: startup_s is everything fixed (incl. one final save)
+        startup = _val(row, "startup_s")
+        out["launch"] = (startup or 0.0, "startup_s" if startup is not None else "none")
+        out["final_save"] = (0.0, "startup_s" if startup is not None else "none")
+    else:
+        out["launch"] = (launch, "measured")
+        out["final_save"] = (ckpt or 0.0, ckpt_src if ckpt is not None else "none")
+    n = periodic_checkpoints(steps, checkpoint_every)
+    stage = _val(row, "checkpoint_stage_s")
+    if stage is not None:
+        per, src = stage, str(row.get("checkpoint_source") or "estimated")
+    elif ckpt is not None:
+        per, src = BACKGROUND_SAVE_FRACTION * ckpt, "estimated"
+    else:
+        per, src = 0.0, "none"
+    out["checkpoints"] = (n * per, src if n else "none")
+    return out
+
+
+def job_runtime_s(row: Mapping[str, Any], steps: float, checkpoint_every: int = 0) -> float:
+    """Planned wall time of a job with this profile row: the sum of `job_phases`."""
+    return sum(s for s, _ in job_phases(row, steps, checkpoint_every).values())

@@ -20,14 +20,16 @@ from typing import Optional
 import pandas as pd
 
 from saturn.errors import InfeasibleError, MissingProfilesError, SaturnError
-from saturn.planner.inputs import JobSpec, NodeSpec, canonical_knobs, gpu_type_matches
+from saturn.planner.inputs import JobSpec, NodeSpec, canonical_knobs, gpu_type_matches, job_phases
 
 REQUIRED_COLUMNS = ("job", "technique", "gpus", "step_time_s", "feasible")
 
 
 @dataclass(frozen=True)
 class Option:
-    """One way to run one job: `runtime_s = steps * step_time_s + startup_s` on `gpus` GPUs."""
+    """One way to run one job on `gpus` GPUs. `runtime_s` is the sum of its `phases`
+    ((name, seconds, source) for launch, steps, periodic checkpoints and the final save; see
+    `saturn.planner.inputs.job_phases`); `startup_s` is the profile's fixed cost as given."""
 
     job: str
     technique: str
@@ -38,6 +40,7 @@ class Option:
     startup_s: float = 0.0
     peak_mem_gb: Optional[float] = None
     gpu_type: Optional[str] = None
+    phases: tuple = ()  # ((phase, seconds, source), ...): where runtime_s comes from
 
     @property
     def area(self) -> float:
@@ -109,7 +112,8 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
         if not (step >= 0 and math.isfinite(step)) or gpus < 1:
             continue
         startup = _num(r.get("startup_s"), 0.0)
-        runtime = job.steps * step + startup
+        phases = job_phases(r, job.steps, job.checkpoint_every)
+        runtime = sum(s for s, _ in phases.values())
         if runtime <= 0:
             continue
         mem = _num(r.get("peak_mem_gb"), math.nan)
@@ -124,6 +128,7 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
                 startup_s=startup,
                 peak_mem_gb=None if math.isnan(mem) else mem,
                 gpu_type=None if r.get("gpu_type") is None or pd.isna(r.get("gpu_type")) else str(r["gpu_type"]),
+                phases=tuple((k, round(v, 6), src) for k, (v, src) in phases.items()),
             )
         )
     return out

@@ -34,6 +34,7 @@ class Assignment:
     gpus: list[int]
     start_s: float
     end_s: float
+    phases: dict = field(default_factory=dict)  # phase -> {"s", "source"} (duration model)
 
     @property
     def duration_s(self) -> float:
@@ -48,6 +49,7 @@ class Assignment:
             "gpus": [int(g) for g in self.gpus],
             "start_s": float(self.start_s),
             "end_s": float(self.end_s),
+            **({"phases": self.phases} if self.phases else {}),
         }
 
     @classmethod
@@ -63,6 +65,7 @@ class Assignment:
             gpus=[int(g) for g in d["gpus"]],
             start_s=float(d["start_s"]),
             end_s=float(d["end_s"]),
+            phases=dict(d.get("phases") or {}),
         )
 
 

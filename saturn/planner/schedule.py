@@ -89,6 +89,7 @@ def make_assignment(opt: Option, node: str, start: float, gpu_ids: list[int]) ->
         gpus=list(gpu_ids),
         start_s=start,
         end_s=start + opt.runtime_s,
+        phases={k: {"s": v, "source": src} for k, v, src in opt.phases},
     )
 
 

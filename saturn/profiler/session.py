@@ -267,7 +267,8 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
     step = _f(outcome.get("step_time_s")) if ok else None
     first = _f(outcome.get("startup_s"))
     launch = fixed_costs(step, wall, steps, first, warmup_steps) if ok else None
-    ckpt = _f(outcome.get("checkpoint_s"))  # a technique that measured its own save
+    ckpt = _f(outcome.get("checkpoint_s"))  # the trial timed one save (training.train)
+    ckpt_source = "measured" if ckpt is not None else "estimated"
     ckpt = checkpoint_cost_s(job, hw.gpu_type) if ckpt is None else ckpt
     return {
         "signature": sig, "technique": technique, "knobs": knobs, "gpus": int(gpus),
@@ -278,6 +279,8 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "startup_s": None if launch is None else round(launch + ckpt, 4),  # what the planner adds
         "launch_s": launch,
         "checkpoint_s": ckpt,
+        "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
+        "checkpoint_source": ckpt_source if ok else None,
         "first_step_s": first,
         "steps": int(steps), "short": bool(short),
         "reason": str(outcome.get("reason") or "")[:500],

@@ -38,6 +38,8 @@ class TrialResult:
     startup_s: Optional[float] = None  # process start to first step done
     reason: str = ""
     step_times: list[float] = field(default_factory=list)
+    checkpoint_s: Optional[float] = None  # one full checkpoint save, measured (trials)
+    checkpoint_stage_s: Optional[float] = None  # its blocking part as a background save
 
     @property
     def feasible(self) -> bool:

@@ -82,7 +82,9 @@ def trial_result(res: dict[str, Any]) -> TrialResult:
         status = "failed"
     return TrialResult(status=status, step_time_s=res.get("step_time_s"),
                        peak_mem_gb=res.get("peak_mem_gb"), startup_s=res.get("startup_s"),
-                       reason=res.get("reason", ""), step_times=list(res.get("step_times") or []))
+                       reason=res.get("reason", ""), step_times=list(res.get("step_times") or []),
+                       checkpoint_s=res.get("checkpoint_s"),
+                       checkpoint_stage_s=res.get("checkpoint_stage_s"))
 
 
 def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str) -> RunResult:

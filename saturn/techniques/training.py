@@ -151,12 +151,13 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
           num_steps: int = 1, warmup: int = 2, checkpoint_dir: Optional[str] = None,
           checkpoint_every: int = 0, technique: str = "", knobs: Optional[dict] = None,
           dataset: Optional[torch.utils.data.Dataset] = None,
-          metrics_path: Optional[str] = None) -> dict[str, Any]:
+          metrics_path: Optional[str] = None, measure_checkpoint: bool = False) -> dict[str, Any]:
     """Run steps [start_step, start_step + num_steps) ("run") or warm-up + num_steps timed steps
     from step 0 ("trial"). Returns a JSON-able dict (meaningful on rank 0):
     status ("ok" for trials, "completed" | "interrupted" for runs), step (next step to run),
     checkpoint, losses [[step, loss]], step_times, step_time_s (median, warm-up excluded),
-    peak_mem_gb (max over ranks), startup_s (process launch -> first step done).
+    peak_mem_gb (max over ranks), startup_s (process launch -> first step done); trials with
+    `measure_checkpoint` also checkpoint_s and checkpoint_stage_s (see `_measure_checkpoint`).
     With `metrics_path`, rank 0 appends one JSON line per step ({"step": next step, "loss",
     "step_time_s", "wall"}) so a watcher (the executor, an HPO pruner) sees progress live."""
     dataset = dataset if dataset is not None else trainable.dataset
@@ -188,11 +189,42 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
                 break
     path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
                  losses[-1][1] if losses else None) if mode == "run" else None
+    ckpt_cost = _measure_checkpoint(trainable, job, ctx, technique, knobs) \
+        if mode == "trial" and measure_checkpoint else {}
     timed = times[warmup:] if mode == "trial" else times[1:] or times
     status = "ok" if mode == "trial" else ("interrupted" if stopped else "completed")
     return {"status": status, "step": step, "checkpoint": path, "losses": losses,
             "step_times": timed, "step_time_s": statistics.median(timed) if timed else None,
-            "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup}
+            "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup, **ckpt_cost}
+
+
+def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
+                        knobs: Optional[dict]) -> dict[str, float]:
+    """A trial's checkpoint cost, for the planner: one background save into a scratch directory,
+    timed until staged (`checkpoint_stage_s`, what a periodic save blocks) and until published
+    (`checkpoint_s`, what the final save costs). {} if the technique cannot save."""
+    import os
+    import shutil
+    import tempfile
+
+    scratch = os.path.join(tempfile.gettempdir(), f"saturn-trial-ckpt-{os.getuid()}-"
+                           f"{job.name}-{ctx.launch_time!r}")  # same path on every rank
+    try:
+        t0 = time.perf_counter()
+        with ckpt.in_background():
+            _save(t, scratch, 0, job, technique, knobs, None)
+        staged = time.perf_counter() - t0
+        if ckpt.wait_pending() is None:
+            return {}
+        full = time.perf_counter() - t0
+        if dist.is_initialized():
+            dist.barrier()
+        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4)}
+    except Exception:  # noqa: BLE001 - a trial measures steps first; the save cost is a bonus
+        return {}
+    finally:
+        if ctx.rank == 0:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _append_metrics(path: str, step: int, loss: float, step_time_s: float) -> None:
@@ -268,6 +300,7 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
                      num_steps=num, warmup=int(payload.get("warmup", 2)), checkpoint_dir=ckpt_dir,
                      checkpoint_every=int(payload.get("checkpoint_every", 0)),
                      technique=payload.get("technique", ""), knobs=knobs,
-                     metrics_path=payload.get("metrics_path"))
+                     metrics_path=payload.get("metrics_path"),
+                     measure_checkpoint=bool(payload.get("measure_checkpoint", True)))
     finally:
         ckpt.wait_pending()  # a periodic save in flight completes even if a step raised
