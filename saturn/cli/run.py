@@ -193,9 +193,9 @@ def _print_summary(console, run_dir: Path) -> None:
                   fmt_s(j["planned_runtime_s"]), fmt_s(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
     console.print(t)
-    util = s["gpu_utilization"]
+    util = s["gpu_allocation"]
     console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
-                  f"GPU utilization {100 * util:.0f}%, " if util is not None else "",
+                  f"GPU allocation {100 * util:.0f}%, " if util is not None else "",
                   f"plan versions {s['plan_versions']}, switches {s['switches']}")
 
 
@@ -218,7 +218,7 @@ def report_command(
     gantt: Optional[Path] = typer.Option(None, "--gantt", help="Plan-vs-actual Gantt PNG (default RUN_DIR/gantt.png)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file."),
 ) -> None:
-    """Plan vs actual: Gantt chart, per-job runtime and prediction error, GPU utilization."""
+    """Plan vs actual: Gantt chart, per-job runtime and prediction error per phase, goodput."""
     from saturn.cli.common import console, write_json
     from saturn.executor.report import gantt as draw, summarize
 
@@ -229,6 +229,10 @@ def report_command(
         console.print(f"mean |prediction error| {100 * sum(errs) / len(errs):.1f}% over {len(errs)} completed jobs")
     out = draw(run_dir, gantt or Path(run_dir) / "gantt.png")
     console.print(f"Gantt chart: {out}")
+    from saturn.executor.report import phases_chart, print_phases
+
+    print_phases(console, s)
+    console.print(f"phases chart: {phases_chart(run_dir, Path(out).with_name('phases.png'))}")
     if json_out is not None:
         write_json(s, json_out)
 

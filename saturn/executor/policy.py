@@ -74,6 +74,7 @@ class OptionRow:
     startup_s: float
     checkpoint_s: Optional[float] = None
     gpu_type: Optional[str] = None
+    checkpoint_source: Optional[str] = None  # "measured" | "estimated" (profiler)
 
 
 class Estimator:
@@ -94,7 +95,8 @@ class Estimator:
             gt = r.get("gpu_type")
             row = OptionRow(str(r["technique"]), knobs_key(r.get("knobs")), int(r["gpus"]), st,
                             _num(r.get("startup_s"), 0.0), None if math.isnan(ck) else ck,
-                            None if gt is None or (isinstance(gt, float) and math.isnan(gt)) else str(gt))
+                            None if gt is None or (isinstance(gt, float) and math.isnan(gt)) else str(gt),
+                            r.get("checkpoint_source") if isinstance(r.get("checkpoint_source"), str) else None)
             lst = self.rows.setdefault(str(r["job"]), [])
             lst[:] = [x for x in lst if (x.technique, x.knobs, x.gpus, x.gpu_type) !=
                       (row.technique, row.knobs, row.gpus, row.gpu_type)] + [row]
@@ -202,11 +204,17 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
                 startup = _checkpoint_left(js, est, now) + est.startup(js, o.technique, o.gpus, o.knobs)
             else:
                 startup = est.startup(js, o.technique, o.gpus, o.knobs)
+            split = {}  # a fresh job on its profiled fixed cost: launch + final save, by phase
+            if (seg is None and js.status != STOPPING and not js.startup_obs
+                    and o.checkpoint_s is not None and startup >= o.checkpoint_s):
+                split = {"launch_s": startup - o.checkpoint_s, "checkpoint_s": o.checkpoint_s,
+                         "checkpoint_source": o.checkpoint_source}
             rows.append({"job": js.name, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
                          "step_time_s": st, "startup_s": startup, "feasible": True,
-                         "gpu_type": o.gpu_type})
+                         "gpu_type": o.gpu_type, **split})
     return jobs, pd.DataFrame(rows, columns=["job", "technique", "knobs", "gpus", "step_time_s",
-                                             "startup_s", "feasible", "gpu_type"])
+                                             "startup_s", "feasible", "gpu_type", "launch_s",
+                                             "checkpoint_s", "checkpoint_source"])
 
 
 # ------------------------------------------------------------------------------------ retiming

@@ -1,4 +1,6 @@
-"""What a run directory says: status (live or finished), plan vs actual, prediction error, Gantt.
+"""What a run directory says: status (live or finished), plan vs actual, prediction error, Gantt,
+and where the wall time went: per job and phase (launch, training steps, checkpoints + teardown),
+planned vs actual, and the run's goodput (GPU-seconds in training steps / GPU-seconds of wall time).
 
 Everything is derived from the journal alone, so `saturn status DIR` works while a run is going on
 (SQLite WAL readers do not block the writer) and `saturn report DIR` after a crash.
@@ -58,8 +60,115 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "jobs": jobs, "makespan_s": makespan,
             "planned_makespan_s": first.get("makespan_s"), "plan_versions": len(plans),
             "replans": state.replans, "switches": state.switches,
-            "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,
-            "done": state.done(), "total_gpus": total_gpus}
+            # allocation: GPUs held by jobs (not how busy the devices were; see phases/goodput)
+            "gpu_allocation": busy / (makespan * total_gpus) if makespan > 0 else None,
+            "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,  # old name
+            "device_utilization": journal.get_meta("device_utilization"),
+            "done": state.done(), "total_gpus": total_gpus, **phase_summary(state, first, makespan,
+                                                                           total_gpus, last_t)}
+
+
+PHASES = ("launch", "steps", "save_teardown")
+PLANNED_AS = {"launch": ("launch",), "steps": ("steps",), "save_teardown": ("checkpoints", "final_save")}
+
+
+def segment_phases(seg: Any, last_t: float) -> Optional[dict[str, float]]:
+    """Actual seconds of one attempt by phase, from its progress reports: `launch` (launch to the
+    first step's start), `steps` (training steps, incl. the blocking part of periodic saves) and
+    `save_teardown` (after the last step: final save, teardown). None without two reports."""
+    if seg.first_progress is None or seg.last_progress is None:
+        return None
+    (t_f, s_f), (t_l, s_l) = seg.first_progress, seg.last_progress
+    if s_l <= s_f:
+        return None
+    rate = (t_l - t_f) / (s_l - s_f)
+    end = seg.ended_at if seg.ended_at is not None else last_t
+    launch = max(0.0, (t_f - seg.launched_at) - (s_f - seg.start_step) * rate)
+    steps = (s_l - seg.start_step) * rate
+    return {"launch": launch, "steps": steps, "save_teardown": max(0.0, end - seg.launched_at - launch - steps)}
+
+
+def phase_summary(state: RunState, plan: dict, makespan: float, total_gpus: int,
+                  last_t: float) -> dict[str, Any]:
+    """Per-job planned vs actual seconds per phase, and the run's goodput."""
+    planned = {a["job"]: a.get("phases") or {} for a in plan.get("assignments", [])}
+    rows, train_gpu_s, measured_all = [], 0.0, True
+    for js in state.jobs.values():
+        actual = {k: 0.0 for k in PHASES}
+        known = bool(js.segments)
+        for seg in js.segments:
+            ph = segment_phases(seg, last_t)
+            if ph is None:
+                known = False
+                continue
+            for k in PHASES:
+                actual[k] += ph[k]
+            train_gpu_s += ph["steps"] * len(seg.gpus)
+        measured_all &= known
+        plan_ph = planned.get(js.name, {})
+        plan_row = {k: (sum(float(plan_ph[p]["s"]) for p in parts if p in plan_ph) if plan_ph else None)
+                    for k, parts in PLANNED_AS.items()}
+        sources = sorted({str(v.get("source")) for v in plan_ph.values()} - {"measured", "none"})
+        rows.append({"job": js.name, "planned": plan_row, "actual": actual if known else None,
+                     "planned_sources": sources})
+    goodput = train_gpu_s / (makespan * total_gpus) if makespan > 0 else None
+    return {"phases": rows, "goodput": goodput, "train_gpu_s": train_gpu_s,
+            "goodput_complete": measured_all}
+
+
+def print_phases(console: Any, s: dict[str, Any]) -> None:
+    """The per-phase table (planned / actual seconds) and the goodput line."""
+    from rich.table import Table
+
+    t = Table(title="where the time went (planned / actual)")
+    for col in ("job", "launch", "training steps", "saves + teardown", "plan rests on"):
+        t.add_column(col)
+    for r in s.get("phases", []):
+        p, a = r["planned"], r["actual"] or {}
+        t.add_row(r["job"], *[f"{fmt_s(p.get(k))} / {fmt_s(a.get(k))}" for k in PHASES],
+                  ", ".join(r["planned_sources"]) or "measured")
+    console.print(t)
+    g = s.get("goodput")
+    note = "" if s.get("goodput_complete") else " (some attempts lack progress reports: a lower bound)"
+    console.print(f"goodput {100 * g:.0f}% of GPU time in training steps{note}" if g is not None
+                  else "goodput: no progress reports yet")
+    du = s.get("device_utilization")
+    console.print(f"device utilization (measured) {100 * float(du):.0f}%" if du is not None else
+                  "device utilization: not reported (needs NVML on the GPU nodes; GPU allocation "
+                  "above is the time GPUs were held by jobs)")
+
+
+def phases_chart(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
+    """A stacked-bar PNG: per job, planned and actual seconds by phase, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarize(run_dir)
+    rows = s["phases"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+    colors = {"launch": "#d62728", "steps": "#2ca02c", "save_teardown": "#1f77b4"}
+    for i, r in enumerate(rows):
+        for dx, which, hatch in ((-0.2, "planned", "//"), (0.2, "actual", None)):
+            vals = r[which] or {}
+            bottom = 0.0
+            for k in PHASES:
+                v = float(vals.get(k) or 0.0)
+                ax.bar(i + dx, v, 0.38, bottom=bottom, color=colors[k], hatch=hatch, alpha=0.85,
+                       edgecolor="white", label=k.replace("_", " + ") if i == 0 and dx > 0 else None)
+                bottom += v
+    ax.set_xticks(range(len(rows)), [r["job"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("seconds (left: planned, hatched; right: actual)")
+    g = s.get("goodput")
+    ax.set_title(f"per-job phases; run goodput {100 * g:.0f}%" if g is not None else "per-job phases")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:

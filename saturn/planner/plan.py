@@ -16,7 +16,8 @@ from typing import Any, Optional, Union
 
 import pandas as pd
 
-from saturn.planner.inputs import canonical_knobs, gpu_type_matches, normalize_cluster, normalize_jobs
+from saturn.planner.inputs import (canonical_knobs, gpu_type_matches, job_runtime_s, normalize_cluster,
+                                   normalize_jobs)
 
 
 class InvalidPlanError(AssertionError):
@@ -144,7 +145,8 @@ def as_plan(plan: Union[Plan, dict]) -> Plan:
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
 
 
-def _profiled_runtimes(rows: pd.DataFrame, steps: float) -> dict[tuple, list[tuple[float, Any]]]:
+def _profiled_runtimes(rows: pd.DataFrame, steps: float,
+                       checkpoint_every: int = 0) -> dict[tuple, list[tuple[float, Any]]]:
     """(technique, knobs, gpus) -> [(runtime, gpu_type)] over the feasible rows of one job."""
     out: dict[tuple, list] = {}
     for r in rows.to_dict("records"):
@@ -154,10 +156,8 @@ def _profiled_runtimes(rows: pd.DataFrame, steps: float) -> dict[tuple, list[tup
         status = r.get("status")
         if not bool(feas) or pd.isna(r["feasible"]) or (isinstance(status, str) and status.lower() != "ok"):
             continue
-        startup = r.get("startup_s", 0.0)
-        startup = 0.0 if startup is None or pd.isna(startup) else float(startup)
         key = (str(r["technique"]), canonical_knobs(r.get("knobs")), int(r["gpus"]))
-        out.setdefault(key, []).append((steps * float(r["step_time_s"]) + startup, r.get("gpu_type")))
+        out.setdefault(key, []).append((job_runtime_s(r, steps, checkpoint_every), r.get("gpu_type")))
     return out
 
 
@@ -219,7 +219,7 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
         if job.gpus is not None and len(a.gpus) not in job.gpus:
             problems.append(f"{a.job}: {len(a.gpus)} GPUs not allowed")
         rows = groups.get(a.job)
-        runtimes = [] if rows is None else _profiled_runtimes(rows, job.steps).get(
+        runtimes = [] if rows is None else _profiled_runtimes(rows, job.steps, job.checkpoint_every).get(
             (a.technique, canonical_knobs(a.knobs), len(a.gpus)), []
         )
         runtimes = [rt for rt, gt in runtimes if gpu_type_matches(gt, node)]

@@ -203,6 +203,7 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
     """A trial's checkpoint cost, for the planner: one background save into a scratch directory,
     timed until staged (`checkpoint_stage_s`, what a periodic save blocks) and until published
     (`checkpoint_s`, what the final save costs). {} if the technique cannot save."""
+    import atexit
     import os
     import shutil
     import tempfile
@@ -223,8 +224,9 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
     except Exception:  # noqa: BLE001 - a trial measures steps first; the save cost is a bonus
         return {}
     finally:
-        if ctx.rank == 0:
+        if ctx.rank == 0:  # (again at exit: DCP's writer thread may recreate an empty tmp dir)
             shutil.rmtree(scratch, ignore_errors=True)
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
 
 
 def _append_metrics(path: str, step: int, loss: float, step_time_s: float) -> None:
