@@ -67,7 +67,9 @@ def test_follows_single_device_loss_curve(model, knobs):
     eng = _engine(job, cpu_fused_optimizer=False, **knobs)
     got = _spill(eng, job, 5)
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-5)
-    assert ref[-1] < ref[0]  # it does learn
+    x0, y0 = batch_for_step(training.build_dataset(job, ref_model), 0, job.batch_size)
+    with torch.no_grad():  # it does learn: the first batch's loss dropped (5 steps of fresh
+        assert float(ref_model.loss(ref_model(x0), y0)) < ref[0]  # batches are noise-bound)
     final = eng.model_state_dict()
     for name, t in ref_model.state_dict().items():
         torch.testing.assert_close(final[name], t, rtol=1e-4, atol=1e-5)
