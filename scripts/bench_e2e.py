@@ -138,6 +138,10 @@ def main() -> None:
                          device_type="cpu" if args.quick else "auto")
     t2 = time.time()
     sampler.stop.set()
+    if sampler.mean() is not None:  # so that `saturn report` shows it too
+        from saturn.executor.journal import JOURNAL_FILE, Journal
+
+        Journal(run_dir / JOURNAL_FILE).set_meta("device_utilization", sampler.mean())
     s = summarize(run_dir)
     gpus = s["total_gpus"]
 

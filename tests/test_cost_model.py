@@ -115,3 +115,16 @@ def test_actual_phases_of_an_attempt_from_its_progress_reports():
     assert ph == {"launch": pytest.approx(10.0), "steps": pytest.approx(25.0),
                   "save_teardown": pytest.approx(7.0)}
     assert segment_phases(Segment(1, "ddp", {}, "n", [0], 0, 100.0), 120.0) is None
+
+
+def test_the_executors_plan_counts_the_backends_periodic_saves(tmp_path):
+    from saturn.executor import Executor, ExecutorConfig, SimulatedBackend
+
+    ex = Executor({"a": 100}, {"n": 1}, pd.DataFrame([ROW]),
+                  SimulatedBackend(lambda j, t, g, k: 0.5, startup=lambda *a: 4.0, checkpoint_every=20),
+                  run_dir=tmp_path, config=ExecutorConfig(interval_s=1e9, time_limit_s=0.5,
+                                                          poll_s=math.inf, min_gain_frac=0.02))
+    ex.run_until_done()
+    a = ex.journal.plans()[0]["plan"]["assignments"][0]
+    assert a["end_s"] - a["start_s"] == pytest.approx(4 + 50 + 4 * 0.8 + 6)
+    assert a["phases"]["checkpoints"]["source"] == "measured"

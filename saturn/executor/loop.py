@@ -85,7 +85,7 @@ class Executor:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.nodes = _nodes_of(cluster)
         self.node_gpus = {n.name: n.gpus for n in self.nodes}
-        self.est = policy.Estimator(profiles)
+        self.est = policy.Estimator(profiles, int(getattr(backend, "checkpoint_every", 0) or 0))
         self.display = display
         self.journal = _journal or open_journal(self.run_dir)
         self.state = _state or RunState()

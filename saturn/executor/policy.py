@@ -65,6 +65,11 @@ def _true(v: Any) -> bool:
     return bool(v)
 
 
+def _opt(v: Any) -> Optional[float]:
+    f = _num(v, math.nan)
+    return None if math.isnan(f) else f
+
+
 @dataclass(frozen=True)
 class OptionRow:
     technique: str
@@ -75,13 +80,15 @@ class OptionRow:
     checkpoint_s: Optional[float] = None
     gpu_type: Optional[str] = None
     checkpoint_source: Optional[str] = None  # "measured" | "estimated" (profiler)
+    checkpoint_stage_s: Optional[float] = None  # blocking part of a background save
 
 
 class Estimator:
     """Profiled options per job, corrected by observations in the run state."""
 
-    def __init__(self, profiles: pd.DataFrame):
+    def __init__(self, profiles: pd.DataFrame, checkpoint_every: int = 0):
         self.rows: dict[str, list[OptionRow]] = {}
+        self.checkpoint_every = checkpoint_every  # the backend's periodic saves (steps), planned
         self.add_profiles(profiles)
 
     def add_profiles(self, profiles: pd.DataFrame) -> None:
@@ -96,7 +103,8 @@ class Estimator:
             row = OptionRow(str(r["technique"]), knobs_key(r.get("knobs")), int(r["gpus"]), st,
                             _num(r.get("startup_s"), 0.0), None if math.isnan(ck) else ck,
                             None if gt is None or (isinstance(gt, float) and math.isnan(gt)) else str(gt),
-                            r.get("checkpoint_source") if isinstance(r.get("checkpoint_source"), str) else None)
+                            r.get("checkpoint_source") if isinstance(r.get("checkpoint_source"), str) else None,
+                            _opt(r.get("checkpoint_stage_s")))
             lst = self.rows.setdefault(str(r["job"]), [])
             lst[:] = [x for x in lst if (x.technique, x.knobs, x.gpus, x.gpu_type) !=
                       (row.technique, row.knobs, row.gpus, row.gpu_type)] + [row]
@@ -191,7 +199,9 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
         opts = est.options(js)
         if not opts:
             continue
-        jobs.append(SimpleNamespace(name=js.name, steps=steps, techniques=None, gpus=None, signature=None))
+        fresh = seg is None and js.status != STOPPING and not js.startup_obs
+        jobs.append(SimpleNamespace(name=js.name, steps=steps, techniques=None, gpus=None, signature=None,
+                                    checkpoint_every=est.checkpoint_every if fresh else 0))
         for o in opts:
             st = est.step_time(js, o.technique, o.gpus, o.knobs)
             current = (seg is not None and o.technique == seg.technique and o.gpus == len(seg.gpus)
@@ -205,16 +215,17 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
             else:
                 startup = est.startup(js, o.technique, o.gpus, o.knobs)
             split = {}  # a fresh job on its profiled fixed cost: launch + final save, by phase
-            if (seg is None and js.status != STOPPING and not js.startup_obs
-                    and o.checkpoint_s is not None and startup >= o.checkpoint_s):
+            if fresh and o.checkpoint_s is not None and startup >= o.checkpoint_s:
                 split = {"launch_s": startup - o.checkpoint_s, "checkpoint_s": o.checkpoint_s,
-                         "checkpoint_source": o.checkpoint_source}
+                         "checkpoint_source": o.checkpoint_source,
+                         "checkpoint_stage_s": o.checkpoint_stage_s}
             rows.append({"job": js.name, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
                          "step_time_s": st, "startup_s": startup, "feasible": True,
                          "gpu_type": o.gpu_type, **split})
     return jobs, pd.DataFrame(rows, columns=["job", "technique", "knobs", "gpus", "step_time_s",
                                              "startup_s", "feasible", "gpu_type", "launch_s",
-                                             "checkpoint_s", "checkpoint_source"])
+                                             "checkpoint_s", "checkpoint_source",
+                                             "checkpoint_stage_s"])
 
 
 # ------------------------------------------------------------------------------------ retiming
