@@ -149,6 +149,15 @@ def wait_pending() -> Optional[str]:
         return None
 
 
+def release_staging() -> None:
+    """Wait for the save in flight, then free the pinned staging buffers (end of a job: a warm
+    worker must not keep one job's host copies while the next job runs)."""
+    wait_pending()
+    if _BG.stager is not None:
+        _BG.stager.close()
+        _BG.stager = None
+
+
 def save_state(ckpt_dir: str, step: int, model_sd: dict[str, Any], optim_sd: dict[str, Any],
                meta: dict[str, Any], keep: int = 2) -> str:
     """Write {"model", "optim"} + meta.json as `<ckpt_dir>/step-<step>` and publish it

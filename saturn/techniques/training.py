@@ -304,5 +304,5 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
                      technique=payload.get("technique", ""), knobs=knobs,
                      metrics_path=payload.get("metrics_path"),
                      measure_checkpoint=bool(payload.get("measure_checkpoint", True)))
-    finally:
-        ckpt.wait_pending()  # a periodic save in flight completes even if a step raised
+    finally:  # a periodic save in flight completes even if a step raised; staging is freed
+        ckpt.release_staging()
