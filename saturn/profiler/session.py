@@ -266,9 +266,13 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
     ok = status == "ok"
     step = _f(outcome.get("step_time_s")) if ok else None
     first = _f(outcome.get("startup_s"))
-    launch = fixed_costs(step, wall, steps, first, warmup_steps) if ok else None
     ckpt = _f(outcome.get("checkpoint_s"))  # the trial timed one save (training.train)
     ckpt_source = "measured" if ckpt is not None else "estimated"
+    # the trial's wall includes that save: launch_s (start-up + teardown) must not count it twice
+    launch = fixed_costs(step, wall - (ckpt or 0.0), steps, first, warmup_steps) if ok else None
+    teardown = None
+    if ok and first is not None and step is not None:  # wall = S + (warm-up + timed - 1) t + save + D
+        teardown = round(max(0.0, wall - first - (warmup_steps + steps - 1) * step - (ckpt or 0.0)), 4)
     ckpt = checkpoint_cost_s(job, hw.gpu_type) if ckpt is None else ckpt
     return {
         "signature": sig, "technique": technique, "knobs": knobs, "gpus": int(gpus),
@@ -282,6 +286,7 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
         "checkpoint_source": ckpt_source if ok else None,
         "first_step_s": first,
+        "teardown_s": teardown,
         "steps": int(steps), "short": bool(short),
         "reason": str(outcome.get("reason") or "")[:500],
         "trial_s": round(float(wall), 3),
