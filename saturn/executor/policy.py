@@ -103,7 +103,7 @@ class Estimator:
             row = OptionRow(str(r["technique"]), knobs_key(r.get("knobs")), int(r["gpus"]), st,
                             _num(r.get("startup_s"), 0.0), None if math.isnan(ck) else ck,
                             None if gt is None or (isinstance(gt, float) and math.isnan(gt)) else str(gt),
-                            r.get("checkpoint_source") if isinstance(r.get("checkpoint_source"), str) else None,
+                            r["checkpoint_source"] if isinstance(r.get("checkpoint_source"), str) else None,
                             _opt(r.get("checkpoint_stage_s")))
             lst = self.rows.setdefault(str(r["job"]), [])
             lst[:] = [x for x in lst if (x.technique, x.knobs, x.gpus, x.gpu_type) !=

@@ -85,7 +85,8 @@ def segment_phases(seg: Any, last_t: float) -> Optional[dict[str, float]]:
     end = seg.ended_at if seg.ended_at is not None else last_t
     launch = max(0.0, (t_f - seg.launched_at) - (s_f - seg.start_step) * rate)
     steps = (s_l - seg.start_step) * rate
-    return {"launch": launch, "steps": steps, "save_teardown": max(0.0, end - seg.launched_at - launch - steps)}
+    tail = max(0.0, end - seg.launched_at - launch - steps)
+    return {"launch": launch, "steps": steps, "save_teardown": tail}
 
 
 def phase_summary(state: RunState, plan: dict, makespan: float, total_gpus: int,
