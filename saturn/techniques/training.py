@@ -221,7 +221,7 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
         if dist.is_initialized():
             dist.barrier()
         return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4)}
-    except Exception:  # noqa: BLE001 - a trial measures steps first; the save cost is a bonus
+    except (Exception, ckpt.CheckpointException):  # noqa: BLE001 - steps first; the save is a bonus
         return {}
     finally:
         if ctx.rank == 0:  # (again at exit: DCP's writer thread may recreate an empty tmp dir)
