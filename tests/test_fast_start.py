@@ -104,3 +104,24 @@ def test_sharded_and_staged_builds_start_from_the_single_process_weights(name, g
     ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)), got, None)
     for k, v in got.state_dict().items():
         assert torch.allclose(v, want[k], rtol=0, atol=1e-25), k
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=3).flatmap(
+    lambda shape: st.tuples(st.just(shape),
+                            st.tuples(*[st.integers(0, n - 1) for n in shape]),
+                            st.tuples(*[st.integers(1, n) for n in shape]))),
+       st.integers(0, 2**31))
+def test_any_block_of_any_shape_matches_the_full_tensor(spec, seed):
+    """Whatever block a sharding gives a rank, its values are that block of the full tensor."""
+    shape, off, size = spec
+    size = tuple(min(s, n - o) for s, n, o in zip(size, shape, off))
+    key = param_key(seed, "w")
+    full = standard_normal(key, torch.arange(math.prod(shape))).view(shape)
+    block = standard_normal(key, _global_indices(tuple(shape), size, off, torch.device("cpu")))
+    want = full[tuple(slice(o, o + s) for o, s in zip(off, size))]
+    assert torch.equal(block, want)
