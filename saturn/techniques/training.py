@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import resource
 import statistics
 import time
@@ -106,7 +107,12 @@ def build_model(job: Any, device: Any = None) -> torch.nn.Module:
     from saturn.zoo import build_model as zoo_build
 
     torch.manual_seed(job.seed)
-    return zoo_build(job.model, device=torch.device(device or "cpu"), seed=job.seed)
+    device = torch.device(device or "cpu")
+    gen = None  # a host-resident model (spilling, CPU offload) of a GPU worker: values made on
+    if device.type == "cpu" and os.environ.get("SATURN_DEVICE_TYPE") == "cuda" \
+            and torch.cuda.is_available():  # its GPU, copied per parameter (rule: any device)
+        gen = torch.device("cuda", torch.cuda.current_device())
+    return zoo_build(job.model, device=device, seed=job.seed, gen_device=gen)
 
 
 def build_dataset(job: Any, model: torch.nn.Module) -> torch.utils.data.Dataset:
@@ -204,7 +210,6 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
     timed until staged (`checkpoint_stage_s`, what a periodic save blocks) and until published
     (`checkpoint_s`, what the final save costs). {} if the technique cannot save."""
     import atexit
-    import os
     import shutil
     import tempfile
 
