@@ -143,7 +143,8 @@ def wait_pending() -> Optional[str]:
         return None
     try:
         return fut.result()
-    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - a lost periodic save must not kill the run
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - a lost periodic save
+        # must not kill the run: the previous checkpoint stays the resume point
         warnings.warn(f"background checkpoint save failed ({type(exc).__name__}: {exc}); the "
                       "previous checkpoint stays the resume point", CheckpointWarning, stacklevel=2)
         return None
