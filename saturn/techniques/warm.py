@@ -60,16 +60,22 @@ def current_abort() -> Optional[threading.Event]:
     return getattr(_local, "abort", None)
 
 
+def current_env() -> dict[str, str]:
+    return getattr(_local, "env", None) or {}
+
+
 @contextlib.contextmanager
-def using_pool(pool: Optional["WarmPool"], abort: Optional[threading.Event] = None) -> Iterator[None]:
+def using_pool(pool: Optional["WarmPool"], abort: Optional[threading.Event] = None,
+               env: Optional[dict[str, str]] = None) -> Iterator[None]:
     """Route `run_workers` calls made in this thread to `pool` (None: cold). Setting `abort`
-    SIGKILLs the running job's workers (they are replaced); stop_event stays the graceful stop."""
-    old = (current_pool(), current_abort())
-    _local.pool, _local.abort = pool, abort
+    SIGKILLs the running job's workers (they are replaced); stop_event stays the graceful stop.
+    `env`: extra environment for these jobs (what a cold runner would have inherited)."""
+    old = (current_pool(), current_abort(), current_env())
+    _local.pool, _local.abort, _local.env = pool, abort, dict(env or {})
     try:
         yield
     finally:
-        _local.pool, _local.abort = old
+        _local.pool, _local.abort, _local.env = old
 
 
 _shared: Optional["WarmPool"] = None
@@ -319,7 +325,7 @@ class WarmPool:
             port = launch.free_port()
             for rank, w in enumerate(ws):
                 w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,
-                        "env": dict(env or {}), "launch_time": start})
+                        "env": {**current_env(), **(env or {})}, "launch_time": start})
             outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event)
             if outcome in ("done", "interrupted") and all(c == 0 for c in codes):
                 keep = [self._clean(w, m) for w, m in zip(ws, mems)]  # a graceful stop keeps them too
