@@ -296,6 +296,8 @@ class WarmPool:
     def _clean(self, w: WarmWorker, mem: dict[str, float]) -> bool:
         """Memory back at the baseline? The first job settles the baseline (lazy library loads)."""
         w.jobs += 1
+        if mem.get("dirty") or not mem:
+            return False
         if w.jobs == 1:
             settled = {k: v for k, v in mem.items() if v <= w.baseline.get(k, v) + 8 * self.tolerance}
             if len(settled) < len(mem):
@@ -360,6 +362,8 @@ class WarmPool:
                         msg = None
                     if msg is not None and msg.get("event") == "done":
                         codes[r], mems[r] = (0 if msg.get("ok") else 1), dict(msg.get("mem") or {})
+                        if msg.get("dirty"):
+                            mems[r]["dirty"] = float("inf")  # never back to baseline: replaced
                     elif msg is not None and msg.get("event") == "eof" or not w.alive():
                         w.popen.wait(timeout=10)
                         codes[r] = w.returncode if w.returncode not in (None, 0) else -signal.SIGKILL

@@ -137,9 +137,18 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    dirty = not ok
     if ok:
-        _cleanup(device_type)
-    return {"event": "done", "ok": ok, "mem": memory_now(device_type)}
+        try:
+            _cleanup(device_type)
+        except Exception:  # noqa: BLE001 - e.g. a CUDA error surfacing at synchronize: replace us
+            traceback.print_exc()
+            dirty = True
+    try:
+        mem = memory_now(device_type)
+    except Exception:  # noqa: BLE001
+        mem, dirty = {}, True
+    return {"event": "done", "ok": ok, "dirty": dirty, "mem": mem}
 
 
 def main(slot: str, device_type: str, reply_fd: int) -> int:
