@@ -32,6 +32,7 @@ import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.planner.baselines import baseline_plans
+from saturn.planner.cores import cores_ok
 from saturn.planner.greedy import allot, allotment_targets, greedy_candidates, makespan, perturbed_search
 from saturn.planner.inputs import NodeSpec, normalize_cluster, normalize_jobs
 from saturn.planner.lower_bound import lower_bound
@@ -88,6 +89,7 @@ def plan(
         if ws is not None:
             cands.append(("warm_start", ws))
     cands += greedy_candidates(options, nodes, deadline=t0 + 0.3 * time_limit_s, fixed=pinned)
+    cands = [c for c in cands if cores_ok(c[1], nodes, pinned)] or cands  # CPU-core capacity (cores.py)
     source, best = min(cands, key=lambda c: (ms(c[1]), c[0]))
 
     milp_runs: list[MilpResult] = []
@@ -150,7 +152,8 @@ def normalize_fixed(fixed: Optional[Sequence[Union[Assignment, dict]]], nodes: S
                 problems.append(f"{a.job}: GPU {g} of {a.node} is already held by fixed job {other}")
         if any(b.job == a.job for b in out):
             problems.append(f"{a.job}: fixed twice")
-        out.append(Assignment(a.job, a.technique, dict(a.knobs), a.node, [int(g) for g in a.gpus], 0.0, float(a.end_s)))
+        out.append(Assignment(a.job, a.technique, dict(a.knobs), a.node, [int(g) for g in a.gpus], 0.0, float(a.end_s),
+                              a.cpu_cores))
     if problems:
         raise SaturnError("bad fixed (running) assignments:\n  " + "\n  ".join(problems))
     return out
