@@ -188,3 +188,16 @@ def test_zoo_hook_serves_pipeline_batches(tmp_path):
     x3, _ = batch_for_step(ds, 3, 8, rank=1, world=2)
     assert torch.equal(x3, torch.stack([ds[3 * 8 + 4 + k][0] for k in range(4)]))  # wraps past 24
     ds.close()
+
+
+def test_process_offload_gives_the_same_batches(image_dir):
+    src = ImageFiles(image_dir, out_size=16, seed=5, heavy=1)
+    threads = PipelineDataset(src, workers={"decode": 2, "augment": 2})
+    procs = PipelineDataset(src, workers={"decode": 1, "augment": 3}, processes=2, prefetch=3)
+    try:
+        for step in range(4):
+            a, b = threads.batch_for_step(step, 8), procs.batch_for_step(step, 8)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    finally:
+        threads.shutdown()
+        procs.shutdown()

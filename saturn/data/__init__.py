@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from saturn.data.dataset import PIPELINE_KWARGS, PipelineDataset
 from saturn.data.images import ImageFiles, make_image_files
 from saturn.data.pipeline import Pipeline, Stage
 from saturn.data.text import TokenFiles
@@ -22,7 +21,17 @@ __all__ = ["DATASETS", "ImageFiles", "Pipeline", "PipelineDataset", "PipelineTun
            "build", "make_image_files", "size"]
 
 
+def __getattr__(name: str) -> Any:  # torch-backed pieces load on first use: worker processes stay light
+    if name == "PipelineDataset":
+        from saturn.data.dataset import PipelineDataset
+
+        return PipelineDataset
+    raise AttributeError(f"module 'saturn.data' has no attribute {name!r}")
+
+
 def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from saturn.data.dataset import PIPELINE_KWARGS
+
     pipe = {k: v for k, v in kwargs.items() if k in PIPELINE_KWARGS}
     return pipe, {k: v for k, v in kwargs.items() if k not in PIPELINE_KWARGS}
 
@@ -52,7 +61,9 @@ def _source(data: Any, seq_len: int, model_config: Any, seed: int) -> tuple[Any,
     raise ValueError(f"unknown pipeline dataset {data.name!r}; allowed: {list(DATASETS)}")
 
 
-def build(data: Any, seq_len: int, model_config: Any, seed: int = 0) -> PipelineDataset:
+def build(data: Any, seq_len: int, model_config: Any, seed: int = 0) -> Any:
+    from saturn.data.dataset import PipelineDataset
+
     source, pipe = _source(data, seq_len, model_config, seed)
     return PipelineDataset(source, **pipe)
 

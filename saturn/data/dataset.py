@@ -27,7 +27,7 @@ import torch
 from saturn.data.pipeline import Pipeline, Stage
 from saturn.data.tuner import LOG_FILE, PipelineTuner
 
-PIPELINE_KWARGS = ("workers", "prefetch", "pin", "tune", "cores", "window_s")
+PIPELINE_KWARGS = ("workers", "prefetch", "pin", "tune", "cores", "window_s", "processes")
 
 
 def collate_pairs(pin: bool) -> Any:
@@ -48,12 +48,15 @@ class PipelineDataset(torch.utils.data.Dataset):
     """source: an object with `stages(workers)`, `sample(i)` and `__len__` (ImageFiles, TokenFiles)."""
 
     def __init__(self, source: Any, *, workers: Optional[dict[str, int]] = None, prefetch: int = 2,
-                 pin: bool = True, tune: bool = False, cores: Optional[int] = None, window_s: float = 1.0):
+                 pin: bool = True, tune: bool = False, cores: Optional[int] = None, window_s: float = 1.0,
+                 processes: int = 0):
         self.source = source
         self.workers = dict(workers or {})
         self.prefetch, self.pin, self.tune = int(prefetch), bool(pin), bool(tune)
         self.cores = int(cores) if cores else None
         self.window_s = float(window_s)
+        self.processes = int(processes)  # > 0: the source's `offload_stages` run in that many processes
+        self._executor: Any = None
         self.job_dir: Optional[str] = None
         self._pipe: Optional[Pipeline] = None
         self._key: Optional[tuple] = None
@@ -74,8 +77,15 @@ class PipelineDataset(torch.utils.data.Dataset):
 
     def pipeline(self, first_batch: int, indices: Any, batch_size: int) -> Pipeline:
         stages = self.source.stages(self.workers)
+        if self.processes > 0:
+            from saturn.data.procs import make_executor, offload
+
+            if self._executor is None:
+                self._executor = make_executor(self.source, self.processes)
+            stages = offload(stages, getattr(self.source, "offload_stages", ()))
         collate = Stage("collate", collate_pairs(self.pin), self.workers.get("collate", 1))
-        return Pipeline(stages, collate, indices, prefetch=self.prefetch, first_batch=first_batch)
+        return Pipeline(stages, collate, indices, prefetch=self.prefetch, first_batch=first_batch,
+                        executor=self._executor)
 
     def batch_for_step(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         if batch_size % world:
@@ -105,8 +115,15 @@ class PipelineDataset(torch.utils.data.Dataset):
             self._pipe.close()
             self._pipe = None
 
+    def shutdown(self) -> None:
+        """close() plus the process pool (close() keeps it for a restarted pipeline)."""
+        self.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
     def __del__(self) -> None:
         try:
-            self.close()
+            self.shutdown()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass

@@ -17,10 +17,11 @@ collation and batches by number before delivery. So every choice of worker count
 or pinning -- and every change of them mid-run -- yields the same batches in the same order; tuning
 never changes what is trained.
 
-Threads, not processes: the built-in stages spend their time in code that releases the GIL (PIL
-decoding and resampling, numpy/torch kernels, file reads, zlib), so threads scale across cores
-without pickling samples between processes, and resizing a pool is cheap (the tuner does it every
-few seconds). A stage that holds the GIL would not scale; that is a property of the stage's code.
+Workers are threads, so resizing a pool is cheap (the tuner does it every second or so). Stages
+whose code releases the GIL (file reads, zlib, large numpy/torch kernels) scale on threads alone;
+a stage marked `offload` runs its function in a process pool given to the pipeline (procs.py), its
+threads only waiting on the result, so GIL-holding stages scale over cores too while the tuner
+keeps controlling how many of its items are in flight.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Stage:
     name: str
     fn: Callable[[Any, int], Any]
     workers: int = 1
+    offload: bool = False  # run fn in the pipeline's process pool (GIL-holding stages; see procs.py)
 
 
 @dataclass
@@ -104,7 +106,10 @@ class _Pool:
                 continue
             t0 = time.perf_counter()
             try:
-                result = self.stage.fn(item, index)
+                if self.stage.offload and self.pipe.executor is not None:
+                    result = self.pipe.executor.submit(self.stage.fn, item, index).result()
+                else:
+                    result = self.stage.fn(item, index)
             except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
                 self.pipe._fail(e, self.stage.name, index)
                 return
@@ -126,10 +131,12 @@ class Pipeline:
     through `stages` and `collate`. Use as an iterator or call `get()`; `close()` stops the threads."""
 
     def __init__(self, stages: Sequence[Stage], collate: Stage, batch_indices: Callable[[int], list[int]],
-                 *, prefetch: int = 2, first_batch: int = 0, num_batches: Optional[int] = None):
+                 *, prefetch: int = 2, first_batch: int = 0, num_batches: Optional[int] = None,
+                 executor: Any = None):
         if not stages:
             raise ValueError("a pipeline needs at least one per-sample stage")
         self.batch_indices = batch_indices
+        self.executor = executor  # a process pool for offloaded stages (owned by the caller)
         self.next_batch = first_batch  # the next batch get() returns
         self.end = None if num_batches is None else first_batch + num_batches
         self._stop = threading.Event()
