@@ -54,3 +54,31 @@ def offload(stages: Iterable[Stage], names: Iterable[str]) -> list[Stage]:
             st = Stage(st.name, partial(_call, st.name), st.workers, offload=True)
         out.append(st)
     return out
+
+
+def choose_backend(source: Any, cores: int, batch_size: int, seconds: float = 2.0) -> dict[str, Any]:
+    """Measure the source's pipeline on `cores` workers with threads only and with the offloaded
+    stages in processes, and return {"processes": 0 or cores, "threads_samples_s", "processes_samples_s"}.
+
+    Which one wins depends on how much of the stage code holds the GIL versus what the process
+    hop costs (pickling samples through the pipeline), so it is measured, not assumed."""
+    from saturn.data.dataset import PipelineDataset
+
+    names = [s.name for s in source.stages()]
+    heavy = [n for n in names if n in getattr(source, "offload_stages", ())] or names
+    per = max(1, (cores - (len(names) + 1 - len(heavy))) // len(heavy))
+    workers = {n: (per if n in heavy else 1) for n in names}
+    out: dict[str, Any] = {}
+    for label, procs in (("threads", 0), ("processes", cores)):
+        ds = PipelineDataset(source, workers=workers, processes=procs, prefetch=4)
+        try:
+            ds.batch_for_step(0, batch_size)
+            t0, step = time.perf_counter(), 1
+            while time.perf_counter() - t0 < seconds:
+                ds.batch_for_step(step, batch_size)
+                step += 1
+            out[f"{label}_samples_s"] = (step - 1) * batch_size / (time.perf_counter() - t0)
+        finally:
+            ds.shutdown()
+    out["processes"] = cores if out["processes_samples_s"] > out["threads_samples_s"] else 0
+    return out
