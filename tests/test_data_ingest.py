@@ -82,3 +82,30 @@ def test_training_logs_data_wait_and_tuner_decisions(tmp_path):
     summary = data_summary(tmp_path / "run")
     assert summary["v"]["wait"]["steps"] == 12 and summary["v"]["tuner"]["decisions"] >= 1
     assert "data wait" in format_lines(summary)[0] and "tuner:" in format_lines(summary)[0]
+
+
+def test_workload_yaml_uses_a_pipeline_dataset_and_node_cores(tmp_path):
+    from saturn.planner.inputs import normalize_cluster
+    from saturn.spec import load_workload
+
+    y = tmp_path / "w.yaml"
+    y.write_text(f"""
+name: data-demo
+cluster:
+  nodes:
+    - {{name: node0, gpus: 4, gpu_memory_gb: 141, gpu_type: H200, cpu_cores: 16}}
+jobs:
+  - name: vision
+    model: vit-tiny
+    batch_size: 16
+    seq_len: 1
+    steps: 10
+    data:
+      name: image-files
+      path: {tmp_path / "imgs"}
+      kwargs: {{generate: 16, workers: {{decode: 2}}, prefetch: 3, tune: true}}
+""")
+    wl = load_workload(y)
+    assert wl.cluster.nodes[0].cpu_cores == 16
+    assert wl.jobs[0].data.name == "image-files"
+    assert normalize_cluster(wl.cluster.resolved())[0].cpu_cores == 16
