@@ -40,6 +40,8 @@ def test_planner_refuses_to_colocate_jobs_whose_cores_exceed_the_node():
     assert not _overlap(a, b), "10 + 10 cores > 16: the jobs must not run at the same time"
     assert a.cpu_cores == 10 and b.cpu_cores == 10
     assert not core_violations(p.assignments, node, {})
+    assert "fixed_split" not in p.baselines  # it co-locates 2 x 18 cores: not shown as a baseline
+    assert 0 < p.lower_bound_s <= p.makespan_s + 1e-6
     # same jobs on a node with enough cores: they share it (and finish sooner)
     roomy = [NodeSpec("n0", 4, cpu_cores=32)]
     p2 = plan({"a": 100, "b": 100}, roomy, _profiles({"a": 10, "b": 10}), time_limit_s=5)

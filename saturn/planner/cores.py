@@ -159,3 +159,15 @@ def slot_seed(seed: Sequence[Any], opt_key: Any, nodes_idx: dict[str, int], node
         out[a.job] = (key, s)
         ms = max(ms, s + d)
     return out, ms
+
+
+def core_lower_bound(options: Any, nodes: Sequence[Any], fixed: Sequence[Any] = ()) -> float:
+    """Core-seconds bound on the makespan: every job needs at least min_o(cores_o * runtime_o)
+    core-seconds, running jobs their cores until their end, and the cluster has sum K_n cores.
+    Valid only when every node has a capacity (0 otherwise)."""
+    caps = [node_cores(n) for n in nodes]
+    if not caps or not all(caps):
+        return 0.0
+    need = sum(min(option_cores(o) * o.runtime_s for o in jo.options) for jo in options.values())
+    need += sum(float(getattr(a, "cpu_cores", 0) or 0) * a.end_s for a in fixed)
+    return need / sum(caps)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.planner.baselines import baseline_plans
-from saturn.planner.cores import cores_ok
+from saturn.planner.cores import core_lower_bound, cores_ok
 from saturn.planner.greedy import allot, allotment_targets, greedy_candidates, makespan, perturbed_search
 from saturn.planner.inputs import NodeSpec, normalize_cluster, normalize_jobs
 from saturn.planner.lower_bound import lower_bound
@@ -80,7 +80,7 @@ def plan(
         validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
         return result
     options = build_options(to_plan, nodes, profiles)
-    lb = lower_bound(options, nodes, pinned)
+    lb = max(lower_bound(options, nodes, pinned), core_lower_bound(options, nodes, pinned))
 
     base = baseline_plans(options, nodes, pinned)
     cands: list[tuple[str, list[Assignment]]] = [(f"baseline:{k}", v) for k, v in base.items()]
@@ -115,7 +115,7 @@ def plan(
         assignments=sorted(list(pinned) + list(best), key=lambda a: (a.start_s, a.job)),
         lower_bound_s=lb,
         solver=_solver_info(ms(best), lb, mip_gap, milp_runs, time.perf_counter() - t0, source),
-        baselines={k: ms(v) for k, v in base.items()},
+        baselines={k: ms(v) for k, v in base.items() if cores_ok(v, nodes, pinned)},  # core-feasible only
     )
     validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
     result.solver.time_s = time.perf_counter() - t0
