@@ -19,7 +19,7 @@ Workload YAML (kwargs are all optional except where noted):
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +47,8 @@ def collate_pairs(pin: bool) -> Any:
 class PipelineDataset(torch.utils.data.Dataset):
     """source: an object with `stages(workers)`, `sample(i)` and `__len__` (ImageFiles, TokenFiles)."""
 
-    def __init__(self, source: Any, *, workers: Optional[dict[str, int]] = None, prefetch: int = 2,
-                 pin: bool = True, tune: bool = False, cores: Optional[int] = None, window_s: float = 1.0,
+    def __init__(self, source: Any, *, workers: dict[str, int] | None = None, prefetch: int = 2,
+                 pin: bool = True, tune: bool = False, cores: int | None = None, window_s: float = 1.0,
                  processes: int = 0):
         self.source = source
         self.workers = dict(workers or {})
@@ -57,10 +57,10 @@ class PipelineDataset(torch.utils.data.Dataset):
         self.window_s = float(window_s)
         self.processes = int(processes)  # > 0: the source's `offload_stages` run in that many processes
         self._executor: Any = None
-        self.job_dir: Optional[str] = None
-        self._pipe: Optional[Pipeline] = None
-        self._key: Optional[tuple] = None
-        self._tuner: Optional[PipelineTuner] = None
+        self.job_dir: str | None = None
+        self._pipe: Pipeline | None = None
+        self._key: tuple | None = None
+        self._tuner: PipelineTuner | None = None
         self.data_wait_s = 0.0  # consumer wait of the most recent batch_for_step
 
     def __len__(self) -> int:
@@ -96,7 +96,7 @@ class PipelineDataset(torch.utils.data.Dataset):
             per = batch_size // world
             # global positions, not wrapped: sources read position % len, and augmentation seeded
             # by the position differs from one epoch to the next
-            indices = lambda b: [b * batch_size + rank * per + k for k in range(per)]  # noqa: E731
+            indices = lambda b: [b * batch_size + rank * per + k for k in range(per)]
             self._pipe, self._key = self.pipeline(step, indices, batch_size), key
             if self.tune:
                 budget = self.cores or max(len(self._pipe.stage_names), sum(self._pipe.workers.values()))

@@ -16,7 +16,7 @@ import json
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +141,7 @@ class ImageFiles:
         f = (np.clip(f, 0, 255) / 255.0 - MEAN) / STD
         return np.ascontiguousarray(f.transpose(2, 0, 1), dtype=np.float32), label
 
-    def stages(self, workers: Optional[dict[str, int]] = None) -> list[Stage]:
+    def stages(self, workers: dict[str, int] | None = None) -> list[Stage]:
         w = workers or {}
         return [Stage("read", self.read, w.get("read", 1)), Stage("decode", self.decode, w.get("decode", 1)),
                 Stage("augment", self.augment, w.get("augment", 1))]

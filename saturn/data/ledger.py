@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Union
 
 from filelock import FileLock
 
@@ -37,7 +36,7 @@ def fair_shares(capacity: int, wants: dict[str, int]) -> dict[str, int]:
 
 
 class CoreLedger:
-    def __init__(self, path: Union[str, os.PathLike], capacity: int):
+    def __init__(self, path: str | os.PathLike, capacity: int):
         self.path = Path(path)
         self.capacity = int(capacity)
         self.lock = FileLock(str(self.path) + ".lock")

@@ -29,8 +29,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 _POLL_S = 0.02  # how often an idle worker checks whether its pool shrank or the pipeline stopped
 
@@ -79,7 +80,7 @@ class _Pool:
     """A resizable set of worker threads draining `inq` ((key, index, item) entries) through `fn`
     into `out(key, index, result)`; key = a sample slot (per-sample stages) or the batch number."""
 
-    def __init__(self, pipe: "Pipeline", stage: Stage, inq: queue.Queue, out: Callable[[int, int, Any], None]):
+    def __init__(self, pipe: Pipeline, stage: Stage, inq: queue.Queue, out: Callable[[int, int, Any], None]):
         self.pipe, self.stage, self.inq, self.out = pipe, stage, inq, out
         self.target = max(1, int(stage.workers))
         self.alive = 0
@@ -131,7 +132,7 @@ class Pipeline:
     through `stages` and `collate`. Use as an iterator or call `get()`; `close()` stops the threads."""
 
     def __init__(self, stages: Sequence[Stage], collate: Stage, batch_indices: Callable[[int], list[int]],
-                 *, prefetch: int = 2, first_batch: int = 0, num_batches: Optional[int] = None,
+                 *, prefetch: int = 2, first_batch: int = 0, num_batches: int | None = None,
                  executor: Any = None):
         if not stages:
             raise ValueError("a pipeline needs at least one per-sample stage")
@@ -140,7 +141,7 @@ class Pipeline:
         self.next_batch = first_batch  # the next batch get() returns
         self.end = None if num_batches is None else first_batch + num_batches
         self._stop = threading.Event()
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._cv = threading.Condition()
         self._prefetch = max(1, int(prefetch))
         self._fed_batches = first_batch  # batches whose samples the feeder has issued
@@ -257,7 +258,7 @@ class Pipeline:
             self._got_samples += _batch_len(batch)
         return batch
 
-    def __iter__(self) -> "Pipeline":
+    def __iter__(self) -> Pipeline:
         return self
 
     def __next__(self) -> Any:
@@ -278,16 +279,16 @@ class Pipeline:
         with self._cv:
             self._cv.notify_all()
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 def _batch_len(batch: Any) -> int:
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
     try:
-        return int(len(first))
+        return len(first)
     except TypeError:
         return 1

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from typing import Any, Iterable
+from typing import Any
 
 from saturn.data.pipeline import Stage
 

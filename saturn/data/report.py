@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from saturn.data.tuner import LOG_FILE, summarize_log
 
 
-def data_wait(metrics_path: Union[str, Path]) -> dict[str, float] | None:
+def data_wait(metrics_path: str | Path) -> dict[str, float] | None:
     """Total step time and data-wait seconds over the steps logged (torn lines skipped)."""
     step = wait = 0.0
     n = 0
@@ -37,7 +37,7 @@ def data_wait(metrics_path: Union[str, Path]) -> dict[str, float] | None:
     return {"steps": n, "step_time_s": step, "data_wait_s": wait, "data_wait_frac": wait / step if step > 0 else 0.0}
 
 
-def data_summary(run_dir: Union[str, Path]) -> dict[str, Any]:
+def data_summary(run_dir: str | Path) -> dict[str, Any]:
     """job -> {"wait": data_wait(...), "tuner": summarize_log(...)} for jobs that have either."""
     out: dict[str, Any] = {}
     jobs = Path(run_dir) / "jobs"

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class TokenFiles:
     2 * (seq_len + 1) bytes (bigram tokens); a short final chunk is padded with token 0."""
 
     def __init__(self, path: str, *, seq_len: int, vocab_size: int,
-                 tokenize: Optional[Callable[[bytes, int], np.ndarray]] = None):
+                 tokenize: Callable[[bytes, int], np.ndarray] | None = None):
         self.files = corpus_files(path)
         self.seq_len, self.vocab = int(seq_len), int(vocab_size)
         self.chunk = 2 * (self.seq_len + 1)
@@ -78,7 +79,7 @@ class TokenFiles:
         seq[: min(n, len(ids))] = ids[:n]
         return seq[:-1], seq[1:]
 
-    def stages(self, workers: Optional[dict[str, int]] = None) -> list[Stage]:
+    def stages(self, workers: dict[str, int] | None = None) -> list[Stage]:
         w = workers or {}
         return [Stage("read", self.read, w.get("read", 1)),
                 Stage("tokenize", self.tokenize_stage, w.get("tokenize", 1)),

@@ -25,8 +25,9 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from saturn.data.pipeline import Pipeline, PipelineStats
 
@@ -35,7 +36,7 @@ LOG_FILE = "data_tuner.jsonl"
 
 class PipelineTuner:
     def __init__(self, pipe: Pipeline, *, budget: int | Callable[[], int], batch_size: int,
-                 window_s: float = 1.0, tolerance: float = 0.05, log_path: Optional[str] = None,
+                 window_s: float = 1.0, tolerance: float = 0.05, log_path: str | None = None,
                  min_wait_frac: float = 0.02, max_prefetch: int = 16):
         self.pipe, self.batch_size = pipe, int(batch_size)
         self._budget = budget if callable(budget) else (lambda b=int(budget): b)
@@ -43,16 +44,16 @@ class PipelineTuner:
         self.log_path = log_path
         self.min_wait_frac, self.max_prefetch = min_wait_frac, max_prefetch
         self.rates: dict[str, float] = {}  # EMA of items per busy-second per worker, per stage
-        self.pending: Optional[dict[str, Any]] = None  # the last move, awaiting its verdict
+        self.pending: dict[str, Any] | None = None  # the last move, awaiting its verdict
         self.tabu: dict[tuple[str, str], int] = {}  # (from, to) -> windows left before a retry
         self.history: list[dict[str, Any]] = []
         self.windows = 0
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self.initialized = False
 
     # ------------------------------------------------------------------------------- running
-    def start(self) -> "PipelineTuner":
+    def start(self) -> PipelineTuner:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="saturn-data-tuner")
         self._thread.start()
         return self
@@ -171,7 +172,7 @@ class PipelineTuner:
             self.pipe.set_prefetch(depth - 1)
             self._log("prefetch", thr, wait_frac, reason="consumer never waits: smaller prefetch saves memory")
 
-    def _log(self, action: str, thr: float, wait_frac: float, *, reason: str, before: Optional[dict] = None) -> None:
+    def _log(self, action: str, thr: float, wait_frac: float, *, reason: str, before: dict | None = None) -> None:
         rec = {"time": time.time(), "window": self.windows, "action": action, "workers": dict(self.pipe.workers),
                "prefetch": self.pipe.prefetch, "throughput_samples_s": round(thr, 2),
                "wait_frac": round(wait_frac, 4), "reason": reason}
@@ -199,7 +200,7 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def summarize_log(path: str | Path) -> Optional[dict[str, Any]]:
+def summarize_log(path: str | Path) -> dict[str, Any] | None:
     """For `saturn report`: decisions by kind, reverts, the final allocation and its throughput."""
     recs = read_log(path)
     if not recs:

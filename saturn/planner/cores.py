@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 from bisect import insort
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def option_cores(o: Any) -> float:
     return float(getattr(o, "cpu_cores", 0) or 0)
 
 
-def node_cores(n: Any) -> Optional[int]:
+def node_cores(n: Any) -> int | None:
     c = getattr(n, "cpu_cores", None)
     return int(c) if c else None
 
@@ -47,7 +48,7 @@ def constrained(nodes: Sequence[Any]) -> bool:
 class CoreTimeline:
     """Core use of one node over time (piecewise constant); answers "are c cores free in [t, t+d)"."""
 
-    def __init__(self, capacity: Optional[int]):
+    def __init__(self, capacity: int | None):
         self.capacity = capacity
         self.intervals: list[tuple[float, float, float]] = []  # (start, end, cores), sorted by start
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Optional
+from typing import Any
 
 from saturn.planner.cores import cores_needed
 
@@ -60,7 +60,7 @@ def _key(job: Any) -> str:
                        getattr(job, "seed", 0)], sort_keys=True, default=str)
 
 
-def ingest_rate(job: Any, *, seconds: float = 1.5) -> Optional[float]:
+def ingest_rate(job: Any, *, seconds: float = 1.5) -> float | None:
     """Samples per core-second of `job`'s dataset (cached per dataset); None if it cannot be built."""
     key = _key(job)
     if key not in _cache:
@@ -78,7 +78,7 @@ def ingest_rate(job: Any, *, seconds: float = 1.5) -> Optional[float]:
     return None if math.isnan(r) else r
 
 
-def ingest_columns(job: Any, step_time_s: Optional[float], outcome: Optional[dict] = None) -> dict[str, Any]:
+def ingest_columns(job: Any, step_time_s: float | None, outcome: dict | None = None) -> dict[str, Any]:
     """The additive profile columns for one row of `job` (see module docstring), plus the trial's
     median data-wait per step (`data_wait_s`, the cost model's data-wait phase) when it reported one."""
     from saturn.zoo.data import PIPELINE_DATASETS
