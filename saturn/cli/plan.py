@@ -44,11 +44,13 @@ def plan_command(
         write_json(p.to_dict(), "-")
         return
     t = Table(title=f"Saturn plan for {wl.name} ({len(wl.jobs)} jobs)")
-    for col in ("job", "technique", "knobs", "node", "GPUs", "start", "end"):
+    cores = any(a.cpu_cores for a in p.assignments)  # input-pipeline cores (saturn.planner.cores)
+    for col in ("job", "technique", "knobs", "node", "GPUs", *(("CPU cores",) if cores else ()), "start", "end"):
         t.add_column(col, justify="right" if col in ("start", "end") else "left")
     for a in sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job)):
         knobs = ", ".join(f"{k}={v}" for k, v in a.knobs.items())
-        t.add_row(a.job, a.technique, knobs, a.node, ",".join(map(str, a.gpus)), _fmt_s(a.start_s), _fmt_s(a.end_s))
+        t.add_row(a.job, a.technique, knobs, a.node, ",".join(map(str, a.gpus)),
+                  *((f"{a.cpu_cores:g}",) if cores else ()), _fmt_s(a.start_s), _fmt_s(a.end_s))
     console.print(t)
     ms, lb = p.makespan_s, p.lower_bound_s
     console.print(f"[bold]makespan[/] {_fmt_s(ms)} ({ms:,.0f} s)   lower bound {_fmt_s(lb)} ({lb:,.0f} s)   "

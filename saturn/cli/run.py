@@ -148,6 +148,10 @@ def report_command(
     errs = [abs(j["prediction_error"]) for j in s["jobs"] if j["prediction_error"] is not None]
     if errs:
         console.print(f"mean |prediction error| {100 * sum(errs) / len(errs):.1f}% over {len(errs)} completed jobs")
+    if s.get("data"):  # input pipelines: data-wait phase and the tuner's decisions (saturn.data)
+        from saturn.data.report import format_lines
+
+        console.print("input pipelines:\n  " + "\n  ".join(format_lines(s["data"])))
     out = draw(run_dir, gantt or Path(run_dir) / "gantt.png")
     console.print(f"Gantt chart: {out}")
     if json_out is not None:

@@ -59,7 +59,14 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "planned_makespan_s": first.get("makespan_s"), "plan_versions": len(plans),
             "replans": state.replans, "switches": state.switches,
             "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,
-            "done": state.done(), "total_gpus": total_gpus}
+            "done": state.done(), "total_gpus": total_gpus,
+            "data": _data_summary(run_dir)}  # data-wait phase + input tuner decisions (saturn.data)
+
+
+def _data_summary(run_dir: Union[str, Path]) -> dict[str, Any]:
+    from saturn.data.report import data_summary
+
+    return data_summary(run_dir)
 
 
 def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:

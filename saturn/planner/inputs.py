@@ -35,6 +35,7 @@ class NodeSpec:
     gpus: int
     gpu_type: Optional[str] = None
     gpu_memory_gb: Optional[float] = None
+    cpu_cores: Optional[int] = None  # CPU cores for input pipelines (None = not planned)
 
 
 def _opt_set(value: Any, cast) -> Optional[frozenset]:
@@ -103,6 +104,7 @@ def normalize_cluster(cluster: Any) -> list[NodeSpec]:
                     gpus=int(node.gpus),
                     gpu_type=str(gtype) if gtype is not None else None,
                     gpu_memory_gb=float(mem) if mem is not None else None,
+                    cpu_cores=int(getattr(node, "cpu_cores", None) or 0) or None,
                 )
             )
     if not out:

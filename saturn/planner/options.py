@@ -38,6 +38,7 @@ class Option:
     startup_s: float = 0.0
     peak_mem_gb: Optional[float] = None
     gpu_type: Optional[str] = None
+    cpu_cores: float = 0.0  # input-pipeline cores it needs (0 = not measured: unconstrained)
 
     @property
     def area(self) -> float:
@@ -49,7 +50,8 @@ class Option:
         return json.loads(self.knobs)
 
     def fits(self, node: NodeSpec) -> bool:
-        return self.gpus <= node.gpus and gpu_type_matches(self.gpu_type, node)
+        return (self.gpus <= node.gpus and gpu_type_matches(self.gpu_type, node)
+                and self.cpu_cores <= (getattr(node, "cpu_cores", None) or float("inf")))
 
 
 @dataclass
@@ -124,6 +126,7 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
                 startup_s=startup,
                 peak_mem_gb=None if math.isnan(mem) else mem,
                 gpu_type=None if r.get("gpu_type") is None or pd.isna(r.get("gpu_type")) else str(r["gpu_type"]),
+                cpu_cores=_num(r.get("cpu_cores"), 0.0),  # additive column (saturn.profiler.ingest)
             )
         )
     return out

@@ -34,6 +34,7 @@ class Assignment:
     gpus: list[int]
     start_s: float
     end_s: float
+    cpu_cores: float = 0.0  # input-pipeline cores planned for the job (0 = not planned)
 
     @property
     def duration_s(self) -> float:
@@ -48,6 +49,7 @@ class Assignment:
             "gpus": [int(g) for g in self.gpus],
             "start_s": float(self.start_s),
             "end_s": float(self.end_s),
+            **({"cpu_cores": float(self.cpu_cores)} if self.cpu_cores else {}),
         }
 
     @classmethod
@@ -63,6 +65,7 @@ class Assignment:
             gpus=[int(g) for g in d["gpus"]],
             start_s=float(d["start_s"]),
             end_s=float(d["end_s"]),
+            cpu_cores=float(d.get("cpu_cores") or 0.0),
         )
 
 

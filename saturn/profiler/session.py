@@ -20,6 +20,7 @@ import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
+from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import (SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec,
                                     canonical_knobs)
@@ -287,6 +288,7 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "batch_size": getattr(job, "batch_size", None),
         "seq_len": getattr(job, "seq_len", None),
         "precision": getattr(job, "precision", None),
+        **(ingest_columns(job, step, outcome) if ok else {}),  # additive: input cost (profiler.ingest)
     }
 
 

@@ -164,6 +164,7 @@ class Node(_Strict):
     gpus: int = Field(gt=0)
     gpu_memory_gb: float = Field(default=80.0, gt=0)
     gpu_type: str = "H200"
+    cpu_cores: Optional[int] = Field(default=None, gt=0)  # planned for input pipelines (saturn.data)
 
 
 class RaySpec(_Strict):

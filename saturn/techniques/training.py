@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import resource
 import statistics
 import time
@@ -161,6 +162,9 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
         raise ValueError("train() needs the job's dataset (Trainable.dataset)")
     total = warmup + num_steps if mode == "trial" else num_steps
     losses, times, startup, stopped = [], [], None, False
+    waits: list[float] = []  # data-wait phase: time blocked on the next batch (input-bound steps)
+    if metrics_path and ctx.rank == 0 and hasattr(dataset, "attach_job_dir"):  # tuner log (saturn.data)
+        dataset.attach_job_dir(os.path.dirname(metrics_path))
     step = start_step
     with ThreadPoolExecutor(1) as pool:  # prefetch the next batch while this step computes
         fetch = lambda s: pool.submit(_batch, dataset, job, s, trainable)  # noqa: E731
@@ -168,6 +172,7 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
         for i in range(total):
             t0 = time.perf_counter()
             x, y = nxt.result()
+            waits.append(time.perf_counter() - t0)
             if i + 1 < total:
                 nxt = fetch(step + 1)
             loss, stop = _reduce(trainable.step_fn(x, y), trainable, ctx)
@@ -176,7 +181,7 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             losses.append([step, loss])
             step += 1
             if metrics_path and mode == "run" and ctx.rank == 0:
-                _append_metrics(metrics_path, step, loss, times[-1])
+                _append_metrics(metrics_path, step, loss, times[-1], waits[-1])
             if mode == "run" and checkpoint_every and step % checkpoint_every == 0 and i + 1 < total:
                 _save(trainable, checkpoint_dir, step, job, technique, knobs, loss)
             if stop and mode == "run":
@@ -185,16 +190,19 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
                  losses[-1][1] if losses else None) if mode == "run" else None
     timed = times[warmup:] if mode == "trial" else times[1:] or times
+    timed_waits = waits[warmup:] if mode == "trial" else waits[1:] or waits
     status = "ok" if mode == "trial" else ("interrupted" if stopped else "completed")
     return {"status": status, "step": step, "checkpoint": path, "losses": losses,
             "step_times": timed, "step_time_s": statistics.median(timed) if timed else None,
-            "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup}
+            "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup,
+            "data_wait_s": statistics.median(timed_waits) if timed_waits else None}
 
 
-def _append_metrics(path: str, step: int, loss: float, step_time_s: float) -> None:
-    """One line per step, flushed at once; O_APPEND keeps concurrent lines whole."""
+def _append_metrics(path: str, step: int, loss: float, step_time_s: float, data_wait_s: float = 0.0) -> None:
+    """One line per step, flushed at once; O_APPEND keeps concurrent lines whole. data_wait_s: the
+    part of step_time_s spent waiting for the batch (the goodput breakdown's data-wait phase)."""
     line = json.dumps({"step": step, "loss": loss, "step_time_s": round(step_time_s, 6),
-                       "wall": time.time()}) + "\n"
+                       "data_wait_s": round(data_wait_s, 6), "wall": time.time()}) + "\n"
     with open(path, "a") as f:
         f.write(line)
 
