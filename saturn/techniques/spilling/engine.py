@@ -104,6 +104,7 @@ class SpillingEngine:
         self.pin = self.cuda if pin_memory is None else pin_memory
         self.autocast_dtype = ({"bf16": torch.bfloat16}.get(precision) if self.cuda else None)
         self.wire_dtype = _wire_dtype(wire_dtype, self.autocast_dtype, optimizer_on)
+        self.uses_rng = uses_rng(model)
 
         layers = list(model.layers)
         if shards is None:
@@ -242,7 +243,7 @@ class SpillingEngine:
             x = x.to(self.device, non_blocking=True)
 
         if kind == "fwd":
-            rng = self.rng_state()
+            rng = self.rng_state() if self.uses_rng else None
             with torch.no_grad():
                 out = self._run(k, res.views, res.buffers, x)
             offloaded = (self.transfers.offload(out)
@@ -259,7 +260,8 @@ class SpillingEngine:
             x_leaf = x.detach().requires_grad_(needs_input_grad)
             leaves = [v.detach().requires_grad_(p.requires_grad)
                       for v, p in zip(res.views, self.shards[k].params)]
-            replay = self._replay_rng(state.rng[k]) if kind == "bwd" else contextlib.nullcontext()
+            replay = (self._replay_rng(state.rng[k]) if kind == "bwd" and self.uses_rng
+                      else contextlib.nullcontext())
             with torch.enable_grad(), replay:
                 out = self._run(k, leaves, res.buffers, x_leaf)
                 if kind == "head":
@@ -397,6 +399,16 @@ class SpillingEngine:
         if self.cuda:
             out["peak_gpu_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
+
+
+def uses_rng(model: Any) -> bool:
+    """Whether training draws random numbers (dropout): only then are RNG states saved and
+    replayed, which also keeps models without randomness off the process-global generator."""
+    from torch import nn
+
+    cfg = getattr(model, "config", None)
+    return bool(getattr(cfg, "dropout", 0.0)) or any(
+        isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
 
 def _wire_dtype(name: Optional[str], autocast_dtype: Any, optimizer_on: str) -> Any:
