@@ -104,6 +104,8 @@ class SpillingEngine:
         self.pin = self.cuda if pin_memory is None else pin_memory
         self.autocast_dtype = ({"bf16": torch.bfloat16}.get(precision) if self.cuda else None)
         self.wire_dtype = _wire_dtype(wire_dtype, self.autocast_dtype, optimizer_on)
+        if self.wire_dtype is not None and self.autocast_dtype is None:
+            self.autocast_dtype = self.wire_dtype  # bf16 asked for explicitly (e.g. on the CPU)
         self.uses_rng = uses_rng(model)
 
         layers = list(model.layers)
