@@ -9,8 +9,8 @@ pseudo-job) and keeps the plan with the smaller makespan. The chosen plan is val
 ordinary validator, because the pseudo-job is an ordinary job with an ordinary profile row.
 
 Profiling a group is like profiling any option: a short SHARP trial of the members together
-(`saturn.sharp.profile.profile_group`, or scripts/bench_sharp.py) measures the group's wall time
-per member step, written as a profile row
+(scripts/bench_sharp.py runs one and emits the row) measures the group's wall time per member
+step, written as a profile row (`group_row`)
 
     job = "sharp:a+b+c", technique = "sharp", gpus = G, step_time_s = wall / sum(member steps)
 
