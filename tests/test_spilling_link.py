@@ -90,3 +90,21 @@ def test_host_memory_is_checked_against_the_running_node(monkeypatch):
     assert t.feasible(job, 1)  # the planning host's memory is not the node's
     monkeypatch.setenv("SATURN_NODE_HOST_MEMORY_GB", "0.5")
     assert not t.feasible(job, 1)
+
+
+@pytest.mark.gpu
+def test_bf16_job_on_cuda_sends_bf16_and_follows_plain_training():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    job = _job(model={"name": "gpt2-tiny", "overrides": {"n_layer": 6}}, precision="bf16")
+    model = training.build_model(job).cuda()
+    opt = training.build_optimizer(job, model.parameters())
+    ds = training.build_dataset(job, model)
+    step = training.standard_step(model, model.loss, opt, job, "cuda")
+    ref = [float(step(*(t.cuda() for t in batch_for_step(ds, s, 4)))) for s in range(5)]
+    eng = SpillingEngine(training.build_model(job), "cuda",
+                         **engine_kwargs(job, {"shard_layers": 1}))
+    assert eng.wire_dtype == torch.bfloat16
+    got = [eng.train_step(*batch_for_step(ds, s, 4)) for s in range(5)]
+    assert got == pytest.approx(ref, rel=2e-2)  # bf16 gradients vs fp32 ones under autocast
+    assert all(t.dtype == torch.float32 for t in eng.model_state_dict().values())
