@@ -44,6 +44,17 @@ def test_each_shard_crosses_the_link_once_per_use_and_grads_once():
     assert eng.transfers.bytes_out == 2 * param_bytes  # every gradient copied out exactly once
 
 
+def test_prefetched_shard_is_used_not_copied_again():
+    job = _job()
+    eng = _engine(job)
+    S = len(eng.shards)
+    eng.prefetch_task(None)  # what SHARP does for the model a worker will serve next
+    assert eng.transfers.copies_in == 1
+    ref = _run(_engine(job), job, 1)
+    assert _run(eng, job, 1) == ref
+    assert eng.transfers.copies_in == 2 * S - 2
+
+
 def test_bf16_wire_halves_the_bytes_and_keeps_fp32_masters():
     job = _job()
     ref = _run(_engine(job, cpu_fused_optimizer=False), job, 4)

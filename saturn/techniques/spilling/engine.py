@@ -154,6 +154,8 @@ class SpillingEngine:
         `state` is None): SHARP calls this for the model a worker is predicted to serve next."""
         k, kind = (state.tasks[state.next] if state is not None and not state.done
                    else (0, "fwd"))
+        if self.host_optimizer.pending(k):
+            return  # never block the caller on a host step: the task's own fetch will wait
         self._acquire(k, need_state=kind != "fwd",
                       store=self._kept if state is not None and state.compute_only else None)
 

@@ -110,6 +110,11 @@ class HostOptimizer:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="spilling-optimizer")
         self._in_flight[k] = self._pool.submit(self._step, k, grads_landed)
 
+    def pending(self, k: int) -> bool:
+        """Whether shard k's step is still running (its host copy is not final yet)."""
+        fut = self._in_flight.get(k)
+        return fut is not None and not fut.done()
+
     def wait(self, k: Optional[int] = None) -> None:
         """Wait for shard k's (None: every) step in flight; re-raises its errors."""
         keys = list(self._in_flight) if k is None else [k]
