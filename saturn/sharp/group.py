@@ -24,6 +24,7 @@ A dead *process* resumes each model from its newest checkpoint like any other jo
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,18 @@ class SharpGroup:
         self._threads: list[threading.Thread] = []
         self._next_worker = 0
         self._live = 0
+        self._stop = False
+
+    def request_stop(self) -> None:
+        """Graceful stop (SIGTERM): every member finishes its current step, checkpoints and
+        leaves the group; `run()` then returns."""
+        with self._cond:
+            self._stop = True
+            for m in self.members.values():
+                if m.state is None and not self.scheduler.models[m.name].finished:
+                    if not self.scheduler.models[m.name].busy:
+                        self._leave(m, save=True)
+            self._cond.notify_all()
 
     # ---------------------------------------------------------------- running
     def run(self) -> GroupStats:
@@ -197,7 +210,7 @@ class SharpGroup:
                 self.stats.tasks += 1
                 self.stats.order.append(name)
                 self.scheduler.complete(name, seconds, step_done)
-                if step_done and self.leave_at.get(name) == m.step:
+                if step_done and (self.leave_at.get(name) == m.step or self._stop):
                     self._leave(m)
                 self._cond.notify_all()
 
@@ -218,13 +231,21 @@ class SharpGroup:
         m.step += 1
         if self.on_step is not None:
             self.on_step(m.name, m.step - 1, loss)
-        last = m.step >= m.end_step or self.leave_at.get(m.name) == m.step
+        last = m.step >= m.end_step or self.leave_at.get(m.name) == m.step or self._stop
         if m.ckpt_dir and (last or (m.checkpoint_every and m.step % m.checkpoint_every == 0)):
-            m.checkpoints.append(m.engine.save_checkpoint(m.ckpt_dir, m.step,
-                                                          {**m.meta, "technique": "sharp"}))
+            self._checkpoint(m, loss)
 
-    def _leave(self, m: Member) -> None:
+    def _checkpoint(self, m: Member, loss: Optional[float] = None) -> None:
+        if not m.ckpt_dir or (m.checkpoints and
+                              os.path.basename(m.checkpoints[-1]) == f"step-{m.step}"):
+            return  # already saved at this step
+        meta = {**m.meta, "technique": "sharp", "loss": loss, "world_size": 1}
+        m.checkpoints.append(m.engine.save_checkpoint(m.ckpt_dir, m.step, meta))
+
+    def _leave(self, m: Member, save: bool = False) -> None:
         """`m` leaves at a step boundary (its checkpoint was just written): free its shards."""
+        if save and m.step > m.start_step:
+            self._checkpoint(m, m.losses[-1][1] if m.losses else None)
         m.left_at = m.step
         self.scheduler.remove(m.name)
         m.engine.release()
