@@ -38,9 +38,9 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
+import torch
 
-from saturn.spec.schema import Job  # noqa: E402
+from saturn.spec.schema import Job
 
 
 def parse() -> argparse.Namespace:
@@ -157,6 +157,9 @@ def main() -> int:
     seq_wall = sum(r["wall_s"] for r in res["solo"].values())
     model_steps = a.steps * len(jobs)
     res["sequential"] = {"wall_s": seq_wall, "throughput_steps_s": model_steps / seq_wall}
+    gc.collect()
+    if device.type == "cuda" and hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()  # give the solo runs' cached pinned blocks back
     res["sharp"] = []
     for w in [int(x) for x in a.workers.split(",")]:
         print(f"--- SHARP, {w} worker(s)", flush=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saturn.sharp import Progress, SharpGroup, ShardedLRTF
+from saturn.sharp import Progress, ShardedLRTF, SharpGroup
 from saturn.sharp.jobs import build_member
 from saturn.spec.schema import Job
 from saturn.techniques import checkpoint as ckpt
@@ -85,7 +85,7 @@ def test_lrtf_picks_longest_remaining_on_a_hand_made_case():
 def test_sharp_losses_and_checkpoints_equal_solo_spilling(tmp_path):
     group, stats = _group(tmp_path, workers=2)
     for job in JOBS:
-        ref, eng, path = _solo(job, ckpt_dir=str(tmp_path / "solo" / job.name))
+        ref, _, path = _solo(job, ckpt_dir=str(tmp_path / "solo" / job.name))
         m = group.members[job.name]
         assert [s for s, _ in m.losses] == list(range(STEPS))
         assert [v for _, v in m.losses] == pytest.approx(ref, rel=1e-6, abs=1e-6)

@@ -117,9 +117,9 @@ class SharpGroup:
         with self._cond:
             self._stop = True
             for m in self.members.values():
-                if m.state is None and not self.scheduler.models[m.name].finished:
-                    if not self.scheduler.models[m.name].busy:
-                        self._leave(m, save=True)
+                p = self.scheduler.models[m.name]
+                if m.state is None and not p.finished and not p.busy:
+                    self._leave(m, save=True)
             self._cond.notify_all()
 
     # ---------------------------------------------------------------- running
@@ -179,7 +179,7 @@ class SharpGroup:
             done_tasks += 1
             fault = self.faults.get(wid) == done_tasks
 
-            def die() -> None:
+            def die(wid: int = wid, name: str = name) -> None:
                 raise WorkerKilled(f"worker {wid} killed during a task of {name}")
 
             t0 = time.perf_counter()
@@ -195,7 +195,7 @@ class SharpGroup:
                         self._spawn()
                     self._cond.notify_all()
                 return
-            except BaseException as exc:  # a real error: stop the group, report it
+            except BaseException as exc:  # noqa: BLE001 -- any real error stops the group; run() re-raises it
                 with self._cond:
                     self._errors.append(exc)
                     self.scheduler.abort(name)

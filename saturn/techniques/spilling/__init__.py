@@ -24,10 +24,19 @@ SHARP (many spilled models sharing a pool of workers) builds on the task interfa
 
 from saturn.techniques.spilling.engine import SpillingEngine, StepState
 from saturn.techniques.spilling.host_optimizer import cpu_adam_speed, optimizer_class
-from saturn.techniques.spilling.shards import (activation_estimate, budget_shards, packed_shards,
-                                               uniform_shards)
-from saturn.techniques.spilling.technique import (DEFAULT_KNOBS, Spilling, build, engine_kwargs,
-                                                  host_bytes_needed)
+from saturn.techniques.spilling.shards import (
+                                               activation_estimate,
+                                               budget_shards,
+                                               packed_shards,
+                                               uniform_shards,
+)
+from saturn.techniques.spilling.technique import (
+                                               DEFAULT_KNOBS,
+                                               Spilling,
+                                               build,
+                                               engine_kwargs,
+                                               host_bytes_needed,
+)
 
 __all__ = ["DEFAULT_KNOBS", "Spilling", "SpillingEngine", "StepState", "activation_estimate",
            "budget_shards", "build", "cpu_adam_speed", "engine_kwargs", "host_bytes_needed",

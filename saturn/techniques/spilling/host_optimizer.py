@@ -58,11 +58,11 @@ def make_optimizer(name: str, kwargs: dict[str, Any], params: list[Any], on_host
 def _deepspeed_adam(name: str, kw: dict[str, Any], params: list[Any]) -> Optional[Any]:
     try:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
-    except Exception:  # not installed, or its C++ op cannot be built here
+    except Exception:  # noqa: BLE001 -- not installed, or its C++ op cannot be built here
         return None
     try:
         return DeepSpeedCPUAdam(params, adamw_mode=(name == "adamw"), **kw)
-    except Exception:
+    except Exception:  # noqa: BLE001 -- its JIT build failed: the caller falls back to torch
         return None
 
 
