@@ -19,7 +19,6 @@ def build_member(job: Any, knobs: Optional[dict[str, Any]], device: Any, *, end_
     from saturn.techniques.spilling import SpillingEngine, engine_kwargs
 
     model = training.build_model(job)
-    rng = None
     dataset = training.build_dataset(job, model)
     engine = SpillingEngine(model, device, **{**engine_kwargs(job, knobs or {}), **engine_extra})
     rng = engine.rng_state()  # right after the seeded build, as in a solo run
