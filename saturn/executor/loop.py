@@ -321,7 +321,8 @@ class Executor:
         t0 = time.perf_counter()
         try:
             return solve(jobs, self.nodes, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
-                         mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed)
+                         mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed,
+                         _groups=False)  # SHARP group options are planned, not yet run here
         finally:
             self.plan_calls += 1
             self.plan_time_s += time.perf_counter() - t0

@@ -55,10 +55,17 @@ def plan(
     threads: int = 1,
     slots: Optional[int] = None,
     fixed: Optional[Sequence[Union[Assignment, dict]]] = None,
+    _groups: bool = True,
 ) -> Plan:
     """Choose a technique, node, GPU ids and start time for every job, minimizing makespan.
 
     Returns within about `time_limit_s` seconds of wall time (the whole call)."""
+    from saturn.planner import sharp_option  # SHARP group options (profiled multi-job rows)
+
+    if _groups and sharp_option.has_groups(profiles):
+        return sharp_option.plan_with_groups(plan, jobs, cluster, profiles, time_limit_s=time_limit_s,
+                                             mip_gap=mip_gap, warm_start=warm_start, threads=threads,
+                                             slots=slots, fixed=fixed)
     t0 = time.perf_counter()
     nodes = normalize_cluster(cluster)
     pinned = normalize_fixed(fixed, nodes)
