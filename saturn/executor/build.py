@@ -108,7 +108,7 @@ def backend_kind(cluster: Any, options: RunOptions) -> str:
 def simulated_backend(table: Any, *, noise: float = 0.15, seed: int = 0, **kw: Any) -> Any:
     """A SimulatedBackend running each job at its profiled speed x a log-normal factor per job."""
     from saturn.executor import SimulatedBackend
-    from saturn.executor.policy import _num
+    from saturn.parse import num as _num
 
     rng = random.Random(seed)
     jobs = sorted(set(map(str, table["job"])))
