@@ -50,7 +50,7 @@ def _files(tmp_path, address):
 
 
 def test_cli_and_api_build_the_same_ray_executor(monkeypatch, tmp_path, ray_address):
-    from test_build import _Built, _api, _cli, _spy
+    from test_build import _api, _Built, _cli, _spy
 
     from saturn.executor.ray_backend import RayBackend, RayExecutor
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from saturn.errors import SaturnError
 from saturn.parse import canonical_knobs  # noqa: F401 - re-exported

@@ -37,7 +37,7 @@ import numpy as np
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import JobOptions, Option
 from saturn.planner.plan import Assignment
-from saturn.planner.schedule import Choice, NodeTimeline, Scheduler, make_assignment
+from saturn.planner.schedule import Choice, Scheduler, make_assignment
 
 
 @dataclass

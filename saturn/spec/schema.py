@@ -269,7 +269,7 @@ class Cluster(_Strict):
         return max(n.gpus for n in self.resolved().nodes or [])
 
 
-def _auto_devices() -> str:
+def _auto_devices() -> Literal["cuda", "cpu"]:
     try:
         import torch
 
