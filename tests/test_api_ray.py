@@ -82,3 +82,22 @@ def test_api_run_of_a_ray_workload_runs_its_jobs_on_ray(tmp_path, ray_address):
     launched = [d for _, k, d in events if k == "launch"]
     assert {d["job"] for d in launched} == {"a", "b"}
     assert all(d["node"] in ray_nodes for d in launched), (launched, ray_nodes)  # Ray nodes, not localhost
+
+
+def test_orchestrator_on_a_ray_cluster_runs_submitted_jobs_on_ray(tmp_path, ray_address):
+    from saturn.executor.journal import Journal
+    from saturn.executor.ray_backend import RayExecutor
+
+    cluster = saturn.Cluster.model_validate({"ray": {"address": ray_address, "devices": "cpu"}})
+    job = saturn.Job(name="o", model="gpt2-tiny", batch_size=4, seq_len=16, steps=8, precision="fp32",
+                     techniques=["ddp"], gpus=[1])
+    prof = pd.DataFrame([{"job": "o", "technique": "ddp", "knobs": "{}", "gpus": 1, "step_time_s": 0.05,
+                          "startup_s": 3.0, "feasible": True, "gpu_type": "cpu"}])
+    rd = tmp_path / "orch"
+    with saturn.Orchestrator(cluster, run_dir=rd, profiles=prof, checkpoint_every=4, time_limit_s=2.0) as orch:
+        assert isinstance(orch.executor, RayExecutor)
+        rep = orch.submit(job).result(timeout=240)
+    assert rep.status == "completed", rep.reason
+    launched = [d for _, k, d in Journal(rd / "journal.sqlite").events() if k == "launch"]
+    assert launched and all(d["node"] in orch.executor.node_gpus for d in launched)
+    assert all(d["node"] != "localhost" for d in launched)

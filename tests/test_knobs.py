@@ -133,3 +133,12 @@ def test_one_rule_everywhere():
     assert options._num is policy._num is table._num is num
     assert canonical_knobs(None) == canonical_knobs(float("nan")) == canonical_knobs(" ") == "{}"
     assert num("x", 2.0) == 2.0 and num(float("nan"), 3.0) == 3.0 and num("1.5") == 1.5
+
+
+@given(st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=6), st.none(), st.booleans()))
+def test_a_bool_knob_takes_only_bools_and_names_itself_otherwise(v):
+    if isinstance(v, bool):
+        assert validate_knobs("fsdp", {"cpu_offload": v}) == {"cpu_offload": v}
+    else:
+        with pytest.raises(ValueError, match=r"knobs\.fsdp\.cpu_offload: "):
+            validate_knobs("fsdp", {"cpu_offload": v})
