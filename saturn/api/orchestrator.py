@@ -20,7 +20,7 @@ import pandas as pd
 from saturn.api.executor_thread import ExecutorThread, _paced_simulated_backend, _Tap
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
 from saturn.api.intake import JobIntake
-from saturn.executor.build import RunOptions, build_executor, resolve_cluster
+from saturn.executor import build
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -53,7 +53,7 @@ class Orchestrator(JobIntake, ExecutorThread):
             cluster = Cluster.local()
         elif isinstance(cluster, (str, dict)):
             cluster = Cluster.model_validate(cluster)
-        self.cluster = resolve_cluster(cluster)
+        self.cluster = build.resolve_cluster(cluster)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.poll_s = float(poll_s)
         self.profile_missing = profile_missing
@@ -98,13 +98,13 @@ class Orchestrator(JobIntake, ExecutorThread):
         tap_loss = None
         if self.simulated and sim_loss is not None:
             tap_loss = lambda name, step: sim_loss(self._jobs[name], step)  # noqa: E731
-        opts = RunOptions(run_dir=self.run_dir, backend=backend if isinstance(backend, str) else "auto",
-                          interval_s=interval_s, time_limit_s=time_limit_s, poll_s=poll, max_retries=max_retries,
-                          checkpoint_every=checkpoint_every, device_type=device_type)
+        opts = build.RunOptions(run_dir=self.run_dir, backend=backend if isinstance(backend, str) else "auto",
+                                interval_s=interval_s, time_limit_s=time_limit_s, poll_s=poll,
+                                max_retries=max_retries, checkpoint_every=checkpoint_every, device_type=device_type)
         self._wait_s = poll
         empty = pd.DataFrame(columns=["job", "technique", "knobs", "gpus", "step_time_s", "startup_s", "feasible"])
-        self._ex = build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
-                                  wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
+        self._ex = build.build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
+                                        wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
         self.backend = self._ex.backend
         self._thread = threading.Thread(target=self._loop, name="saturn-orchestrator", daemon=True)
         self._thread.start()

@@ -22,7 +22,8 @@ def _fmt_s(s: float) -> str:
 
 
 def plan_command(
-    workload: Path = typer.Argument(..., help="Workload spec (YAML) with jobs and cluster.", exists=True, dir_okay=False),
+    workload: Path = typer.Argument(..., help="Workload spec (YAML) with jobs and cluster.", exists=True,
+                                    dir_okay=False),
     profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile table (CSV or parquet) "
                                             "instead of the profile store (profiles/ or $SATURN_PROFILES)."),
     time_limit: float = typer.Option(30.0, "--time-limit", help="Solver time limit in seconds."),

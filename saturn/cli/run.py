@@ -25,12 +25,15 @@ def run_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (journal, logs, checkpoints). "
                                            "Default: runs/<workload>-<time>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    simulate: bool = typer.Option(False, "--simulate", help="Simulated clock: jobs progress at profiled speed x noise."),
-    profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile table (CSV/parquet) instead of the store."),
+    simulate: bool = typer.Option(False, "--simulate",
+                                  help="Simulated clock: jobs progress at profiled speed x noise."),
+    profiles: Optional[Path] = typer.Option(None, "--profiles",
+                                            help="Profile table (CSV/parquet) instead of the store."),
     no_introspect: bool = typer.Option(False, "--static", help="Execute the first plan without re-planning."),
     time_limit: float = typer.Option(10.0, "--time-limit", help="Planner time limit per (re-)plan, seconds."),
     max_retries: int = typer.Option(2, "--max-retries", help="Relaunches of a crashed job before it is failed."),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Checkpoint (and report progress) every N steps."),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every",
+                                         help="Checkpoint (and report progress) every N steps."),
     noise: float = typer.Option(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise."),
     seed: int = typer.Option(0, "--seed", help="--simulate: noise seed."),
     device_type: str = typer.Option("auto", "--devices", help="auto | cuda | cpu"),
@@ -141,7 +144,8 @@ def report_command(
 ) -> None:
     """Plan vs actual: Gantt chart, per-job runtime and prediction error, GPU utilization."""
     from saturn.cli.common import console, write_json
-    from saturn.executor.report import gantt as draw, summarize
+    from saturn.executor.report import gantt as draw
+    from saturn.executor.report import summarize
 
     s = summarize(run_dir)
     _print_summary(console, run_dir)

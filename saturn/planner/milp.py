@@ -38,7 +38,7 @@ from saturn.planner.cores import add_core_rows, constrained, cores_ok, slot_seed
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import JobOptions, Option
 from saturn.planner.plan import Assignment
-from saturn.planner.schedule import Choice, NodeTimeline, Scheduler, make_assignment
+from saturn.planner.schedule import Choice, Scheduler, make_assignment
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Optional
 import pandas as pd
 
 from saturn.errors import InfeasibleError, MissingProfilesError, SaturnError
+from saturn.parse import num as _num
 from saturn.planner.inputs import JobSpec, NodeSpec, canonical_knobs, gpu_type_matches
 
 REQUIRED_COLUMNS = ("job", "technique", "gpus", "step_time_s", "feasible")
@@ -76,14 +77,6 @@ def _is_true(v) -> bool:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return False
     return bool(v)
-
-
-def _num(v, default: float = 0.0) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return default
-    return default if math.isnan(f) else f
 
 
 def check_profile_columns(profiles: pd.DataFrame) -> None:

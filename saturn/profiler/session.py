@@ -254,10 +254,20 @@ def _cell(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"feasible() raised {type(exc).__name__}: {exc}")
     try:
-        cands = [dict(c) for c in (tech.candidates(job, g) or [])]
+        cands = _pinned(tech.candidates(job, g) or [], (getattr(job, "knobs", None) or {}).get(name))
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)
+
+
+def _pinned(cands: list, pinned: Any) -> list[dict]:
+    """The candidates with the job's pinned knobs (YAML `knobs:`) laid over them, duplicates dropped."""
+    out: list[dict] = []
+    for c in cands:
+        c = {**dict(c), **(pinned or {})}
+        if c not in out:
+            out.append(c)
+    return out
 
 
 def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware,

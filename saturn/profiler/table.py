@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 import pandas as pd
 
+from saturn.parse import num as _num
 from saturn.profiler.hardware import HARDWARE_COLUMNS
 
 KEY_COLUMNS = ("signature", "technique", "knobs", "gpus", *HARDWARE_COLUMNS)
@@ -37,14 +38,6 @@ CHECKPOINT_BYTES_PER_PARAM = 12
 DEFAULT_CHECKPOINT_GBPS = 2.0
 DEFAULT_CHECKPOINT_FIXED_S = 3.0
 CPU_CHECKPOINT_FIXED_S = 0.5  # CPU slots: no device-to-host copies, tiny models
-
-
-def _num(v: Any, default: float = 0.0) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return default
-    return default if math.isnan(f) else f
 
 
 def estimate_runtime_s(row: Mapping[str, Any], steps: float, checkpoint_cost_s: Optional[float] = None,

@@ -12,8 +12,6 @@ planner side must never import torch.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import pandas as pd
 
 from saturn.errors import MissingProfilesError, SaturnError
+from saturn.parse import canonical_knobs as _canon_knobs
 
 COLUMNS = ("signature", "technique", "knobs", "gpus", "step_time_s", "peak_mem_gb", "startup_s",
            "feasible", "reason", "gpu_type", "gpu_memory_gb", "torch_version", "source", "measured_at")
@@ -40,13 +39,6 @@ def default_dir() -> Path:
 
 def store_path(directory: Optional[PathLike] = None) -> Path:
     return Path(directory or default_dir()) / STORE_FILE
-
-
-def _canon_knobs(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
-        return "{}"
-    obj = json.loads(v) if isinstance(v, str) else v
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:

@@ -113,6 +113,7 @@ class Job(_Strict):
     gpus: Optional[list[int]] = None  # None: 1, 2, 4, ... up to the largest node
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     seed: int = 0
+    knobs: Optional[dict[str, dict[str, Any]]] = None  # technique -> knob values to pin (saturn techniques)
 
     @field_validator("gpus")
     @classmethod
@@ -135,6 +136,28 @@ class Job(_Strict):
         if bad or not v:
             raise ValueError(f"unknown technique(s) {bad}; allowed: {known}")
         return v
+
+    @model_validator(mode="after")
+    def _pinned_knobs(self) -> "Job":
+        """`knobs: {fsdp: {cpu_offload: true}}`: each knob checked against the technique's typed
+        knobs (saturn.techniques.knobs), the offending field named."""
+        if not self.knobs:
+            return self
+        from saturn.errors import SpecError
+        from saturn.techniques.knobs import validate_knobs
+        from saturn.techniques.registry import technique_names
+
+        known = technique_names()
+        for tech, values in self.knobs.items():
+            if tech not in known and ":" not in tech:
+                raise ValueError(f"knobs.{tech}: unknown technique; allowed: {known}")
+            if self.techniques is not None and tech not in self.techniques:
+                raise ValueError(f"knobs.{tech}: {tech!r} is not in this job's techniques {self.techniques}")
+            try:
+                validate_knobs(tech, values)
+            except SpecError as exc:  # a user technique path that does not import
+                raise ValueError(f"knobs.{tech}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _length(self) -> "Job":
@@ -247,7 +270,7 @@ class Cluster(_Strict):
         return max(n.gpus for n in self.resolved().nodes or [])
 
 
-def _auto_devices() -> str:
+def _auto_devices() -> Literal["cuda", "cpu"]:
     try:
         import torch
 

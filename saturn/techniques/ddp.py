@@ -7,14 +7,23 @@ communication of all techniques (SPASE.md: 1 GPU 0.048 s/step, DDP×4 0.074 s fo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
+from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+
+
+@knob_dataclass
+class DDPKnobs:
+    bucket_cap_mb: float = knob(25, "gradient all-reduce bucket size in MB (bigger: fewer, larger messages)", gt=0)
+    activation_checkpointing: bool = knob(False, "recompute each block's activations in backward (less memory)")
+    grad_compression: Literal["none", "bf16", "fp16"] = knob(
+        "none", "none | bf16 | fp16: all-reduce gradients in half precision")
 
 
 @register
@@ -22,11 +31,7 @@ class DDP(LaunchedTechnique):
     name = "ddp"
     builder = "saturn.techniques.ddp:build"
     requires = "torch (nccl on GPUs, gloo on CPU); 1 device = plain single-device training"
-    knobs = {
-        "bucket_cap_mb": "gradient all-reduce bucket size in MB (bigger: fewer, larger messages)",
-        "activation_checkpointing": "recompute each block's activations in backward (less memory)",
-        "grad_compression": "none | bf16 | fp16: all-reduce gradients in half precision",
-    }
+    knob_type = DDPKnobs
 
     def feasible(self, job: Any, gpus: int) -> Feasibility:
         return dp_feasible(job, gpus)

@@ -9,10 +9,11 @@ knob setting into engine arguments (so a typed knob declaration only has to chan
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique
+from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
 
 DEFAULT_KNOBS: dict[str, Any] = {"shard_layers": 0, "gpu_budget_gb": 0.0, "prefetch": 1,
@@ -98,12 +99,24 @@ def _n_layers(job: Any) -> Optional[int]:
     return int(model_config(job.model.name, job.model.overrides).n_layer) + 2  # + embedding, head
 
 
+@knob_dataclass
+class SpillingKnobs:
+    """Typed knobs (defaults = DEFAULT_KNOBS; help: `Spilling.knobs`)."""
+
+    shard_layers: int = knob(0, "layers per shard; 0 = sized from gpu_budget_gb", ge=0)
+    gpu_budget_gb: float = knob(0.0, "GPU memory for shards when shard_layers is 0; 0 = 90% of free", ge=0)
+    prefetch: int = knob(1, "shards copied in ahead on a side stream (0 = on demand)", ge=0, le=2)
+    optimizer_on: Literal["cpu", "gpu"] = knob("cpu", "where the optimizer state lives and steps")
+    offload_activations: bool = knob(False, "shard-boundary activations in pinned host memory")
+
+
 @register
 class Spilling(LaunchedTechnique):
     """Model spilling on one device: shards of layers stream through the GPU (package doc)."""
 
     name = "spilling"
     builder = "saturn.techniques.spilling:build"
+    knob_type = SpillingKnobs
     requires = ("torch; exactly 1 GPU (or CPU slot); host RAM for parameters, gradients and "
                 "optimizer state (pinned), checked on the node that runs the job")
     knobs = {
