@@ -241,3 +241,39 @@ def test_metrics_writer_appends_whole_lines(tmp_path):
     w.flush()
     w.flush()  # nothing pending: no empty writes
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------ compile knob
+def test_compile_knob_is_declared_and_offered():
+    from saturn.techniques import get_technique
+
+    for name in ("ddp", "fsdp"):
+        t = get_technique(name)
+        assert "compile" in t.knobs
+        cands = t.candidates(job(), 1)
+        assert cands[0].get("compile") is None  # default off
+        assert any(c.get("compile") is True for c in cands)  # the profiler tries it
+
+
+def test_compile_blocks_keeps_parameter_names():
+    """Module.compile() compiles in place: checkpoints stay canonical. CPU slots run eager."""
+    model = training.build_model(job())
+    names = list(model.state_dict())
+    assert not training.compile_blocks(model, {"compile": True}, "cpu")
+    assert not training.compile_blocks(model, {"compile": False}, "cuda")
+    assert training.compile_blocks(model, {"compile": True}, "cuda")  # compiles lazily, at call
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in model.blocks())
+    assert list(model.state_dict()) == names
+
+
+def test_deepspeed_arch_list_is_sanitized(monkeypatch):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "scripts" / "bench_techniques.py"
+    spec = importlib.util.spec_from_file_location("bench_techniques_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0a 10.0a+PTX")
+    assert bench._ds_env("cuda") == {"TORCH_CUDA_ARCH_LIST": "8.0;9.0 10.0+PTX"}
+    assert bench._ds_env("cpu") == {"DS_ACCELERATOR": "cpu"}
