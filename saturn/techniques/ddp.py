@@ -24,6 +24,7 @@ class DDPKnobs:
     activation_checkpointing: bool = knob(False, "recompute each block's activations in backward (less memory)")
     grad_compression: Literal["none", "bf16", "fp16"] = knob(
         "none", "none | bf16 | fp16: all-reduce gradients in half precision")
+    compile: bool = knob(False, "torch.compile each block (CUDA; compile time is paid in start-up)")
 
 
 @register
@@ -41,7 +42,7 @@ class DDP(LaunchedTechnique):
         out = [base, {**base, "activation_checkpointing": True}] if has_blocks(job) else [base]
         if gpus > 1:
             out.append({**base, "bucket_cap_mb": 100})
-        return out
+        return out + ([{**base, "compile": True}] if has_blocks(job) else [])
 
 
 def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
@@ -54,6 +55,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
     model.to(device)
     if knobs.get("activation_checkpointing"):
         training.apply_activation_checkpointing(model)
+    training.compile_blocks(model, knobs, ctx.device_type)
     wrapped: torch.nn.Module = model
     if world > 1:
         wrapped = DistributedDataParallel(

@@ -29,6 +29,7 @@ class FSDPKnobs:
     mixed_precision: Literal["autocast", "policy"] = knob(
         "autocast", "autocast (fp32 params, autocast compute) | policy (MixedPrecisionPolicy: params gathered "
                     "in the job's precision, gradients reduced in fp32)")
+    compile: bool = knob(False, "torch.compile each block (CUDA; compile time is paid in start-up)")
 
 
 @register
@@ -49,7 +50,7 @@ class FSDP(LaunchedTechnique):
         if has_blocks(job):
             out.append({**base, "activation_checkpointing": True})
         out.append({**base, "activation_checkpointing": has_blocks(job), "cpu_offload": True})
-        return out
+        return out + ([{**base, "compile": True}] if has_blocks(job) else [])
 
 
 def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
@@ -66,6 +67,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
         model.to(ctx.device)
     if knobs.get("activation_checkpointing"):
         training.apply_activation_checkpointing(model)
+    training.compile_blocks(model, knobs, ctx.device_type)  # before fully_shard, as torchtitan does
     kw: dict[str, Any] = {"mesh": init_device_mesh(ctx.device_type, (ctx.world_size,)),
                           "reshard_after_forward": bool(knobs.get("reshard_after_forward", True))}
     if use_policy:
