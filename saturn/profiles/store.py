@@ -122,7 +122,10 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
     """Refuse a table the planner would misread: missing key columns, non-integer or non-positive
     GPU counts, non-JSON knobs, and number cells that are text, NaN on a feasible row, infinite or
     negative. `first_line` is the file line of data row 1 (CSV), None for parquet."""
-    for col in ("signature", "technique", "gpus"):
+    if "signature" not in df.columns and "job" not in df.columns:
+        raise ProfileTableError(f"profile file {path} has neither a 'signature' nor a 'job' column "
+                                f"(columns: {', '.join(map(str, df.columns))})")
+    for col in ("technique", "gpus"):
         if col not in df.columns:
             raise ProfileTableError(f"profile file {path} has no column {col!r} (columns: {', '.join(map(str, df.columns))})")
     feasible = df["feasible"] if "feasible" in df.columns else pd.Series([True] * len(df), index=df.index)
