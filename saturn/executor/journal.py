@@ -177,6 +177,28 @@ def executor_liveness(run_dir: Union[str, Path], journal: Journal) -> dict[str, 
             f"continue with `saturn run --resume {run_dir}`"}
 
 
+def run_liveness(run_dir: Union[str, Path]) -> dict[str, Any]:
+    """`executor_liveness` of a run directory (raises JournalError for a damaged journal)."""
+    path = Path(run_dir) / JOURNAL_FILE
+    if not path.exists():
+        raise JournalError(f"{run_dir} is not a run directory (no {JOURNAL_FILE})")
+    j = Journal(path)
+    try:
+        return executor_liveness(run_dir, j)
+    finally:
+        j.close()
+
+
+def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[str, Any]:
+    """In a `report.summarize` dict: jobs shown running by a dead executor are "dead"."""
+    summary["executor"] = liveness
+    if liveness.get("state") == "dead":
+        for j in summary.get("jobs", []):
+            if j.get("status") in ("running", "stopping"):
+                j["status"] = "dead"
+    return summary
+
+
 def _pid_is_python(pid: int) -> bool:
     try:
         os.kill(pid, 0)
