@@ -43,7 +43,9 @@ def profile_command(
     if budget_min is not None and not budget_min > 0:
         raise SaturnError(f"--budget-min must be a positive number of minutes, got {budget_min}")
     from saturn.profiler.session import profile
+    from saturn.spec import check_local_paths, load_workload
 
+    check_local_paths(load_workload(workload))  # before any trial starts (#15)
     rows = profile(workload, store_dir=store, budget_min=budget_min, force=force, progress=True)
     report = rows.attrs.get("report", {})
     print_rows(rows, title=f"{workload}: profiles")

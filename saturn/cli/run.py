@@ -69,6 +69,9 @@ def run_command(
     seed: int = typer.Option(0, "--seed", help="--simulate: noise seed."),
     device_type: str = typer.Option("auto", "--devices", help="auto | cuda | cpu"),
     live: bool = typer.Option(True, "--live/--no-live", help="Live table while running."),
+    require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on extrapolated, "
+                                          "simulated or guessed profile numbers (default: measure them first "
+                                          "when the hardware is here, else warn)."),
 ) -> None:
     """Profile what is missing, plan, and execute: re-plan as real progress comes in, switch jobs
     between techniques/GPU counts from their checkpoints when it pays, retry crashed jobs."""
@@ -99,8 +102,18 @@ def run_command(
     from saturn.spec import load_workload
 
     wl = load_workload(workload)
+    if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here (#15)
+        from saturn.spec import check_local_paths
+
+        check_local_paths(wl)
     cluster = wl.cluster.resolved()
     table = load_profiles(wl, workload, profiles, allow_profiling=not simulate)
+    if not simulate:  # never run silently on guesses (#15)
+        from saturn.profiles.guesses import measure_guesses
+
+        table = measure_guesses(wl, cluster, table, require_measured=require_measured, from_store=profiles is None,
+                                reload=lambda: load_profiles(wl, workload, None, allow_profiling=False),
+                                time_limit_s=time_limit, path=str(workload), say=console.print)
     run_dir = run_dir or _default_run_dir(wl.name)
     if (run_dir / "journal.sqlite").exists():
         raise SaturnError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")

@@ -87,6 +87,8 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         zero_ok = any(s in k.lower() for s in ("dropout", "drop", "eps", "bias", "std", "scale"))
         if not math.isfinite(float(v)) or (v < 0 if zero_ok else v <= 0):
             raise ValueError(f"override {k} = {v!r} must be a finite number {'>= 0' if zero_ok else '> 0'}")
+        if "dropout" in k.lower() and not v < 1:
+            raise ValueError(f"override {k} = {v!r} must be below 1 (a probability)")
         if v > MAX_OVERRIDE:
             raise ValueError(f"override {k} = {v!r} is over MAX_OVERRIDE = {MAX_OVERRIDE:g}")
 

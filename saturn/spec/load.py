@@ -72,6 +72,15 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
         raise SpecError(_join(where, [_fmt(e, (), lines, Workload) for e in exc.errors()])) from None
 
 
+def check_local_paths(workload: Workload) -> None:
+    """Local files the jobs need (model weights, text data) exist here -- called by `profile` and
+    `run`, where the jobs execute, before any trial or launch (exit 2 naming each missing path)."""
+    missing = L.missing_local_paths(workload.jobs)
+    if missing:
+        raise SpecError(_join(getattr(workload, "path", None) or "workload",
+                              [m + " on this machine; fix the path or copy the file here" for m in missing]))
+
+
 def dump_workload(workload: Workload) -> str:
     """Expanded YAML (jobs listed one by one); `load_workload` of it gives the same Workload."""
     data = workload.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
