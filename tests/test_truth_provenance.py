@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from saturn.planner import Plan, plan
 from saturn.planner.provenance import (EXTRAPOLATED, GUESSED, MEASURED_ELSEWHERE, MEASURED_HERE, SIMULATED,
                                        UNLABELLED, annotate, classify)
 
+ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "sample: extrapolated from ../shared/SPASE.md measurements, not measured"
 
 
@@ -96,7 +98,7 @@ def test_saturn_plan_warns_and_marks_guessed_rows(tmp_path, capsys):
 
 
 def test_saturn_plan_on_the_repository_samples_is_labelled(capsys):
-    code, out, err = _cli(["plan", "configs/examples/large-models.yaml", "--time-limit", "2"], capsys)
+    code, out, err = _cli(["plan", str(ROOT / "configs/examples/large-models.yaml"), "--time-limit", "2"], capsys)
     assert code == 0 and "WARNING" in err and out.count("GUESS: extrapolated") >= 1
 
 
@@ -149,3 +151,17 @@ def test_gpu_count_over_an_unknown_cluster_names_the_real_cause(tmp_path):
         plan(wl.jobs, Cluster(nodes=nodes), table, time_limit_s=2)
     assert "allows only GPU counts [8]" in str(e.value) and "largest" in str(e.value)
     assert "out of memory" not in str(e.value)
+
+
+def test_readme_first_command_plan_mixes_sizes_and_labels_guesses(capsys):
+    readme = (ROOT / "README.md").read_text()
+    assert "saturn plan configs/examples/mixed-h200.yaml" in readme.split("## How it works")[0]
+    code, out, err = _cli(["plan", str(ROOT / "configs/examples/mixed-h200.yaml"), "--time-limit", "5", "--json", "-"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    sizes = {len(a["gpus"]) for a in d["assignments"]}
+    assert 1 in sizes and max(sizes) >= 2  # some jobs on one GPU, some sharded over several
+    assert d["makespan_s"] < max(d["baselines"].values()) and d["makespan_s"] <= min(d["baselines"].values()) + 1e-6
+    guessed = [a for a in d["assignments"] if a["provenance"] in ("extrapolated", "simulated", "guessed")]
+    assert guessed and sorted(a["job"] for a in guessed) == d["provenance"]["guessed_jobs"]
+    assert "WARNING" in err
