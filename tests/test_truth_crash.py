@@ -83,7 +83,7 @@ def test_sigkill_at_random_moments_loses_no_logged_step_or_checkpoint(tmp_path):
              "--no-live", "--checkpoint-every", "5", "--interval", "1000", "--time-limit", "1"]
     resume = [sys.executable, "-m", "saturn.cli.run", "run", "--resume", str(rd), "--no-live", "--checkpoint-every", "5"]
     job = rd / "jobs" / "lm"
-    kills, t0 = [], time.monotonic()
+    kills = []
     for seed in range(KILLS):
         rng = random.Random(seed)
         cmd = first if not (rd / "journal.sqlite").exists() else resume
@@ -123,4 +123,5 @@ def test_sigkill_at_random_moments_loses_no_logged_step_or_checkpoint(tmp_path):
         if nsegs < len(lm.segments):
             assert lm.segments[nsegs].start_step >= ckpt_step, (seed, delay, ckpt_step)
     assert sum(1 for k in kills if k[2] > 0) >= 3, "too few kills after a checkpoint to mean anything"
-    assert time.monotonic() - t0 < 300
+    # cost: ~55 s of CPU on 2 cores (20 start-ups of `saturn run` + its job runner); wall time
+    # depends on the machine's load, so it is not asserted
