@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from saturn.executor.journal import Journal, JournalError, executor_liveness, mark_dead_jobs, record_executor
+from saturn.executor.journal import Journal, executor_liveness, mark_dead_jobs, record_executor
 from saturn.executor.metrics import SUPERSEDED_FILE, MetricsLog, read_metrics
 
 

@@ -88,6 +88,11 @@ class Journal:
 
     def append(self, t: float, kind: str, data: dict[str, Any]) -> None:
         job = data.get("job")
+        if self.path is not None:  # fsync every state change; per-step progress (re-derivable from
+            sync = "NORMAL" if kind == "progress" else "FULL"  # progress.jsonl) rides on the next fsync
+            if sync != getattr(self, "_sync", "FULL"):
+                self.db.execute(f"PRAGMA synchronous={sync}")
+                self._sync = sync
         with self.db:
             self.db.execute("INSERT INTO events (t, wall, kind, job, data) VALUES (?, ?, ?, ?, ?)",
                             (float(t), time.time(), kind, job, json.dumps(data, default=str)))

@@ -17,10 +17,10 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import pandas as pd
 
@@ -30,8 +30,7 @@ from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_st
 from saturn.executor.journal import (Journal, JournalError, apply_event, heartbeat, open_journal, record_executor,
                                      replay)
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
-from saturn.executor.state import (ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING,
-                                   TERMINAL, JobInfo, JobResult, JobState, RunState)
+from saturn.executor.state import (ACTIVE, CANCELLED, FAILED, PENDING, RUNNING, TERMINAL, JobInfo, JobResult, RunState)
 from saturn.planner import InvalidPlanError
 
 log = logging.getLogger(__name__)

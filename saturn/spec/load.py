@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from saturn.errors import SpecError
 from saturn.spec import limits as L
-from saturn.spec.schema import Cluster, DataSpec, Job, ModelSpec, Workload, _name_or_factory
+from saturn.spec.schema import Cluster, Job, Workload, _name_or_factory
 
 TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep")
 
