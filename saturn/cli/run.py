@@ -38,6 +38,9 @@ def run_command(
     seed: int = typer.Option(0, "--seed", help="--simulate: noise seed."),
     device_type: str = typer.Option("auto", "--devices", help="auto | cuda | cpu"),
     live: bool = typer.Option(True, "--live/--no-live", help="Live table while running."),
+    require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on extrapolated, "
+                                          "simulated or guessed profile numbers (default: measure them first "
+                                          "when the hardware is here, else warn)."),
 ) -> None:
     """Profile what is missing, plan, and execute: re-plan as real progress comes in, switch jobs
     between techniques/GPU counts from their checkpoints when it pays, retry crashed jobs."""
@@ -60,7 +63,17 @@ def run_command(
     from saturn.api.stages import load
 
     wl = load(workload)
+    if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
+        from saturn.spec import check_local_paths
+
+        check_local_paths(wl)
     table = profiles_table(wl, profiles, allow_profiling=not simulate, progress=True)
+    if not simulate:  # never run silently on guesses
+        from saturn.profiles.guesses import measure_guesses
+
+        table = measure_guesses(wl, wl.cluster, table, require_measured=require_measured, from_store=profiles is None,
+                                reload=lambda: profiles_table(wl, None), time_limit_s=time_limit,
+                                path=str(workload), say=console.print)
     run_dir = run_dir or default_run_dir(wl.name)
     check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
     opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval, introspect=not no_introspect,
@@ -102,12 +115,13 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         raise typer.Exit(1)
 
 
-def _print_summary(console, run_dir: Path) -> None:
+def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
     from rich.table import Table
 
+    from saturn.executor.journal import mark_dead_jobs
     from saturn.executor.report import fmt_s, summarize
 
-    s = summarize(run_dir)
+    s = summarize(run_dir) if live is None else mark_dead_jobs(summarize(run_dir), live)
     t = Table(title=f"run {run_dir}")
     for col in ("job", "status", "steps", "technique", "GPUs", "tries", "loss", "planned", "actual", "error"):
         t.add_column(col)
@@ -121,6 +135,8 @@ def _print_summary(console, run_dir: Path) -> None:
     console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
                   f"GPU utilization {100 * util:.0f}%, " if util is not None else "",
                   f"plan versions {s['plan_versions']}, switches {s['switches']}")
+    if live is not None:
+        console.print(f"executor: {live['state']}" + (f" -- {live['detail']}" if live.get("detail") else ""))
 
 
 def status_command(
@@ -129,12 +145,14 @@ def status_command(
 ) -> None:
     """Where a run stands (works while it runs)."""
     from saturn.cli.common import console
+    from saturn.executor.journal import mark_dead_jobs, run_liveness
     from saturn.executor.report import summarize
 
+    live = run_liveness(run_dir)  # dead vs running executor (pid / heartbeat)
     if json_out:
-        print(json.dumps(summarize(run_dir), indent=2, default=str))
+        print(json.dumps(mark_dead_jobs(summarize(run_dir), live), indent=2, default=str))
         return
-    _print_summary(console, run_dir)
+    _print_summary(console, run_dir, live)
 
 
 def report_command(

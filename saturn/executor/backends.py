@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from saturn.executor.job_runner import WarmAttempt, is_warm_capable
 from saturn.executor.state import JobState

@@ -166,6 +166,10 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
     for job in jobs:
         feasible = rows_to_options(job, groups[job.name])
         fitting = [o for o in feasible if any(o.fits(n) for n in nodes)]
+        if not feasible and job.gpus is not None and min(job.gpus) > max_gpus:  # the real cause (#15)
+            problems.append(f"job {job.name!r} allows only GPU counts {sorted(job.gpus)} but the cluster's largest "
+                            f"node has {max_gpus} GPUs; allow a count <= {max_gpus} or add a bigger node")
+            continue
         if not feasible:
             problems.append(
                 f"job {job.name!r} has no feasible profiled option"

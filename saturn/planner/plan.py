@@ -35,13 +35,17 @@ class Assignment:
     start_s: float
     end_s: float
     cpu_cores: float = 0.0  # input-pipeline cores planned for the job (0 = not planned)
+    # where the row this decision rests on came from (saturn.planner.provenance): "measured here",
+    # "measured elsewhere", "extrapolated", "simulated", "guessed" or "unlabelled"; None = not known yet
+    provenance: Optional[str] = None
+    source: Optional[str] = None  # that row's own `source` text
 
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "job": self.job,
             "technique": self.technique,
             "knobs": dict(self.knobs),
@@ -51,6 +55,10 @@ class Assignment:
             "end_s": float(self.end_s),
             **({"cpu_cores": float(self.cpu_cores)} if self.cpu_cores else {}),
         }
+        if self.provenance is not None:
+            d["provenance"] = self.provenance
+            d["source"] = self.source
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Assignment":
@@ -66,6 +74,8 @@ class Assignment:
             start_s=float(d["start_s"]),
             end_s=float(d["end_s"]),
             cpu_cores=float(d.get("cpu_cores") or 0.0),
+            provenance=d.get("provenance"),
+            source=d.get("source"),
         )
 
 
@@ -108,6 +118,8 @@ class Plan:
             "solver": asdict(self.solver),
             "baselines": {k: float(v) for k, v in self.baselines.items()},
             "assignments": [a.to_dict() for a in sorted(self.assignments, key=lambda a: (a.start_s, a.job))],
+            **({"provenance": _provenance_summary(self.assignments)}
+               if any(a.provenance is not None for a in self.assignments) else {}),
         }
 
     @classmethod
@@ -131,6 +143,12 @@ class Plan:
     def from_json(cls, text_or_path: Union[str, Path]) -> "Plan":
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         return cls.from_dict(json.loads(p.read_text() if p else str(text_or_path)))
+
+
+def _provenance_summary(assignments: list) -> dict:
+    from saturn.planner.provenance import summary
+
+    return summary(assignments)
 
 
 def _is_empty(jobs: Any) -> bool:
