@@ -97,7 +97,7 @@ def test_killed_worker_is_retried_and_replan_switches_technique(tmp_path):
     w, p = _files(tmp_path, 300, 30)
     wl = load_workload(w)
     rd = tmp_path / "run"
-    ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p), ProcessBackend(rd, device_type="cpu", checkpoint_every=10),
+    ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p), ProcessBackend(rd, device_type="cpu", checkpoint_every=10, warm=False),  # cold path; warm: test_warm_workers.py
                   run_dir=rd, config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0, poll_s=0.2))
     killed = False
     deadline = time.monotonic() + 240

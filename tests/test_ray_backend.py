@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from saturn.ray_cluster import nodes_from_entries
+from saturn.executor.ray_cluster import nodes_from_entries
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'saturn[ray]')")
 
@@ -87,13 +87,14 @@ def _metric_steps(path: Path):
 @pytest.mark.slow
 def test_two_nodes_node_loss_every_job_completes(tmp_path, ray_cluster):
     from saturn.executor import ExecutorConfig
+    from saturn.executor.build import resolve_cluster
     from saturn.executor.journal import Journal
     from saturn.executor.ray_backend import RayBackend, RayExecutor
 
     c, workers = ray_cluster
     jobs = {"a": 240, "b": 240, "c": 240}
     wl, prof = _setup(tmp_path, c.address, jobs)
-    cluster = wl.cluster.resolved()
+    cluster = resolve_cluster(wl.cluster)
     assert len(cluster.nodes) == 2 and all(n.gpus == 2 and n.gpu_type == "cpu" for n in cluster.nodes)
     rd = tmp_path / "run"
     backend = RayBackend(rd, cluster.ray, checkpoint_every=20)
@@ -103,9 +104,11 @@ def test_two_nodes_node_loss_every_job_completes(tmp_path, ray_cluster):
     name_to_id = backend.node_ids()
     assert {a["node"] for a in ex.state.plan["assignments"]} == set(name_to_id)  # both nodes used
     killed = joined = None
+    agents = 0  # warm mode: one long-lived agent actor (warm workers) per node that ran a job
     t0 = time.monotonic()
     try:
         while ex.step():
+            agents = max(agents, len(backend.agents))
             running = [js for js in ex.state.jobs.values() if js.status == "running"]
             if killed is None and any(js.committed_step >= 40 for js in running) \
                     and all(js.progress_step < 180 for js in running):
@@ -121,6 +124,7 @@ def test_two_nodes_node_loss_every_job_completes(tmp_path, ray_cluster):
     finally:
         ex.backend.shutdown()
     assert killed is not None, "no job reached step 40 on a node before the run ended"
+    assert (agents >= 2) == backend.warm
     for name, total in jobs.items():
         js = ex.state.jobs[name]
         assert js.status == "completed", (name, js.status, js.reason)

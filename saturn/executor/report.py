@@ -64,8 +64,15 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "gpu_allocation": busy / (makespan * total_gpus) if makespan > 0 else None,
             "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,  # old name
             "device_utilization": journal.get_meta("device_utilization"),
-            "done": state.done(), "total_gpus": total_gpus, **phase_summary(state, first, makespan,
-                                                                           total_gpus, last_t)}
+            "done": state.done(), "total_gpus": total_gpus,
+            "data": _data_summary(run_dir),  # data-wait phase + input tuner decisions (saturn.data)
+            **phase_summary(state, first, makespan, total_gpus, last_t)}
+
+
+def _data_summary(run_dir: Union[str, Path]) -> dict[str, Any]:
+    from saturn.data.report import data_summary
+
+    return data_summary(run_dir)
 
 
 PHASES = ("launch", "steps", "save_teardown")

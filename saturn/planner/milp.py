@@ -34,10 +34,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from saturn.planner.cores import add_core_rows, constrained, cores_ok, slot_seed
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import JobOptions, Option
 from saturn.planner.plan import Assignment
-from saturn.planner.schedule import Choice, NodeTimeline, Scheduler, make_assignment
+from saturn.planner.schedule import Choice, Scheduler, make_assignment
 
 
 @dataclass
@@ -285,6 +286,10 @@ def solve_time_indexed(
     reserved0 = _reserved(fixed_slots, len(nodes), T0)
     seed_slots, seed_ms = _slot_seed(seed, lambda a: okey(_match(opts[a.job], a)), node_idx, [n.gpus for n in nodes], dur,
                                      reserved0)
+    if constrained(nodes):  # CPU cores too (saturn.planner.cores): a seed that fits the core rows
+        fixed_cores = [(node_idx[a.node], a.cpu_cores, n) for a, (_, _, n) in zip(fixed, fixed_slots)]
+        seed_slots, seed_ms = slot_seed(seed, lambda a: okey(_match(opts[a.job], a)), node_idx, nodes, dur, reserved0,
+                                        fixed_cores)
     T = max(slots, seed_ms, T0)
     last = {k: T - d for k, d in dur.items()}
     lb_slots = math.ceil(lower_bound_s / delta - 1e-6) if lower_bound_s > 0 else 0
@@ -293,6 +298,7 @@ def solve_time_indexed(
     if model is None:
         return MilpResult("too_large", None, time.perf_counter() - t0, None, delta, 0)
     h = _highs_for(model, time_limit_s - (time.perf_counter() - t0), mip_gap, threads)
+    add_core_rows(h, model.blocks, nodes, T, [(node_idx[a.node], a.cpu_cores, n) for a, (_, _, n) in zip(fixed, fixed_slots)])
 
     x0 = np.zeros(model.n_cols)
     where = {(b.job, okey(b.option), b.group): b for b in model.blocks}
@@ -433,6 +439,8 @@ def compact(picks: list[tuple[int, str, Option, int]], nodes: Sequence[NodeSpec]
     for _, _, o, ni in picks:
         sched.add(Choice(o, nodes[ni].name))
     b = sched.assignments
+    if not cores_ok(a, nodes, fixed):  # left-shifting ignores cores; the list scheduler keeps them
+        return b
     return a if max(x.end_s for x in a) <= max(x.end_s for x in b) else b
 
 
