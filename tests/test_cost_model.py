@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 from saturn.planner import plan
-from saturn.planner.inputs import (BACKGROUND_SAVE_FRACTION, JobSpec, job_phases, job_runtime_s,
-                                   periodic_checkpoints)
+from saturn.planner.inputs import BACKGROUND_SAVE_FRACTION, JobSpec, job_phases, job_runtime_s, periodic_checkpoints
 
 ROW = {"job": "a", "technique": "ddp", "knobs": "{}", "gpus": 1, "step_time_s": 0.5,
        "feasible": True, "status": "ok", "launch_s": 4.0, "checkpoint_s": 6.0,

@@ -16,8 +16,7 @@ from typing import Any, Optional, Union
 
 import pandas as pd
 
-from saturn.planner.inputs import (canonical_knobs, gpu_type_matches, job_runtime_s, normalize_cluster,
-                                   normalize_jobs)
+from saturn.planner.inputs import canonical_knobs, gpu_type_matches, job_runtime_s, normalize_cluster, normalize_jobs
 
 
 class InvalidPlanError(AssertionError):
@@ -35,12 +34,12 @@ class Assignment:
     gpus: list[int]
     start_s: float
     end_s: float
-    phases: dict = field(default_factory=dict)  # phase -> {"s", "source"} (duration model)
     cpu_cores: float = 0.0  # input-pipeline cores planned for the job (0 = not planned)
     # where the row this decision rests on came from (saturn.planner.provenance): "measured here",
     # "measured elsewhere", "extrapolated", "simulated", "guessed" or "unlabelled"; None = not known yet
     provenance: Optional[str] = None
     source: Optional[str] = None  # that row's own `source` text
+    phases: dict = field(default_factory=dict)  # phase -> {"s", "source"} (duration model)
 
     @property
     def duration_s(self) -> float:

@@ -21,7 +21,8 @@ from saturn.profiler.hardware import HARDWARE_COLUMNS
 
 KEY_COLUMNS = ("signature", "technique", "knobs", "gpus", *HARDWARE_COLUMNS)
 VALUE_COLUMNS = ("status", "feasible", "step_time_s", "peak_mem_gb", "startup_s", "launch_s",
-                 "checkpoint_s", "checkpoint_stage_s", "checkpoint_source", "first_step_s", "teardown_s", "steps", "short", "reason", "trial_s", "measured_at", "source", "model",
+                 "checkpoint_s", "checkpoint_stage_s", "checkpoint_source", "first_step_s",
+                 "teardown_s", "steps", "short", "reason", "trial_s", "measured_at", "source", "model",
                  "batch_size", "seq_len", "precision")
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 STATUSES = ("ok", "oom", "failed", "timeout", "infeasible")

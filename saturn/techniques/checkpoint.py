@@ -178,13 +178,13 @@ def save_state(ckpt_dir: str, step: int, model_sd: dict[str, Any], optim_sd: dic
     meta = {**meta, "step": int(step)}
     if getattr(_BG.enabled, "on", False):
         group = _BG.group_for()
-        written = dcp.async_save(state, checkpoint_id=tmp, process_group=group,
+        written: Any = dcp.async_save(state, checkpoint_id=tmp, process_group=group,
                                  async_stager=_BG.stager_for())
-        written = getattr(written, "upload_completion", written)  # AsyncSaveResponse or Future
+        upload: Future = getattr(written, "upload_completion", written)  # response or Future
         if _BG.pool is None:
             _BG.pool = ThreadPoolExecutor(1, thread_name_prefix="saturn-ckpt")
         rank0 = _rank() == 0
-        _BG.pending = _BG.pool.submit(_finish, written, tmp, final, ckpt_dir, meta, keep, rank0)
+        _BG.pending = _BG.pool.submit(_finish, upload, tmp, final, ckpt_dir, meta, keep, rank0)
         return final
     dcp.save(state, checkpoint_id=tmp)
     _barrier()

@@ -349,7 +349,7 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     end = start + num
     ckpt_dir = payload.get("checkpoint_dir") if mode == "run" else None
     resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load)  # skips damaged ones, warns
-    if resumed:
+    if resumed and meta is not None:
         start = int(meta["step"])
     if mode == "run" and start >= end:
         return {"status": "completed", "step": start, "checkpoint": resumed, "losses": []}

@@ -135,9 +135,9 @@ def fill_by_rule(model: nn.Module, fqn: str, param: torch.Tensor, seed: int,
     if _is_dtensor(param):
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-        local = param.to_local()
-        _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh,
-                                                          param.placements)
+        dt: Any = param
+        local = dt.to_local()
+        _, offset = compute_local_shape_and_global_offset(dt.shape, dt.device_mesh, dt.placements)
         offset = tuple(offset)
     with torch.no_grad():
         if kind != "normal" or local.numel() == 0:

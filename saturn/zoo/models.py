@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import importlib
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 from torch import nn
@@ -111,7 +111,7 @@ def build_model(spec: Any, device: Optional[Any] = None, seed: int = 0,
         model = _build(spec)
         if spec.weights:
             load_weights(model, spec.weights)
-        return model if device.type == "meta" else model.to(device)
+        return model if device.type == "meta" else cast(SequentialModel, model.to(device))
     with torch.device("meta"):
         model = _build(spec)
     if device.type == "meta":
@@ -120,7 +120,7 @@ def build_model(spec: Any, device: Optional[Any] = None, seed: int = 0,
         model.to_empty(device=device)
         load_weights(model, spec.weights)
         return model
-    return materialize(model, device, seed, gen_device)
+    return cast(SequentialModel, materialize(model, device, seed, gen_device))
 
 
 def _build(spec: Any) -> SequentialModel:
