@@ -167,7 +167,9 @@ def test_failed_group_attempt_is_retried_from_member_checkpoints(tmp_path):
         js = ex.state.jobs[job.name]
         assert js.status == "completed" and _tiles(js) == job.steps
         assert [s.status for s in js.segments][0] == "failed" and len(js.segments) == 2
-        assert js.segments[1].start_step >= 4 and js.segments[1].technique == "sharp"
+        assert js.segments[1].technique == "sharp"  # relaunched as the group, from its checkpoint
+    assert ex.state.jobs["a"].segments[1].start_step >= 4
+    assert len({js.segments[1].pid for js in ex.state.jobs.values()}) == 1
 
 
 def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
@@ -175,7 +177,7 @@ def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
 
     from saturn.executor.report import load_run
 
-    w, p = _files(tmp_path, 24, 16, data=SLOW_DATA)
+    w, p = _files(tmp_path, 32, 24, data=SLOW_DATA)
     rd = tmp_path / "run"
     cmd = [sys.executable, "-m", "saturn.cli.run", "run", str(w), "--run-dir", str(rd), "--profiles", str(p),
            "--no-live", "--checkpoint-every", "4", "--interval", "1000", "--time-limit", "1"]
@@ -204,7 +206,7 @@ def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
                          timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     after, _ = load_run(rd)
-    for name, total in (("a", 24), ("b", 24), ("c", 16)):
+    for name, total in (("a", 32), ("b", 32), ("c", 24)):
         js = after.jobs[name]
         assert js.status == "completed" and _tiles(js) == total
         assert [s.status for s in js.segments][0] == "lost" and js.segments[0].end_step >= 4

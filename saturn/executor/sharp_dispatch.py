@@ -13,7 +13,8 @@ in one attempt. Everything group-specific is here, behind three hooks of the loo
   assignment per member on the group's GPUs and window, technique `sharp`, knob `group`, so
   the run state, `saturn status` and the plan files stay per job. A running group is never
   moved by a re-plan: its members are planned as one fixed assignment until they end.
-* Estimates. So that the policy can time a member (`covers`, `retime`, remaining time), each
+* Estimates. A group row is scaled by its members' observed/profiled speed (as the estimator
+  scales every option of a job), so it stays comparable with their solo options. So that the policy can time a member (`covers`, `retime`, remaining time), each
   member gets a *derived* `sharp` row: the group's measured time per member step times the
   number of members (a member advances at 1/N of the group's step rate while all N train),
   journaled as a `profiles` event (labelled `source: derived from <group>`). It is never
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -138,8 +140,11 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
                    for js in states):
             continue
         _ensure_member_rows(ex, g)
+        # observed / profiled speed of the members scales the group row as it scales their own
+        # options (the estimator's rule), so a group and its members' solo options stay comparable
+        factor = math.exp(sum(math.log(ex.est.factor(js)) for js in states) / len(states))
         rows += [{"job": g, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
-                  "step_time_s": o.step_time_s, "startup_s": o.startup_s, "feasible": True,
+                  "step_time_s": o.step_time_s * factor, "startup_s": o.startup_s, "feasible": True,
                   "gpu_type": o.gpu_type} for o in ex.est.rows[g]]
     if rows:
         table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
