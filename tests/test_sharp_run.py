@@ -2,7 +2,7 @@
 one attempt (one runner process) trains every member, each member's metrics, checkpoints and
 status land in its own job directory like a solo job's, each member's losses equal solo
 spilling training, and `--resume` after the executor is SIGKILLed loses no logged step.
-Slow (seconds to tens of seconds each)."""
+The process tests are slow (seconds to tens of seconds each)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 KNOBS = {"shard_layers": 1}
 GROUP = "sharp:a+b+c"
@@ -99,6 +98,7 @@ def _tiles(js):
     return segs[-1].end_step
 
 
+@pytest.mark.slow
 def test_planner_chosen_group_runs_as_one_attempt_with_solo_losses(tmp_path):
     from saturn.executor import Executor, ExecutorConfig, ProcessBackend
     from saturn.executor.report import summarize
@@ -138,6 +138,7 @@ def test_planner_chosen_group_runs_as_one_attempt_with_solo_losses(tmp_path):
     assert all(rep[n]["group"] == GROUP and rep[n]["technique"] == "sharp" for n in "abc")
 
 
+@pytest.mark.slow
 def test_failed_group_attempt_is_retried_from_member_checkpoints(tmp_path):
     """SIGKILL of the group's runner process mid-run: every member's attempt fails, the group
     is relaunched from each member's newest checkpoint, and the members still tile their steps."""
@@ -166,12 +167,13 @@ def test_failed_group_attempt_is_retried_from_member_checkpoints(tmp_path):
     for job in wl.jobs:
         js = ex.state.jobs[job.name]
         assert js.status == "completed" and _tiles(js) == job.steps
-        assert [s.status for s in js.segments][0] == "failed" and len(js.segments) == 2
+        assert js.segments[0].status == "failed" and len(js.segments) == 2
         assert js.segments[1].technique == "sharp"  # relaunched as the group, from its checkpoint
     assert ex.state.jobs["a"].segments[1].start_step >= 4
     assert len({js.segments[1].pid for js in ex.state.jobs.values()}) == 1
 
 
+@pytest.mark.slow
 def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
     import psutil
 
@@ -202,14 +204,14 @@ def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
     time.sleep(1.0)
     assert not [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     res = subprocess.run([sys.executable, "-m", "saturn.cli.run", "run", "--resume", str(rd), "--no-live",
-                          "--checkpoint-every", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          "--checkpoint-every", "4"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
                          timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     after, _ = load_run(rd)
     for name, total in (("a", 32), ("b", 32), ("c", 24)):
         js = after.jobs[name]
         assert js.status == "completed" and _tiles(js) == total
-        assert [s.status for s in js.segments][0] == "lost" and js.segments[0].end_step >= 4
+        assert js.segments[0].status == "lost" and js.segments[0].end_step >= 4
         assert {s.technique for s in js.segments} == {"sharp"}
         # every step was logged live, and a step trained twice (after the last checkpoint
         # before the kill) logged the same loss both times
@@ -220,6 +222,29 @@ def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
             assert seen.setdefault(r["step"], r["loss"]) == pytest.approx(r["loss"], rel=1e-6, abs=1e-6)
         assert sorted(seen) == list(range(1, total + 1))
     out = subprocess.run([sys.executable, "-m", "saturn.cli.run", "report", str(rd)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert GROUP in out.stdout
+
+
+def test_groups_are_planned_only_where_they_can_run_and_merge_when_running(tmp_path):
+    """Fast, no processes: a simulated backend cannot run a group, so the plan keeps solo
+    options; a running group's members become one fixed holder of their GPUs for the planner."""
+    from saturn.executor import Executor, ExecutorConfig, SimulatedBackend
+    from saturn.executor.sharp_dispatch import _merge_fixed, expand
+    from saturn.planner.plan import Assignment
+
+    rows = pd.read_csv(_files(tmp_path, 4, 4)[1])
+    ex = Executor({"a": 4, "b": 4, "c": 4}, {"n0": 1}, rows,
+                  SimulatedBackend(lambda job, tech, g, knobs: 1.0),
+                  config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0))
+    assert {a["technique"] for a in ex.state.plan["assignments"]} == {"spilling"}
+    knobs = {"shard_layers": 1, "group": GROUP}
+    held = [Assignment(m, "sharp", dict(knobs), "n0", [0], 0.0, end) for m, end in (("a", 3.0), ("b", 5.0))]
+    held.append(Assignment("c@checkpoint", "sharp", dict(knobs), "n0", [0], 0.0, 1.0))
+    merged = _merge_fixed(held)
+    assert [(a.job, a.end_s) for a in merged] == [(GROUP, 5.0), (GROUP + "@checkpoint", 1.0)]
+    out = expand(merged)
+    assert [a.job for a in out] == ["a", "b", "c", GROUP + "@checkpoint"]
+    assert all(a.knobs["group"] == GROUP for a in out)
+

@@ -177,6 +177,8 @@ def launch(ex: Any, assignment: dict) -> bool:
     members = [ex.state.jobs[m] for m in sharp_option.members_of(group)
                if m in ex.state.jobs and ex.state.jobs[m].status == PENDING
                and ex.state.jobs[m].remaining_steps > 0]
+    if not members:
+        return True
     for js in members:
         ex.emit("launch", job=js.name, technique=TECHNIQUE, knobs=dict(assignment.get("knobs") or {}),
                 node=assignment["node"], gpus=list(assignment["gpus"]), start_step=js.committed_step,
