@@ -140,7 +140,8 @@ def phase_metrics(run: dict, a: float, b: float, best: float, window_s: float) -
 
 def model_study(sc: dict, kind: str, seeds: int, windows: int = 40) -> list[dict]:
     """The same scenario on the capacity model (saturn.data.simpipe: no timing noise), `seeds` runs:
-    windows to reach 90% of the best split, final/best, reverts, per phase (change at `windows`)."""
+    windows to reach 90% of the best split, final/best, reverts, per phase (change at `windows`;
+    converge_windows_max = windows + 1 when some run never got there)."""
     names = (*SAMPLE_STAGES, "collate")
     runs = []
     for seed in range(seeds if kind == "rl" else 1):  # hill is deterministic
@@ -262,7 +263,7 @@ def markdown(results, tuners, duration, window_s, reps, top, wall) -> str:
             for kind in tuners:
                 m = res["model"][kind][i]
                 lines.append(f"| {name} | {phase} | {kind} | {f(m['converge_windows_median'], 'g')} / "
-                             f"{m['converge_windows_max']} | {m['never_converged']}/{m['runs']} | "
+                             f"{'never' if m['never_converged'] else m['converge_windows_max']} | {m['never_converged']}/{m['runs']} | "
                              f"{m['final_vs_best_min']:.2f} | {m['moves_mean']:.1f} | {m['reverts_mean']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -21,8 +21,13 @@ Every decision is one JSON line in `log_path` (the job directory's data_tuner.js
 Two policies share this loop, its observations and its guard rails (trial moves reverted when the
 next window is slower, tabu for reverted moves, the core budget): `hill` (this class, the default)
 and `rl` (saturn.data.tuner_rl.RLTuner, an InTune-style Q-learning agent). `make_tuner(kind, ...)`
-picks one; the workload knob is `data.kwargs.tuner: hill | rl`. Why hill is the default: measured
-against the agent by scripts/bench_data_tuners.py (BENCHMARKS.md, "Input-pipeline tuners").
+picks one; the workload knob is `data.kwargs.tuner: hill | rl`. Why hill is the default (measured by
+scripts/bench_data_tuners.py, BENCHMARKS.md "Input-pipeline tuners", CPU, simulated stage costs):
+it reached 90% of the best static split in 1-3 s (2-4 windows) with 0 reverts in every scenario
+(slow stage, bottleneck shift, budget 10 -> 6) and held 99-100% of it; the agent needed 3.5-5 s and
+3-5 reverts per phase, and on the capacity model (no noise, 30 seeds) 7-20 of 30 runs settled short
+of 90% of the optimum within 40 windows. The agent learns from throughput what each stage's
+measured busy time already says; it adds exploration cost and no information.
 """
 
 from __future__ import annotations
