@@ -17,7 +17,8 @@ the CPU side -- what this benchmark is about -- is real.
 Targets (issue 19): saturn >= 2x the defaults' ingestion where the defaults starve the GPU (idle >
 20%); saturn within 10% of the hand-tuned best; convergence <= 120 s.
 
-    python scripts/bench_data.py            # ~3 min on a 16-core host (estimated); writes benchmarks/data.json + BENCHMARKS.md
+    python scripts/bench_data.py            # ~3 min on a 16-core host (estimated)
+                                            # writes benchmarks/data.json + BENCHMARKS.md
     python scripts/bench_data.py --tuners hill   # one policy only (~2.3 min)
     python scripts/bench_data.py --quick    # ~1 min CPU smoke run; writes only --json PATH if given
 """
@@ -219,7 +220,8 @@ def main() -> None:
 
     tuners = [t.strip() for t in args.tuners.split(",") if t.strip()]
     if not tuners or any(t not in TUNERS for t in tuners):
-        print(f"--tuners: expected a comma-separated subset of {','.join(TUNERS)}, got {args.tuners!r}", file=sys.stderr)
+        print(f"--tuners: expected a comma-separated subset of {','.join(TUNERS)}, got {args.tuners!r}",
+              file=sys.stderr)
         sys.exit(2)
     main_tuner = "hill" if "hill" in tuners else tuners[0]
     cfg = QUICK if args.quick else FULL

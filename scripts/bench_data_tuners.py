@@ -147,7 +147,7 @@ def model_study(sc: dict, kind: str, seeds: int, windows: int = 40) -> list[dict
     for seed in range(seeds if kind == "rl" else 1):  # hill is deterministic
         pipe = ModelPipe({n: sc["costs"][0][n] for n in names}, {}, BATCH, prefetch=4)
         budget = {"n": sc["budget"][0]}
-        tuner = make_tuner(kind, pipe, budget=lambda: budget["n"], batch_size=BATCH,
+        tuner = make_tuner(kind, pipe, budget=lambda b=budget: b["n"], batch_size=BATCH,
                            **({"seed": seed} if kind == "rl" else {}))
         phases = []
         for k in (0, 1):
@@ -203,7 +203,8 @@ def main() -> None:
                 run = run_tuner(kind, sc, duration, window_s, seed=r)
                 ph = [phase_metrics(run, 0.0, run["shift_t"], best[0]["samples_per_s"], window_s),
                       phase_metrics(run, run["shift_t"], duration, best[1]["samples_per_s"], window_s)]
-                runs.append({"phases": ph, "final_workers": run["final_workers"], "final_prefetch": run["final_prefetch"]})
+                runs.append({"phases": ph, "final_workers": run["final_workers"],
+                             "final_prefetch": run["final_prefetch"]})
                 print(f"  {kind:4s} rep {r}: " + " | ".join(
                     f"conv {p['converge_s'] if p['converge_s'] is not None else 'never'} s, "
                     f"{p['steady_samples_per_s']:.0f} samples/s ({100 * p['vs_best_static']:.0f}% of best), "
@@ -263,7 +264,8 @@ def markdown(results, tuners, duration, window_s, reps, top, wall) -> str:
             for kind in tuners:
                 m = res["model"][kind][i]
                 lines.append(f"| {name} | {phase} | {kind} | {f(m['converge_windows_median'], 'g')} / "
-                             f"{'never' if m['never_converged'] else m['converge_windows_max']} | {m['never_converged']}/{m['runs']} | "
+                             f"{'never' if m['never_converged'] else m['converge_windows_max']} | "
+                             f"{m['never_converged']}/{m['runs']} | "
                              f"{m['final_vs_best_min']:.2f} | {m['moves_mean']:.1f} | {m['reverts_mean']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -80,7 +80,8 @@ def test_guard_rail_reverts_the_rl_agents_harmful_moves():
         cap_before = pipe.capacity()
         tuner.step(pipe.window())
         last = tuner.history[-1] if tuner.history else None
-        if last and last["action"] == "move" and last["window"] == tuner.windows and pipe.capacity() < 0.95 * cap_before:
+        fresh_move = last is not None and last["action"] == "move" and last["window"] == tuner.windows
+        if fresh_move and pipe.capacity() < 0.95 * cap_before:
             tuner.step(pipe.window())  # the next window judges it
             assert tuner.history[-1]["action"] == "revert", tuner.history[-2:]
             assert pipe.workers == before and pipe.capacity() == cap_before
@@ -101,7 +102,9 @@ def image_dir(tmp_path_factory):
 
 
 def _run(src, n, tuner_kw=None):
-    idx = lambda b: [b * BATCH + k for k in range(BATCH)]
+    def idx(b):
+        return [b * BATCH + k for k in range(BATCH)]
+
     pipe = Pipeline(src.stages({}), Stage("collate", collate_pairs(False)), idx, prefetch=2, num_batches=n)
     tuner = None
     if tuner_kw is not None:

@@ -56,7 +56,8 @@ class PipelineDataset(torch.utils.data.Dataset):
         self.cores = int(cores) if cores else None
         self.window_s = float(window_s)
         if tuner not in TUNERS:
-            raise ValueError(f"data.kwargs.tuner: unknown tuner {tuner!r}; allowed: {list(TUNERS)} (hill is the default)")
+            raise ValueError(f"data.kwargs.tuner: unknown tuner {tuner!r}; allowed: {list(TUNERS)} "
+                             "(hill is the default)")
         self.tuner = tuner
         self.processes = int(processes)  # > 0: the source's `offload_stages` run in that many processes
         self._executor: Any = None
