@@ -5,7 +5,9 @@ Per scenario (N jobs at once, each in its own process) three ways to feed them:
   default  - torch DataLoader with PyTorch's defaults (num_workers=0: decode+augment in the loop)
   grid     - DataLoader hand-tuned over a small grid of num_workers (pin_memory, prefetch 2); best kept
   saturn   - saturn.data pipeline (per-stage workers, decode/augment in a process pool) driven by the
-             online tuner, each job's core budget from a CoreLedger of the host's cores (fair share)
+             online tuner, each job's core budget from a CoreLedger of the host's cores (fair share);
+             one arm per tuner policy in --tuners (hill: the bottleneck hill climber, the default;
+             rl: the InTune-style Q-learning agent), so the GPU-host run compares both
 Measured per job: ingestion (samples/s the training loop consumed), GPU idle fraction (share of wall
 time the loop waited for data), and for saturn the time until throughput first reached 90% of its
 steady state (convergence). The GPU step is *simulated* (a fixed sleep after copying the batch to
@@ -15,7 +17,9 @@ the CPU side -- what this benchmark is about -- is real.
 Targets (issue 19): saturn >= 2x the defaults' ingestion where the defaults starve the GPU (idle >
 20%); saturn within 10% of the hand-tuned best; convergence <= 120 s.
 
-    python scripts/bench_data.py            # ~2.5 min on a 16-core host; writes benchmarks/data.json + BENCHMARKS.md
+    python scripts/bench_data.py            # ~3 min on a 16-core host (estimated)
+                                            # writes benchmarks/data.json + BENCHMARKS.md
+    python scripts/bench_data.py --tuners hill   # one policy only (~2.3 min)
     python scripts/bench_data.py --quick    # ~1 min CPU smoke run; writes only --json PATH if given
 """
 
@@ -35,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-FULL = dict(images=512, size=160, out=64, heavy=2, batch=64, scenarios=[1, 2, 4], static_s=5.0, tune_s=14.0,
+FULL = dict(images=512, size=160, out=64, heavy=2, batch=64, scenarios=[1, 2, 4], static_s=4.0, tune_s=12.0,
             warm_s=1.0, window_s=1.0, demand_cores=6.0)
 QUICK = dict(images=64, size=64, out=32, heavy=1, batch=16, scenarios=[1, 2], static_s=2.5, tune_s=6.0,
              warm_s=0.5, window_s=0.5, demand_cores=1.5)
@@ -69,7 +73,7 @@ def _iterator(arm: str, cfg: dict, src, job: str, ledger_path: str, cores: int, 
         return iter(dl), None
     from saturn.data import PipelineDataset
     from saturn.data.ledger import CoreLedger
-    from saturn.data.tuner import PipelineTuner
+    from saturn.data.tuner import make_tuner
 
     ledger = CoreLedger(ledger_path, cores)
     ledger.register(job, cores)
@@ -81,9 +85,9 @@ def _iterator(arm: str, cfg: dict, src, job: str, ledger_path: str, cores: int, 
             yield ds.batch_for_step(state["step"], cfg["batch"])
             state["step"] += 1
             if state["step"] == 1:  # pipeline up: attach the tuner with the ledger's share as budget
-                ds._tuner = PipelineTuner(ds._pipe, budget=lambda: ledger.share(job, 1), batch_size=cfg["batch"],
-                                          window_s=cfg["window_s"], log_path=os.path.join(
-                                              os.path.dirname(ledger_path), f"{job}-tuner.jsonl")).start()
+                ds._tuner = make_tuner(arm.split(":")[1], ds._pipe, budget=lambda: ledger.share(job, 1),
+                                       batch_size=cfg["batch"], window_s=cfg["window_s"], log_path=os.path.join(
+                                           os.path.dirname(ledger_path), f"{job}-tuner.jsonl")).start()
     return gen(), (ds, ledger)
 
 
@@ -148,24 +152,28 @@ def measure(arm: str, cfg: dict, data_dir: str, n_jobs: int, step_s: float, dura
                 raise RuntimeError(f"{arm} x{n_jobs}: a job died or hung (see its traceback above)") from None
     for p in procs:
         p.join(timeout=30)
-    warm = cfg["warm_s"] if arm != "saturn" else duration / 2  # saturn: steady state = 2nd half
+    tuned = arm.startswith("saturn")
+    warm = cfg["warm_s"] if not tuned else duration / 2  # saturn: steady state = 2nd half
     per_job = []
     for r in results:
         thr, idle = _window(r["trace"], warm, duration + 1)
         rec = {"job": r["job"], "samples_per_s": thr, "gpu_idle_frac": min(1.0, idle)}
-        if arm == "saturn":
+        if tuned:
             rec["convergence_s"] = _convergence(r["trace"], thr, cfg["window_s"])
             rec["whole_run_samples_per_s"] = _window(r["trace"], 0, duration + 1)[0]
             rec["tuner_decisions"] = len(r["tuner"])
+            rec["tuner_reverts"] = sum(d["action"] == "revert" for d in r["tuner"])
             rec["final_workers"] = r["tuner"][-1]["workers"] if r["tuner"] else None
         per_job.append(rec)
     total = sum(j["samples_per_s"] for j in per_job)
     out = {"arm": arm, "jobs": n_jobs, "samples_per_s": total,
            "gpu_idle_frac": statistics.mean(j["gpu_idle_frac"] for j in per_job), "per_job": per_job}
-    if arm == "saturn":
+    if tuned:
         out["convergence_s"] = max(j["convergence_s"] for j in per_job)
-    print(f"  {arm:10s} x{n_jobs}: {total:8.1f} samples/s, GPU idle {100 * out['gpu_idle_frac']:5.1f}%"
-          + (f", converged in {out['convergence_s']:.1f} s" if arm == "saturn" else ""), flush=True)
+        out["tuner_reverts"] = sum(j["tuner_reverts"] for j in per_job)
+    print(f"  {arm:11s} x{n_jobs}: {total:8.1f} samples/s, GPU idle {100 * out['gpu_idle_frac']:5.1f}%"
+          + (f", converged in {out['convergence_s']:.1f} s, {out['tuner_reverts']} reverts" if tuned else ""),
+          flush=True)
     return out
 
 
@@ -205,7 +213,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small CPU smoke run (~1 min); writes only --json")
     ap.add_argument("--json", default=None, help="also write the results here (quick mode writes nothing else)")
+    ap.add_argument("--tuners", default="hill,rl", help="tuner policies to measure, comma-separated (hill, rl); "
+                    "the table's Saturn columns show hill when measured, else the first")
     args = ap.parse_args()
+    from saturn.data.tuner import TUNERS
+
+    tuners = [t.strip() for t in args.tuners.split(",") if t.strip()]
+    if not tuners or any(t not in TUNERS for t in tuners):
+        print(f"--tuners: expected a comma-separated subset of {','.join(TUNERS)}, got {args.tuners!r}",
+              file=sys.stderr)
+        sys.exit(2)
+    main_tuner = "hill" if "hill" in tuners else tuners[0]
     cfg = QUICK if args.quick else FULL
     from saturn.data import make_image_files
     from saturn.data.images import image_format
@@ -234,9 +252,13 @@ def main() -> None:
         default = measure("default", cfg, data_dir, n, cal["step_s"], cfg["static_s"], tmp)
         grid = [measure(f"grid:{w}", cfg, data_dir, n, cal["step_s"], cfg["static_s"], tmp) for w in grid_for(n, cores)]
         best = max(grid, key=lambda r: r["samples_per_s"])
-        saturn = measure("saturn", cfg, data_dir, n, cal["step_s"], cfg["tune_s"], tmp)
+        by_tuner = {t: measure(f"saturn:{t}", cfg, data_dir, n, cal["step_s"], cfg["tune_s"], tmp) for t in tuners}
+        for r in by_tuner.values():
+            r["vs_hand_tuned"] = r["samples_per_s"] / best["samples_per_s"]
+        saturn = by_tuner[main_tuner]
         starve = default["gpu_idle_frac"] > 0.2
         sc = {"jobs": n, "default": default, "grid": grid, "hand_tuned_best": best["arm"], "saturn": saturn,
+              "saturn_tuner": main_tuner, "tuners": by_tuner,
               "speedup_vs_default": saturn["samples_per_s"] / default["samples_per_s"],
               "vs_hand_tuned": saturn["samples_per_s"] / best["samples_per_s"], "defaults_starve": starve}
         sc["targets"] = {
@@ -285,6 +307,15 @@ def markdown(cfg, cal, scenarios, wall) -> str:
             f"{s['saturn']['samples_per_s']:.0f} | {100 * s['saturn']['gpu_idle_frac']:.0f}% | "
             f"{s['speedup_vs_default']:.2f}× | {s['vs_hand_tuned']:.2f} | {s['saturn']['convergence_s']:.1f} | "
             f"{met(t['2x_defaults_where_starved'])} | {met(t['within_10pct_of_hand_tuned'])} | {met(t['converge_le_120s'])} |")
+    tuners = list(scenarios[0].get("tuners", {})) if scenarios else []
+    lines += ["", f"Saturn columns above: the `{scenarios[0]['saturn_tuner']}` tuner. Tuner policies side by side "
+              "(measured, same runs' conditions; reverts = guard-rail reverts summed over jobs):", "",
+              "| jobs | tuner | samples/s | GPU idle | vs hand-tuned | converged (s) | reverts |",
+              "|---:|---|---:|---:|---:|---:|---:|"] if tuners else []
+    for s in scenarios if tuners else []:
+        for name, r in s["tuners"].items():
+            lines.append(f"| {s['jobs']} | {name} | {r['samples_per_s']:.0f} | {100 * r['gpu_idle_frac']:.0f}% | "
+                         f"{r['vs_hand_tuned']:.2f} | {r['convergence_s']:.1f} | {r['tuner_reverts']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -131,6 +131,8 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
                   fmt_s(j["planned_runtime_s"]), fmt_s(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
     console.print(t)
+    for g, members in (s.get("sharp_groups") or {}).items():
+        console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]
     console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
                   f"GPU allocation {100 * util:.0f}%, " if util is not None else "",

@@ -13,7 +13,7 @@ Workload YAML (kwargs are all optional except where noted):
       path: /data/my-images        # image-files: a directory with index.json; token-files: file/dir/glob
       kwargs: {generate: 2000,     # image-files: write a synthetic set of N JPEGs there first
                workers: {read: 1, decode: 4, augment: 4, collate: 1}, prefetch: 4, pin: true,
-               tune: true, cores: 8, heavy: 0}
+               tune: true, tuner: hill, cores: 8, heavy: 0}   # tuner: hill (default) | rl
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from saturn.data.pipeline import Pipeline, Stage
-from saturn.data.tuner import LOG_FILE, PipelineTuner
+from saturn.data.tuner import LOG_FILE, TUNERS, PipelineTuner, make_tuner
 
-PIPELINE_KWARGS = ("workers", "prefetch", "pin", "tune", "cores", "window_s", "processes")
+PIPELINE_KWARGS = ("workers", "prefetch", "pin", "tune", "tuner", "cores", "window_s", "processes")
 
 
 def collate_pairs(pin: bool) -> Any:
@@ -49,12 +49,16 @@ class PipelineDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: Any, *, workers: dict[str, int] | None = None, prefetch: int = 2,
                  pin: bool = True, tune: bool = False, cores: int | None = None, window_s: float = 1.0,
-                 processes: int = 0):
+                 processes: int = 0, tuner: str = "hill"):
         self.source = source
         self.workers = dict(workers or {})
         self.prefetch, self.pin, self.tune = int(prefetch), bool(pin), bool(tune)
         self.cores = int(cores) if cores else None
         self.window_s = float(window_s)
+        if tuner not in TUNERS:
+            raise ValueError(f"data.kwargs.tuner: unknown tuner {tuner!r}; allowed: {list(TUNERS)} "
+                             "(hill is the default)")
+        self.tuner = tuner
         self.processes = int(processes)  # > 0: the source's `offload_stages` run in that many processes
         self._executor: Any = None
         self.job_dir: str | None = None
@@ -101,8 +105,8 @@ class PipelineDataset(torch.utils.data.Dataset):
             if self.tune:
                 budget = self.cores or max(len(self._pipe.stage_names), sum(self._pipe.workers.values()))
                 log = os.path.join(self.job_dir, LOG_FILE) if self.job_dir else None
-                self._tuner = PipelineTuner(self._pipe, budget=budget, batch_size=per, window_s=self.window_s,
-                                            log_path=log).start()
+                self._tuner = make_tuner(self.tuner, self._pipe, budget=budget, batch_size=per,
+                                         window_s=self.window_s, log_path=log).start()
         batch = self._pipe.get()
         self.data_wait_s = self._pipe.last_wait_s
         return batch

@@ -118,6 +118,11 @@ def main(spec_path: str) -> int:
     _die_with_parent()
     with open(spec_path) as f:
         spec = json.load(f)
+    if "members" in spec:  # a SHARP group attempt (saturn.executor.sharp_dispatch)
+        from saturn.sharp.runner import run_group_attempt
+
+        run_group_attempt(spec)
+        return 0
     run_attempt(spec)
     return 0
 

@@ -308,7 +308,11 @@ class Executor:
     def _launch_ready(self) -> None:
         if self._shutdown is not None:
             return
+        from saturn.executor import sharp_dispatch
+
         for a in policy.ready_to_launch(self.state.plan, self.state):
+            if sharp_dispatch.launch(self, a):  # a SHARP group member: the group starts as one attempt
+                continue
             js = self.state.jobs[a["job"]]
             prog = self.job_dir(js.name) / PROGRESS_FILE if self.run_dir is not None else None
             self.emit("launch", job=js.name, technique=a["technique"], knobs=a.get("knobs") or {},
@@ -331,9 +335,10 @@ class Executor:
     def _solve(self, solve, jobs, table, warm, fixed=None, time_limit_s=None):
         t0 = time.perf_counter()
         try:
-            return solve(jobs, self.nodes, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
-                         mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed,
-                         _groups=False)  # SHARP group options are planned, not yet run here
+            from saturn.executor import sharp_dispatch  # SHARP group options, where they can run
+
+            return sharp_dispatch.solve(self, solve, jobs, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
+                                        mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed)
         finally:
             self.plan_calls += 1
             self.plan_time_s += time.perf_counter() - t0

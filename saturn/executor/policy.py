@@ -100,7 +100,8 @@ class Estimator:
         for o in self.rows.get(js.name, []):
             if option_key(o.technique, o.gpus) in js.infeasible:
                 continue
-            if info.techniques and o.technique not in info.techniques:
+            if info.techniques and o.technique not in info.techniques and not (
+                    o.technique == "sharp" and "spilling" in info.techniques):  # SHARP = spilling in a group
                 continue
             if info.gpus and o.gpus not in info.gpus:
                 continue

@@ -87,7 +87,8 @@ class SharpGroup:
     def __init__(self, members: list[Member], workers: int = 1, *, respawn: bool = True,
                  faults: Optional[dict[int, int]] = None,
                  leave_at: Optional[dict[str, int]] = None,
-                 on_step: Optional[Callable[[str, int, float], None]] = None):
+                 on_step: Optional[Callable[[str, int, float], None]] = None,
+                 on_checkpoint: Optional[Callable[[str, int, str, Optional[float]], None]] = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         names = [m.name for m in members]
@@ -99,6 +100,7 @@ class SharpGroup:
         self.faults = dict(faults or {})  # worker id -> its task number (1-based) that dies
         self.leave_at = dict(leave_at or {})
         self.on_step = on_step
+        self.on_checkpoint = on_checkpoint  # (name, step, path, loss) after each published save
         self.scheduler = ShardedLRTF(
             Progress(m.name, max(0, m.end_step - m.step), len(m.engine.tasks()), m.task_time_s)
             for m in members)
@@ -241,6 +243,8 @@ class SharpGroup:
             return  # already saved at this step
         meta = {**m.meta, "technique": "sharp", "loss": loss, "world_size": 1}
         m.checkpoints.append(m.engine.save_checkpoint(m.ckpt_dir, m.step, meta))
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(m.name, m.step, m.checkpoints[-1], loss)
 
     def _leave(self, m: Member, save: bool = False) -> None:
         """`m` leaves at a step boundary (its checkpoint was just written): free its shards."""

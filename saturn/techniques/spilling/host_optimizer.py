@@ -107,7 +107,13 @@ class HostOptimizer:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="spilling-optimizer")
+            import torch
+
+            # OpenMP's thread count is a per-thread setting: the optimizer thread uses the same
+            # number of cores as the thread that built the engine (torch.set_num_threads there).
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="spilling-optimizer",
+                                            initializer=torch.set_num_threads,
+                                            initargs=(torch.get_num_threads(),))
         self._in_flight[k] = self._pool.submit(self._step, k, grads_landed)
 
     def pending(self, k: int) -> bool:
