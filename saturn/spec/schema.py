@@ -112,6 +112,7 @@ class Job(_Strict):
     gpus: Optional[list[int]] = None  # None: 1, 2, 4, ... up to the largest node
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     seed: int = 0
+    weight: float = Field(default=1.0, gt=0)  # priority under `objective: weighted_completion`
 
     @field_validator("gpus")
     @classmethod
@@ -291,6 +292,8 @@ class Workload(_Strict):
     name: str = "workload"
     cluster: Cluster = Field(default_factory=Cluster.local)
     jobs: list[Job]
+    # what the planner minimizes (saturn/planner/objectives.py)
+    objective: Literal["makespan", "mean_completion", "weighted_completion"] = "makespan"
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Workload":
