@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from saturn.ray_cluster import nodes_from_entries
+from saturn.executor.ray_cluster import nodes_from_entries
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'saturn[ray]')")
 
@@ -88,12 +88,13 @@ def _metric_steps(path: Path):
 def test_two_nodes_node_loss_every_job_completes(tmp_path, ray_cluster):
     from saturn.executor import ExecutorConfig
     from saturn.executor.journal import Journal
+    from saturn.executor.build import resolve_cluster
     from saturn.executor.ray_backend import RayBackend, RayExecutor
 
     c, workers = ray_cluster
     jobs = {"a": 240, "b": 240, "c": 240}
     wl, prof = _setup(tmp_path, c.address, jobs)
-    cluster = wl.cluster.resolved()
+    cluster = resolve_cluster(wl.cluster)
     assert len(cluster.nodes) == 2 and all(n.gpus == 2 and n.gpu_type == "cpu" for n in cluster.nodes)
     rd = tmp_path / "run"
     backend = RayBackend(rd, cluster.ray, checkpoint_every=20)

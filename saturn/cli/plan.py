@@ -33,20 +33,13 @@ def plan_command(
     """Choose a technique, GPUs and start time for every job, minimizing the makespan."""
     from rich.table import Table
 
+    from saturn.api import plan, profiles_table
+    from saturn.api.stages import load
     from saturn.cli.common import console, write_json
-    from saturn.planner import plan
-    from saturn.profiles.store import load_store, profiles_for, read_table
-    from saturn.spec import load_workload
 
-    wl = load_workload(workload)
-    cluster = wl.cluster.resolved()
-    if profiles is not None:
-        table = read_table(profiles)
-        if "job" not in table.columns:  # a store-format table: match by signature
-            table = profiles_for(_with_path(wl, workload), table, source=str(profiles))
-    else:
-        table = profiles_for(_with_path(wl, workload), load_store())
-    p = plan(wl.jobs, cluster, table, time_limit_s=time_limit, objective=wl.objective)
+    wl = load(workload)  # (a Ray cluster's nodes are discovered here)
+    cluster = wl.cluster
+    p = plan(wl, profiles_table(wl, profiles), time_limit_s=time_limit)
 
     if json_out is not None and str(json_out) == "-":
         write_json(p.to_dict(), "-")
@@ -80,11 +73,3 @@ def plan_command(
         save_gantt(p, cluster, gantt, title=f"{wl.name}: makespan {_fmt_s(ms)} (bound {_fmt_s(lb)})")
         console.print(f"Gantt chart written to {gantt}")
 
-
-def _with_path(wl, path: Path):
-    """Let the missing-profiles message quote the workload file in its `saturn profile` hint."""
-    try:
-        object.__setattr__(wl, "path", str(path))
-    except Exception:  # noqa: BLE001 - only cosmetic
-        pass
-    return wl

@@ -42,9 +42,10 @@ def profile_command(
         raise SaturnError("give a workload YAML to profile (or --show to print the store)")
     if budget_min is not None and not budget_min > 0:
         raise SaturnError(f"--budget-min must be a positive number of minutes, got {budget_min}")
+    from saturn.api.stages import load
     from saturn.profiler.session import profile
 
-    rows = profile(workload, store_dir=store, budget_min=budget_min, force=force, progress=True)
+    rows = profile(load(workload), store_dir=store, budget_min=budget_min, force=force, progress=True)
     report = rows.attrs.get("report", {})
     print_rows(rows, title=f"{workload}: profiles")
     print_report(report)

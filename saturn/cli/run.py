@@ -9,47 +9,13 @@
 from __future__ import annotations
 
 import json
-import math
-import random
 import signal
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from saturn.errors import SaturnError
-
-
-def load_profiles(wl: Any, workload_path: Optional[Path], profiles: Optional[Path], *, allow_profiling: bool):
-    """The planner's per-job profile table: --profiles FILE, else the store, profiling what is
-    missing (real runs only)."""
-    from saturn.errors import MissingProfilesError
-    from saturn.profiles.store import load_store, profiles_for, read_table
-
-    if workload_path is not None:
-        try:
-            object.__setattr__(wl, "path", str(workload_path))
-        except Exception:  # noqa: BLE001 - cosmetic (error messages quote the path)
-            pass
-    if profiles is not None:
-        table = read_table(profiles)
-        if "job" not in table.columns:
-            table = profiles_for(wl, table, source=str(profiles))
-        return table
-    try:
-        return profiles_for(wl, load_store())
-    except MissingProfilesError:
-        if not allow_profiling:
-            raise
-    from saturn.profiler import profile
-
-    profile(wl)
-    return profiles_for(wl, load_store())
-
-
-def _default_run_dir(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_command(
@@ -73,78 +39,33 @@ def run_command(
     """Profile what is missing, plan, and execute: re-plan as real progress comes in, switch jobs
     between techniques/GPU counts from their checkpoints when it pays, retry crashed jobs."""
     from saturn.cli.common import console
-    from saturn.executor import Executor, ExecutorConfig, ProcessBackend, SimulatedBackend
+    from saturn.executor.build import RunOptions, build_executor, check_fresh_run_dir, default_run_dir, resume_executor
     from saturn.executor.display import LiveDisplay
 
     if resume is not None:
         if simulate:
             raise SaturnError("--resume continues a real run; simulated runs are not resumable")
-        cfg_over = None
         display = LiveDisplay(console) if live else None
-        be_kwargs = {"device_type": device_type, "checkpoint_every": checkpoint_every}
-        from saturn.executor.ray_backend import RayExecutor, resume_backend_factory
-
-        factory = resume_backend_factory(resume, checkpoint_every=checkpoint_every)
-        if factory is not None:  # the run was on a Ray cluster: resume there
-            ex = RayExecutor.resume(resume, factory, config=cfg_over, display=display)
-        else:
-            ex = Executor.resume(resume, lambda off: ProcessBackend(resume, clock_offset=off, **be_kwargs),
-                                 config=cfg_over, display=display)
+        ex = resume_executor(resume, checkpoint_every=checkpoint_every, device_type=device_type, display=display)
         _execute(ex, display, console, resume)
         return
     if workload is None:
         raise SaturnError("give a workload YAML (or --resume RUN_DIR)")
     if not workload.exists():
         raise SaturnError(f"workload file {workload} does not exist")
-    from saturn.spec import load_workload
+    from saturn.api import profiles_table
+    from saturn.api.stages import load
 
-    wl = load_workload(workload)
-    cluster = wl.cluster.resolved()
-    table = load_profiles(wl, workload, profiles, allow_profiling=not simulate)
-    run_dir = run_dir or _default_run_dir(wl.name)
-    if (run_dir / "journal.sqlite").exists():
-        raise SaturnError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
-    given = None
-    if plan is not None:
-        from saturn.planner import Plan
-
-        given = Plan.from_json(plan)
-    cfg = ExecutorConfig(interval_s=interval, introspect=not no_introspect, max_retries=max_retries,
-                         time_limit_s=time_limit, poll_s=math.inf if simulate else 0.5)
-    executor_cls = Executor
-    if simulate:
-        backend = simulated_backend(table, noise=noise, seed=seed)
-    elif wl.cluster.ray is not None:
-        from saturn.executor.ray_backend import RayBackend, RayExecutor
-
-        backend = RayBackend(run_dir, wl.cluster.ray, checkpoint_every=checkpoint_every)
-        executor_cls = RayExecutor
-    else:
-        backend = ProcessBackend(run_dir, device_type=device_type if not cluster.is_cpu else "cpu",
-                                 checkpoint_every=checkpoint_every)
+    wl = load(workload)
+    table = profiles_table(wl, profiles, allow_profiling=not simulate, progress=True)
+    run_dir = run_dir or default_run_dir(wl.name)
+    check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
+    opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval, introspect=not no_introspect,
+                      time_limit_s=time_limit, max_retries=max_retries, checkpoint_every=checkpoint_every,
+                      noise=noise, seed=seed, device_type=device_type)
     display = LiveDisplay(console) if live and not simulate else None
-    ex = executor_cls(wl.jobs, cluster, table, backend, run_dir=run_dir, config=cfg, plan=given,
-                      display=display)
+    ex = build_executor(wl.jobs, wl.cluster, table, options=opts, plan=plan, display=display)
     _execute(ex, display, console, run_dir)
-
-
-def simulated_backend(table, *, noise: float = 0.15, seed: int = 0, **kw):
-    """A SimulatedBackend running each job at its profiled speed x a log-normal factor per job."""
-    from saturn.executor import SimulatedBackend
-    from saturn.executor.policy import _num
-
-    rng = random.Random(seed)
-    jobs = sorted(set(map(str, table["job"])))
-    factor = {j: rng.lognormvariate(0.0, noise) if noise > 0 else 1.0 for j in jobs}
-    steps, startup = {}, {}
-    for r in table.to_dict("records"):
-        key = (str(r["job"]), str(r["technique"]), int(r["gpus"]))
-        st = _num(r.get("step_time_s"), math.nan)
-        if math.isfinite(st) and (key not in steps or st < steps[key]):
-            steps[key] = st
-            startup[key] = _num(r.get("startup_s"), 0.0)
-    return SimulatedBackend(lambda j, t, g, k: steps[(j, t, g)] * factor[j],
-                            startup=lambda j, t, g: startup.get((j, t, g), 0.0), **kw)
 
 
 def _execute(ex, display, console, run_dir: Path) -> None:

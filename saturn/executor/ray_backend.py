@@ -1,7 +1,7 @@
 """Run a plan across the nodes of a Ray cluster: `RayBackend` + `RayExecutor`.
 
     from saturn.executor.ray_backend import RayBackend, RayExecutor
-    cluster = workload.cluster.resolved()            # cluster: {ray: {address: auto}} -> nodes from Ray
+    cluster = resolve_cluster(workload.cluster)      # saturn.executor.build: nodes from Ray
     backend = RayBackend(run_dir, cluster.ray, checkpoint_every=200)
     ex = RayExecutor(workload.jobs, cluster, profiles, backend, run_dir=run_dir)
     ex.run_until_done()
@@ -300,7 +300,7 @@ class RayBackend(WallClock):
                  checkpoint_every: int = 0, device_type: Optional[str] = None, clock_offset: float = 0.0,
                  grace_s: float = 60.0, extra_env: Optional[dict] = None, refresh_s: float = 1.0,
                  scratch_dir: Optional[str] = None):
-        from saturn.ray_cluster import connect, devices_of
+        from saturn.executor.ray_cluster import connect, devices_of
 
         spec = SimpleNamespace(address=ray, checkpoint_root=None, devices="auto", slots=None,
                                gpu_memory_gb=None) if isinstance(ray, (str, type(None))) else ray
@@ -328,7 +328,7 @@ class RayBackend(WallClock):
 
     # ------------------------------------------------------------------------- cluster view
     def _planable(self, entries):
-        from saturn.ray_cluster import nodes_from_entries
+        from saturn.executor.ray_cluster import nodes_from_entries
 
         return nodes_from_entries(entries, self.device_type, getattr(self.spec, "slots", None),
                                   getattr(self.spec, "gpu_memory_gb", None))

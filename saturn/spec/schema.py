@@ -8,6 +8,7 @@ by `saturn.spec.load` before it reaches these models, so each `Job` here is comp
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -167,7 +168,8 @@ class Node(_Strict):
 
 
 class RaySpec(_Strict):
-    """A Ray cluster: nodes and GPUs are discovered from it (see saturn.ray_cluster).
+    """A Ray cluster: nodes and GPUs are discovered from it at execution time (see
+    saturn.executor.build.resolve_cluster and saturn.executor.ray_cluster).
 
     checkpoint_root: storage every node can read and write (a shared filesystem path, or an fsspec
     URL such as s3://bucket/saturn); default: the run directory, which must then be shared.
@@ -220,14 +222,18 @@ class Cluster(_Strict):
         return cls(devices="auto")
 
     def resolved(self) -> "Cluster":
-        """Explicit nodes for this cluster: detects local GPUs (or CPU slots) when not given."""
+        """Explicit nodes for this cluster: detects local GPUs (or CPU slots) when not given.
+
+        Never connects anywhere: a Ray cluster's nodes are discovered by the execution layer
+        (`saturn.executor.build.resolve_cluster`), which every front door calls first."""
         if self.nodes is not None:
             return self
-        if self.ray is not None:  # discovered from Ray (connects to it); see saturn.ray_cluster
-            from saturn.ray_cluster import discover
+        if self.ray is not None:
+            from saturn.errors import SaturnError
 
-            nodes, dev = discover(self.ray.address, self.ray.devices, self.ray.slots, self.ray.gpu_memory_gb)
-            return Cluster(nodes=[n.to_node() for n in nodes], devices=dev, ray=self.ray)
+            raise SaturnError("cluster.ray: a Ray cluster's nodes are discovered when it is used; resolve it "
+                              "with saturn.executor.build.resolve_cluster(cluster) (saturn plan/run/profile "
+                              "and the Python API do this)")
         return Cluster(nodes=[_detect_local_node(self.devices, self.slots)],
                        devices=self.devices if self.devices != "auto" else _auto_devices())
 

@@ -1,0 +1,152 @@
+"""Job intake of the orchestrator: validate submitted jobs, find their profile rows, and queue
+`submit` / `cancel` commands for the executor thread.
+
+`JobIntake` is a mixin of `Orchestrator` (saturn.api.orchestrator), which owns the state it uses.
+Rows are looked up in the submit call (the caller's thread), so a job without profiles fails there,
+before anything is queued; the executor thread only applies ready batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+
+from saturn.api.futures import JobFuture, JobReport, OrchestratorError
+
+
+class JobIntake:
+    """`submit`, `submit_many`, `cancel` and the per-job profile rows (see the module docstring)."""
+
+    cluster: Any
+    simulated: bool
+    profile_missing: bool
+    store_dir: Any
+    _profiles: Optional[pd.DataFrame]
+    _sig_rows: dict
+    _sim_rows: dict
+    _histories: dict
+    _futures: dict
+    _reports: dict
+    _jobs: dict
+    _cmds: Any
+    _flock: Any
+    _closing: bool
+    _error: Optional[BaseException]
+    _last_submit: float
+
+    # ---------------------------------------------------------------------------------- public
+    def submit(self, job: Any, profiles: Any = None) -> JobFuture:
+        """Add a job (a `saturn.Job`, or a dict of its fields); returns at once with its future."""
+        return self.submit_many([job], profiles=profiles)[0]
+
+    def submit_many(self, jobs: Iterable[Any], profiles: Any = None) -> list[JobFuture]:
+        """Add several jobs in one command, so that the planner sees them together."""
+        from saturn.spec import Job
+
+        self._check_open()
+        prepared = []  # validate everything first: a bad job leaves no half-registered batch
+        for job in jobs:
+            if isinstance(job, dict):
+                job = Job.model_validate(job)
+            with self._flock:
+                old = self._futures.get(job.name)
+                if (old is not None and not old.done()) or any(job.name == j.name for j, _ in prepared):
+                    raise OrchestratorError(f"job {job.name!r} is already submitted and not done")
+            prepared.append((job, self._rows_for(job, profiles)))
+        batch = []
+        with self._flock:
+            for job, rows in prepared:
+                fut = JobFuture(self, job.name)
+                self._futures[job.name] = fut
+                self._jobs[job.name] = job
+                self._histories[job.name] = {}
+                self._reports[job.name] = JobReport(job.name, "pending", total_steps=int(job.total_steps))
+                batch.append((job, rows, fut))
+        self._last_submit = time.monotonic()
+        self._cmds.put(("submit", batch))
+        return [f for _, _, f in batch]
+
+    def cancel(self, job: Any, reason: str = "cancelled") -> None:
+        """Stop a job (running: checkpoint and exit; pending: dropped); its GPUs are re-planned."""
+        name = getattr(job, "name", job)
+        with self._flock:
+            if name not in self._futures:
+                raise OrchestratorError(f"no job {name!r} was submitted")
+        self._cmds.put(("cancel", str(name), reason))
+
+
+    # ---------------------------------------------------------------------------------- profiles
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise OrchestratorError(f"the orchestrator loop died: {self._error!r}") from self._error
+        if self._closing:
+            raise OrchestratorError("the orchestrator is shut down")
+
+    def _read_profiles(self, profiles: Any) -> Optional[pd.DataFrame]:
+        if profiles is None or isinstance(profiles, pd.DataFrame):
+            return profiles
+        from saturn.profiles.store import read_table
+
+        return read_table(profiles)
+
+    def _rows_for(self, job: Any, profiles: Any) -> pd.DataFrame:
+        """Profile rows for `job` (with a `job` column): the given table, else the orchestrator's,
+        else the store; jobs sharing a signature share rows; missing ones are profiled."""
+        from saturn.profiles.store import load_store, lookup
+
+        for table in (self._read_profiles(profiles), self._profiles):
+            if table is None or not len(table):
+                continue
+            if "job" in table.columns:
+                rows = table[table["job"].astype(str) == job.name]
+                if len(rows):
+                    return self._remember(job, rows)
+            if "signature" in table.columns:
+                rows, _ = lookup([job], self.cluster, table.drop(columns=["job"], errors="ignore"))
+                if len(rows):
+                    return self._remember(job, rows)
+        sig = str(job.signature)
+        if sig not in self._sig_rows:
+            rows, _ = lookup([job], self.cluster, load_store(self.store_dir))
+            if not len(rows) and self.profile_missing and not self.simulated:
+                from saturn.spec import Workload
+
+                from saturn.api.stages import profile
+
+                profile(Workload(name=f"orchestrator-{job.name}", cluster=self.cluster, jobs=[job]),
+                        store_dir=self.store_dir)
+                rows, _ = lookup([job], self.cluster, load_store(self.store_dir))
+            if not len(rows):
+                raise OrchestratorError(
+                    f"no profile rows for job {job.name!r} (signature {sig}); pass profiles= (a table, "
+                    "e.g. saturn.api.synthetic_profiles([job])) or run `saturn profile` on a workload with it")
+            self._sig_rows[sig] = rows.drop(columns=["job"])
+        rows = self._sig_rows[sig].copy()
+        rows.insert(0, "job", job.name)
+        return self._remember(job, rows)
+
+    def _remember(self, job: Any, rows: pd.DataFrame) -> pd.DataFrame:
+        rows = rows.copy()
+        rows["job"] = job.name
+        for r in rows.to_dict("records"):
+            st, su = r.get("step_time_s"), r.get("startup_s")
+            try:
+                st = float(st)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(st):
+                su = float(su) if su is not None and su == su else 0.0
+                key = (job.name, str(r["technique"]), int(r["gpus"]))
+                if key not in self._sim_rows or st < self._sim_rows[key][0]:
+                    self._sim_rows[key] = (st, su)
+        return rows
+
+    def _sim_step_time(self, job: str, technique: str, gpus: int, knobs: dict) -> float:
+        return self._sim_rows[(job, technique, int(gpus))][0]
+
+    def _sim_startup(self, job: str, technique: str, gpus: int) -> float:
+        return self._sim_rows.get((job, technique, int(gpus)), (0.0, 0.0))[1]
+
