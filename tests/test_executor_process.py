@@ -120,9 +120,9 @@ def test_killed_worker_is_retried_and_replan_switches_technique(tmp_path):
     assert _tiles(lm) == 300 and _tiles(vis) == 30
     # losses of every completed/interrupted attempt were recorded once each, in order
     steps = _steps_of(rd / "jobs" / "vis" / "metrics.jsonl")
-    assert steps == list(range(30))
+    assert steps == list(range(1, 31))  # steps done, as in JobReport.metrics
     lm_steps = _steps_of(rd / "jobs" / "lm" / "metrics.jsonl")
-    assert len(lm_steps) == len(set(lm_steps)) and max(lm_steps) == 299
+    assert len(lm_steps) == len(set(lm_steps)) and max(lm_steps) == 300
 
 
 def test_resume_after_sigkill_loses_and_repeats_no_step(tmp_path):

@@ -126,7 +126,7 @@ def test_two_nodes_node_loss_every_job_completes(tmp_path, ray_cluster):
         js = ex.state.jobs[name]
         assert js.status == "completed", (name, js.status, js.reason)
         assert _tiles(js) == total
-        assert _metric_steps(rd / "jobs" / name / "metrics.jsonl") == list(range(total)), name
+        assert _metric_steps(rd / "jobs" / name / "metrics.jsonl") == list(range(1, total + 1)), name
     lost = [(n, s) for n, js in ex.state.jobs.items() for s in js.segments if s.status == "lost"]
     assert lost and all(s.node == killed for _, s in lost)
     for n, s in lost:  # relaunched on the surviving node

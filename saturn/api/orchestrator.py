@@ -38,6 +38,11 @@ class Orchestrator(JobIntake, ExecutorThread):
     interval; re-plans also happen on every submit, cancel and job end. batch_window_s: hold
     submissions until none arrived for this long, so that jobs submitted one by one in a burst
     (e.g. by Ray Tune trials starting) are planned together.
+    objective: what re-planning minimizes; "mean_completion" by default (online and HPO users want
+    early, steady results), or "makespan" / "weighted_completion" (job `weight`s): see
+    saturn/planner/objectives.py. resume: continue the run in `run_dir` if it holds one (its jobs
+    come back with futures and their metrics; running ones restart from their newest checkpoint),
+    else start a new run there -- so a crashed HPO script can simply be started again.
     """
 
     def __init__(self, cluster: Any = None, *, run_dir: Optional[PathLike] = None,
@@ -46,9 +51,12 @@ class Orchestrator(JobIntake, ExecutorThread):
                  checkpoint_every: int = 0, time_limit_s: float = 5.0, poll_s: float = 0.2,
                  max_retries: int = 2, sim_speed: float = 10.0,
                  sim_loss: Optional[Callable[[Any, int], float]] = None, config: Any = None,
-                 device_type: str = "auto", batch_window_s: float = 0.0):
+                 device_type: str = "auto", batch_window_s: float = 0.0, objective: str = "mean_completion",
+                 resume: bool = False):
+        from saturn.planner.objectives import check_objective
         from saturn.spec import Cluster
 
+        objective = check_objective(objective)
         if cluster is None:
             cluster = Cluster.local()
         elif isinstance(cluster, (str, dict)):
@@ -85,8 +93,9 @@ class Orchestrator(JobIntake, ExecutorThread):
             elif backend in ("auto", "process", "ray"):
                 if self.run_dir is None:
                     raise OrchestratorError(f"backend={backend!r} needs a run_dir (journal, logs, checkpoints)")
-                if (self.run_dir / "journal.sqlite").exists():
-                    raise OrchestratorError(f"{self.run_dir} already holds a run; pick another run_dir")
+                if (self.run_dir / "journal.sqlite").exists() and not resume:
+                    raise OrchestratorError(f"{self.run_dir} already holds a run; continue it with "
+                                            "Orchestrator(..., resume=True) or pick another run_dir")
                 be = None  # built by saturn.executor.build from the cluster (Ray for `ray:` clusters)
                 poll = self.poll_s
             else:
@@ -103,12 +112,41 @@ class Orchestrator(JobIntake, ExecutorThread):
                           checkpoint_every=checkpoint_every, device_type=device_type)
         self._wait_s = poll
         empty = pd.DataFrame(columns=["job", "technique", "knobs", "gpus", "step_time_s", "startup_s", "feasible"])
-        self._ex = build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
-                                  wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
+        if resume and be is None and (self.run_dir / "journal.sqlite").exists():
+            self._ex = self._resumed_executor(opts, config, tap_loss)
+        else:
+            if resume and be is not None and self.simulated:
+                raise OrchestratorError("resume=True continues a real run; simulated runs are not resumable")
+            self._ex = build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
+                                      wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
+        if config is None:
+            self._ex.cfg.objective = objective
         self.backend = self._ex.backend
         self._thread = threading.Thread(target=self._loop, name="saturn-orchestrator", daemon=True)
         self._thread.start()
 
+
+    def _resumed_executor(self, opts: RunOptions, config: Any, tap_loss: Any) -> Any:
+        """The executor continuing `run_dir` (see saturn.executor.build.resume_executor), with a
+        future, a report and the metrics history of every job it knows."""
+        from saturn.executor.build import resume_executor
+        from saturn.spec import Job
+
+        ex = resume_executor(self.run_dir, checkpoint_every=opts.checkpoint_every, device_type=opts.device_type,
+                             config=config)
+        ex.backend = _Tap(ex.backend, self._on_loss, tap_loss)
+        for name, js in ex.state.jobs.items():
+            fut = JobFuture(self, name)
+            fut._accepted = True
+            self._futures[name] = fut
+            self._histories[name] = _metrics_history(ex.job_dir(name) / "metrics.jsonl")
+            self._reports[name] = JobReport(name, js.status, total_steps=int(js.info.total_steps))
+            if js.info.spec:
+                try:
+                    self._jobs[name] = Job.model_validate(js.info.spec)
+                except Exception:  # noqa: BLE001 - an older spec: reports still work without it
+                    pass
+        return ex
 
     def report(self, job: Any) -> JobReport:
         """The job's running metrics: status, step, latest loss, all intermediate values so far."""
@@ -178,3 +216,20 @@ class Orchestrator(JobIntake, ExecutorThread):
     def __exit__(self, exc_type, exc, tb) -> None:
         self.shutdown(wait=True, cancel_jobs=exc_type is not None)
 
+
+def _metrics_history(path: Path) -> dict[int, float]:
+    """{steps done: loss} from a job's metrics.jsonl (torn last lines are skipped)."""
+    import json
+
+    out: dict[int, float] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            out[int(rec["step"])] = float(rec["loss"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out

@@ -49,6 +49,7 @@ class ExecutorConfig:
     mip_gap: float = 0.02
     min_gain_s: float = 0.0  # adopt a new plan only if it saves more than this ...
     min_gain_frac: float = 0.02  # ... and more than this fraction of the remaining makespan
+    objective: str = "makespan"  # or mean_completion / weighted_completion (planner/objectives.py)
     poll_s: float = 0.5  # real backends: how often to poll processes (simulation: inf)
     shutdown_timeout_s: float = 600.0
 
@@ -284,9 +285,9 @@ class Executor:
         d = self.job_dir(js.name)
         d.mkdir(parents=True, exist_ok=True)
         with open(d / "metrics.jsonl", "a") as f:
-            for s, loss in losses:
+            for s, loss in losses:  # s: the step's index; written as steps done (1-based, as everywhere)
                 if seg.start_step <= int(s) < end_step:
-                    f.write(json.dumps({"step": int(s), "loss": float(loss), "attempt": seg.attempt,
+                    f.write(json.dumps({"step": int(s) + 1, "loss": float(loss), "attempt": seg.attempt,
                                         "technique": seg.technique, "gpus": len(seg.gpus)}) + "\n")
 
     def _housekeeping(self) -> None:
@@ -323,7 +324,7 @@ class Executor:
         t0 = time.perf_counter()
         try:
             return solve(jobs, self.nodes, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
-                         mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed)
+                         mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed, objective=self.cfg.objective)
         finally:
             self.plan_calls += 1
             self.plan_time_s += time.perf_counter() - t0
@@ -366,7 +367,8 @@ class Executor:
             cands.append(policy.retime(self.state, est, now, self.node_gpus, cur_choices, "current"))
         if not jobs:  # only running jobs are left: nothing to decide
             return None
-        dec = policy.choose_plan(cur, cands, min_gain_s=self.cfg.min_gain_s, min_gain_frac=self.cfg.min_gain_frac)
+        dec = policy.choose_plan(cur, cands, min_gain_s=self.cfg.min_gain_s, min_gain_frac=self.cfg.min_gain_frac,
+                                 score=policy.plan_score(self.cfg.objective, self.state))
         self.decisions.append({"t": now, "reason": reason, "adopt": dec.adopt, "current_s": dec.current_s,
                                "best_s": dec.best_s, "why": dec.reason,
                                "switches": list(dec.chosen.switches) if dec.chosen else []})
