@@ -40,7 +40,13 @@ class Orchestrator(JobIntake, ExecutorThread):
     (e.g. by Ray Tune trials starting) are planned together.
     objective: what re-planning minimizes; "mean_completion" by default (online and HPO users want
     early, steady results), or "makespan" / "weighted_completion" (job `weight`s): see
-    saturn/planner/objectives.py. resume: continue the run in `run_dir` if it holds one (its jobs
+    saturn/planner/objectives.py. profile_in_background (default): a job whose signature the store
+    lacks is submitted at once with labelled estimated rows (`JobReport.profile`) and measured in
+    a background thread, progress on the "saturn.api" logger and `on_profile(event)`; the plan is
+    redone when the measurement lands (saturn/api/background_profiling.py). profile_limits: what a
+    study may measure: {"techniques": [...], "gpus": [...], "budget_min": minutes in total}.
+    profiler: the measuring function (default saturn.api.stages.profile; a simulated orchestrator
+    profiles only with one given). resume: continue the run in `run_dir` if it holds one (its jobs
     come back with futures and their metrics; running ones restart from their newest checkpoint),
     else start a new run there -- so a crashed HPO script can simply be started again.
     """
@@ -52,7 +58,8 @@ class Orchestrator(JobIntake, ExecutorThread):
                  max_retries: int = 2, sim_speed: float = 10.0,
                  sim_loss: Optional[Callable[[Any, int], float]] = None, config: Any = None,
                  device_type: str = "auto", batch_window_s: float = 0.0, objective: str = "mean_completion",
-                 resume: bool = False):
+                 resume: bool = False, profile_in_background: bool = True, profile_limits: Optional[dict] = None,
+                 on_profile: Optional[Callable[[dict], None]] = None, profiler: Optional[Callable[..., Any]] = None):
         from saturn.planner.objectives import check_objective
         from saturn.spec import Cluster
 
@@ -83,6 +90,17 @@ class Orchestrator(JobIntake, ExecutorThread):
         self.batch_window_s = float(batch_window_s)
         self._held: list[tuple] = []  # submit commands held back by batch_window_s
         self._last_submit = 0.0
+        self._profile_source: dict[str, str] = {}
+        self._measured_shapes: dict[str, tuple] = {}
+        self._early_measured: dict[str, tuple] = {}
+        self._bg = None
+        if profile_missing and profile_in_background and (profiler is not None or backend not in
+                                                         ("simulate", "simulated", "sim")):
+            from saturn.api.background_profiling import BackgroundProfiler
+
+            self._bg = BackgroundProfiler(profiler or _store_profile, self._lookup_measured, self._measured,
+                                          cluster=self.cluster, store_dir=store_dir, limits=profile_limits,
+                                          on_profile=on_profile)
 
         if isinstance(backend, str):
             if backend in ("simulate", "simulated", "sim"):
@@ -148,6 +166,12 @@ class Orchestrator(JobIntake, ExecutorThread):
                     pass
         return ex
 
+    def _lookup_measured(self, job: Any) -> pd.DataFrame:
+        from saturn.profiles.store import load_store, lookup
+
+        rows, _ = lookup([job], self.cluster, load_store(self.store_dir))
+        return rows
+
     def report(self, job: Any) -> JobReport:
         """The job's running metrics: status, step, latest loss, all intermediate values so far."""
         name = str(getattr(job, "name", job))
@@ -207,6 +231,8 @@ class Orchestrator(JobIntake, ExecutorThread):
             self._closing = True
         if wait:
             self._thread.join(timeout)
+        if self._bg is not None and (not wait or not self._thread.is_alive()):
+            self._bg.close()
 
     close = shutdown
 
@@ -215,6 +241,12 @@ class Orchestrator(JobIntake, ExecutorThread):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.shutdown(wait=True, cancel_jobs=exc_type is not None)
+
+
+def _store_profile(workload: Any, **kwargs: Any) -> Any:
+    from saturn.api.stages import profile
+
+    return profile(workload, **kwargs)
 
 
 def _metrics_history(path: Path) -> dict[int, float]:
