@@ -115,3 +115,23 @@ def test_failed_job_reason_reaches_the_trial():
     t = study.trials[0]
     assert t.state == TS.FAIL and res[0].status == "failed"
     assert t.user_attrs["saturn_reason"] and t.user_attrs["saturn_reason"] == res[0].reason[-2000:]
+
+
+def test_pruned_jobs_stop_within_one_step_of_the_decision():
+    """The cancel reaches the running job at once (not after the orchestrator's next poll)."""
+
+    class PruneAt(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return bool(trial.intermediate_values) and max(trial.intermediate_values) >= 10
+
+    prof = synthetic_profiles([make_job(optuna.trial.FixedTrial({"lr": 1e-3}))], step_time_s=1.0, startup_s=0.5)
+    study = optuna.create_study(pruner=PruneAt())
+    # 1 step = 1 virtual s; the paced clock runs 40 steps per wall second (2 per loop iteration)
+    with saturn.Orchestrator(saturn.Cluster(devices="cpu", slots=2), backend="simulate", profiles=prof,
+                             sim_speed=40, sim_loss=lambda job, step: 1.0) as orch:
+        res = optimize(study, lambda t: make_job(t, steps=4000), orch, n_trials=2, n_jobs=2, poll_s=0.01)
+    for t in study.trials:
+        assert t.state == TS.PRUNED
+        rep = res[t.number]
+        assert rep.status == "cancelled"
+        assert rep.step <= t.user_attrs["saturn_step_at_prune"] + 1, (rep.step, t.user_attrs)

@@ -38,6 +38,9 @@ class JobIntake:
     _error: Optional[BaseException]
     _last_submit: float
     _profile_source: dict
+    _held: list
+    _lock: Any
+    _ex: Any
     _measured_shapes: dict
 
     # ---------------------------------------------------------------------------------- public
@@ -75,12 +78,31 @@ class JobIntake:
         return [f for _, _, f in batch]
 
     def cancel(self, job: Any, reason: str = "cancelled") -> None:
-        """Stop a job (running: checkpoint and exit; pending: dropped); its GPUs are re-planned."""
-        name = getattr(job, "name", job)
+        """Stop a job (running: checkpoint and exit; pending: dropped); its GPUs are re-planned.
+
+        Applied at once when the executor knows the job (the stop reaches a running job now, so a
+        pruned trial trains at most about one more step): it waits for the executor's current
+        step (at most `cancel_wait_s`), else it is queued like a submit."""
+        from saturn.executor.state import TERMINAL
+
+        name = str(getattr(job, "name", job))
         with self._flock:
             if name not in self._futures:
                 raise OrchestratorError(f"no job {name!r} was submitted")
-        self._cmds.put(("cancel", str(name), reason))
+        held = any(j.name == name for h in self._held for j, _, _ in h[1])
+        if not held and self._lock.acquire(timeout=getattr(self, "cancel_wait_s", 2.0)):
+            try:
+                js = self._ex.state.jobs.get(name)
+                with self._cmds.mutex:
+                    pending_cmds = list(self._cmds.queue)
+                queued = any(c[0] == "submit" and any(j.name == name for j, _, _ in c[1]) for c in pending_cmds)
+                if js is not None and not queued:
+                    if js.status not in TERMINAL:
+                        self._ex.cancel(name, reason=reason)
+                    return
+            finally:
+                self._lock.release()
+        self._cmds.put(("cancel", name, reason))
 
 
     # ---------------------------------------------------------------------------------- profiles

@@ -253,8 +253,10 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
                     finish(name, fut.result())
                 elif new and trial.should_prune():
                     log.info("trial %d pruned at step %d: cancelling job %s", trial.number, ent["last"], name)
+                    at = orchestrator.report(name).step  # where the job is when the decision is taken
                     orchestrator.cancel(name, reason="pruned")
                     trial.set_user_attr("saturn_pruned_at_step", ent["last"])
+                    trial.set_user_attr("saturn_step_at_prune", at)
                     tell(trial, TrialState.PRUNED)
                     results[trial.number] = rep
                     stopping.append((trial.number, fut))
