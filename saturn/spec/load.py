@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from saturn.errors import SpecError
 from saturn.spec.schema import Cluster, DataSpec, Job, ModelSpec, Workload, _name_or_factory
 
-TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep")
+TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
 
 def load_workload(source: Union[str, os.PathLike]) -> Workload:
@@ -58,7 +58,8 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
     if problems:
         raise SpecError(_join(where, _dedupe(problems)))
     try:
-        return Workload(name=str(raw.get("name", Path(where).stem)), cluster=cluster, jobs=built)
+        extra = {"objective": raw["objective"]} if "objective" in raw else {}  # the planner's objective
+        return Workload(name=str(raw.get("name", Path(where).stem)), cluster=cluster, jobs=built, **extra)
     except ValidationError as exc:
         raise SpecError(_join(where, [_fmt(e, (), lines, Workload) for e in exc.errors()])) from None
 
