@@ -78,8 +78,15 @@ def test_objective_names_are_checked():
         plan([JobSpec("a", 10.0, weight=0.0)], {"n0": 1}, _two_job_instance(), objective="weighted_completion")
 
 
-def test_yaml_objective_and_weight():
+def test_yaml_objective_and_weight(tmp_path):
+    from saturn.spec import load_workload
     from saturn.spec.schema import Workload
+
+    f = tmp_path / "w.yaml"
+    f.write_text("objective: weighted_completion\ncluster: {devices: cpu, slots: 2}\n"
+                 "jobs:\n  - {name: a, model: gpt2-tiny, batch_size: 2, steps: 5, weight: 4}\n")
+    loaded = load_workload(f)
+    assert loaded.objective == "weighted_completion" and loaded.jobs[0].weight == 4
 
     wl = Workload.model_validate({
         "objective": "weighted_completion",
