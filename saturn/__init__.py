@@ -15,9 +15,12 @@ from saturn.spec import Cluster, Job, Node, Workload, load_workload
 
 __version__ = "0.1.0"
 
+# Names served lazily from saturn.api (module __getattr__ below); listed literally in __all__ so
+# that linters and `from saturn import *` see plain strings.
 _API = ("JobFuture", "JobReport", "Orchestrator", "OrchestratorError", "plan", "profile", "run",
         "synthetic_profiles")
-__all__ = ["Cluster", "Job", "Node", "SaturnError", "Workload", "load_workload", "__version__", *_API]
+__all__ = ["Cluster", "Job", "JobFuture", "JobReport", "Node", "Orchestrator", "OrchestratorError", "SaturnError",
+           "Workload", "__version__", "load_workload", "plan", "profile", "run", "synthetic_profiles"]
 
 
 def __getattr__(name: str):

@@ -9,12 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, Optional
 
 from saturn.errors import SaturnError
-
-if TYPE_CHECKING:
-    from saturn.api.orchestrator import Orchestrator
 
 log = logging.getLogger("saturn.api")
 
@@ -70,7 +67,7 @@ class JobFuture:
     `result()` returns the final `JobReport` whatever the status (check `.status`); it raises
     TimeoutError only if the job is not done within `timeout` seconds."""
 
-    def __init__(self, orchestrator: "Orchestrator", name: str):
+    def __init__(self, orchestrator: Any, name: str):  # the Orchestrator that owns the job
         self._orch = orchestrator
         self.name = name
         self._done = threading.Event()

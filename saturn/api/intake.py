@@ -53,7 +53,8 @@ class JobIntake:
         from saturn.spec import Job
 
         self._check_open()
-        prepared = []  # validate everything first: a bad job leaves no half-registered batch
+        # validate everything first: a bad job leaves no half-registered batch
+        prepared: list[tuple[Any, pd.DataFrame]] = []
         for job in jobs:
             if isinstance(job, dict):
                 job = Job.model_validate(job)
@@ -144,9 +145,8 @@ class JobIntake:
             if not len(rows) and self.profile_missing and bg is not None:  # measured in the background
                 return self._estimated(job, bg)
             if not len(rows) and self.profile_missing and not self.simulated:
-                from saturn.spec import Workload
-
                 from saturn.api.stages import profile
+                from saturn.spec import Workload
 
                 profile(Workload(name=f"orchestrator-{job.name}", cluster=self.cluster, jobs=[job]),
                         store_dir=self.store_dir)

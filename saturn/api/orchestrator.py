@@ -20,7 +20,7 @@ import pandas as pd
 from saturn.api.executor_thread import ExecutorThread, _paced_simulated_backend, _Tap
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
 from saturn.api.intake import JobIntake
-from saturn.executor.build import RunOptions, build_executor, resolve_cluster
+from saturn.executor import build
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -68,7 +68,7 @@ class Orchestrator(JobIntake, ExecutorThread):
             cluster = Cluster.local()
         elif isinstance(cluster, (str, dict)):
             cluster = Cluster.model_validate(cluster)
-        self.cluster = resolve_cluster(cluster)
+        self.cluster = build.resolve_cluster(cluster)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.poll_s = float(poll_s)
         self.profile_missing = profile_missing
@@ -125,9 +125,9 @@ class Orchestrator(JobIntake, ExecutorThread):
         tap_loss = None
         if self.simulated and sim_loss is not None:
             tap_loss = lambda name, step: sim_loss(self._jobs[name], step)  # noqa: E731
-        opts = RunOptions(run_dir=self.run_dir, backend=backend if isinstance(backend, str) else "auto",
-                          interval_s=interval_s, time_limit_s=time_limit_s, poll_s=poll, max_retries=max_retries,
-                          checkpoint_every=checkpoint_every, device_type=device_type)
+        opts = build.RunOptions(run_dir=self.run_dir, backend=backend if isinstance(backend, str) else "auto",
+                                interval_s=interval_s, time_limit_s=time_limit_s, poll_s=poll,
+                                max_retries=max_retries, checkpoint_every=checkpoint_every, device_type=device_type)
         self._wait_s = poll
         empty = pd.DataFrame(columns=["job", "technique", "knobs", "gpus", "step_time_s", "startup_s", "feasible"])
         if resume and be is None and (self.run_dir / "journal.sqlite").exists():
@@ -135,7 +135,7 @@ class Orchestrator(JobIntake, ExecutorThread):
         else:
             if resume and be is not None and self.simulated:
                 raise OrchestratorError("resume=True continues a real run; simulated runs are not resumable")
-            self._ex = build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
+            self._ex = build.build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
                                       wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
         if config is None:
             self._ex.cfg.objective = objective
@@ -144,7 +144,7 @@ class Orchestrator(JobIntake, ExecutorThread):
         self._thread.start()
 
 
-    def _resumed_executor(self, opts: RunOptions, config: Any, tap_loss: Any) -> Any:
+    def _resumed_executor(self, opts: "build.RunOptions", config: Any, tap_loss: Any) -> Any:
         """The executor continuing `run_dir` (see saturn.executor.build.resume_executor), with a
         future, a report and the metrics history of every job it knows."""
         from saturn.executor.build import resume_executor
@@ -250,7 +250,8 @@ def _store_profile(workload: Any, **kwargs: Any) -> Any:
 
 
 def _metrics_history(path: Path) -> dict[int, float]:
-    """{steps done: loss} from a job's metrics.jsonl (torn last lines are skipped)."""
+    """{steps done: loss} from a job's metrics.jsonl (torn last lines are skipped). The file keeps
+    each step's 0-based index (saturn/executor/metrics.py); reports count steps done."""
     import json
 
     out: dict[int, float] = {}
@@ -261,7 +262,7 @@ def _metrics_history(path: Path) -> dict[int, float]:
     for line in lines:
         try:
             rec = json.loads(line)
-            out[int(rec["step"])] = float(rec["loss"])
+            out[int(rec["step"]) + 1] = float(rec["loss"])
         except (ValueError, KeyError, TypeError):
             continue
     return out

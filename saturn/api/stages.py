@@ -89,10 +89,13 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     `saturn.planner.plan` (mip_gap, warm_start, threads). Returns a `saturn.planner.Plan`."""
     from saturn.planner import plan as _plan
 
+    from saturn.planner.provenance import annotate
+
     wl = load(workload)
     table = profiles_table(wl, profiles)
     kwargs.setdefault("objective", getattr(wl, "objective", "makespan"))  # the YAML's `objective:`
-    return _plan(wl.jobs, wl.cluster, table, time_limit_s=time_limit_s, **kwargs)
+    # every assignment says where its numbers came from (measured / extrapolated / simulated / guessed)
+    return annotate(_plan(wl.jobs, wl.cluster, table, time_limit_s=time_limit_s, **kwargs), table)
 
 
 def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = None, simulate: bool = False,

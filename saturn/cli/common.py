@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-
-import sys
 
 # Rich wraps at 80 columns when output is not a terminal; piped tables should not wrap.
 _WIDTH = None if sys.stdout.isatty() else 200

@@ -23,7 +23,8 @@ def _fmt_s(s: float) -> str:
 
 
 def plan_command(
-    workload: Path = typer.Argument(..., help="Workload spec (YAML) with jobs and cluster.", exists=True, dir_okay=False),
+    workload: Path = typer.Argument(..., help="Workload spec (YAML) with jobs and cluster.", exists=True,
+                                    dir_okay=False),
     profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile table (CSV or parquet) "
                                             "instead of the profile store (profiles/ or $SATURN_PROFILES)."),
     time_limit: float = typer.Option(30.0, "--time-limit", help="Solver time limit in seconds."),
@@ -36,6 +37,7 @@ def plan_command(
     from saturn.api import plan, profiles_table
     from saturn.api.stages import load
     from saturn.cli.common import console, write_json
+    from saturn.planner.provenance import GUESSES
 
     wl = load(workload)  # (a Ray cluster's nodes are discovered here)
     cluster = wl.cluster
@@ -43,14 +45,21 @@ def plan_command(
 
     if json_out is not None and str(json_out) == "-":
         write_json(p.to_dict(), "-")
+        _warn_guesses(p, workload)
         return
     t = Table(title=f"Saturn plan for {wl.name} ({len(wl.jobs)} jobs)")
-    for col in ("job", "technique", "knobs", "node", "GPUs", "start", "end"):
+    cores = any(a.cpu_cores for a in p.assignments)  # input-pipeline cores (saturn.planner.cores)
+    for col in ("job", "technique", "knobs", "node", "GPUs", *(("CPU cores",) if cores else ()), "start", "end",
+                "numbers"):
         t.add_column(col, justify="right" if col in ("start", "end") else "left")
     for a in sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job)):
         knobs = ", ".join(f"{k}={v}" for k, v in a.knobs.items())
-        t.add_row(a.job, a.technique, knobs, a.node, ",".join(map(str, a.gpus)), _fmt_s(a.start_s), _fmt_s(a.end_s))
+        guess = a.provenance in GUESSES
+        t.add_row(a.job, a.technique, knobs, a.node, ",".join(map(str, a.gpus)),
+                  *((f"{a.cpu_cores:g}",) if cores else ()), _fmt_s(a.start_s), _fmt_s(a.end_s),
+                  f"[bold yellow]GUESS: {a.provenance}[/]" if guess else (a.provenance or "-"))
     console.print(t)
+    _warn_guesses(p, workload)
     ms, lb = p.makespan_s, p.lower_bound_s
     console.print(f"[bold]makespan[/] {_fmt_s(ms)} ({ms:,.0f} s)   lower bound {_fmt_s(lb)} ({lb:,.0f} s)   "
                   f"ratio {ms / lb:.3f}" if lb > 0 else f"makespan {ms:,.0f} s")
@@ -73,3 +82,22 @@ def plan_command(
         save_gantt(p, cluster, gantt, title=f"{wl.name}: makespan {_fmt_s(ms)} (bound {_fmt_s(lb)})")
         console.print(f"Gantt chart written to {gantt}")
 
+
+def _warn_guesses(p, workload: Path) -> None:
+    """A plan resting on numbers nobody measured says so, loudly, on stderr (#15)."""
+    from saturn.cli.common import err_console
+    from saturn.planner.provenance import UNLABELLED, guessed
+
+    g = guessed(p.assignments)
+    if g:
+        kinds = sorted({a.provenance for a in g})
+        err_console.print(
+            f"[bold yellow]WARNING:[/] {len(g)} of {len(p.assignments)} assignments rest on numbers nobody "
+            f"measured ({', '.join(kinds)}; e.g. {g[0].job}: {g[0].source or 'no source'}). Times and choices "
+            f"for rows marked GUESS may be wrong: measure them with `saturn profile {workload}` on such "
+            "hardware (`saturn run` re-profiles them when the hardware is here, or refuses with "
+            "--require-measured).", highlight=False, soft_wrap=True)
+    unl = [a for a in p.assignments if a.provenance == UNLABELLED]
+    if unl:
+        err_console.print(f"note: {len(unl)} assignment(s) rest on rows without a `source` column value "
+                          "(origin unknown).", highlight=False, soft_wrap=True)

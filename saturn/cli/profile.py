@@ -44,8 +44,11 @@ def profile_command(
         raise SaturnError(f"--budget-min must be a positive number of minutes, got {budget_min}")
     from saturn.api.stages import load
     from saturn.profiler.session import profile
+    from saturn.spec import check_local_paths
 
-    rows = profile(load(workload), store_dir=store, budget_min=budget_min, force=force, progress=True)
+    wl = load(workload)
+    check_local_paths(wl)  # before any trial starts
+    rows = profile(wl, store_dir=store, budget_min=budget_min, force=force, progress=True)
     report = rows.attrs.get("report", {})
     print_rows(rows, title=f"{workload}: profiles")
     print_report(report)

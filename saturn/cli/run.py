@@ -25,16 +25,22 @@ def run_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (journal, logs, checkpoints). "
                                            "Default: runs/<workload>-<time>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    simulate: bool = typer.Option(False, "--simulate", help="Simulated clock: jobs progress at profiled speed x noise."),
-    profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile table (CSV/parquet) instead of the store."),
+    simulate: bool = typer.Option(False, "--simulate",
+                                  help="Simulated clock: jobs progress at profiled speed x noise."),
+    profiles: Optional[Path] = typer.Option(None, "--profiles",
+                                            help="Profile table (CSV/parquet) instead of the store."),
     no_introspect: bool = typer.Option(False, "--static", help="Execute the first plan without re-planning."),
     time_limit: float = typer.Option(10.0, "--time-limit", help="Planner time limit per (re-)plan, seconds."),
     max_retries: int = typer.Option(2, "--max-retries", help="Relaunches of a crashed job before it is failed."),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Checkpoint (and report progress) every N steps."),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every",
+                                         help="Checkpoint (and report progress) every N steps."),
     noise: float = typer.Option(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise."),
     seed: int = typer.Option(0, "--seed", help="--simulate: noise seed."),
     device_type: str = typer.Option("auto", "--devices", help="auto | cuda | cpu"),
     live: bool = typer.Option(True, "--live/--no-live", help="Live table while running."),
+    require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on extrapolated, "
+                                          "simulated or guessed profile numbers (default: measure them first "
+                                          "when the hardware is here, else warn)."),
 ) -> None:
     """Profile what is missing, plan, and execute: re-plan as real progress comes in, switch jobs
     between techniques/GPU counts from their checkpoints when it pays, retry crashed jobs."""
@@ -57,7 +63,17 @@ def run_command(
     from saturn.api.stages import load
 
     wl = load(workload)
+    if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
+        from saturn.spec import check_local_paths
+
+        check_local_paths(wl)
     table = profiles_table(wl, profiles, allow_profiling=not simulate, progress=True)
+    if not simulate:  # never run silently on guesses
+        from saturn.profiles.guesses import measure_guesses
+
+        table = measure_guesses(wl, wl.cluster, table, require_measured=require_measured, from_store=profiles is None,
+                                reload=lambda: profiles_table(wl, None), time_limit_s=time_limit,
+                                path=str(workload), say=console.print)
     run_dir = run_dir or default_run_dir(wl.name)
     check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
     opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval, introspect=not no_introspect,
@@ -99,12 +115,13 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         raise typer.Exit(1)
 
 
-def _print_summary(console, run_dir: Path) -> None:
+def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
     from rich.table import Table
 
+    from saturn.executor.journal import mark_dead_jobs
     from saturn.executor.report import fmt_s, summarize
 
-    s = summarize(run_dir)
+    s = summarize(run_dir) if live is None else mark_dead_jobs(summarize(run_dir), live)
     t = Table(title=f"run {run_dir}")
     for col in ("job", "status", "steps", "technique", "GPUs", "tries", "loss", "planned", "actual", "error"):
         t.add_column(col)
@@ -114,10 +131,14 @@ def _print_summary(console, run_dir: Path) -> None:
                   fmt_s(j["planned_runtime_s"]), fmt_s(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
     console.print(t)
+    for g, members in (s.get("sharp_groups") or {}).items():
+        console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_utilization"]
     console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
                   f"GPU utilization {100 * util:.0f}%, " if util is not None else "",
                   f"plan versions {s['plan_versions']}, switches {s['switches']}")
+    if live is not None:
+        console.print(f"executor: {live['state']}" + (f" -- {live['detail']}" if live.get("detail") else ""))
 
 
 def status_command(
@@ -126,12 +147,14 @@ def status_command(
 ) -> None:
     """Where a run stands (works while it runs)."""
     from saturn.cli.common import console
+    from saturn.executor.journal import mark_dead_jobs, run_liveness
     from saturn.executor.report import summarize
 
+    live = run_liveness(run_dir)  # dead vs running executor (pid / heartbeat)
     if json_out:
-        print(json.dumps(summarize(run_dir), indent=2, default=str))
+        print(json.dumps(mark_dead_jobs(summarize(run_dir), live), indent=2, default=str))
         return
-    _print_summary(console, run_dir)
+    _print_summary(console, run_dir, live)
 
 
 def report_command(
@@ -141,13 +164,18 @@ def report_command(
 ) -> None:
     """Plan vs actual: Gantt chart, per-job runtime and prediction error, GPU utilization."""
     from saturn.cli.common import console, write_json
-    from saturn.executor.report import gantt as draw, summarize
+    from saturn.executor.report import gantt as draw
+    from saturn.executor.report import summarize
 
     s = summarize(run_dir)
     _print_summary(console, run_dir)
     errs = [abs(j["prediction_error"]) for j in s["jobs"] if j["prediction_error"] is not None]
     if errs:
         console.print(f"mean |prediction error| {100 * sum(errs) / len(errs):.1f}% over {len(errs)} completed jobs")
+    if s.get("data"):  # input pipelines: data-wait phase and the tuner's decisions (saturn.data)
+        from saturn.data.report import format_lines
+
+        console.print("input pipelines:\n  " + "\n  ".join(format_lines(s["data"])))
     out = draw(run_dir, gantt or Path(run_dir) / "gantt.png")
     console.print(f"Gantt chart: {out}")
     if json_out is not None:

@@ -8,7 +8,11 @@ The executor loop is identical for both backends:
   process in its own session that calls the technique's `run()` on exactly the assigned devices and
   reports progress (JSONL, one line per checkpoint) and its `RunResult` (JSON) in the job's
   directory. SIGTERM to it = checkpoint and exit ("interrupted"); it dies with the executor
-  (PDEATHSIG), and so do its workers.
+  (PDEATHSIG), and so do its workers. Warm (the default; `warm=False` or SATURN_WARM=0 for cold):
+  an attempt of a technique that trains through `launch.run_workers` runs the same runner code in
+  a thread (`job_runner.WarmAttempt`) on the long-lived workers of a `saturn.techniques.warm`
+  pool, so it does not pay interpreter, imports and CUDA context again; a failed, hung or leaking
+  worker is replaced by the pool, and the attempt ends as "failed" like a cold one.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from saturn.executor.job_runner import WarmAttempt, is_warm_capable
 from saturn.executor.state import JobState
 from saturn.techniques.launch import log_tail
+from saturn.techniques.warm import warm_enabled
 
 
 @dataclass
@@ -196,7 +202,7 @@ def _sim_loss(step: int) -> float:
 # ------------------------------------------------------------------------------- real processes
 @dataclass
 class _Proc:
-    popen: subprocess.Popen
+    popen: Any  # subprocess.Popen of a cold runner, or a job_runner.WarmAttempt
     job: str
     attempt: int
     job_dir: Path
@@ -231,7 +237,8 @@ class ProcessBackend(WallClock):
     clock at start (resume)."""
 
     def __init__(self, run_dir: Path, *, device_type: str = "auto", checkpoint_every: int = 0,
-                 clock_offset: float = 0.0, grace_s: float = 60.0, extra_env: Optional[dict] = None):
+                 clock_offset: float = 0.0, grace_s: float = 60.0, extra_env: Optional[dict] = None,
+                 warm: Optional[bool] = None, pool: Any = None):
         self.run_dir = Path(run_dir)
         self.device_type = device_type
         self.checkpoint_every = checkpoint_every
@@ -240,7 +247,16 @@ class ProcessBackend(WallClock):
         self._t0 = time.monotonic()
         self._offset = clock_offset
         self.procs: dict[str, _Proc] = {}
+        self._pool = pool
+        self.warm = bool(pool is not None or (warm if warm is not None else warm_enabled()))
 
+    def pool(self) -> Any:
+        """The warm pool (the process-wide one unless one was given), created on first use."""
+        if self._pool is None:
+            from saturn.techniques.warm import shared_pool
+
+            self._pool = shared_pool(self.device_type)
+        return self._pool
 
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         if job.info.spec is None:
@@ -263,6 +279,10 @@ class ProcessBackend(WallClock):
             res.unlink()
         prog = Path(spec["progress_path"])
         offset = prog.stat().st_size if prog.exists() else 0
+        if self.warm and is_warm_capable(spec["technique"]):
+            h = WarmAttempt(spec, self.pool(), self.extra_env, runner_log=str(d / "runner.txt"))
+            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset)
+            return None  # no runner process: the attempt's workers are the pool's (they die with us)
         env = dict(os.environ, **self.extra_env)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -275,11 +295,8 @@ class ProcessBackend(WallClock):
 
     def stop(self, job: str) -> None:
         pr = self.procs.get(job)
-        if pr is not None and pr.popen.poll() is None:
-            try:
-                os.kill(pr.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if pr is not None:
+            stop_attempt(pr.popen)
 
     def _tail(self, pr: _Proc) -> list[dict]:
         try:
@@ -354,8 +371,25 @@ class ProcessBackend(WallClock):
         self.procs.clear()
 
 
-def kill_session(popen: subprocess.Popen) -> None:
-    """SIGKILL a job runner and everything in its session (its workers), then reap it."""
+def stop_attempt(handle: Any) -> None:
+    """Graceful stop (checkpoint and exit): SIGTERM to a runner process, the stop event of a warm one."""
+    if handle.poll() is not None:
+        return
+    if isinstance(handle, WarmAttempt):
+        handle.terminate()
+        return
+    try:
+        os.kill(handle.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def kill_session(popen: Any) -> None:
+    """SIGKILL a job runner and everything in its session (its workers), then reap it; a warm
+    attempt's workers are killed (and replaced by the pool)."""
+    if isinstance(popen, WarmAttempt):
+        popen.kill()
+        return
     if popen.poll() is None:
         try:
             os.killpg(popen.pid, signal.SIGKILL)

@@ -81,7 +81,7 @@ def resolve_cluster(cluster: Any) -> Any:
         from saturn.spec import Cluster
 
         nodes, dev = discover(ray.address, ray.devices, ray.slots, ray.gpu_memory_gb)
-        return Cluster(nodes=[n.to_node() for n in nodes], devices=dev, ray=ray)
+        return Cluster(nodes=[n.to_node() for n in nodes], devices="cuda" if dev == "cuda" else "cpu", ray=ray)
     return cluster.resolved()
 
 
@@ -109,7 +109,7 @@ def backend_kind(cluster: Any, options: RunOptions) -> str:
 def simulated_backend(table: Any, *, noise: float = 0.15, seed: int = 0, **kw: Any) -> Any:
     """A SimulatedBackend running each job at its profiled speed x a log-normal factor per job."""
     from saturn.executor import SimulatedBackend
-    from saturn.executor.policy import _num
+    from saturn.parse import num as _num
 
     rng = random.Random(seed)
     jobs = sorted(set(map(str, table["job"])))
@@ -128,7 +128,8 @@ def simulated_backend(table: Any, *, noise: float = 0.15, seed: int = 0, **kw: A
 
 def check_fresh_run_dir(run_dir: Path, hint: str = "") -> None:
     if (Path(run_dir) / "journal.sqlite").exists():
-        raise SaturnError(f"{run_dir} already holds a run; {hint or f'continue it with `saturn run --resume {run_dir}`'}")
+        hint = hint or f"continue it with `saturn run --resume {run_dir}`"
+        raise SaturnError(f"{run_dir} already holds a run; {hint}")
 
 
 def make_backend(kind: str, cluster: Any, options: RunOptions, *, table: Any = None) -> tuple[Any, type]:
@@ -172,7 +173,7 @@ def build_executor(jobs: Any, cluster: Any, profiles: Any, *, options: RunOption
     if isinstance(plan, (str, os.PathLike)):
         from saturn.planner import Plan
 
-        plan = Plan.from_json(plan)
+        plan = Plan.from_json(Path(plan))
     inner = backend
     if wrap is not None:
         backend = wrap(backend)

@@ -7,20 +7,33 @@ a crash is exactly the state the journal describes: nothing the executor acted o
 Tables: `events` (seq, t, wall, kind, job, data JSON) is the source of truth; `plans` (version, t0,
 reason, plan JSON) and `checkpoints` (job, step, path, t) are denormalized views for `saturn status`
 / `report` and for humans with the sqlite3 shell.
+
+Durability: WAL with `synchronous=FULL`, so an event the executor acted on survives a power loss,
+not only a process kill. An existing journal is checked when opened (0 bytes, not a database,
+failed `quick_check`, missing tables): a damaged journal is a `JournalError` naming the file and
+what to do (exit 2), never an empty run that "resumes" as a success.
+
+Liveness: the executor records its pid/host in `meta` and touches `RUN_DIR/heartbeat` every poll;
+`executor_liveness` tells a running executor from a dead one for `saturn status`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
+from saturn.errors import SaturnError
 from saturn.executor.state import (CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING, JobInfo,
                                    JobState, RunState, Segment, option_key)
 
 JOURNAL_FILE = "journal.sqlite"
+HEARTBEAT_FILE = "heartbeat"
+HEARTBEAT_STALE_S = 30.0  # no heartbeat for this long and no live pid: the executor is dead
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL,
     wall REAL NOT NULL, kind TEXT NOT NULL, job TEXT, data TEXT NOT NULL);
@@ -32,22 +45,54 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+class JournalError(SaturnError):
+    """The run journal is damaged or empty: the run cannot be resumed or reported from it."""
+
+
+def _damaged(path: Path, what: str) -> JournalError:
+    return JournalError(
+        f"run journal {path} {what}. It cannot be resumed or reported. Keep it for inspection (e.g. "
+        f"`sqlite3 {path} .recover`), and start the workload again with a new --run-dir; checkpoints "
+        f"under {path.parent / 'jobs'}/*/ckpt are not used by a new run.")
+
+
 class Journal:
     """Append-only event log. `path=None` keeps it in memory (simulations, benchmarks)."""
 
     def __init__(self, path: Union[str, Path, None]):
         self.path = None if path is None else Path(path)
+        existed = self.path is not None and self.path.exists()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(":memory:" if self.path is None else str(self.path),
-                                  isolation_level=None, check_same_thread=False)
-        if self.path is not None:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+            if existed and self.path.stat().st_size == 0 and not Path(str(self.path) + "-wal").exists():
+                raise _damaged(self.path, "is empty (0 bytes; the run was cut before it was written)")
+        try:
+            self.db = sqlite3.connect(":memory:" if self.path is None else str(self.path),
+                                      isolation_level=None, check_same_thread=False)
+            if self.path is not None:
+                if existed:
+                    self._check()
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path or Path(":memory:"), f"is not a readable SQLite database ({exc})") from exc
+
+    def _check(self) -> None:
+        ok = self.db.execute("PRAGMA quick_check").fetchone()
+        if not ok or ok[0] != "ok":
+            raise _damaged(self.path, f"is corrupt (sqlite quick_check: {ok[0] if ok else 'no answer'})")
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"events", "meta"} <= tables:
+            raise _damaged(self.path, "is not a Saturn run journal (no events/meta tables)")
 
     def append(self, t: float, kind: str, data: dict[str, Any]) -> None:
         job = data.get("job")
+        if self.path is not None:  # fsync every state change; per-step progress (re-derivable from
+            sync = "NORMAL" if kind == "progress" else "FULL"  # progress.jsonl) rides on the next fsync
+            if sync != getattr(self, "_sync", "FULL"):
+                self.db.execute(f"PRAGMA synchronous={sync}")
+                self._sync = sync
         with self.db:
             self.db.execute("INSERT INTO events (t, wall, kind, job, data) VALUES (?, ?, ?, ?, ?)",
                             (float(t), time.time(), kind, job, json.dumps(data, default=str)))
@@ -61,8 +106,11 @@ class Journal:
                                 (job, int(data["step"]), data["checkpoint"], float(t)))
 
     def events(self) -> Iterator[tuple[float, str, dict[str, Any]]]:
-        for t, kind, data in self.db.execute("SELECT t, kind, data FROM events ORDER BY seq"):
-            yield t, kind, json.loads(data)
+        try:
+            for t, kind, data in self.db.execute("SELECT t, kind, data FROM events ORDER BY seq"):
+                yield t, kind, json.loads(data)
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            raise _damaged(self.path or Path(":memory:"), f"has an unreadable event ({exc})") from exc
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.db:
@@ -78,6 +126,100 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
+
+
+def record_executor(journal: Journal, run_dir: Union[str, Path]) -> None:
+    """Note which process drives the run now (for `executor_liveness`) and start its heartbeat."""
+    journal.set_meta("executor", {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+    heartbeat(run_dir, force=True)
+
+
+_last_beat: dict[str, float] = {}
+
+
+def heartbeat(run_dir: Union[str, Path, None], force: bool = False) -> None:
+    """Touch RUN_DIR/heartbeat (at most once a second)."""
+    if run_dir is None:
+        return
+    now = time.monotonic()
+    key = str(run_dir)
+    if not force and now - _last_beat.get(key, -1e9) < 1.0:
+        return
+    _last_beat[key] = now
+    p = Path(run_dir) / HEARTBEAT_FILE
+    try:
+        p.touch()
+        os.utime(p)
+    except OSError:
+        pass
+
+
+def executor_liveness(run_dir: Union[str, Path], journal: Journal) -> dict[str, Any]:
+    """{"state": "running" | "dead" | "finished", pid, host, heartbeat_age_s, detail}.
+
+    Finished = the journal's last run event is run_finished/run_stopped. Otherwise the executor is
+    running when its pid is alive on this host (and is a Python process), or, on another host, when
+    the heartbeat is fresh; else it is dead and the run can be resumed."""
+    ex = journal.get_meta("executor") or {}
+    pid, host = ex.get("pid"), ex.get("host")
+    p = Path(run_dir) / HEARTBEAT_FILE
+    age = time.time() - p.stat().st_mtime if p.exists() else None
+    last = None
+    for _, kind, _ in journal.events():
+        if kind in ("run_started", "resumed", "run_finished", "run_stopped"):
+            last = kind
+    out = {"pid": pid, "host": host, "heartbeat_age_s": None if age is None else round(age, 1)}
+    if last in ("run_finished", "run_stopped"):
+        return {**out, "state": "finished" if last == "run_finished" else "stopped", "detail": ""}
+    if host == socket.gethostname() and pid:
+        alive = _pid_is_python(int(pid))
+    else:
+        alive = age is not None and age < HEARTBEAT_STALE_S
+    if alive:
+        return {**out, "state": "running", "detail": ""}
+    beat = f"last heartbeat {age:.0f} s ago" if age is not None else "no heartbeat"
+    return {**out, "state": "dead", "detail": f"the executor (pid {pid} on {host}) is gone, {beat}; "
+            f"continue with `saturn run --resume {run_dir}`"}
+
+
+def run_liveness(run_dir: Union[str, Path]) -> dict[str, Any]:
+    """`executor_liveness` of a run directory (raises JournalError for a damaged journal)."""
+    path = Path(run_dir) / JOURNAL_FILE
+    if not path.exists():
+        raise JournalError(f"{run_dir} is not a run directory (no {JOURNAL_FILE})")
+    j = Journal(path)
+    try:
+        return executor_liveness(run_dir, j)
+    finally:
+        j.close()
+
+
+def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[str, Any]:
+    """In a `report.summarize` dict: jobs shown running by a dead executor are "dead"."""
+    summary["executor"] = liveness
+    if liveness.get("state") == "dead":
+        for j in summary.get("jobs", []):
+            if j.get("status") in ("running", "stopping"):
+                j["status"] = "dead"
+    return summary
+
+
+def _pid_is_python(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except OSError:
+        return True
+    return b"python" in cmd or b"saturn" in cmd
 
 
 def open_journal(run_dir: Union[str, Path, None]) -> Journal:
@@ -109,7 +251,7 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
         js.segments.append(Segment(attempt=len(js.segments) + 1, technique=d["technique"],
                                    knobs=dict(d.get("knobs") or {}), node=d["node"],
                                    gpus=[int(g) for g in d["gpus"]], start_step=int(d["start_step"]),
-                                   launched_at=t))
+                                   launched_at=t, progress_offset=d.get("progress_offset")))
         js.progress_step = int(d["start_step"])
     elif kind == "progress" and js is not None:
         seg = js.current

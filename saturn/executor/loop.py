@@ -17,19 +17,20 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.executor import policy
 from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
-from saturn.executor.journal import Journal, apply_event, open_journal, replay
-from saturn.executor.state import (ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING,
-                                   TERMINAL, JobInfo, JobResult, JobState, RunState)
+from saturn.executor.journal import (Journal, JournalError, apply_event, heartbeat, open_journal, record_executor,
+                                     replay)
+from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
+from saturn.executor.state import (ACTIVE, CANCELLED, FAILED, PENDING, RUNNING, TERMINAL, JobInfo, JobResult, RunState)
 from saturn.planner import InvalidPlanError
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Executor:
         self.display = display
         self.journal = _journal or open_journal(self.run_dir)
         self.state = _state or RunState()
+        self.metrics = MetricsLog(self.run_dir) if self.run_dir is not None else None
         self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
         self.plan_calls = 0
         self.plan_time_s = 0.0
@@ -101,6 +103,7 @@ class Executor:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self.journal.set_meta("nodes", [vars(n) for n in self.nodes])
                 self.journal.set_meta("config", self.cfg.to_dict())
+                record_executor(self.journal, self.run_dir)
             self.emit("run_started", wall=time.time())
             self.emit("profiles", rows=_records(profiles))
             for info in _jobs_of(jobs):
@@ -124,7 +127,11 @@ class Executor:
             raise ExecutorError(f"{run_dir} is not a run directory (no journal.sqlite); "
                                 "start a run with `saturn run WORKLOAD.yaml --run-dir DIR`")
         journal = Journal(path)
+        if not any(kind == "run_started" for _, kind, _ in journal.events()):
+            raise JournalError(f"run journal {path} holds no run (no events): it was cut before the run "
+                               "started, so nothing can be resumed; start the run again with a new --run-dir")
         state = replay(journal)
+        record_executor(journal, run_dir)
         cfg = config or ExecutorConfig(**{k: v for k, v in (journal.get_meta("config") or {}).items()
                                           if k in ExecutorConfig.__dataclass_fields__})
         nodes = journal.get_meta("nodes") or []
@@ -142,6 +149,9 @@ class Executor:
                     step, ckpt = js.committed_step, js.checkpoint
                 ex.emit("finished", job=js.name, status="lost", step=step, checkpoint=ckpt,
                         reason="the executor stopped while this attempt ran")
+        for js in state.jobs.values():  # steps logged after the executor's last read
+            if ex.metrics is not None and js.segments:
+                ex.metrics.reconcile(js.name, js.segments)
         ex._housekeeping()
         if not state.done():
             ex.replan("resume", force=True)
@@ -213,6 +223,9 @@ class Executor:
         """One iteration: poll, handle events, re-plan if due, launch. False when the run is over."""
         for ev in self.backend.poll():
             self._on_event(ev)
+        if self.metrics is not None:
+            self.metrics.flush()
+            heartbeat(self.run_dir)
         self._housekeeping()
         if self._shutdown is not None:
             if self.display is not None:
@@ -249,6 +262,8 @@ class Executor:
         if js is None:
             return
         if ev.kind == "progress":
+            if self.metrics is not None and js.current is not None:
+                self.metrics.record_progress(ev.job, js.current, ev.step, ev.loss)
             self.journal.append(ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             apply_event(self.state, ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             return
@@ -260,12 +275,15 @@ class Executor:
             return
         seg = js.current
         step = ev.step if ev.step is not None and ev.step >= 0 else js.committed_step
-        if self.run_dir is not None and ev.losses and seg is not None:
-            self._write_metrics(js, seg, ev.losses, step)
+        if self.metrics is not None and ev.losses and seg is not None:
+            for s, loss in ev.losses:
+                self.metrics.record(js.name, seg, int(s), loss)
         d = {"job": ev.job, "status": ev.status, "step": step, "checkpoint": ev.checkpoint, "loss": ev.loss,
              "reason": ev.reason[-4000:] if ev.reason else ""}
         self.journal.append(ev.t, "finished", d)
         apply_event(self.state, ev.t, "finished", d)
+        if self.metrics is not None:
+            self.metrics.settle(js.name, js.segments)  # steps past its checkpoint: superseded
         if ev.status == "oom" and seg is not None:
             self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus))
             self._replan_needed = True
@@ -281,15 +299,6 @@ class Executor:
             elif not self._plan_covers():
                 self._replan_needed = True
 
-    def _write_metrics(self, js: JobState, seg, losses, end_step: int) -> None:
-        d = self.job_dir(js.name)
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / "metrics.jsonl", "a") as f:
-            for s, loss in losses:  # s: the step's index; written as steps done (1-based, as everywhere)
-                if seg.start_step <= int(s) < end_step:
-                    f.write(json.dumps({"step": int(s) + 1, "loss": float(loss), "attempt": seg.attempt,
-                                        "technique": seg.technique, "gpus": len(seg.gpus)}) + "\n")
-
     def _housekeeping(self) -> None:
         for js in self.state.jobs.values():
             if js.status == PENDING and js.remaining_steps <= 0:
@@ -302,10 +311,16 @@ class Executor:
     def _launch_ready(self) -> None:
         if self._shutdown is not None:
             return
+        from saturn.executor import sharp_dispatch
+
         for a in policy.ready_to_launch(self.state.plan, self.state):
+            if sharp_dispatch.launch(self, a):  # a SHARP group member: the group starts as one attempt
+                continue
             js = self.state.jobs[a["job"]]
+            prog = self.job_dir(js.name) / PROGRESS_FILE if self.run_dir is not None else None
             self.emit("launch", job=js.name, technique=a["technique"], knobs=a.get("knobs") or {},
-                      node=a["node"], gpus=list(a["gpus"]), start_step=js.committed_step)
+                      node=a["node"], gpus=list(a["gpus"]), start_step=js.committed_step,
+                      progress_offset=prog.stat().st_size if prog is not None and prog.exists() else 0)
             pid = self.backend.launch(js, a, js.committed_step, js.attempts)
             if pid is not None:
                 js.current.pid = pid
@@ -323,8 +338,11 @@ class Executor:
     def _solve(self, solve, jobs, table, warm, fixed=None, time_limit_s=None):
         t0 = time.perf_counter()
         try:
-            return solve(jobs, self.nodes, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
-                         mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed, objective=self.cfg.objective)
+            from saturn.executor import sharp_dispatch  # SHARP group options, where they can run
+
+            return sharp_dispatch.solve(self, solve, jobs, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
+                                        mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed,
+                                        objective=self.cfg.objective)
         finally:
             self.plan_calls += 1
             self.plan_time_s += time.perf_counter() - t0

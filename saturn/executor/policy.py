@@ -27,7 +27,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -36,25 +35,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import pandas as pd
 
 from saturn.executor.state import ACTIVE, RUNNING, STOPPING, TERMINAL, JobState, RunState, option_key
+from saturn.parse import canonical_knobs as knobs_key
+from saturn.parse import num as _num
 from saturn.planner import Assignment, NodeSpec, Option, Placement, list_schedule
 
 DEFAULT_CHECKPOINT_S = 1.0  # when neither measured nor profiled
-
-
-def knobs_key(knobs: Any) -> str:
-    if knobs is None or (isinstance(knobs, float) and math.isnan(knobs)):
-        return "{}"
-    if isinstance(knobs, str):
-        knobs = json.loads(knobs.strip() or "{}")
-    return json.dumps(knobs, sort_keys=True, separators=(",", ":"))
-
-
-def _num(v: Any, default: float) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return default
-    return default if math.isnan(f) else f
 
 
 def _true(v: Any) -> bool:
@@ -105,7 +90,8 @@ class Estimator:
         for o in self.rows.get(js.name, []):
             if option_key(o.technique, o.gpus) in js.infeasible:
                 continue
-            if info.techniques and o.technique not in info.techniques:
+            if info.techniques and o.technique not in info.techniques and not (
+                    o.technique == "sharp" and "spilling" in info.techniques):  # SHARP = spilling in a group
                 continue
             if info.gpus and o.gpus not in info.gpus:
                 continue

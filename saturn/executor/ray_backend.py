@@ -7,11 +7,13 @@
     ex.run_until_done()
 
 How it works
-* One Ray actor (`_JobAttempt`, `num_cpus=0`) per job attempt, created with
-  `NodeAffinitySchedulingStrategy(node_id, soft=False)` on the node the plan chose. The actor runs
-  the very same `python -m saturn.executor.job_runner SPEC.json` child as `ProcessBackend`, on the
-  plan's device ids of that node (mapped through the node's `CUDA_VISIBLE_DEVICES` if the raylet
-  has one). Ray does not allocate the GPUs: Saturn's plan does (the actor asks for 0 GPUs so that
+* Warm (default; `warm=False` or SATURN_WARM=0 for cold): one long-lived agent actor per node
+  (`ray_actor._NodeAgent`, `num_cpus=0`, pinned with `NodeAffinitySchedulingStrategy(node_id,
+  soft=False)`) holds a warm worker per device of that node and runs each attempt there in a thread
+  (`job_runner.WarmAttempt`), as `ProcessBackend` does locally. Cold: one actor per attempt
+  (`ray_actor._JobAttempt`) runs the very same `python -m saturn.executor.job_runner SPEC.json`
+  child as `ProcessBackend`. Either way the attempt runs on the plan's device ids of that node
+  (mapped through the node's `CUDA_VISIBLE_DEVICES` if the raylet has one). Ray does not allocate the GPUs: Saturn's plan does (the actor asks for 0 GPUs so that
   Ray leaves `CUDA_VISIBLE_DEVICES` alone); do not run other GPU work on the same Ray nodes.
 * The driver polls every actor (`poll()` returns new progress/checkpoint records, new log bytes,
   and the result when the child exited) with non-blocking `ray.wait`. Records become the same
@@ -40,10 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -52,226 +50,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Union
 
-from saturn.executor.backends import BackendEvent, WallClock, kill_session, latest_checkpoint_step
+from saturn.executor.backends import BackendEvent, WallClock
 from saturn.executor.loop import Executor
+from saturn.executor.ray_actor import _AgentAttempt, _actor_cls, _JobAttempt, _NodeAgent  # noqa: F401
+from saturn.executor.ray_storage import (_join, download_latest, is_url, latest_in_store,  # noqa: F401
+                                         upload_checkpoint)
 from saturn.executor.state import ACTIVE, JobState
 
 log = logging.getLogger(__name__)
-
-_LOG_CHUNK = 64 * 1024  # log bytes returned per poll, per file
-
-
-# ------------------------------------------------------------------------------------ storage
-def is_url(path: Optional[str]) -> bool:
-    return bool(path) and "://" in str(path)
-
-
-def _join(root: str, *parts: str) -> str:
-    if is_url(root):
-        return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
-    return str(Path(root, *parts))
-
-
-def _fs(url: str):
-    try:
-        import fsspec
-    except ImportError as exc:  # pragma: no cover - optional dependency
-        raise RuntimeError(f"checkpoint_root {url!r} is a URL: pip install fsspec (and its s3fs/gcsfs...)") from exc
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
-
-
-def latest_in_store(ckpt: str) -> tuple[Optional[int], Optional[str]]:
-    """(step, path) of the newest complete checkpoint under `ckpt` (a path or an fsspec URL)."""
-    if not is_url(ckpt):
-        return latest_checkpoint_step(Path(ckpt))
-    try:
-        fs, root = _fs(ckpt)
-        name = None
-        if fs.exists(f"{root}/latest"):
-            name = fs.cat_file(f"{root}/latest").decode().strip()
-            if not (name and fs.exists(f"{root}/{name}/meta.json")):
-                name = None
-        if name is None:
-            steps = []
-            for p in fs.ls(root, detail=False) if fs.exists(root) else []:
-                base = p.rstrip("/").rsplit("/", 1)[-1]
-                if base.startswith("step-") and base[5:].isdigit() and fs.exists(f"{p}/meta.json"):
-                    steps.append(int(base[5:]))
-            name = f"step-{max(steps)}" if steps else None
-        if name is None:
-            return None, None
-        meta = json.loads(fs.cat_file(f"{root}/{name}/meta.json"))
-        return int(meta["step"]), _join(ckpt, name)
-    except (OSError, ValueError, KeyError):
-        return None, None
-
-
-def download_latest(url: str, local_dir: str) -> Optional[int]:
-    """Copy the newest checkpoint at `url` into `local_dir` (as step-N + `latest`); its step."""
-    step, src = latest_in_store(url)
-    if step is None:
-        return None
-    fs, _ = _fs(url)
-    name = src.rstrip("/").rsplit("/", 1)[-1]
-    os.makedirs(local_dir, exist_ok=True)
-    dst = os.path.join(local_dir, name)
-    shutil.rmtree(dst, ignore_errors=True)
-    fs.get(_fs(src)[1].rstrip("/") + "/", dst + "/", recursive=True)
-    with open(os.path.join(local_dir, "latest"), "w") as f:
-        f.write(name)
-    return step
-
-
-def upload_checkpoint(local_path: str, url: str, keep: int = 2) -> str:
-    """Upload one local `step-N` directory under `url`; meta.json last, then the `latest` pointer
-    (what `latest_checkpoint` trusts), so readers never see a partial checkpoint. Returns its URL."""
-    fs, root = _fs(url)
-    name = os.path.basename(local_path.rstrip("/"))
-    dst = f"{root}/{name}"
-    files = sorted(str(p.relative_to(local_path)) for p in Path(local_path).rglob("*") if p.is_file())
-    for rel in sorted(files, key=lambda r: r == "meta.json"):
-        fs.makedirs(os.path.dirname(f"{dst}/{rel}"), exist_ok=True)
-        fs.put_file(os.path.join(local_path, rel), f"{dst}/{rel}")
-    fs.pipe_file(f"{root}/latest", name.encode())
-    try:  # prune older remote checkpoints
-        olds = sorted(int(p.rstrip("/").rsplit("-", 1)[-1]) for p in fs.ls(root, detail=False)
-                      if p.rstrip("/").rsplit("/", 1)[-1].startswith("step-")
-                      and p.rstrip("/").rsplit("-", 1)[-1].isdigit())
-        for s in olds[:-keep] if keep > 0 else []:
-            if f"step-{s}" != name:
-                fs.rm(f"{root}/step-{s}", recursive=True)
-    except OSError:
-        pass
-    return _join(url, name)
-
-
-# ------------------------------------------------------------------------- the per-attempt actor
-class _JobAttempt:
-    """Body of the Ray actor that runs one attempt of one job on its node (see module doc)."""
-
-    def __init__(self, spec: dict, store: str, scratch: str):
-        self.spec, self.store, self.scratch = dict(spec), store, scratch
-        self.url = is_url(store)
-        os.makedirs(scratch, exist_ok=True)
-        self.offsets = {"progress": 0, "log": 0, "runner": 0}
-        if self.url:
-            self.spec["checkpoint_dir"] = os.path.join(scratch, "ckpt")
-            download_latest(store, self.spec["checkpoint_dir"])
-        else:
-            os.makedirs(self.spec["checkpoint_dir"], exist_ok=True)
-        self.uploaded: dict[str, str] = {}
-        self.done_payload: Optional[dict] = None
-        self.spec["gpus"] = self._physical(self.spec["gpus"])
-        spec_path = os.path.join(scratch, "spec.json")
-        with open(spec_path, "w") as f:
-            json.dump(self.spec, f, indent=1)
-        env = dict(os.environ)
-        env.pop("CUDA_VISIBLE_DEVICES", None)  # launch.py sets it from the (physical) device ids
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        env.update(self.spec.pop("env", None) or {})
-        with open(os.path.join(scratch, "runner.txt"), "ab") as out:
-            self.popen = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", spec_path],
-                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, env=env)
-
-    def _physical(self, gpus: list) -> list:
-        vis = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        if self.spec.get("device_type") != "cuda" or not vis.strip():
-            return [int(g) for g in gpus]
-        ids = [v.strip() for v in vis.split(",") if v.strip()]
-        return [int(ids[int(g)]) if ids[int(g)].isdigit() else int(g) for g in gpus]
-
-    def info(self) -> dict:
-        import ray
-
-        return {"pid": self.popen.pid, "node_id": ray.get_runtime_context().get_node_id()}
-
-    def _read_new(self, key: str, path: str, whole_lines: bool) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                f.seek(self.offsets[key])
-                data = f.read(_LOG_CHUNK if not whole_lines else -1)
-        except OSError:
-            return b""
-        if whole_lines:
-            end = data.rfind(b"\n")
-            data = data[: end + 1] if end >= 0 else b""
-        self.offsets[key] += len(data)
-        return data
-
-    def _ckpt_out(self, path: Optional[str]) -> Optional[str]:
-        """The shared-storage name of a checkpoint path (uploads it first in URL mode)."""
-        if not path or not self.url:
-            return path
-        if path not in self.uploaded and os.path.isdir(path):
-            self.uploaded[path] = upload_checkpoint(path, self.store)
-        return self.uploaded.get(path)
-
-    def poll(self) -> dict:
-        if self.done_payload is not None:
-            return self.done_payload
-        code = self.popen.poll()
-        recs = []
-        for line in self._read_new("progress", self.spec["progress_path"], True).splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("attempt", self.spec["attempt"]) != self.spec["attempt"]:
-                continue
-            if rec.get("checkpoint"):
-                rec["checkpoint"] = self._ckpt_out(rec["checkpoint"])
-                if rec["checkpoint"] is None:
-                    continue
-            recs.append(rec)
-        logs = {"log": self._read_new("log", self.spec["log_path"], False).decode("utf-8", "replace"),
-                "runner": self._read_new("runner", os.path.join(self.scratch, "runner.txt"), False)
-                .decode("utf-8", "replace")}
-        out = {"records": recs, "logs": logs, "done": False, "code": code, "result": None, "fallback": None}
-        if code is None:
-            return out
-        if any(len(v) >= _LOG_CHUNK for v in logs.values()):
-            return out  # drain the logs first
-        try:
-            with open(self.spec["result_path"]) as f:
-                res = json.load(f)
-        except (OSError, ValueError):
-            res = None
-        if res is not None:
-            res["checkpoint"] = self._ckpt_out(res.get("checkpoint"))
-        else:
-            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]))
-            out["fallback"] = [step, self._ckpt_out(path)]
-        out.update(done=True, result=res)
-        self.done_payload = dict(out, records=[], logs={"log": "", "runner": ""})
-        if self.url:
-            shutil.rmtree(self.spec["checkpoint_dir"], ignore_errors=True)
-        return out
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.kill(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        kill_session(self.popen)
-
-
-_ACTOR_CLS = None
-
-
-def _actor_cls():
-    global _ACTOR_CLS
-    if _ACTOR_CLS is None:
-        import ray
-
-        _ACTOR_CLS = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)(_JobAttempt)
-    return _ACTOR_CLS
-
 
 # ------------------------------------------------------------------------------------ the backend
 @dataclass
@@ -299,7 +85,9 @@ class RayBackend(WallClock):
     def __init__(self, run_dir: Union[str, Path], ray: Any = "auto", *, checkpoint_root: Optional[str] = None,
                  checkpoint_every: int = 0, device_type: Optional[str] = None, clock_offset: float = 0.0,
                  grace_s: float = 60.0, extra_env: Optional[dict] = None, refresh_s: float = 1.0,
-                 scratch_dir: Optional[str] = None):
+                 scratch_dir: Optional[str] = None, warm: Optional[bool] = None):
+        from saturn.techniques.warm import warm_enabled
+
         from saturn.executor.ray_cluster import connect, devices_of
 
         spec = SimpleNamespace(address=ray, checkpoint_root=None, devices="auto", slots=None,
@@ -317,6 +105,8 @@ class RayBackend(WallClock):
                                                    f"{self.run_dir.name}-{uuid.uuid4().hex[:6]}")
         self._t0 = time.monotonic()
         self._offset = clock_offset
+        self.warm = warm if warm is not None else warm_enabled()
+        self.agents: dict[str, Any] = {}  # Ray node id -> its warm agent actor (warm mode)
         self.atts: dict[str, _Att] = {}
         self._queued: list[BackendEvent] = []
         self._next_refresh = 0.0
@@ -387,9 +177,17 @@ class RayBackend(WallClock):
             return None
         with open(placeholder.log_path, "a") as f:
             f.write(f"\n=== attempt {attempt} on {node} (Ray node {node_id[:12]}), from step {start_step} ===\n")
-        placeholder.actor = _actor_cls().options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            name=None).remote(spec, ckpt, scratch)
+        affinity = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        if self.warm:
+            if node_id not in self.agents:  # one long-lived agent per node: warm workers per device
+                self.agents[node_id] = _actor_cls("agent").options(scheduling_strategy=affinity).remote(
+                    self.device_type, self.extra_env)
+            key = f"{job.name}#{attempt}"
+            self.agents[node_id].start.remote(key, spec, ckpt, scratch)
+            placeholder.actor = _AgentAttempt(self.agents[node_id], key)
+        else:
+            placeholder.actor = _actor_cls().options(scheduling_strategy=affinity, name=None).remote(
+                spec, ckpt, scratch)
         self.atts[job.name] = placeholder
         return None
 
@@ -424,6 +222,10 @@ class RayBackend(WallClock):
         return sorted(out, key=lambda e: e.t)
 
     def _actor_error(self, att: _Att, exc: Exception) -> None:
+        from ray.exceptions import RayActorError
+
+        if isinstance(att.actor, _AgentAttempt) and isinstance(exc, RayActorError):
+            self.agents.pop(att.node_id, None)  # the node's agent died: the next launch starts one
         self._refresh(force=True)  # is its node gone?
         if att.job not in self.atts:
             return  # _refresh found the node dead: already reported as lost
@@ -490,6 +292,12 @@ class RayBackend(WallClock):
     def _kill_actor(self, att: _Att, graceful: bool = True) -> None:
         import ray
 
+        if isinstance(att.actor, _AgentAttempt):  # the attempt only: the agent keeps its warm workers
+            try:
+                ray.get(att.actor.kill.remote(), timeout=20 if graceful else 5)
+            except Exception:  # noqa: BLE001 - the agent or its node may be gone
+                pass
+            return
         try:
             if graceful:
                 ray.get(att.actor.kill.remote(), timeout=5)
@@ -504,10 +312,22 @@ class RayBackend(WallClock):
         time.sleep(max(0.0, min(timeout_s, 1.0)))
 
     def shutdown(self) -> None:
+        import ray
+
         for att in list(self.atts.values()):
             if att.actor is not None:
                 self._kill_actor(att, graceful=True)
         self.atts.clear()
+        for agent in self.agents.values():
+            try:
+                ray.get(agent.shutdown.remote(), timeout=20)
+            except Exception:  # noqa: BLE001 - the agent or its node may be gone
+                pass
+            try:
+                ray.kill(agent, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self.agents.clear()
 
 
 # ------------------------------------------------------------------------------------ the executor

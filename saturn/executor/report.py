@@ -53,13 +53,25 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                      "technique": cur.technique if cur else None, "gpus": len(cur.gpus) if cur else None,
                      "attempts": len(segs), "loss": js.loss, "start_s": start, "end_s": end,
                      "planned_runtime_s": pred, "actual_runtime_s": actual, "prediction_error": err,
-                     "reason": js.reason[-300:] if js.reason else ""})
+                     "reason": js.reason[-300:] if js.reason else "",
+                     "group": next((s.knobs["group"] for s in reversed(segs) if s.knobs.get("group")), None)})
+    groups: dict[str, list[str]] = {}  # SHARP groups the members ran in (saturn.executor.sharp_dispatch)
+    for j in jobs:
+        if j["group"]:
+            groups.setdefault(j["group"], []).append(j["job"])
     makespan = end_all
     return {"run_dir": str(run_dir), "jobs": jobs, "makespan_s": makespan,
             "planned_makespan_s": first.get("makespan_s"), "plan_versions": len(plans),
             "replans": state.replans, "switches": state.switches,
             "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,
-            "done": state.done(), "total_gpus": total_gpus}
+            "done": state.done(), "total_gpus": total_gpus, "sharp_groups": groups,
+            "data": _data_summary(run_dir)}  # data-wait phase + input tuner decisions (saturn.data)
+
+
+def _data_summary(run_dir: Union[str, Path]) -> dict[str, Any]:
+    from saturn.data.report import data_summary
+
+    return data_summary(run_dir)
 
 
 def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:

@@ -61,6 +61,7 @@ class Segment:
     stop_requested_at: Optional[float] = None
     startup_s: Optional[float] = None  # measured launch -> first step
     pid: Optional[int] = None  # the job runner's process id (real runs)
+    progress_offset: Optional[int] = None  # size of the job's progress.jsonl at launch (metrics reconcile)
 
 
 @dataclass

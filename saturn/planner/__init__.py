@@ -10,4 +10,5 @@ from saturn.planner.plan import Assignment, InvalidPlanError, Plan, SolverInfo, 
 from saturn.planner.schedule import Choice as Placement, NodeSpec, Option, list_schedule  # executor re-timing
 from saturn.planner.solve import plan
 
-__all__ = ["plan", "Plan", "Assignment", "SolverInfo", "validate_plan", "InvalidPlanError", "baselines"]
+__all__ = ["plan", "Plan", "Assignment", "SolverInfo", "validate_plan", "InvalidPlanError", "baselines",
+           "Placement", "NodeSpec", "Option", "list_schedule"]

@@ -8,12 +8,12 @@ the solver core never imports `saturn.spec` (duck typing keeps the packages inde
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from saturn.errors import SaturnError
+from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class NodeSpec:
     gpus: int
     gpu_type: Optional[str] = None
     gpu_memory_gb: Optional[float] = None
+    cpu_cores: Optional[int] = None  # CPU cores for input pipelines (None = not planned)
 
 
 def _opt_set(value: Any, cast) -> Optional[frozenset]:
@@ -107,6 +108,7 @@ def normalize_cluster(cluster: Any) -> list[NodeSpec]:
                     gpus=int(node.gpus),
                     gpu_type=str(gtype) if gtype is not None else None,
                     gpu_memory_gb=float(mem) if mem is not None else None,
+                    cpu_cores=int(getattr(node, "cpu_cores", None) or 0) or None,
                 )
             )
     if not out:
@@ -118,18 +120,6 @@ def normalize_cluster(cluster: Any) -> list[NodeSpec]:
         if n.gpus < 1:
             raise SaturnError(f"node {n.name!r} must have at least 1 GPU, got {n.gpus}")
     return out
-
-
-def canonical_knobs(knobs: Any) -> str:
-    """Knobs as a canonical JSON string, so that equal knobs compare equal as text."""
-    if knobs is None or (isinstance(knobs, float) and math.isnan(knobs)):
-        return "{}"
-    if isinstance(knobs, str):
-        text = knobs.strip()
-        if not text:
-            return "{}"
-        knobs = json.loads(text)
-    return json.dumps(knobs, sort_keys=True, separators=(",", ":"))
 
 
 def gpu_type_matches(profile_type: Any, node: NodeSpec) -> bool:

@@ -20,6 +20,7 @@ from typing import Optional
 import pandas as pd
 
 from saturn.errors import InfeasibleError, MissingProfilesError, SaturnError
+from saturn.parse import num as _num
 from saturn.planner.inputs import JobSpec, NodeSpec, canonical_knobs, gpu_type_matches
 
 REQUIRED_COLUMNS = ("job", "technique", "gpus", "step_time_s", "feasible")
@@ -38,6 +39,7 @@ class Option:
     startup_s: float = 0.0
     peak_mem_gb: Optional[float] = None
     gpu_type: Optional[str] = None
+    cpu_cores: float = 0.0  # input-pipeline cores it needs (0 = not measured: unconstrained)
 
     @property
     def area(self) -> float:
@@ -49,7 +51,8 @@ class Option:
         return json.loads(self.knobs)
 
     def fits(self, node: NodeSpec) -> bool:
-        return self.gpus <= node.gpus and gpu_type_matches(self.gpu_type, node)
+        return (self.gpus <= node.gpus and gpu_type_matches(self.gpu_type, node)
+                and self.cpu_cores <= (getattr(node, "cpu_cores", None) or float("inf")))
 
 
 @dataclass
@@ -74,14 +77,6 @@ def _is_true(v) -> bool:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return False
     return bool(v)
-
-
-def _num(v, default: float = 0.0) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return default
-    return default if math.isnan(f) else f
 
 
 def check_profile_columns(profiles: pd.DataFrame) -> None:
@@ -124,6 +119,7 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
                 startup_s=startup,
                 peak_mem_gb=None if math.isnan(mem) else mem,
                 gpu_type=None if r.get("gpu_type") is None or pd.isna(r.get("gpu_type")) else str(r["gpu_type"]),
+                cpu_cores=_num(r.get("cpu_cores"), 0.0),  # additive column (saturn.profiler.ingest)
             )
         )
     return out
@@ -170,6 +166,10 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
     for job in jobs:
         feasible = rows_to_options(job, groups[job.name])
         fitting = [o for o in feasible if any(o.fits(n) for n in nodes)]
+        if not feasible and job.gpus is not None and min(job.gpus) > max_gpus:  # the real cause (#15)
+            problems.append(f"job {job.name!r} allows only GPU counts {sorted(job.gpus)} but the cluster's largest "
+                            f"node has {max_gpus} GPUs; allow a count <= {max_gpus} or add a bigger node")
+            continue
         if not feasible:
             problems.append(
                 f"job {job.name!r} has no feasible profiled option"

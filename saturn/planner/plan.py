@@ -34,13 +34,18 @@ class Assignment:
     gpus: list[int]
     start_s: float
     end_s: float
+    cpu_cores: float = 0.0  # input-pipeline cores planned for the job (0 = not planned)
+    # where the row this decision rests on came from (saturn.planner.provenance): "measured here",
+    # "measured elsewhere", "extrapolated", "simulated", "guessed" or "unlabelled"; None = not known yet
+    provenance: Optional[str] = None
+    source: Optional[str] = None  # that row's own `source` text
 
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "job": self.job,
             "technique": self.technique,
             "knobs": dict(self.knobs),
@@ -48,7 +53,12 @@ class Assignment:
             "gpus": [int(g) for g in self.gpus],
             "start_s": float(self.start_s),
             "end_s": float(self.end_s),
+            **({"cpu_cores": float(self.cpu_cores)} if self.cpu_cores else {}),
         }
+        if self.provenance is not None:
+            d["provenance"] = self.provenance
+            d["source"] = self.source
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Assignment":
@@ -63,6 +73,9 @@ class Assignment:
             gpus=[int(g) for g in d["gpus"]],
             start_s=float(d["start_s"]),
             end_s=float(d["end_s"]),
+            cpu_cores=float(d.get("cpu_cores") or 0.0),
+            provenance=d.get("provenance"),
+            source=d.get("source"),
         )
 
 
@@ -117,6 +130,8 @@ class Plan:
             "baselines": {k: float(v) for k, v in self.baselines.items()},
             "assignments": [a.to_dict() for a in sorted(self.assignments, key=lambda a: (a.start_s, a.job))],
             **self._objective_dict(),
+            **({"provenance": _provenance_summary(self.assignments)}
+               if any(a.provenance is not None for a in self.assignments) else {}),
         }
 
     def _objective_dict(self) -> dict:
@@ -152,6 +167,12 @@ class Plan:
     def from_json(cls, text_or_path: Union[str, Path]) -> "Plan":
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         return cls.from_dict(json.loads(p.read_text() if p else str(text_or_path)))
+
+
+def _provenance_summary(assignments: list) -> dict:
+    from saturn.planner.provenance import summary
+
+    return summary(assignments)
 
 
 def _is_empty(jobs: Any) -> bool:

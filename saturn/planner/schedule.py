@@ -15,6 +15,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+from saturn.planner.cores import CoreTimeline
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import Option
 from saturn.planner.plan import Assignment
@@ -28,6 +29,7 @@ class NodeTimeline:
         self.starts: list[list[float]] = [[] for _ in range(node.gpus)]
         self.ends: list[list[float]] = [[] for _ in range(node.gpus)]
         self.events: list[float] = [0.0]  # sorted distinct end times: the only useful start times
+        self.cores = CoreTimeline(getattr(node, "cpu_cores", None))  # saturn.planner.cores
 
     def _free_gap(self, gpu: int, t: float, d: float) -> Optional[float]:
         """If `gpu` is free during [t, t+d), return how long it had been idle before t."""
@@ -39,7 +41,7 @@ class NodeTimeline:
             return t - ends[k - 1]
         return None
 
-    def earliest(self, gpus: int, duration: float, release: float = 0.0) -> tuple[float, list[int]]:
+    def earliest(self, gpus: int, duration: float, release: float = 0.0, cores: float = 0.0) -> tuple[float, list[int]]:
         """Earliest start >= release with `gpus` GPUs free for `duration`, and which GPUs.
 
         Among the free GPUs we take those idle the shortest time before the start (best fit),
@@ -55,13 +57,14 @@ class NodeTimeline:
                 gap = self._free_gap(g, t, duration)
                 if gap is not None:
                     free.append((gap, g))
-            if len(free) >= gpus:
+            if len(free) >= gpus and self.cores.fits(t, duration, cores):
                 free.sort()
                 return t, sorted(g for _, g in free[:gpus])
         raise AssertionError("unreachable: after the last event every GPU is free")
 
-    def place(self, start: float, duration: float, gpu_ids: Iterable[int]) -> None:
+    def place(self, start: float, duration: float, gpu_ids: Iterable[int], cores: float = 0.0) -> None:
         end = start + duration
+        self.cores.place(start, duration, cores)
         for g in gpu_ids:
             k = bisect_left(self.starts[g], start)
             self.starts[g].insert(k, start)
@@ -89,6 +92,7 @@ def make_assignment(opt: Option, node: str, start: float, gpu_ids: list[int]) ->
         gpus=list(gpu_ids),
         start_s=start,
         end_s=start + opt.runtime_s,
+        cpu_cores=getattr(opt, "cpu_cores", 0.0),
     )
 
 
@@ -104,14 +108,14 @@ class Scheduler:
         self.assignments: list[Assignment] = []
         for a in fixed:
             if a.node in self.timelines:
-                self.timelines[a.node].place(a.start_s, a.duration_s, a.gpus)
+                self.timelines[a.node].place(a.start_s, a.duration_s, a.gpus, a.cpu_cores)
 
     def candidates(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
         """(finish, start, node, gpu ids) for each node the option fits (or just `node`)."""
         for n in self.nodes:
             if (node is not None and n.name != node) or not opt.fits(n):
                 continue
-            t, ids = self.timelines[n.name].earliest(opt.gpus, opt.runtime_s, release)
+            t, ids = self.timelines[n.name].earliest(opt.gpus, opt.runtime_s, release, opt.cpu_cores)
             yield t + opt.runtime_s, t, n, ids
 
     def best_place(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
@@ -126,7 +130,7 @@ class Scheduler:
         return best[1], best[2], best[3]
 
     def place(self, opt: Option, start: float, node: NodeSpec, ids: list[int]) -> Assignment:
-        self.timelines[node.name].place(start, opt.runtime_s, ids)
+        self.timelines[node.name].place(start, opt.runtime_s, ids, opt.cpu_cores)
         a = make_assignment(opt, node.name, start, ids)
         self.assignments.append(a)
         return a

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from saturn.planner.cores import cores_ok
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import Option
 from saturn.planner.plan import Assignment
@@ -78,6 +79,8 @@ def compact(picks: list[tuple[int, str, Option, int]], nodes: Sequence[NodeSpec]
     for _, _, o, ni in picks:
         sched.add(Choice(o, nodes[ni].name))
     b = sched.assignments
+    if not cores_ok(a, nodes, fixed):  # left-shifting ignores cores; the list scheduler keeps them
+        return b
     score = score or (lambda xs: max(x.end_s for x in xs))
     return a if score(a) <= score(b) else b
 

@@ -38,6 +38,7 @@ import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.planner.baselines import baseline_plans
+from saturn.planner.cores import core_lower_bound, cores_ok
 from saturn.planner.greedy import allot, allotment_targets, greedy_candidates, makespan, perturbed_search
 from saturn.planner.inputs import NodeSpec, normalize_cluster, normalize_jobs
 from saturn.planner.lower_bound import lower_bound
@@ -63,11 +64,18 @@ def plan(
     slots: Optional[int] = None,
     fixed: Optional[Sequence[Union[Assignment, dict]]] = None,
     objective: str = "makespan",
+    _groups: bool = True,
 ) -> Plan:
     """Choose a technique, node, GPU ids and start time for every job, minimizing `objective`
     (makespan, mean_completion or weighted_completion; see planner/objectives.py).
 
     Returns within about `time_limit_s` seconds of wall time (the whole call)."""
+    from saturn.planner import sharp_option  # SHARP group options (profiled multi-job rows)
+
+    if _groups and sharp_option.has_groups(profiles):
+        return sharp_option.plan_with_groups(plan, jobs, cluster, profiles, time_limit_s=time_limit_s,
+                                             mip_gap=mip_gap, warm_start=warm_start, threads=threads,
+                                             slots=slots, fixed=fixed, objective=objective)
     t0 = time.perf_counter()
     objective = check_objective(objective)
     nodes = normalize_cluster(cluster)
@@ -89,7 +97,7 @@ def plan(
         validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
         return result
     options = build_options(to_plan, nodes, profiles)
-    lb = lower_bound(options, nodes, pinned)
+    lb = max(lower_bound(options, nodes, pinned), core_lower_bound(options, nodes, pinned))
     mk_lb = lb  # the makespan bound, reported as Plan.lower_bound_s whatever the objective
     if not obj.is_makespan:
         lb = obj.lower_bound(options, nodes)
@@ -105,6 +113,7 @@ def plan(
     cands += greedy_candidates(options, nodes, deadline=t0 + 0.3 * time_limit_s, fixed=pinned)
     if not obj.is_makespan:
         cands += completion_candidates(options, nodes, obj, pinned)
+    cands = [c for c in cands if cores_ok(c[1], nodes, pinned)] or cands  # CPU-core capacity (cores.py)
     source, best = min(cands, key=lambda c: (ms(c[1]), c[0]))
 
     milp_runs: list[MilpResult] = []
@@ -128,12 +137,12 @@ def plan(
         lb = ms(best)
     completion = {} if obj.is_makespan else dict(
         objective=objective, objective_value=ms(best), objective_lower_bound=lb,
-        objective_baselines={k: ms(v) for k, v in base.items()})
+        objective_baselines={k: ms(v) for k, v in base.items() if cores_ok(v, nodes, pinned)})
     result = Plan(
         assignments=sorted(list(pinned) + list(best), key=lambda a: (a.start_s, a.job)),
         lower_bound_s=lb if obj.is_makespan else min(mk_lb, max(makespan(best), fixed_end)),
         solver=_solver_info(ms(best), lb, mip_gap, milp_runs, time.perf_counter() - t0, source),
-        baselines={k: max(makespan(v), fixed_end) for k, v in base.items()},
+        baselines={k: max(makespan(v), fixed_end) for k, v in base.items() if cores_ok(v, nodes, pinned)},
         **completion,
     )
     validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
@@ -171,7 +180,8 @@ def normalize_fixed(fixed: Optional[Sequence[Union[Assignment, dict]]], nodes: S
                 problems.append(f"{a.job}: GPU {g} of {a.node} is already held by fixed job {other}")
         if any(b.job == a.job for b in out):
             problems.append(f"{a.job}: fixed twice")
-        out.append(Assignment(a.job, a.technique, dict(a.knobs), a.node, [int(g) for g in a.gpus], 0.0, float(a.end_s)))
+        out.append(Assignment(a.job, a.technique, dict(a.knobs), a.node, [int(g) for g in a.gpus], 0.0, float(a.end_s),
+                              a.cpu_cores))
     if problems:
         raise SaturnError("bad fixed (running) assignments:\n  " + "\n  ".join(problems))
     return out

@@ -23,7 +23,9 @@ _EXPORTS = {
     "COLUMNS": "table", "KEY_COLUMNS": "table", "ProfileStore": "table",
     "checkpoint_cost_s": "table", "estimate_runtime_s": "table",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["COLUMNS", "CellInput", "Hardware", "KEY_COLUMNS", "ProfileReport", "ProfileStore", "Search",
+           "Skip", "TrialSpec", "checkpoint_cost_s", "estimate_runtime_s", "hardware_for_cluster",
+           "knob_tier", "local_hardware", "profile", "workload_rows"]  # = sorted(_EXPORTS), as plain strings
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,9 @@
 """Execute trials: place them on free devices, run several side by side, time them out.
 
 Each trial gets concrete device ids from the free pool and runs in its own thread; a technique's
-`trial()` launches its own worker processes (a clean CUDA context each), so threads are enough to
-overlap trials. With `isolation="process"` the `trial()` call itself also runs in a fresh process
+`trial()` runs its steps in worker processes (by default the warm workers of
+`saturn.techniques.warm.shared_pool`, one long-lived process per device that is replaced after a
+failure), so threads are enough to overlap trials. With `isolation="process"` the `trial()` call itself also runs in a fresh process
 (for techniques that train in-process), which a timeout can kill.
 
 Nothing a trial does can crash the profiler: an exception, a wrong return type, a hang past the
@@ -55,10 +56,18 @@ def outcome_of(result: Any) -> Outcome:
 
 
 def call_trial(technique: Any, job: Any, devices: list[int], trial: TrialSpec,
-               timeout_s: float) -> Outcome:
-    """`technique.trial(...)` with every exception turned into a 'failed' outcome."""
+               timeout_s: float, warm: Optional[bool] = None) -> Outcome:
+    """`technique.trial(...)` with every exception turned into a 'failed' outcome. Techniques that
+    launch workers (`launch.run_workers`) run the trial on the process-wide warm pool, so a trial
+    pays no interpreter/import/CUDA start-up, and the pool's workers go on to run the jobs of a
+    `saturn run` in the same process (warm=False or SATURN_WARM=0: cold processes)."""
+    from saturn.techniques.warm import shared_pool, using_pool, warm_enabled
+
+    use = warm if warm is not None else warm_enabled()
     try:
-        return outcome_of(technique.trial(job, devices, trial.knobs_dict, trial.steps, timeout_s))
+        with using_pool(shared_pool() if use else None):
+            result = technique.trial(job, devices, trial.knobs_dict, trial.steps, timeout_s)
+        return outcome_of(result)
     except MemoryError as exc:
         return {"status": "oom", "reason": f"MemoryError: {exc}"}
     except Exception as exc:  # noqa: BLE001 - a broken technique is a result, not a crash
@@ -85,7 +94,7 @@ def _technique(name: str) -> Any:
 def _child(technique_name: str, job: Any, devices: list[int], trial: TrialSpec, timeout_s: float,
            conn: Any) -> None:
     try:
-        out = call_trial(_technique(technique_name), job, devices, trial, timeout_s)
+        out = call_trial(_technique(technique_name), job, devices, trial, timeout_s, warm=False)
     except BaseException as exc:  # noqa: BLE001
         out = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
     try:

@@ -25,9 +25,10 @@ tested with synthetic outcomes (tests/test_profiler_search.py).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
+
+from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
 
 SHORT_CHECK_TECHNIQUES = frozenset({"spilling"})
 OK = "ok"
@@ -35,16 +36,6 @@ OOM = "oom"
 FAILED = "failed"
 
 _FALSY = (None, False, 0, "", "none", "None", "off", "no", "false", "False")
-
-
-def canonical_knobs(knobs: Any) -> str:
-    """Knobs as canonical JSON text (same rule as the planner), so equal knobs are equal keys."""
-    if knobs is None or (isinstance(knobs, float) and math.isnan(knobs)):
-        return "{}"
-    if isinstance(knobs, str):
-        text = knobs.strip()
-        knobs = json.loads(text) if text else {}
-    return json.dumps(knobs, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def knob_tier(knobs: Mapping[str, Any]) -> int:

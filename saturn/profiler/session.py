@@ -20,6 +20,7 @@ import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
+from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import (SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec,
                                     canonical_knobs)
@@ -253,10 +254,20 @@ def _cell(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"feasible() raised {type(exc).__name__}: {exc}")
     try:
-        cands = [dict(c) for c in (tech.candidates(job, g) or [])]
+        cands = _pinned(tech.candidates(job, g) or [], (getattr(job, "knobs", None) or {}).get(name))
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)
+
+
+def _pinned(cands: list, pinned: Any) -> list[dict]:
+    """The candidates with the job's pinned knobs (YAML `knobs:`) laid over them, duplicates dropped."""
+    out: list[dict] = []
+    for c in cands:
+        c = {**dict(c), **(pinned or {})}
+        if c not in out:
+            out.append(c)
+    return out
 
 
 def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware,
@@ -287,6 +298,7 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "batch_size": getattr(job, "batch_size", None),
         "seq_len": getattr(job, "seq_len", None),
         "precision": getattr(job, "precision", None),
+        **(ingest_columns(job, step, outcome) if ok else {}),  # additive: input cost (profiler.ingest)
     }
 
 

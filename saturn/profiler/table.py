@@ -2,8 +2,8 @@
 
 One row = one measured trial: (signature, technique, knobs, GPU count, hardware) -> status, step
 time, peak memory, start-up time, checkpoint cost. The store (`saturn.profiles.store`, owned by
-the planner side) keeps one table of them; this module is the profiler's adapter to it, with a
-small built-in fallback (CSV, write-to-temp-then-rename) so the profiler works before/without it.
+the planner side) keeps one table of them; this module is the profiler's adapter to it (there is
+no second writer).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
 import pandas as pd
 
+from saturn.parse import num as _num
 from saturn.profiler.hardware import HARDWARE_COLUMNS
 
 KEY_COLUMNS = ("signature", "technique", "knobs", "gpus", *HARDWARE_COLUMNS)
@@ -26,8 +25,6 @@ VALUE_COLUMNS = ("status", "feasible", "step_time_s", "peak_mem_gb", "startup_s"
                  "batch_size", "seq_len", "precision")
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 STATUSES = ("ok", "oom", "failed", "timeout", "infeasible")
-DEFAULT_STORE_ENV = "SATURN_PROFILES"
-DEFAULT_FILE = "profiles.csv"
 # The checkpoint at the end of a job (torch.distributed.checkpoint, weights + AdamW state in fp32 =
 # 12 bytes per parameter): a fixed cost (DCP planning, metadata, rename) plus bytes / bandwidth.
 # Fitted on one H100 run (gpt2-small/medium, DDP and spilling: 3.9-6.6 s measured); override with
@@ -37,14 +34,6 @@ CHECKPOINT_BYTES_PER_PARAM = 12
 DEFAULT_CHECKPOINT_GBPS = 2.0
 DEFAULT_CHECKPOINT_FIXED_S = 3.0
 CPU_CHECKPOINT_FIXED_S = 0.5  # CPU slots: no device-to-host copies, tiny models
-
-
-def _num(v: Any, default: float = 0.0) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return default
-    return default if math.isnan(f) else f
 
 
 def estimate_runtime_s(row: Mapping[str, Any], steps: float, checkpoint_cost_s: Optional[float] = None,
@@ -142,93 +131,31 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _key_tuple(row: Mapping[str, Any]) -> tuple:
-    from saturn.profiler.search import canonical_knobs
-
-    return (str(row["signature"]), str(row["technique"]), canonical_knobs(row["knobs"]),
-            int(row["gpus"]), str(row["gpu_type"]), round(float(row["gpu_memory_gb"]), 1),
-            str(row["interconnect"]), str(row["torch_version"]))
-
-
 class ProfileStore:
-    """The profiler's view of the profile store: `load()` the table, `upsert(rows)` atomically.
+    """The profiler's view of the profile store: `load()` the table, `upsert(rows)` durably.
 
-    Uses `saturn.profiles.store` (load_store / upsert_rows / store_path / default_dir) when it is
-    importable, else a CSV file `<dir>/profiles.csv` written to a temp file and renamed. Either way
-    readers never see half a table, and an interrupted profile run keeps every row written so far.
-    Thread-safe within a process (trials finish in the runner's thread; writes are serialized).
+    A thin adapter over `saturn.profiles.store`, the one implementation: it holds an inter-process
+    file lock around read-merge-replace (so concurrent profile runs lose no row), keys rows by the
+    full profiler key (signature, technique, knobs, GPUs and every hardware column), writes to a
+    temp file + fsync + rename (readers never see half a table) and keeps the file's permissions.
     """
 
     def __init__(self, store_dir: Union[str, os.PathLike, None] = None):
-        self._backend = _planner_store()
-        if store_dir is not None:
-            self.dir = Path(store_dir)
-        elif self._backend is not None:
-            self.dir = Path(self._backend.default_dir())
-        else:
-            self.dir = Path(os.environ.get(DEFAULT_STORE_ENV) or "profiles")
-        self._lock = threading.Lock()
+        from saturn.profiles import store
+
+        self._store = store
+        self.dir = Path(store_dir) if store_dir is not None else Path(store.default_dir())
 
     @property
     def path(self) -> Path:
         """The file new rows go to (other tables under the directory are read, never written)."""
-        if self._backend is not None:
-            return Path(self._backend.store_path(self.dir))
-        return self.dir / DEFAULT_FILE
+        return Path(self._store.store_path(self.dir))
 
     def load(self) -> pd.DataFrame:
-        with self._lock:
-            if self._backend is not None:
-                df = self._backend.load_store(self.dir)
-            elif self.path.exists():
-                df = pd.read_csv(self.path, dtype={"signature": str, "torch_version": str,
-                                                   "knobs": str})
-            else:
-                df = pd.DataFrame(columns=list(COLUMNS))
-            return normalize(df)
+        return normalize(self._store.load_store(self.dir))
 
     def upsert(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Insert rows, replacing stored rows with the same key; one atomic file replace."""
+        """Insert rows, replacing stored rows with the same key; one locked, atomic file replace."""
         rows = [{"source": "profiler", **dict(r)} for r in rows]
-        if not rows:
-            return
-        with self._lock:
-            if self._backend is not None:
-                self._backend.upsert_rows(rows, self.dir)
-                return
-            new = normalize(pd.DataFrame(rows))
-            old = normalize(pd.read_csv(self.path, dtype={"signature": str, "torch_version": str,
-                                                          "knobs": str})) \
-                if self.path.exists() else normalize(pd.DataFrame(columns=list(COLUMNS)))
-            keys = {_key_tuple(r) for r in new.to_dict("records")}
-            keep = old[[_key_tuple(r) not in keys for r in old.to_dict("records")]] if len(old) else old
-            table = normalize(pd.concat([keep, new], ignore_index=True) if len(keep) else new)
-            _atomic_csv(table, self.path)
-
-
-def _planner_store():
-    """`saturn.profiles.store` when it has the functions used here, else None (fallback CSV)."""
-    try:
-        from saturn.profiles import store
-    except ImportError:
-        return None
-    if all(hasattr(store, f) for f in ("load_store", "upsert_rows", "store_path", "default_dir")):
-        return store
-    return None
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        if rows:
+            self._store.upsert_rows(normalize(pd.DataFrame(rows)).to_dict("records"), self.dir)

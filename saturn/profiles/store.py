@@ -8,6 +8,12 @@ and `*.parquet` under it is loaded (so a sample table and measured tables can si
 Rows are keyed by the job's *profile signature* (jobs differing only in learning rate share one),
 not by job name; `lookup` turns them into the per-job table the planner takes. Pure pandas: the
 planner side must never import torch.
+
+Many writers: `upsert_rows` is the one writer of the store (the profiler's `ProfileStore` uses it).
+It holds an inter-process file lock (`filelock`, a `.profiles.csv.lock` beside the table) around
+read -> merge -> write-temp -> fsync -> rename, so concurrent `saturn profile` runs never lose a
+row, and the rewritten file keeps the original's permissions. Every table is validated on read
+(types, finite, non-negative) and a bad value is reported with its file, row and column.
 """
 
 from __future__ import annotations
@@ -15,17 +21,26 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
 import pandas as pd
+from filelock import FileLock
 
 from saturn.errors import MissingProfilesError, SaturnError
+from saturn.parse import canonical_knobs as _canon_knobs
 
 COLUMNS = ("signature", "technique", "knobs", "gpus", "step_time_s", "peak_mem_gb", "startup_s",
            "feasible", "reason", "gpu_type", "gpu_memory_gb", "torch_version", "source", "measured_at")
-KEY = ("signature", "technique", "knobs", "gpus", "gpu_type")
+# The profiler's full key: the same trial on another GPU model, memory size, interconnect or torch
+# version is a different measurement, never an overwrite.
+KEY = ("signature", "technique", "knobs", "gpus", "gpu_type", "gpu_memory_gb", "interconnect", "torch_version")
+LOCK_TIMEOUT_S = 120.0
+NUMBER_COLUMNS = ("step_time_s", "peak_mem_gb", "startup_s", "launch_s", "checkpoint_s", "first_step_s",
+                  "trial_s", "gpu_memory_gb")
 STORE_FILE = "profiles.csv"  # where write_store puts the table (other files are read-only inputs)
 ENV = "SATURN_PROFILES"
 
@@ -40,13 +55,6 @@ def default_dir() -> Path:
 
 def store_path(directory: Optional[PathLike] = None) -> Path:
     return Path(directory or default_dir()) / STORE_FILE
-
-
-def _canon_knobs(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
-        return "{}"
-    obj = json.loads(v) if isinstance(v, str) else v
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -74,16 +82,86 @@ def read_table(path: PathLike) -> pd.DataFrame:
         raise SaturnError(f"profile file {path} does not exist")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            df = pd.read_parquet(path)
+            validate_table(df, path, first_line=None)
+            return df
+    except ProfileTableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
+        raise ProfileTableError(f"cannot read profile file {path}: {exc}") from exc
+    try:
         with open(path) as f:  # leading "# ..." lines label sample tables; knobs may contain '#'
             skip = 0
             for line in f:
                 if not line.startswith("#"):
                     break
                 skip += 1
-        return pd.read_csv(path, skiprows=skip, dtype={"signature": str, "knobs": str, "torch_version": str})
+        df = pd.read_csv(path, skiprows=skip, dtype={"signature": str, "knobs": str, "torch_version": str})
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
-        raise SaturnError(f"cannot read profile file {path}: {exc}") from exc
+        raise ProfileTableError(f"cannot read profile file {path}: {exc}") from exc
+    validate_table(df, path, first_line=skip + 2)
+    return df
+
+
+class ProfileTableError(SaturnError):
+    """A profile table has a value the planner cannot use (names file, row and column)."""
+
+
+def _where(path: Any, i: int, col: str, first_line: Optional[int]) -> str:
+    row = f"line {first_line + i}" if first_line is not None else f"row {i + 1}"
+    return f"profile file {path}, {row} (data row {i + 1}), column {col!r}"
+
+
+def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optional[int] = 2) -> None:
+    """Refuse a table the planner would misread: missing key columns, non-integer or non-positive
+    GPU counts, non-JSON knobs, and number cells that are text, NaN on a feasible row, infinite or
+    negative. `first_line` is the file line of data row 1 (CSV), None for parquet."""
+    if "signature" not in df.columns and "job" not in df.columns:
+        raise ProfileTableError(f"profile file {path} has neither a 'signature' nor a 'job' column "
+                                f"(columns: {', '.join(map(str, df.columns))})")
+    for col in ("technique", "gpus"):
+        if col not in df.columns:
+            raise ProfileTableError(f"profile file {path} has no column {col!r} (columns: {', '.join(map(str, df.columns))})")
+    feasible = df["feasible"] if "feasible" in df.columns else pd.Series([True] * len(df), index=df.index)
+    status = df["status"] if "status" in df.columns else pd.Series([None] * len(df), index=df.index)
+    for i, (_, r) in enumerate(df.iterrows()):
+        g = r["gpus"]
+        try:
+            ok = float(g) == int(float(g)) and int(float(g)) >= 1
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ProfileTableError(f"{_where(path, i, 'gpus', first_line)}: {g!r} is not a positive whole GPU count")
+        if "knobs" in df.columns:
+            k = r["knobs"]
+            if isinstance(k, str) and k.strip():
+                try:
+                    if not isinstance(json.loads(k), dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    raise ProfileTableError(f"{_where(path, i, 'knobs', first_line)}: {k!r} is not a JSON object "
+                                            "like {\"activation_checkpointing\": false}") from None
+        fv = feasible.iloc[i]
+        is_feasible = (str(fv).strip().lower() in ("true", "1", "yes")) if isinstance(fv, str) else (fv is None or fv == fv and bool(fv))
+        st = status.iloc[i]
+        if isinstance(st, str) and st.strip() and st.strip().lower() != "ok":
+            is_feasible = False
+        for col in NUMBER_COLUMNS:
+            if col not in df.columns:
+                continue
+            v = r[col]
+            if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
+                if col == "step_time_s" and is_feasible:
+                    raise ProfileTableError(f"{_where(path, i, col, first_line)}: empty or NaN on a feasible row "
+                                            "(mark the row feasible=False or re-profile it)")
+                continue
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                raise ProfileTableError(f"{_where(path, i, col, first_line)}: {v!r} is not a number") from None
+            if not math.isfinite(f) or f < 0 or (col == "step_time_s" and is_feasible and f == 0):
+                need = "a positive finite number of seconds" if col == "step_time_s" else "a finite number >= 0"
+                raise ProfileTableError(f"{_where(path, i, col, first_line)}: {v!r} must be {need}")
 
 
 def load_store(directory: Optional[PathLike] = None) -> pd.DataFrame:
@@ -98,32 +176,79 @@ def load_store(directory: Optional[PathLike] = None) -> pd.DataFrame:
     return _normalize(pd.concat(frames, ignore_index=True))
 
 
-def write_store(df: pd.DataFrame, directory: Optional[PathLike] = None) -> Path:
-    """Atomically replace <dir>/profiles.csv with `df` (temp file in the same dir + os.replace)."""
+def store_lock(directory: Optional[PathLike] = None) -> FileLock:
+    """The inter-process lock every writer of <dir>/profiles.csv holds (a file beside it)."""
     path = store_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=LOCK_TIMEOUT_S)
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _replace_file(df: pd.DataFrame, path: Path) -> None:
+    """Temp file in the same directory, fsync, chmod to the original's mode, rename, fsync the dir."""
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            _normalize(df).to_csv(f, index=False)
+            df.to_csv(f, index=False)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+
+
+def write_store(df: pd.DataFrame, directory: Optional[PathLike] = None) -> Path:
+    """Atomically replace <dir>/profiles.csv with `df`, under the store lock."""
+    path = store_path(directory)
+    with store_lock(directory):
+        _replace_file(_normalize(df), path)
     return path
 
 
+def _key_strings(df: pd.DataFrame) -> list[tuple]:
+    """The KEY of each row as comparable text (memory to 0.1 GB, missing -> "")."""
+    def cell(col: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if col == "gpu_memory_gb":
+            try:
+                return f"{float(v):.1f}"
+            except (TypeError, ValueError):
+                return str(v)
+        if col == "gpus":
+            return str(int(float(v)))
+        return str(v)
+    return [tuple(cell(c, r.get(c)) for c in KEY) for r in df.to_dict("records")]
+
+
 def upsert_rows(rows: Iterable[Mapping[str, Any]], directory: Optional[PathLike] = None) -> pd.DataFrame:
-    """Add rows to <dir>/profiles.csv, replacing stored rows with the same key; returns the file's table."""
-    new = _normalize(pd.DataFrame(list(rows)))
+    """Add rows to <dir>/profiles.csv, replacing stored rows with the same (full) key; returns the
+    file's table. Holds the store lock from read to rename, so concurrent writers lose nothing."""
+    host = socket.gethostname()
+    new = _normalize(pd.DataFrame([{"host": host, **dict(r)} for r in rows]))
     path = store_path(directory)
-    old = _normalize(read_table(path)) if path.exists() else _normalize(pd.DataFrame(columns=list(COLUMNS)))
-    keys = set(map(tuple, new[list(KEY)].astype(str).values.tolist()))
-    keep = old[[tuple(k) not in keys for k in old[list(KEY)].astype(str).values.tolist()]]
-    table = pd.concat([keep, new], ignore_index=True) if len(keep) else new
-    write_store(table, directory)
+    with store_lock(directory):
+        old = _normalize(read_table(path)) if path.exists() else _normalize(pd.DataFrame(columns=list(COLUMNS)))
+        keys = set(_key_strings(new))
+        keep = old[[k not in keys for k in _key_strings(old)]] if len(old) else old
+        table = _normalize(pd.concat([keep, new], ignore_index=True)) if len(keep) else new
+        _replace_file(table, path)
     return table
 
 

@@ -20,7 +20,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from saturn.errors import SpecError
-from saturn.spec.schema import Cluster, DataSpec, Job, ModelSpec, Workload, _name_or_factory
+from saturn.spec import limits as L
+from saturn.spec.schema import Cluster, Job, Workload, _name_or_factory
 
 TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
@@ -29,13 +30,18 @@ def load_workload(source: Union[str, os.PathLike]) -> Workload:
     """A file path, or YAML text (anything containing a newline or a colon-space)."""
     text, where = _read(source)
     try:
+        L.check_size(len(text.encode("utf-8", "replace")), where)
         root = yaml.compose(text)
+        if root is not None:
+            L.check_node_count(root, where)  # before anything walks or copies the aliases
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{where}:{line} YAML syntax error: {problem}") from None
+    except (ValueError, RecursionError) as exc:
+        raise SpecError(str(exc) if isinstance(exc, ValueError) else f"{where}: YAML nested too deeply") from None
     lines = _line_map(root) if root is not None else {}
     return build_workload(raw, where=where, lines=lines)
 
@@ -48,6 +54,8 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
     unknown = [k for k in raw if k not in TOP_KEYS]
     if unknown:
         raise SpecError(_join(where, [_unknown_key_msg((k,), k, TOP_KEYS, lines) for k in unknown]))
+    if not isinstance(raw.get("name", "x"), (str, int, float)):
+        raise SpecError(f"{where}: name: must be a text name like my-sweep{_at(('name',), lines)}")
     jobs, origins = _expand_jobs(raw, where, lines)
     problems: list[str] = []
     cluster = _validate(Cluster, raw.get("cluster", "local"), ("cluster",), lines, problems)
@@ -59,9 +67,19 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
         raise SpecError(_join(where, _dedupe(problems)))
     try:
         extra = {"objective": raw["objective"]} if "objective" in raw else {}  # the planner's objective
-        return Workload(name=str(raw.get("name", Path(where).stem)), cluster=cluster, jobs=built, **extra)
+        return Workload(name=str(raw.get("name", _slug(Path(where).stem).strip("._+-=") or "workload")),
+                        cluster=cluster, jobs=built, **extra)
     except ValidationError as exc:
         raise SpecError(_join(where, [_fmt(e, (), lines, Workload) for e in exc.errors()])) from None
+
+
+def check_local_paths(workload: Workload) -> None:
+    """Local files the jobs need (model weights, text data) exist here -- called by `profile` and
+    `run`, where the jobs execute, before any trial or launch (exit 2 naming each missing path)."""
+    missing = L.missing_local_paths(workload.jobs)
+    if missing:
+        raise SpecError(_join(getattr(workload, "path", None) or "workload",
+                              [m + " on this machine; fix the path or copy the file here" for m in missing]))
 
 
 def dump_workload(workload: Workload) -> str:
@@ -90,6 +108,13 @@ def _expand_jobs(raw: dict, where: str, lines: dict) -> tuple[list[dict], list[t
         raise SpecError(f"{where}: `sweep` must map field paths to non-empty lists, e.g. "
                         f"`optimizer.lr: [1e-4, 3e-4]`{_at(('sweep',), lines)}")
     base_name = str(raw.get("name", "job"))
+    n_combos = 1
+    for v in sweep.values():
+        n_combos *= len(v)
+    try:
+        L.check_job_count(max(1, len(entries)) * n_combos if sweep else len(entries), where)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     jobs, origins = [], []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -234,7 +259,12 @@ def _read(source: Union[str, os.PathLike]) -> tuple[str, str]:
     if isinstance(source, str) and ("\n" in source or ": " in source):
         return source, "<yaml>"
     path = Path(source)
-    if not path.exists():
+    if not path.is_file():
         raise SpecError(f"{path}: no such file; pass a workload YAML, e.g. "
                         "configs/examples/gpt2-sweep.yaml")
-    return path.read_text(), str(path)
+    try:
+        L.check_size(path.stat().st_size, str(path))
+        return path.read_text(), str(path)
+    except ValueError as exc:  # too large, or not UTF-8 text
+        raise SpecError(str(exc) if not isinstance(exc, UnicodeDecodeError)
+                        else f"{path}: not a UTF-8 text file ({exc.reason})") from None

@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from saturn.spec import limits as L
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -42,9 +44,11 @@ class ModelSpec(_Strict):
         if self.name is not None:
             from saturn.zoo import check_model_name
 
+            L.check_overrides(self.overrides)
             check_model_name(self.name, self.overrides)
         if self.factory is not None:
             _check_import_path(self.factory)
+            L.check_callable(self.factory, "model factory")
         return self
 
     def label(self) -> str:
@@ -77,6 +81,7 @@ class DataSpec(_Strict):
             raise ValueError("dataset 'text-file' needs `path: path/to/file.txt`")
         if self.factory is not None:
             _check_import_path(self.factory)
+            L.check_callable(self.factory, "data factory")
         return self
 
 
@@ -90,9 +95,18 @@ class OptimizerSpec(_Strict):
     @field_validator("lr")
     @classmethod
     def _positive_lr(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError("must be > 0, e.g. 3e-4")
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError("must be a finite number > 0, e.g. 3e-4")
+        if v > L.MAX_LR:
+            raise ValueError(f"is over MAX_LR = {L.MAX_LR:g}")
         return v
+
+    @model_validator(mode="after")
+    def _finite_kwargs(self) -> "OptimizerSpec":
+        for k, v in (self.model_extra or {}).items():
+            for x in (v if isinstance(v, (list, tuple)) else [v]):
+                L.check_finite_number(x, f"optimizer.{k}")
+        return self
 
     def kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if k != "name"}
@@ -101,18 +115,19 @@ class OptimizerSpec(_Strict):
 class Job(_Strict):
     """One training job: a model, its data and hyperparameters, and what Saturn may choose from."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+    name: str = Field(pattern=L.NAME_PATTERN, max_length=L.MAX_NAME_LEN)
     model: ModelSpec
     data: DataSpec = Field(default_factory=lambda: DataSpec(name="synthetic-tokens"))
-    batch_size: int = Field(gt=0)
-    seq_len: int = Field(default=512, gt=0)
+    batch_size: int = Field(gt=0, le=L.MAX_BATCH_SIZE)
+    seq_len: int = Field(default=512, gt=0, le=L.MAX_SEQ_LEN)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    steps: Optional[int] = Field(default=None, gt=0)
-    epochs: Optional[float] = Field(default=None, gt=0)
+    steps: Optional[int] = Field(default=None, gt=0, le=L.MAX_STEPS)
+    epochs: Optional[float] = Field(default=None, gt=0, le=L.MAX_EPOCHS, allow_inf_nan=False)
     techniques: Optional[list[str]] = None  # None: every registered technique
     gpus: Optional[list[int]] = None  # None: 1, 2, 4, ... up to the largest node
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=L.MAX_SEED)
+    knobs: Optional[dict[str, dict[str, Any]]] = None  # technique -> knob values to pin (saturn techniques)
     weight: float = Field(default=1.0, gt=0)  # priority under `objective: weighted_completion`
 
     @field_validator("gpus")
@@ -122,6 +137,8 @@ class Job(_Strict):
             return v
         if not v or any((not isinstance(g, int)) or g < 1 for g in v):
             raise ValueError("must be a non-empty list of positive GPU counts, e.g. [1, 2, 4]")
+        if max(v) > 1024:
+            raise ValueError("GPU counts above 1024 per job are over the planner's limit (1024)")
         return sorted(set(v))
 
     @field_validator("techniques")
@@ -135,7 +152,32 @@ class Job(_Strict):
         bad = [t for t in v if t not in known and ":" not in t]  # ':' = a user class by path
         if bad or not v:
             raise ValueError(f"unknown technique(s) {bad}; allowed: {known}")
+        for t in v:
+            if ":" in t:
+                L.check_callable(t, "technique")
         return v
+
+    @model_validator(mode="after")
+    def _pinned_knobs(self) -> "Job":
+        """`knobs: {fsdp: {cpu_offload: true}}`: each knob checked against the technique's typed
+        knobs (saturn.techniques.knobs), the offending field named."""
+        if not self.knobs:
+            return self
+        from saturn.errors import SpecError
+        from saturn.techniques.knobs import validate_knobs
+        from saturn.techniques.registry import technique_names
+
+        known = technique_names()
+        for tech, values in self.knobs.items():
+            if tech not in known and ":" not in tech:
+                raise ValueError(f"knobs.{tech}: unknown technique; allowed: {known}")
+            if self.techniques is not None and tech not in self.techniques:
+                raise ValueError(f"knobs.{tech}: {tech!r} is not in this job's techniques {self.techniques}")
+            try:
+                validate_knobs(tech, values)
+            except SpecError as exc:  # a user technique path that does not import
+                raise ValueError(f"knobs.{tech}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _length(self) -> "Job":
@@ -161,10 +203,11 @@ class Job(_Strict):
 
 
 class Node(_Strict):
-    name: str
-    gpus: int = Field(gt=0)
-    gpu_memory_gb: float = Field(default=80.0, gt=0)
+    name: str = Field(min_length=1, max_length=L.MAX_NAME_LEN)
+    gpus: int = Field(gt=0, le=1024)
+    gpu_memory_gb: float = Field(default=80.0, gt=0, le=1e5, allow_inf_nan=False)
     gpu_type: str = "H200"
+    cpu_cores: Optional[int] = Field(default=None, gt=0)  # planned for input pipelines (saturn.data)
 
 
 class RaySpec(_Strict):
@@ -247,7 +290,17 @@ class Cluster(_Strict):
         return max(n.gpus for n in self.resolved().nodes or [])
 
 
-def _auto_devices() -> str:
+def _known_max_gpus(cluster: Cluster) -> Optional[int]:
+    """The largest node's GPU count when the spec states it (nodes, or CPU slots); None when it is
+    only known after detection (local GPUs, Ray)."""
+    if cluster.nodes:
+        return max(n.gpus for n in cluster.nodes)
+    if cluster.devices == "cpu" and cluster.slots:
+        return cluster.slots
+    return None
+
+
+def _auto_devices() -> Literal["cuda", "cpu"]:
     try:
         import torch
 
@@ -295,9 +348,9 @@ def _check_import_path(path: str) -> None:
 class Workload(_Strict):
     """A named set of jobs and the cluster they run on."""
 
-    name: str = "workload"
+    name: str = Field(default="workload", pattern=L.NAME_PATTERN, max_length=L.MAX_NAME_LEN)
     cluster: Cluster = Field(default_factory=Cluster.local)
-    jobs: list[Job]
+    jobs: list[Job] = Field(max_length=L.MAX_JOBS)
     # what the planner minimizes (saturn/planner/objectives.py)
     objective: Literal["makespan", "mean_completion", "weighted_completion"] = "makespan"
 
@@ -310,6 +363,11 @@ class Workload(_Strict):
         if dup:
             raise ValueError(f"job names must be unique; repeated: {dup} (rename them, or let the "
                              "sweep name them)")
+        cap = _known_max_gpus(self.cluster)
+        over = [f"{j.name} (gpus {j.gpus})" for j in self.jobs if cap is not None and j.gpus and max(j.gpus) > cap]
+        if over:
+            raise ValueError(f"job(s) {', '.join(over)} need more GPUs than the cluster's largest node has "
+                             f"({cap}); lower `gpus` or add a larger node")
         return self
 
     def job(self, name: str) -> Job:

@@ -24,6 +24,8 @@ def signature_fields(job: Any) -> dict[str, Any]:
         "precision": job.precision,
         "optimizer": job.optimizer.name,
         "data": data,
+        # pinned knobs change what is measured; absent (None) keeps older signatures unchanged
+        **({"knobs": job.knobs} if getattr(job, "knobs", None) else {}),
     }
 
 

@@ -64,11 +64,13 @@ class RunResult:
 class Technique(abc.ABC):
     """A parallelism technique: a template with knobs, a static feasibility check, and runners.
 
-    Subclasses set `name`, `knobs` (knob -> what it does) and `requires` (one line for
-    `saturn techniques`), and register themselves with `@register`.
+    Subclasses set `name`, `knob_type` (a `saturn.techniques.knobs.knob_dataclass`: each knob's
+    type, default, range and help; `knobs`, knob -> help, is derived from it at `@register`) and
+    `requires` (one line for `saturn techniques`), and register themselves with `@register`.
     """
 
     name: ClassVar[str]
+    knob_type: ClassVar[Optional[type]] = None
     knobs: ClassVar[dict[str, str]] = {}
     requires: ClassVar[str] = ""
 

@@ -13,6 +13,10 @@ Keyword arguments understood by `trial` and `run` (all optional):
     stop_event   threading.Event: set it to stop a run gracefully (checkpoint, "interrupted")
     checkpoint_every  also checkpoint every N steps during a run (default 0: only at the end)
     grace_s      seconds between SIGTERM and SIGKILL on stop (default 60)
+    readback_every  steps between the loop's read-back boundaries (default 10; see
+                 training.train: losses, metrics flush and stop checks happen there, so a stop
+                 takes effect, and a kill loses metrics, within this many steps; fewer when
+                 steps are slow, a boundary comes at least every ~2 s)
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class LaunchedTechnique(Technique):
         knobs = self.resolve_knobs(job, len(ids), knobs)
         dtype = resolve_device_type(kwargs.get("device_type", "auto"))
         payload = self._payload(job, knobs, mode, **payload_kw)
+        if kwargs.get("readback_every"):
+            payload["readback_every"] = int(kwargs["readback_every"])
         res = run_workers("saturn.techniques.training:worker_entry", payload, ids,
                           device_type=dtype, timeout_s=timeout_s, log_path=kwargs.get("log_path"),
                           env=self.worker_env(dtype, knobs), grace_s=kwargs.get("grace_s", 60.0),

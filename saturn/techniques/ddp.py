@@ -7,14 +7,24 @@ communication of all techniques (SPASE.md: 1 GPU 0.048 s/step, DDP×4 0.074 s fo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
+from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+
+
+@knob_dataclass
+class DDPKnobs:
+    bucket_cap_mb: float = knob(25, "gradient all-reduce bucket size in MB (bigger: fewer, larger messages)", gt=0)
+    activation_checkpointing: bool = knob(False, "recompute each block's activations in backward (less memory)")
+    grad_compression: Literal["none", "bf16", "fp16"] = knob(
+        "none", "none | bf16 | fp16: all-reduce gradients in half precision")
+    compile: bool = knob(False, "torch.compile each block (CUDA; compile time is paid in start-up)")
 
 
 @register
@@ -22,11 +32,7 @@ class DDP(LaunchedTechnique):
     name = "ddp"
     builder = "saturn.techniques.ddp:build"
     requires = "torch (nccl on GPUs, gloo on CPU); 1 device = plain single-device training"
-    knobs = {
-        "bucket_cap_mb": "gradient all-reduce bucket size in MB (bigger: fewer, larger messages)",
-        "activation_checkpointing": "recompute each block's activations in backward (less memory)",
-        "grad_compression": "none | bf16 | fp16: all-reduce gradients in half precision",
-    }
+    knob_type = DDPKnobs
 
     def feasible(self, job: Any, gpus: int) -> Feasibility:
         return dp_feasible(job, gpus)
@@ -36,7 +42,7 @@ class DDP(LaunchedTechnique):
         out = [base, {**base, "activation_checkpointing": True}] if has_blocks(job) else [base]
         if gpus > 1:
             out.append({**base, "bucket_cap_mb": 100})
-        return out
+        return out + ([{**base, "compile": True}] if has_blocks(job) else [])
 
 
 def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
@@ -49,6 +55,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
     model.to(device)
     if knobs.get("activation_checkpointing"):
         training.apply_activation_checkpointing(model)
+    training.compile_blocks(model, knobs, ctx.device_type)
     wrapped: torch.nn.Module = model
     if world > 1:
         wrapped = DistributedDataParallel(

@@ -9,14 +9,27 @@ reshards them for any other technique or process count.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
+from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+
+
+@knob_dataclass
+class FSDPKnobs:
+    reshard_after_forward: bool = knob(True, "free gathered block params after forward (ZeRO-3-like memory) "
+                                             "or keep them for backward (ZeRO-2-like speed)")
+    activation_checkpointing: bool = knob(False, "recompute each block's activations in backward")
+    cpu_offload: bool = knob(False, "keep sharded params/grads/optimizer step on the CPU (CPUOffloadPolicy)")
+    mixed_precision: Literal["autocast", "policy"] = knob(
+        "autocast", "autocast (fp32 params, autocast compute) | policy (MixedPrecisionPolicy: params gathered "
+                    "in the job's precision, gradients reduced in fp32)")
+    compile: bool = knob(False, "torch.compile each block (CUDA; compile time is paid in start-up)")
 
 
 @register
@@ -24,14 +37,7 @@ class FSDP(LaunchedTechnique):
     name = "fsdp"
     builder = "saturn.techniques.fsdp:build"
     requires = "torch>=2.6 (FSDP2 fully_shard); CPU offload needs CUDA"
-    knobs = {
-        "reshard_after_forward": "free gathered block params after forward (ZeRO-3-like memory) "
-                                 "or keep them for backward (ZeRO-2-like speed)",
-        "activation_checkpointing": "recompute each block's activations in backward",
-        "cpu_offload": "keep sharded params/grads/optimizer step on the CPU (CPUOffloadPolicy)",
-        "mixed_precision": "autocast (fp32 params, autocast compute) | policy (MixedPrecisionPolicy: "
-                           "params gathered in the job's precision, gradients reduced in fp32)",
-    }
+    knob_type = FSDPKnobs
 
     def feasible(self, job: Any, gpus: int) -> Feasibility:
         return dp_feasible(job, gpus)
@@ -44,7 +50,7 @@ class FSDP(LaunchedTechnique):
         if has_blocks(job):
             out.append({**base, "activation_checkpointing": True})
         out.append({**base, "activation_checkpointing": has_blocks(job), "cpu_offload": True})
-        return out
+        return out + ([{**base, "compile": True}] if has_blocks(job) else [])
 
 
 def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
@@ -61,6 +67,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
         model.to(ctx.device)
     if knobs.get("activation_checkpointing"):
         training.apply_activation_checkpointing(model)
+    training.compile_blocks(model, knobs, ctx.device_type)  # before fully_shard, as torchtitan does
     kw: dict[str, Any] = {"mesh": init_device_mesh(ctx.device_type, (ctx.world_size,)),
                           "reshard_after_forward": bool(knobs.get("reshard_after_forward", True))}
     if use_policy:

@@ -1,4 +1,5 @@
-"""Run a technique's worker function in a fresh set of processes, one per device.
+"""Run a technique's worker function in a fresh set of processes, one per device (cold), or on
+the warm workers of the calling thread's `saturn.techniques.warm.WarmPool` (`using_pool`).
 
 Why fresh processes: every trial and every run must start from a clean CUDA context and process
 group (an OOM or a NCCL hang poisons the process), and the executor must be able to stop, time out
@@ -73,6 +74,15 @@ def run_workers(target: str, payload: dict[str, Any], devices: list[int], *,
     launch (start-up included). Never raises for worker failures: see the module docstring.
     """
     device_type = resolve_device_type(device_type)
+    from saturn.techniques import warm
+
+    pool = warm.current_pool()
+    if pool is not None and pool.device_type == device_type:
+        try:  # the calling thread asked for warm workers (see saturn.techniques.warm)
+            return pool.run(target, payload, devices, timeout_s=timeout_s, log_path=log_path, env=env,
+                            grace_s=grace_s, stop_event=stop_event, abort_event=warm.current_abort())
+        except warm.WarmUnavailable as exc:
+            print(f"saturn: warm workers unavailable ({exc}); launching cold", file=sys.stderr)
     rundir = tempfile.mkdtemp(prefix="saturn-launch-")
     try:
         with open(os.path.join(rundir, "payload.json"), "w") as f:

@@ -9,7 +9,7 @@ bubble: only activations at stage boundaries cross devices. Each rank builds the
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -17,7 +17,19 @@ from torch import nn
 from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique
+from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+
+
+@knob_dataclass
+class PipelineKnobs:
+    schedule: Literal["gpipe", "1f1b"] = knob("1f1b", "gpipe (all forwards, then all backwards) | 1f1b (less "
+                                                      "activation memory)")
+    n_microbatches: Optional[int] = knob(None, "micro-batches per step (more: smaller bubble, smaller matmuls); "
+                                               "None: the first divisor candidate for the batch", ge=1)
+    activation_checkpointing: bool = knob(False, "recompute each block's activations in backward")
+    split: Union[Literal["auto"], list[int]] = knob("auto", "auto (balance per-layer matmul parameters) or a list "
+                                                            "of each stage's first layer")
 
 
 @register
@@ -25,12 +37,7 @@ class Pipeline(LaunchedTechnique):
     name = "pipeline"
     builder = "saturn.techniques.pipeline:build"
     requires = "torch>=2.4 (torch.distributed.pipelining); 2+ devices, one stage each"
-    knobs = {
-        "schedule": "gpipe (all forwards, then all backwards) | 1f1b (less activation memory)",
-        "n_microbatches": "micro-batches per step (more: smaller bubble, smaller matmuls)",
-        "activation_checkpointing": "recompute each block's activations in backward",
-        "split": "auto (balance per-layer matmul parameters) or a list of each stage's first layer",
-    }
+    knob_type = PipelineKnobs
 
     def feasible(self, job: Any, gpus: int) -> Feasibility:
         if gpus < 2:

@@ -14,16 +14,32 @@ from typing import Type
 from saturn.errors import SpecError
 from saturn.techniques.base import Technique
 
-_PLUMBING = {"base", "registry", "common", "worker", "launch", "checkpoint", "training"}
+_PLUMBING = {"base", "registry", "common", "worker", "launch", "checkpoint", "training", "knobs", "warm",
+             "warm_worker"}
 _REGISTRY: dict[str, Type[Technique]] = {}
 _discovered = False
 
 
 def register(cls: Type[Technique]) -> Type[Technique]:
-    """Class decorator: make `cls` available under `cls.name`."""
-    if not getattr(cls, "name", None):
+    """Class decorator: make `cls` available under `cls.name`.
+
+    A second, different technique under a taken name is refused (TypeError): the profile store
+    and plans key everything by technique name, so two meanings of one name would mix their rows.
+    Registering the same class again (an import path given twice, a module reload) is fine.
+    `cls.knobs` (knob -> help) is derived from `cls.knob_type` unless the class sets it."""
+    name = getattr(cls, "name", None)
+    if not name:
         raise TypeError(f"{cls.__qualname__} needs a `name` class attribute")
-    _REGISTRY[cls.name] = cls
+    old = _REGISTRY.get(name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise TypeError(f"technique name {name!r} is taken by {old.__module__}.{old.__qualname__}; "
+                        f"give {cls.__module__}.{cls.__qualname__} another `name`")
+    knob_type = getattr(cls, "knob_type", None)
+    if knob_type is not None and "knobs" not in vars(cls):
+        from saturn.techniques.knobs import knob_help
+
+        cls.knobs = knob_help(knob_type)
+    _REGISTRY[name] = cls
     return cls
 
 

@@ -4,7 +4,9 @@ A technique's worker builds a `Trainable` (its per-step function plus checkpoint
 hands it to `train`, which owns everything else and therefore behaves identically for all
 techniques: which samples a step reads (the data position is the step number, see
 `saturn.zoo.data`), the seeded model init, warm-up and timing, loss reporting, peak memory, and
-graceful stop (SIGTERM -> finish the current step -> checkpoint -> status "interrupted").
+graceful stop (SIGTERM -> finish the steps up to the next read-back boundary -> checkpoint ->
+status "interrupted"). The step path never synchronizes the host with the device; see
+`saturn.techniques.step_io` for the read-back boundaries that replace per-step `.item()`.
 
     trainable = Trainable.for_module(model, optimizer, step_fn, dp_rank=r, dp_world=w)
     result = train(job, trainable, ctx, mode="run", start_step=0, num_steps=100,
@@ -19,11 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
+import os
 import resource
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -31,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from saturn.techniques import checkpoint as ckpt
+from saturn.techniques import step_io
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
 
@@ -143,78 +145,128 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> None:
         checkpoint(block)
 
 
+def compile_blocks(model: torch.nn.Module, knobs: dict[str, Any], device_type: str) -> bool:
+    """The `compile` knob: `torch.compile` each block in place (`Module.compile`, so parameter
+    names and checkpoints stay canonical; one compiled graph reused by every identical block).
+    Compilation happens lazily in the first step, so its cost lands in the trial's first step and
+    start-up, where the planner counts it. CUDA only: on CPU slots (tests, laptops) the knob is
+    accepted and the blocks run eager. Returns whether it compiled."""
+    if not knobs.get("compile") or device_type != "cuda":
+        return False
+    for block in model.blocks():
+        block.compile()
+    return True
+
+
 # --------------------------------------------------------------------------------- the loop
+READBACK_EVERY = 10  # steps between read-back boundaries (at most)
+READBACK_S = 2.0  # ... and at least one boundary every ~2 s of steps (slow steps: every step)
+
+
 def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_step: int = 0,
           num_steps: int = 1, warmup: int = 2, checkpoint_dir: Optional[str] = None,
           checkpoint_every: int = 0, technique: str = "", knobs: Optional[dict] = None,
           dataset: Optional[torch.utils.data.Dataset] = None,
-          metrics_path: Optional[str] = None) -> dict[str, Any]:
+          metrics_path: Optional[str] = None, readback_every: int = READBACK_EVERY,
+          readback_s: float = READBACK_S) -> dict[str, Any]:
     """Run steps [start_step, start_step + num_steps) ("run") or warm-up + num_steps timed steps
     from step 0 ("trial"). Returns a JSON-able dict (meaningful on rank 0):
     status ("ok" for trials, "completed" | "interrupted" for runs), step (next step to run),
     checkpoint, losses [[step, loss]], step_times, step_time_s (median, warm-up excluded),
-    peak_mem_gb (max over ranks), startup_s (process launch -> first step done).
-    With `metrics_path`, rank 0 appends one JSON line per step ({"step": next step, "loss",
-    "step_time_s", "wall"}) so a watcher (the executor, an HPO pruner) sees progress live."""
+    peak_mem_gb (max over ranks), startup_s (process launch -> first step done), first_step_s
+    (the first step alone: lazy initialization and compilation show up here).
+
+    The step path never waits for the device (see `saturn.techniques.step_io`): losses, times and
+    the stop request are read back at boundaries only, after the first step, then every
+    `readback_every` steps (fewer when that would exceed ~`readback_s` seconds), at every
+    checkpoint step and at the end. A stop request (SIGTERM) is agreed at the next boundary, so
+    every rank stops after the same step. With `metrics_path`, rank 0 appends one JSON line per
+    step ({"step": next step, "loss", "step_time_s", "wall"}), flushed and fsync'd at every
+    boundary (before any checkpoint), so a watcher sees progress within one interval."""
     dataset = dataset if dataset is not None else trainable.dataset
     if dataset is None:
         raise ValueError("train() needs the job's dataset (Trainable.dataset)")
+    if readback_every < 1:
+        raise ValueError(f"readback_every must be >= 1, got {readback_every}")
+    run = mode == "run"
     total = warmup + num_steps if mode == "trial" else num_steps
-    losses, times, startup, stopped = [], [], None, False
-    step = start_step
-    with ThreadPoolExecutor(1) as pool:  # prefetch the next batch while this step computes
-        fetch = lambda s: pool.submit(_batch, dataset, job, s, trainable)  # noqa: E731
-        nxt = fetch(step)
-        for i in range(total):
-            t0 = time.perf_counter()
-            x, y = nxt.result()
-            if i + 1 < total:
-                nxt = fetch(step + 1)
-            loss, stop = _reduce(trainable.step_fn(x, y), trainable, ctx)
-            times.append(time.perf_counter() - t0)
-            startup = startup if startup is not None else time.time() - ctx.launch_time
-            losses.append([step, loss])
-            step += 1
-            if metrics_path and mode == "run" and ctx.rank == 0:
-                _append_metrics(metrics_path, step, loss, times[-1])
-            if mode == "run" and checkpoint_every and step % checkpoint_every == 0 and i + 1 < total:
-                _save(trainable, checkpoint_dir, step, job, technique, knobs, loss)
-            if stop and mode == "run":
+    single = not step_io.distributed()
+    writer = step_io.MetricsWriter(metrics_path if run and ctx.rank == 0 else None)
+    batches = step_io.BatchPrefetcher(lambda s: _host_batch(dataset, job, s, trainable),
+                                      trainable.device, start_step + total)
+    readback = step_io.ReadBack(trainable.device, trainable.loss_weight)
+    losses: list[list] = []
+    times: list[float] = []
+    startup = first_step = None
+    waits: list[float] = []  # data-wait phase: host time blocked on the next batch (input-bound steps)
+    if metrics_path and ctx.rank == 0 and hasattr(dataset, "attach_job_dir"):  # tuner log (saturn.data)
+        dataset.attach_job_dir(os.path.dirname(metrics_path))
+    stopped, step, done = False, start_step, 0
+    boundary, planned = 1, 1  # boundaries after step 1, then rank 0's agreed interval
+    t_start = time.perf_counter()
+    clock = step_io.StepClock(trainable.device)
+    try:
+        while done < total:
+            t_wait = time.perf_counter()
+            x, y = batches.get(step)
+            waits.append(time.perf_counter() - t_wait)
+            readback.add(step, trainable.step_fn(x, y))
+            clock.mark_step()
+            step, done = step + 1, done + 1
+            ckpt_due = bool(run and checkpoint_every and step % checkpoint_every == 0 and done < total)
+            if done < min(boundary, total) and not ckpt_due and not (run and single and ctx.stop_requested()):
+                continue
+            # ---- read-back boundary: the only place the step path waits for the device
+            values, stop, agreed = readback.sync(run and ctx.stop_requested(),
+                                                 planned if ctx.rank == 0 else 0)
+            wall, block = time.time(), clock.read()
+            if first_step is None:
+                first_step, startup = time.perf_counter() - t_start, time.time() - ctx.launch_time
+            _record(values, block, wall, losses, times, writer, waits)
+            writer.flush()  # before any checkpoint of these steps
+            boundary = done + max(1, agreed)
+            planned = step_io.next_interval(times[1:] or times, readback_every, readback_s)
+            if run and stop:
                 stopped = True
                 break
+            if ckpt_due:
+                _save(trainable, checkpoint_dir, step, job, technique, knobs, losses[-1][1])
+    finally:
+        writer.flush()
+        batches.close()
     path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
-                 losses[-1][1] if losses else None) if mode == "run" else None
+                 losses[-1][1] if losses else None) if run else None
     timed = times[warmup:] if mode == "trial" else times[1:] or times
+    timed_waits = waits[warmup:] if mode == "trial" else waits[1:] or waits
     status = "ok" if mode == "trial" else ("interrupted" if stopped else "completed")
     return {"status": status, "step": step, "checkpoint": path, "losses": losses,
             "step_times": timed, "step_time_s": statistics.median(timed) if timed else None,
-            "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup}
+            "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup,
+            "first_step_s": round(first_step, 6) if first_step is not None else None,
+            "data_wait_s": statistics.median(timed_waits) if timed_waits else None}
 
 
-def _append_metrics(path: str, step: int, loss: float, step_time_s: float) -> None:
-    """One line per step, flushed at once; O_APPEND keeps concurrent lines whole."""
-    line = json.dumps({"step": step, "loss": loss, "step_time_s": round(step_time_s, 6),
-                       "wall": time.time()}) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
+def _record(values: list[tuple[int, float]], block: list[float], wall: float, losses: list,
+            times: list, writer: step_io.MetricsWriter, waits: list[float]) -> None:
+    """Per-step results of one read-back block. A step's wall clock is the boundary's minus the
+    durations of the steps after it (exact on CPU, event-timed on CUDA). `waits` holds the host
+    time each step waited for its batch (index = position since the loop started)."""
+    later = 0.0
+    walls = []
+    for dt in reversed(block):
+        walls.append(wall - later)
+        later += dt
+    for (s, loss), dt, w in zip(values, block, reversed(walls)):
+        losses.append([s, loss])
+        i = len(times)
+        times.append(dt)
+        writer.add(s + 1, loss, dt, w, waits[i] if i < len(waits) else 0.0)
 
 
-def _batch(dataset: Any, job: Any, step: int, t: Trainable) -> tuple[torch.Tensor, torch.Tensor]:
+def _host_batch(dataset: Any, job: Any, step: int, t: Trainable) -> tuple[torch.Tensor, torch.Tensor]:
     from saturn.zoo.data import batch_for_step
 
-    x, y = batch_for_step(dataset, step, job.batch_size, t.dp_rank, t.dp_world)
-    return x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
-
-
-def _reduce(local: Optional[torch.Tensor], t: Trainable, ctx: Any) -> tuple[float, bool]:
-    """One all-reduce per step gives the global-batch loss and whether any rank got SIGTERM (all
-    ranks must stop after the same step, or the stopped ones would leave the others hanging)."""
-    value = float(local.float().item()) * t.loss_weight if local is not None else 0.0
-    buf = torch.tensor([value, 1.0 if ctx.stop_requested() else 0.0], dtype=torch.float64,
-                       device=t.device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(buf)
-    return float(buf[0]), bool(buf[1] > 0)
+    return batch_for_step(dataset, step, job.batch_size, t.dp_rank, t.dp_world)
 
 
 def _save(t: Trainable, ckpt_dir: Optional[str], step: int, job: Any, technique: str,
@@ -242,7 +294,7 @@ def _peak_mem_gb(ctx: Any) -> float:
 def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Launch target for built-in techniques. Payload keys: job (Job.model_dump()), builder
     ("pkg.module:function"), knobs, mode ("trial" | "run"), start_step, num_steps, warmup,
-    checkpoint_dir, checkpoint_every, technique."""
+    checkpoint_dir, checkpoint_every, technique, readback_every."""
     from saturn.spec.schema import Job
 
     job = Job.model_validate(payload["job"])
@@ -263,4 +315,5 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
                  num_steps=num, warmup=int(payload.get("warmup", 2)), checkpoint_dir=ckpt_dir,
                  checkpoint_every=int(payload.get("checkpoint_every", 0)),
                  technique=payload.get("technique", ""), knobs=knobs,
-                 metrics_path=payload.get("metrics_path"))
+                 metrics_path=payload.get("metrics_path"),
+                 readback_every=int(payload.get("readback_every", READBACK_EVERY)))

@@ -21,7 +21,18 @@ from saturn.techniques import checkpoint as ckpt
 from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique, dp_feasible
+from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+
+
+@knob_dataclass
+class ZeroKnobs:
+    stage: int = knob(2, "1 (optimizer state sharded) | 2 (+ gradients) | 3 (+ parameters)", ge=1, le=3)
+    offload_optimizer: bool = knob(False, "keep optimizer state and step on the CPU (ZeRO-Offload)")
+    offload_param: bool = knob(False, "keep parameters on the CPU between uses (stage 3 only, ZeRO-Infinity)")
+    micro_batch_size: Optional[int] = knob(None, "samples per device per forward; global batch / (devices * "
+                                                 "this) = gradient accumulation steps (None: no accumulation)",
+                                           ge=1)
 
 
 @register
@@ -29,13 +40,7 @@ class Zero(LaunchedTechnique):
     name = "zero"
     builder = "saturn.techniques.zero:build"
     requires = "deepspeed (CPU slots: DS_ACCELERATOR=cpu is set for you)"
-    knobs = {
-        "stage": "1 (optimizer state sharded) | 2 (+ gradients) | 3 (+ parameters)",
-        "offload_optimizer": "keep optimizer state and step on the CPU (ZeRO-Offload)",
-        "offload_param": "keep parameters on the CPU between uses (stage 3 only, ZeRO-Infinity)",
-        "micro_batch_size": "samples per device per forward; global batch / (devices * this) "
-                            "= gradient accumulation steps (None: no accumulation)",
-    }
+    knob_type = ZeroKnobs
 
     def feasible(self, job: Any, gpus: int) -> Feasibility:
         if importlib.util.find_spec("deepspeed") is None:

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-DATASETS = ("synthetic-tokens", "synthetic-images", "text-file")
+DATASETS = ("synthetic-tokens", "synthetic-images", "text-file", "image-files", "token-files")
+PIPELINE_DATASETS = ("image-files", "token-files")  # file-backed staged pipelines (saturn.data)
 DEFAULT_SIZE = 100_000
 
 
@@ -86,6 +87,10 @@ def build_dataset(data: Any, seq_len: int, model_config: Any, seed: int = 0) -> 
     kw = dict(data.kwargs)
     if data.factory:
         return _import(data.factory)(seq_len=seq_len, **kw)
+    if data.name in PIPELINE_DATASETS:
+        from saturn import data as pipelines
+
+        return pipelines.build(data, seq_len, model_config, seed=seed)
     if data.name == "synthetic-tokens":
         vocab = getattr(model_config, "vocab_size", None)
         if vocab is None:
@@ -107,6 +112,10 @@ def dataset_size(data: Any, seq_len: int) -> int:
     """Number of samples, without materializing synthetic data (for epochs -> steps)."""
     if data.name in ("synthetic-tokens", "synthetic-images"):
         return int(data.kwargs.get("size", DEFAULT_SIZE))
+    if data.name in PIPELINE_DATASETS:
+        from saturn import data as pipelines
+
+        return pipelines.size(data, seq_len)
     if data.name == "text-file":
         return max(0, (os.path.getsize(os.path.expanduser(data.path)) - 1) // seq_len)
     return len(_import(data.factory)(seq_len=seq_len, **data.kwargs))
@@ -115,6 +124,8 @@ def dataset_size(data: Any, seq_len: int) -> int:
 def batch_for_step(dataset: torch.utils.data.Dataset, step: int, batch_size: int,
                    rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's slice of the global batch of `step` (see module docstring)."""
+    if hasattr(dataset, "batch_for_step"):  # a staged pipeline (saturn.data) serves whole batches
+        return dataset.batch_for_step(step, batch_size, rank, world)
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} is not divisible by {world} data-parallel ranks")
     per = batch_size // world

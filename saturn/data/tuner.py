@@ -1,0 +1,213 @@
+"""Online tuning of a running pipeline: a job's cores across its stages, and its prefetch depth.
+
+Method: bottleneck-driven hill climbing with a guard rail, not InTune's RL agent. Why: the quantity
+InTune's agent learns -- where one more core raises throughput most -- is observable directly here:
+each stage reports its busy time per item, so a stage's capacity is workers x items/busy-second and
+the pipeline runs at the capacity of its slowest stage. Allocating the budget in proportion to
+per-item cost, then moving one worker at a time from the stage with the most spare capacity to the
+bottleneck, reaches the same allocation in a few windows with no training episodes, no reward
+shaping and nothing to ship. Every move is a trial: if the next window's throughput drops by more
+than `tolerance`, the move is reverted (and not retried for a while), so a bad estimate costs one
+window, never a run.
+
+Co-located jobs: `budget()` (e.g. `CoreLedger.share`) is polled every window; when a job starts or
+ends on the node the budget changes and workers are taken from the stages with the most slack, or
+given to the bottleneck. Prefetch grows while the consumer still waits although the stages could
+keep up (bursty stages), and shrinks back when the consumer never waits (memory).
+
+Every decision is one JSON line in `log_path` (the job directory's data_tuner.jsonl), which
+`saturn report` summarizes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from saturn.data.pipeline import Pipeline, PipelineStats
+
+LOG_FILE = "data_tuner.jsonl"
+
+
+class PipelineTuner:
+    def __init__(self, pipe: Pipeline, *, budget: int | Callable[[], int], batch_size: int,
+                 window_s: float = 1.0, tolerance: float = 0.05, log_path: str | None = None,
+                 min_wait_frac: float = 0.02, max_prefetch: int = 16):
+        self.pipe, self.batch_size = pipe, int(batch_size)
+        self._budget = budget if callable(budget) else (lambda b=int(budget): b)
+        self.window_s, self.tolerance = float(window_s), float(tolerance)
+        self.log_path = log_path
+        self.min_wait_frac, self.max_prefetch = min_wait_frac, max_prefetch
+        self.rates: dict[str, float] = {}  # EMA of items per busy-second per worker, per stage
+        self.pending: dict[str, Any] | None = None  # the last move, awaiting its verdict
+        self.tabu: dict[tuple[str, str], int] = {}  # (from, to) -> windows left before a retry
+        self.history: list[dict[str, Any]] = []
+        self.windows = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.initialized = False
+
+    # ------------------------------------------------------------------------------- running
+    def start(self) -> PipelineTuner:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="saturn-data-tuner")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        self.pipe.take_stats()
+        while not self._stop.wait(self.window_s):
+            if self.pipe._stop.is_set():
+                return
+            self.step(self.pipe.take_stats())
+
+    # --------------------------------------------------------------------------------- logic
+    def capacities(self) -> dict[str, float]:
+        """Samples per second each stage could sustain with its current workers."""
+        w = self.pipe.workers
+        out = {}
+        for name, r in self.rates.items():
+            per = self.batch_size if name == self.pipe.stage_names[-1] else 1  # collate: batches
+            out[name] = w[name] * r * per
+        return out
+
+    def _observe(self, s: PipelineStats) -> None:
+        for name, st in s.stages.items():
+            if st.items >= 2 and st.busy_s > 0:
+                r = st.items / st.busy_s
+                self.rates[name] = r if name not in self.rates else 0.5 * self.rates[name] + 0.5 * r
+
+    def step(self, s: PipelineStats) -> None:
+        """One tuning window: judge the pending move, follow the budget, then maybe move again."""
+        self.windows += 1
+        self._observe(s)
+        thr = s.samples_per_s
+        wait_frac = s.wait_s / s.wall_s if s.wall_s > 0 else 0.0
+        self.tabu = {k: v - 1 for k, v in self.tabu.items() if v > 1}
+        if self.pending is not None:
+            p, self.pending = self.pending, None
+            if thr < p["throughput_before"] * (1 - self.tolerance):
+                self.pipe.set_workers(p["workers_before"])
+                self.pipe.set_prefetch(p["prefetch_before"])
+                if "from" in p:
+                    self.tabu[(p["from"], p["to"])] = 5
+                self._log("revert", thr, wait_frac, reason=f"throughput {thr:.1f} < {p['throughput_before']:.1f}"
+                          f" samples/s after {p['action']}")
+                return
+            self._log("keep", thr, wait_frac, reason=f"{p['action']}: {p['throughput_before']:.1f} -> {thr:.1f}")
+        if len(self.rates) < len(self.pipe.stage_names):
+            return  # not every stage measured yet
+        budget = max(len(self.pipe.stage_names), int(self._budget()))
+        total = sum(self.pipe.workers.values())
+        if not self.initialized or total != budget:
+            self._apportion(budget, thr, wait_frac, first=not self.initialized)
+            self.initialized = True
+            return
+        if wait_frac >= self.min_wait_frac:
+            self._move(thr, wait_frac)
+        self._tune_prefetch(thr, wait_frac)
+
+    def _apportion(self, budget: int, thr: float, wait_frac: float, first: bool) -> None:
+        """Budget in proportion to per-item cost (largest remainder), at least 1 per stage."""
+        before = dict(self.pipe.workers)
+        names = self.pipe.stage_names
+        cost = {n: 1.0 / (self.rates[n] * (self.batch_size if n == names[-1] else 1)) for n in names}
+        tot = sum(cost.values())
+        share = {n: budget * cost[n] / tot for n in names}
+        alloc = {n: max(1, int(math.floor(share[n]))) for n in names}
+        while sum(alloc.values()) > budget:
+            n = max((n for n in names if alloc[n] > 1), key=lambda n: alloc[n] - share[n])
+            alloc[n] -= 1
+        while sum(alloc.values()) < budget:
+            n = max(names, key=lambda n: share[n] - alloc[n])
+            alloc[n] += 1
+        self.pipe.set_workers(alloc)
+        self._log("apportion" if first else "budget", thr, wait_frac, before=before,
+                  reason=f"{'initial split' if first else 'core budget changed'}: {budget} cores by per-item cost")
+
+    def _move(self, thr: float, wait_frac: float) -> None:
+        """Move one worker from the stage with most spare capacity to the bottleneck, if the
+        estimated pipeline capacity (its slowest stage) rises by more than 2%."""
+        w, cap = self.pipe.workers, self.capacities()
+        slow = min(cap, key=cap.get)
+        best = None
+        for d in cap:
+            if d == slow or w[d] <= 1 or (d, slow) in self.tabu:
+                continue
+            new = dict(cap)
+            new[d] = cap[d] * (w[d] - 1) / w[d]
+            new[slow] = cap[slow] * (w[slow] + 1) / w[slow]
+            gain = min(new.values())
+            if gain > min(cap.values()) * 1.02 and (best is None or gain > best[0]):
+                best = (gain, d)
+        if best is None:
+            return
+        donor = best[1]
+        before = dict(w)
+        self.pipe.set_workers({donor: w[donor] - 1, slow: w[slow] + 1})
+        self.pending = {"action": f"move 1 worker {donor} -> {slow}", "from": donor, "to": slow,
+                        "workers_before": before, "prefetch_before": self.pipe.prefetch, "throughput_before": thr}
+        self._log("move", thr, wait_frac, before=before,
+                  reason=f"bottleneck {slow} ({cap[slow]:.0f} samples/s), {donor} has slack ({cap[donor]:.0f})")
+
+    def _tune_prefetch(self, thr: float, wait_frac: float) -> None:
+        cap = self.capacities()
+        depth = self.pipe.prefetch
+        if self.pending is None and wait_frac > 0.05 and min(cap.values()) > 1.1 * thr and depth < self.max_prefetch:
+            before = dict(self.pipe.workers)
+            self.pipe.set_prefetch(depth + 1)
+            self.pending = {"action": f"prefetch {depth} -> {depth + 1}", "workers_before": before,
+                            "prefetch_before": depth, "throughput_before": thr}
+            self._log("prefetch", thr, wait_frac, reason="consumer waits although the stages keep up (bursts)")
+        elif wait_frac == 0.0 and depth > 2 and self.pending is None:
+            self.pipe.set_prefetch(depth - 1)
+            self._log("prefetch", thr, wait_frac, reason="consumer never waits: smaller prefetch saves memory")
+
+    def _log(self, action: str, thr: float, wait_frac: float, *, reason: str, before: dict | None = None) -> None:
+        rec = {"time": time.time(), "window": self.windows, "action": action, "workers": dict(self.pipe.workers),
+               "prefetch": self.pipe.prefetch, "throughput_samples_s": round(thr, 2),
+               "wait_frac": round(wait_frac, 4), "reason": reason}
+        if before is not None:
+            rec["workers_before"] = before
+        self.history.append(rec)
+        if self.log_path:
+            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as f:  # one whole line per write (O_APPEND)
+                f.write(json.dumps(rec) + "\n")
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The decisions of a tuner log, skipping a torn last line (a process killed mid-write)."""
+    out = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def summarize_log(path: str | Path) -> dict[str, Any] | None:
+    """For `saturn report`: decisions by kind, reverts, the final allocation and its throughput."""
+    recs = read_log(path)
+    if not recs:
+        return None
+    kinds: dict[str, int] = {}
+    for r in recs:
+        kinds[r["action"]] = kinds.get(r["action"], 0) + 1
+    last = recs[-1]
+    return {"decisions": len(recs), "by_action": kinds, "workers": last["workers"], "prefetch": last["prefetch"],
+            "throughput_samples_s": last["throughput_samples_s"], "wait_frac": last["wait_frac"]}

@@ -1,0 +1,208 @@
+"""What runs on a Ray node: one attempt of one job (`_JobAttempt`), in its own actor (cold) or
+in the node's long-lived agent actor (`_NodeAgent`, warm: one warm worker per GPU of the node).
+
+Cold: one actor per attempt runs `python -m saturn.executor.job_runner SPEC.json` as a child
+process, exactly as `ProcessBackend` does. Warm (the default where the technique trains through
+`launch.run_workers`): the node's agent runs the attempt in a thread (`job_runner.WarmAttempt`) on
+its `WarmPool`, so successive attempts and jobs on that node do not pay interpreter, imports and
+CUDA context again; a worker that crashed, hung or leaked memory is replaced by the pool.
+Both report the same `poll()` payloads (progress records, new log bytes, the result when done).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from saturn.executor.backends import kill_session, latest_checkpoint_step, stop_attempt
+from saturn.executor.job_runner import WarmAttempt, is_warm_capable
+from saturn.executor.ray_storage import download_latest, is_url, upload_checkpoint
+
+_LOG_CHUNK = 64 * 1024  # log bytes returned per poll, per file
+
+
+class _JobAttempt:
+    """Body of the Ray actor that runs one attempt of one job on its node (see module doc)."""
+
+    def __init__(self, spec: dict, store: str, scratch: str, pool: Any = None):
+        self.spec, self.store, self.scratch = dict(spec), store, scratch
+        self.url = is_url(store)
+        os.makedirs(scratch, exist_ok=True)
+        self.offsets = {"progress": 0, "log": 0, "runner": 0}
+        if self.url:
+            self.spec["checkpoint_dir"] = os.path.join(scratch, "ckpt")
+            download_latest(store, self.spec["checkpoint_dir"])
+        else:
+            os.makedirs(self.spec["checkpoint_dir"], exist_ok=True)
+        self.uploaded: dict[str, str] = {}
+        self.done_payload: Optional[dict] = None
+        self.spec["gpus"] = self._physical(self.spec["gpus"])
+        spec_path = os.path.join(scratch, "spec.json")
+        with open(spec_path, "w") as f:
+            json.dump(self.spec, f, indent=1)
+        extra = self.spec.pop("env", None) or {}
+        if pool is not None and is_warm_capable(self.spec["technique"]):
+            self.popen: Any = WarmAttempt(self.spec, pool, extra, runner_log=os.path.join(scratch, "runner.txt"))
+            return
+        env = dict(os.environ)
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # launch.py sets it from the (physical) device ids
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env.update(extra)
+        with open(os.path.join(scratch, "runner.txt"), "ab") as out:
+            self.popen = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", spec_path],
+                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True, env=env)
+
+    def _physical(self, gpus: list) -> list:
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if self.spec.get("device_type") != "cuda" or not vis.strip():
+            return [int(g) for g in gpus]
+        ids = [v.strip() for v in vis.split(",") if v.strip()]
+        return [int(ids[int(g)]) if ids[int(g)].isdigit() else int(g) for g in gpus]
+
+    def info(self) -> dict:
+        import ray
+
+        return {"pid": self.popen.pid, "node_id": ray.get_runtime_context().get_node_id()}
+
+    def _read_new(self, key: str, path: str, whole_lines: bool) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.offsets[key])
+                data = f.read(_LOG_CHUNK if not whole_lines else -1)
+        except OSError:
+            return b""
+        if whole_lines:
+            end = data.rfind(b"\n")
+            data = data[: end + 1] if end >= 0 else b""
+        self.offsets[key] += len(data)
+        return data
+
+    def _ckpt_out(self, path: Optional[str]) -> Optional[str]:
+        """The shared-storage name of a checkpoint path (uploads it first in URL mode)."""
+        if not path or not self.url:
+            return path
+        if path not in self.uploaded and os.path.isdir(path):
+            self.uploaded[path] = upload_checkpoint(path, self.store)
+        return self.uploaded.get(path)
+
+    def poll(self) -> dict:
+        if self.done_payload is not None:
+            return self.done_payload
+        code = self.popen.poll()
+        recs = []
+        for line in self._read_new("progress", self.spec["progress_path"], True).splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("attempt", self.spec["attempt"]) != self.spec["attempt"]:
+                continue
+            if rec.get("checkpoint"):
+                rec["checkpoint"] = self._ckpt_out(rec["checkpoint"])
+                if rec["checkpoint"] is None:
+                    continue
+            recs.append(rec)
+        logs = {"log": self._read_new("log", self.spec["log_path"], False).decode("utf-8", "replace"),
+                "runner": self._read_new("runner", os.path.join(self.scratch, "runner.txt"), False)
+                .decode("utf-8", "replace")}
+        out = {"records": recs, "logs": logs, "done": False, "code": code, "result": None, "fallback": None}
+        if code is None:
+            return out
+        if any(len(v) >= _LOG_CHUNK for v in logs.values()):
+            return out  # drain the logs first
+        try:
+            with open(self.spec["result_path"]) as f:
+                res = json.load(f)
+        except (OSError, ValueError):
+            res = None
+        if res is not None:
+            res["checkpoint"] = self._ckpt_out(res.get("checkpoint"))
+        else:
+            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]))
+            out["fallback"] = [step, self._ckpt_out(path)]
+        out.update(done=True, result=res)
+        self.done_payload = dict(out, records=[], logs={"log": "", "runner": ""})
+        if self.url:
+            shutil.rmtree(self.spec["checkpoint_dir"], ignore_errors=True)
+        return out
+
+    def stop(self) -> None:
+        stop_attempt(self.popen)
+
+    def kill(self) -> None:
+        kill_session(self.popen)
+
+
+class _NodeAgent:
+    """Body of the long-lived Ray actor of one node in warm mode: a `WarmPool` of the node's
+    devices, and the attempts running on it by key (the driver's `_AgentAttempt` handles)."""
+
+    def __init__(self, device_type: str, env: Optional[dict] = None):
+        from saturn.techniques.warm import WarmPool
+
+        self.pool = WarmPool(device_type, env=env)
+        self.atts: dict[str, _JobAttempt] = {}
+
+    def start(self, key: str, spec: dict, store: str, scratch: str) -> None:
+        self.atts[key] = _JobAttempt(spec, store, scratch, pool=self.pool)
+
+    def poll(self, key: str) -> dict:
+        return self.atts[key].poll()
+
+    def stop(self, key: str) -> None:
+        if key in self.atts:
+            self.atts[key].stop()
+
+    def kill(self, key: str) -> None:
+        att = self.atts.pop(key, None)
+        if att is not None:
+            att.kill()
+
+    def pids(self) -> dict:
+        """Warm worker pids by device slot, and how many workers were replaced (tests, reports)."""
+        return {"pids": self.pool.pids(), "replaced": self.pool.replaced}
+
+    def shutdown(self) -> None:
+        for key in list(self.atts):
+            self.kill(key)
+        self.pool.shutdown()
+
+
+class _Remote:
+    """`handle.method.remote(*args)` of an agent method bound to one attempt key."""
+
+    def __init__(self, method: Any, key: str):
+        self.method, self.key = method, key
+
+    def remote(self, *args: Any) -> Any:
+        return self.method.remote(self.key, *args)
+
+
+class _AgentAttempt:
+    """Driver-side handle of a warm attempt: looks like a `_JobAttempt` actor handle (poll, stop,
+    kill), but the attempt lives in its node's agent, which a kill must not end."""
+
+    def __init__(self, agent: Any, key: str):
+        self.agent, self.key = agent, key
+        self.poll, self.stop, self.kill = (_Remote(agent.poll, key), _Remote(agent.stop, key),
+                                           _Remote(agent.kill, key))
+
+
+_ACTOR_CLS: dict[str, Any] = {}
+
+
+def _actor_cls(kind: str = "attempt"):
+    """The Ray actor class of `_JobAttempt` ("attempt") or `_NodeAgent` ("agent")."""
+    if kind not in _ACTOR_CLS:
+        import ray
+
+        body = _JobAttempt if kind == "attempt" else _NodeAgent
+        _ACTOR_CLS[kind] = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)(body)
+    return _ACTOR_CLS[kind]

@@ -1,0 +1,227 @@
+"""SHARP groups in the executor: plan them, launch one attempt per group, report per member.
+
+Why a module of its own: the executor's state, policy and backends are per job, and a SHARP
+group (`saturn.sharp`: several spilled models trained by one pool of workers) is several jobs
+in one attempt. Everything group-specific is here, behind three hooks of the loop (`solve`,
+`launch`) and the job runner (`saturn.sharp.runner.run_group_attempt` for a group spec):
+
+* Planning. The planner sees a profiled group as a pseudo-job `sharp:a+b+c`
+  (`saturn.planner.sharp_option`). A group is offered only when it can run here: the backend
+  runs groups (`runs_groups`: the process backend, on CPU slots or GPUs), every member is in
+  the run, pending (a running job is not pulled into a group) and may use spilling (SHARP
+  trains each member with the spilling engine). A chosen group comes back *expanded*: one
+  assignment per member on the group's GPUs and window, technique `sharp`, knob `group`, so
+  the run state, `saturn status` and the plan files stay per job. A running group is never
+  moved by a re-plan: its members are planned as one fixed assignment until they end.
+* Estimates. A group row is scaled by its members' observed/profiled speed (as the estimator
+  scales every option of a job), so it stays comparable with their solo options. So that the policy can time a member (`covers`, `retime`, remaining time), each
+  member gets a *derived* `sharp` row: the group's measured time per member step times the
+  number of members (a member advances at 1/N of the group's step rate while all N train),
+  journaled as a `profiles` event (labelled `source: derived from <group>`). It is never
+  offered to the planner as a solo option.
+* Launching. When the plan's first member of a group is ready, every pending member of the
+  group is launched together: one `launch` event per member, one runner process
+  (`python -m saturn.executor.job_runner` with a group spec, so it dies with the executor and
+  `resume` recognises it), registered with the process backend once per member. That process
+  writes each member's metrics lines, checkpoints and result file in the member's own job
+  directory, exactly where a solo attempt writes them, so progress, retries (a failed group
+  attempt fails every member; the plan relaunches them from their checkpoints), stops
+  (stopping one member checkpoints the group) and `--resume` work unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from saturn.executor.state import PENDING, RUNNING
+from saturn.planner import sharp_option
+from saturn.planner.plan import Assignment
+
+TECHNIQUE = sharp_option.TECHNIQUE
+
+
+def runs_groups(backend: Any) -> bool:
+    """Whether this backend can run a group attempt (one process for several jobs)."""
+    from saturn.executor.backends import ProcessBackend
+
+    return isinstance(backend, ProcessBackend)
+
+
+def group_of(knobs: Any) -> Optional[str]:
+    g = (knobs or {}).get("group") if isinstance(knobs, dict) else None
+    return str(g) if g and sharp_option.is_group(str(g)) else None
+
+
+def _may_spill(js: Any) -> bool:
+    t = js.info.techniques
+    return not t or "spilling" in t or TECHNIQUE in t
+
+
+# ------------------------------------------------------------------------------------ planning
+def _ensure_member_rows(ex: Any, group: str) -> None:
+    """Journal the derived per-member rows of `group` once (see the module docstring)."""
+    rows = []
+    members = sharp_option.members_of(group)
+    for o in ex.est.rows.get(group, []):
+        knobs = json.dumps({**json.loads(o.knobs), "group": group}, sort_keys=True)
+        for m in members:
+            if any(r.technique == TECHNIQUE and r.knobs == knobs and r.gpus == o.gpus
+                   for r in ex.est.rows.get(m, [])):
+                continue
+            rows.append({"job": m, "technique": TECHNIQUE, "knobs": knobs, "gpus": o.gpus,
+                         "step_time_s": o.step_time_s * len(members), "startup_s": o.startup_s,
+                         "feasible": True, "gpu_type": o.gpu_type,
+                         "source": f"derived from {group}"})
+    if rows:
+        ex.emit("profiles", rows=rows)
+        ex.est.add_profiles(pd.DataFrame(rows))
+
+
+def _running_groups(ex: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for js in ex.state.jobs.values():
+        seg = js.current
+        if seg is not None and js.status == RUNNING and group_of(seg.knobs):
+            out.setdefault(group_of(seg.knobs), []).append(js)
+    return out
+
+
+def _merge_fixed(fixed: list[Any]) -> list[Any]:
+    """Members of one group hold the same GPUs: one fixed assignment per group (and per group
+    checkpoint), as the planner requires distinct holders per GPU."""
+    from saturn.executor.policy import CHECKPOINT_SUFFIX, is_checkpoint
+
+    out, merged = [], {}
+    for f in fixed:
+        a = f if isinstance(f, Assignment) else Assignment.from_dict(f)
+        g = group_of(a.knobs)
+        if g is None:
+            out.append(a)
+            continue
+        name = g + (CHECKPOINT_SUFFIX if is_checkpoint(a) else "")
+        if name in merged:
+            merged[name].end_s = max(merged[name].end_s, a.end_s)  # the group ends with its last
+        else:
+            merged[name] = dataclasses.replace(a, job=name, knobs=dict(a.knobs))
+            out.append(merged[name])
+    return out
+
+
+def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: Any) -> Any:
+    """`solve_fn(jobs, ex.nodes, table, **kw)` with the SHARP groups that can run here offered
+    as options; the result has every group expanded into its members (module docstring)."""
+    groups = [g for g in ex.est.rows if sharp_option.is_group(g)] if runs_groups(ex.backend) else []
+    if not groups:
+        return solve_fn(jobs, ex.nodes, table, _groups=False, **kw)
+    running = _running_groups(ex)
+    held = {js.name for lst in running.values() for js in lst}
+    fixed = kw.pop("fixed", None)
+    if fixed is None and held:  # the free re-plan: a running group stays where it runs
+        from saturn.executor.policy import held_gpus
+
+        fixed = [a for a in held_gpus(ex.state, ex.est, ex.now) if a.job in held]
+    jobs = [j for j in jobs if j.name not in held]
+    names = {j.name for j in jobs}
+    table = table[~table["job"].isin(held) & (table["technique"] != TECHNIQUE)]
+    rows = []
+    for g in groups:
+        members = sharp_option.members_of(g)
+        states = [ex.state.jobs.get(m) for m in members]
+        if not all(js is not None and js.status == PENDING and js.name in names and _may_spill(js)
+                   for js in states):
+            continue
+        _ensure_member_rows(ex, g)
+        # observed / profiled speed of the members scales the group row as it scales their own
+        # options (the estimator's rule), so a group and its members' solo options stay comparable
+        factor = math.exp(sum(math.log(ex.est.factor(js)) for js in states) / len(states))
+        rows += [{"job": g, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
+                  "step_time_s": o.step_time_s * factor, "startup_s": o.startup_s, "feasible": True,
+                  "gpu_type": o.gpu_type} for o in ex.est.rows[g]]
+    if rows:
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        kw["warm_start"] = None  # a warm start in per-member form is no start for a group plan
+    plan = solve_fn(jobs, ex.nodes, table.reset_index(drop=True), fixed=_merge_fixed(fixed or []) or None,
+                    _groups=bool(rows), **kw)
+    return dataclasses.replace(plan, assignments=expand(plan.assignments))
+
+
+def expand(assignments: list[Any]) -> list[Assignment]:
+    """Group assignments as one per member (group checkpoint holds are kept as they are)."""
+    from saturn.executor.policy import is_checkpoint
+
+    out = []
+    for a in assignments:
+        if sharp_option.is_group(a.job) and not is_checkpoint(a):
+            knobs = {**a.knobs, "group": a.job}
+            out += [dataclasses.replace(a, job=m, knobs=dict(knobs)) for m in sharp_option.members_of(a.job)]
+        else:
+            out.append(a)
+    return out
+
+
+# ----------------------------------------------------------------------------------- launching
+def launch(ex: Any, assignment: dict) -> bool:
+    """Launch the group of `assignment` if it is a member's (True), else leave it (False)."""
+    group = group_of(assignment.get("knobs"))
+    if group is None:
+        return False
+    members = [ex.state.jobs[m] for m in sharp_option.members_of(group)
+               if m in ex.state.jobs and ex.state.jobs[m].status == PENDING
+               and ex.state.jobs[m].remaining_steps > 0]
+    if not members:
+        return True
+    for js in members:
+        ex.emit("launch", job=js.name, technique=TECHNIQUE, knobs=dict(assignment.get("knobs") or {}),
+                node=assignment["node"], gpus=list(assignment["gpus"]), start_step=js.committed_step,
+                group=group)
+    pid = launch_process(ex.backend, group, members, assignment)
+    for js in members:
+        js.current.pid = pid
+        ex.emit("spawned", job=js.name, pid=pid)
+    return True
+
+
+def launch_process(backend: Any, group: str, members: list[Any], assignment: dict) -> int:
+    """Start the group's runner process and register it once per member with the process
+    backend (its per-job polling, stopping and result reading then apply unchanged)."""
+    from saturn.executor.backends import _Proc
+
+    spec_members, procs = [], []
+    for js in members:
+        d = backend.job_dir(js.name)
+        d.mkdir(parents=True, exist_ok=True)
+        attempt = js.attempts
+        res, prog = d / f"result-{attempt}.json", d / "progress.jsonl"
+        if res.exists():
+            res.unlink()
+        spec_members.append({"job": js.info.spec, "attempt": attempt, "start_step": js.committed_step,
+                             "checkpoint_dir": str(d / "ckpt"), "progress_path": str(prog),
+                             "result_path": str(res)})
+        procs.append((js.name, attempt, d, prog, res, prog.stat().st_size if prog.exists() else 0))
+    spec = {"group": group, "members": spec_members, "knobs": assignment.get("knobs") or {},
+            "gpus": [int(g) for g in assignment["gpus"]], "device_type": backend.device_type,
+            "checkpoint_every": backend.checkpoint_every, "grace_s": backend.grace_s}
+    first = backend.job_dir(members[0].name)
+    spec_path = first / f"group-attempt-{members[0].attempts}.json"
+    tmp = spec_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec, indent=1))
+    os.replace(tmp, spec_path)
+    env = dict(os.environ, **backend.extra_env)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    with open(first / "runner.txt", "ab") as log:
+        p = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", str(spec_path)],
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=env)
+    for name, attempt, d, prog, res, offset in procs:
+        backend.procs[name] = _Proc(p, name, attempt, d, prog, res, offset)
+    return p.pid

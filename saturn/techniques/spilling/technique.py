@@ -1,0 +1,162 @@
+"""The `spilling` technique: knobs, feasibility (incl. host RAM on the node that runs it), and
+the worker-side builder.
+
+Why a module of its own: this is the only place that knows about jobs and knobs; the engine
+below it takes plain keyword arguments. `engine_kwargs` is the single function that turns a
+knob setting into engine arguments (so a typed knob declaration only has to change it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Optional
+
+from saturn.techniques.base import Feasibility
+from saturn.techniques.common import LaunchedTechnique
+from saturn.techniques.knobs import knob, knob_dataclass
+from saturn.techniques.registry import register
+
+DEFAULT_KNOBS: dict[str, Any] = {"shard_layers": 0, "gpu_budget_gb": 0.0, "prefetch": 1,
+                                 "optimizer_on": "cpu", "offload_activations": False}
+
+
+def engine_kwargs(job: Any, knobs: dict[str, Any]) -> dict[str, Any]:
+    """SpillingEngine keyword arguments for a job and a knob setting (defaults filled in)."""
+    k = {**DEFAULT_KNOBS, **(knobs or {})}
+    return {"shard_layers": int(k["shard_layers"] or 0),
+            "gpu_budget_gb": float(k["gpu_budget_gb"] or 0.0),
+            "prefetch": int(k["prefetch"]), "optimizer_on": str(k["optimizer_on"]),
+            "offload_activations": bool(k["offload_activations"]),
+            "optimizer": job.optimizer.name, "optimizer_kwargs": job.optimizer.kwargs(),
+            "precision": job.precision, "batch_hint": (job.batch_size, job.seq_len)}
+
+
+def host_bytes_needed(job: Any, device_type: str = "cuda") -> Optional[int]:
+    """Host memory spilling holds for a job: fp32 master parameters + fp32 gradients + optimizer
+    state, plus the bf16 wire copies of parameters and gradients for bf16 jobs on CUDA."""
+    from saturn.zoo import param_count
+
+    n = param_count(job.model)
+    if n is None:
+        return None
+    state = {"sgd": 1, "adam": 2, "adamw": 2}.get(job.optimizer.name, 2)
+    wire = 4 if (job.precision == "bf16" and device_type == "cuda") else 0
+    return n * (4 * (2 + state) + wire)
+
+
+def node_host_memory_bytes() -> Optional[int]:
+    """Memory this node can still give (MemAvailable), else its physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_host_memory(job: Any, device_type: str, available: Optional[int]) -> Feasibility:
+    need = host_bytes_needed(job, device_type)
+    if need is None or available is None or need <= 0.9 * available:
+        return Feasibility(True)
+    return Feasibility(False, f"needs ~{need / 2**30:.1f} GiB of host memory for parameters, "
+                              f"gradients and optimizer state; the node running it has "
+                              f"{available / 2**30:.1f} GiB available")
+
+
+def build(job: Any, knobs: dict[str, Any], ctx: Any) -> Any:
+    """Worker side (training.worker_entry): the seeded model as a SpillingEngine on ctx.device.
+    The host-memory check runs here, on the node that runs the job, before anything is
+    allocated (the planning host's memory says nothing about it)."""
+    import torch
+
+    from saturn.techniques import training
+    from saturn.techniques.spilling.engine import SpillingEngine
+
+    feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes())
+    if not feas:
+        raise MemoryError(f"spilling: {feas.reason}")
+    model = training.build_model(job)
+    dataset = training.build_dataset(job, model)
+    engine = SpillingEngine(model, ctx.device, **engine_kwargs(job, knobs))
+
+    def step(x: Any, y: Any) -> Any:
+        return torch.tensor(engine.train_step(x, y))
+
+    return training.Trainable(step_fn=step, save=engine.save_checkpoint,
+                              load=engine.load_checkpoint, device=ctx.device, dataset=dataset)
+
+
+def _n_layers(job: Any) -> Optional[int]:
+    if not job.model.name:
+        return None
+    from saturn.zoo import model_config
+
+    return int(model_config(job.model.name, job.model.overrides).n_layer) + 2  # + embedding, head
+
+
+@knob_dataclass
+class SpillingKnobs:
+    """Typed knobs (defaults = DEFAULT_KNOBS; help: `Spilling.knobs`)."""
+
+    shard_layers: int = knob(0, "layers per shard; 0 = sized from gpu_budget_gb", ge=0)
+    gpu_budget_gb: float = knob(0.0, "GPU memory for shards when shard_layers is 0; 0 = 90% of free", ge=0)
+    prefetch: int = knob(1, "shards copied in ahead on a side stream (0 = on demand)", ge=0, le=2)
+    optimizer_on: Literal["cpu", "gpu"] = knob("cpu", "where the optimizer state lives and steps")
+    offload_activations: bool = knob(False, "shard-boundary activations in pinned host memory")
+
+
+@register
+class Spilling(LaunchedTechnique):
+    """Model spilling on one device: shards of layers stream through the GPU (package doc)."""
+
+    name = "spilling"
+    builder = "saturn.techniques.spilling:build"
+    knob_type = SpillingKnobs
+    requires = ("torch; exactly 1 GPU (or CPU slot); host RAM for parameters, gradients and "
+                "optimizer state (pinned), checked on the node that runs the job")
+    knobs = {
+        "shard_layers": "layers per shard; 0 = pack consecutive layers into shards sized from "
+                        "gpu_budget_gb (prefetch+1 shards resident)",
+        "gpu_budget_gb": "GPU memory the shards may plan for when shard_layers is 0; 0 = 90% of "
+                         "the device memory free at start",
+        "prefetch": "0 | 1 | 2: shards copied in ahead on a separate CUDA stream while the "
+                    "current one computes (double buffering; 0 = copy on demand)",
+        "optimizer_on": "cpu: optimizer state and fused step on the host, per shard as its "
+                        "gradients land, overlapped with the GPU | gpu: state streamed in with "
+                        "the shard, step on the GPU, parameters and state copied back",
+        "offload_activations": "keep shard-boundary activations in pinned host memory instead of "
+                               "on the GPU (for long sequences / large batches)",
+    }
+
+    def feasible(self, job: Any, gpus: int) -> Feasibility:
+        if gpus != 1:
+            return Feasibility(False, f"spilling runs on exactly 1 device, not {gpus}")
+        if job.precision == "fp16":
+            return Feasibility(False, "fp16 needs loss scaling with a global overflow check, which "
+                                      "per-shard optimizer steps cannot do; use bf16 or fp32")
+        # Planning may happen elsewhere: only a node size given explicitly is checked here; the
+        # worker checks the real node before allocating (`build`).
+        declared = os.environ.get("SATURN_NODE_HOST_MEMORY_GB")
+        if declared:
+            feas = check_host_memory(job, "cuda", int(float(declared) * 2**30))
+            if not feas:
+                return feas
+        if _n_layers(job) == 1:
+            return Feasibility(False, "a single-layer model cannot be spilled")
+        return Feasibility(True)
+
+    def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
+        if gpus != 1:
+            return []
+        base = dict(DEFAULT_KNOBS)
+        out = [base, {**base, "prefetch": 2}, {**base, "optimizer_on": "gpu"}]
+        L = _n_layers(job)
+        if L is not None and L > 4:
+            out.append({**base, "shard_layers": max(1, L // 4)})
+        out.append({**base, "shard_layers": 1, "offload_activations": True})  # least GPU memory
+        return out

@@ -1,0 +1,434 @@
+"""Warm execution: one long-lived worker process per device slot, reused job after job.
+
+Why: on a real GPU a cold launch pays the interpreter, the torch/deepspeed imports and the CUDA
+context for every trial and every job attempt (13-35 s per launch in issue 14), more than many jobs
+spend training. A `WarmPool` keeps one `saturn.techniques.warm_worker` per slot (a GPU, or a CPU
+slot) that has paid all of that once. `launch.run_workers` uses the pool of the calling thread:
+
+    pool = WarmPool("cpu")
+    with using_pool(pool):                       # every run_workers() in this thread goes warm
+        technique.run(job, [0, 1], knobs, 0, 100, "ckpt")
+    pool.pids()                                  # {0: 4711, 1: 4712}: the same processes next job
+
+Why long-lived workers rather than a pre-imported fork server (measured in scripts/bench_launch.py):
+a forked child still pays the CUDA context and library loads per job (CUDA cannot be initialized
+before fork), and forking a process that imported torch (thread pools) is fragile; a warm worker pays
+nothing per job. Its risk, state leaking from one job to the next, is handled by checks: each job
+gets its own process group (fresh rendezvous port, destroyed after the job), its own log, its own
+env; after the job the worker reports its memory, and a worker whose memory did not come back to its
+baseline, whose job failed, hung or was stopped, or that died, is killed and replaced. A job's
+failure never reaches the caller as an exception: `run` returns the same result dicts as the cold
+launcher (`launch.run_workers`), and `WarmUnavailable` (a worker that cannot start, a slot in use)
+makes `run_workers` fall back to a cold launch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from saturn.techniques import launch
+
+log = logging.getLogger(__name__)
+_MIB = 2**20
+
+
+class WarmUnavailable(RuntimeError):
+    """No warm worker can take this job now (the caller launches cold instead)."""
+
+
+# ------------------------------------------------------------------ the calling thread's pool
+_local = threading.local()
+
+
+def current_pool() -> Optional["WarmPool"]:
+    return getattr(_local, "pool", None)
+
+
+def current_abort() -> Optional[threading.Event]:
+    return getattr(_local, "abort", None)
+
+
+def current_env() -> dict[str, str]:
+    return getattr(_local, "env", None) or {}
+
+
+@contextlib.contextmanager
+def using_pool(pool: Optional["WarmPool"], abort: Optional[threading.Event] = None,
+               env: Optional[dict[str, str]] = None) -> Iterator[None]:
+    """Route `run_workers` calls made in this thread to `pool` (None: cold). Setting `abort`
+    SIGKILLs the running job's workers (they are replaced); stop_event stays the graceful stop.
+    `env`: extra environment for these jobs (what a cold runner would have inherited)."""
+    old = (current_pool(), current_abort(), current_env())
+    _local.pool, _local.abort, _local.env = pool, abort, dict(env or {})
+    try:
+        yield
+    finally:
+        _local.pool, _local.abort, _local.env = old
+
+
+_shared: Optional["WarmPool"] = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool(device_type: str = "auto") -> "WarmPool":
+    """The process-wide pool (profiler trials and executor jobs share it, so workers warmed by
+    `saturn profile` run the jobs of `saturn run` in the same process). Shut down at exit."""
+    global _shared
+    with _shared_lock:
+        dtype = launch.resolve_device_type(device_type)
+        if _shared is None or _shared.closed or _shared.device_type != dtype:
+            if _shared is not None:
+                _shared.shutdown()
+            _shared = WarmPool(dtype)
+        return _shared
+
+
+def warm_enabled(default: bool = True) -> bool:
+    """SATURN_WARM=0 forces cold launches everywhere (debugging, or a library that leaks)."""
+    v = os.environ.get("SATURN_WARM", "").strip().lower()
+    return default if not v else v not in ("0", "false", "no", "off", "cold")
+
+
+# ------------------------------------------------------------------------------- one worker
+class _Spawner:
+    """Starts workers from one long-lived thread: PR_SET_PDEATHSIG fires when the *thread* that
+    forked the child ends, so workers spawned from a short-lived job thread would die with it."""
+
+    def __init__(self) -> None:
+        self._q: "queue.Queue[tuple[Callable[[], Any], queue.Queue]]" = queue.Queue()
+        threading.Thread(target=self._loop, name="saturn-warm-spawner", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, out = self._q.get()
+            try:
+                out.put((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                out.put((False, exc))
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        out: queue.Queue = queue.Queue()
+        self._q.put((fn, out))
+        ok, value = out.get()
+        if not ok:
+            raise value
+        return value
+
+
+class WarmWorker:
+    """Handle of one warm worker process: commands go to its stdin, replies (JSON lines) come on
+    a pipe read by a thread into `replies`."""
+
+    def __init__(self, slot: int, device_type: str, env: dict[str, str], log_path: str,
+                 spawner: _Spawner):
+        self.slot, self.device_type = slot, device_type
+        self.replies: "queue.Queue[dict]" = queue.Queue()
+        self.ready: Optional[dict] = None
+        self.baseline: dict[str, float] = {}
+        self.jobs = 0
+        self.busy = False
+        r, w = os.pipe()
+        try:
+            with open(log_path, "ab") as out:
+                self.popen = spawner.call(lambda: subprocess.Popen(
+                    [sys.executable, "-m", "saturn.techniques.warm_worker", str(slot), device_type, str(w)],
+                    env=env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                    pass_fds=(w,), start_new_session=True, cwd=os.getcwd()))
+        finally:
+            os.close(w)
+        self.pid = self.popen.pid
+        threading.Thread(target=self._read, args=(r,), name=f"warm-{slot}-replies", daemon=True).start()
+
+    def _read(self, fd: int) -> None:
+        with os.fdopen(fd) as f:
+            for line in f:
+                try:
+                    self.replies.put(json.loads(line))
+                except ValueError:
+                    continue
+        self.replies.put({"event": "eof"})
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.popen.poll()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        if self.ready is not None:
+            return
+        try:
+            msg = self.replies.get(timeout=timeout_s)
+        except queue.Empty:
+            raise WarmUnavailable(f"warm worker for slot {self.slot} not ready after {timeout_s:.0f}s") from None
+        if msg.get("event") != "ready":
+            raise WarmUnavailable(f"warm worker for slot {self.slot} died while starting "
+                                  f"(exit code {self.popen.wait(timeout=10)})")
+        self.ready, self.baseline = msg, dict(msg.get("mem") or {})
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.popen.stdin.flush()
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the worker and anything it started (its own session), then reap it."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+# --------------------------------------------------------------------------------- the pool
+class WarmPool:
+    """Warm workers by slot for one device type ("cuda" | "cpu"; "auto" resolves now).
+
+    env: extra environment for every worker (at start; per-job extras come with each job).
+    start_timeout_s: how long a job waits for a (re)starting worker before launching cold.
+    mem_tolerance_mb: memory a job may leave above the worker's baseline (taken after its first
+        job, which loads the CUDA/cuBLAS/NCCL libraries for good) before the worker is replaced.
+    max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never)."""
+
+    def __init__(self, device_type: str = "auto", *, env: Optional[dict[str, str]] = None,
+                 start_timeout_s: float = 300.0, mem_tolerance_mb: Optional[float] = None,
+                 max_jobs: int = 200):
+        self.device_type = launch.resolve_device_type(device_type)
+        self.env = dict(env or {})
+        self.start_timeout_s = start_timeout_s
+        self.tolerance = float(mem_tolerance_mb if mem_tolerance_mb is not None else
+                               (256 if self.device_type == "cuda" else 1024)) * _MIB
+        self.max_jobs = max_jobs
+        self.closed = False
+        self.replaced = 0  # workers killed and restarted (failures, leaks, hangs)
+        self._workers: dict[int, WarmWorker] = {}
+        self._lock = threading.Lock()
+        self._spawner = _Spawner()
+        self._dir = tempfile.mkdtemp(prefix="saturn-warm-")
+
+    # ------------------------------------------------------------------ workers by slot
+    def _env(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (launch._REPO_ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.device_type == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        else:
+            env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                       SATURN_TORCH_THREADS="1")
+        env.update(self.env)
+        return env
+
+    def _spawn(self, slot: int) -> WarmWorker:
+        w = WarmWorker(slot, self.device_type, self._env(slot),
+                       os.path.join(self._dir, f"worker-{slot}.txt"), self._spawner)
+        self._workers[slot] = w
+        return w
+
+    def prestart(self, slots: list[int]) -> None:
+        """Start workers for these slots now (they warm up in the background)."""
+        with self._lock:
+            for s in slots:
+                if s not in self._workers or not self._workers[s].alive():
+                    self._spawn(s)
+
+    def pids(self) -> dict[int, int]:
+        with self._lock:
+            return {s: w.pid for s, w in self._workers.items() if w.alive()}
+
+    def _acquire(self, slots: list[int]) -> list[WarmWorker]:
+        if self.closed:
+            raise WarmUnavailable("the warm pool was shut down")
+        with self._lock:
+            if any(self._workers.get(s) is not None and self._workers[s].busy for s in slots):
+                raise WarmUnavailable(f"slots {slots}: a warm worker is busy with another job")
+            ws = []
+            for s in slots:
+                w = self._workers.get(s)
+                if w is None or not w.alive():
+                    w = self._spawn(s)
+                w.busy = True
+                ws.append(w)
+        try:
+            for w in ws:
+                w.wait_ready(self.start_timeout_s)
+        except WarmUnavailable:
+            self._release(ws, [False] * len(ws))
+            raise
+        return ws
+
+    def _release(self, ws: list[WarmWorker], keep: list[bool]) -> None:
+        """Give workers back; the ones not kept are killed and started afresh (in the background)."""
+        with self._lock:
+            for w, k in zip(ws, keep):
+                w.busy = False
+                if k and w.alive() and not self.closed:
+                    continue
+                w.kill()
+                if self._workers.get(w.slot) is w:
+                    del self._workers[w.slot]
+                    if not self.closed:
+                        self.replaced += 1
+                        self._spawn(w.slot)
+
+    def _clean(self, w: WarmWorker, mem: dict[str, float]) -> bool:
+        """Memory back at the baseline? The first job settles the baseline (lazy library loads)."""
+        w.jobs += 1
+        if mem.get("dirty") or not mem:
+            return False
+        if w.jobs == 1:
+            settled = {k: v for k, v in mem.items() if v <= w.baseline.get(k, v) + 8 * self.tolerance}
+            if len(settled) < len(mem):
+                return False
+            w.baseline = {k: max(v, w.baseline.get(k, v)) for k, v in mem.items()}
+            return True
+        grown = {k: (v - w.baseline.get(k, v)) / _MIB for k, v in mem.items()
+                 if v > w.baseline.get(k, v) + self.tolerance}
+        if grown:
+            log.warning("warm worker %d (slot %d): memory not back to baseline after a job (+%s MiB); "
+                        "replacing it", w.pid, w.slot, {k: round(v) for k, v in grown.items()})
+        return not grown and not (self.max_jobs and w.jobs >= self.max_jobs)
+
+    # -------------------------------------------------------------------------- one job
+    def run(self, target: str, payload: dict[str, Any], devices: list[int], *, timeout_s: float = 600.0,
+            log_path: Optional[str] = None, env: Optional[dict[str, str]] = None, grace_s: float = 60.0,
+            stop_event: Optional[threading.Event] = None,
+            abort_event: Optional[threading.Event] = None) -> dict[str, Any]:
+        """Like `launch.run_workers`, on the warm workers of `devices` (rank r on devices[r])."""
+        start = time.time()
+        ws = self._acquire([int(d) for d in devices])
+        rundir = tempfile.mkdtemp(prefix="saturn-job-", dir=self._dir)
+        keep = [False] * len(ws)
+        try:
+            with open(os.path.join(rundir, "payload.json"), "w") as f:
+                json.dump({"target": target, "payload": payload}, f)
+            port = launch.free_port()
+            for rank, w in enumerate(ws):
+                w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,
+                        "env": {**current_env(), **(env or {})}, "launch_time": start})
+            outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event)
+            if outcome in ("done", "interrupted") and all(c == 0 for c in codes):
+                keep = [self._clean(w, m) for w, m in zip(ws, mems)]  # a graceful stop keeps them too
+            procs = [_Exited(c) for c in codes]
+            result = launch._collect(rundir, procs, outcome, culprit)
+            if log_path:
+                launch._write_log(rundir, len(ws), log_path)
+            return result
+        finally:
+            self._release(ws, keep)
+            shutil.rmtree(rundir, ignore_errors=True)
+
+    def _supervise(self, ws: list[WarmWorker], timeout_s: float, grace_s: float,
+                   stop_event: Optional[threading.Event], abort_event: Optional[threading.Event]
+                   ) -> tuple[str, int, list[Optional[int]], list[dict]]:
+        """Wait for every rank's reply: (outcome, culprit rank, exit-code-like codes, memories).
+        Codes as the cold launcher's: 0 job ok, 1 job failed, <0 killed/died, None still running."""
+        n = len(ws)
+        codes: list[Optional[int]] = [None] * n
+        mems: list[dict] = [{} for _ in range(n)]
+        deadline = time.monotonic() + timeout_s
+        first_bad: Optional[int] = None
+        bad_since = stop_since = None
+        with launch._Signals() as sigs:
+            while any(c is None for c in codes):
+                for r, w in enumerate(ws):
+                    if codes[r] is not None:
+                        continue
+                    try:
+                        msg = w.replies.get_nowait()
+                    except queue.Empty:
+                        msg = None
+                    if msg is not None and msg.get("event") == "done":
+                        codes[r], mems[r] = (0 if msg.get("ok") else 1), dict(msg.get("mem") or {})
+                        if msg.get("dirty"):
+                            mems[r]["dirty"] = float("inf")  # never back to baseline: replaced
+                    elif msg is not None and msg.get("event") == "eof" or not w.alive():
+                        w.popen.wait(timeout=10)
+                        codes[r] = w.returncode if w.returncode not in (None, 0) else -signal.SIGKILL
+                    if codes[r] not in (None, 0) and first_bad is None:
+                        first_bad, bad_since = r, time.monotonic()
+                now = time.monotonic()
+                stopping = sigs.received is not None or (stop_event is not None and stop_event.is_set())
+                if stopping and stop_since is None:
+                    stop_since = now
+                    for w, c in zip(ws, codes):
+                        if c is None:
+                            w.signal(signal.SIGTERM)
+                aborted = abort_event is not None and abort_event.is_set()
+                late = (bad_since is not None and now - bad_since > min(grace_s, 5.0)) or now > deadline \
+                    or (stop_since is not None and now - stop_since > grace_s) or aborted
+                if late and any(c is None for c in codes):
+                    for r, w in enumerate(ws):  # peers hang in a collective: kill, they are replaced
+                        if codes[r] is None:
+                            w.kill()
+                            codes[r] = -signal.SIGKILL
+                    break
+                time.sleep(0.01)
+        if first_bad is not None:
+            return "failed", first_bad, codes, mems
+        if stop_since is not None or (abort_event is not None and abort_event.is_set()):
+            return "interrupted", 0, codes, mems
+        if any(c != 0 for c in codes):
+            return "timeout", 0, codes, mems
+        return "done", 0, codes, mems
+
+    def shutdown(self) -> None:
+        """Stop every worker (an exit command, then SIGKILL for the ones still busy)."""
+        with self._lock:
+            self.closed = True
+            ws, self._workers = list(self._workers.values()), {}
+        for w in ws:
+            if not w.busy:
+                with contextlib.suppress(OSError, ValueError):
+                    w.send({"op": "exit"})
+        end = time.monotonic() + 2.0
+        for w in ws:
+            while w.alive() and time.monotonic() < end:
+                time.sleep(0.02)
+            w.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "WarmPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+class _Exited:
+    """What `launch._collect` reads of a process: its return code."""
+
+    def __init__(self, code: Optional[int]):
+        self.returncode = code
+
+
+def _shutdown_shared() -> None:
+    if _shared is not None:
+        _shared.shutdown()
+
+
+import atexit  # noqa: E402 - registered once the pool class exists
+
+atexit.register(_shutdown_shared)

@@ -1,0 +1,178 @@
+"""A warm worker: `python -m saturn.techniques.warm_worker SLOT DEVICE_TYPE REPLY_FD`.
+
+One long-lived process per device slot (see `saturn.techniques.warm`). It pays the interpreter
+start, the torch/saturn imports and (on a GPU) the CUDA context once, then runs job after job:
+each command line on stdin is one job rank, run exactly as `saturn.techniques.worker` would run it
+in a fresh process (same `WorkerContext`, same target, same result file), with its own process
+group (fresh rendezvous port, destroyed after the job) and its output redirected to the job's log.
+
+After each job it tells the pool, on REPLY_FD, whether it is still clean: the job succeeded, the
+process group was destroyed, and the memory the job used came back (GPU: allocated and reserved
+bytes after `empty_cache`, and the device's used memory; CPU: resident set size). A worker that is
+not clean is killed and replaced by the pool; a worker that dies (crash, SIGKILL, OOM killer) is
+simply replaced. SIGTERM during a job = "finish the step, checkpoint, stop" (as in the cold path).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any, Optional
+
+from saturn.techniques import worker as cold
+
+# What a worker imports before it says "ready" (the cost warm execution avoids per job).
+PRELOAD = ("torch", "torch.distributed", "torch.distributed.checkpoint", "saturn.spec.schema",
+           "saturn.techniques.training", "saturn.techniques.registry")
+
+
+def _preload(device_type: str) -> None:
+    import importlib
+
+    for mod in PRELOAD:
+        importlib.import_module(mod)
+    from saturn.techniques.registry import technique_names
+
+    try:
+        technique_names()  # imports every built-in technique module
+    except Exception:  # noqa: BLE001 - an optional technique's import error shows in its own job
+        pass
+    import torch
+
+    if device_type == "cuda":
+        torch.cuda.set_device(0)  # the pool gives each worker exactly one visible GPU
+        torch.zeros(1, device="cuda")  # create the CUDA context now, not in the first job
+
+
+def memory_now(device_type: str) -> dict[str, float]:
+    """What must come back to baseline after a job (bytes)."""
+    import resource
+
+    import torch
+
+    out = {"rss": float(_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
+    if device_type == "cuda":
+        out["allocated"] = float(torch.cuda.memory_allocated())
+        out["reserved"] = float(torch.cuda.memory_reserved())
+        free, total = torch.cuda.mem_get_info()
+        out["device_used"] = float(total - free)
+    return out
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cleanup(device_type: str) -> None:
+    """Drop everything a job left behind that the next job must not see."""
+    cold._shutdown()  # destroy the process group (NCCL/gloo resources)
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+    gc.collect()
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+class _Job:
+    """Which job rank is running (SIGTERM goes to its context; between jobs it is ignored)."""
+
+    ctx: Optional[cold.WorkerContext] = None
+
+    @classmethod
+    def on_term(cls, *_: Any) -> None:
+        if cls.ctx is not None:
+            cls.ctx.request_stop()
+
+
+def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """Run one job rank (cmd: rundir, rank, world, port, env, launch_time); the reply to the pool."""
+    rundir, rank = cmd["rundir"], int(cmd["rank"])
+    env = {"RANK": str(rank), "WORLD_SIZE": str(cmd["world"]), "LOCAL_RANK": "0",
+           "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(cmd["port"]),
+           "SATURN_DEVICE_TYPE": device_type, **(cmd.get("env") or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    log_fd = os.open(os.path.join(rundir, f"log-{rank}.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out_fd, err_fd = os.dup(1), os.dup(2)
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(log_fd, 1), os.dup2(log_fd, 2)
+    ctx = cold.WorkerContext(rank=rank, world_size=int(cmd["world"]), local_rank=0,
+                             device_type=device_type, launch_time=float(cmd["launch_time"]))
+    _Job.ctx = ctx
+    ok = False
+    try:
+        with open(os.path.join(rundir, "payload.json")) as f:
+            spec = json.load(f)
+        payload = spec["payload"]
+        try:
+            cold._init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
+            result = dict(cold._resolve(spec["target"])(payload, ctx) or {})
+            ok = True
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
+            traceback.print_exc()
+            status = "oom" if cold._is_oom(exc) else "failed"
+            result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000]}
+        cold._write_result(rundir, rank, result)
+    finally:
+        _Job.ctx = None
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(out_fd, 1), os.dup2(err_fd, 2)
+        for fd in (out_fd, err_fd, log_fd):
+            os.close(fd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    dirty = not ok
+    if ok:
+        try:
+            _cleanup(device_type)
+        except Exception:  # noqa: BLE001 - e.g. a CUDA error surfacing at synchronize: replace us
+            traceback.print_exc()
+            dirty = True
+    try:
+        mem = memory_now(device_type)
+    except Exception:  # noqa: BLE001
+        mem, dirty = {}, True
+    return {"event": "done", "ok": ok, "dirty": dirty, "mem": mem}
+
+
+def main(slot: str, device_type: str, reply_fd: int) -> int:
+    cold._die_with_parent()
+    signal.signal(signal.SIGTERM, _Job.on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the executor, which stops jobs
+    reply = os.fdopen(reply_fd, "w", buffering=1)
+    t0 = time.time()
+    _preload(device_type)
+    _cleanup(device_type)
+    reply.write(json.dumps({"event": "ready", "pid": os.getpid(), "slot": slot,
+                            "import_s": round(time.time() - t0, 3), "mem": memory_now(device_type)}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        if cmd.get("op") == "exit":
+            break
+        reply.write(json.dumps(run_one(cmd, device_type)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    rc = main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
