@@ -159,7 +159,8 @@ def report(objs: list[dict], opt: dict, args) -> None:
         s["min_gain_vs_makespan_objective"] = min(r["gain_vs_makespan_objective"] for r in objs)
         s["min_gain_vs_sjf"] = min(r["gain_vs_sjf"] for r in objs)
         s["median_makespan_cost"] = statistics.median(r["makespan_cost"] for r in objs)
-    targets = {"completion_beats_makespan_objective_everywhere": bool(objs) and s["min_gain_vs_makespan_objective"] >= 1.0,
+    targets = {"completion_beats_makespan_objective_everywhere":
+               bool(objs) and s["min_gain_vs_makespan_objective"] >= 1.0,
                "completion_beats_sjf_everywhere": bool(objs) and s["min_gain_vs_sjf"] >= 1.0,
                "overhead_per_trial_le_1s": opt["overhead_per_trial_s"] <= 1.0}
     benchlib.write_json("hpo", {"mode": "gpu" if args.gpus else ("quick" if args.quick else "full"),
@@ -176,7 +177,8 @@ def report(objs: list[dict], opt: dict, args) -> None:
             "makespan of the completion plan / makespan of the makespan plan.\n\n"
             + (benchlib.md_table(rows, list(rows[0])) if rows else "(skipped)") + "\n\n"
             + (f"Median gain vs makespan objective {s['median_gain_vs_makespan_objective']:.2f}x, vs SJF "
-               f"{s['median_gain_vs_sjf']:.2f}x; median makespan cost {s['median_makespan_cost']:.2f}x.\n\n" if s else "")
+               f"{s['median_gain_vs_sjf']:.2f}x; median makespan cost {s['median_makespan_cost']:.2f}x.\n\n"
+               if s else "")
             + f"Same Optuna search (TPE seed 0, {opt['trials']} trials of {opt['model']}, {opt['steps']} steps, "
               f"{opt['device']}) through Saturn vs plain Optuna in-process (measured): Saturn "
               f"{opt['saturn_wall_s']:.1f}s, plain {opt['plain_wall_s']:.1f}s, overhead "
@@ -202,13 +204,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.gpus:
         suite, limit = OBJ_QUICK, args.time_limit or 5.0
-        trials, model, steps, device, prec = args.trials or 6, args.model or "gpt2-small", args.steps or 60, "cuda", "bf16"
+        trials, model, steps = args.trials or 6, args.model or "gpt2-small", args.steps or 60
+        device, prec = "cuda", "bf16"
     elif args.quick:
         suite, limit = OBJ_QUICK, args.time_limit or 2.0
-        trials, model, steps, device, prec = args.trials or 3, args.model or "gpt2-tiny", args.steps or 20, "cpu", "fp32"
+        trials, model, steps = args.trials or 3, args.model or "gpt2-tiny", args.steps or 20
+        device, prec = "cpu", "fp32"
     else:
         suite, limit = OBJ_SUITE, args.time_limit or 10.0
-        trials, model, steps, device, prec = args.trials or 8, args.model or "gpt2-tiny", args.steps or 50, "cpu", "fp32"
+        trials, model, steps = args.trials or 8, args.model or "gpt2-tiny", args.steps or 50
+        device, prec = "cpu", "fp32"
     objs = bench_objectives(suite, limit)
     opt = bench_optuna(trials, model, steps, device, prec)
     report(objs, opt, args)

@@ -7,7 +7,7 @@ import pytest
 from saturn.errors import SaturnError
 from saturn.planner import plan, validate_plan
 from saturn.planner.inputs import JobSpec, NodeSpec
-from saturn.planner.objectives import Objective, completion_lower_bound, check_objective
+from saturn.planner.objectives import Objective, check_objective, completion_lower_bound
 from saturn.planner.options import build_options
 from saturn.planner.random_instances import random_instance
 

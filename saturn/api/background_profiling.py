@@ -163,7 +163,9 @@ class BackgroundProfiler:
                 if left is not None and left <= 0:
                     raise SaturnError(f"the study's profiling budget ({budget} min) is spent")
                 probe = self.limit_job(jobs[0])
-                kw = {"store_dir": self.store_dir} if left is None else {"store_dir": self.store_dir, "budget_min": left}
+                kw = {"store_dir": self.store_dir}
+                if left is not None:
+                    kw["budget_min"] = left
                 self._profile(Workload(name=f"orchestrator-{probe.name}", cluster=self.cluster, jobs=[probe]), **kw)
                 rows = self._lookup(probe)
                 if rows is None or not len(rows) or not rows["feasible"].astype(bool).any():

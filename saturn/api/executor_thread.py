@@ -81,6 +81,12 @@ class ExecutorThread:
     _error: Optional[BaseException]
     _last_submit: float
     _wait_s: float
+    _early_measured: dict
+    _profile_source: dict
+    _jobs: dict
+    _sig_rows: dict
+    _measured_shapes: dict
+    _remember: Callable[..., Any]
     backend: Any
     batch_window_s: float
     run_dir: Any
@@ -137,7 +143,8 @@ class ExecutorThread:
             if rows is None:  # pending: it fails with the reason; running on the estimate: it goes on
                 if js.status == PENDING:
                     self._ex.emit("job_failed", job=name, reason=f"profiling failed: {reason}")
-                self._profile_source[name] = f"{self._profile_source.get(name, 'estimate')} (profiling failed: {reason})"
+                label = self._profile_source.get(name, "estimate")
+                self._profile_source[name] = f"{label} (profiling failed: {reason})"
                 continue
             mine = rows.drop(columns=["job"], errors="ignore").copy()
             job = self._jobs.get(name)

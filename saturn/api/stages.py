@@ -88,7 +88,6 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     MissingProfilesError with the `saturn profile` command to run). kwargs go to
     `saturn.planner.plan` (mip_gap, warm_start, threads). Returns a `saturn.planner.Plan`."""
     from saturn.planner import plan as _plan
-
     from saturn.planner.provenance import annotate
 
     wl = load(workload)

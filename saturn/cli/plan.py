@@ -70,9 +70,10 @@ def plan_command(
                       f"Saturn {1 - ms / v:6.1%} shorter ({v / ms:.2f}x)")
     if p.objective != "makespan":  # completion objectives (#16): value, own bound, baselines
         v, olb = p.objective_value or 0.0, p.objective_lower_bound or 0.0
-        console.print(f"[bold]{p.objective}[/] {_fmt_s(v)} (bound {_fmt_s(olb)}; objective the solver status refers to)")
+        console.print(f"[bold]{p.objective}[/] {_fmt_s(v)} (bound {_fmt_s(olb)}; the solver status refers to it)")
         for name, bv in sorted(p.objective_baselines.items(), key=lambda kv: kv[1]):
-            console.print(f"  {p.objective} of {BASELINE_LABELS.get(name, name):34s} {_fmt_s(bv):>9s} ({bv / max(v, 1e-9):.2f}x)")
+            label = BASELINE_LABELS.get(name, name)
+            console.print(f"  {p.objective} of {label:34s} {_fmt_s(bv):>9s} ({bv / max(v, 1e-9):.2f}x)")
     if json_out is not None:
         write_json(p.to_dict(), json_out)
         console.print(f"plan written to {json_out}")

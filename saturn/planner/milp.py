@@ -209,7 +209,8 @@ def solve_time_indexed(
     fixed_slots = [(node_idx[a.node], len(a.gpus), max(1, math.ceil(a.end_s / delta - 1e-9))) for a in fixed]
     T0 = max([slots] + [s for *_, s in fixed_slots])
     reserved0 = reserved_slots(fixed_slots, len(nodes), T0)
-    seed_slots, seed_ms = slot_seed(seed, lambda a: okey(match_option(opts[a.job], a)), node_idx, [n.gpus for n in nodes], dur,
+    seed_slots, seed_ms = slot_seed(seed, lambda a: okey(match_option(opts[a.job], a)), node_idx,
+                                    [n.gpus for n in nodes], dur,
                                      reserved0)
     if constrained(nodes):  # CPU cores too (saturn.planner.cores): a seed that fits the core rows
         fixed_cores = [(node_idx[a.node], a.cpu_cores, n) for a, (_, _, n) in zip(fixed, fixed_slots)]
@@ -224,7 +225,8 @@ def solve_time_indexed(
     if model is None:
         return MilpResult("too_large", None, time.perf_counter() - t0, None, delta, 0)
     h = highs_for(model, time_limit_s - (time.perf_counter() - t0), mip_gap, threads)
-    add_core_rows(h, model.blocks, nodes, T, [(node_idx[a.node], a.cpu_cores, n) for a, (_, _, n) in zip(fixed, fixed_slots)])
+    add_core_rows(h, model.blocks, nodes, T,
+                  [(node_idx[a.node], a.cpu_cores, n) for a, (_, _, n) in zip(fixed, fixed_slots)])
 
     x0 = np.zeros(model.n_cols)
     where = {(b.job, okey(b.option), b.group): b for b in model.blocks}
@@ -271,7 +273,7 @@ def _identical_pairs(jobs: list[str], opts: Mapping[str, list[Option]],
     """Consecutive pairs of jobs with identical option sets (and weights): interchangeable."""
     groups: dict[tuple, list[int]] = {}
     for ji, j in enumerate(jobs):
-        sig = tuple(sorted((o.gpus, round(o.runtime_s, 9), o.gpu_type or "") for o in opts[j]))
+        sig: tuple = tuple(sorted((o.gpus, round(o.runtime_s, 9), o.gpu_type or "") for o in opts[j]))
         if weights is not None:
             sig = (round(float(weights[ji]), 12),) + sig
         groups.setdefault(sig, []).append(ji)

@@ -105,6 +105,7 @@ def export_model(jobs, cluster, profiles, path, *, slots: int = 40):
     last = {k: T - d for k, d in dur.items()}
     lb = math.ceil(lower_bound(options, nodes) / delta - 1e-6)
     model = _build(list(opts), opts, [(n.gpus, n) for n in nodes], T, dur, dur, last, lb, 50_000_000)
+    assert model is not None  # (no size limit short of 50M nonzeros)
     h = new_highs()
     h.passModel(model.lp)
     path = Path(path)

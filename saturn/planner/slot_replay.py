@@ -25,7 +25,7 @@ def slot_seed(seed: Sequence[Assignment], opt_key, nodes_idx, caps: Sequence[int
 
     Gives HiGHS a feasible starting point of the rounded model; its makespan fixes the horizon.
     """
-    use = [dict() for _ in caps]  # per node: slot -> GPUs in use
+    use: list[dict[int, int]] = [dict() for _ in caps]  # per node: slot -> GPUs in use
     for n, r in enumerate(reserved or []):
         for t, g in enumerate(r):
             if g:
@@ -85,7 +85,8 @@ def compact(picks: list[tuple[int, str, Option, int]], nodes: Sequence[NodeSpec]
     return a if score(a) <= score(b) else b
 
 
-def _compact_fixed(picks, nodes: Sequence[NodeSpec], delta: float, fixed: Sequence[Assignment] = ()) -> list[Assignment]:
+def _compact_fixed(picks, nodes: Sequence[NodeSpec], delta: float,
+                   fixed: Sequence[Assignment] = ()) -> list[Assignment]:
     free_at = [[0.0] * n.gpus for n in nodes]  # real end of the last job on each GPU
     shifted_end = [[0.0] * n.gpus for n in nodes]  # same, after left-shifting
     idx = {n.name: i for i, n in enumerate(nodes)}

@@ -135,7 +135,7 @@ def plan(
 
     if ms(best) < lb <= ms(best) * (1 + 1e-9):  # floating-point noise only
         lb = ms(best)
-    completion = {} if obj.is_makespan else dict(
+    completion: dict[str, Any] = {} if obj.is_makespan else dict(
         objective=objective, objective_value=ms(best), objective_lower_bound=lb,
         objective_baselines={k: ms(v) for k, v in base.items() if cores_ok(v, nodes, pinned)})
     result = Plan(
