@@ -135,8 +135,10 @@ def bench_optuna(trials: int, model: str, steps: int, device: str, precision: st
     s_best = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
+        # (GPU: profile before training -- one GPU cannot measure and train at once without skew)
         with saturn.Orchestrator(cluster, run_dir=Path(tmp) / "run", backend="process", profiles=prof,
-                                 interval_s=1e9, time_limit_s=1.0, poll_s=0.05) as orch:
+                                 interval_s=1e9, time_limit_s=1.0, poll_s=0.05, profile_in_background=False,
+                                 store_dir=Path(tmp) / "store" if device != "cpu" else None) as orch:
             optimize(through, lambda t: _job(t, model, steps, precision), orch, n_trials=trials, n_jobs=1,
                      poll_s=0.05, callbacks=[lambda s, ft: s_best.append((time.perf_counter() - t0, s.best_value))])
         saturn_wall = time.perf_counter() - t0
