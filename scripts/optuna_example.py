@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     with saturn.Orchestrator(cluster, run_dir=run_dir, backend="simulate" if args.simulate else "process",
                              profiles=profiles, interval_s=30, sim_speed=2, sim_loss=sim_loss) as orch:
         results = optimize(study, lambda t: make_job(t, args.steps), orch, n_trials=args.trials,
-                           batch_size=args.batch, report_every=5)
+                           n_jobs=args.batch, report_every=5)
     print(f"{len(study.trials)} trials in {time.time() - t0:.0f}s; run directory {run_dir}")
     print(f"{'#':>3} {'state':9} {'value':>8} {'lr':>9} {'job':10} {'saturn':10} {'steps':>5} technique/GPUs")
     for t in study.trials:

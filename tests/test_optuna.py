@@ -38,7 +38,7 @@ def test_threshold_pruning_cancels_jobs_and_values_flow_back():
     for lr in lrs:
         study.enqueue_trial({"lr": lr})
     with _orch() as orch:
-        res = optimize(study, make_job, orch, n_trials=len(lrs), batch_size=3, poll_s=0.02)
+        res = optimize(study, make_job, orch, n_trials=len(lrs), n_jobs=3, poll_s=0.02)
         with orch.lock:
             st = orch.executor.state
             launches = {n: js.segments[0].launched_at for n, js in st.jobs.items() if js.segments}
@@ -71,7 +71,7 @@ def test_median_pruner_batches_and_tpe():
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=0),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=10))
     with _orch() as orch:
-        res = optimize(study, make_job, orch, n_trials=8, batch_size=4, poll_s=0.02)
+        res = optimize(study, make_job, orch, n_trials=8, n_jobs=4, poll_s=0.02)
         assert all(r.done for r in orch.results.values())
     assert len(study.trials) == 8 == len(res)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -99,7 +99,7 @@ def test_wait_for_batch_generations_and_failures():
 
     study = optuna.create_study()
     with _orch() as orch:
-        res = optimize(study, mk, orch, n_trials=5, batch_size=3, wait_for_batch=True, poll_s=0.02)
+        res = optimize(study, mk, orch, n_trials=5, n_jobs=3, wait_for_batch=True, poll_s=0.02)
     st = {t.number: t.state for t in study.trials}
     TS = optuna.trial.TrialState
     assert st[1] == TS.PRUNED and 1 not in res
@@ -121,7 +121,7 @@ def test_exception_cancels_in_flight_jobs():
     with _orch(sim_speed=50) as orch:
         fast = lambda t: make_job(t).model_copy(update={"steps": 10 if t.number == 0 else 2000})  # noqa: E731
         with pytest.raises(RuntimeError):
-            optimize(study, fast, orch, n_trials=3, batch_size=2, poll_s=0.02, callbacks=[boom])
+            optimize(study, fast, orch, n_trials=3, n_jobs=2, poll_s=0.02, callbacks=[boom])
         reps = orch.wait(timeout=30)
     assert seen == [0]
     assert sorted(r.status for r in reps.values()) == ["cancelled", "completed"]

@@ -40,8 +40,9 @@ def test_optuna_study_on_cpu_slots_with_pruning(tmp_path):
     prof = synthetic_profiles([make_job(optuna.trial.FixedTrial({"lr": 1e-3}))], step_time_s=0.05, startup_s=5.0)
     run_dir = tmp_path / "run"
     with saturn.Orchestrator(saturn.Cluster(devices="cpu", slots=2), run_dir=run_dir, backend="process",
-                             profiles=prof, interval_s=1e9, time_limit_s=2.0, poll_s=0.1) as orch:
-        res = optimize(study, make_job, orch, n_trials=3, batch_size=3, poll_s=0.1)
+                             profiles=prof, interval_s=1e9, time_limit_s=2.0, poll_s=0.1,
+                             objective="makespan") as orch:  # (mean_completion would run trial 2 first)
+        res = optimize(study, make_job, orch, n_trials=3, n_jobs=3, poll_s=0.1)
         with orch.lock:
             st = orch.executor.state
             seg = {n: (js.segments[0].launched_at, js.segments[-1].ended_at, js.segments[0].gpus)

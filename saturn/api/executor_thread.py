@@ -81,6 +81,12 @@ class ExecutorThread:
     _error: Optional[BaseException]
     _last_submit: float
     _wait_s: float
+    _early_measured: dict
+    _profile_source: dict
+    _jobs: dict
+    _sig_rows: dict
+    _measured_shapes: dict
+    _remember: Callable[..., Any]
     backend: Any
     batch_window_s: float
     run_dir: Any
@@ -108,14 +114,50 @@ class ExecutorThread:
                 try:
                     self._ex.submit(job, profiles=rows)
                     fut._accepted = True
+                    early = self._early_measured.pop(job.name, None)
+                    if early is not None:  # measured before this submit reached the executor
+                        self._apply_measured([job.name], *early)
                 except Exception as exc:  # noqa: BLE001 - the job fails, the loop goes on
                     fut._set(JobReport(job.name, "failed", total_steps=int(job.total_steps), reason=str(exc)))
+        elif kind == "profiles":  # measurements replace a background-profiled job's estimate
+            self._apply_measured(cmd[1], cmd[2], cmd[3])
         elif kind == "cancel":
             name, reason = cmd[1], cmd[2]
             js = self._ex.state.jobs.get(name)
             if js is not None and js.status not in TERMINAL:
                 self._ex.cancel(name, reason=reason)
         return True
+
+    def _apply_measured(self, names: list, rows: Any, reason: str) -> None:
+        from saturn.api.background_profiling import shape_key
+        from saturn.executor.loop import _records
+        from saturn.executor.state import PENDING, TERMINAL
+
+        for name in names:
+            js = self._ex.state.jobs.get(name)
+            if js is None and name in self._futures and not self._futures[name].done():
+                self._early_measured[name] = (rows, reason)  # its submit command is still queued
+                continue
+            if js is None or js.status in TERMINAL:
+                continue
+            if rows is None:  # pending: it fails with the reason; running on the estimate: it goes on
+                if js.status == PENDING:
+                    self._ex.emit("job_failed", job=name, reason=f"profiling failed: {reason}")
+                label = self._profile_source.get(name, "estimate")
+                self._profile_source[name] = f"{label} (profiling failed: {reason})"
+                continue
+            mine = rows.drop(columns=["job"], errors="ignore").copy()
+            job = self._jobs.get(name)
+            if job is not None:
+                self._sig_rows[str(job.signature)] = mine.copy()
+                self._measured_shapes[shape_key(job)] = (int(job.batch_size), mine.copy())
+            mine.insert(0, "job", name)
+            mine = self._remember(job, mine) if job is not None else mine
+            self._ex.est.rows[name] = []  # the estimate goes; infeasible options stay out
+            self._ex.est.add_profiles(mine)
+            self._ex.emit("profiles", rows=_records(mine))
+            self._profile_source[name] = "measured"
+            self._ex._replan_needed = True
 
     def _loop(self) -> None:
         from saturn.executor import ExecutorError
@@ -185,7 +227,8 @@ class ExecutorThread:
                 technique=seg.technique if seg else None, gpus=tuple(seg.gpus) if seg else (),
                 node=seg.node if seg else None, attempts=js.attempts, checkpoint=js.checkpoint,
                 metrics_path=str(self._ex.job_dir(name) / "metrics.jsonl") if self.run_dir else None,
-                reason=js.reason, early_stopped=js.early_stopped)
+                reason=js.reason, early_stopped=js.early_stopped,
+                profile=self._profile_source.get(name, "measured"))
             with self._flock:
                 self._reports[name] = rep
             if js.status in TERMINAL and not fut.done():

@@ -43,6 +43,7 @@ class JobReport:
     metrics_path: Optional[str] = None
     reason: str = ""
     early_stopped: bool = False
+    profile: str = "measured"  # or "estimate: ..." while its signature is profiled in the background
 
     @property
     def done(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
+from saturn.api.background_profiling import estimate_rows, shape_key
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
 
 
@@ -36,6 +37,11 @@ class JobIntake:
     _closing: bool
     _error: Optional[BaseException]
     _last_submit: float
+    _profile_source: dict
+    _held: list
+    _lock: Any
+    _ex: Any
+    _measured_shapes: dict
 
     # ---------------------------------------------------------------------------------- public
     def submit(self, job: Any, profiles: Any = None) -> JobFuture:
@@ -56,6 +62,7 @@ class JobIntake:
                 old = self._futures.get(job.name)
                 if (old is not None and not old.done()) or any(job.name == j.name for j, _ in prepared):
                     raise OrchestratorError(f"job {job.name!r} is already submitted and not done")
+            self._profile_source.pop(job.name, None)  # (a re-used name: this job's own label)
             prepared.append((job, self._rows_for(job, profiles)))
         batch = []
         with self._flock:
@@ -64,19 +71,39 @@ class JobIntake:
                 self._futures[job.name] = fut
                 self._jobs[job.name] = job
                 self._histories[job.name] = {}
-                self._reports[job.name] = JobReport(job.name, "pending", total_steps=int(job.total_steps))
+                self._reports[job.name] = JobReport(job.name, "pending", total_steps=int(job.total_steps),
+                                                    profile=self._profile_source.get(job.name, "measured"))
                 batch.append((job, rows, fut))
         self._last_submit = time.monotonic()
         self._cmds.put(("submit", batch))
         return [f for _, _, f in batch]
 
     def cancel(self, job: Any, reason: str = "cancelled") -> None:
-        """Stop a job (running: checkpoint and exit; pending: dropped); its GPUs are re-planned."""
-        name = getattr(job, "name", job)
+        """Stop a job (running: checkpoint and exit; pending: dropped); its GPUs are re-planned.
+
+        Applied at once when the executor knows the job (the stop reaches a running job now, so a
+        pruned trial trains at most about one more step): it waits for the executor's current
+        step (at most `cancel_wait_s`), else it is queued like a submit."""
+        from saturn.executor.state import TERMINAL
+
+        name = str(getattr(job, "name", job))
         with self._flock:
             if name not in self._futures:
                 raise OrchestratorError(f"no job {name!r} was submitted")
-        self._cmds.put(("cancel", str(name), reason))
+        held = any(j.name == name for h in self._held for j, _, _ in h[1])
+        if not held and self._lock.acquire(timeout=getattr(self, "cancel_wait_s", 2.0)):
+            try:
+                js = self._ex.state.jobs.get(name)
+                with self._cmds.mutex:
+                    pending_cmds = list(self._cmds.queue)
+                queued = any(c[0] == "submit" and any(j.name == name for j, _, _ in c[1]) for c in pending_cmds)
+                if js is not None and not queued:
+                    if js.status not in TERMINAL:
+                        self._ex.cancel(name, reason=reason)
+                    return
+            finally:
+                self._lock.release()
+        self._cmds.put(("cancel", name, reason))
 
 
     # ---------------------------------------------------------------------------------- profiles
@@ -110,8 +137,13 @@ class JobIntake:
                 if len(rows):
                     return self._remember(job, rows)
         sig = str(job.signature)
+        bg = getattr(self, "_bg", None)
+        if sig not in self._sig_rows and bg is not None and bg.pending(job):
+            return self._estimated(job, bg)
         if sig not in self._sig_rows:
             rows, _ = lookup([job], self.cluster, load_store(self.store_dir))
+            if not len(rows) and self.profile_missing and bg is not None:  # measured in the background
+                return self._estimated(job, bg)
             if not len(rows) and self.profile_missing and not self.simulated:
                 from saturn.api.stages import profile
                 from saturn.spec import Workload
@@ -124,9 +156,22 @@ class JobIntake:
                     f"no profile rows for job {job.name!r} (signature {sig}); pass profiles= (a table, "
                     "e.g. saturn.api.synthetic_profiles([job])) or run `saturn profile` on a workload with it")
             self._sig_rows[sig] = rows.drop(columns=["job"])
+            self._measured_shapes[shape_key(job)] = (int(job.batch_size), self._sig_rows[sig])
         rows = self._sig_rows[sig].copy()
         rows.insert(0, "job", job.name)
         return self._remember(job, rows)
+
+    def _estimated(self, job: Any, bg: Any) -> pd.DataFrame:
+        """Labelled estimated rows for `job`, whose signature is measured in the background."""
+        rows = estimate_rows(bg.limit_job(job), self.cluster, self._measured_shapes)
+        self._profile_source[job.name] = str(rows["source"].iloc[0])
+        bg.enqueue(job)
+        rows.insert(0, "job", job.name)
+        return self._remember(job, rows)
+
+    def _measured(self, names: list, rows: Optional[pd.DataFrame], reason: str) -> None:
+        """The background profiler's outcome for jobs `names` (queued for the executor thread)."""
+        self._cmds.put(("profiles", list(names), rows, reason))
 
     def _remember(self, job: Any, rows: pd.DataFrame) -> pd.DataFrame:
         rows = rows.copy()

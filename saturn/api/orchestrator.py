@@ -38,6 +38,17 @@ class Orchestrator(JobIntake, ExecutorThread):
     interval; re-plans also happen on every submit, cancel and job end. batch_window_s: hold
     submissions until none arrived for this long, so that jobs submitted one by one in a burst
     (e.g. by Ray Tune trials starting) are planned together.
+    objective: what re-planning minimizes; "mean_completion" by default (online and HPO users want
+    early, steady results), or "makespan" / "weighted_completion" (job `weight`s): see
+    saturn/planner/objectives.py. profile_in_background (default): a job whose signature the store
+    lacks is submitted at once with labelled estimated rows (`JobReport.profile`) and measured in
+    a background thread, progress on the "saturn.api" logger and `on_profile(event)`; the plan is
+    redone when the measurement lands (saturn/api/background_profiling.py). profile_limits: what a
+    study may measure: {"techniques": [...], "gpus": [...], "budget_min": minutes in total}.
+    profiler: the measuring function (default saturn.api.stages.profile; a simulated orchestrator
+    profiles only with one given). resume: continue the run in `run_dir` if it holds one (its jobs
+    come back with futures and their metrics; running ones restart from their newest checkpoint),
+    else start a new run there -- so a crashed HPO script can simply be started again.
     """
 
     def __init__(self, cluster: Any = None, *, run_dir: Optional[PathLike] = None,
@@ -46,9 +57,13 @@ class Orchestrator(JobIntake, ExecutorThread):
                  checkpoint_every: int = 0, time_limit_s: float = 5.0, poll_s: float = 0.2,
                  max_retries: int = 2, sim_speed: float = 10.0,
                  sim_loss: Optional[Callable[[Any, int], float]] = None, config: Any = None,
-                 device_type: str = "auto", batch_window_s: float = 0.0):
+                 device_type: str = "auto", batch_window_s: float = 0.0, objective: str = "mean_completion",
+                 resume: bool = False, profile_in_background: bool = True, profile_limits: Optional[dict] = None,
+                 on_profile: Optional[Callable[[dict], None]] = None, profiler: Optional[Callable[..., Any]] = None):
+        from saturn.planner.objectives import check_objective
         from saturn.spec import Cluster
 
+        objective = check_objective(objective)
         if cluster is None:
             cluster = Cluster.local()
         elif isinstance(cluster, (str, dict)):
@@ -75,6 +90,17 @@ class Orchestrator(JobIntake, ExecutorThread):
         self.batch_window_s = float(batch_window_s)
         self._held: list[tuple] = []  # submit commands held back by batch_window_s
         self._last_submit = 0.0
+        self._profile_source: dict[str, str] = {}
+        self._measured_shapes: dict[str, tuple] = {}
+        self._early_measured: dict[str, tuple] = {}
+        self._bg = None
+        if profile_missing and profile_in_background and (profiler is not None or backend not in
+                                                         ("simulate", "simulated", "sim")):
+            from saturn.api.background_profiling import BackgroundProfiler
+
+            self._bg = BackgroundProfiler(profiler or _store_profile, self._lookup_measured, self._measured,
+                                          cluster=self.cluster, store_dir=store_dir, limits=profile_limits,
+                                          on_profile=on_profile)
 
         if isinstance(backend, str):
             if backend in ("simulate", "simulated", "sim"):
@@ -85,8 +111,9 @@ class Orchestrator(JobIntake, ExecutorThread):
             elif backend in ("auto", "process", "ray"):
                 if self.run_dir is None:
                     raise OrchestratorError(f"backend={backend!r} needs a run_dir (journal, logs, checkpoints)")
-                if (self.run_dir / "journal.sqlite").exists():
-                    raise OrchestratorError(f"{self.run_dir} already holds a run; pick another run_dir")
+                if (self.run_dir / "journal.sqlite").exists() and not resume:
+                    raise OrchestratorError(f"{self.run_dir} already holds a run; continue it with "
+                                            "Orchestrator(..., resume=True) or pick another run_dir")
                 be = None  # built by saturn.executor.build from the cluster (Ray for `ray:` clusters)
                 poll = self.poll_s
             else:
@@ -103,12 +130,47 @@ class Orchestrator(JobIntake, ExecutorThread):
                                 max_retries=max_retries, checkpoint_every=checkpoint_every, device_type=device_type)
         self._wait_s = poll
         empty = pd.DataFrame(columns=["job", "technique", "knobs", "gpus", "step_time_s", "startup_s", "feasible"])
-        self._ex = build.build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
-                                        wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
+        if resume and be is None and (self.run_dir / "journal.sqlite").exists():
+            self._ex = self._resumed_executor(opts, config, tap_loss)
+        else:
+            if resume and be is not None and self.simulated:
+                raise OrchestratorError("resume=True continues a real run; simulated runs are not resumable")
+            self._ex = build.build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
+                                      wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
+        if config is None:
+            self._ex.cfg.objective = objective
         self.backend = self._ex.backend
         self._thread = threading.Thread(target=self._loop, name="saturn-orchestrator", daemon=True)
         self._thread.start()
 
+
+    def _resumed_executor(self, opts: "build.RunOptions", config: Any, tap_loss: Any) -> Any:
+        """The executor continuing `run_dir` (see saturn.executor.build.resume_executor), with a
+        future, a report and the metrics history of every job it knows."""
+        from saturn.executor.build import resume_executor
+        from saturn.spec import Job
+
+        ex = resume_executor(self.run_dir, checkpoint_every=opts.checkpoint_every, device_type=opts.device_type,
+                             config=config)
+        ex.backend = _Tap(ex.backend, self._on_loss, tap_loss)
+        for name, js in ex.state.jobs.items():
+            fut = JobFuture(self, name)
+            fut._accepted = True
+            self._futures[name] = fut
+            self._histories[name] = _metrics_history(ex.job_dir(name) / "metrics.jsonl")
+            self._reports[name] = JobReport(name, js.status, total_steps=int(js.info.total_steps))
+            if js.info.spec:
+                try:
+                    self._jobs[name] = Job.model_validate(js.info.spec)
+                except Exception:  # noqa: BLE001 - an older spec: reports still work without it
+                    pass
+        return ex
+
+    def _lookup_measured(self, job: Any) -> pd.DataFrame:
+        from saturn.profiles.store import load_store, lookup
+
+        rows, _ = lookup([job], self.cluster, load_store(self.store_dir))
+        return rows
 
     def report(self, job: Any) -> JobReport:
         """The job's running metrics: status, step, latest loss, all intermediate values so far."""
@@ -169,6 +231,8 @@ class Orchestrator(JobIntake, ExecutorThread):
             self._closing = True
         if wait:
             self._thread.join(timeout)
+        if self._bg is not None and (not wait or not self._thread.is_alive()):
+            self._bg.close()
 
     close = shutdown
 
@@ -178,3 +242,27 @@ class Orchestrator(JobIntake, ExecutorThread):
     def __exit__(self, exc_type, exc, tb) -> None:
         self.shutdown(wait=True, cancel_jobs=exc_type is not None)
 
+
+def _store_profile(workload: Any, **kwargs: Any) -> Any:
+    from saturn.api.stages import profile
+
+    return profile(workload, **kwargs)
+
+
+def _metrics_history(path: Path) -> dict[int, float]:
+    """{steps done: loss} from a job's metrics.jsonl (torn last lines are skipped). The file keeps
+    each step's 0-based index (saturn/executor/metrics.py); reports count steps done."""
+    import json
+
+    out: dict[int, float] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            out[int(rec["step"]) + 1] = float(rec["loss"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out

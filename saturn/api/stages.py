@@ -88,11 +88,11 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     MissingProfilesError with the `saturn profile` command to run). kwargs go to
     `saturn.planner.plan` (mip_gap, warm_start, threads). Returns a `saturn.planner.Plan`."""
     from saturn.planner import plan as _plan
-
     from saturn.planner.provenance import annotate
 
     wl = load(workload)
     table = profiles_table(wl, profiles)
+    kwargs.setdefault("objective", getattr(wl, "objective", "makespan"))  # the YAML's `objective:`
     # every assignment says where its numbers came from (measured / extrapolated / simulated / guessed)
     return annotate(_plan(wl.jobs, wl.cluster, table, time_limit_s=time_limit_s, **kwargs), table)
 
@@ -115,7 +115,8 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
     check_fresh_run_dir(run_dir)
     opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval_s, introspect=introspect,
                       time_limit_s=time_limit_s, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                      noise=noise, seed=seed, device_type=device_type)
+                      noise=noise, seed=seed, device_type=device_type,
+                      objective=getattr(wl, "objective", "makespan"))
     display = None
     if live and not simulate:
         from rich.console import Console

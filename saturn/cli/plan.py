@@ -12,6 +12,7 @@ BASELINE_LABELS = {
     "one_gpu": "one GPU each",
     "fixed_split": "fixed equal GPU groups",
     "greedy_min_area": "greedy min-area, longest first",
+    "sjf": "shortest job first, one GPU each",
 }
 
 
@@ -67,6 +68,12 @@ def plan_command(
     for name, v in sorted(p.baselines.items(), key=lambda kv: kv[1]):
         console.print(f"  vs {BASELINE_LABELS.get(name, name):34s} {_fmt_s(v):>9s}  "
                       f"Saturn {1 - ms / v:6.1%} shorter ({v / ms:.2f}x)")
+    if p.objective != "makespan":  # completion objectives (#16): value, own bound, baselines
+        v, olb = p.objective_value or 0.0, p.objective_lower_bound or 0.0
+        console.print(f"[bold]{p.objective}[/] {_fmt_s(v)} (bound {_fmt_s(olb)}; the solver status refers to it)")
+        for name, bv in sorted(p.objective_baselines.items(), key=lambda kv: kv[1]):
+            label = BASELINE_LABELS.get(name, name)
+            console.print(f"  {p.objective} of {label:34s} {_fmt_s(bv):>9s} ({bv / max(v, 1e-9):.2f}x)")
     if json_out is not None:
         write_json(p.to_dict(), json_out)
         console.print(f"plan written to {json_out}")

@@ -78,7 +78,7 @@ def run_command(
     check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
     opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval, introspect=not no_introspect,
                       time_limit_s=time_limit, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                      noise=noise, seed=seed, device_type=device_type)
+                      noise=noise, seed=seed, device_type=device_type, objective=wl.objective)
     display = LiveDisplay(console) if live and not simulate else None
     ex = build_executor(wl.jobs, wl.cluster, table, options=opts, plan=plan, display=display)
     _execute(ex, display, console, run_dir)

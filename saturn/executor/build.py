@@ -51,13 +51,14 @@ class RunOptions:
     seed: int = 0
     device_type: str = "auto"
     poll_s: Optional[float] = None
+    objective: str = "makespan"  # the workload's `objective:` (saturn/planner/objectives.py)
 
     def executor_config(self) -> Any:
         from saturn.executor import ExecutorConfig
 
         poll = self.poll_s if self.poll_s is not None else (math.inf if self.kind_is_simulated else 0.5)
         return ExecutorConfig(interval_s=self.interval_s, introspect=self.introspect, max_retries=self.max_retries,
-                              time_limit_s=self.time_limit_s, poll_s=poll)
+                              time_limit_s=self.time_limit_s, poll_s=poll, objective=self.objective)
 
     @property
     def kind_is_simulated(self) -> bool:

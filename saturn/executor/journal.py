@@ -243,7 +243,7 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
     elif kind == "plan":
         state.plan, state.plan_t0 = d["plan"], float(d["t0"])
         state.plan_version = int(d["version"])
-        if d.get("reason") not in ("initial", "given", "resume"):
+        if d.get("reason") not in ("initial", "given", "resume", "retime"):
             state.replans += 1
     elif kind == "launch" and js is not None:
         js.status = RUNNING
@@ -269,9 +269,9 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
         js.progress_step = max(js.progress_step, step)
         if d.get("loss") is not None:
             js.loss = float(d["loss"])
-        if step > js.committed_step:
-            js.failures = 0  # it makes progress again: retries are counted per stuck position
     elif kind == "checkpoint" and js is not None:
+        if int(d["step"]) > js.committed_step and js.failures > 0:
+            js.failures -= 1  # retry rule (#16): a checkpoint past the committed step earns back one retry
         if int(d["step"]) >= js.committed_step:
             js.committed_step = int(d["step"])
             js.checkpoint = d.get("checkpoint") or js.checkpoint
@@ -319,9 +319,8 @@ def _finish(state: RunState, js: JobState, t: float, d: dict[str, Any]) -> None:
         js.status = COMPLETED
         js.early_stopped = step < js.info.total_steps
         js.failures = 0
-    elif status == "interrupted":
+    elif status == "interrupted":  # a stop we asked for: neither costs nor earns back a retry
         js.status = CANCELLED if js.stop_reason == "cancel" else PENDING
-        js.failures = 0
     else:  # failed / oom / lost: back to pending; the executor decides on retry or failure
         js.status = PENDING
         if status != "lost":

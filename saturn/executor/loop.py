@@ -50,6 +50,7 @@ class ExecutorConfig:
     mip_gap: float = 0.02
     min_gain_s: float = 0.0  # adopt a new plan only if it saves more than this ...
     min_gain_frac: float = 0.02  # ... and more than this fraction of the remaining makespan
+    objective: str = "makespan"  # or mean_completion / weighted_completion (planner/objectives.py)
     poll_s: float = 0.5  # real backends: how often to poll processes (simulation: inf)
     shutdown_timeout_s: float = 600.0
 
@@ -290,7 +291,8 @@ class Executor:
             if js.failures > self.cfg.max_retries:
                 self.emit("job_failed", job=ev.job, reason=f"failed {js.failures} times; last: {ev.reason[-2000:]}")
                 self._replan_needed = True
-            # else: it stays first on its GPUs in the plan and is relaunched from its checkpoint
+            else:  # a retry re-plans (#16): the crashed job's GPUs are free for any job meanwhile
+                self._replan_needed = True
         elif ev.status == "completed" or js.status in (CANCELLED, FAILED):
             if self.cfg.introspect and self.cfg.replan_on_events:
                 self._replan_needed = True
@@ -303,7 +305,8 @@ class Executor:
                 self.emit("finished", job=js.name, status="completed", step=js.committed_step,
                           checkpoint=js.checkpoint, loss=js.loss, reason="")
             elif js.status == PENDING and not self.est.options(js):
-                self.emit("job_failed", job=js.name, reason="no feasible option left (all OOM or not profiled)")
+                last = f"; last failure: {js.reason[-2000:]}" if js.reason else ""
+                self.emit("job_failed", job=js.name, reason=f"no feasible option left (all OOM or not profiled){last}")
 
     def _launch_ready(self) -> None:
         if self._shutdown is not None:
@@ -338,7 +341,8 @@ class Executor:
             from saturn.executor import sharp_dispatch  # SHARP group options, where they can run
 
             return sharp_dispatch.solve(self, solve, jobs, table, time_limit_s=time_limit_s or self.cfg.time_limit_s,
-                                        mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed)
+                                        mip_gap=self.cfg.mip_gap, warm_start=warm, fixed=fixed,
+                                        objective=self.cfg.objective)
         finally:
             self.plan_calls += 1
             self.plan_time_s += time.perf_counter() - t0
@@ -381,7 +385,8 @@ class Executor:
             cands.append(policy.retime(self.state, est, now, self.node_gpus, cur_choices, "current"))
         if not jobs:  # only running jobs are left: nothing to decide
             return None
-        dec = policy.choose_plan(cur, cands, min_gain_s=self.cfg.min_gain_s, min_gain_frac=self.cfg.min_gain_frac)
+        dec = policy.choose_plan(cur, cands, min_gain_s=self.cfg.min_gain_s, min_gain_frac=self.cfg.min_gain_frac,
+                                 score=policy.plan_score(self.cfg.objective, self.state))
         self.decisions.append({"t": now, "reason": reason, "adopt": dec.adopt, "current_s": dec.current_s,
                                "best_s": dec.best_s, "why": dec.reason,
                                "switches": list(dec.chosen.switches) if dec.chosen else []})
@@ -395,6 +400,10 @@ class Executor:
         elif cur is not None:
             self.emit("replan_rejected", reason=reason, detail=dec.reason, current_s=dec.current_s,
                       best_s=dec.best_s if math.isfinite(dec.best_s) else None)
+            if _moves_pending(self.state.plan, cur.to_plan_dict(), self.state):
+                # same choices, retimed around what really happened (a crash, an early end): a
+                # pending job may now start on GPUs the stored plan kept for someone else (#16)
+                self._adopt(cur.to_plan_dict(), "retime", detail="current plan retimed")
         return dec
 
     def _plan_around_running(self, solve, now: float, warm: Optional[dict]) -> Optional[policy.Retimed]:
@@ -446,3 +455,10 @@ def _kill_stale(pid: Optional[int]) -> None:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _moves_pending(old: Optional[dict], new: dict, state) -> bool:
+    """Whether `new` places a pending job on other GPUs than `old` (so launching follows it)."""
+    before = {a["job"]: (a["node"], sorted(a["gpus"])) for a in (old or {}).get("assignments", [])}
+    return any(state.jobs.get(a["job"]) is not None and state.jobs[a["job"]].status == PENDING
+               and before.get(a["job"]) != (a["node"], sorted(a["gpus"])) for a in new.get("assignments", []))

@@ -383,25 +383,44 @@ class Decision:
     reason: str
 
 
+def plan_score(objective: str, state: RunState):
+    """What re-planning compares candidates by: their makespan, or, for the completion-time
+    objectives (#16), the (weighted) mean end of their jobs (weights from the jobs' specs)."""
+    if objective in (None, "makespan"):
+        return None
+
+    def weight(job: str) -> float:
+        js = state.jobs.get(job)
+        spec = (js.info.spec or {}) if js is not None else {}
+        return float(spec.get("weight") or 1.0) if objective == "weighted_completion" else 1.0
+
+    def score(c: Retimed) -> float:
+        total = sum(weight(a["job"]) for a in c.assignments)
+        return sum(weight(a["job"]) * a["end_s"] for a in c.assignments) / total if total else 0.0
+
+    return score
+
+
 def choose_plan(current: Optional[Retimed], candidates: Sequence[Optional[Retimed]], *,
-                min_gain_s: float = 0.0, min_gain_frac: float = 0.02) -> Decision:
+                min_gain_s: float = 0.0, min_gain_frac: float = 0.02, score=None) -> Decision:
     """Adopt the best candidate if it finishes earlier than the current plan by more than the
     margin max(min_gain_s, min_gain_frac x current makespan). A candidate's durations already
     include the checkpoint + restart time of each job it moves, so a switch is only adopted when
     its gross gain exceeds its switching cost plus the margin. With no valid current plan the best
-    candidate is adopted unconditionally."""
+    candidate is adopted unconditionally. `score` (see plan_score) replaces the makespan."""
+    score = score or (lambda c: c.makespan_s)
     cands = [c for c in candidates if c is not None]
     if not cands:
-        return Decision(False, None, current.makespan_s if current else math.inf, math.inf, "no candidate")
-    best = min(cands, key=lambda c: (c.makespan_s, len(c.switches)))
+        return Decision(False, None, score(current) if current else math.inf, math.inf, "no candidate")
+    best = min(cands, key=lambda c: (score(c), len(c.switches)))
     if current is None:
-        return Decision(True, best, math.inf, best.makespan_s, "current plan is no longer valid")
-    margin = max(min_gain_s, min_gain_frac * current.makespan_s)
-    gain = current.makespan_s - best.makespan_s
+        return Decision(True, best, math.inf, score(best), "current plan is no longer valid")
+    margin = max(min_gain_s, min_gain_frac * score(current))
+    gain = score(current) - score(best)
     if gain > margin:
-        return Decision(True, best, current.makespan_s, best.makespan_s,
+        return Decision(True, best, score(current), score(best),
                         f"gain {gain:.1f}s > margin {margin:.1f}s ({len(best.switches)} switch(es))")
-    return Decision(False, best, current.makespan_s, best.makespan_s,
+    return Decision(False, best, score(current), score(best),
                     f"gain {gain:.1f}s <= margin {margin:.1f}s")
 
 

@@ -72,7 +72,7 @@ class JobState:
     progress_step: int = 0  # live progress (>= committed_step while running)
     checkpoint: Optional[str] = None
     loss: Optional[float] = None
-    failures: int = 0  # crashes since the last successful progress (bounded retries)
+    failures: int = 0  # crashes, minus one per checkpoint committed past the committed step (retry rule)
     reason: str = ""
     segments: list[Segment] = field(default_factory=list)
     # step-time observations: (technique, gpus) -> (seconds, steps) of measured stepping

@@ -3,23 +3,31 @@
     import optuna, saturn
     from saturn.integrations.optuna import optimize
 
-    def make_job(trial):                       # trial params -> a Saturn job
+    def objective(trial):                      # an Optuna objective that returns the job to train
         return saturn.Job(name="lm", model="gpt2-tiny", batch_size=4, seq_len=16, steps=60,
                           precision="fp32", optimizer={"name": "adamw",
                                                        "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True)})
 
     study = optuna.create_study(direction="minimize", pruner=optuna.pruners.MedianPruner())
     with saturn.Orchestrator(saturn.Cluster(devices="cpu", slots=2), run_dir="runs/hpo") as orch:
-        optimize(study, make_job, orch, n_trials=8, batch_size=4)
+        optimize(study, objective, orch, n_trials=8, n_jobs=4, timeout=600)
     print(study.best_params)
 
-How it works: `batch_size` trials are asked at once and submitted in one command, so Saturn's
+How it works: `n_jobs` trials are asked at once and submitted in one command, so Saturn's
 planner places them together (technique, GPUs, start time); whenever trials end, new ones are asked
 to refill the batch (or, with `wait_for_batch=True`, only once the whole batch ended). While jobs
 run, every new intermediate loss becomes `trial.report(loss, step)`; when `trial.should_prune()`
 says so the job is cancelled (it checkpoints and exits, and the executor re-plans its GPUs for the
 remaining jobs at once) and the trial is told PRUNED. A completed job's final loss (or
-`objective(report)`) is told as the trial's value; a failed job's trial is told FAIL.
+`value(report)`) is told as the trial's value; a failed job's trial is told FAIL with the real
+reason (OOM text, exit code, last log lines) in its `saturn_reason` user attribute.
+
+Optuna conventions: `timeout` (seconds, no new trial after it), `n_jobs` (trials in flight),
+`catch` (exception types that fail a trial without stopping the study), `callbacks`. An exception
+raised by the objective or by `value(report)` fails its trial and is re-raised unless it is an
+instance of `catch` (as in `study.optimize`). An objective may also return the trial's value(s)
+itself: that trial ran in this process and is told at once. A failed submit fails every trial
+asked for it (none stays RUNNING in the storage).
 
 Optuna is an optional dependency: `pip install optuna`.
 """
@@ -29,9 +37,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 from saturn.api import JobReport, Orchestrator
+from saturn.errors import SaturnError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +56,21 @@ def _optuna() -> Any:
     return optuna
 
 
+def _values(made: Any) -> Optional[list[float]]:
+    """The value(s) an in-process Optuna objective returned, or None if `made` is not numbers."""
+    vals = list(made) if isinstance(made, (list, tuple)) else [made]
+    if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return [float(v) for v in vals]
+    return None
+
+
 def _job_of(trial: Any, made: Any, orch: Orchestrator) -> Any:
     from saturn.spec import Job
 
     job = Job.model_validate(made) if isinstance(made, dict) else made
+    if not hasattr(job, "name") or not hasattr(job, "model_copy"):
+        raise SaturnError(f"the objective returned {type(made).__name__} for trial {trial.number}: return a "
+                          "saturn.Job (or a dict of its fields) for Saturn to train, or the trial's value(s)")
     if job.name in orch:  # every trial needs its own job name
         job = job.model_copy(update={"name": f"{job.name}-t{trial.number}"})
         job = Job.model_validate(job.model_dump())
@@ -74,37 +95,53 @@ def _aligned(metrics: Sequence[tuple[int, float]], last: int, every: int, done: 
     return out
 
 
-def optimize(study: Any, make_job: Callable[[Any], Any], orchestrator: Orchestrator, n_trials: int, *,
-             batch_size: Optional[int] = None,
+def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
+             n_trials: Optional[int] = None, timeout: Optional[float] = None, n_jobs: Optional[int] = None,
+             catch: Union[type, tuple] = (), callbacks: Optional[list[Callable[[Any, Any], None]]] = None, *,
              objective: Optional[Callable[[JobReport], Union[float, Sequence[float]]]] = None,
-             report_every: int = 1, poll_s: float = 0.25, timeout_s: Optional[float] = None,
-             wait_for_batch: bool = False, profiles: Any = None,
-             callbacks: Optional[list[Callable[[Any, Any], None]]] = None) -> dict[int, JobReport]:
-    """Run `n_trials` trials of `study` as Saturn jobs on `orchestrator`; returns {trial number: JobReport}.
+             report_every: int = 1, poll_s: float = 0.25, wait_for_batch: bool = False, profiles: Any = None,
+             **deprecated: Any) -> dict[int, JobReport]:
+    """Run trials of `study` as Saturn jobs on `orchestrator`, like `study.optimize(func, ...)`;
+    returns {trial number: JobReport} (trials whose objective returned a value have no report).
 
-    make_job(trial) -> saturn.Job (or a dict of its fields): sample the trial's parameters with
-        `trial.suggest_*` and map them onto the job; raise optuna.TrialPruned to skip a trial. A job
-        name already used in the orchestrator gets "-t<trial number>" appended.
-    batch_size: trials in flight at once (default: twice the cluster's GPUs), asked together so
-        the planner sees them together.
+    func(trial) -> saturn.Job (or a dict of its fields): sample the trial's parameters with
+        `trial.suggest_*` and map them onto the job; raise optuna.TrialPruned to skip a trial; or
+        return the value(s) directly (a plain Optuna objective: told at once). A job name already
+        used in the orchestrator gets "-t<trial number>" appended.
+    n_trials / timeout: stop asking after this many trials / seconds (running trials finish);
+        both None: until interrupted, as in Optuna.
+    n_jobs: trials in flight at once (default: twice the cluster's GPUs), asked together so the
+        planner sees them together. (`batch_size` is its deprecated name.)
+    catch: exception types that fail a trial without stopping the study (objective, value, submit).
+    callbacks: called as cb(study, frozen_trial) after each trial is told, as in Optuna.
     objective(report) -> value(s) told to Optuna (default: the job's final loss).
     report_every: report intermediate values at the multiples of this many steps (and the last
         step); pruning checks follow each poll that reported something.
-    timeout_s: ask no new trial after this many seconds (like `study.optimize(timeout=...)`;
-        running trials finish). wait_for_batch: refill only when the
-        whole batch has ended (synchronous generations). profiles: passed to `submit`.
-    callbacks: called as cb(study, frozen_trial) after each trial is told, as in Optuna.
-    On an exception (or Ctrl-C) the in-flight jobs are cancelled and their trials told FAIL.
+    wait_for_batch: refill only when the whole batch has ended (synchronous generations).
+    profiles: passed to `submit`.
+    On an uncaught exception (or Ctrl-C) the in-flight jobs are cancelled and their trials told FAIL.
     """
     optuna = _optuna()
     TrialState = optuna.trial.TrialState
-    if batch_size is None:
+    for old, new in (("batch_size", "n_jobs"), ("timeout_s", "timeout")):
+        if old in deprecated:
+            warnings.warn(f"optimize(..., {old}=) is deprecated; use {new}= (Optuna's name)", FutureWarning,
+                          stacklevel=2)
+            val = deprecated.pop(old)
+            if new == "n_jobs" and n_jobs is None:
+                n_jobs = val
+            elif new == "timeout" and timeout is None:
+                timeout = val
+    if deprecated:
+        raise TypeError(f"optimize() got unexpected keyword argument(s): {', '.join(sorted(deprecated))}")
+    catch = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
+    if n_jobs is None or n_jobs < 1:
         nodes = getattr(orchestrator.cluster, "nodes", None) or []
-        batch_size = max(1, 2 * sum(int(n.gpus) for n in nodes))
-    if batch_size < 1 or n_trials < 0:
-        raise ValueError("batch_size must be >= 1 and n_trials >= 0")
+        n_jobs = max(1, 2 * sum(int(n.gpus) for n in nodes))
+    if n_trials is not None and n_trials < 0:
+        raise ValueError(f"n_trials must be >= 0, got {n_trials}")
     multi = len(study.directions) > 1
-    t_end = None if timeout_s is None else time.monotonic() + timeout_s
+    t_end = None if timeout is None else time.monotonic() + timeout
     results: dict[int, JobReport] = {}
     active: dict[str, dict] = {}  # job name -> {"trial", "future", "last"}
     stopping = []  # futures of pruned jobs (cancelled; waited for at the end)
@@ -114,6 +151,21 @@ def optimize(study: Any, make_job: Callable[[Any], Any], orchestrator: Orchestra
         ft = study.tell(trial, values, state=state)
         for cb in callbacks or ():
             cb(study, ft)
+
+    def fail(trial: Any, exc: BaseException) -> None:
+        """A user (or submit) exception: FAIL the trial; re-raise unless it is in `catch`."""
+        trial.set_user_attr("saturn_reason", f"{type(exc).__name__}: {exc}"[-2000:])
+        tell(trial, TrialState.FAIL)
+        if not isinstance(exc, catch):
+            raise exc
+        log.warning("trial %d failed (caught): %s: %s", trial.number, type(exc).__name__, exc)
+
+    def tell_values(trial: Any, vals: Sequence[Any]) -> None:
+        if any(v is None or not math.isfinite(float(v)) for v in vals):
+            trial.set_user_attr("saturn_reason", f"objective value(s) {list(vals)} are not finite numbers")
+            tell(trial, TrialState.FAIL)
+        else:
+            tell(trial, None, [float(v) for v in vals] if multi else float(vals[0]))
 
     def finish(name: str, rep: JobReport) -> None:
         ent = active.pop(name)
@@ -126,45 +178,64 @@ def optimize(study: Any, make_job: Callable[[Any], Any], orchestrator: Orchestra
         if rep.status == "completed":
             try:
                 value = objective(rep) if objective is not None else rep.loss
-            except Exception as exc:  # noqa: BLE001 - a bad objective fails the trial only
-                log.warning("objective of trial %d failed: %s", trial.number, exc)
-                value = None
-            vals = list(value) if isinstance(value, (list, tuple)) else [value]
-            if any(v is None or not math.isfinite(float(v)) for v in vals):
-                tell(trial, TrialState.FAIL)
-            else:
-                tell(trial, None, [float(v) for v in vals] if multi else float(vals[0]))
+            except Exception as exc:  # noqa: BLE001 - follows `catch`, as in study.optimize
+                fail(trial, exc)
+                return
+            tell_values(trial, list(value) if isinstance(value, (list, tuple)) else [value])
         elif rep.status == "cancelled" and rep.metrics and not multi:
             tell(trial, TrialState.PRUNED)  # cancelled from outside: as good as pruned
         else:
-            trial.set_user_attr("saturn_reason", (rep.reason or "")[-500:])
+            trial.set_user_attr("saturn_reason", (rep.reason or rep.status)[-2000:])
             tell(trial, TrialState.FAIL)
+
+    def ask_batch(k: int) -> None:
+        nonlocal asked
+        trials, jobs = [], []
+        for _ in range(k):
+            trial = study.ask()
+            asked += 1
+            try:
+                made = func(trial)
+                vals = _values(made)
+                if vals is not None:  # a plain Optuna objective: it ran here, in this process
+                    trial.set_user_attr("saturn_in_process", True)
+                    tell_values(trial, vals)
+                    continue
+                job = _job_of(trial, made, orchestrator)
+            except optuna.TrialPruned:
+                tell(trial, TrialState.PRUNED)
+                continue
+            except Exception as exc:  # noqa: BLE001 - follows `catch`
+                if not isinstance(exc, catch):  # the study stops: trials asked so far end too
+                    for other in trials:
+                        other.set_user_attr("saturn_reason", f"not submitted: trial {trial.number} raised")
+                        tell(other, TrialState.FAIL)
+                fail(trial, exc)
+                continue
+            if any(job.name == j.name for j in jobs):
+                job = job.model_copy(update={"name": f"{job.name}-t{trial.number}"})
+            trial.set_user_attr("saturn_job", job.name)
+            trials.append(trial)
+            jobs.append(job)
+        if not jobs:
+            return
+        try:
+            futures = orchestrator.submit_many(jobs, profiles=profiles)
+        except Exception as exc:  # noqa: BLE001 - every asked trial is told FAIL, none stays RUNNING
+            for trial in trials[1:]:
+                trial.set_user_attr("saturn_reason", f"submit failed: {type(exc).__name__}: {exc}"[-2000:])
+                tell(trial, TrialState.FAIL)
+            fail(trials[0], exc)
+            return
+        for trial, job, fut in zip(trials, jobs, futures):
+            active[job.name] = {"trial": trial, "future": fut, "last": 0}
 
     try:
         while True:
-            can_ask = asked < n_trials and (t_end is None or time.monotonic() < t_end)
-            if can_ask and len(active) < batch_size and not (wait_for_batch and active):
-                k = min(batch_size - len(active), n_trials - asked)
-                trials, jobs = [], []
-                for _ in range(k):
-                    trial = study.ask()
-                    asked += 1
-                    try:
-                        job = _job_of(trial, make_job(trial), orchestrator)
-                    except optuna.TrialPruned:
-                        tell(trial, TrialState.PRUNED)
-                        continue
-                    except Exception:
-                        tell(trial, TrialState.FAIL)
-                        raise
-                    if any(job.name == j.name for j in jobs):
-                        job = job.model_copy(update={"name": f"{job.name}-t{trial.number}"})
-                    trial.set_user_attr("saturn_job", job.name)
-                    trials.append(trial)
-                    jobs.append(job)
-                if jobs:
-                    for trial, job, fut in zip(trials, jobs, orchestrator.submit_many(jobs, profiles=profiles)):
-                        active[job.name] = {"trial": trial, "future": fut, "last": 0}
+            can_ask = (n_trials is None or asked < n_trials) and (t_end is None or time.monotonic() < t_end)
+            if can_ask and len(active) < n_jobs and not (wait_for_batch and active):
+                left = n_jobs - len(active) if n_trials is None else min(n_jobs - len(active), n_trials - asked)
+                ask_batch(left)
                 continue
             if not active:
                 break
@@ -182,8 +253,10 @@ def optimize(study: Any, make_job: Callable[[Any], Any], orchestrator: Orchestra
                     finish(name, fut.result())
                 elif new and trial.should_prune():
                     log.info("trial %d pruned at step %d: cancelling job %s", trial.number, ent["last"], name)
+                    at = orchestrator.report(name).step  # where the job is when the decision is taken
                     orchestrator.cancel(name, reason="pruned")
                     trial.set_user_attr("saturn_pruned_at_step", ent["last"])
+                    trial.set_user_attr("saturn_step_at_prune", at)
                     tell(trial, TrialState.PRUNED)
                     results[trial.number] = rep
                     stopping.append((trial.number, fut))

@@ -7,13 +7,20 @@ place the training work. The clean split used here keeps Tune for what it is goo
 algorithms, schedulers (ASHA, median stopping, HyperBand), stoppers, result bookkeeping — and
 makes every Tune trial a thin *proxy* of a Saturn job:
 
-* `OrchestratorActor`: one named Ray actor that owns a `saturn.Orchestrator` (on the node whose
-  GPUs Saturn manages). `start_orchestrator(...)` starts it; trials find it by name.
+* `OrchestratorActor`: one named, detached Ray actor that owns a `saturn.Orchestrator` (on the
+  node whose GPUs Saturn manages). `start_orchestrator(...)` starts it (dropping the returned
+  handle is fine: the actor lives until `stop_orchestrator()` or the end of the Ray cluster);
+  trials find it by name, and a trial that finds none fails with a Saturn error saying to call
+  `start_orchestrator` before `tuner.fit()`.
 * `SaturnTrainable`: a `tune.Trainable` that requests almost no resources. `setup(config)` turns
   the config into a Saturn job (`make_job(config)`) and submits it; each `step()` waits for new
   intermediate values and returns {"loss", "saturn_step", "saturn_status", ...} (`done` at the
   end); `cleanup()` — called when a scheduler or stopper stops the trial — cancels the job, so its
-  GPUs are re-planned at once. Use `time_attr="saturn_step"` in schedulers.
+  GPUs are re-planned at once. Use `time_attr="saturn_step"` in schedulers. `saturn_step` counts
+  steps done (1-based, as everywhere in Saturn). The result at the job's last step waits for the
+  job's end, so it says `saturn_status: "completed"` with the final `loss` (also when a scheduler's
+  `max_t` equals the job's steps). A failed job raises in the trial with Saturn's reason (OOM
+  text, exit code, last log lines): it becomes the trial's error in Tune.
 * A burst of trials that start together is planned together through the orchestrator's
   `batch_window_s`; `TuneConfig(max_concurrent_trials=N)` is the batch size.
 
@@ -41,7 +48,7 @@ from typing import Any, Callable, Optional
 
 DEFAULT_ACTOR = "saturn-orchestrator"
 
-__all__ = ["DEFAULT_ACTOR", "OrchestratorActor", "SaturnTrainable", "start_orchestrator"]
+__all__ = ["DEFAULT_ACTOR", "OrchestratorActor", "SaturnTrainable", "start_orchestrator", "stop_orchestrator"]
 
 
 def _ray() -> Any:
@@ -95,14 +102,44 @@ def start_orchestrator(cluster: Any = None, *, name: str = DEFAULT_ACTOR, batch_
     """Start (or get) the named orchestrator actor; kwargs go to `saturn.Orchestrator`.
 
     The actor is threaded (its loop runs beside the method calls) and asks for no CPU of Ray's,
-    so trial proxies and the jobs' own processes are not starved."""
+    so trial proxies and the jobs' own processes are not starved. It is detached: it does not
+    die with the returned handle (the README's snippet drops it); `stop_orchestrator(name)` ends it."""
     ray = _ray()
     try:
         return ray.get_actor(name)
     except ValueError:
         pass
     cls = ray.remote(num_cpus=0, max_concurrency=32)(OrchestratorActor)
-    return cls.options(name=name, lifetime=None).remote(cluster, batch_window_s=batch_window_s, **kwargs)
+    actor = cls.options(name=name, lifetime="detached").remote(cluster, batch_window_s=batch_window_s, **kwargs)
+    ray.get(actor.__ray_ready__.remote())  # constructor errors surface here, not in every trial
+    return actor
+
+
+def stop_orchestrator(name: str = DEFAULT_ACTOR, cancel_jobs: bool = True) -> bool:
+    """Shut the named orchestrator actor down (its jobs are cancelled) and kill it; False if none."""
+    ray = _ray()
+    try:
+        actor = ray.get_actor(name)
+    except ValueError:
+        return False
+    try:
+        ray.get(actor.shutdown.remote(cancel_jobs))
+    finally:
+        ray.kill(actor)
+    return True
+
+
+def _get_actor(name: str) -> Any:
+    import ray
+
+    from saturn.errors import SaturnError
+
+    try:
+        return ray.get_actor(name)
+    except ValueError:
+        raise SaturnError(f"no Saturn orchestrator actor named {name!r} in this Ray cluster: call "
+                          f"saturn.integrations.ray_tune.start_orchestrator(cluster, name={name!r}, ...) "
+                          "before tuner.fit()") from None
 
 
 def _trainable_base() -> Any:
@@ -158,8 +195,9 @@ class SaturnTrainable(_TrainableBase):  # type: ignore[misc, valid-type]
         job = Job.model_validate(made) if isinstance(made, dict) else made
         name = f"{job.name}-{self.trial_id}" if self.trial_id and self.trial_id != "default" else job.name
         job = Job.model_validate({**job.model_dump(), "name": _safe(name)})
-        self._actor = ray.get_actor(type(self).actor_name)
+        self._actor = _get_actor(type(self).actor_name)
         self.job_name = ray.get(self._actor.submit.remote(job.model_dump(mode="json")))
+        self._total = int(job.total_steps)
         self._last = 0
         self._finished = False
 
@@ -171,13 +209,16 @@ class SaturnTrainable(_TrainableBase):  # type: ignore[misc, valid-type]
             metrics = rep["metrics"]
             newest = metrics[-1][0] if metrics else 0
             done = rep["status"] in ("completed", "failed", "cancelled")
-            if done or newest - self._last >= type(self).report_every:
+            # the last step's result waits for the job's end: it is final (status, loss)
+            if done or (newest - self._last >= type(self).report_every and newest < self._total):
                 break
             time.sleep(type(self).poll_s)
         if rep["status"] == "failed":
-            raise RuntimeError(f"Saturn job {self.job_name} failed: {rep['reason'][-1000:]}")
+            from saturn.errors import SaturnError
+
+            raise SaturnError(f"Saturn job {self.job_name} failed: {rep['reason'][-2000:]}")
         self._last = newest
-        loss = metrics[-1][1] if metrics else rep["loss"]
+        loss = rep["loss"] if done and rep["loss"] is not None else (metrics[-1][1] if metrics else rep["loss"])
         self._finished = done
         out = {"loss": loss, "saturn_step": newest, "saturn_status": rep["status"], "saturn_job": self.job_name,
                "saturn_technique": rep["technique"], "saturn_gpus": len(rep["gpus"])}

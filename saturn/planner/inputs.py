@@ -25,6 +25,7 @@ class JobSpec:
     techniques: Optional[frozenset[str]] = None  # allowed techniques (None = any)
     gpus: Optional[frozenset[int]] = None  # allowed GPU counts (None = any)
     signature: Optional[str] = None
+    weight: float = 1.0  # priority for the weighted_completion objective (see planner/objectives.py)
     checkpoint_every: int = 0  # periodic checkpoints every N steps (0: only the final one)
 
 
@@ -69,6 +70,7 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
                     techniques=_opt_set(getattr(job, "techniques", None), str),
                     gpus=_opt_set(getattr(job, "gpus", None), int),
                     signature=getattr(job, "signature", None),
+                    weight=float(getattr(job, "weight", None) or 1.0),
                     checkpoint_every=int(getattr(job, "checkpoint_every", 0) or 0),
                 )
             )
@@ -79,6 +81,8 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
     for j in out:
         if not (j.steps > 0 and math.isfinite(j.steps)):
             raise SaturnError(f"job {j.name!r}: steps must be a positive number, got {j.steps}")
+        if not (j.weight > 0 and math.isfinite(j.weight)):
+            raise SaturnError(f"job {j.name!r}: weight must be a positive number, got {j.weight}")
     if not out:
         raise SaturnError("the workload has no jobs to plan")
     return out

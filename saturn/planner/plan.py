@@ -106,10 +106,21 @@ class Plan:
     lower_bound_s: float = 0.0
     solver: SolverInfo = field(default_factory=SolverInfo)
     baselines: dict[str, float] = field(default_factory=dict)  # baseline name -> makespan
+    # Completion-time objectives (planner/objectives.py): the weighted mean completion time (s),
+    # its lower bound, and each baseline's value; for "makespan" these stay empty.
+    objective: str = "makespan"
+    objective_value: Optional[float] = None
+    objective_lower_bound: Optional[float] = None
+    objective_baselines: dict[str, float] = field(default_factory=dict)
 
     @property
     def makespan_s(self) -> float:
         return max((a.end_s for a in self.assignments), default=0.0)
+
+    @property
+    def mean_completion_s(self) -> float:
+        """Unweighted mean end time of the jobs (every objective reports it)."""
+        return sum(a.end_s for a in self.assignments) / len(self.assignments) if self.assignments else 0.0
 
     def by_job(self) -> dict[str, Assignment]:
         return {a.job: a for a in self.assignments}
@@ -121,9 +132,18 @@ class Plan:
             "solver": asdict(self.solver),
             "baselines": {k: float(v) for k, v in self.baselines.items()},
             "assignments": [a.to_dict() for a in sorted(self.assignments, key=lambda a: (a.start_s, a.job))],
+            **self._objective_dict(),
             **({"provenance": _provenance_summary(self.assignments)}
                if any(a.provenance is not None for a in self.assignments) else {}),
         }
+
+    def _objective_dict(self) -> dict:
+        if self.objective == "makespan":
+            return {}
+        return {"objective": {"name": self.objective, "value_s": self.objective_value,
+                              "lower_bound_s": self.objective_lower_bound,
+                              "mean_completion_s": self.mean_completion_s,
+                              "baselines": {k: float(v) for k, v in self.objective_baselines.items()}}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
@@ -134,6 +154,10 @@ class Plan:
             lower_bound_s=float(d.get("lower_bound_s", 0.0)),
             solver=SolverInfo(**{k: v for k, v in solver.items() if k in known}),
             baselines={k: float(v) for k, v in (d.get("baselines") or {}).items()},
+            objective=str((d.get("objective") or {}).get("name", "makespan")),
+            objective_value=(d.get("objective") or {}).get("value_s"),
+            objective_lower_bound=(d.get("objective") or {}).get("lower_bound_s"),
+            objective_baselines=dict((d.get("objective") or {}).get("baselines") or {}),
         )
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:

@@ -12,6 +12,12 @@ time limit can stop us anywhere and still return something sound):
 5. a short randomized re-ordering search with what time is left;
 6. `validate_plan` on the result.
 
+`objective` (planner/objectives.py): "makespan" (default), or "mean_completion" /
+"weighted_completion", which rank every candidate by the (weighted) mean completion time, add
+Smith-rule candidates and the shortest-job-first baseline, and give the MILP the sum w_j C_j cost.
+For them SolverInfo.status/gap refer to that objective and its own lower bound
+(Plan.objective_lower_bound); Plan.lower_bound_s stays the makespan bound.
+
 `time_limit_s` is the wall-clock budget of the whole call (inputs, bounds, heuristics, MILP,
 validation): every stage gets a deadline, HiGHS is interrupted at it (see milp._highs_for), and a
 margin is kept for building and validating the result.
@@ -36,7 +42,9 @@ from saturn.planner.cores import core_lower_bound, cores_ok
 from saturn.planner.greedy import allot, allotment_targets, greedy_candidates, makespan, perturbed_search
 from saturn.planner.inputs import NodeSpec, normalize_cluster, normalize_jobs
 from saturn.planner.lower_bound import lower_bound
-from saturn.planner.milp import MilpResult, slot_lower_bound, solve_time_indexed
+from saturn.planner.milp import MilpResult, solve_time_indexed
+from saturn.planner.milp_bounds import slot_lower_bound
+from saturn.planner.objectives import Objective, check_objective, completion_candidates, sjf_baseline
 from saturn.planner.options import JobOptions, Option, build_options
 from saturn.planner.plan import Assignment, Plan, SolverInfo, as_plan, validate_plan
 from saturn.planner.schedule import Choice, list_schedule
@@ -55,9 +63,11 @@ def plan(
     threads: int = 1,
     slots: Optional[int] = None,
     fixed: Optional[Sequence[Union[Assignment, dict]]] = None,
+    objective: str = "makespan",
     _groups: bool = True,
 ) -> Plan:
-    """Choose a technique, node, GPU ids and start time for every job, minimizing makespan.
+    """Choose a technique, node, GPU ids and start time for every job, minimizing `objective`
+    (makespan, mean_completion or weighted_completion; see planner/objectives.py).
 
     Returns within about `time_limit_s` seconds of wall time (the whole call)."""
     from saturn.planner import sharp_option  # SHARP group options (profiled multi-job rows)
@@ -65,8 +75,9 @@ def plan(
     if _groups and sharp_option.has_groups(profiles):
         return sharp_option.plan_with_groups(plan, jobs, cluster, profiles, time_limit_s=time_limit_s,
                                              mip_gap=mip_gap, warm_start=warm_start, threads=threads,
-                                             slots=slots, fixed=fixed)
+                                             slots=slots, fixed=fixed, objective=objective)
     t0 = time.perf_counter()
+    objective = check_objective(objective)
     nodes = normalize_cluster(cluster)
     pinned = normalize_fixed(fixed, nodes)
     pinned_names = {a.job for a in pinned}
@@ -77,9 +88,8 @@ def plan(
     margin = min(0.25 * time_limit_s, 0.3 + 0.006 * len(to_plan) + 0.03 * time_limit_s)
     deadline = t0 + time_limit_s - margin
     fixed_end = makespan(pinned)
-
-    def ms(assignments) -> float:  # makespan including the running jobs
-        return max(makespan(assignments), fixed_end)
+    obj = Objective(objective, {j.name: j.weight for j in job_specs}, pinned)
+    ms = obj.value  # the objective, including the running jobs (the makespan by default)
 
     if not to_plan:  # everything is already running
         result = Plan(assignments=sorted(pinned, key=lambda a: (a.start_s, a.job)), lower_bound_s=fixed_end,
@@ -88,29 +98,36 @@ def plan(
         return result
     options = build_options(to_plan, nodes, profiles)
     lb = max(lower_bound(options, nodes, pinned), core_lower_bound(options, nodes, pinned))
+    mk_lb = lb  # the makespan bound, reported as Plan.lower_bound_s whatever the objective
+    if not obj.is_makespan:
+        lb = obj.lower_bound(options, nodes)
 
     base = baseline_plans(options, nodes, pinned)
+    if not obj.is_makespan:
+        base["sjf"] = sjf_baseline(options, nodes, obj, pinned)
     cands: list[tuple[str, list[Assignment]]] = [(f"baseline:{k}", v) for k, v in base.items()]
     if warm_start is not None:
         ws = warm_start_assignments(options, nodes, warm_start, pinned)
         if ws is not None:
             cands.append(("warm_start", ws))
     cands += greedy_candidates(options, nodes, deadline=t0 + 0.3 * time_limit_s, fixed=pinned)
+    if not obj.is_makespan:
+        cands += completion_candidates(options, nodes, obj, pinned)
     cands = [c for c in cands if cores_ok(c[1], nodes, pinned)] or cands  # CPU-core capacity (cores.py)
     source, best = min(cands, key=lambda c: (ms(c[1]), c[0]))
 
     milp_runs: list[MilpResult] = []
-    if _gap(ms(best), lb) > mip_gap:  # a stronger bound may already certify the plan
+    if obj.is_makespan and _gap(ms(best), lb) > mip_gap:  # a stronger bound may certify the plan
         budget = min(0.15 * time_limit_s, 5.0, deadline - time.perf_counter() - 0.1)
         if budget > 0.05:
             slot_lb = slot_lower_bound(options, nodes, ms(best), lb, time_limit_s=budget, slots=30, threads=threads,
                                        fixed=pinned)
             lb = max(lb, slot_lb or 0.0)
     if _gap(ms(best), lb) > mip_gap and time.perf_counter() < deadline - 0.2:
-        improved = _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, milp_runs, pinned)
+        improved = _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, milp_runs, pinned, obj)
         if improved is not None and ms(improved) < ms(best) - 1e-9:
             source, best = "milp", improved
-    if _gap(ms(best), lb) > mip_gap and time.perf_counter() < deadline - 0.1:
+    if obj.is_makespan and _gap(ms(best), lb) > mip_gap and time.perf_counter() < deadline - 0.1:
         better = perturbed_search(options, nodes, best, deadline=min(deadline - 0.05, time.perf_counter() + 2.0),
                                   fixed=pinned)
         if better is not None and ms(better) < ms(best) - 1e-9:
@@ -118,11 +135,15 @@ def plan(
 
     if ms(best) < lb <= ms(best) * (1 + 1e-9):  # floating-point noise only
         lb = ms(best)
+    completion: dict[str, Any] = {} if obj.is_makespan else dict(
+        objective=objective, objective_value=ms(best), objective_lower_bound=lb,
+        objective_baselines={k: ms(v) for k, v in base.items() if cores_ok(v, nodes, pinned)})
     result = Plan(
         assignments=sorted(list(pinned) + list(best), key=lambda a: (a.start_s, a.job)),
-        lower_bound_s=lb,
+        lower_bound_s=lb if obj.is_makespan else min(mk_lb, max(makespan(best), fixed_end)),
         solver=_solver_info(ms(best), lb, mip_gap, milp_runs, time.perf_counter() - t0, source),
-        baselines={k: ms(v) for k, v in base.items() if cores_ok(v, nodes, pinned)},  # core-feasible only
+        baselines={k: max(makespan(v), fixed_end) for k, v in base.items() if cores_ok(v, nodes, pinned)},
+        **completion,
     )
     validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
     result.solver.time_s = time.perf_counter() - t0
@@ -197,39 +218,46 @@ def _solver_info(ms, lb, mip_gap, runs: Sequence[MilpResult], elapsed, source) -
 SLOT_LADDER = (20, 30, 45, 70, 100, 150)  # coarse first (fast, proves optimal), then finer
 
 
-def _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed=()) -> Optional[list[Assignment]]:
+def _milp_phase(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed=(),
+                obj: Optional[Objective] = None) -> Optional[list[Assignment]]:
     """Full model when small enough, otherwise one MILP per node of the best plan's split."""
+    obj = obj or Objective()
     n_opt = sum(len(jo.options) for jo in options.values())
     if len(nodes) == 1 or n_opt * len(nodes) * SLOT_LADDER[1] <= FULL_MODEL_MAX_STARTS:
-        return _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed)
-    return _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs, fixed)
+        return _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed, obj)
+    return _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs, fixed, obj)
 
 
-def _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed=()) -> list[Assignment]:
+def _refine(options, nodes, best, lb, deadline, mip_gap, threads, slots, runs, fixed=(),
+            obj: Optional[Objective] = None) -> list[Assignment]:
     """Solve the rounded model with finer and finer slots while each level solves to optimality.
 
     Each level is warm-started from the best plan so far and its horizon is that plan's
     makespan, so the slot length shrinks both with the slot count and with every improvement.
     """
+    obj = obj or Objective()
     ladder = (slots,) if slots else SLOT_LADDER
     names = {n.name for n in nodes}
     fixed = [a for a in fixed if a.node in names]
     fixed_end = makespan(fixed)
+    # the makespan bound (in the model's own units); completion objectives stop on optimality only
+    mk_lb = lb if obj.is_makespan else 0.0
     for T in ladder:
         left = deadline - time.perf_counter()
-        if left < 0.1 or _gap(max(makespan(best), fixed_end), lb) <= mip_gap:
+        if left < 0.1 or (obj.is_makespan and _gap(max(makespan(best), fixed_end), lb) <= mip_gap):
             break
-        r = solve_time_indexed(options, nodes, best, lb, time_limit_s=left, mip_gap=mip_gap, slots=T, threads=threads,
-                               fixed=fixed)
+        r = solve_time_indexed(options, nodes, best, mk_lb, time_limit_s=left, mip_gap=mip_gap, slots=T,
+                               threads=threads, fixed=fixed, weights=obj.milp_weights(options), score=obj.sub_value)
         runs.append(r)
-        if r.assignments is not None and makespan(r.assignments) < makespan(best) - 1e-9:
+        if r.assignments is not None and obj.sub_value(r.assignments) < obj.sub_value(best) - 1e-9:
             best = r.assignments
         if r.status != "optimal":
             break
     return best
 
 
-def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs, fixed=()) -> Optional[list[Assignment]]:
+def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs, fixed=(),
+              obj: Optional[Objective] = None) -> Optional[list[Assignment]]:
     """Keep the best plan's job->node split; improve nodes one by one, longest first."""
     by_node: dict[str, list[Assignment]] = {}
     for a in best:
@@ -245,7 +273,7 @@ def _per_node(options, nodes, best, deadline, mip_gap, threads, slots, runs, fix
         sub_fixed = [a for a in fixed if a.node == name]
         share = left / (len(order) - i) * (1.5 if i == 0 else 1.0)
         by_node[name] = _refine(sub, sub_nodes, by_node[name], lower_bound(sub, sub_nodes, sub_fixed),
-                                time.perf_counter() + min(left, share), mip_gap, threads, slots, runs, sub_fixed)
+                                time.perf_counter() + min(left, share), mip_gap, threads, slots, runs, sub_fixed, obj)
     return [a for v in by_node.values() for a in v]
 
 

@@ -23,7 +23,7 @@ from saturn.errors import SpecError
 from saturn.spec import limits as L
 from saturn.spec.schema import Cluster, Job, Workload, _name_or_factory
 
-TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep")
+TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
 
 def load_workload(source: Union[str, os.PathLike]) -> Workload:
@@ -66,8 +66,9 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
     if problems:
         raise SpecError(_join(where, _dedupe(problems)))
     try:
+        extra = {"objective": raw["objective"]} if "objective" in raw else {}  # the planner's objective
         return Workload(name=str(raw.get("name", _slug(Path(where).stem).strip("._+-=") or "workload")),
-                        cluster=cluster, jobs=built)
+                        cluster=cluster, jobs=built, **extra)
     except ValidationError as exc:
         raise SpecError(_join(where, [_fmt(e, (), lines, Workload) for e in exc.errors()])) from None
 

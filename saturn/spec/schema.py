@@ -128,6 +128,7 @@ class Job(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     seed: int = Field(default=0, ge=0, le=L.MAX_SEED)
     knobs: Optional[dict[str, dict[str, Any]]] = None  # technique -> knob values to pin (saturn techniques)
+    weight: float = Field(default=1.0, gt=0)  # priority under `objective: weighted_completion`
 
     @field_validator("gpus")
     @classmethod
@@ -350,6 +351,8 @@ class Workload(_Strict):
     name: str = Field(default="workload", pattern=L.NAME_PATTERN, max_length=L.MAX_NAME_LEN)
     cluster: Cluster = Field(default_factory=Cluster.local)
     jobs: list[Job] = Field(max_length=L.MAX_JOBS)
+    # what the planner minimizes (saturn/planner/objectives.py)
+    objective: Literal["makespan", "mean_completion", "weighted_completion"] = "makespan"
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Workload":
