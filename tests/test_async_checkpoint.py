@@ -184,3 +184,26 @@ def test_older_steps_are_deleted_only_after_latest_moves(tmp_path, monkeypatch):
     assert (tmp_path / "step-2").exists() and (tmp_path / "step-4").exists()
     assert (tmp_path / "latest").read_text().strip() == "step-2"
     assert ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-2")
+
+
+def test_failed_background_staging_falls_back_to_a_synchronous_save(tmp_path, monkeypatch):
+    """A staging error inside DCP's async_save (seen on an H200: KeyError(<class 'type'>) from the
+    stager's deep copy) must not fail the job: the save is made synchronously, published, and
+    later saves of the process stay synchronous."""
+    calls = []
+
+    def broken_async_save(*a, **k):
+        calls.append(1)
+        raise KeyError(type)
+
+    monkeypatch.setattr(ckpt.dcp, "async_save", broken_async_save)
+    monkeypatch.setattr(ckpt._BG, "broken", False)
+    model = torch.nn.Linear(3, 2)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with ckpt.in_background(), pytest.warns(ckpt.CheckpointWarning, match="synchronously"):
+        path = ckpt.save_state(str(tmp_path), 2, sd, {}, {"job": "t"})
+    assert ckpt.latest_checkpoint(str(tmp_path)) == path and ckpt.read_meta(path)["step"] == 2
+    with ckpt.in_background():
+        path4 = ckpt.save_state(str(tmp_path), 4, sd, {}, {"job": "t"})
+    assert calls == [1] and ckpt.latest_checkpoint(str(tmp_path)) == path4
+    ckpt.wait_pending()

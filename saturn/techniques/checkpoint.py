@@ -97,6 +97,7 @@ class _Background:
         self.stager: Any = None
         self.group: Any = None
         self.group_of: Any = None
+        self.broken = False  # staging failed once in this process: save synchronously
 
     def stager_for(self) -> Any:
         if self.stager is None:
@@ -176,10 +177,20 @@ def save_state(ckpt_dir: str, step: int, model_sd: dict[str, Any], optim_sd: dic
     if optim_sd:
         state["optim"] = optim_sd
     meta = {**meta, "step": int(step)}
-    if getattr(_BG.enabled, "on", False):
+    if getattr(_BG.enabled, "on", False) and not _BG.broken:
         group = _BG.group_for()
-        written: Any = dcp.async_save(state, checkpoint_id=tmp, process_group=group,
-                                 async_stager=_BG.stager_for())
+        try:
+            written: Any = dcp.async_save(state, checkpoint_id=tmp, process_group=group,
+                                          async_stager=_BG.stager_for())
+        except Exception as exc:  # noqa: BLE001 - staging failed: save synchronously instead
+            # Seen on an H200 (torch 2.11): DefaultStager's deep copy raised KeyError(<class 'type'>)
+            # on a later save of a job. A periodic save must never fail the job: this process
+            # saves synchronously from now on (slower, equally durable).
+            warnings.warn(f"background checkpoint staging failed ({type(exc).__name__}: {exc}); "
+                          "saving synchronously from now on", CheckpointWarning, stacklevel=2)
+            _BG.broken = True
+            release_staging()
+            return save_state(ckpt_dir, step, model_sd, optim_sd, meta, keep)
         upload: Future = getattr(written, "upload_completion", written)  # response or Future
         if _BG.pool is None:
             _BG.pool = ThreadPoolExecutor(1, thread_name_prefix="saturn-ckpt")
