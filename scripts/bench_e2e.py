@@ -106,10 +106,20 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=None, help="profiling budget (minutes)")
     ap.add_argument("--checkpoint-every", type=int, default=100, help="periodic saves (steps)")
     ap.add_argument("--workdir", type=Path, default=None, help="profiles + run dir (default: temp)")
+    ap.add_argument("--from-run", type=Path, default=None,
+                    help="only summarize an existing (possibly cut-off) work dir of an earlier GPU run "
+                         "(its workload.yaml, profiles/ and run/); needs --profile-s")
+    ap.add_argument("--profile-s", type=float, default=None,
+                    help="with --from-run: the measured profiling time of that run (from its log)")
+    ap.add_argument("--note", default="", help="with --from-run: what happened to that run")
     ap.add_argument("--root", type=Path, default=None,
                     help="where benchmarks/*.json and BENCHMARKS.md go (default: the repo; "
                          "--quick: the work dir, so a CPU run never overwrites GPU numbers)")
     args = ap.parse_args()
+    if args.from_run is not None:
+        if args.profile_s is None:
+            sys.exit("--from-run needs --profile-s (the profiling time measured in that run)")
+        return summarize_earlier_run(args)
     if not args.quick:
         import torch
 
@@ -142,6 +152,35 @@ def main() -> None:
         from saturn.executor.journal import JOURNAL_FILE, Journal
 
         Journal(run_dir / JOURNAL_FILE).set_meta("device_utilization", sampler.mean())
+    record(args, name, root, wl_path, run_dir, profile_s=t1 - t0, run_wall_s=t2 - t1,
+           completed=sum(r.status == "completed" for r in results.values()), sampler=sampler)
+
+
+def summarize_earlier_run(args: argparse.Namespace) -> None:
+    """Record a GPU run that was cut off (e.g. by the device's time limit) from what it left on
+    disk: every number below comes from its journal and progress files; unfinished jobs have no
+    actual runtime, and the run wall time is the journal's last event."""
+    import json
+    import sqlite3
+
+    work = args.from_run
+    run_dir = work / "run"
+    con = sqlite3.connect(f"file:{run_dir / 'journal.sqlite'}?mode=ro", uri=True)
+    (first, last), = con.execute("SELECT MIN(t), MAX(t) FROM events").fetchall()
+    done = sum(json.loads(d).get("status") == "completed"
+               for (d,) in con.execute("SELECT data FROM events WHERE kind='finished'"))
+    sampler = UtilSampler()  # not sampled in that run
+    sampler.note = "(not sampled: summarized from a cut-off run)"
+    record(args, f"e2e-{args.gpus}gpu", args.root or benchlib.ROOT, work / "workload.yaml", run_dir,
+           profile_s=args.profile_s, run_wall_s=last - first, completed=done, sampler=sampler,
+           partial=args.note or "cut off before every job finished")
+
+
+def record(args: argparse.Namespace, name: str, root: Path, wl_path: Path, run_dir: Path, *,
+           profile_s: float, run_wall_s: float, completed: int, sampler: Any,
+           partial: str = "") -> None:
+    from saturn.executor.report import summarize
+
     s = summarize(run_dir)
     gpus = s["total_gpus"]
 
@@ -157,28 +196,29 @@ def main() -> None:
     errs = [abs(j["error"]) for j in jobs if j["error"] is not None]
     launches = [j["actual_phases"]["launch"] for j in jobs if j["actual_phases"]]
     makespan, planned = s["makespan_s"], s["planned_makespan_s"]
-    profile_s, wall = t1 - t0, t2 - t0
+    wall = profile_s + run_wall_s
     metrics = {
         "goodput_run": met("goodput_run", s["goodput"]),
         "goodput_from_profile_start": met("goodput_from_profile_start",
                                           s["train_gpu_s"] / (wall * gpus) if wall > 0 else None),
         "job_error_median": met("job_error_median", statistics.median(errs) if errs else None),
         "job_error_max": met("job_error_max", max(errs) if errs else None),
-        "makespan_vs_plan": met("makespan_vs_plan",
-                                abs(makespan - planned) / planned if planned else None),
+        "makespan_vs_plan": met("makespan_vs_plan",  # n/a when the run was cut off
+                                abs(makespan - planned) / planned if planned and not partial else None),
         "launch_to_first_step_s_max": met("launch_to_first_step_s_max",
                                           max(launches) if launches else None),
         "profile_share_of_makespan": met("profile_share_of_makespan",
                                          profile_s / makespan if makespan else None),
     }
     data = {"mode": "quick-cpu" if args.quick else f"{args.gpus}-gpu", "workload": wl_path.read_text(),
-            "profile_s": profile_s, "run_wall_s": t2 - t1, "makespan_s": makespan,
+            "profile_s": profile_s, "run_wall_s": run_wall_s, "makespan_s": makespan,
             "planned_makespan_s": planned, "wall_from_profile_start_s": wall,
             "gpu_allocation": s["gpu_allocation"],
             "device_utilization": sampler.mean(), "device_utilization_note": sampler.note,
             "launch_to_first_step_s_median": statistics.median(launches) if launches else None,
-            "jobs_completed": sum(r.status == "completed" for r in results.values()),
-            "jobs": jobs, "targets": metrics, "source": "measured (one run)"}
+            "jobs_completed": completed, "partial": partial or None,
+            "jobs": jobs, "targets": metrics,
+            "source": "measured (one run)" + (f"; PARTIAL: {partial}" if partial else "")}
     out = benchlib.write_json(name, data, root=root)
     rows = [{"metric": k, "value": "-" if v["value"] is None else round(v["value"], 3),
              "target": v["target"], "met": {True: "met", False: "missed", None: "n/a"}[v["met"]]}
@@ -186,7 +226,9 @@ def main() -> None:
     phase_rows = [{"job": j["job"], **{f"{k} plan/actual": "{} / {}".format(
         _r((j["planned_phases"] or {}).get(k)), _r((j["actual_phases"] or {}).get(k)))
         for k in ("launch", "steps", "save_teardown")}, "error": _r(j["error"])} for j in jobs]
-    body = (f"Profile {profile_s:.0f} s, run makespan {makespan:.0f} s (planned {planned:.0f} s); "
+    body = ((f"**Partial run** ({partial}): {completed} of {len(jobs)} jobs completed; the targets "
+             "below are computed over what ran.\n\n" if partial else "")
+            + f"Profile {profile_s:.0f} s, run makespan {makespan:.0f} s (planned {planned:.0f} s); "
             f"device utilization {_pct(sampler.mean())} {sampler.note}.\n\n"
             + benchlib.md_table(rows, ["metric", "value", "target", "met"]) + "\n\nPer job (seconds):\n\n"
             + benchlib.md_table(phase_rows, list(phase_rows[0]) if phase_rows else ["job"]))

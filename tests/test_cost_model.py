@@ -116,6 +116,31 @@ def test_actual_phases_of_an_attempt_from_its_progress_reports():
     assert segment_phases(Segment(1, "ddp", {}, "n", [0], 0, 100.0), 120.0) is None
 
 
+def test_a_checkpoint_published_late_does_not_move_the_step_clock():
+    """Background saves publish a step's checkpoint while training goes on (seen on an H200: step
+    150's checkpoint 28 s after the last step). Its event must not count as step progress: the
+    step rate and the report's 'training steps' come from the steps' own reports."""
+    from saturn.executor.journal import apply_event
+    from saturn.executor.report import segment_phases
+    from saturn.executor.state import JobInfo, JobState, RunState
+
+    state = RunState(jobs={"a": JobState(JobInfo(name="a", total_steps=150))})
+    apply_event(state, 100.0, "launch", {"job": "a", "technique": "ddp", "node": "n", "gpus": [0],
+                                         "start_step": 0})
+    for step in range(1, 151):  # 0.1 s/step from t=110
+        apply_event(state, 110.0 + 0.1 * (step - 1), "progress", {"job": "a", "step": step, "loss": 1.0})
+        if step == 130:  # step 100's background save lands late
+            apply_event(state, 123.0, "checkpoint", {"job": "a", "step": 100, "loss": 1.0,
+                                                     "checkpoint": "c/step-100"})
+            apply_event(state, 123.0, "progress", {"job": "a", "step": 100, "loss": 1.0})
+    apply_event(state, 152.0, "progress", {"job": "a", "step": 150, "loss": 1.0})  # final save's event
+    seg = state.jobs["a"].current
+    assert seg.last_progress == (pytest.approx(124.9), 150)
+    ph = segment_phases(seg, last_t=153.0)
+    assert ph == {"launch": pytest.approx(9.9), "steps": pytest.approx(15.0),
+                  "save_teardown": pytest.approx(28.1)}
+
+
 def test_the_executors_plan_counts_the_backends_periodic_saves(tmp_path):
     from saturn.executor import Executor, ExecutorConfig, SimulatedBackend
 

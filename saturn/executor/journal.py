@@ -257,15 +257,18 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
         seg = js.current
         step = int(d["step"])
         if seg is not None:
+            # Only a report of a new step moves the step clock: a checkpoint of an earlier (or the
+            # same) step is published later, while training goes on (background saves), and its
+            # time says nothing about the step rate.
             if seg.first_progress is None:
-                seg.first_progress = (t, step)
+                seg.first_progress = seg.last_progress = (t, step)
             elif seg.last_progress is not None and step > seg.last_progress[1]:
                 js.observe(seg.technique, len(seg.gpus), t - seg.last_progress[0], step - seg.last_progress[1])
                 if seg.startup_s is None:  # launch -> first step, from the first two reports
                     (t0, s0), rate = seg.first_progress, (t - seg.first_progress[0]) / (step - seg.first_progress[1])
                     seg.startup_s = max(0.0, (t0 - seg.launched_at) - (s0 - seg.start_step) * rate)
                     js.startup_obs.append(seg.startup_s)
-            seg.last_progress = (t, step)
+                seg.last_progress = (t, step)
         js.progress_step = max(js.progress_step, step)
         if d.get("loss") is not None:
             js.loss = float(d["loss"])
