@@ -27,6 +27,7 @@ def engine_kwargs(job: Any, knobs: dict[str, Any]) -> dict[str, Any]:
             "gpu_budget_gb": float(k["gpu_budget_gb"] or 0.0),
             "prefetch": int(k["prefetch"]), "optimizer_on": str(k["optimizer_on"]),
             "offload_activations": bool(k["offload_activations"]),
+            "wire_dtype": k.get("wire_dtype"),  # None: the compute dtype (bf16 jobs: bf16)
             "optimizer": job.optimizer.name, "optimizer_kwargs": job.optimizer.kwargs(),
             "precision": job.precision, "batch_hint": (job.batch_size, job.seq_len)}
 
@@ -108,6 +109,9 @@ class SpillingKnobs:
     prefetch: int = knob(1, "shards copied in ahead on a side stream (0 = on demand)", ge=0, le=2)
     optimizer_on: Literal["cpu", "gpu"] = knob("cpu", "where the optimizer state lives and steps")
     offload_activations: bool = knob(False, "shard-boundary activations in pinned host memory")
+    wire_dtype: Optional[Literal["fp32", "bf16"]] = knob(
+        None, "dtype parameters and gradients cross the link in (None = the compute dtype): bf16 halves "
+              "the bytes but adds two host casts per step")
 
 
 @register
@@ -131,6 +135,8 @@ class Spilling(LaunchedTechnique):
                         "the shard, step on the GPU, parameters and state copied back",
         "offload_activations": "keep shard-boundary activations in pinned host memory instead of "
                                "on the GPU (for long sequences / large batches)",
+        "wire_dtype": "None | fp32 | bf16: dtype on the link (None = the compute dtype; bf16 halves "
+                      "the bytes, adds two host casts per step)",
     }
 
     def feasible(self, job: Any, gpus: int) -> Feasibility:
@@ -159,4 +165,8 @@ class Spilling(LaunchedTechnique):
         if L is not None and L > 4:
             out.append({**base, "shard_layers": max(1, L // 4)})
         out.append({**base, "shard_layers": 1, "offload_activations": True})  # least GPU memory
+        if job.precision == "bf16":
+            # bf16 on the wire halves the link bytes but adds host casts; on an H200 host the host
+            # side was the critical path (BENCHMARKS.md, spilling 2026-12-02): measure both
+            out.append({**base, "wire_dtype": "fp32"})
         return out
