@@ -168,3 +168,14 @@ def test_warm_launch_reaches_first_step_sooner_than_cold(pool):
     assert cold.status == warm.status == "ok", (cold.reason, warm.reason)
     assert warm.startup_s < cold.startup_s, (warm.startup_s, cold.startup_s)
     assert pool.replaced == 0
+
+
+def test_gpu_worker_host_rss_gets_slack_but_gpu_memory_does_not():
+    """A GPU worker is judged by its GPU memory; host RSS (allocator caches) gets >= 2 GiB slack."""
+    from saturn.techniques.warm import _MIB, WarmPool
+
+    pool = object.__new__(WarmPool)
+    pool.device_type, pool.tolerance = "cuda", 256 * _MIB
+    assert pool._tolerance("reserved") == 256 * _MIB and pool._tolerance("rss") == 2048 * _MIB
+    pool.device_type = "cpu"
+    assert pool._tolerance("rss") == 256 * _MIB

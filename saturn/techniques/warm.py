@@ -293,6 +293,13 @@ class WarmPool:
                         self.replaced += 1
                         self._spawn(w.slot)
 
+    def _tolerance(self, key: str) -> float:
+        """GPU memory must come back within `tolerance`; host RSS of a GPU worker gets at least
+        2 GiB (allocator caches and library state; leaks there are bounded by `max_jobs`)."""
+        if key == "rss" and self.device_type == "cuda":
+            return max(self.tolerance, 2048 * _MIB)
+        return self.tolerance
+
     def _clean(self, w: WarmWorker, mem: dict[str, float]) -> bool:
         """Memory back at the baseline? The first job settles the baseline (lazy library loads)."""
         w.jobs += 1
@@ -305,7 +312,7 @@ class WarmPool:
             w.baseline = {k: max(v, w.baseline.get(k, v)) for k, v in mem.items()}
             return True
         grown = {k: (v - w.baseline.get(k, v)) / _MIB for k, v in mem.items()
-                 if v > w.baseline.get(k, v) + self.tolerance}
+                 if v > w.baseline.get(k, v) + self._tolerance(k)}
         if grown:
             log.warning("warm worker %d (slot %d): memory not back to baseline after a job (+%s MiB); "
                         "replacing it", w.pid, w.slot, {k: round(v) for k, v in grown.items()})
