@@ -135,7 +135,8 @@ class SimulatedBackend:
         crash = self.crash_at.pop(job.name, None)
         sj = _SimJob(job.name, self.t, start_step, float(self._startup(job.name, tech, g)),
                      self._true_step(job.name, tech, g, assignment.get("knobs") or {}), max(target, start_step),
-                     target < job.info.total_steps, crash_step=crash if crash is not None and crash > start_step else None,
+                     target < job.info.total_steps,
+                     crash_step=crash if crash is not None and crash > start_step else None,
                      oom=(job.name, tech, g) in self.oom, last_ckpt=start_step)
         self.jobs[job.name] = sj
         self._reported[job.name] = start_step

@@ -28,8 +28,19 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from saturn.errors import SaturnError
-from saturn.executor.state import (CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING, JobInfo,
-                                   JobState, RunState, Segment, option_key)
+from saturn.executor.state import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    STOPPING,
+    JobInfo,
+    JobState,
+    RunState,
+    Segment,
+    option_key,
+)
 
 JOURNAL_FILE = "journal.sqlite"
 HEARTBEAT_FILE = "heartbeat"

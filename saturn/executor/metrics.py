@@ -123,7 +123,8 @@ class MetricsLog:
                         rec = json.loads(line)
                     except ValueError:
                         continue  # a line cut by the kill
-                    if not isinstance(rec, dict) or rec.get("checkpoint") or rec.get("attempt", seg.attempt) != seg.attempt:
+                    if (not isinstance(rec, dict) or rec.get("checkpoint")
+                            or rec.get("attempt", seg.attempt) != seg.attempt):
                         continue
                     if "loss" in rec and "step" in rec:
                         self.record_progress(job, seg, rec["step"], rec["loss"])

@@ -42,7 +42,7 @@ def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSp
     if not groups:
         return None
     out = []
-    for name, jo in options.items():
+    for jo in options.values():
         best = None
         for gi, (free, n, ids) in enumerate(groups):
             o = _best_at_most(jo, n, len(ids))

@@ -135,7 +135,8 @@ def perturbed_search(
     for name, jo in options.items():
         a = by_job[name]
         opt_of[name] = next(
-            o for o in jo.options + jo.by_size if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs
+            o for o in jo.options + jo.by_size
+            if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs
         )
     order = sorted(by_job, key=lambda j: (by_job[j].start_s, j))
     fixed_end = makespan(fixed)

@@ -268,7 +268,8 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
         )
         runtimes = [rt for rt, gt in runtimes if gpu_type_matches(gt, node)]
         if not runtimes:
-            problems.append(f"{a.job}: no feasible profile row for {a.technique} {a.knobs} on {len(a.gpus)} GPUs of {a.node}")
+            problems.append(f"{a.job}: no feasible profile row for {a.technique} {a.knobs} "
+                            f"on {len(a.gpus)} GPUs of {a.node}")
         elif not any(abs(rt - a.duration_s) <= tol for rt in runtimes):
             problems.append(f"{a.job}: duration {a.duration_s:.6g}s differs from profiled runtime {runtimes[0]:.6g}s")
         for g in a.gpus:

@@ -91,7 +91,7 @@ def plan_with_groups(plan_fn: Callable[..., Any], jobs: Any, cluster: Any,
     solo_rows = profiles[~profiles["job"].astype(str).map(is_group)]
     share = time_limit_s / (1 + len(variants))
     best = plan_fn(specs, cluster, solo_rows, time_limit_s=share, fixed=fixed, _groups=False, **kw)
-    for g, variant in variants:
+    for _group, variant in variants:
         try:
             cand = plan_fn(variant, cluster, profiles, time_limit_s=share, fixed=fixed,
                            _groups=False, **kw)

@@ -3,8 +3,8 @@
 Each trial gets concrete device ids from the free pool and runs in its own thread; a technique's
 `trial()` runs its steps in worker processes (by default the warm workers of
 `saturn.techniques.warm.shared_pool`, one long-lived process per device that is replaced after a
-failure), so threads are enough to overlap trials. With `isolation="process"` the `trial()` call itself also runs in a fresh process
-(for techniques that train in-process), which a timeout can kill.
+failure), so threads are enough to overlap trials. With `isolation="process"` the `trial()` call
+itself also runs in a fresh process (for techniques that train in-process), which a timeout can kill.
 
 Nothing a trial does can crash the profiler: an exception, a wrong return type, a hang past the
 timeout all become an outcome dict with status 'failed' or 'timeout' and a reason.

@@ -60,7 +60,7 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
     problems: list[str] = []
     cluster = _validate(Cluster, raw.get("cluster", "local"), ("cluster",), lines, problems)
     built = []
-    for i, (job, origin) in enumerate(zip(jobs, origins)):
+    for job, origin in zip(jobs, origins):
         j = _validate(Job, job, origin, lines, problems, label=job.get("name"))
         built.append(j)
     if problems:

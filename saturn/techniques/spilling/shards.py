@@ -65,7 +65,7 @@ def activation_estimate(model: Any, batch_size: int, seq_len: int, precision: st
     if d is None:
         return None, 0
     if hasattr(cfg, "vocab_size"):
-        tokens, head_out = batch_size * seq_len, getattr(cfg, "vocab_size")
+        tokens, head_out = batch_size * seq_len, cfg.vocab_size
     else:
         tokens, head_out = batch_size * (getattr(cfg, "n_patches", 0) + 1), cfg.num_classes
     per = 48 if precision == "bf16" else 96  # bytes per token per channel of one block
