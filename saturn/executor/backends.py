@@ -104,6 +104,8 @@ class SimulatedBackend:
         which bound what a crash loses.
     """
 
+    t: float  # the virtual clock (seconds); declared here for subclasses defined inside functions
+
     def __init__(self, step_time, *, startup=None, stop_after: Optional[dict] = None,
                  crash_at: Optional[dict] = None, oom: Optional[set] = None, checkpoint_s: float = 5.0,
                  checkpoint_every: int = 0, progress: bool = True, start_time: float = 0.0):
@@ -171,7 +173,7 @@ class SimulatedBackend:
         for name, sj in list(self.jobs.items()):
             end_t, status, step = self._end(sj)
             if end_t <= self.t + 1e-9:
-                ckpt = f"sim://{name}/step-{step}"
+                ckpt: Optional[str] = f"sim://{name}/step-{step}"
                 if status == "failed":  # a crash keeps only the last periodic checkpoint
                     every = self.checkpoint_every
                     step = sj.start_step + ((step - sj.start_step) // every * every if every else 0)

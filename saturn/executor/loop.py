@@ -324,6 +324,7 @@ class Executor:
                       progress_offset=prog.stat().st_size if prog is not None and prog.exists() else 0)
             pid = self.backend.launch(js, a, js.committed_step, js.attempts)
             if pid is not None:
+                assert js.current is not None  # the launch event above opened the segment
                 js.current.pid = pid
                 self.emit("spawned", job=js.name, pid=pid)
 

@@ -205,8 +205,8 @@ class RayBackend(WallClock):
                 att.ref = att.actor.poll.remote()
         refs = [a.ref for a in self.atts.values()]
         if refs:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
-            ready = set(ready)
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
+            ready = set(done)
             for att in list(self.atts.values()):
                 if att.ref not in ready:
                     continue

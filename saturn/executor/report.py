@@ -35,7 +35,8 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
     nodes = journal.get_meta("nodes") or []
     total_gpus = sum(int(n["gpus"]) for n in nodes) or 1
     last_t = max([t for t, _, _ in journal.events()] + [0.0])
-    jobs, busy = [], 0.0
+    jobs: list[dict[str, Any]] = []
+    busy = 0.0
     end_all = 0.0
     for js in state.jobs.values():
         segs = js.segments

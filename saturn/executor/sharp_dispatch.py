@@ -91,8 +91,9 @@ def _running_groups(ex: Any) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for js in ex.state.jobs.values():
         seg = js.current
-        if seg is not None and js.status == RUNNING and group_of(seg.knobs):
-            out.setdefault(group_of(seg.knobs), []).append(js)
+        group = group_of(seg.knobs) if seg is not None and js.status == RUNNING else None
+        if group:
+            out.setdefault(group, []).append(js)
     return out
 
 
@@ -101,7 +102,8 @@ def _merge_fixed(fixed: list[Any]) -> list[Any]:
     checkpoint), as the planner requires distinct holders per GPU."""
     from saturn.executor.policy import CHECKPOINT_SUFFIX, is_checkpoint
 
-    out, merged = [], {}
+    out: list[Assignment] = []
+    merged: dict[str, Assignment] = {}
     for f in fixed:
         a = f if isinstance(f, Assignment) else Assignment.from_dict(f)
         g = group_of(a.knobs)

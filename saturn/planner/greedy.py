@@ -86,6 +86,7 @@ def schedule_eft(
             key = (t + o.runtime_s, o.area)
             if best is None or key < best[0]:
                 best = (key, o, t, n, ids)
+        assert best is not None  # the min-area option itself is within the cap
         _, o, t, n, ids = best
         s.place(o, t, n, ids)
     return s.assignments

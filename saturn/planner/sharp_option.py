@@ -71,7 +71,7 @@ def _variants(specs: list[JobSpec], profiles: pd.DataFrame, fixed_names: set[str
         members = members_of(g)
         if len(members) < 2 or any(m not in by_name or m in fixed_names for m in members):
             continue  # a group only replaces jobs still to plan
-        if any(by_name[m].techniques is not None and not (by_name[m].techniques & {TECHNIQUE})
+        if any((allowed := by_name[m].techniques) is not None and not (allowed & {TECHNIQUE})
                for m in members):
             continue  # a member whose allowed techniques exclude sharp
         pseudo = JobSpec(g, sum(by_name[m].steps for m in members), frozenset({TECHNIQUE}))

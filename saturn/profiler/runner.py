@@ -246,12 +246,12 @@ class Runner:
                     rid, outcome = self._events.get(timeout=self.poll_s)
                 except queue.Empty:
                     continue
-                r = self._running.pop(rid, None)
-                if r is None:
+                ended = self._running.pop(rid, None)
+                if ended is None:
                     continue  # an abandoned trial whose devices were already reclaimed
-                free.extend(r.devices)
-                if not r.abandoned:
-                    self._finish(search, r, outcome, self.clock())
+                free.extend(ended.devices)
+                if not ended.abandoned:
+                    self._finish(search, ended, outcome, self.clock())
         finally:
             self.stats.wall_s = self.clock() - start
         return self.stats

@@ -326,8 +326,8 @@ class _Progress:
 
     def __init__(self, enabled: bool, console: Any = None):
         self.enabled = enabled
-        self._bar = None
-        self._task = None
+        self._bar: Any = None  # rich.progress.Progress once entered (rich is imported lazily)
+        self._task: Any = None
         self._console = console
         self._durations: list[float] = []
 
