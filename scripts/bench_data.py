@@ -267,7 +267,8 @@ def main() -> None:
             "converge_le_120s": saturn["convergence_s"] <= 120.0}
         scenarios.append(sc)
     wall = time.perf_counter() - t_all
-    result = {"config": cfg, "calibration": cal, "saturn_backend_probe": backend, "scenarios": scenarios, "wall_s": wall, "quick": args.quick,
+    result = {"config": cfg, "calibration": cal, "saturn_backend_probe": backend, "scenarios": scenarios,
+              "wall_s": wall, "quick": args.quick,
               "gpu_step": "simulated (sleep after a real host-to-GPU copy when a GPU is present)"}
     md = markdown(cfg, cal, scenarios, wall)
     print(md)
@@ -306,7 +307,8 @@ def markdown(cfg, cal, scenarios, wall) -> str:
             f"DataLoader num_workers={s['hand_tuned_best'].split(':')[1]} | {best['samples_per_s']:.0f} | "
             f"{s['saturn']['samples_per_s']:.0f} | {100 * s['saturn']['gpu_idle_frac']:.0f}% | "
             f"{s['speedup_vs_default']:.2f}× | {s['vs_hand_tuned']:.2f} | {s['saturn']['convergence_s']:.1f} | "
-            f"{met(t['2x_defaults_where_starved'])} | {met(t['within_10pct_of_hand_tuned'])} | {met(t['converge_le_120s'])} |")
+            f"{met(t['2x_defaults_where_starved'])} | {met(t['within_10pct_of_hand_tuned'])} | "
+            f"{met(t['converge_le_120s'])} |")
     tuners = list(scenarios[0].get("tuners", {})) if scenarios else []
     lines += ["", f"Saturn columns above: the `{scenarios[0]['saturn_tuner']}` tuner. Tuner policies side by side "
               "(measured, same runs' conditions; reverts = guard-rail reverts summed over jobs):", "",

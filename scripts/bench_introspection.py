@@ -46,7 +46,8 @@ def make_case(seed: int, n_jobs: int, nodes: list[int], err: float, stop_frac: f
     true_step = {}
     for r in prof.itertuples():
         if r.feasible:
-            true_step[(r.job, r.technique, r.gpus, knobs_key(r.knobs))] = r.step_time_s * clip(job_f[r.job] * rng.lognormvariate(0.0, sigma / 3))
+            true_step[(r.job, r.technique, r.gpus, knobs_key(r.knobs))] = r.step_time_s * clip(
+                job_f[r.job] * rng.lognormvariate(0.0, sigma / 3))
     names = sorted(jobs)
     stopped = rng.sample(names, max(1, round(stop_frac * len(names))))
     stop_after = {j: max(1, int(jobs[j] * rng.uniform(0.2, 0.8))) for j in stopped}
@@ -141,19 +142,22 @@ def markdown(summary, args, rows):
     m, rel = summary["mean_makespan_s"], summary["mean_relative_to_perfect"]
     lines = [f"{len(rows)} seeds; random instances of {args.jobs} jobs on nodes {args.gpus} GPUs; true step time = "
              f"profiled x log-normal error (sigma {args.sigma}, clipped to +-{int(args.err * 100)}%); "
-             f"{int(args.stop_frac * 100)}% of jobs stopped early at 20-80% of their steps; checkpoint {args.checkpoint_s}s "
+             f"{int(args.stop_frac * 100)}% of jobs stopped early at 20-80% of their steps; "
+             f"checkpoint {args.checkpoint_s}s "
              f"+ profiled start-up per switch; re-plan every planned-makespan/{args.replans} and on every job end; "
              f"planner time limit {args.time_limit}s.", "",
              "| strategy | mean makespan (s) | mean makespan / perfect |", "|---|---:|---:|"]
     for k in sorted(m, key=lambda k: m[k]):
         lines.append(f"| {k} | {m[k]:.0f} | {rel[k]:.3f} |")
     lines += ["", f"Gap static -> perfect recovered by introspection: **{100 * summary['gap_recovered']:.0f}%** "
-              f"(of mean makespans; median over the {summary['seeds_with_gap']} seeds where static is >1% above perfect: "
+              f"(of mean makespans; median over the {summary['seeds_with_gap']} seeds where static is >1% above "
+              "perfect: "
               f"{100 * (summary['gap_recovered_median_per_seed'] or 0):.0f}%). "
               f"Target: >= 50%.  ",
-              f"Introspective better than static on {summary['introspective_better_than_static']}/{len(rows)} seeds, "
-              f"worse on {summary['introspective_worse_than_static']}; mean {summary['mean_adopted_replans']:.1f} adopted "
-              f"re-plans, {summary['mean_switches']:.1f} switches, {summary['mean_plan_calls']:.1f} planner calls per run.", ""]
+              f"Introspective better than static on {summary['introspective_better_than_static']}/{len(rows)} "
+              f"seeds, worse on {summary['introspective_worse_than_static']}; "
+              f"mean {summary['mean_adopted_replans']:.1f} adopted re-plans, {summary['mean_switches']:.1f} switches, "
+              f"{summary['mean_plan_calls']:.1f} planner calls per run.", ""]
     return "\n".join(lines)
 
 

@@ -144,7 +144,9 @@ def main() -> int:
             + benchlib.md_table(targets, ["target", "value", "met"]) + "\n")
     print(body)
     if not args.no_record:
-        print(f"wrote {benchlib.write_json('launch', data)} and {benchlib.write_section('launch', 'Launch to first step: cold vs fork server vs warm workers', body)}")
+        json_path = benchlib.write_json("launch", data)
+        md_path = benchlib.write_section("launch", "Launch to first step: cold vs fork server vs warm workers", body)
+        print(f"wrote {json_path} and {md_path}")
     return 0 if all(t["met"] for t in targets) else 1
 
 

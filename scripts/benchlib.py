@@ -63,7 +63,8 @@ def write_json(name: str, data: dict[str, Any], root: Path = ROOT) -> Path:
 def write_section(name: str, title: str, body: str, root: Path = ROOT) -> Path:
     """Replace (or append) this benchmark's section of BENCHMARKS.md."""
     path = root / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section is written by the script it names; numbers are from one run.\n"
+    text = (path.read_text() if path.exists()
+            else "# Benchmarks\n\nEach section is written by the script it names; numbers are from one run.\n")
     s = stamp()
     section = (f"<!-- bench:{name} -->\n## {title}\n\n`{s['command']}` — {s['machine']} — "
                f"{s['date']}\n\n{body.strip()}\n<!-- /bench:{name} -->")

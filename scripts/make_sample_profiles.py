@@ -64,7 +64,8 @@ def _rows_for(job, gpu_type: str, mem_gb: float, counts) -> list[dict]:
     for g in counts:
         b = job.batch_size / g
         eff = 0.806 ** math.log2(g)  # DDPx4: 2.6x speed-up at 350M
-        add("ddp", g, '{"activation_checkpointing": false}', t1 / g / eff, 16 * P / 1e9 + act_gb(b), load_s + 5 * (g > 1))
+        add("ddp", g, '{"activation_checkpointing": false}', t1 / g / eff, 16 * P / 1e9 + act_gb(b),
+            load_s + 5 * (g > 1))
         if g > 1:
             over = 1 + {2: 2.33, 4: 2.96}.get(g, 3.5) * small  # FSDP2x2 0.16 s, x4 0.19 s at 350M
             add("fsdp", g, '{"activation_checkpointing": false, "reshard_after_forward": true}',

@@ -25,7 +25,9 @@ def image_dir(tmp_path_factory):
 def _batches(source, workers, prefetch, pin, n=6, bs=8, first=0, change=None):
     stages = source.stages(workers)
     coll = Stage("collate", collate_pairs(pin), workers.get("collate", 1))
-    idx = lambda b: [b * bs + k for k in range(bs)]
+    def idx(b):
+        return [b * bs + k for k in range(bs)]
+
     out = []
     with Pipeline(stages, coll, idx, prefetch=prefetch, first_batch=first, num_batches=n) as p:
         for i, b in enumerate(p):
@@ -140,9 +142,15 @@ def test_tuner_follows_a_shrinking_budget_and_reverts_bad_moves():
                  lambda b: list(range(b * 4, b * 4 + 4)))
     tuner = PipelineTuner(p, budget=lambda: budget["n"], batch_size=4)
     fake = SimpleNamespace
-    st = lambda items, busy, w: fake(items=items, busy_s=busy, workers=w)
-    win = lambda thr, wait: fake(samples_per_s=thr, wait_s=wait, wall_s=1.0, stages={
-        "read": st(100, 0.01, 1), "slow": st(100, 2.0, 6), "pack": st(100, 0.01, 1), "collate": st(25, 0.01, 1)})
+
+    def st(items, busy, w):
+        return fake(items=items, busy_s=busy, workers=w)
+
+    def win(thr, wait):
+        return fake(samples_per_s=thr, wait_s=wait, wall_s=1.0, stages={
+            "read": st(100, 0.01, 1), "slow": st(100, 2.0, 6), "pack": st(100, 0.01, 1),
+            "collate": st(25, 0.01, 1)})
+
     tuner.step(win(300, 0.5))  # first window: initial split of 10 cores
     assert sum(p.workers.values()) == 10 and p.workers["slow"] == 7
     budget["n"] = 5  # a co-located job started: fewer cores

@@ -9,8 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from saturn.executor import Executor, ExecutorConfig, SimulatedBackend
-from saturn.executor import policy
+from saturn.executor import Executor, ExecutorConfig, SimulatedBackend, policy
 from saturn.executor.journal import Journal, replay
 from saturn.executor.state import JobInfo, JobState, RunState
 

@@ -97,7 +97,8 @@ def test_killed_worker_is_retried_and_replan_switches_technique(tmp_path):
     w, p = _files(tmp_path, 300, 30)
     wl = load_workload(w)
     rd = tmp_path / "run"
-    ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p), ProcessBackend(rd, device_type="cpu", checkpoint_every=10, warm=False),  # cold path; warm: test_warm_workers.py
+    backend = ProcessBackend(rd, device_type="cpu", checkpoint_every=10, warm=False)  # cold; warm: test_warm_workers.py
+    ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p), backend,
                   run_dir=rd, config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0, poll_s=0.2))
     killed = False
     deadline = time.monotonic() + 240
@@ -158,7 +159,8 @@ def test_resume_after_sigkill_loses_and_repeats_no_step(tmp_path):
     done_before = {n: js.committed_step for n, js in before.jobs.items()}
 
     res = subprocess.run([sys.executable, "-m", "saturn.cli.run", "run", "--resume", str(rd), "--no-live",
-                          "--checkpoint-every", "10"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          "--checkpoint-every", "10"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     after, _ = load_run(rd)
     for name, total in (("lm", 120), ("vis", 40)):

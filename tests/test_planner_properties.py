@@ -35,7 +35,7 @@ def test_baselines_are_valid(seed):
     J, N = normalize_jobs(jobs), normalize_cluster(cluster)
     from saturn.planner.plan import Plan
 
-    for name, assignments in baseline_plans(build_options(J, N, prof), N).items():
+    for assignments in baseline_plans(build_options(J, N, prof), N).values():
         validate_plan(Plan(assignments), jobs, cluster, prof)
 
 

@@ -17,7 +17,8 @@ def row(sig, tech, g, step, feasible=True, gpu_type="H200", knobs="{}"):
 
 
 def test_load_csv_with_comment_header_and_parquet(tmp_path):
-    (tmp_path / "a.csv").write_text("# sample, not measured\n" + pd.DataFrame([row("s1", "ddp", 1, 0.1)]).to_csv(index=False))
+    (tmp_path / "a.csv").write_text("# sample, not measured\n"
+                                    + pd.DataFrame([row("s1", "ddp", 1, 0.1)]).to_csv(index=False))
     pd.DataFrame([row("s2", "fsdp", 2, 0.2, knobs='{"x": 1}')]).to_parquet(tmp_path / "b.parquet")
     df = store.load_store(tmp_path)
     assert sorted(df["signature"]) == ["s1", "s2"]
@@ -50,7 +51,8 @@ def test_lookup_matches_signature_and_gpu_type_and_keeps_fastest_knobs():
         row("s1", "fsdp", 2, 0.3, knobs='{"ckpt": true}'), row("s1", "fsdp", 2, 0.2, knobs='{"ckpt": false}'),
         row("s1", "ddp", 1, 0.1), row("s1", "ddp", 1, 0.01, gpu_type="A100"),
     ])
-    jobs = [SimpleNamespace(name="a", signature="s1", gpus=[1, 2, 4]), SimpleNamespace(name="b", signature="s1", gpus=None)]
+    jobs = [SimpleNamespace(name="a", signature="s1", gpus=[1, 2, 4]),
+            SimpleNamespace(name="b", signature="s1", gpus=None)]
     df, missing = store.lookup(jobs, _workload(jobs).cluster, table)
     assert set(df["job"]) == {"a", "b"}
     a = df[df["job"] == "a"].set_index(["technique", "gpus"])
@@ -60,7 +62,8 @@ def test_lookup_matches_signature_and_gpu_type_and_keeps_fastest_knobs():
 
 
 def test_profiles_for_names_missing_jobs_and_the_fix():
-    jobs = [SimpleNamespace(name="a", signature="s1", gpus=None), SimpleNamespace(name="z", signature="nope", gpus=None)]
+    jobs = [SimpleNamespace(name="a", signature="s1", gpus=None),
+            SimpleNamespace(name="z", signature="nope", gpus=None)]
     with pytest.raises(MissingProfilesError, match=r"job\(s\) z.*saturn profile w.yaml"):
         store.profiles_for(_workload(jobs), pd.DataFrame([row("s1", "ddp", 1, 0.1)]))
 

@@ -7,14 +7,13 @@ import math
 
 import pandas as pd
 import pytest
+from test_profiler_fakes import read_log
 
 from saturn.errors import SaturnError
 from saturn.profiler import ProfileStore, estimate_runtime_s, profile
 from saturn.profiler.hardware import parse_topology
 from saturn.profiler.table import fixed_costs
 from saturn.spec import load_workload
-
-from test_profiler_fakes import read_log
 
 F = "test_profiler_fakes:"
 

@@ -132,7 +132,7 @@ def test_two_nodes_node_loss_every_job_completes(tmp_path, ray_cluster):
         assert _metric_steps(rd / "jobs" / name / "metrics.jsonl") == list(range(total)), name
     lost = [(n, s) for n, js in ex.state.jobs.items() for s in js.segments if s.status == "lost"]
     assert lost and all(s.node == killed for _, s in lost)
-    for n, s in lost:  # relaunched on the surviving node
+    for n, _ in lost:  # relaunched on the surviving node
         assert ex.state.jobs[n].segments[-1].node != killed
     assert killed not in ex.node_gpus and len(ex.node_gpus) == 2
     events = [(k, d) for _, k, d in Journal(rd / "journal.sqlite").events()]

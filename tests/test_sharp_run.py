@@ -204,8 +204,8 @@ def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
     time.sleep(1.0)
     assert not [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     res = subprocess.run([sys.executable, "-m", "saturn.cli.run", "run", "--resume", str(rd), "--no-live",
-                          "--checkpoint-every", "4"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
-                         timeout=300)
+                          "--checkpoint-every", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=False, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     after, _ = load_run(rd)
     for name, total in (("a", 32), ("b", 32), ("c", 24)):

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES, ROOT
+
 from saturn.errors import SpecError
 from saturn.spec import Cluster, Job, Node, Workload, load_workload
 

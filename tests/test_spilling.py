@@ -12,8 +12,7 @@ import torch
 from saturn.spec.schema import Job
 from saturn.techniques import checkpoint as ckpt
 from saturn.techniques import get_technique, training
-from saturn.techniques.spilling import (SpillingEngine, budget_shards, engine_kwargs,
-                                        packed_shards, uniform_shards)
+from saturn.techniques.spilling import SpillingEngine, budget_shards, engine_kwargs, packed_shards, uniform_shards
 from saturn.zoo.data import batch_for_step
 
 torch.set_num_threads(1)

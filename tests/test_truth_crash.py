@@ -81,7 +81,8 @@ def test_sigkill_at_random_moments_loses_no_logged_step_or_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     first = [sys.executable, "-m", "saturn.cli.run", "run", str(w), "--run-dir", str(rd), "--profiles", str(p),
              "--no-live", "--checkpoint-every", "5", "--interval", "1000", "--time-limit", "1"]
-    resume = [sys.executable, "-m", "saturn.cli.run", "run", "--resume", str(rd), "--no-live", "--checkpoint-every", "5"]
+    resume = [sys.executable, "-m", "saturn.cli.run", "run", "--resume", str(rd), "--no-live",
+              "--checkpoint-every", "5"]
     job = rd / "jobs" / "lm"
     kills = []
     for seed in range(KILLS):

@@ -14,8 +14,16 @@ import yaml
 
 from saturn.errors import SaturnError
 from saturn.planner import Plan, plan
-from saturn.planner.provenance import (EXTRAPOLATED, GUESSED, MEASURED_ELSEWHERE, MEASURED_HERE, SIMULATED,
-                                       UNLABELLED, annotate, classify)
+from saturn.planner.provenance import (
+    EXTRAPOLATED,
+    GUESSED,
+    MEASURED_ELSEWHERE,
+    MEASURED_HERE,
+    SIMULATED,
+    UNLABELLED,
+    annotate,
+    classify,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "sample: extrapolated from ../shared/SPASE.md measurements, not measured"
@@ -156,7 +164,8 @@ def test_gpu_count_over_an_unknown_cluster_names_the_real_cause(tmp_path):
 def test_readme_first_command_plan_mixes_sizes_and_labels_guesses(capsys):
     readme = (ROOT / "README.md").read_text()
     assert "saturn plan configs/examples/mixed-h200.yaml" in readme.split("## How it works")[0]
-    code, out, err = _cli(["plan", str(ROOT / "configs/examples/mixed-h200.yaml"), "--time-limit", "5", "--json", "-"], capsys)
+    code, out, err = _cli(["plan", str(ROOT / "configs/examples/mixed-h200.yaml"), "--time-limit", "5", "--json", "-"],
+                          capsys)
     assert code == 0, err
     d = json.loads(out)
     sizes = {len(a["gpus"]) for a in d["assignments"]}

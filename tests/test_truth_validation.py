@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from saturn.errors import SaturnError, SpecError
 from saturn.profiles import store
-from saturn.spec import load_workload
 from saturn.spec import limits as L
+from saturn.spec import load_workload
 
 BASE = {"name": "w", "cluster": {"nodes": [{"name": "n0", "gpus": 4, "gpu_type": "H200", "gpu_memory_gb": 141}]},
         "defaults": {"batch_size": 4, "seq_len": 16},
@@ -90,7 +90,8 @@ def test_alias_bomb_is_refused_fast(tmp_path, capsys):
     lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     for i in range(1, 12):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
-    doc = "name: bomb\njobs:\n  - {name: a, model: gpt2-tiny, steps: 1, batch_size: 1, data: {name: synthetic-tokens, kwargs: {x: *a11}}}\n"
+    doc = ("name: bomb\njobs:\n  - {name: a, model: gpt2-tiny, steps: 1, batch_size: 1, "
+           "data: {name: synthetic-tokens, kwargs: {x: *a11}}}\n")
     p = _write(tmp_path, "\n".join(lines) + "\n" + doc)  # 9^12 values once expanded
     code, text, secs = _cli(["validate", str(p)], capsys)
     assert code == 2 and "MAX_YAML_NODES" in text and secs < 10, text

@@ -5,8 +5,7 @@ import torch
 
 from saturn.spec import Job, ModelSpec
 from saturn.zoo import build_model, model_config, model_names, param_count
-from saturn.zoo.data import (SyntheticImages, SyntheticTokens, TextFile, batch_for_step,
-                             build_dataset)
+from saturn.zoo.data import SyntheticImages, SyntheticTokens, TextFile, batch_for_step, build_dataset
 from saturn.zoo.gpt import GPT_CONFIGS
 
 

@@ -91,16 +91,19 @@ class PipelineDataset(torch.utils.data.Dataset):
         return Pipeline(stages, collate, indices, prefetch=self.prefetch, first_batch=first_batch,
                         executor=self._executor)
 
-    def batch_for_step(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_for_step(self, step: int, batch_size: int, rank: int = 0,
+                       world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} data-parallel ranks")
         key = (batch_size, rank, world)
         if self._pipe is None or self._key != key or self._pipe.next_batch != step:
             self.close()
             per = batch_size // world
-            # global positions, not wrapped: sources read position % len, and augmentation seeded
-            # by the position differs from one epoch to the next
-            indices = lambda b: [b * batch_size + rank * per + k for k in range(per)]
+            def indices(b: int) -> list[int]:
+                # global positions, not wrapped: sources read position % len, and augmentation seeded
+                # by the position differs from one epoch to the next
+                return [b * batch_size + rank * per + k for k in range(per)]
+
             self._pipe, self._key = self.pipeline(step, indices, batch_size), key
             if self.tune:
                 budget = self.cores or max(len(self._pipe.stage_names), sum(self._pipe.workers.values()))

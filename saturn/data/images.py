@@ -16,7 +16,7 @@ import json
 import os
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from saturn.data.pipeline import Stage
 try:  # Pillow ships with matplotlib/torchvision installs; the npz path covers its absence
     from PIL import Image
 except ImportError:  # pragma: no cover - depends on the environment
-    Image = None
+    Image = None  # type: ignore[assignment]  # Pillow absent: the npz path is used
 
 INDEX_FILE = "index.json"
 MEAN, STD = 0.5, 0.25
@@ -127,7 +127,7 @@ class ImageFiles:
         flip = rng.random() < 0.5
         gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
         if Image is not None:
-            out = np.asarray(Image.fromarray(crop).resize((self.out_size, self.out_size), Image.BILINEAR))
+            out = np.asarray(Image.fromarray(crop).resize((self.out_size, self.out_size), Image.Resampling.BILINEAR))
         else:
             ys = np.linspace(0, ch - 1, self.out_size).astype(int)
             xs = np.linspace(0, cw - 1, self.out_size).astype(int)
@@ -137,7 +137,8 @@ class ImageFiles:
         f = out.astype(np.float32) * gain + bias
         for _ in range(self.heavy):  # 3x3 box blur: deterministic extra CPU work
             p = np.pad(f, ((1, 1), (1, 1), (0, 0)), mode="edge")
-            f = sum(p[dy:dy + self.out_size, dx:dx + self.out_size] for dy in range(3) for dx in range(3)) / 9.0
+            f = cast(np.ndarray, sum(p[dy:dy + self.out_size, dx:dx + self.out_size]  # 9 arrays, never 0
+                                     for dy in range(3) for dx in range(3))) / 9.0
         f = (np.clip(f, 0, 255) / 255.0 - MEAN) / STD
         return np.ascontiguousarray(f.transpose(2, 0, 1), dtype=np.float32), label
 

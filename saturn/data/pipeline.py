@@ -153,7 +153,7 @@ class Pipeline:
         self._t_stats = time.perf_counter()
         self._pos: dict[int, tuple[int, int]] = {}  # sample slot id -> (batch, position)
         self._slot = 0
-        queues = [queue.Queue() for _ in range(len(stages) + 1)]
+        queues: list[queue.Queue[Any]] = [queue.Queue() for _ in range(len(stages) + 1)]
         self._in = queues[0]
         self.pools: list[_Pool] = []
         for k, st in enumerate(stages):

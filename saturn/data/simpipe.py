@@ -47,7 +47,7 @@ class ModelPipe:
         import itertools
 
         k = len(self.stage_names)
-        best = (0.0, {})
+        best: tuple[float, dict[str, int]] = (0.0, {})
         for c in itertools.product(range(1, budget - k + 2), repeat=k):
             if sum(c) == budget:
                 w = dict(zip(self.stage_names, c))

@@ -163,7 +163,7 @@ class PipelineTuner:
         """Move one worker from the stage with most spare capacity to the bottleneck, if the
         estimated pipeline capacity (its slowest stage) rises by more than 2%."""
         w, cap = self.pipe.workers, self.capacities()
-        slow = min(cap, key=cap.get)
+        slow = min(cap, key=lambda n: cap[n])
         best = None
         for d in cap:
             if d == slow or w[d] <= 1 or (d, slow) in self.tabu:
@@ -224,7 +224,7 @@ def make_tuner(kind: str, pipe: Pipeline, **kwargs: Any) -> PipelineTuner:
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The decisions of a tuner log, skipping a torn last line (a process killed mid-write)."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         lines = Path(path).read_text().splitlines()
     except OSError:

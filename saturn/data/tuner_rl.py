@@ -68,7 +68,7 @@ class RLTuner(PipelineTuner):
         """Every valid action with its feature vector phi(state, action)."""
         cap, w = self.capacities(), self.pipe.workers
         lo = min(cap.values())
-        slow = min(cap, key=cap.get)
+        slow = min(cap, key=lambda n: cap[n])
         out: list[tuple[tuple, np.ndarray]] = []
         for d in cap:
             for s in cap:

@@ -104,6 +104,8 @@ class SimulatedBackend:
         which bound what a crash loses.
     """
 
+    t: float  # the virtual clock (seconds); declared here for subclasses defined inside functions
+
     def __init__(self, step_time, *, startup=None, stop_after: Optional[dict] = None,
                  crash_at: Optional[dict] = None, oom: Optional[set] = None, checkpoint_s: float = 5.0,
                  checkpoint_every: int = 0, progress: bool = True, start_time: float = 0.0):
@@ -135,7 +137,8 @@ class SimulatedBackend:
         crash = self.crash_at.pop(job.name, None)
         sj = _SimJob(job.name, self.t, start_step, float(self._startup(job.name, tech, g)),
                      self._true_step(job.name, tech, g, assignment.get("knobs") or {}), max(target, start_step),
-                     target < job.info.total_steps, crash_step=crash if crash is not None and crash > start_step else None,
+                     target < job.info.total_steps,
+                     crash_step=crash if crash is not None and crash > start_step else None,
                      oom=(job.name, tech, g) in self.oom, last_ckpt=start_step)
         self.jobs[job.name] = sj
         self._reported[job.name] = start_step
@@ -170,7 +173,7 @@ class SimulatedBackend:
         for name, sj in list(self.jobs.items()):
             end_t, status, step = self._end(sj)
             if end_t <= self.t + 1e-9:
-                ckpt = f"sim://{name}/step-{step}"
+                ckpt: Optional[str] = f"sim://{name}/step-{step}"
                 if status == "failed":  # a crash keeps only the last periodic checkpoint
                     every = self.checkpoint_every
                     step = sj.start_step + ((step - sj.start_step) // every * every if every else 0)

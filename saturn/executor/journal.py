@@ -28,8 +28,19 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from saturn.errors import SaturnError
-from saturn.executor.state import (CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, STOPPING, JobInfo,
-                                   JobState, RunState, Segment, option_key)
+from saturn.executor.state import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    STOPPING,
+    JobInfo,
+    JobState,
+    RunState,
+    Segment,
+    option_key,
+)
 
 JOURNAL_FILE = "journal.sqlite"
 HEARTBEAT_FILE = "heartbeat"
@@ -79,6 +90,7 @@ class Journal:
             raise _damaged(self.path or Path(":memory:"), f"is not a readable SQLite database ({exc})") from exc
 
     def _check(self) -> None:
+        assert self.path is not None  # only an on-disk journal is checked
         ok = self.db.execute("PRAGMA quick_check").fetchone()
         if not ok or ok[0] != "ok":
             raise _damaged(self.path, f"is corrupt (sqlite quick_check: {ok[0] if ok else 'no answer'})")

@@ -27,10 +27,9 @@ import pandas as pd
 from saturn.errors import SaturnError
 from saturn.executor import policy
 from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
-from saturn.executor.journal import (Journal, JournalError, apply_event, heartbeat, open_journal, record_executor,
-                                     replay)
+from saturn.executor.journal import Journal, JournalError, apply_event, heartbeat, open_journal, record_executor, replay
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
-from saturn.executor.state import (ACTIVE, CANCELLED, FAILED, PENDING, RUNNING, TERMINAL, JobInfo, JobResult, RunState)
+from saturn.executor.state import ACTIVE, CANCELLED, FAILED, PENDING, RUNNING, TERMINAL, JobInfo, JobResult, RunState
 from saturn.planner import InvalidPlanError
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,8 @@ def _nodes_of(cluster: Any) -> list[SimpleNamespace]:
     if hasattr(cluster, "nodes") and not isinstance(cluster, Mapping):
         cluster = cluster.nodes
     if isinstance(cluster, Mapping):
-        return [SimpleNamespace(name=str(k), gpus=int(v), gpu_type=None, gpu_memory_gb=None) for k, v in cluster.items()]
+        return [SimpleNamespace(name=str(k), gpus=int(v), gpu_type=None, gpu_memory_gb=None)
+                for k, v in cluster.items()]
     return [SimpleNamespace(name=str(n.name), gpus=int(n.gpus), gpu_type=getattr(n, "gpu_type", None),
                             gpu_memory_gb=getattr(n, "gpu_memory_gb", None)) for n in cluster]
 
@@ -233,7 +233,8 @@ class Executor:
             return any(j.status in ACTIVE for j in self.state.jobs.values())
         now = self.backend.now()
         if self._replan_needed or (self.cfg.introspect and now >= self._next_replan):
-            self.replan("event" if self._replan_needed else "interval", force=self._replan_needed and not self._plan_covers())
+            self.replan("event" if self._replan_needed else "interval",
+                        force=self._replan_needed and not self._plan_covers())
         self._launch_ready()
         if not self.state.done() and not any(j.status in ACTIVE for j in self.state.jobs.values()):
             self.replan("stalled", force=True)  # nothing runs and nothing can start: plan again
@@ -323,6 +324,7 @@ class Executor:
                       progress_offset=prog.stat().st_size if prog is not None and prog.exists() else 0)
             pid = self.backend.launch(js, a, js.committed_step, js.attempts)
             if pid is not None:
+                assert js.current is not None  # the launch event above opened the segment
                 js.current.pid = pid
                 self.emit("spawned", job=js.name, pid=pid)
 

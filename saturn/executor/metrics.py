@@ -84,7 +84,9 @@ class MetricsLog:
         if not p.exists():
             return
         ends = {int(s.attempt): s.end_step for s in segments if s.ended_at is not None}
-        keep, gone, seen, total = [], [], set(), 0
+        keep: list[dict[str, Any]] = []
+        gone: list[dict[str, Any]] = []
+        seen, total = set(), 0
         for rec in _read_records(p):
             total += 1
             a, s = int(rec.get("attempt", 0)), int(rec["step"])
@@ -123,7 +125,8 @@ class MetricsLog:
                         rec = json.loads(line)
                     except ValueError:
                         continue  # a line cut by the kill
-                    if not isinstance(rec, dict) or rec.get("checkpoint") or rec.get("attempt", seg.attempt) != seg.attempt:
+                    if (not isinstance(rec, dict) or rec.get("checkpoint")
+                            or rec.get("attempt", seg.attempt) != seg.attempt):
                         continue
                     if "loss" in rec and "step" in rec:
                         self.record_progress(job, seg, rec["step"], rec["loss"])

@@ -432,7 +432,8 @@ def ready_to_launch(plan: Optional[dict], state: RunState) -> list[dict]:
         return []
     busy = state.busy_gpus()
     order = sorted(plan.get("assignments", []), key=lambda a: (a["start_s"], a["job"]))
-    out, claimed = [], set()
+    out: list[dict] = []
+    claimed: set[tuple[str, int]] = set()
     for i, a in enumerate(order):
         js = state.jobs.get(a["job"])
         if js is None or js.status != "pending":

@@ -13,8 +13,9 @@ How it works
   (`job_runner.WarmAttempt`), as `ProcessBackend` does locally. Cold: one actor per attempt
   (`ray_actor._JobAttempt`) runs the very same `python -m saturn.executor.job_runner SPEC.json`
   child as `ProcessBackend`. Either way the attempt runs on the plan's device ids of that node
-  (mapped through the node's `CUDA_VISIBLE_DEVICES` if the raylet has one). Ray does not allocate the GPUs: Saturn's plan does (the actor asks for 0 GPUs so that
-  Ray leaves `CUDA_VISIBLE_DEVICES` alone); do not run other GPU work on the same Ray nodes.
+  (mapped through the node's `CUDA_VISIBLE_DEVICES` if the raylet has one). Ray does not allocate
+  the GPUs: Saturn's plan does (the actor asks for 0 GPUs so that Ray leaves `CUDA_VISIBLE_DEVICES`
+  alone); do not run other GPU work on the same Ray nodes.
 * The driver polls every actor (`poll()` returns new progress/checkpoint records, new log bytes,
   and the result when the child exited) with non-blocking `ray.wait`. Records become the same
   `BackendEvent`s as `ProcessBackend`'s, so progress, checkpoints and metrics reach the journal and
@@ -52,9 +53,8 @@ from typing import Any, Optional, Union
 
 from saturn.executor.backends import BackendEvent, WallClock
 from saturn.executor.loop import Executor
-from saturn.executor.ray_actor import _AgentAttempt, _actor_cls, _JobAttempt, _NodeAgent  # noqa: F401
-from saturn.executor.ray_storage import (_join, download_latest, is_url, latest_in_store,  # noqa: F401
-                                         upload_checkpoint)
+from saturn.executor.ray_actor import _actor_cls, _AgentAttempt, _JobAttempt, _NodeAgent  # noqa: F401
+from saturn.executor.ray_storage import _join, download_latest, is_url, latest_in_store, upload_checkpoint  # noqa: F401
 from saturn.executor.state import ACTIVE, JobState
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,8 @@ class RayBackend(WallClock):
                  checkpoint_every: int = 0, device_type: Optional[str] = None, clock_offset: float = 0.0,
                  grace_s: float = 60.0, extra_env: Optional[dict] = None, refresh_s: float = 1.0,
                  scratch_dir: Optional[str] = None, warm: Optional[bool] = None):
-        from saturn.techniques.warm import warm_enabled
-
         from saturn.executor.ray_cluster import connect, devices_of
+        from saturn.techniques.warm import warm_enabled
 
         spec = SimpleNamespace(address=ray, checkpoint_root=None, devices="auto", slots=None,
                                gpu_memory_gb=None) if isinstance(ray, (str, type(None))) else ray
@@ -206,9 +205,9 @@ class RayBackend(WallClock):
                 att.ref = att.actor.poll.remote()
         refs = [a.ref for a in self.atts.values()]
         if refs:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
-            ready = set(ready)
-            for name, att in list(self.atts.items()):
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
+            ready = set(done)
+            for att in list(self.atts.values()):
                 if att.ref not in ready:
                     continue
                 ref, att.ref = att.ref, None
@@ -277,7 +276,7 @@ class RayBackend(WallClock):
         if step is not None and step < att.start_step:
             step, ckpt = None, None
         end = step if step is not None else att.start_step
-        losses = sorted([s, l] for s, l in att.losses.items() if att.start_step <= s < end)
+        losses = sorted([s, loss] for s, loss in att.losses.items() if att.start_step <= s < end)
         self._queued.append(BackendEvent("finished", att.job, self.now(), step=step if step is not None else -1,
                                          status=status, checkpoint=ckpt, reason=reason, losses=losses,
                                          loss=losses[-1][1] if losses else None))

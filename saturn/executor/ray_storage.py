@@ -66,6 +66,7 @@ def download_latest(url: str, local_dir: str) -> Optional[int]:
     step, src = latest_in_store(url)
     if step is None:
         return None
+    assert src is not None  # a step always comes with its path
     fs, _ = _fs(url)
     name = src.rstrip("/").rsplit("/", 1)[-1]
     os.makedirs(local_dir, exist_ok=True)

@@ -35,7 +35,8 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
     nodes = journal.get_meta("nodes") or []
     total_gpus = sum(int(n["gpus"]) for n in nodes) or 1
     last_t = max([t for t, _, _ in journal.events()] + [0.0])
-    jobs, busy = [], 0.0
+    jobs: list[dict[str, Any]] = []
+    busy = 0.0
     end_all = 0.0
     for js in state.jobs.values():
         segs = js.segments
@@ -47,7 +48,8 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             end_all = max(end_all, end)
         p = planned.get(js.name)
         pred = (p["end_s"] - p["start_s"]) if p else None
-        actual = sum(((s.ended_at if s.ended_at is not None else last_t) - s.launched_at) for s in segs) if segs else None
+        actual = (sum(((s.ended_at if s.ended_at is not None else last_t) - s.launched_at) for s in segs)
+                  if segs else None)
         err = (actual - pred) / pred if pred and actual is not None and js.status == "completed" else None
         cur = segs[-1] if segs else None
         jobs.append({"job": js.name, "status": js.status, "steps": js.committed_step,
@@ -200,8 +202,10 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     colors = job_colors(state.jobs)
     fig, axes = plt.subplots(2, 1, figsize=(12, 2 + 0.5 * len(rows) * 2), sharex=True)
     last_t = max([t for t, _, _ in journal.events()] + [0.0])
-    panels = [("plan (v1)", [(a["job"], a["node"], a["gpus"], plans[0]["t0"] + a["start_s"], plans[0]["t0"] + a["end_s"],
-                              f"{a['technique']}x{len(a['gpus'])}") for a in plans[0]["plan"]["assignments"]] if plans else []),
+    t0 = plans[0]["t0"] if plans else 0.0
+    panels = [("plan (v1)", [(a["job"], a["node"], a["gpus"], t0 + a["start_s"], t0 + a["end_s"],
+                              f"{a['technique']}x{len(a['gpus'])}") for a in plans[0]["plan"]["assignments"]]
+               if plans else []),
               ("actual", [(js.name, s.node, s.gpus, s.launched_at, s.ended_at if s.ended_at is not None else last_t,
                            f"{s.technique}x{len(s.gpus)}") for js in state.jobs.values() for s in js.segments])]
     for ax, (title, bars) in zip(axes, panels):

@@ -14,9 +14,10 @@ in one attempt. Everything group-specific is here, behind three hooks of the loo
   the run state, `saturn status` and the plan files stay per job. A running group is never
   moved by a re-plan: its members are planned as one fixed assignment until they end.
 * Estimates. A group row is scaled by its members' observed/profiled speed (as the estimator
-  scales every option of a job), so it stays comparable with their solo options. So that the policy can time a member (`covers`, `retime`, remaining time), each
-  member gets a *derived* `sharp` row: the group's measured time per member step times the
-  number of members (a member advances at 1/N of the group's step rate while all N train),
+  scales every option of a job), so it stays comparable with their solo options. So that the
+  policy can time a member (`covers`, `retime`, remaining time), each member gets a *derived*
+  `sharp` row: the group's measured time per member step times the number of members (a member
+  advances at 1/N of the group's step rate while all N train),
   journaled as a `profiles` event (labelled `source: derived from <group>`). It is never
   offered to the planner as a solo option.
 * Launching. When the plan's first member of a group is ready, every pending member of the
@@ -90,8 +91,9 @@ def _running_groups(ex: Any) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for js in ex.state.jobs.values():
         seg = js.current
-        if seg is not None and js.status == RUNNING and group_of(seg.knobs):
-            out.setdefault(group_of(seg.knobs), []).append(js)
+        group = group_of(seg.knobs) if seg is not None and js.status == RUNNING else None
+        if group:
+            out.setdefault(group, []).append(js)
     return out
 
 
@@ -100,7 +102,8 @@ def _merge_fixed(fixed: list[Any]) -> list[Any]:
     checkpoint), as the planner requires distinct holders per GPU."""
     from saturn.executor.policy import CHECKPOINT_SUFFIX, is_checkpoint
 
-    out, merged = [], {}
+    out: list[Assignment] = []
+    merged: dict[str, Assignment] = {}
     for f in fixed:
         a = f if isinstance(f, Assignment) else Assignment.from_dict(f)
         g = group_of(a.knobs)

@@ -190,7 +190,8 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
 
     def ask_batch(k: int) -> None:
         nonlocal asked
-        trials, jobs = [], []
+        trials: list[Any] = []  # optuna.Trial
+        jobs: list[Any] = []  # saturn Job
         for _ in range(k):
             trial = study.ask()
             asked += 1
@@ -243,15 +244,15 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
                 fut, trial = ent["future"], ent["trial"]
                 done = fut.done()
                 rep = fut.report()
-                new = False
+                new_loss = False
                 if not multi and rep.metrics:
                     for step, loss in _aligned(rep.metrics, ent["last"], report_every, done):
                         trial.report(loss, step)
                         ent["last"] = step
-                        new = True
+                        new_loss = True
                 if done:
                     finish(name, fut.result())
-                elif new and trial.should_prune():
+                elif new_loss and trial.should_prune():
                     log.info("trial %d pruned at step %d: cancelling job %s", trial.number, ent["last"], name)
                     at = orchestrator.report(name).step  # where the job is when the decision is taken
                     orchestrator.cancel(name, reason="pruned")

@@ -156,7 +156,7 @@ class _Missing:  # placeholder base when Ray is not installed, so the module imp
 try:  # pragma: no cover - the branch depends on the environment
     from ray.tune import Trainable as _TrainableBase
 except ImportError:  # pragma: no cover
-    _TrainableBase = _Missing
+    _TrainableBase = _Missing  # type: ignore[misc,assignment]  # Ray absent: a plain base so the module imports
 
 
 class SaturnTrainable(_TrainableBase):  # type: ignore[misc, valid-type]
@@ -189,9 +189,10 @@ class SaturnTrainable(_TrainableBase):  # type: ignore[misc, valid-type]
 
         from saturn.spec import Job
 
-        if type(self).make_job is None:
+        make_job = type(self).make_job
+        if make_job is None:
             raise ValueError("SaturnTrainable needs make_job: use SaturnTrainable.with_job(make_job)")
-        made = type(self).make_job(dict(config))
+        made = make_job(dict(config))
         job = Job.model_validate(made) if isinstance(made, dict) else made
         name = f"{job.name}-{self.trial_id}" if self.trial_id and self.trial_id != "default" else job.name
         job = Job.model_validate({**job.model_dump(), "name": _safe(name)})

@@ -7,7 +7,8 @@
 
 from saturn.planner import baselines
 from saturn.planner.plan import Assignment, InvalidPlanError, Plan, SolverInfo, validate_plan
-from saturn.planner.schedule import Choice as Placement, NodeSpec, Option, list_schedule  # executor re-timing
+from saturn.planner.schedule import Choice as Placement  # executor re-timing
+from saturn.planner.schedule import NodeSpec, Option, list_schedule
 from saturn.planner.solve import plan
 
 __all__ = ["plan", "Plan", "Assignment", "SolverInfo", "validate_plan", "InvalidPlanError", "baselines",

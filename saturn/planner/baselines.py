@@ -7,7 +7,7 @@ count, before Pareto pruning) because they fix the GPU count themselves.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import JobOptions, Option
@@ -33,7 +33,7 @@ def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSp
     for a in fixed:
         for g in a.gpus:
             busy_until[(a.node, g)] = max(busy_until.get((a.node, g), 0.0), a.end_s)
-    groups = []  # (free_at, node, gpu ids)
+    groups: list[list[Any]] = []  # [free_at, node, gpu ids]
     for n in nodes:
         size = n.gpus if k is None else k
         for start in range(0, n.gpus - size + 1, size):
@@ -42,7 +42,7 @@ def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSp
     if not groups:
         return None
     out = []
-    for name, jo in options.items():
+    for jo in options.values():
         best = None
         for gi, (free, n, ids) in enumerate(groups):
             o = _best_at_most(jo, n, len(ids))
@@ -64,7 +64,7 @@ def whole_node(options, nodes, fixed=()) -> Optional[list[Assignment]]:
 
 def fixed_split(options, nodes, fixed=()) -> tuple[Optional[int], Optional[list[Assignment]]]:
     """Equal groups of k GPUs per node (best k among powers of two between 1 and the node size)."""
-    best = (None, None)
+    best: tuple[Optional[int], Optional[list[Assignment]]] = (None, None)
     biggest = max(n.gpus for n in nodes)
     k = 2
     while k < biggest:

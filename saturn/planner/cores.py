@@ -81,12 +81,14 @@ def core_violations(assignments: Sequence[Any], nodes: Sequence[Any], cores_of: 
         if c > 0 and cap.get(a.node):
             by_node.setdefault(a.node, []).append((a.start_s, a.end_s, c, a.job))
     for node, iv in by_node.items():
+        limit = cap[node]
+        assert limit is not None  # by_node holds only nodes with a core capacity
         for s, _, _, _ in iv:
             running = [(j, c) for s2, e2, c, j in iv if s2 <= s < e2]
             used = sum(c for _, c in running)
-            if used > cap[node] + 1e-9:
+            if used > limit + 1e-9:
                 out.append(f"node {node} at t={s:.0f}s: jobs {sorted(j for j, _ in running)} need {used:g} "
-                           f"cores, the node has {cap[node]}")
+                           f"cores, the node has {limit}")
     return sorted(set(out))
 
 
@@ -124,7 +126,9 @@ def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
             index.append(col)
             value.append(c)
         starts.append(len(index))
-        upper.append(max(0.0, node_cores(nodes[k[0]]) - reserved.get(k, 0.0)))
+        node_cap = node_cores(nodes[k[0]])
+        assert node_cap is not None  # entries hold only nodes with a core capacity
+        upper.append(max(0.0, node_cap - reserved.get(k, 0.0)))
     inf = highspy.kHighsInf
     h.addRows(len(keys), np.full(len(keys), -inf), np.asarray(upper, float), len(index),
               np.asarray(starts[:-1], np.int32), np.asarray(index, np.int32), np.asarray(value, float))
@@ -136,8 +140,8 @@ def slot_seed(seed: Sequence[Any], opt_key: Any, nodes_idx: dict[str, int], node
     """milp._slot_seed with core capacity too: replay the seed plan in slot time (GPU count and
     cores per slot), so the warm start -- and the horizon T derived from it -- is feasible for the
     core rows. Returns (job -> (option key, start slot), makespan in slots)."""
-    gpu_use = [dict() for _ in nodes]
-    core_use = [dict() for _ in nodes]
+    gpu_use: list[dict[int, int]] = [{} for _ in nodes]
+    core_use: list[dict[int, float]] = [{} for _ in nodes]
     for n, r in enumerate(reserved or []):
         for t, g in enumerate(r):
             if g:
@@ -166,8 +170,9 @@ def core_lower_bound(options: Any, nodes: Sequence[Any], fixed: Sequence[Any] = 
     """Core-seconds bound on the makespan: every job needs at least min_o(cores_o * runtime_o)
     core-seconds, running jobs their cores until their end, and the cluster has sum K_n cores.
     Valid only when every node has a capacity (0 otherwise)."""
-    caps = [node_cores(n) for n in nodes]
-    if not caps or not all(caps):
+    maybe_caps = [node_cores(n) for n in nodes]
+    caps = [c for c in maybe_caps if c]
+    if not caps or len(caps) < len(maybe_caps):
         return 0.0
     need = sum(min(option_cores(o) * o.runtime_s for o in jo.options) for jo in options.values())
     need += sum(float(getattr(a, "cpu_cores", 0) or 0) * a.end_s for a in fixed)

@@ -10,7 +10,6 @@ from typing import Any, Iterable, Sequence, Union
 
 from saturn.planner.plan import Plan, as_plan
 
-
 Bar = tuple  # (job, node, gpu ids, start_s, end_s, label)
 
 

@@ -86,6 +86,7 @@ def schedule_eft(
             key = (t + o.runtime_s, o.area)
             if best is None or key < best[0]:
                 best = (key, o, t, n, ids)
+        assert best is not None  # the min-area option itself is within the cap
         _, o, t, n, ids = best
         s.place(o, t, n, ids)
     return s.assignments
@@ -135,7 +136,8 @@ def perturbed_search(
     for name, jo in options.items():
         a = by_job[name]
         opt_of[name] = next(
-            o for o in jo.options + jo.by_size if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs
+            o for o in jo.options + jo.by_size
+            if o.technique == a.technique and o.gpus == len(a.gpus) and o.knobs_dict == a.knobs
         )
     order = sorted(by_job, key=lambda j: (by_job[j].start_s, j))
     fixed_end = makespan(fixed)

@@ -25,7 +25,8 @@ def _fixed_end_area(fixed: Sequence[Assignment]) -> tuple[float, float]:
     return max((a.end_s for a in fixed), default=0.0), sum(len(a.gpus) * a.duration_s for a in fixed)
 
 
-def simple_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()) -> float:
+def simple_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec],
+                 fixed: Sequence[Assignment] = ()) -> float:
     total = sum(n.gpus for n in nodes)
     fixed_end, fixed_area = _fixed_end_area(fixed)
     longest = max((jo.fastest().runtime_s for jo in options.values()), default=0.0)
@@ -37,7 +38,8 @@ def _min_area_within(jo: JobOptions, c: float) -> float:
     return min((o.area for o in jo.options if o.runtime_s <= c), default=math.inf)
 
 
-def allotment_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()) -> float:
+def allotment_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec],
+                    fixed: Sequence[Assignment] = ()) -> float:
     """min over candidate C of max(C, sum_j minarea_j(C) / G); see the module docstring."""
     if not options:
         return simple_bound(options, nodes, fixed)
@@ -54,5 +56,6 @@ def allotment_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec]
     return max(best, simple_bound(options, nodes, fixed))
 
 
-def lower_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()) -> float:
+def lower_bound(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec],
+                fixed: Sequence[Assignment] = ()) -> float:
     return allotment_bound(options, nodes, fixed)

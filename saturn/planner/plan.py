@@ -263,12 +263,13 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
         if job.gpus is not None and len(a.gpus) not in job.gpus:
             problems.append(f"{a.job}: {len(a.gpus)} GPUs not allowed")
         rows = groups.get(a.job)
-        runtimes = [] if rows is None else _profiled_runtimes(rows, job.steps, job.checkpoint_every).get(
+        profiled = [] if rows is None else _profiled_runtimes(rows, job.steps, job.checkpoint_every).get(
             (a.technique, canonical_knobs(a.knobs), len(a.gpus)), []
         )
-        runtimes = [rt for rt, gt in runtimes if gpu_type_matches(gt, node)]
+        runtimes = [rt for rt, gt in profiled if gpu_type_matches(gt, node)]
         if not runtimes:
-            problems.append(f"{a.job}: no feasible profile row for {a.technique} {a.knobs} on {len(a.gpus)} GPUs of {a.node}")
+            problems.append(f"{a.job}: no feasible profile row for {a.technique} {a.knobs} "
+                            f"on {len(a.gpus)} GPUs of {a.node}")
         elif not any(abs(rt - a.duration_s) <= tol for rt in runtimes):
             problems.append(f"{a.job}: duration {a.duration_s:.6g}s differs from profiled runtime {runtimes[0]:.6g}s")
         for g in a.gpus:
@@ -276,11 +277,11 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
     for name in {**jobs_n, **fixed_by_job}:
         if seen.get(name, 0) != 1:
             problems.append(f"{name}: assigned {seen.get(name, 0)} times (must be exactly once)")
-    for (node, g), ivs in busy.items():
+    for (node_name, g), ivs in busy.items():
         ivs.sort()
         for (s0, e0, j0), (s1, e1, j1) in zip(ivs, ivs[1:]):
             if s1 < e0 - tol:
-                problems.append(f"{node} GPU {g}: {j0} [{s0:.6g},{e0:.6g}) overlaps {j1} [{s1:.6g},{e1:.6g})")
+                problems.append(f"{node_name} GPU {g}: {j0} [{s0:.6g},{e0:.6g}) overlaps {j1} [{s1:.6g},{e1:.6g})")
     if plan.lower_bound_s > plan.makespan_s + tol:
         problems.append(f"lower bound {plan.lower_bound_s:.6g}s exceeds makespan {plan.makespan_s:.6g}s")
     if problems:

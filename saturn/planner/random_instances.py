@@ -52,7 +52,8 @@ def random_instance(n_jobs: int, nodes: Sequence[int], seed: int, kinds: str = "
             fits = g >= min_g
             ddp = base / g**alpha
             rows.append(_row(name, "ddp", g, ddp, fits and kind == "small", startup))
-            rows.append(_row(name, "fsdp", g, ddp * rng.uniform(1.05, 1.6) * (1 if kind != "small" else 1.5), fits and g > 1, startup * 1.2))
+            rows.append(_row(name, "fsdp", g, ddp * rng.uniform(1.05, 1.6) * (1 if kind != "small" else 1.5),
+                             fits and g > 1, startup * 1.2))
             if g in (2, 4, 8):
                 for mb in (4, 8):
                     rows.append(_row(name, "pipeline", g, ddp * rng.uniform(1.1, 1.8), fits and g > 1, startup,

@@ -145,7 +145,8 @@ class Scheduler:
         return max((a.end_s for a in self.assignments), default=0.0)
 
 
-def list_schedule(nodes: Sequence[NodeSpec], choices: Iterable[Choice], fixed: Sequence[Assignment] = ()) -> list[Assignment]:
+def list_schedule(nodes: Sequence[NodeSpec], choices: Iterable[Choice],
+                  fixed: Sequence[Assignment] = ()) -> list[Assignment]:
     """Place the choices in the given order (around `fixed`), each at its earliest finish."""
     s = Scheduler(nodes, fixed)
     for c in choices:

@@ -71,7 +71,7 @@ def _variants(specs: list[JobSpec], profiles: pd.DataFrame, fixed_names: set[str
         members = members_of(g)
         if len(members) < 2 or any(m not in by_name or m in fixed_names for m in members):
             continue  # a group only replaces jobs still to plan
-        if any(by_name[m].techniques is not None and not (by_name[m].techniques & {TECHNIQUE})
+        if any((allowed := by_name[m].techniques) is not None and not (allowed & {TECHNIQUE})
                for m in members):
             continue  # a member whose allowed techniques exclude sharp
         pseudo = JobSpec(g, sum(by_name[m].steps for m in members), frozenset({TECHNIQUE}))
@@ -91,7 +91,7 @@ def plan_with_groups(plan_fn: Callable[..., Any], jobs: Any, cluster: Any,
     solo_rows = profiles[~profiles["job"].astype(str).map(is_group)]
     share = time_limit_s / (1 + len(variants))
     best = plan_fn(specs, cluster, solo_rows, time_limit_s=share, fixed=fixed, _groups=False, **kw)
-    for g, variant in variants:
+    for _group, variant in variants:
         try:
             cand = plan_fn(variant, cluster, profiles, time_limit_s=share, fixed=fixed,
                            _groups=False, **kw)

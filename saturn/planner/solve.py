@@ -163,7 +163,9 @@ def normalize_fixed(fixed: Optional[Sequence[Union[Assignment, dict]]], nodes: S
     if not fixed:
         return []
     node_of = {n.name: n for n in nodes}
-    out, held, problems = [], {}, []
+    out: list[Assignment] = []
+    held: dict[tuple[str, int], str] = {}
+    problems: list[str] = []
     for f in fixed:
         a = f if isinstance(f, Assignment) else Assignment.from_dict(f)
         n = node_of.get(a.node)
@@ -289,7 +291,7 @@ def warm_start_assignments(options: Mapping[str, JobOptions], nodes: Sequence[No
     for name, jo in options.items():
         a = prev.get(name)
         o = _find_option(jo, a, node_of.get(a.node)) if a is not None else None
-        if o is not None:
+        if a is not None and o is not None:
             kept.append((a.start_s, name, Choice(o, a.node)))
         else:
             new.append((-chosen[name].runtime_s, name, Choice(chosen[name])))

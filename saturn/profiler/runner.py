@@ -3,8 +3,8 @@
 Each trial gets concrete device ids from the free pool and runs in its own thread; a technique's
 `trial()` runs its steps in worker processes (by default the warm workers of
 `saturn.techniques.warm.shared_pool`, one long-lived process per device that is replaced after a
-failure), so threads are enough to overlap trials. With `isolation="process"` the `trial()` call itself also runs in a fresh process
-(for techniques that train in-process), which a timeout can kill.
+failure), so threads are enough to overlap trials. With `isolation="process"` the `trial()` call
+itself also runs in a fresh process (for techniques that train in-process), which a timeout can kill.
 
 Nothing a trial does can crash the profiler: an exception, a wrong return type, a hang past the
 timeout all become an outcome dict with status 'failed' or 'timeout' and a reason.
@@ -246,12 +246,12 @@ class Runner:
                     rid, outcome = self._events.get(timeout=self.poll_s)
                 except queue.Empty:
                     continue
-                r = self._running.pop(rid, None)
-                if r is None:
+                ended = self._running.pop(rid, None)
+                if ended is None:
                     continue  # an abandoned trial whose devices were already reclaimed
-                free.extend(r.devices)
-                if not r.abandoned:
-                    self._finish(search, r, outcome, self.clock())
+                free.extend(ended.devices)
+                if not ended.abandoned:
+                    self._finish(search, ended, outcome, self.clock())
         finally:
             self.stats.wall_s = self.clock() - start
         return self.stats

@@ -22,10 +22,8 @@ from saturn.errors import SaturnError
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
 from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
-from saturn.profiler.search import (SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec,
-                                    canonical_knobs)
-from saturn.profiler.table import (ProfileStore, checkpoint_cost_s, estimate_runtime_s, fixed_costs,
-                                   now_iso)
+from saturn.profiler.search import SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec, canonical_knobs
+from saturn.profiler.table import ProfileStore, checkpoint_cost_s, estimate_runtime_s, fixed_costs, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -328,15 +326,21 @@ class _Progress:
 
     def __init__(self, enabled: bool, console: Any = None):
         self.enabled = enabled
-        self._bar = None
-        self._task = None
+        self._bar: Any = None  # rich.progress.Progress once entered (rich is imported lazily)
+        self._task: Any = None
         self._console = console
         self._durations: list[float] = []
 
     def __enter__(self) -> "_Progress":
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             if self._console is None:
                 from rich.console import Console

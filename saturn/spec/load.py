@@ -14,7 +14,7 @@ import itertools
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -60,7 +60,7 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
     problems: list[str] = []
     cluster = _validate(Cluster, raw.get("cluster", "local"), ("cluster",), lines, problems)
     built = []
-    for i, (job, origin) in enumerate(zip(jobs, origins)):
+    for job, origin in zip(jobs, origins):
         j = _validate(Job, job, origin, lines, problems, label=job.get("name"))
         built.append(j)
     if problems:
@@ -177,7 +177,7 @@ def _validate(cls: type[BaseModel], data: Any, origin: tuple, lines: dict, probl
         return None
 
 
-def _fmt(err: dict, origin: tuple, lines: dict, cls: type, head: Optional[str] = None) -> str:
+def _fmt(err: Mapping[str, Any], origin: tuple, lines: dict, cls: type, head: Optional[str] = None) -> str:
     loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     field = ".".join(str(x) for x in loc)
     where = head or _path(origin)
@@ -199,7 +199,7 @@ def _unknown_key_msg(loc: tuple, full: str, allowed: Iterable[str], lines: dict)
     return f"{full}: unknown key {key!r}{hint} Allowed keys: {', '.join(allowed)}{_at(loc, lines)}"
 
 
-def _allowed_keys(cls: type, loc: tuple) -> list[str]:
+def _allowed_keys(cls: Optional[type], loc: tuple) -> list[str]:
     """Walk the pydantic model along `loc` to the mapping whose key was unknown."""
     for part in loc:
         if isinstance(part, int) or cls is None:

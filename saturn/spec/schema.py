@@ -192,6 +192,7 @@ class Job(_Strict):
             return self.steps
         from saturn.zoo.data import dataset_size
 
+        assert self.epochs is not None  # the validator demands exactly one of steps / epochs
         size = dataset_size(self.data, self.seq_len)
         return max(1, math.ceil(size / self.batch_size * float(self.epochs)))
 

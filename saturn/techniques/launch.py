@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, Sequence
 
 # Log text that means the job ran out of (GPU or host) memory, as opposed to a bug.
 OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
@@ -213,7 +213,14 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _collect(rundir: str, procs: list[subprocess.Popen], outcome: str,
+class _Exit(Protocol):
+    """What `_collect` reads of a worker: a `Popen`, or `warm._Exited` for a warm worker."""
+
+    @property
+    def returncode(self) -> Optional[int]: ...
+
+
+def _collect(rundir: str, procs: Sequence[_Exit], outcome: str,
              culprit: int) -> dict[str, Any]:
     """Rank 0's result, or a structured failure (OOM is told apart from other failures)."""
     results = [_read_json(os.path.join(rundir, f"result-{r}.json")) for r in range(len(procs))]
@@ -239,7 +246,7 @@ _PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "remote w
               "NCCL communicator was aborted", "Broken pipe", "ProcessGroupGloo")
 
 
-def _root_cause(procs: list[subprocess.Popen], results: list[Optional[dict]], culprit: int) -> int:
+def _root_cause(procs: Sequence[_Exit], results: list[Optional[dict]], culprit: int) -> int:
     """The rank that failed for its own reason: the first to exit non-zero, unless its error only
     says that a peer went away (ranks failing within one poll interval look simultaneous)."""
     failed = [culprit] + [r for r, p in enumerate(procs) if r != culprit and p.returncode not in

@@ -9,7 +9,7 @@ bubble: only activations at stage boundaries cross devices. Each rank builds the
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique
 from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+
+if TYPE_CHECKING:
+    from saturn.zoo.models import SequentialModel
 
 
 @knob_dataclass
@@ -114,7 +117,7 @@ def balanced_split(weights: list[float], stages: int) -> list[int]:
     return starts[::-1]
 
 
-def _stage_range(model: nn.Module, knobs: dict[str, Any], rank: int, world: int) -> range:
+def _stage_range(model: SequentialModel, knobs: dict[str, Any], rank: int, world: int) -> range:
     split = knobs.get("split", "auto")
     starts = balanced_split(layer_weights(model), world) if split in (None, "auto") else list(split)
     if len(starts) != world or starts[0] != 0 or sorted(set(starts)) != starts:
@@ -151,7 +154,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
         losses: list[torch.Tensor] = []
         with training.autocast(job, ctx.device_type):
             args = (x,) if first else ()
-            kwargs = {"target": y, "losses": losses} if last else {}
+            kwargs: dict[str, Any] = {"target": y, "losses": losses} if last else {}
             schedule.step(*args, **kwargs)
         optimizer.step()
         return torch.stack(losses).mean().detach() if last else None

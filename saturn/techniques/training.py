@@ -26,13 +26,16 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
 from saturn.techniques import checkpoint as ckpt
 from saturn.techniques import step_io
+
+if TYPE_CHECKING:
+    from saturn.zoo.models import SequentialModel
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
 
@@ -99,7 +102,7 @@ def build_optimizer(job: Any, params: Any) -> torch.optim.Optimizer:
     return cls[job.optimizer.name](params, **job.optimizer.kwargs())
 
 
-def build_model(job: Any, device: Any = None) -> torch.nn.Module:
+def build_model(job: Any, device: Any = None) -> SequentialModel:
     """The job's model on `device` (default CPU; "meta" = unallocated, then
     `saturn.zoo.init.materialize`) with the one seeded init rule of `saturn.zoo.init`: every
     technique, rank and process count starts from the same weights, which is what makes their

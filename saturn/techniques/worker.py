@@ -80,9 +80,9 @@ def _resolve(path: str) -> Callable[..., Any]:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    from saturn.techniques.launch import OOM_MARKERS
-
     import torch
+
+    from saturn.techniques.launch import OOM_MARKERS
 
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(
         m in str(exc) for m in OOM_MARKERS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sized, cast
 
 import torch
 
@@ -129,7 +129,7 @@ def batch_for_step(dataset: torch.utils.data.Dataset, step: int, batch_size: int
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} is not divisible by {world} data-parallel ranks")
     per = batch_size // world
-    n = len(dataset)
+    n = len(cast(Sized, dataset))  # map-style datasets of the zoo all have a length
     start = step * batch_size + rank * per
     samples = [dataset[(start + k) % n] for k in range(per)]
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])

@@ -13,7 +13,7 @@ means one copy per shard per direction instead of one per tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 
 def uniform_shards(n_layers: int, shard_layers: int) -> list[tuple[int, int]]:
@@ -65,7 +65,7 @@ def activation_estimate(model: Any, batch_size: int, seq_len: int, precision: st
     if d is None:
         return None, 0
     if hasattr(cfg, "vocab_size"):
-        tokens, head_out = batch_size * seq_len, getattr(cfg, "vocab_size")
+        tokens, head_out = batch_size * seq_len, cfg.vocab_size
     else:
         tokens, head_out = batch_size * (getattr(cfg, "n_patches", 0) + 1), cfg.num_classes
     per = 48 if precision == "bf16" else 96  # bytes per token per channel of one block
@@ -77,11 +77,11 @@ def activation_estimate(model: Any, batch_size: int, seq_len: int, precision: st
 
 
 def check_ranges(ranges: Sequence[tuple[int, int]], n_layers: int) -> list[tuple[int, int]]:
-    ranges = [tuple(r) for r in ranges]
-    if not ranges or ranges[0][0] != 0 or ranges[-1][1] != n_layers or any(
-            a[1] != b[0] or a[0] >= a[1] for a, b in zip(ranges, ranges[1:])):
-        raise ValueError(f"shards {ranges} do not tile layers 0..{n_layers}")
-    return ranges  # type: ignore[return-value]
+    out = [cast("tuple[int, int]", tuple(r)) for r in ranges]  # lists from JSON/YAML become pairs
+    if not out or out[0][0] != 0 or out[-1][1] != n_layers or any(
+            a[1] != b[0] or a[0] >= a[1] for a, b in zip(out, out[1:])):
+        raise ValueError(f"shards {out} do not tile layers 0..{n_layers}")
+    return out
 
 
 def check_no_cross_shard_ties(layers: Sequence[Any]) -> None:
@@ -198,7 +198,10 @@ def build_shards(layers: Sequence[Any], ranges: Sequence[tuple[int, int]], pin: 
         params = [p for _, p in named]
         fqns = [f"layers.{s + int(n.split('.', 1)[0])}.{n.split('.', 1)[1]}" for n in names]
         groups = flat_groups(params, wire_dtype)
-        host_flat, host_grad, wire_flat, wire_grad = [], [], [], []
+        host_flat: list[Any] = []
+        host_grad: list[Any] = []
+        wire_flat: list[Any] = []
+        wire_grad: list[Any] = []
         for g in groups:
             flat = torch.empty(g.total, dtype=g.dtype, pin_memory=pin)
             grad = torch.zeros(g.total, dtype=g.dtype, pin_memory=pin)

@@ -33,9 +33,9 @@ class Streams:
 
         self.cuda = device.type == "cuda"
         if self.cuda:
-            self.compute = torch.cuda.current_stream(device)
-            self.h2d = torch.cuda.Stream(device)
-            self.d2h = torch.cuda.Stream(device)
+            self.compute: Any = torch.cuda.current_stream(device)  # None on the CPU
+            self.h2d: Any = torch.cuda.Stream(device)
+            self.d2h: Any = torch.cuda.Stream(device)
         else:
             self.compute = self.h2d = self.d2h = None
 
@@ -197,7 +197,8 @@ class Transfers:
             st.use_on(res.flats, st.d2h)
             new_host_state = []
             for i, s in enumerate(dev_state):
-                hs = dict(host_state[i]) if host_state[i] is not None else {}
+                prev = host_state[i]
+                hs = dict(prev) if prev is not None else {}
                 for key, v in s.items():
                     if is_state_tensor(key, v):
                         h = hs.get(key)
