@@ -134,7 +134,6 @@ def main() -> None:
     wl_path.write_text(workload_yaml(args.quick, args.gpus))
 
     import saturn
-    from saturn.executor.report import summarize
 
     store, run_dir = work / "profiles", work / "run"
     wl = saturn.load_workload(str(wl_path))
