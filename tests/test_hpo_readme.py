@@ -74,7 +74,6 @@ def test_readme_tune_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
         real_start(cluster, **kw)  # the snippet drops the handle; so do we
 
     monkeypatch.setattr(rt, "start_orchestrator", simulated)
-    monkeypatch.setenv("HOME", str(tmp_path))  # Tune writes ~/ray_results
     monkeypatch.chdir(tmp_path)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:

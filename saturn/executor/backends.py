@@ -232,6 +232,18 @@ class WallClock:
         return self.run_dir / "jobs" / job
 
 
+def spawn_runner(spec_path: Path, log_path: Path, extra_env: dict[str, str]) -> subprocess.Popen:
+    """Start `python -m saturn.executor.job_runner SPEC` in its own session (so a stop reaches the
+    whole attempt), its output appended to `log_path`, this checkout first on PYTHONPATH."""
+    env = dict(os.environ, **extra_env)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", str(spec_path)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+
+
 class ProcessBackend(WallClock):
     """Runs every attempt as a child process (`saturn.executor.job_runner`) on local devices.
 
@@ -286,13 +298,7 @@ class ProcessBackend(WallClock):
             h = WarmAttempt(spec, self.pool(), self.extra_env, runner_log=str(d / "runner.txt"))
             self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset)
             return None  # no runner process: the attempt's workers are the pool's (they die with us)
-        env = dict(os.environ, **self.extra_env)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        with open(d / "runner.txt", "ab") as log:
-            p = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", str(spec_path)],
-                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env=env)
+        p = spawn_runner(spec_path, d / "runner.txt", self.extra_env)
         self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset)
         return p.pid
 

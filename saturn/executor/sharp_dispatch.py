@@ -36,9 +36,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
@@ -196,7 +193,7 @@ def launch(ex: Any, assignment: dict) -> bool:
 def launch_process(backend: Any, group: str, members: list[Any], assignment: dict) -> int:
     """Start the group's runner process and register it once per member with the process
     backend (its per-job polling, stopping and result reading then apply unchanged)."""
-    from saturn.executor.backends import _Proc
+    from saturn.executor.backends import _Proc, spawn_runner
 
     spec_members, procs = [], []
     for js in members:
@@ -218,13 +215,7 @@ def launch_process(backend: Any, group: str, members: list[Any], assignment: dic
     tmp = spec_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(spec, indent=1))
     os.replace(tmp, spec_path)
-    env = dict(os.environ, **backend.extra_env)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with open(first / "runner.txt", "ab") as log:
-        p = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", str(spec_path)],
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
+    p = spawn_runner(spec_path, first / "runner.txt", backend.extra_env)
     for name, attempt, d, prog, res, offset in procs:
         backend.procs[name] = _Proc(p, name, attempt, d, prog, res, offset)
     return p.pid
