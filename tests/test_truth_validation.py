@@ -206,7 +206,11 @@ def test_hypothesis_malformed_profile_tables_error_with_location_or_load(tmp_pat
         store.load_store(p)
     except SaturnError as exc:
         assert exc.exit_code == 2 and str(p) in str(exc)
-        if isinstance(exc, store.ProfileTableError) and "cannot read" not in str(exc) and "no column" not in str(exc):
+        # a line break inside a cell can break the CSV's row structure itself: then the damage shows
+        # (and is named) wherever the parser lands, not necessarily at the generated cell
+        breaks_rows = isinstance(value, str) and ("\r" in value or "\n" in value)
+        if (isinstance(exc, store.ProfileTableError) and "cannot read" not in str(exc)
+                and "no column" not in str(exc) and not breaks_rows):
             assert f"line {row + 2}" in str(exc) and repr(col) in str(exc), str(exc)
     else:
         assert len(df) == 3
