@@ -22,7 +22,7 @@ cluster: {devices: cpu, slots: 2}
 defaults: {seq_len: 16, batch_size: 4, precision: fp32}
 jobs:
   - {name: lm, model: gpt2-tiny, steps: %d, techniques: [ddp, fsdp],
-     data: {factory: "tests.test_executor_process:slow_tokens", kwargs: {vocab_size: 256}}}
+     data: {factory: "tests.slow_data:slow_tokens", kwargs: {vocab_size: 256, delay_s: 0.025}}}
   - {name: vis, model: gpt2-tiny, data: synthetic-tokens, steps: %d, techniques: [ddp], gpus: [1]}
 """
 # vis is profiled 10x too slow, so the plan runs lm on one slot beside it; when vis ends early the
@@ -31,24 +31,6 @@ jobs:
 # executor sees the same speeds the profile claims, and the switch pays for real.
 PROFILES = [("lm", "ddp", 1, 0.1, 3.0), ("lm", "fsdp", 2, 0.05, 3.0), ("vis", "ddp", 1, 1.0, 3.0)]
 
-
-class _SlowTokens:
-    def __init__(self, vocab_size: int, seq_len: int):
-        from saturn.zoo.data import SyntheticTokens
-
-        self.inner = SyntheticTokens(vocab_size, seq_len)
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getitem__(self, i):
-        time.sleep(0.025)
-        return self.inner[i]
-
-
-def slow_tokens(seq_len: int, vocab_size: int):
-    """A user dataset factory (`data: {factory: ...}`) whose loading dominates the step time."""
-    return _SlowTokens(vocab_size, seq_len)
 
 
 def _files(tmp_path, lm_steps, vis_steps):

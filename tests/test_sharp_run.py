@@ -30,26 +30,8 @@ jobs:
   - {name: c, steps: %(steps_c)d, seed: 2, data: %(data)s,
      optimizer: {name: adamw, lr: 0.003, weight_decay: 0.1}}
 """
-SLOW_DATA = '{factory: "tests.test_sharp_run:slow_tokens", kwargs: {vocab_size: 256}}'
+SLOW_DATA = '{factory: "tests.slow_data:slow_tokens", kwargs: {vocab_size: 256, delay_s: 0.01}}'
 
-
-class _SlowTokens:
-    def __init__(self, vocab_size: int, seq_len: int):
-        from saturn.zoo.data import SyntheticTokens
-
-        self.inner = SyntheticTokens(vocab_size, seq_len)
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getitem__(self, i):
-        time.sleep(0.01)
-        return self.inner[i]
-
-
-def slow_tokens(seq_len: int, vocab_size: int):
-    """Synthetic tokens that take 10 ms a sample: steps slow enough to kill the run mid-way."""
-    return _SlowTokens(vocab_size, seq_len)
 
 
 def _files(tmp_path, steps, steps_c, data="synthetic-tokens"):

@@ -27,31 +27,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 330
 KILLS = 20
+# ~20 ms a step (4 ms a sample): kills land inside steps and checkpoints, not only between
 WORKLOAD = f"""name: crash
 cluster: {{devices: cpu, slots: 1}}
 defaults: {{seq_len: 16, batch_size: 4, precision: fp32}}
 jobs:
   - {{name: lm, model: gpt2-tiny, steps: {STEPS}, techniques: [ddp], gpus: [1],
-     data: {{factory: "tests.test_truth_crash:paced_tokens", kwargs: {{vocab_size: 256}}}}}}
+     data: {{factory: "tests.slow_data:slow_tokens", kwargs: {{vocab_size: 256, delay_s: 0.004}}}}}}
 """
-
-
-class _PacedTokens:
-    def __init__(self, vocab_size: int, seq_len: int):
-        from saturn.zoo.data import SyntheticTokens
-
-        self.inner = SyntheticTokens(vocab_size, seq_len)
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getitem__(self, i):
-        time.sleep(0.004)  # ~20 ms a step: kills land inside steps and checkpoints, not only between
-        return self.inner[i]
-
-
-def paced_tokens(seq_len: int, vocab_size: int):
-    return _PacedTokens(vocab_size, seq_len)
 
 
 def _per_step_lines(prog: Path) -> int:
