@@ -160,6 +160,8 @@ def phases_chart(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from saturn.planner.gantt import save_figure
+
     s = summarize(run_dir)
     rows = s["phases"]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
@@ -178,12 +180,7 @@ def phases_chart(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     g = s.get("goodput")
     ax.set_title(f"per-job phases; run goodput {100 * g:.0f}%" if g is not None else "per-job phases")
     ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
@@ -193,7 +190,7 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saturn.planner.gantt import draw_bars, job_colors
+    from saturn.planner.gantt import draw_bars, job_colors, save_figure
 
     state, journal = load_run(run_dir)
     plans = journal.plans()
@@ -212,12 +209,7 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
         draw_bars(ax, bars, rows, colors, min_label_frac=0.0)
         ax.set_title(title)
     axes[-1].set_xlabel("seconds since run start")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def fmt_s(x: Optional[float]) -> str:

@@ -59,9 +59,16 @@ def save_gantt(plan: Union[Plan, dict], cluster: Any, path: Union[str, Path], ti
     if p.lower_bound_s:
         ax.axvline(p.lower_bound_s, color="gray", linestyle=":", linewidth=1)
     ax.set_title(title or f"makespan {p.makespan_s:,.0f}s (lower bound {p.lower_bound_s:,.0f}s)")
+    return save_figure(fig, path, dpi=120)
+
+
+def save_figure(fig: Any, path: Union[str, Path], dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; its path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
