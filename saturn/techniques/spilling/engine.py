@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 from saturn.techniques.spilling import host_optimizer as hopt
 from saturn.techniques.spilling import shards as shp
 from saturn.techniques.spilling import split as spl
-from saturn.techniques.spilling.states import FlatAdamW, FlatSlot
+from saturn.techniques.spilling.states import FlatAdamW, FlatSlot, warm_compiled_kernel
 from saturn.techniques.spilling.transfer import Resident, Transfers
 
 
@@ -153,6 +153,8 @@ class SpillingEngine:
         if compile_state_kernel is None:
             env = os.environ.get("SATURN_SPILLING_COMPILE", "")
             compile_state_kernel = self.cuda if env == "" else env not in ("0", "false", "no")
+        if optimizer_state == "bf16" and compile_state_kernel:
+            compile_state_kernel = warm_compiled_kernel()  # at start-up, not in the first step
         impl = cpu_adam if cpu_fused_optimizer else "torch"
         for k, sh in enumerate(self.shards):
             if k in self.device_shards:

@@ -11,9 +11,11 @@ copy as it goes: about 20 bytes per parameter (fp32 master read + write, bf16 gr
 moments read + write, bf16 wire write). The masters stay fp32.
 
 Rounding: exp_avg_sq moves by (1 - beta2) = 0.1% of itself per step, below bf16's 0.4%
-resolution, so round-to-nearest would freeze it. Both moments are rounded stochastically (add
-16 random bits below the bf16 mantissa, truncate), which is unbiased. The random bits are the low
-mantissa bits of the freshly updated fp32 master (deterministic, no RNG state, no extra memory).
+resolution, so plain round-to-nearest would only ever let it grow (a decay is rounded away). It
+is rounded with a relative dither of one bf16 step before the cast (unbiased on average); the
+dither's numbers are the low digits of the new master and momentum (deterministic, no RNG state,
+no extra memory, float ops only so the loop stays vectorized). exp_avg moves by 10% per step and
+is rounded to nearest.
 
 The kernel is plain torch ops over chunks of the flat buffers; with `compiled=True` the chunk
 function goes through `torch.compile` (inductor fuses it into one vectorized, OpenMP-parallel
@@ -51,22 +53,13 @@ class FlatSlot:
     shapes: list[Any]
 
 
-def _round_bf16(x: Any, dither: Any) -> Any:
-    """fp32 -> fp32 with the low 16 bits cleared after adding `dither` (0..65535): stochastic
-    rounding to bf16 (the following cast to bf16 is exact). Sign-magnitude: the dither grows
-    the magnitude, so it rounds away from zero with the right probability for either sign."""
-    import torch
-
-    return ((x.view(torch.int32) + dither) & -65536).view(torch.float32)
-
-
 def adam_chunk(p: Any, g: Any, m: Any, v: Any, wire: Optional[Any], lr: Any, beta1: Any,
-               beta2: Any, eps: Any, wd: Any, bc1: Any, bc2_sqrt: Any, decoupled: bool) -> None:
+               beta2: Any, eps: Any, wd: Any, bc1: Any, bc2_sqrt: Any, decoupled: bool,
+               dither: bool = True) -> None:
     """One Adam(W) update of a chunk, in place: `p` fp32 masters, `g` gradients (any float
-    dtype), `m`/`v` bf16 moments, `wire` (optional) the bf16 copy of `p` to refresh. Same rule
-    as torch.optim.AdamW / Adam (non-amsgrad, non-maximize)."""
-    import torch
-
+    dtype), `m`/`v` moments (bf16: `dither` on), `wire` (optional) the bf16 copy of `p` to
+    refresh. Same rule as torch.optim.AdamW / Adam (non-amsgrad, non-maximize). Float ops only,
+    so inductor vectorizes the whole chunk into one loop."""
     gf = g.float()
     if not decoupled:
         gf = gf + wd * p
@@ -74,17 +67,23 @@ def adam_chunk(p: Any, g: Any, m: Any, v: Any, wire: Optional[Any], lr: Any, bet
     vf = v.float() * beta2 + gf * gf * (1 - beta2)
     pn = p * (1 - lr * wd) if decoupled else p
     pn = pn - (lr / bc1) * mf / (vf.sqrt() / bc2_sqrt + eps)
-    bits = pn.view(torch.int32)
-    d1 = bits & 0xFFFF
-    d2 = (bits >> 7) & 0xFFFF
-    m.copy_(_round_bf16(mf, d1))
-    v.copy_(_round_bf16(vf, d2))
+    # dithered rounding of v: a relative dither of one bf16 step (2^-7) before the
+    # round-to-nearest cast makes the rounding unbiased on average; its "random" numbers are
+    # the low digits of the new master and momentum (deterministic, vectorized, no RNG state)
+    if dither:
+        x = pn.abs() * 1048576.0 + mf.abs() * 1073741824.0
+        vf = vf * (1 + (x - x.floor() - 0.5) * 0.0078125)
+    m.copy_(mf)
+    v.copy_(vf)
     p.copy_(pn)
     if wire is not None:
         wire.copy_(pn)
 
 
-def _kernel(compiled: bool) -> Callable[..., None]:
+_EAGER: Callable[..., Any] = adam_chunk
+
+
+def _kernel(compiled: bool) -> Callable[..., Any]:
     if not compiled:
         return adam_chunk
     with _COMPILE_LOCK:
@@ -94,6 +93,29 @@ def _kernel(compiled: bool) -> Callable[..., None]:
 
             fn = _COMPILED["adam"] = torch.compile(adam_chunk, dynamic=True)
     return fn  # type: ignore[no-any-return]
+
+
+def warm_compiled_kernel() -> bool:
+    """Compile the update now (once per process, on the calling thread) instead of inside the
+    first training step on the optimizer thread; False when it cannot be compiled here (the
+    optimizers then run the eager ops)."""
+    import torch
+
+    if _COMPILED.get("warm") is not None:
+        return bool(_COMPILED["warm"])
+    try:
+        fn = _kernel(True)
+        n = 4099
+        p, g = torch.randn(n), torch.randn(n).bfloat16()
+        m, v, w = (torch.zeros(n, dtype=torch.bfloat16) for _ in range(3))
+        scal = [torch.tensor(x) for x in (1e-3, 0.9, 0.999, 1e-8, 0.01, 0.1, 0.03)]
+        fn(p, g, m, v, w, *scal, True, True)
+        fn(p[:n - 2], g[:n - 2].float(), m[:n - 2], v[:n - 2], None, *scal, True, True)
+        ok = True
+    except Exception:  # noqa: BLE001 -- no C++ compiler / inductor unavailable: eager ops
+        ok = False
+    _COMPILED["warm"] = ok
+    return ok
 
 
 class FlatAdamW:
@@ -126,17 +148,18 @@ class FlatAdamW:
             raise ValueError(f"optimizer_state {state_dtype}: unsupported optimizer settings "
                              f"{sorted(unknown)}")
         self.decoupled = name == "adamw"
-        group = {"lr": float(kw.get("lr", 1e-3)), "betas": tuple(kw.get("betas", (0.9, 0.999))),
+        group: dict[str, Any] = {"lr": float(kw.get("lr", 1e-3)), "betas": tuple(kw.get("betas", (0.9, 0.999))),
                  "eps": float(kw.get("eps", 1e-8)),
                  "weight_decay": float(kw.get("weight_decay", 1e-2 if self.decoupled else 0.0)),
                  "amsgrad": False, "maximize": False, "foreach": None, "fused": None,
                  "capturable": False, "differentiable": False}
-        self.defaults = dict(group)
-        self.param_groups = [{**group, "params": list(params)}]
+        self.defaults: dict[str, Any] = dict(group)
+        self.param_groups: list[dict[str, Any]] = [{**group, "params": list(params)}]
         self.slots = slots
         self.compiled = compiled
         self.chunk = int(chunk)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[state_dtype]
+        self.dither = dtype == torch.bfloat16
         self.state: dict[Any, dict[str, Any]] = {}
         self._moments = []
         self.step_count = 0
@@ -174,10 +197,10 @@ class FlatAdamW:
         g = self.param_groups[0]
         self.step_count += 1
         t = self.step_count
-        b1, b2 = g["betas"]
-        lr, eps, wd = g["lr"], g["eps"], g["weight_decay"]
+        b1, b2 = (float(x) for x in g["betas"])
+        lr, eps, wd = float(g["lr"]), float(g["eps"]), float(g["weight_decay"])
         bc1, bc2_sqrt = 1 - b1 ** t, math.sqrt(1 - b2 ** t)
-        fn = self._kernel()
+        fn: Callable[..., Any] = self._kernel()
         scal: list[Any]
         if fn is adam_chunk:
             scal = [lr, b1, b2, eps, wd, bc1, bc2_sqrt]
@@ -191,18 +214,20 @@ class FlatAdamW:
                     b = min(n, a + self.chunk)
                     w = s.wire[a:b] if s.wire is not None else None
                     try:
-                        fn(s.master[a:b], s.grad[a:b], m[a:b], v[a:b], w, *scal, self.decoupled)
+                        fn(s.master[a:b], s.grad[a:b], m[a:b], v[a:b], w, *scal, self.decoupled,
+                           self.dither)
                     except Exception:  # noqa: BLE001 -- compile failed (no compiler): eager
                         if fn is adam_chunk:
                             raise
                         self.compiled = False
-                        fn = adam_chunk
+                        fn = _EAGER
                         scal = [float(x) for x in scal]
-                        fn(s.master[a:b], s.grad[a:b], m[a:b], v[a:b], w, *scal, self.decoupled)
+                        fn(s.master[a:b], s.grad[a:b], m[a:b], v[a:b], w, *scal, self.decoupled,
+                           self.dither)
             for st in self.state.values():
                 st["step"].fill_(float(t))
 
-    def _kernel(self) -> Callable[..., None]:
+    def _kernel(self) -> Callable[..., Any]:
         if not self.compiled:
             return adam_chunk
         try:

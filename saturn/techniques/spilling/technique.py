@@ -100,12 +100,12 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> Any:
     from saturn.techniques import training
     from saturn.techniques.spilling.engine import SpillingEngine
 
-    feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes())
-    if not feas:
-        raise MemoryError(f"spilling: {feas.reason}")
     conflict = knob_conflicts(job, knobs)
     if conflict:
         raise ValueError(f"spilling: {conflict}")
+    feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes())
+    if not feas:
+        raise MemoryError(f"spilling: {feas.reason}")
     model = training.build_model(job)
     dataset = training.build_dataset(job, model)
     engine = SpillingEngine(model, ctx.device, **engine_kwargs(job, knobs))
