@@ -66,7 +66,7 @@ def probe(hw: Hardware, cpu_threads: Optional[int] = None) -> MachineRates:
                 b = torch.randn(n, n, device=dev, dtype=dtype)
                 s = _timed(functools.partial(torch.matmul, a, b), sync, 10 if cuda else 3)
                 mm[name][n] = round(2.0 * rows * n * n / s / 1e12, 4)
-        nbytes = (512 if cuda else 64) * 2**20
+        nbytes = (512 if cuda else 32) * 2**20
         x = torch.empty(nbytes // 4, device=dev, dtype=torch.float32)
         y = torch.empty_like(x)
         mem = 2 * nbytes / _timed(lambda: y.copy_(x), sync, 10 if cuda else 3) / 1e9  # read + write
@@ -91,7 +91,7 @@ def probe(hw: Hardware, cpu_threads: Optional[int] = None) -> MachineRates:
             net, net_src = mem / 4, "estimated (CPU slots: a quarter of memory bandwidth)"
         small = torch.ones(16, device=dev)
         launch = _timed(lambda: small.add_(1.0), sync, 2000) * 1e6
-        params = torch.nn.Parameter(torch.zeros(4_000_000 if cuda else 1_000_000))
+        params = torch.nn.Parameter(torch.zeros(4_000_000 if cuda else 500_000))
         params.grad = torch.zeros_like(params)
         opt = torch.optim.AdamW([params], lr=1e-4)
         adam = params.numel() / _timed(opt.step, lambda: None, 3)
