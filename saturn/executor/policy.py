@@ -39,7 +39,6 @@ from saturn.executor.state import (
     OFF_GPU,
     RUNNING,
     STOPPING,
-    TERMINAL,
     JobState,
     RunState,
     option_key,
