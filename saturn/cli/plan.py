@@ -33,6 +33,8 @@ def plan_command(
     json_out: Optional[Path] = flags.output_file("--json", help="Write the plan as JSON to this file ('-' = stdout).",
                                                  stdout_ok=True),
     gantt: Optional[Path] = flags.output_file("--gantt", help="Write a Gantt chart (PNG) to this file."),
+    no_prior: bool = typer.Option(False, "--no-prior", help="Plan from profile rows only: no `estimated` "
+                                  "rows from the prior cost model for options nobody measured."),
 ) -> None:
     """Choose a technique, GPUs and start time for every job, minimizing the makespan."""
     from rich.table import Table
@@ -44,7 +46,7 @@ def plan_command(
 
     wl = load(workload)  # (a Ray cluster's nodes are discovered here)
     cluster = wl.cluster
-    p = plan(wl, profiles_table(wl, profiles), time_limit_s=time_limit)
+    p = plan(wl, profiles_table(wl, profiles, prior=not no_prior), time_limit_s=time_limit)
 
     if json_out is not None and str(json_out) == "-":
         write_json(p.to_dict(), "-")
