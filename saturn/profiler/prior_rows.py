@@ -310,3 +310,31 @@ def with_prior(workload: Any, table: pd.DataFrame, store_dir: Union[str, os.Path
         return table
     extra = pd.DataFrame(rows)
     return pd.concat([table, extra], ignore_index=True) if len(table) else extra
+
+
+def trial_priors(workload: Any, cells: Iterable[Any], rep_jobs: dict[str, Any], table: pd.DataFrame,
+                 rates: MachineRates, gpu_type: str, gpu_memory_gb: float, *, steps: int,
+                 warmup_steps: int) -> dict[tuple, Any]:
+    """The prior's guess for every trial of `cells` (`saturn.profiler.search.CellInput`), keyed
+    like `TrialSpec.key`, for the profiler's value rule (`saturn.profiler.value`). Cells of
+    techniques the prior does not model get none (they are searched the old way)."""
+    from saturn.profiler.table import checkpoint_cost_s
+    from saturn.profiler.value import PriorGuess
+
+    shapes = {sig: s for sig, j in rep_jobs.items() if (s := model_shape(j)) is not None}
+    calib = Calibration.fit((t, k, r) for t, k, r, _ in calibration_ratios(
+        table.to_dict("records") if len(table) else [], shapes, lambda _t: rates))
+    out: dict[tuple, Any] = {}
+    for c in cells:
+        shape = shapes.get(c.signature)
+        if shape is None or c.technique not in MODELLED_TECHNIQUES or not c.candidates:
+            continue
+        factor, _why = (anchor(table, c.signature, c.technique, gpu_type, shape, rates)
+                        or calib.factor(c.technique, gpu_type))
+        fixed = _launch_s(table, c.technique, gpu_type) + checkpoint_cost_s(rep_jobs[c.signature], gpu_type)
+        for k in c.candidates:
+            est = estimate(shape, c.technique, k, c.gpus, rates, gpu_memory_gb, factor)
+            trial = fixed + (warmup_steps + steps) * est.step_time_s
+            out[(c.signature, c.technique, canonical_knobs(k), c.gpus)] = PriorGuess(
+                est.step_time_s, est.feasible, round(trial, 3), est.reason)
+    return out
