@@ -184,3 +184,24 @@ def test_profile_orders_trials_by_value(tmp_path, monkeypatch):
     calls.clear()
     profile(wl, store_dir=tmp_path / "b", progress=False, exhaustive=True)
     assert len(calls) > n_value
+
+
+def test_bench_prior_is_leave_one_out():
+    """scripts/bench_prior.py never calibrates a row on itself."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_prior
+
+    rows = []
+    for name, mult in (("gpt2-small", 2.0), ("gpt2-medium", 3.0)):
+        raw = estimate(shape_of(name, None, 16, 512, "bf16"), "zero", {}, 1, H200, 141).step_time_s
+        rows.append({"signature": name, "technique": "zero", "knobs": "{}", "gpus": 1, "gpu_type": "H200",
+                     "gpu_memory_gb": 141, "status": "ok", "feasible": True, "step_time_s": mult * raw,
+                     "source": "profiler", "model": name, "batch_size": 16, "seq_len": 512, "precision": "bf16"})
+    out = bench_prior.evaluate(rows, {"H200": H200})
+    small, medium = out["rows"]
+    assert small["loo_s"] == pytest.approx(3.0 * small["uncalibrated_s"], rel=1e-3)  # the other row's factor
+    assert medium["loo_s"] == pytest.approx(2.0 * medium["uncalibrated_s"], rel=1e-3)
+    assert out["summary"]["ranking_pairs"] == 0  # two jobs, one option each
