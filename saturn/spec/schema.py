@@ -227,7 +227,7 @@ class Node(_Strict):
     gpus: Annotated[int, NotBool] = Field(gt=0, le=L.MAX_NODE_GPUS)
     gpu_memory_gb: Annotated[float, NotBool] = Field(default=80.0, gt=0, le=1e5, allow_inf_nan=False)
     gpu_type: str = "H200"
-    cpu_cores: Annotated[Optional[int], NotBool] = Field(default=None, gt=0)  # planned for input pipelines (saturn.data)
+    cpu_cores: Annotated[Optional[int], NotBool] = Field(default=None, gt=0)  # input pipelines (saturn.data)
 
 
 class RaySpec(_Strict):
