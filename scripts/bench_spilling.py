@@ -54,7 +54,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 ORDER = ("spilling", "deepspeed", "fsdp2", "sharp", "fairscale")
-TIMEOUTS = {"spilling": 210, "deepspeed": 200, "fsdp2": 120, "sharp": 170, "fairscale": 75}
+TIMEOUTS = {"spilling": 150, "deepspeed": 150, "fsdp2": 80, "sharp": 100, "fairscale": 60}
 NEEDS_CUDA = ("deepspeed", "fsdp2", "fairscale")
 
 
@@ -236,9 +236,15 @@ def main_run(a: argparse.Namespace) -> int:
         for d in {bench_dir, out_dir} - {None}:
             benchlib.atomic_write(os.path.join(str(d), "spilling.json"), text)
 
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        with open(os.path.join(log_dir, "bench.log"), "a") as f:
+            f.write(msg + "\n")
+
     t_start = time.perf_counter()
+    say(f"{benchlib.command()} -- {benchlib.machine()}")
     report["results"]["host_bandwidth"] = stream_triad(1 << (22 if a.quick else 27))
-    print(f"host bandwidth: {json.dumps(report['results']['host_bandwidth'])}", flush=True)
+    say(f"host bandwidth: {json.dumps(report['results']['host_bandwidth'])}")
     save()
     for name in [w for w in ORDER if w in a.only.split(",")]:
         left = a.budget_s - (time.perf_counter() - t_start)
@@ -249,16 +255,15 @@ def main_run(a: argparse.Namespace) -> int:
                                        "reason": f"benchmark time budget ({a.budget_s:.0f} s) spent"}
         else:
             sub = {**spec, "batch_size": a.sharp_batch_size} if name == "sharp" else spec
-            print(f"=== {name} (timeout {min(timeouts[name], left):.0f} s)", flush=True)
+            say(f"=== {name} (timeout {min(timeouts[name], left):.0f} s)")
             report["results"][name] = run_worker(name, sub, min(timeouts[name], left), log_dir)
             r = report["results"][name]
-            print(f"    {name}: {r.get('status')} in {r.get('wall_s')} s {r.get('reason', '')}",
-                  flush=True)
+            say(f"    {name}: {r.get('status')} in {r.get('wall_s')} s {r.get('reason', '')}")
         save()
     report["total_wall_s"] = round(time.perf_counter() - t_start, 1)
     save()
     md = markdown(report)
-    print(md)
+    say(md)
     if a.quick:
         print(f"--quick: wrote {out_dir}/spilling.json (BENCHMARKS.md untouched)")
         return 0

@@ -141,8 +141,15 @@ class SpillingEngine:
                              for p in layer.parameters()) for layer in layers]
                 acts, boundary = (shp.activation_estimate(model, *batch_hint, precision)
                                   if batch_hint else (None, 0))
-                shards = shp.budget_shards(sizes, stream_budget, prefetch, optimizer_on, acts,
-                                           boundary)
+
+                def plan(a: int, b: int) -> list[tuple[int, int]]:
+                    return shp.budget_shards(sizes[a:b], stream_budget, prefetch, optimizer_on,
+                                             acts[a:b] if acts else None, boundary)
+
+                shards = (spl.plan_with_device_prefix(
+                    [sum(p.numel() for p in layer.parameters()) for layer in layers],
+                    budget * gpu_state_fraction, optimizer_state, plan)
+                    if gpu_state_fraction else plan(0, len(layers)))
         self.ranges = shp.check_ranges(shards, len(layers))
         shp.check_no_cross_shard_ties(layers)
         self.shards = shp.build_shards(layers, self.ranges, self.pin, self.wire_dtype)

@@ -42,6 +42,23 @@ def choose_device_shards(shard_numels: Sequence[int], reserve_bytes: float,
     return out
 
 
+def plan_with_device_prefix(layer_numels: Sequence[int], reserve_bytes: float, state_dtype: str,
+                            plan: Any) -> list[tuple[int, int]]:
+    """Shard ranges for a split optimizer when the engine plans the shards itself: the longest
+    prefix of *layers* whose resident bytes fit `reserve_bytes` (never every layer) is cut into
+    shards of its own, the rest as usual; `plan(start, end)` plans layers [start, end) for the
+    streaming budget (so a device shard's recompute activations fit like any shard's).
+    Cutting at layers, not at already planned shards, lets a reserve smaller than a streamed
+    shard still hold something."""
+    per = resident_bytes_per_param(state_dtype)
+    used, j = 0.0, 0
+    while j < len(layer_numels) - 1 and used + layer_numels[j] * per <= reserve_bytes:
+        used += layer_numels[j] * per
+        j += 1
+    head = [(a, b) for a, b in plan(0, j)] if j else []
+    return head + [(a + j, b + j) for a, b in plan(j, len(layer_numels))]
+
+
 def make_device_shard(sh: Any, device: Any, optimizer: str, kwargs: dict[str, Any],
                       state_dtype: str, make_optimizer: Any) -> Any:
     """Move shard `sh`'s masters to `device` (its parameters now point there, so the model's

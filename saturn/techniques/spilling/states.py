@@ -213,6 +213,10 @@ class FlatAdamW:
                 for a in range(0, n, self.chunk):
                     b = min(n, a + self.chunk)
                     w = s.wire[a:b] if s.wire is not None else None
+                    if b - a < 64:  # a short tail: eager (no recompile for tiny sizes)
+                        _EAGER(s.master[a:b], s.grad[a:b], m[a:b], v[a:b], w, *scal,
+                               self.decoupled, self.dither)
+                        continue
                     try:
                         fn(s.master[a:b], s.grad[a:b], m[a:b], v[a:b], w, *scal, self.decoupled,
                            self.dither)
