@@ -148,7 +148,7 @@ def test_choose_device_shards_takes_a_prefix_that_fits():
 
 
 def test_profiler_candidates_and_precision_policy():
-    from saturn.profiler.session import _cell
+    from saturn.profiler.session import cell_for
 
     t = get_technique("spilling")
     bf16 = t.candidates(_job(), 1)
@@ -168,7 +168,7 @@ def test_profiler_candidates_and_precision_policy():
         _job(precision="fp32", knobs={"spilling": {"optimizer_state": "bf16"}})
     # pinned on a bf16 job: every candidate the profiler measures carries it
     pinned = _job(knobs={"spilling": {"optimizer_state": "bf16"}})
-    cell = _cell(t, "spilling", pinned, pinned.signature, 1)
+    cell = cell_for(t, "spilling", pinned, pinned.signature, 1)
     assert cell.candidates and all(c["optimizer_state"] == "bf16" for c in cell.candidates)
     # and the worker refuses it too (a plan made elsewhere)
     with pytest.raises(ValueError, match="precision fp32"):
