@@ -20,7 +20,7 @@ import pandas as pd
 MEASURED_HERE, MEASURED_ELSEWHERE = "measured here", "measured elsewhere"
 EXTRAPOLATED, SIMULATED, GUESSED, UNLABELLED = "extrapolated", "simulated", "guessed", "unlabelled"
 GUESSES = (EXTRAPOLATED, SIMULATED, GUESSED)  # numbers nobody measured for this option
-_MEASURED_SOURCES = ("profiler", "measured", "executor", "observed")
+_MEASURED_SOURCES = ("profiler", "measured", "executor", "observed", "run:")  # run: a job's own steps (inrun)
 
 
 def classify(row: Any, host: Optional[str] = None) -> str:
