@@ -140,13 +140,10 @@ def _profiles(wl: Any, profiles: Any, *, simulate: bool, store_dir: Optional[Pat
 
 
 def _unmeasured(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose numbers nobody measured (any provenance but measured here / elsewhere)."""
-    from saturn.planner.provenance import MEASURED_ELSEWHERE, MEASURED_HERE, classify
+    """The rows whose numbers nobody measured (saturn.planner.provenance.nobody_measured)."""
+    from saturn.planner.provenance import nobody_measured
 
-    if not len(table):
-        return table
-    keep = [classify(r) not in (MEASURED_HERE, MEASURED_ELSEWHERE) for r in table.to_dict("records")]
-    return table[keep]
+    return table[[nobody_measured(r) for r in table.to_dict("records")]] if len(table) else table
 
 
 def _refuse_unmeasured(wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, time_limit_s: float) -> None:
@@ -155,10 +152,11 @@ def _refuse_unmeasured(wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, t
         return
     from saturn.errors import SaturnError
     from saturn.planner import plan
-    from saturn.planner.provenance import MEASURED_ELSEWHERE, MEASURED_HERE, annotate
+    from saturn.planner.provenance import annotate
 
     p = annotate(plan(wl.jobs, wl.cluster, table, time_limit_s=time_limit_s), table)
-    g = [a for a in p.assignments if a.provenance not in (MEASURED_HERE, MEASURED_ELSEWHERE)]
+    nobody = {(str(r["job"]), str(r["technique"]), int(r["gpus"])) for r in unmeasured.to_dict("records")}
+    g = [a for a in p.assignments if (a.job, a.technique, len(a.gpus)) in nobody]
     if not g:
         return
     desc = "; ".join(f"{a.job} ({a.technique} on {len(a.gpus)} GPU(s): {a.provenance}"

@@ -43,6 +43,17 @@ def classify(row: Any, host: Optional[str] = None) -> str:
     return UNLABELLED
 
 
+def nobody_measured(row: Any) -> bool:
+    """Whether a row's numbers are unmeasured (estimated, extrapolated, simulated, guessed): what
+    `saturn run` measures from the jobs' own first steps. A row with no `source` at all (a
+    hand-made table) is taken as given."""
+    label = classify(row)
+    if label == UNLABELLED:
+        get = row.get if hasattr(row, "get") else (lambda k, d=None: d)
+        return str(get("source", "") or "").strip().lower().startswith("estimat")
+    return label not in (MEASURED_HERE, MEASURED_ELSEWHERE)
+
+
 def _canon(knobs: Any) -> str:
     if knobs is None or (isinstance(knobs, float) and knobs != knobs) or knobs == "":
         return "{}"

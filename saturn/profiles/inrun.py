@@ -76,7 +76,7 @@ class RunMeasurer:
 
     def __init__(self, *, signatures: Mapping[str, str], table: pd.DataFrame, hardware: Mapping[str, Any],
                  run_id: str, store_dir: Any = None, min_steps: int = MIN_STEPS, skip_steps: int = SKIP_STEPS):
-        from saturn.planner.provenance import MEASURED_ELSEWHERE, MEASURED_HERE, classify
+        from saturn.planner.provenance import nobody_measured
 
         self.signatures = dict(signatures)
         self.hardware = dict(hardware)
@@ -92,7 +92,7 @@ class RunMeasurer:
                 continue
             key = (sig, str(r["technique"]), canonical_knobs(r.get("knobs")), int(r["gpus"]))
             self.base.setdefault(key, r)
-            if classify(r) not in (MEASURED_HERE, MEASURED_ELSEWHERE):
+            if nobody_measured(r):
                 self.unmeasured.add(key)
         self.measured: dict[tuple[str, str, str, int], float] = {}  # key -> step time (this run)
         self._attempts: dict[str, _Attempt] = {}
