@@ -125,4 +125,4 @@ def test_both_doors_take_the_same_stages(tmp_path, monkeypatch, capsys):
     finally:
         sys.argv = old
     assert len(taken) == 2 and taken[0] == taken[1]
-    assert taken[0] == ["load", "local_paths", "profiles", "run_dir", "measure_in_run"]
+    assert taken[0] == ["load", "local_paths", "run_dir", "profiles", "measure_in_run"]

@@ -2,16 +2,16 @@
 `Orchestrator` for its jobs' paths and measurements).
 
     prep = prepare_run(workload, profiles=None, require_measured=False, run_dir=...)
-    prep.stages   # ["load", "local_paths", "profiles", "run_dir", "measure_in_run"]
+    prep.stages   # ["load", "local_paths", "run_dir", "profiles", "measure_in_run"]
 
 1. `load`: the workload, its cluster resolved (local devices probed, Ray discovered).
 2. `local_paths`: the files the jobs need exist here (runs that execute here only).
-3. `profiles`: the per-job table from the store (or the given table). A job the store lacks gets
-   estimated rows (labelled; never a separate trial process): it is measured by its own first
-   steps.
-4. `require_measured` (with --require-measured): refuse a plan that rests on numbers nobody
+3. `run_dir`: a fresh, writable run directory (default runs/<workload>-<time>); a plan file
+   (`plan_file`) is read and matched to the workload.
+4. `profiles`: the per-job table from the store (or the given table); every option no row covers
+   gets an `estimated` row from the prior cost model (never a separate trial process).
+5. `require_measured` (with --require-measured): refuse a plan that rests on numbers nobody
    measured, naming each job, option and label.
-5. `run_dir`: a fresh run directory (default runs/<workload>-<time>).
 6. `measure_in_run`: when the rows come from this machine's store and the jobs run here, a
    `RunMeasurer` (saturn.profiles.inrun) turns the first attempt of every unmeasured option into
    its measurement; otherwise a warning names the options that stay unmeasured.
@@ -43,6 +43,7 @@ class PreparedRun:
     workload: Any
     table: pd.DataFrame
     run_dir: Path
+    plan: Any = None  # a plan to start from (a plan file is read and checked against the workload)
     measurer: Any = None
     stages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -55,31 +56,16 @@ def _described(raw: Any) -> bool:
     return bool(getattr(c, "nodes", None)) or getattr(c, "ray", None) is not None
 
 
-def estimated_rows(workload: Any, table: pd.DataFrame) -> pd.DataFrame:
-    """Store-format rows for the jobs `table` (store format) has no row for, labelled estimates
-    (saturn.api.background_profiling.estimate_rows), one per distinct signature."""
-    from saturn.api.background_profiling import estimate_rows
-    from saturn.profiles.store import lookup
-
-    found, _ = lookup(workload.jobs, workload.cluster, table)
-    lacking = {j.name for j in workload.jobs} - set(found["job"] if len(found) else [])
-    out, seen = [], set()
-    for job in workload.jobs:
-        if job.name in lacking and job.signature not in seen:
-            seen.add(job.signature)
-            out.append(estimate_rows(job, workload.cluster, {}))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
-
-
 def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, require_measured: bool = False,
                 store_dir: Optional[PathLike] = None, run_dir: Optional[PathLike] = None,
-                time_limit_s: Optional[float] = None, run_dir_hint: str = "",
-                say: Callable[[str], None] = print) -> PreparedRun:
+                time_limit_s: Optional[float] = None, plan: Any = None, run_dir_hint: str = "",
+                run_dir_flag: str = "run_dir", say: Callable[[str], None] = print) -> PreparedRun:
     """Take the stages above for `workload` (a Workload, YAML path or text); see the module
     docstring. Raises SaturnError (exit 2) before any work when a stage refuses."""
     from saturn.api.stages import _workload, load
     from saturn.executor.build import check_fresh_run_dir, default_run_dir
     from saturn.executor.defaults import TIME_LIMIT_S
+    from saturn.paths import check_writable_dir
 
     t0 = time.perf_counter()
     stages: list[str] = []
@@ -95,6 +81,16 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
 
         check_local_paths(wl)
         stages.append("local_paths")
+    # the run directory and a plan file are checked before any work (measuring, planning)
+    path = Path(run_dir) if run_dir is not None else default_run_dir(wl.name)
+    check_fresh_run_dir(path, run_dir_hint.format(run_dir=path))
+    check_writable_dir(path, run_dir_flag)
+    stages.append("run_dir")
+    if isinstance(plan, (str, os.PathLike)):
+        from saturn.planner.plan import read_plan
+
+        plan = read_plan(Path(plan), wl.jobs, wl.cluster)
+        stages.append("plan_file")
     t1 = time.perf_counter()
     table, from_store = _profiles(wl, profiles, simulate=simulate, store_dir=store_dir, notes=notes)
     stages.append("profiles")
@@ -103,9 +99,6 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     if require_measured:
         stages.append("require_measured")
         _refuse_unmeasured(wl, table, unmeasured, TIME_LIMIT_S if time_limit_s is None else time_limit_s)
-    path = Path(run_dir) if run_dir is not None else default_run_dir(wl.name)
-    check_fresh_run_dir(path, run_dir_hint.format(run_dir=path))
-    stages.append("run_dir")
     measurer = None
     if not simulate:
         stages.append("measure_in_run")
@@ -114,29 +107,17 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     for n in notes:
         say(n)
     timings["prepare_s"] = time.perf_counter() - t0
-    return PreparedRun(wl, table, path, measurer, stages, timings, notes)
+    return PreparedRun(wl, table, path, plan, measurer, stages, timings, notes)
 
 
 def _profiles(wl: Any, profiles: Any, *, simulate: bool, store_dir: Optional[PathLike],
               notes: list[str]) -> tuple[pd.DataFrame, bool]:
-    """(per-job table, whether it comes from the profile store)."""
+    """(per-job table, whether it comes from the profile store). Options no row covers get
+    `estimated` rows from the prior (saturn.api.stages.profiles_table): no trial process here."""
     from saturn.api.stages import profiles_table
-    from saturn.errors import MissingProfilesError
-    from saturn.profiles.store import load_store, profiles_for
 
-    if profiles is not None:
-        return profiles_table(wl, profiles), False
-    store = load_store(store_dir)
-    try:
-        return profiles_for(wl, store), True
-    except MissingProfilesError:
-        if simulate:  # a simulated clock needs step times from somewhere: say what is missing
-            raise
-    est = estimated_rows(wl, store)
-    jobs = sorted({j.name for j in wl.jobs if str(j.signature) in set(est["signature"].astype(str))})
-    notes.append(f"no profile rows for {len(jobs)} job(s) ({', '.join(jobs)}): planned on estimated step "
-                 "times; each is measured by its own first steps")
-    return profiles_for(wl, pd.concat([store, est], ignore_index=True)), True
+    table = profiles_table(wl, profiles, store_dir=store_dir)
+    return table, profiles is None
 
 
 def _unmeasured(table: pd.DataFrame) -> pd.DataFrame:

@@ -60,12 +60,15 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
 
 
 def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool = False,
-                   store_dir: Optional[PathLike] = None, progress: bool = False) -> pd.DataFrame:
+                   store_dir: Optional[PathLike] = None, progress: bool = False,
+                   prior: bool = True) -> pd.DataFrame:
     """The planner's per-job table (with a `job` column) for `workload`.
 
     profiles: None (the profile store), a path to a CSV/parquet, or a DataFrame, either per job
-    (a `job` column) or in store format (matched by profile signature). With `allow_profiling`,
-    jobs the store lacks are profiled first."""
+    (a `job` column, used as given) or in store format (matched by profile signature). With
+    `prior` (the default), every option no row covers gets an `estimated` row from the prior cost
+    model (`saturn.profiler.prior_rows`), so no job is left unplanned; with `allow_profiling`,
+    jobs that would still have no row at all are profiled first."""
     from saturn.errors import MissingProfilesError
     from saturn.profiles.store import load_store, profiles_for, read_table
 
@@ -75,14 +78,22 @@ def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool
         if "job" in table.columns:
             return table
         source = "the given table" if isinstance(profiles, pd.DataFrame) else str(profiles)
-        return profiles_for(wl, table, source=source)
+        return profiles_for(wl, _with_prior(wl, table, store_dir, prior), source=source)
     try:
-        return profiles_for(wl, load_store(store_dir))
+        return profiles_for(wl, _with_prior(wl, load_store(store_dir), store_dir, prior))
     except MissingProfilesError:
         if not allow_profiling:
             raise
     profile(wl, store_dir=store_dir, progress=progress)
-    return profiles_for(wl, load_store(store_dir))
+    return profiles_for(wl, _with_prior(wl, load_store(store_dir), store_dir, prior))
+
+
+def _with_prior(wl: Any, table: pd.DataFrame, store_dir: Optional[PathLike], prior: bool) -> pd.DataFrame:
+    if not prior:
+        return table
+    from saturn.profiler.prior_rows import with_prior
+
+    return with_prior(wl, table, store_dir)
 
 
 def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **kwargs: Any) -> Any:
@@ -119,8 +130,8 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
     from saturn.api.run_stages import prepare_run
 
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
-                       store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s,
-                       say=lambda s: log.warning("%s", s))
+                       store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
+                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s))
     display = None
     if live and not simulate:
         from rich.console import Console
@@ -128,7 +139,7 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
         from saturn.executor.display import LiveDisplay
 
         display = LiveDisplay(Console())
-    ex = start_executor(prep, plan=plan, display=display, simulate=simulate, interval_s=interval_s,
+    ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval_s,
                         introspect=introspect, time_limit_s=time_limit_s, max_retries=max_retries,
                         checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
     try:
@@ -138,9 +149,10 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
         return ex.run_until_done()
     finally:
         ex.backend.shutdown()
+        ex.close()
 
 
-def start_executor(prep: Any, *, plan: Any = None, display: Any = None, simulate: bool = False,
+def start_executor(prep: Any, *, display: Any = None, simulate: bool = False,
                    interval_s: float = defaults.INTERVAL_S, introspect: bool = True,
                    time_limit_s: float = defaults.TIME_LIMIT_S, max_retries: int = defaults.MAX_RETRIES,
                    checkpoint_every: int = defaults.CHECKPOINT_EVERY, noise: float = 0.15, seed: int = 0,
@@ -154,7 +166,7 @@ def start_executor(prep: Any, *, plan: Any = None, display: Any = None, simulate
                       time_limit_s=time_limit_s, max_retries=max_retries, checkpoint_every=checkpoint_every,
                       noise=noise, seed=seed, device_type=device_type,
                       objective=getattr(wl, "objective", "makespan"))
-    ex = build_executor(wl.jobs, wl.cluster, prep.table, options=opts, plan=plan, display=display,
+    ex = build_executor(wl.jobs, wl.cluster, prep.table, options=opts, plan=prep.plan, display=display,
                         measurer=prep.measurer)
     if prep.run_dir is not None:
         ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes)})

@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from saturn.cli import flags
 from saturn.errors import SaturnError
 from saturn.executor import defaults
 
@@ -22,25 +23,25 @@ from saturn.executor import defaults
 def run_command(
     workload: Optional[Path] = typer.Argument(None, help="Workload spec (YAML).", dir_okay=False),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Start from this plan (JSON from `saturn plan --json`)."),
-    interval: float = typer.Option(defaults.INTERVAL_S, "--interval",
-                                   help="Re-plan every S seconds (and on every job end)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (journal, logs, checkpoints). "
-                                           "Default: runs/<workload>-<time>."),
+    interval: float = flags.number(defaults.INTERVAL_S, "--interval",
+                                   help="Re-plan every S seconds (and on every job end)"),
+    run_dir: Optional[Path] = flags.run_dir("--run-dir", help="Run directory (journal, logs, checkpoints). "
+                                            "Default: runs/<workload>-<time>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     simulate: bool = typer.Option(False, "--simulate",
                                   help="Simulated clock: jobs progress at profiled speed x noise."),
     profiles: Optional[Path] = typer.Option(None, "--profiles",
                                             help="Profile table (CSV/parquet) instead of the store."),
     no_introspect: bool = typer.Option(False, "--static", help="Execute the first plan without re-planning."),
-    time_limit: float = typer.Option(defaults.TIME_LIMIT_S, "--time-limit",
-                                     help="Planner time limit per (re-)plan, seconds."),
-    max_retries: int = typer.Option(defaults.MAX_RETRIES, "--max-retries",
-                                    help="Relaunches of a crashed job before it is failed."),
-    checkpoint_every: int = typer.Option(defaults.CHECKPOINT_EVERY, "--checkpoint-every",
-                                         help="Checkpoint (and report progress) every N steps."),
-    noise: float = typer.Option(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise."),
-    seed: int = typer.Option(0, "--seed", help="--simulate: noise seed."),
-    device_type: str = typer.Option("auto", "--devices", help="auto | cuda | cpu"),
+    time_limit: float = flags.number(defaults.TIME_LIMIT_S, "--time-limit",
+                                     help="Planner time limit per (re-)plan, seconds"),
+    max_retries: int = flags.number(defaults.MAX_RETRIES, "--max-retries",
+                                    help="Relaunches of a crashed job before it is failed"),
+    checkpoint_every: int = flags.number(defaults.CHECKPOINT_EVERY, "--checkpoint-every",
+                                         help="Checkpoint (and report progress) every N steps"),
+    noise: float = flags.number(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise"),
+    seed: int = flags.number(0, "--seed", help="--simulate: noise seed"),
+    device_type: str = flags.choice("auto", "--devices", flags.DEVICES, help="auto | cuda | cpu"),
     live: bool = typer.Option(True, "--live/--no-live", help="Live table while running."),
     require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on numbers nobody "
                                           "measured (estimated, extrapolated, simulated, guessed); by default "
@@ -53,6 +54,8 @@ def run_command(
     from saturn.executor.build import resume_executor
     from saturn.executor.display import LiveDisplay
 
+    if not simulate:
+        flags.check_devices_here(device_type)
     if resume is not None:
         if simulate:
             raise SaturnError("--resume continues a real run; simulated runs are not resumable")
@@ -68,11 +71,11 @@ def run_command(
     from saturn.api.stages import start_executor
 
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
-                       run_dir=run_dir, time_limit_s=time_limit,
+                       run_dir=run_dir, time_limit_s=time_limit, plan=plan, run_dir_flag="--run-dir",
                        run_dir_hint="continue it with --resume {run_dir} or pick another --run-dir",
                        say=lambda s: console.print(s, highlight=False))
     display = LiveDisplay(console) if live and not simulate else None
-    ex = start_executor(prep, plan=plan, display=display, simulate=simulate, interval_s=interval,
+    ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval,
                         introspect=not no_introspect, time_limit_s=time_limit, max_retries=max_retries,
                         checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
     run_dir = prep.run_dir
@@ -100,6 +103,7 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         for s, h in old.items():
             signal.signal(s, h)
         ex.backend.shutdown()
+        ex.close()  # the run directory's lock: another executor may resume it now
     _print_summary(console, run_dir)
     if stop["n"]:
         console.print(f"stopped: running jobs were checkpointed; continue with `saturn run --resume {run_dir}`")
@@ -154,8 +158,8 @@ def status_command(
 
 def report_command(
     run_dir: Path = typer.Argument(..., help="Run directory of `saturn run`."),
-    gantt: Optional[Path] = typer.Option(None, "--gantt", help="Plan-vs-actual Gantt PNG (default RUN_DIR/gantt.png)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file."),
+    gantt: Optional[Path] = flags.output_file("--gantt", help="Plan-vs-actual Gantt PNG (default RUN_DIR/gantt.png)."),
+    json_out: Optional[Path] = flags.output_file("--json", help="Write the report as JSON to this file."),
 ) -> None:
     """Plan vs actual: Gantt chart, per-job runtime and prediction error per phase, goodput."""
     from saturn.cli.common import console, write_json

@@ -29,10 +29,12 @@ from saturn.executor import defaults, policy
 from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
 from saturn.executor.journal import Journal, JournalError, apply_event, heartbeat, open_journal, record_executor, replay
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
+from saturn.executor.run_lock import RunLock
 from saturn.executor.state import (
     ACTIVE,
     CANCELLED,
     FAILED,
+    FINISHING,
     PENDING,
     RUNNING,
     TERMINAL,
@@ -91,42 +93,54 @@ def _jobs_of(jobs: Any) -> list[JobInfo]:
 class Executor:
     def __init__(self, jobs: Any, cluster: Any, profiles: pd.DataFrame, backend: Backend, *,
                  run_dir: Union[str, Path, None] = None, config: Optional[ExecutorConfig] = None,
-                 plan: Union[dict, Any, None] = None, display: Any = None,
+                 plan: Union[dict, Any, None] = None, display: Any = None, run_lock: Optional[RunLock] = None,
                  _journal: Optional[Journal] = None, _state: Optional[RunState] = None):
         self.cfg = config or ExecutorConfig()
         self.backend = backend
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.nodes = _nodes_of(cluster)
-        self.node_gpus = {n.name: n.gpus for n in self.nodes}
-        self.est = policy.Estimator(profiles, int(getattr(backend, "checkpoint_every", 0) or 0))
-        self.display = display
-        self.journal = _journal or open_journal(self.run_dir)
-        self.state = _state or RunState()
-        self.metrics = MetricsLog(self.run_dir) if self.run_dir is not None else None
-        self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
-        # in-run measurement of unmeasured options (saturn.profiles.inrun.RunMeasurer); set by
-        # saturn.executor.build for runs whose profile rows come from the store of this machine
-        self.measurer: Any = None
-        self.plan_calls = 0
-        self.plan_time_s = 0.0
-        self._replan_needed = False
-        self._shutdown: Optional[str] = None
-        self._resumed = _state is not None
-        if _state is None:
-            if self.run_dir is not None:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self.journal.set_meta("nodes", [vars(n) for n in self.nodes])
-                self.journal.set_meta("config", self.cfg.to_dict())
-                record_executor(self.journal, self.run_dir)
-            self.emit("run_started", wall=time.time())
-            self.emit("profiles", rows=_records(profiles))
-            for info in _jobs_of(jobs):
-                self.emit("job_added", info=info.to_dict())
-            if plan is not None:
-                p = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
-                self._adopt(p, "given")
-            else:
-                self._initial_plan()
+        # one executor per run directory, taken before anything is written there (run_lock.py)
+        self.run_lock = run_lock if run_lock is not None or self.run_dir is None else RunLock.acquire(self.run_dir)
+        if _state is None and self.run_dir is not None and (self.run_dir / "journal.sqlite").exists():
+            if run_lock is None:
+                self.close()
+            raise ExecutorError(f"{self.run_dir} already holds a run; continue it with "
+                                f"`saturn run --resume {self.run_dir}` or pick another run directory")
+        try:
+            self.nodes = _nodes_of(cluster)
+            self.node_gpus = {n.name: n.gpus for n in self.nodes}
+            self.est = policy.Estimator(profiles, int(getattr(backend, "checkpoint_every", 0) or 0))
+            self.display = display
+            self.journal = _journal or open_journal(self.run_dir)
+            self.state = _state or RunState()
+            self.metrics = MetricsLog(self.run_dir) if self.run_dir is not None else None
+            self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
+            # in-run measurement of unmeasured options (saturn.profiles.inrun.RunMeasurer); set by
+            # saturn.executor.build for runs whose profile rows come from the store of this machine
+            self.measurer: Any = None
+            self.plan_calls = 0
+            self.plan_time_s = 0.0
+            self._replan_needed = False
+            self._shutdown: Optional[str] = None
+            self._resumed = _state is not None
+            if _state is None:
+                if self.run_dir is not None:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    self.journal.set_meta("nodes", [vars(n) for n in self.nodes])
+                    self.journal.set_meta("config", self.cfg.to_dict())
+                    record_executor(self.journal, self.run_dir)
+                self.emit("run_started", wall=time.time())
+                self.emit("profiles", rows=_records(profiles))
+                for info in _jobs_of(jobs):
+                    self.emit("job_added", info=info.to_dict())
+                if plan is not None:
+                    p = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
+                    self._adopt(p, "given")
+                else:
+                    self._initial_plan()
+        except BaseException:
+            if run_lock is None:  # ours: a failed start leaves the directory free
+                self.close()
+            raise
         self._next_replan = self.backend.now() + self.cfg.interval_s
 
     # ------------------------------------------------------------------------------ construction
@@ -140,6 +154,16 @@ class Executor:
         if not path.exists():
             raise ExecutorError(f"{run_dir} is not a run directory (no journal.sqlite); "
                                 "start a run with `saturn run WORKLOAD.yaml --run-dir DIR`")
+        lock = RunLock.acquire(run_dir, create_dir=False)  # before anything is written (run_lock.py)
+        try:
+            return cls._resume_locked(run_dir, path, lock, backend_factory, config, display)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _resume_locked(cls, run_dir: Path, path: Path, lock: RunLock, backend_factory,
+                       config: Optional[ExecutorConfig], display: Any) -> "Executor":
         journal = Journal(path)
         if not any(kind == "run_started" for _, kind, _ in journal.events()):
             raise JournalError(f"run journal {path} holds no run (no events): it was cut before the run "
@@ -152,7 +176,7 @@ class Executor:
         rows = [r for _, kind, d in journal.events() if kind == "profiles" for r in d["rows"]]
         backend = backend_factory(state.clock_offset)
         ex = cls([], [SimpleNamespace(**n) for n in nodes], pd.DataFrame(rows), backend, run_dir=run_dir,
-                 config=cfg, display=display, _journal=journal, _state=state)
+                 config=cfg, display=display, run_lock=lock, _journal=journal, _state=state)
         ex.emit("resumed", wall=time.time())
         for js in list(state.jobs.values()):
             seg = js.current
@@ -163,6 +187,10 @@ class Executor:
                     step, ckpt = js.committed_step, js.checkpoint
                 ex.emit("finished", job=js.name, status="lost", step=step, checkpoint=ckpt,
                         reason="the executor stopped while this attempt ran")
+        for js in list(state.jobs.values()):  # its drain died with the executor, or finished
+            if js.status == FINISHING:
+                ex._settle_drain(js, None, "the executor stopped while this job's final checkpoint "
+                                           "was being written")
         for js in state.jobs.values():  # steps logged after the executor's last read
             if ex.metrics is not None and js.segments:
                 ex.metrics.reconcile(js.name, js.segments)
@@ -170,6 +198,11 @@ class Executor:
         if not state.done():
             ex.replan("resume", force=True)
         return ex
+
+    def close(self) -> None:
+        """Give up the run directory (its lock): another executor may resume it from now on."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def job_dir(self, job: str) -> Path:
         assert self.run_dir is not None
@@ -244,16 +277,17 @@ class Executor:
         if self._shutdown is not None:
             if self.display is not None:
                 self.display.update(self)
-            return any(j.status in ACTIVE for j in self.state.jobs.values())
+            return any(j.status in ACTIVE + (FINISHING,) for j in self.state.jobs.values())
         now = self.backend.now()
         if self._replan_needed or (self.cfg.introspect and now >= self._next_replan):
             self.replan("event" if self._replan_needed else "interval",
                         force=self._replan_needed and not self._plan_covers())
         self._launch_ready()
-        if not self.state.done() and not any(j.status in ACTIVE for j in self.state.jobs.values()):
+        busy = ACTIVE + (FINISHING,)  # a finishing job's drain still ends the run later
+        if not self.state.done() and not any(j.status in busy for j in self.state.jobs.values()):
             self.replan("stalled", force=True)  # nothing runs and nothing can start: plan again
             self._launch_ready()
-            if not any(j.status in ACTIVE for j in self.state.jobs.values()) and not self.state.done():
+            if not any(j.status in busy for j in self.state.jobs.values()) and not self.state.done():
                 raise ExecutorError("no job can be launched: " + ", ".join(
                     f"{j.name} ({j.status})" for j in self.state.unfinished()))
         if self.display is not None:
@@ -291,6 +325,18 @@ class Executor:
                 self.journal.append(ev.t, kind, d)
                 apply_event(self.state, ev.t, kind, d)
             return
+        if ev.kind == "durable":
+            if js.status == FINISHING:
+                d = {"job": ev.job, "ok": ev.status == "durable", "step": ev.step,
+                     "checkpoint": ev.checkpoint, "drain_s": ev.drain_s, "reason": ev.reason}
+                self.journal.append(ev.t, "durable", d)
+                apply_event(self.state, ev.t, "durable", d)
+                if js.status == PENDING:  # lost: it runs again from its last durable checkpoint
+                    log.warning("job %s: %s", js.name, ev.reason)
+                    if self.metrics is not None:
+                        self.metrics.settle(js.name, js.segments)
+                    self._replan_needed = True
+            return
         seg = js.current
         step = ev.step if ev.step is not None and ev.step >= 0 else js.committed_step
         if self.metrics is not None and ev.losses and seg is not None:
@@ -298,6 +344,10 @@ class Executor:
                 self.metrics.record(js.name, seg, int(s), loss)
         d = {"job": ev.job, "status": ev.status, "step": step, "checkpoint": ev.checkpoint, "loss": ev.loss,
              "reason": ev.reason[-4000:] if ev.reason else ""}
+        if ev.phases:
+            d["phases"] = dict(ev.phases)
+        if not ev.durable and ev.status == "completed":
+            d["durable"] = False
         self.journal.append(ev.t, "finished", d)
         apply_event(self.state, ev.t, "finished", d)
         if self.metrics is not None:
@@ -337,6 +387,25 @@ class Executor:
                     self.emit("infeasible", job=name, technique=m.technique, gpus=m.gpus)
         if m.first:
             self._replan_needed = True
+
+    def _settle_drain(self, js: Any, ok: Optional[bool], reason: str) -> None:
+        """Decide a finishing job from its checkpoint directory (on resume, its drain's process is
+        gone): durable if the pending checkpoint was published, else back to its newest durable."""
+        path = js.pending_checkpoint
+        step, ckpt = latest_checkpoint_step(self.job_dir(js.name) / "ckpt") if self.run_dir else (None, None)
+        if ok is None:
+            ok = bool(path) and ckpt is not None and os.path.normpath(ckpt) == os.path.normpath(path)
+        if ok:
+            self.emit("durable", job=js.name, ok=True, step=js.pending_step, checkpoint=path, drain_s=None,
+                      reason="")
+            return
+        step, ckpt = (step, ckpt) if step is not None else (js.committed_step, js.checkpoint)
+        self.emit("durable", job=js.name, ok=False, step=step, checkpoint=ckpt, drain_s=None,
+                  reason=f"{reason}; its final checkpoint {path} was not written, so it resumes from "
+                         f"{ckpt or 'the start'} (step {step})")
+        if self.metrics is not None:
+            self.metrics.settle(js.name, js.segments)
+        self._replan_needed = True
 
     def _housekeeping(self) -> None:
         for js in self.state.jobs.values():

@@ -34,7 +34,15 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from saturn.executor.state import ACTIVE, RUNNING, STOPPING, TERMINAL, JobState, RunState, option_key
+from saturn.executor.state import (
+    ACTIVE,
+    OFF_GPU,
+    RUNNING,
+    STOPPING,
+    JobState,
+    RunState,
+    option_key,
+)
 from saturn.parse import canonical_knobs as knobs_key
 from saturn.parse import num as _num
 from saturn.planner import Assignment, NodeSpec, Option, Placement, list_schedule
@@ -176,7 +184,7 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
     may switch; `planner_inputs_around_running` is the variant in which none moves)."""
     jobs, rows = [], []
     for js in state.jobs.values():
-        if js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
+        if js.status in OFF_GPU or (js.status == STOPPING and js.stop_reason != "switch"):
             continue
         steps = js.live_remaining_steps if js.status == RUNNING else js.remaining_steps
         if steps <= 0:
@@ -354,7 +362,7 @@ def choices_from_plan(plan: Optional[dict], state: RunState) -> list[Choice]:
     out = []
     for a in sorted(plan.get("assignments", []), key=lambda a: (a["start_s"], a["job"])):
         js = state.jobs.get(a["job"])
-        if js is None or js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
+        if js is None or js.status in OFF_GPU or (js.status == STOPPING and js.stop_reason != "switch"):
             continue
         out.append(Choice(a["job"], a["technique"], dict(a.get("knobs") or {}), len(a["gpus"]), a.get("node")))
     return out
@@ -364,7 +372,7 @@ def covers(plan_choices: Sequence[Choice], state: RunState, est: Estimator) -> b
     """Whether a plan still has a feasible option for every unfinished, not-running job."""
     have = {c.job: c for c in plan_choices}
     for js in state.jobs.values():
-        if js.status in TERMINAL or js.status == RUNNING:
+        if js.status in OFF_GPU or js.status == RUNNING:
             continue
         c = have.get(js.name)
         if c is None or option_key(c.technique, c.gpus) in js.infeasible:
@@ -446,7 +454,7 @@ def ready_to_launch(plan: Optional[dict], state: RunState) -> list[dict]:
             if b["node"] != a["node"] or not gpus & {(b["node"], int(g)) for g in b["gpus"]}:
                 continue
             bj = state.jobs.get(b["job"])
-            if bj is not None and bj.status not in TERMINAL:
+            if bj is not None and bj.status not in OFF_GPU:  # a finishing job's GPUs are free
                 blocked = True
                 break
         if not blocked:

@@ -58,6 +58,8 @@ class RunResult:
     checkpoint: Optional[str] = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     reason: str = ""
+    durable: bool = True  # False: `checkpoint` is still being written by a warm worker's drain
+    phases: dict[str, float] = field(default_factory=dict)  # launch_s, steps_s, *_block_s (training.train)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -102,7 +102,8 @@ def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str) -> Run
     if status in ("completed", "interrupted"):
         return RunResult(status=status, step=int(res["step"]), checkpoint=res.get("checkpoint"),
                          losses=[(int(s), float(v)) for s, v in res.get("losses") or []],
-                         reason=res.get("reason", ""))
+                         reason=res.get("reason", ""), durable=bool(res.get("durable", True)),
+                         phases=dict(res.get("phases") or {}))
     path = latest_checkpoint(checkpoint_dir)
     step = int(read_meta(path)["step"]) if path else start_step
     status = {"timeout": "failed"}.get(status, status)
