@@ -397,12 +397,13 @@ def _body(sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> s
                "option": f"{j['technique']}x{j['gpus']}", "tries": j["attempts"],
                **{f"{k} plan/actual": _pa(j, k) for k in keys}, "error": _r(j["error"])} for j in sat["jobs"]]
         lines.append("\nPer job (seconds):\n\n" + benchlib.md_table(jr, list(jr[0])))
-        if sat["measurements"]:
+        if any(m["first"] for m in sat["measurements"]):
             mr = [{"signature": m["signature"], "option": f"{m['technique']}x{m['gpus']} {m['knobs']}",
                    "first numbers s/step": _r(m["first_numbers_step_s"], 4),
                    "measured s/step": _r(m["measured_step_s"], 4), "error": _r(m["error"]), "steps": m["steps"],
-                   "at run s": _r(m["t"], 1)} for m in sat["measurements"]]
-            lines.append("\nMeasured by the jobs' own steps (into the store):\n\n" + benchlib.md_table(mr, list(mr[0])))
+                   "at run s": _r(m["t"], 1)} for m in sat["measurements"] if m["first"]]
+            lines.append("\nMeasured by the jobs' own first steps (into the store; the first measurement of each "
+                         "option, refinements in the JSON):\n\n" + benchlib.md_table(mr, list(mr[0])))
         if sat["data_wait"]:
             dr = [{"job": k, "step s": _r(v["step_s"], 4), "data wait s": _r(v["data_wait_s"], 4),
                    "ready-batch step s (derived)": _r(v["ready_batch_step_s"], 4)} for k, v in sat["data_wait"].items()]
