@@ -280,6 +280,19 @@ class ProcessBackend(WallClock):
             self._pool = shared_pool(self.device_type)
         return self._pool
 
+    def launch_facts(self, node: str, slots: list[int]) -> dict[str, Any]:
+        """What a launch costs here, for the planner (`policy.LaunchFacts`): on warm workers, which
+        devices' workers are still starting (they are started now, in parallel), and that final
+        saves drain behind; cold: every launch starts its processes."""
+        if not self.warm:
+            return {"warm": False, "drains_behind": False}
+        pool = self.pool()
+        starts = pool.worker_starts([int(s) for s in slots])
+        measured = [w for w in (getattr(pool, "start_times", lambda: [])()) if w]
+        return {"warm": True, "drains_behind": True,
+                "worker_starts": {(node, int(s)): v for s, v in starts.items()},
+                "worker_start_s": max(measured) if measured else None}
+
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         if job.info.spec is None:
             raise ValueError(f"job {job.name}: no job spec to run (simulation-only job)")

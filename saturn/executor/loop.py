@@ -438,14 +438,26 @@ class Executor:
                 js.current.pid = pid
                 self.emit("spawned", job=js.name, pid=pid)
 
+    def _launch_facts(self) -> None:
+        """Refresh what launches cost on this backend (warm workers up or starting, drains behind)
+        for the planner; only a one-node local backend reports them."""
+        facts = getattr(self.backend, "launch_facts", None)
+        if facts is None or len(self.nodes) != 1:
+            return
+        n = self.nodes[0]
+        self.est.launch = policy.LaunchFacts(**facts(n.name, list(range(int(n.gpus)))))
+
     def _initial_plan(self) -> None:
         from saturn.planner import plan as solve
 
+        self._launch_facts()
         jobs, table = policy.planner_jobs_and_profiles(self.state, self.est, self.backend.now())
         if not jobs:
             return
-        p = self._solve(solve, jobs, table, None)
-        self._adopt(p.to_dict(), "initial")
+        p = self._solve(solve, jobs, table, None,
+                        fixed=policy.worker_start_blocks(self.state, self.est) or None).to_dict()
+        p["assignments"] = [a for a in p.get("assignments", []) if not policy.is_checkpoint(a)]
+        self._adopt(p, "initial")
 
     def _solve(self, solve, jobs, table, warm, fixed=None, time_limit_s=None):
         t0 = time.perf_counter()
@@ -466,6 +478,7 @@ class Executor:
         self._replan_needed = False
         now = self.backend.now()
         self._next_replan = now + self.cfg.interval_s
+        self._launch_facts()
         self._housekeeping()
         if self.state.done():
             return None

@@ -40,6 +40,7 @@ class TrialResult:
     step_times: list[float] = field(default_factory=list)
     checkpoint_s: Optional[float] = None  # one full checkpoint save, measured (trials)
     checkpoint_stage_s: Optional[float] = None  # its blocking part as a background save
+    worker_start_s: Optional[float] = None  # the part of startup_s spent starting a warm worker
 
     @property
     def feasible(self) -> bool:

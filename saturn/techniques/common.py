@@ -90,7 +90,8 @@ def trial_result(res: dict[str, Any]) -> TrialResult:
                        peak_mem_gb=res.get("peak_mem_gb"), startup_s=res.get("startup_s"),
                        reason=res.get("reason", ""), step_times=list(res.get("step_times") or []),
                        checkpoint_s=res.get("checkpoint_s"),
-                       checkpoint_stage_s=res.get("checkpoint_stage_s"))
+                       checkpoint_stage_s=res.get("checkpoint_stage_s"),
+                       worker_start_s=res.get("worker_start_s"))
 
 
 def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str) -> RunResult:

@@ -146,6 +146,8 @@ class WarmWorker:
         self.jobs = 0
         self.busy = False
         self.replied = True  # answered its last job (alive and idle: safe to retire gracefully)
+        self.spawned_at = time.monotonic()
+        self.start_s: Optional[float] = None  # spawn -> ready, measured
         self.draining: set[str] = set()  # checkpoint paths this worker is still writing
         self.drains: dict[str, dict] = {}  # path -> its "drained" report
         self.on_drain: Optional[Callable[["WarmWorker", dict], None]] = None
@@ -208,6 +210,7 @@ class WarmWorker:
             raise WarmUnavailable(f"warm worker for slot {self.slot} died while starting "
                                   f"(exit code {self.popen.wait(timeout=10)})")
         self.ready, self.baseline = msg, dict(msg.get("mem") or {})
+        self.start_s = time.monotonic() - self.spawned_at
 
     def send(self, cmd: dict[str, Any]) -> None:
         assert self.popen.stdin is not None
@@ -240,17 +243,20 @@ class WarmPool:
     start_timeout_s: how long a job waits for a (re)starting worker before launching cold.
     mem_tolerance_mb: memory a job may leave above the worker's baseline (taken after its first
         job, which loads the CUDA/cuBLAS/NCCL libraries for good) before the worker is replaced.
-    max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never)."""
+    max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never).
+    drain_behind: a job's final checkpoint is written after it returns, while the worker takes
+        the next job (its result says `durable: False`; see `drain_state`)."""
 
     def __init__(self, device_type: str = "auto", *, env: Optional[dict[str, str]] = None,
                  start_timeout_s: float = 300.0, mem_tolerance_mb: Optional[float] = None,
-                 max_jobs: int = 200):
+                 max_jobs: int = 200, drain_behind: bool = True):
         self.device_type = launch.resolve_device_type(device_type)
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self.tolerance = float(mem_tolerance_mb if mem_tolerance_mb is not None else
                                (256 if self.device_type == "cuda" else 1024)) * _MIB
         self.max_jobs = max_jobs
+        self.drain_behind = drain_behind  # False: a job's final save is durable when it returns
         self.closed = False
         self.replaced = 0  # workers killed and restarted (failures, leaks, hangs)
         self._workers: dict[int, WarmWorker] = {}
@@ -340,6 +346,31 @@ class WarmPool:
             raise
         return ws
 
+    def start_times(self) -> list[float]:
+        """Measured spawn -> ready seconds of this pool's current workers."""
+        with self._lock:
+            return [w.start_s for w in self._workers.values() if w.start_s is not None]
+
+    def worker_starts(self, slots: list[int]) -> dict[int, Optional[float]]:
+        """Per slot: 0 when its worker is up, else the seconds it still needs to start (from the
+        start time measured on this pool's earlier workers; None when none has started yet).
+        Starts the missing workers (in parallel, in the background)."""
+        self.prestart(slots)
+        with self._lock:
+            measured = [w.start_s for w in self._workers.values() if w.start_s is not None]
+            typical = max(measured) if measured else None
+            out: dict[int, Optional[float]] = {}
+            for s in slots:
+                w = self._workers.get(s)
+                if w is not None and w.ready is not None:
+                    out[s] = 0.0
+                elif w is not None and not w.ready and not w.replies.empty():
+                    out[s] = 0.0  # its ready message is in: it is up
+                else:
+                    age = time.monotonic() - w.spawned_at if w is not None else 0.0
+                    out[s] = None if typical is None else max(0.0, typical - age)
+        return out
+
     def _release(self, ws: list[WarmWorker], keep: list[bool]) -> None:
         """Give workers back; the ones not kept are killed and started afresh (in the background)."""
         with self._lock:
@@ -405,7 +436,9 @@ class WarmPool:
         """Like `launch.run_workers`, on the warm workers of `devices` (rank r on devices[r])."""
         start = time.time()
         self.wait_drained(payload.get("checkpoint_dir"), timeout_s)  # resume from what is durable
+        t_acquire = time.monotonic()
         ws = self._acquire([int(d) for d in devices])
+        worker_start_s = time.monotonic() - t_acquire  # > 0 when a worker had to start (cold)
         rundir = tempfile.mkdtemp(prefix="saturn-job-", dir=self._dir)
         keep = [False] * len(ws)
         for w in ws:
@@ -416,12 +449,14 @@ class WarmPool:
             port = launch.free_port()
             for rank, w in enumerate(ws):
                 w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,
-                        "env": {**current_env(), **(env or {})}, "launch_time": start})
+                        "env": {**current_env(), **(env or {})}, "launch_time": start,
+                        "drain_behind": self.drain_behind})
             outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event)
             if outcome in ("done", "interrupted") and all(c == 0 for c in codes):
                 keep = [self._clean(w, m) for w, m in zip(ws, mems)]  # a graceful stop keeps them too
             procs = [_Exited(c) for c in codes]
             result = launch._collect(rundir, procs, outcome, culprit)
+            result["worker_start_s"] = round(worker_start_s, 4)
             if log_path:
                 launch._write_log(rundir, len(ws), log_path)
             return result
