@@ -82,6 +82,7 @@ def test_run_completes_a_job_the_budget_skipped_measuring_it_on_its_first_attemp
                    "step_time_s": 0.05, "startup_s": 1.0, "feasible": True, "gpu_type": "cpu",
                    "gpu_memory_gb": 4.0, "source": "profiler"}]).to_csv(store / "profiles.csv", index=False)
     monkeypatch.setenv("SATURN_PROFILES", str(store))
+    monkeypatch.setenv("SATURN_WARM", "0")  # cold attempts: no process-wide warm pool left to later tests
     res = saturn.run(str(w), run_dir=tmp_path / "run", checkpoint_every=0, interval_s=3600)
     assert {k: r.status for k, r in res.items()} == {"lm": "completed", "vit": "completed"}
     rows = load_store(store)
