@@ -38,7 +38,7 @@ def draw_bars(ax: Any, bars: Sequence[Bar], rows: Sequence[tuple[str, int]], col
 Span = tuple  # (node, gpu ids, phase, start_s, end_s)
 # Overlays on the job's colour ("steps" has none: the plain bar is training). Draining is a strip
 # at the bottom of the row: the GPU is free then, and the next job's bar may already be there.
-PHASE_STYLE = {"launch": {"color": "white", "alpha": 0.6, "hatch": "//", "label": "launch"},
+PHASE_STYLE: dict[str, dict[str, Any]] = {"launch": {"color": "white", "alpha": 0.6, "hatch": "//", "label": "launch"},
                "save": {"color": "black", "alpha": 0.45, "hatch": "xx", "label": "save (blocking)"},
                "teardown": {"color": "white", "alpha": 0.35, "hatch": "..", "label": "teardown"},
                "draining": {"color": "black", "alpha": 0.85, "hatch": "", "label": "checkpoint draining"}}
