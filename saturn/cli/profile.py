@@ -25,6 +25,9 @@ def profile_command(
                                                      "workload's jobs when given) and run nothing."),
     store: Optional[Path] = typer.Option(None, "--store", help="Profile store directory "
                                          "(default: $SATURN_PROFILES or ./profiles)."),
+    exhaustive: bool = typer.Option(False, "--exhaustive", help="Measure every option, also those the "
+                                    "prior shows cannot win (default: the likeliest winner of every job "
+                                    "first, then only trials that can pay for themselves)."),
 ) -> None:
     """Run a few training steps per distinct job profile x technique x GPU count and store the
     step time, peak memory and start-up time (OOM and failures are stored as infeasible)."""
@@ -47,7 +50,8 @@ def profile_command(
 
     wl = load(workload)
     check_local_paths(wl)  # before any trial starts
-    rows = profile(wl, store_dir=store, budget_min=budget_min, force=force, progress=True)
+    rows = profile(wl, store_dir=store, budget_min=budget_min, force=force, progress=True,
+                   exhaustive=exhaustive)
     report = rows.attrs.get("report", {})
     print_rows(rows, title=f"{workload}: profiles")
     print_report(report)
