@@ -183,12 +183,18 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
                 unit = "GB" if col.endswith("_gb") else "s"
                 raise ProfileTableError(f"{_where(path, i, col, first_line)}: {v!r} is over the limit of {limit:,.0f} "
                                         f"{unit} for {col}; a damaged or hand-edited row? Fix it or re-profile")
-        if is_feasible and "peak_mem_gb" in df.columns and "gpu_memory_gb" in df.columns:
+        if is_feasible and "peak_mem_gb" in df.columns and "gpu_memory_gb" in df.columns and not _cpu_row(r):
             peak, dev = _finite(r["peak_mem_gb"]), _finite(r["gpu_memory_gb"])
             if peak is not None and dev is not None and dev > 0 and peak > dev:
                 raise ProfileTableError(f"{_where(path, i, 'peak_mem_gb', first_line)}: {peak:g} GB on a feasible row "
                                         f"is above its device's {dev:g} GB (gpu_memory_gb); mark it feasible=False "
                                         "or re-profile")
+
+
+def _cpu_row(r: Any) -> bool:
+    """CPU slots: `peak_mem_gb` is the process's peak RSS and their memory size nominal, so the two
+    are not compared."""
+    return str(r.get("gpu_type", "")).strip().lower() == "cpu"
 
 
 def _boolean_cell(v: Any) -> bool:
@@ -219,7 +225,8 @@ def cluster_check(*, techniques: Collection[str], memory_gb: Mapping[str, float]
     """A check of each table file against what the plan will use, for `read_table`/`load_store`:
     every row of this workload's jobs (by `job` or `signature`) names a registered technique (or a
     'pkg.module:Class' path), and a feasible row for a GPU type of the cluster needs no more memory
-    than that type's device has there (`memory_gb`: GPU type, lower case -> GB). The caller passes
+    than that type's device has there (`memory_gb`: GPU type, lower case -> GB; CPU slots, whose
+    memory is nominal, are not held to it). The caller passes
     the registry's names, so this module stays free of torch."""
     known = set(techniques)
     sigs, names = set(map(str, signatures)), set(map(str, jobs))
@@ -237,7 +244,7 @@ def cluster_check(*, techniques: Collection[str], memory_gb: Mapping[str, float]
             feasible = BOOL_TEXT.get(fv.strip().lower(), False) if isinstance(fv, str) else fv is None or fv == fv and bool(fv)
             dev = memory_gb.get(str(r.get("gpu_type", "")).lower())
             peak = _finite(r.get("peak_mem_gb"))
-            if feasible and dev is not None and peak is not None and peak > dev:
+            if feasible and dev is not None and peak is not None and peak > dev and not _cpu_row(r):
                 own = _finite(r.get("gpu_memory_gb"))
                 if own is None or own <= dev:  # a row measured on a larger device of the type is not this one's
                     raise ProfileTableError(
