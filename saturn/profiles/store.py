@@ -40,7 +40,7 @@ COLUMNS = ("signature", "technique", "knobs", "gpus", "step_time_s", "peak_mem_g
 KEY = ("signature", "technique", "knobs", "gpus", "gpu_type", "gpu_memory_gb", "interconnect", "torch_version")
 LOCK_TIMEOUT_S = 120.0
 NUMBER_COLUMNS = ("step_time_s", "peak_mem_gb", "startup_s", "launch_s", "worker_start_s", "checkpoint_s",
-                  "first_step_s", "trial_s", "gpu_memory_gb")
+                  "checkpoint_gb", "first_step_s", "trial_s", "gpu_memory_gb")
 # Limits far beyond any real measurement and far below what breaks the planner (a 1e299 s step gave
 # a plan with no makespan): a value past one is a damaged or hand-edited row, refused by name.
 MAX_STEP_TIME_S = 86_400.0  # one optimizer step: a day
