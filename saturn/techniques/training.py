@@ -62,14 +62,18 @@ class Trainable:
     dp_world: int = 1
     loss_weight: float = 1.0
     dataset: Any = None  # the job's dataset (training.build_dataset); train() reads batches from it
+    state_bytes: Optional[Callable[[], int]] = None  # staging bytes a save needs (None: unknown)
 
     @classmethod
     def for_module(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn,
                    device: torch.device, **kw: Any) -> "Trainable":
+        from saturn.techniques import staging
+
         return cls(step_fn=step_fn,
                    save=lambda d, s, meta: ckpt.save_checkpoint(d, s, model, optimizer, meta),
                    load=lambda path: ckpt.load_checkpoint(path, model, optimizer),
-                   device=device, **kw)
+                   device=device, state_bytes=lambda: staging.nbytes_of(
+                       {"model": model.state_dict(), "optim": optimizer.state_dict()["state"]}), **kw)
 
 
 # ---------------------------------------------------------------- building blocks for techniques
@@ -240,6 +244,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             wall, block = time.time(), clock.read()
             if first_step is None:
                 first_step, startup = time.perf_counter() - t_start, time.time() - ctx.launch_time
+                if run and checkpoint_dir and trainable.state_bytes is not None and ckpt.world_size() == 1:
+                    ckpt.prepare_staging(trainable.state_bytes())  # ready by the first save
             _record(values, block, wall, losses, times, writer, waits)
             writer.flush()  # before any checkpoint of these steps
             boundary = done + max(1, agreed)
