@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchlib  # noqa: E402
 
 from saturn.parse import num  # noqa: E402
-from saturn.profiler.prior_rows import anchor, calibration_ratios, is_measured, row_shape  # noqa: E402
+from saturn.profiler.prior_rows import anchor, calibration_ratios, measured_ok, row_shape  # noqa: E402
 from saturn.profiles.prior import Calibration, MachineRates, datasheet_rates, estimate  # noqa: E402
 from saturn.profiles.store import read_table  # noqa: E402
 
@@ -50,8 +50,7 @@ def measured_rows(tables: list[Path]) -> list[dict[str, Any]]:
     rows: dict[tuple, dict] = {}
     for path in tables:
         for r in read_table(path).to_dict("records"):
-            st = str(r.get("status") or "ok")
-            if is_measured(r) and st == "ok" and num(r.get("step_time_s"), math.nan) > 0:
+            if measured_ok(r):
                 r["table"] = str(path)
                 rows[tuple(str(r.get(k)) for k in KEY)] = r
     return list(rows.values())

@@ -4,6 +4,7 @@ no job is left unplanned when nothing of it was measured."""
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -169,6 +170,7 @@ def test_profile_orders_trials_by_value(tmp_path, monkeypatch):
 
     def fake_trial(technique, job, devices, trial, timeout_s):
         calls.append(trial)
+        time.sleep(0.2)  # a trial costs time: what the value rule weighs a saving against
         return {"status": "ok", "step_time_s": 0.01 * trial.gpus, "peak_mem_gb": 0.1, "startup_s": 0.1}
 
     monkeypatch.setattr(session, "call_trial", fake_trial)
@@ -177,7 +179,6 @@ def test_profile_orders_trials_by_value(tmp_path, monkeypatch):
     df = profile(wl, store_dir=tmp_path / "a", progress=False)
     sigs = {j.signature for j in wl.jobs}
     assert {t.signature for t in calls[:2]} == sigs  # breadth first
-    assert all(t.gpus == 1 for t in calls)  # 2 slots for a 50-step job cannot pay for a trial
     reasons = [s["reason"] for s in df.attrs["report"]["skipped"]]
     assert any(r.startswith("cannot pay for itself") for r in reasons)
     n_value = len(calls)

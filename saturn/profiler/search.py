@@ -31,11 +31,12 @@ tested with synthetic outcomes (tests/test_profiler_search.py).
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
-from saturn.profiler.value import DEFAULT_ERROR_BAND, PriorGuess, leader_score, worth_measuring
+from saturn.profiler.value import DEFAULT_ERROR_BAND, PriorGuess, correction, leader_score, worth_measuring
 
 SHORT_CHECK_TECHNIQUES = frozenset({"spilling"})
 OK = "ok"
@@ -155,6 +156,8 @@ class Search:
         self._devices = max(1, int(devices))
         self._band = float(error_band)
         self._leader: dict[str, tuple] = {}  # signature -> the trial key measured as its first option
+        self._ratios: dict[tuple[str, str], list[float]] = {}  # (sig, technique) -> measured / prior
+        self._walls: dict[str, list[float]] = {}  # technique -> wall seconds of its trials here
         self.steps = int(steps)
         self.short_steps = int(short_steps)
         self.min_speedup = float(min_speedup)
@@ -226,8 +229,11 @@ class Search:
     def start(self, trial: TrialSpec) -> None:
         self._running[trial.key] = self._pending.pop(trial.key)
 
-    def record(self, trial: TrialSpec, status: str, step_time_s: Optional[float] = None) -> None:
-        """Feed back the outcome of a started (or pending) trial."""
+    def record(self, trial: TrialSpec, status: str, step_time_s: Optional[float] = None,
+               wall_s: Optional[float] = None) -> None:
+        """Feed back the outcome of a started (or pending) trial (`wall_s`: what it cost)."""
+        if wall_s is not None and wall_s > 0:
+            self._walls.setdefault(trial.technique, []).append(float(wall_s))
         self._pending.pop(trial.key, None)
         self._running.pop(trial.key, None)
         self._finish(trial, status, step_time_s)
@@ -252,6 +258,9 @@ class Search:
     # -- internals -------------------------------------------------------------------------------
     def _finish(self, trial: TrialSpec, status: str, step_time_s: Optional[float]) -> None:
         self._finished[trial.key] = (status, step_time_s)
+        guess = self._prior.get(trial.key)
+        if status == OK and step_time_s and guess is not None and guess.step_time_s > 0:
+            self._ratios.setdefault((trial.signature, trial.technique), []).append(step_time_s / guess.step_time_s)
         cell = self._cells.get((trial.signature, trial.technique, trial.gpus))
         if cell is not None:
             cell.results[trial.knobs] = (status, step_time_s)
@@ -418,8 +427,10 @@ class Search:
                     self._leader[sig] = key
                     verdict = None
                 else:
+                    walls = self._walls.get(tech) or [w for ws in self._walls.values() for w in ws]
                     verdict = worth_measuring(g, guess, best[0], best[1], self._steps_by_sig.get(sig, 1.0),
-                                              self._devices, self._band)
+                                              self._devices, self._band, correction(self._ratios, sig, tech),
+                                              statistics.median(walls) if walls else None)
             cell.held.remove(k)
             moved = True
             if verdict is None:
@@ -453,7 +464,9 @@ class Search:
         if lead is not None and lead not in self._finished:
             return lead
         left = self._candidates(sig)
-        return min(left, key=lambda k: leader_score(k[3], self._prior[k])) if left else None
+        steps = self._steps_by_sig.get(sig, 1.0)
+        return min(left, key=lambda k: leader_score(k[3], self._prior[k], steps,
+                                                    correction(self._ratios, sig, k[1]))) if left else None
 
     def _best_measured(self, sig: str) -> Optional[tuple[float, float]]:
         """(fastest step, least GPU-seconds per step) over the signature's ok results."""

@@ -328,6 +328,7 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "worker_start_s": cold,
         "checkpoint_s": ckpt,
         "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
+        "checkpoint_gb": _f(outcome.get("checkpoint_gb")),
         "checkpoint_source": ckpt_source if ok else None,
         "first_step_s": first,
         "teardown_s": teardown,

@@ -199,8 +199,8 @@ def staged_bytes() -> int:
 
 
 def last_save_cost() -> dict[str, float]:
-    """Blocking time of this process's newest save: block_s (what the caller waited) and
-    budget_wait_s (the part spent waiting for the node's staging budget)."""
+    """This process's newest staged save: block_s (what the caller waited), budget_wait_s (the
+    part spent waiting for the node's staging budget) and bytes (its staging buffer)."""
     return dict(_DR.last)
 
 
@@ -361,7 +361,7 @@ def _save_staged(state: dict[str, Any], tmp: str, final: str, ckpt_dir: str, met
         area.release(buf)
         raise
     block = time.perf_counter() - t0
-    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6)}
+    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6), "bytes": float(buf.numel())}
     meta = {**meta, "save_block_s": round(block, 6), "budget_wait_s": round(waited, 6)}
     _DR.notify({"event": "draining", "path": final})
     if _DR.pool is None:
