@@ -133,6 +133,8 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
                   fmt_s(j["planned_runtime_s"]), fmt_s(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
     console.print(t)
+    for w in s.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] job {w['job']}: {w['text']}", highlight=False, soft_wrap=True)
     for g, members in (s.get("sharp_groups") or {}).items():
         console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]

@@ -105,6 +105,7 @@ class Executor:
             self.plan_calls = 0
             self.plan_time_s = 0.0
             self._replan_needed = False
+            self._skipped_ckpts: set[str] = set()  # checkpoints reported as not the job's own
             self._shutdown: Optional[str] = None
             self._resumed = _state is not None
             if _state is None:
@@ -167,7 +168,9 @@ class Executor:
             seg = js.current
             if js.status in ACTIVE and seg is not None:
                 _kill_stale(seg.pid)
-                step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt") if ex.run_dir else (None, None)
+                ex._check_checkpoints(js)
+                step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt", js.info.spec,
+                                                    js.info.total_steps) if ex.run_dir else (None, None)
                 if step is None or step < js.committed_step:
                     step, ckpt = js.committed_step, js.checkpoint
                 ex.emit("finished", job=js.name, status="lost", step=step, checkpoint=ckpt,
@@ -205,6 +208,9 @@ class Executor:
         info = JobInfo.from_job(job)
         if info.name in self.state.jobs and self.state.jobs[info.name].status not in TERMINAL:
             raise ExecutorError(f"job {info.name!r} is already in this run")
+        old = self.state.jobs.get(info.name)
+        if old is not None:
+            check_same_definition(info.name, old.info.spec, info.spec)
         if profiles is not None and len(profiles):
             self.emit("profiles", rows=_records(profiles))
             self.est.add_profiles(profiles)
@@ -291,12 +297,18 @@ class Executor:
         if js is None:
             return
         if ev.kind == "progress":
+            if not 0 <= int(ev.step) <= js.info.total_steps:
+                return
             if self.metrics is not None and js.current is not None:
                 self.metrics.record_progress(ev.job, js.current, ev.step, ev.loss)
             self.journal.append(ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             apply_event(self.state, ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             return
         if ev.kind == "checkpoint":
+            if not 0 <= int(ev.step) <= js.info.total_steps:  # (runners skip such checkpoints too)
+                self._warn(js.name, f"ignored a checkpoint report at step {ev.step}, outside the job's "
+                           f"0..{js.info.total_steps} steps: {ev.checkpoint}")
+                return
             for kind in ("progress", "checkpoint"):
                 d = {"job": ev.job, "step": ev.step, "loss": ev.loss, "checkpoint": ev.checkpoint}
                 self.journal.append(ev.t, kind, d)
@@ -304,6 +316,11 @@ class Executor:
             return
         seg = js.current
         step = ev.step if ev.step is not None and ev.step >= 0 else js.committed_step
+        if step > js.info.total_steps:  # never let a bogus step complete a job
+            self._warn(js.name, f"attempt reported step {step}, past the job's {js.info.total_steps} steps; "
+                       f"kept step {js.committed_step}")
+            ev.status, ev.checkpoint, step = "failed", None, js.committed_step
+            ev.reason = f"reported step {ev.step}, past the job's {js.info.total_steps} steps. {ev.reason or ''}"
         if self.metrics is not None and ev.losses and seg is not None:
             for s, loss in ev.losses:
                 self.metrics.record(js.name, seg, int(s), loss)
@@ -337,6 +354,28 @@ class Executor:
                 last = f"; last failure: {js.reason[-2000:]}" if js.reason else ""
                 self.emit("job_failed", job=js.name, reason=f"no feasible option left (all OOM or not profiled){last}")
 
+    def _warn(self, job: str, text: str) -> None:
+        """A warning in the run's own output: its journal (status/report list it) and the console."""
+        self.emit("warning", job=job, text=text)
+        log.warning("job %s: %s", job, text)
+
+    def _check_checkpoints(self, js: Any) -> None:
+        """Report (once each) checkpoints in the job's directory that its runner will skip: another
+        job's, another definition's, past the job's end, or damaged (saturn.techniques.checkpoint)."""
+        if self.run_dir is None or js.info.spec is None:
+            return
+        d = self.job_dir(js.name) / "ckpt"
+        if not d.is_dir():
+            return
+        try:
+            from saturn.techniques.checkpoint import Owner, refused_checkpoints
+        except ImportError:  # torch-less installs: the runners still check
+            return
+        for path, why in refused_checkpoints(str(d), Owner.of(js.info.spec, js.info.total_steps)):
+            if path not in self._skipped_ckpts:
+                self._skipped_ckpts.add(path)
+                self._warn(js.name, f"skipping checkpoint {path}: {why}; the previous valid one is used")
+
     def _launch_ready(self) -> None:
         if self._shutdown is not None:
             return
@@ -346,6 +385,7 @@ class Executor:
             if sharp_dispatch.launch(self, a):  # a SHARP group member: the group starts as one attempt
                 continue
             js = self.state.jobs[a["job"]]
+            self._check_checkpoints(js)
             prog = self.job_dir(js.name) / PROGRESS_FILE if self.run_dir is not None else None
             self.emit("launch", job=js.name, technique=a["technique"], knobs=a.get("knobs") or {},
                       node=a["node"], gpus=list(a["gpus"]), start_step=js.committed_step,
@@ -460,6 +500,21 @@ class Executor:
             tmp = self.run_dir / ".plan.json.tmp"
             tmp.write_text(text)
             os.replace(tmp, self.run_dir / "plan.json")
+
+
+def check_same_definition(name: str, old_spec: Optional[dict], new_spec: Optional[dict]) -> None:
+    """A job re-submitted under a finished job's name resumes that job's checkpoints and extends its
+    metrics, so it must be the same definition (saturn.spec.signature.definition_hash); else refused."""
+    if not old_spec or not new_spec:
+        return
+    from saturn.spec.signature import DEFINITION_FIELDS, definition_hash
+
+    if definition_hash(old_spec) != definition_hash(new_spec):
+        diff = [k for k in DEFINITION_FIELDS if old_spec.get(k) != new_spec.get(k)]
+        raise ExecutorError(f"job {name!r} was already run in this run directory with another definition "
+                            f"(differs in: {', '.join(diff) or 'its definition'}); refused, not started -- it "
+                            "would resume the old job's checkpoints and extend its metrics. Submit it under a "
+                            "new name")
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

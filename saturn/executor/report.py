@@ -72,6 +72,9 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,  # old name
             "device_utilization": journal.get_meta("device_utilization"),
             "done": state.done(), "total_gpus": total_gpus, "sharp_groups": groups,
+            # what the executor warned about (skipped checkpoints, bogus steps): the run's own output
+            "warnings": [{"job": d.get("job"), "text": d.get("text", "")} for _, kind, d in journal.events()
+                         if kind == "warning"],
             "data": _data_summary(run_dir),  # data-wait phase + input tuner decisions (saturn.data)
             **phase_summary(state, first, makespan, total_gpus, last_t)}
 

@@ -33,3 +33,15 @@ def profile_signature(job: Any) -> str:
     """12 hex characters, stable across runs, machines and Python versions."""
     blob = json.dumps(signature_fields(job), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# What a job trains: a checkpoint of another definition is not this job's to resume (#28). Not
+# its length (a job may be extended and resumed), nor where and how it may run.
+DEFINITION_FIELDS = ("model", "data", "batch_size", "seq_len", "optimizer", "precision", "seed")
+
+
+def definition_hash(job: Any) -> str:
+    """12 hex characters over DEFINITION_FIELDS of a Job or of its `model_dump(mode="json")`."""
+    d = job.model_dump(mode="json") if hasattr(job, "model_dump") else dict(job)
+    blob = json.dumps({k: d.get(k) for k in DEFINITION_FIELDS}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
