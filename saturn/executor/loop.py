@@ -335,7 +335,7 @@ class Executor:
             self._replan_needed = True
         elif ev.status == "failed" and js.status == PENDING:
             if js.failures > self.cfg.max_retries:
-                self.emit("job_failed", job=ev.job, reason=f"failed {js.failures} times; last: {ev.reason[-2000:]}")
+                self.fail_job(ev.job, f"failed {js.failures} times; last: {ev.reason[-2000:]}")
                 self._replan_needed = True
             else:  # a retry re-plans (#16): the crashed job's GPUs are free for any job meanwhile
                 self._replan_needed = True
@@ -352,7 +352,24 @@ class Executor:
                           checkpoint=js.checkpoint, loss=js.loss, reason="")
             elif js.status == PENDING and not self.est.options(js):
                 last = f"; last failure: {js.reason[-2000:]}" if js.reason else ""
-                self.emit("job_failed", job=js.name, reason=f"no feasible option left (all OOM or not profiled){last}")
+                self.fail_job(js.name, self.est.why_no_option(js, max(self.node_gpus.values(), default=0)) + last)
+
+    def fail_job(self, job: str, reason: str) -> None:
+        """Fail `job` for good. Its cause goes to the journal and, in a run directory, to
+        RUN/jobs/<job>/error.txt (with the attempt logs that exist), whose path is reported."""
+        path = None
+        if self.run_dir is not None:
+            d = self.job_dir(job)
+            logs = [str(p) for p in (d / "log.txt", d / "runner.txt") if p.exists()]
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                path = d / "error.txt"
+                tmp = d / ".error.txt.tmp"
+                tmp.write_text(f"job {job} failed: {reason}\n" + "".join(f"attempt log: {p}\n" for p in logs))
+                os.replace(tmp, path)
+            except OSError:
+                path = None
+        self.emit("job_failed", job=job, reason=reason, log=None if path is None else str(path))
 
     def _warn(self, job: str, text: str) -> None:
         """A warning in the run's own output: its journal (status/report list it) and the console."""
@@ -519,7 +536,7 @@ def check_same_definition(name: str, old_spec: Optional[dict], new_spec: Optiona
 
 def _records(df: pd.DataFrame) -> list[dict]:
     cols = [c for c in ("job", "technique", "knobs", "gpus", "step_time_s", "startup_s", "checkpoint_s",
-                        "feasible", "gpu_type") if c in df.columns]
+                        "feasible", "gpu_type", "status", "reason") if c in df.columns]
     out = []
     for r in df[cols].to_dict("records"):
         out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})

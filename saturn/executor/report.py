@@ -58,6 +58,8 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                      "attempts": len(segs), "loss": js.loss, "start_s": start, "end_s": end,
                      "planned_runtime_s": pred, "actual_runtime_s": actual, "prediction_error": err,
                      "reason": js.reason[-300:] if js.reason else "",
+                     "cause": failure_cause(js.reason) if js.status == "failed" else "",
+                     "log": js.log if js.log and Path(js.log).exists() else _existing_log(run_dir, js.name),
                      "group": next((s.knobs["group"] for s in reversed(segs) if s.knobs.get("group")), None)})
     groups: dict[str, list[str]] = {}  # SHARP groups the members ran in (saturn.executor.sharp_dispatch)
     for j in jobs:
@@ -77,6 +79,30 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                          if kind == "warning"],
             "data": _data_summary(run_dir),  # data-wait phase + input tuner decisions (saturn.data)
             **phase_summary(state, first, makespan, total_gpus, last_t)}
+
+
+def failure_cause(reason: str) -> str:
+    """The line of a failure's text that names its cause (an exception line such as
+    `TypeError: ...`, else the first line), at most 400 characters."""
+    lines = [x.strip() for x in (reason or "").splitlines() if x.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if "Error" not in first and "Exception" not in first:
+        for x in lines[1:]:
+            if ("Error:" in x or "Exception:" in x or x.startswith("Killed")) and not x.startswith("File "):
+                first = f"{first} ... {x}"
+                break
+    return first[:400]
+
+
+def _existing_log(run_dir: Union[str, Path], job: str) -> Optional[str]:
+    """The job's newest log file that exists (error.txt, log.txt, runner.txt), or None."""
+    d = Path(run_dir) / "jobs" / job
+    for name in ("error.txt", "log.txt", "runner.txt"):
+        if (d / name).exists():
+            return str(d / name)
+    return None
 
 
 def _data_summary(run_dir: Union[str, Path]) -> dict[str, Any]:
