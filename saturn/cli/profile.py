@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from saturn.cli import flags
 from saturn.cli.common import console, err_console
 from saturn.errors import SaturnError
 
@@ -16,9 +17,9 @@ from saturn.errors import SaturnError
 def profile_command(
     workload: Optional[Path] = typer.Argument(
         None, help="Workload YAML. With --show and no workload: the whole store."),
-    budget_min: Optional[float] = typer.Option(
+    budget_min: Optional[float] = flags.number(
         None, "--budget-min", help="Start no new trial after this many minutes; what is skipped "
-                                   "is reported (run again later to fill it in)."),
+                                   "is reported (run again later to fill it in)"),
     force: bool = typer.Option(False, "--force", help="Re-run trials whose rows are already stored."),
     show: bool = typer.Option(False, "--show", help="Print the stored profile rows (for this "
                                                      "workload's jobs when given) and run nothing."),
@@ -40,8 +41,6 @@ def profile_command(
         return
     if workload is None:
         raise SaturnError("give a workload YAML to profile (or --show to print the store)")
-    if budget_min is not None and not budget_min > 0:
-        raise SaturnError(f"--budget-min must be a positive number of minutes, got {budget_min}")
     from saturn.api.stages import load
     from saturn.profiler.session import profile
     from saturn.spec import check_local_paths

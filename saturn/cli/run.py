@@ -11,32 +11,33 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from saturn.cli import flags
 from saturn.errors import SaturnError
 
 
 def run_command(
     workload: Optional[Path] = typer.Argument(None, help="Workload spec (YAML).", dir_okay=False),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Start from this plan (JSON from `saturn plan --json`)."),
-    interval: float = typer.Option(60.0, "--interval", help="Re-plan every S seconds (and on every job end)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (journal, logs, checkpoints). "
-                                           "Default: runs/<workload>-<time>."),
+    interval: float = flags.number(60.0, "--interval", help="Re-plan every S seconds (and on every job end)"),
+    run_dir: Optional[Path] = flags.run_dir("--run-dir", help="Run directory (journal, logs, checkpoints). "
+                                            "Default: runs/<workload>-<time>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     simulate: bool = typer.Option(False, "--simulate",
                                   help="Simulated clock: jobs progress at profiled speed x noise."),
     profiles: Optional[Path] = typer.Option(None, "--profiles",
                                             help="Profile table (CSV/parquet) instead of the store."),
     no_introspect: bool = typer.Option(False, "--static", help="Execute the first plan without re-planning."),
-    time_limit: float = typer.Option(10.0, "--time-limit", help="Planner time limit per (re-)plan, seconds."),
-    max_retries: int = typer.Option(2, "--max-retries", help="Relaunches of a crashed job before it is failed."),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every",
-                                         help="Checkpoint (and report progress) every N steps."),
-    noise: float = typer.Option(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise."),
-    seed: int = typer.Option(0, "--seed", help="--simulate: noise seed."),
-    device_type: str = typer.Option("auto", "--devices", help="auto | cuda | cpu"),
+    time_limit: float = flags.number(10.0, "--time-limit", help="Planner time limit per (re-)plan, seconds"),
+    max_retries: int = flags.number(2, "--max-retries", help="Relaunches of a crashed job before it is failed"),
+    checkpoint_every: int = flags.number(200, "--checkpoint-every",
+                                         help="Checkpoint (and report progress) every N steps"),
+    noise: float = flags.number(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise"),
+    seed: int = flags.number(0, "--seed", help="--simulate: noise seed"),
+    device_type: str = flags.choice("auto", "--devices", flags.DEVICES, help="auto | cuda | cpu"),
     live: bool = typer.Option(True, "--live/--no-live", help="Live table while running."),
     require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on extrapolated, "
                                           "simulated or guessed profile numbers (default: measure them first "
@@ -48,6 +49,8 @@ def run_command(
     from saturn.executor.build import RunOptions, build_executor, check_fresh_run_dir, default_run_dir, resume_executor
     from saturn.executor.display import LiveDisplay
 
+    if not simulate:
+        flags.check_devices_here(device_type)
     if resume is not None:
         if simulate:
             raise SaturnError("--resume continues a real run; simulated runs are not resumable")
@@ -69,6 +72,12 @@ def run_command(
         from saturn.spec import check_local_paths
 
         check_local_paths(wl)
+    flags.check_run_dir("--run-dir", run_dir)  # checked before any profiling or launch
+    start_plan: Any = None
+    if plan is not None:
+        from saturn.planner.plan import read_plan
+
+        start_plan = read_plan(plan, wl.jobs, wl.cluster)
     table = profiles_table(wl, profiles, allow_profiling=not simulate, progress=True)
     if not simulate:  # never run silently on guesses
         from saturn.profiles.guesses import measure_guesses
@@ -81,7 +90,7 @@ def run_command(
                       time_limit_s=time_limit, max_retries=max_retries, checkpoint_every=checkpoint_every,
                       noise=noise, seed=seed, device_type=device_type, objective=wl.objective)
     display = LiveDisplay(console) if live and not simulate else None
-    ex = build_executor(wl.jobs, wl.cluster, table, options=opts, plan=plan, display=display)
+    ex = build_executor(wl.jobs, wl.cluster, table, options=opts, plan=start_plan, display=display)
     _execute(ex, display, console, run_dir)
 
 
@@ -167,8 +176,8 @@ def status_command(
 
 def report_command(
     run_dir: Path = typer.Argument(..., help="Run directory of `saturn run`."),
-    gantt: Optional[Path] = typer.Option(None, "--gantt", help="Plan-vs-actual Gantt PNG (default RUN_DIR/gantt.png)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file."),
+    gantt: Optional[Path] = flags.output_file("--gantt", help="Plan-vs-actual Gantt PNG (default RUN_DIR/gantt.png)."),
+    json_out: Optional[Path] = flags.output_file("--json", help="Write the report as JSON to this file."),
 ) -> None:
     """Plan vs actual: Gantt chart, per-job runtime and prediction error per phase, goodput."""
     from saturn.cli.common import console, write_json

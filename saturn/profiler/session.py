@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import pandas as pd
 
 from saturn.errors import SaturnError
+from saturn.paths import check_writable_dir
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
 from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
@@ -116,6 +117,9 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     pool = list(devices) if devices is not None else list(range(hw.gpus))
     limit = min(max_node, len(pool))
     store = ProfileStore(store_dir)
+    # profiling writes every trial there: refuse an unwritable store before the first trial
+    check_writable_dir(store.dir, "profile store", "profiling writes its measurements there: pass --store DIR "
+                       "or set $SATURN_PROFILES to a writable directory")
     report = ProfileReport(hardware=hw.key(), store=str(store.path))
 
     # 1. one representative job per signature; allowed sets are unioned over its jobs
@@ -144,7 +148,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
                         f"{g} GPUs: more than this machine lends ({len(pool)}) or the largest "
                         f"node has ({max_node})"))))
                     continue
-                cell = _cell(tech, name, rep, sig, g)
+                cell = cell_for(tech, name, rep, sig, g)
                 cells.append(cell)
                 if cell.infeasible_reason is not None:
                     static_rows.append(_row(rep, sig, name, g, "{}", hw, {
@@ -247,7 +251,7 @@ def _union(lists) -> list[str]:
     return out
 
 
-def _cell(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
+def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
     try:
         feas = tech.feasible(job, g)
         if not feas:

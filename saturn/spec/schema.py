@@ -205,7 +205,7 @@ class Job(_Strict):
 
 class Node(_Strict):
     name: str = Field(min_length=1, max_length=L.MAX_NAME_LEN)
-    gpus: int = Field(gt=0, le=1024)
+    gpus: int = Field(gt=0, le=L.MAX_NODE_GPUS)
     gpu_memory_gb: float = Field(default=80.0, gt=0, le=1e5, allow_inf_nan=False)
     gpu_type: str = "H200"
     cpu_cores: Optional[int] = Field(default=None, gt=0)  # planned for input pipelines (saturn.data)
@@ -223,7 +223,7 @@ class RaySpec(_Strict):
     address: str = "auto"
     checkpoint_root: Optional[str] = None
     devices: Literal["auto", "cuda", "cpu"] = "auto"
-    slots: Optional[int] = Field(default=None, gt=0)  # cpu: slots per node without `saturn_slots`
+    slots: Optional[int] = Field(default=None, gt=0, le=L.MAX_NODE_GPUS)  # cpu: slots per node without `saturn_slots`
     gpu_memory_gb: Optional[float] = Field(default=None, gt=0)
 
 
@@ -235,7 +235,7 @@ class Cluster(_Strict):
 
     nodes: Optional[list[Node]] = None
     devices: Literal["auto", "cuda", "cpu"] = "auto"
-    slots: Optional[int] = Field(default=None, gt=0)
+    slots: Optional[int] = Field(default=None, gt=0, le=L.MAX_NODE_GPUS)
     ray: Optional[RaySpec] = None
 
     @model_validator(mode="before")
@@ -317,6 +317,13 @@ def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
     devices = _auto_devices() if devices == "auto" else devices
     if devices == "cuda":
         import torch
+
+        if not torch.cuda.is_available():
+            from saturn.errors import SpecError
+
+            raise SpecError("cluster.devices: cuda, but torch sees no CUDA device on this machine; write "
+                            "`devices: cpu` (CPU slots) or `auto`, list the cluster's `nodes` to plan for GPUs "
+                            "elsewhere, or run where the GPUs are")
 
         props = torch.cuda.get_device_properties(0)
         return Node(name=socket.gethostname(), gpus=torch.cuda.device_count(),
