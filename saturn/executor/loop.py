@@ -258,6 +258,12 @@ class Executor:
         for ev in self.backend.poll():
             self._on_event(ev)
         if self.metrics is not None:
+            for name in self.metrics.missing():  # deleted mid-run: rebuilt from the progress records
+                js = self.state.jobs.get(name)
+                if js is not None:
+                    self._warn(name, f"{self.metrics.path(name)} was deleted during the run; rebuilt from "
+                               "the attempts' progress records")
+                    self.metrics.rebuild(name, js.segments)
             self.metrics.flush()
             heartbeat(self.run_dir)
         self._housekeeping()
@@ -335,7 +341,8 @@ class Executor:
             self._replan_needed = True
         elif ev.status == "failed" and js.status == PENDING:
             if js.failures > self.cfg.max_retries:
-                self.fail_job(ev.job, f"failed {js.failures} times; last: {ev.reason[-2000:]}")
+                times = f"{js.failures} time" + ("s" if js.failures != 1 else "")
+                self.fail_job(ev.job, f"failed {times}; last: {ev.reason[-2000:]}")
                 self._replan_needed = True
             else:  # a retry re-plans (#16): the crashed job's GPUs are free for any job meanwhile
                 self._replan_needed = True

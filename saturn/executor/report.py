@@ -76,7 +76,7 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "done": state.done(), "total_gpus": total_gpus, "sharp_groups": groups,
             # what the executor warned about (skipped checkpoints, bogus steps): the run's own output
             "warnings": [{"job": d.get("job"), "text": d.get("text", "")} for _, kind, d in journal.events()
-                         if kind == "warning"],
+                         if kind == "warning"] + _damaged_metrics(run_dir, state),
             "data": _data_summary(run_dir),  # data-wait phase + input tuner decisions (saturn.data)
             **phase_summary(state, first, makespan, total_gpus, last_t)}
 
@@ -94,6 +94,19 @@ def failure_cause(reason: str) -> str:
                 first = f"{first} ... {x}"
                 break
     return first[:400]
+
+
+def _damaged_metrics(run_dir: Union[str, Path], state: RunState) -> list[dict[str, Any]]:
+    """A warning per job whose metrics.jsonl has lines that cannot be read (they are skipped)."""
+    from saturn.executor.metrics import METRICS_FILE, bad_lines
+
+    out = []
+    for name in state.jobs:
+        p = Path(run_dir) / "jobs" / name / METRICS_FILE
+        n = bad_lines(p)
+        if n:
+            out.append({"job": name, "text": f"{p}: {n} undecodable line(s) skipped (damaged file)"})
+    return out
 
 
 def _existing_log(run_dir: Union[str, Path], job: str) -> Optional[str]:
@@ -233,11 +246,15 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
                               f"{a['technique']}x{len(a['gpus'])}") for a in plans[0]["plan"]["assignments"]]
                if plans else []),
               ("actual", [(js.name, s.node, s.gpus, s.launched_at, s.ended_at if s.ended_at is not None else last_t,
-                           f"{s.technique}x{len(s.gpus)}") for js in state.jobs.values() for s in js.segments])]
+                           f"{s.technique}x{len(s.gpus)}" + (f" {s.status}" if s.status in ("failed", "oom") else ""))
+                          for js in state.jobs.values() for s in js.segments])]
     for ax, (title, bars) in zip(axes, panels):
         draw_bars(ax, bars, rows, colors, min_label_frac=0.0)
         ax.set_title(title)
-    axes[-1].set_xlabel("seconds since run start")
+    # failed jobs (some never ran an attempt, so have no bar): named with their cause under the chart
+    failed = [f"FAILED {js.name}: {failure_cause(js.reason)[:150]}"
+              for js in state.jobs.values() if js.status == "failed"]
+    axes[-1].set_xlabel("\n".join(["seconds since run start", *failed]), fontsize=8 if failed else None)
     return save_figure(fig, out)
 
 
