@@ -36,8 +36,10 @@ from saturn.techniques.warm import warm_enabled
 
 @dataclass
 class BackendEvent:
-    """kind: "progress" (step, loss), "checkpoint" (step, checkpoint, loss) or "finished"
-    (status completed|interrupted|failed|oom, step, checkpoint, reason, losses)."""
+    """kind: "progress" (step, loss), "checkpoint" (step, checkpoint, loss), "finished"
+    (status completed|interrupted|failed|oom, step, checkpoint, reason, losses; durable False:
+    the checkpoint is still being written, a "durable" event follows) or "durable" (status
+    durable|lost; step/checkpoint: the one to resume from when lost; drain_s)."""
 
     kind: str
     job: str
@@ -48,6 +50,9 @@ class BackendEvent:
     checkpoint: Optional[str] = None
     reason: str = ""
     losses: list = field(default_factory=list)
+    durable: bool = True
+    phases: dict = field(default_factory=dict)  # the attempt's measured phases (training.train)
+    drain_s: Optional[float] = None
 
 
 class Backend(Protocol):
@@ -264,6 +269,7 @@ class ProcessBackend(WallClock):
         self._t0 = time.monotonic()
         self._offset = clock_offset
         self.procs: dict[str, _Proc] = {}
+        self.finishing: dict[str, BackendEvent] = {}  # job -> its "finished" event, checkpoint draining
         self._pool = pool
         self.warm = bool(pool is not None or (warm if warm is not None else warm_enabled()))
 
@@ -274,6 +280,19 @@ class ProcessBackend(WallClock):
 
             self._pool = shared_pool(self.device_type)
         return self._pool
+
+    def launch_facts(self, node: str, slots: list[int]) -> dict[str, Any]:
+        """What a launch costs here, for the planner (`policy.LaunchFacts`): on warm workers, which
+        devices' workers are still starting (they are started now, in parallel), and that final
+        saves drain behind; cold: every launch starts its processes."""
+        if not self.warm:
+            return {"warm": False, "drains_behind": False}
+        pool = self.pool()
+        starts = pool.worker_starts([int(s) for s in slots])
+        measured = [w for w in (getattr(pool, "start_times", lambda: [])()) if w]
+        return {"warm": True, "drains_behind": True,
+                "worker_starts": {(node, int(s)): v for s, v in starts.items()},
+                "worker_start_s": max(measured) if measured else None}
 
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         if job.info.spec is None:
@@ -346,9 +365,40 @@ class ProcessBackend(WallClock):
                 t = self._from_wall(float(rec.get("wall", time.time())))
                 out.append(BackendEvent("checkpoint" if rec.get("checkpoint") else "progress", name, t,
                                         step=int(rec["step"]), loss=rec.get("loss"), checkpoint=rec.get("checkpoint")))
-            out.append(self._result(pr, code))
+            ev = self._result(pr, code)
+            out.append(ev)
+            if not ev.durable:
+                self.finishing[name] = ev
             del self.procs[name]
+        for name, fin in list(self.finishing.items()):
+            done = self._drained(fin)
+            if done is not None:
+                out.append(done)
+                del self.finishing[name]
         return out
+
+    def _drained(self, fin: BackendEvent) -> Optional[BackendEvent]:
+        """The "durable" event of a finishing job, once its warm worker reported the drain's end
+        (or, without a report, once the checkpoint is published on disk); None while it drains."""
+        path = str(fin.checkpoint)
+        st = self._pool.drain_state(path) if self._pool is not None else None
+        state = st["state"] if st is not None else None
+        if state == "draining":
+            return None
+        step, newest = latest_checkpoint_step(Path(path).parent)
+        if state is None:  # no report (not a pool's drain): the disk tells
+            if newest is None or os.path.normpath(newest) != os.path.normpath(path):
+                return None
+            state = "durable"
+        if state == "durable":
+            drain = (st or {}).get("drain_s")
+            return BackendEvent("durable", fin.job, self.now(), step=fin.step, status="durable",
+                                checkpoint=path, drain_s=drain if drain is not None else self.now() - fin.t)
+        why = (st or {}).get("error") or "its write failed"
+        return BackendEvent("durable", fin.job, self.now(), step=step if step is not None else 0,
+                            status="lost", checkpoint=newest,
+                            reason=f"final checkpoint {path} was lost while being written ({why}); "
+                                   f"the job resumes from {newest or 'the start'} (step {step or 0})")
 
     def _result(self, pr: _Proc, code: int) -> BackendEvent:
         now = self.now()
@@ -368,13 +418,18 @@ class ProcessBackend(WallClock):
             reason = (reason + "\n" + log_tail(pr.job_dir / "log.txt", 1500)).strip()
         return BackendEvent("finished", pr.job, now, step=int(res.get("step", 0)), status=res.get("status", "failed"),
                             checkpoint=res.get("checkpoint"), reason=reason,
-                            loss=float(losses[-1][1]) if losses else None, losses=losses)
+                            loss=float(losses[-1][1]) if losses else None, losses=losses,
+                            durable=bool(res.get("durable", True)) or not res.get("checkpoint"),
+                            phases=dict(res.get("phases") or {}))
 
     def wait(self, timeout_s: float) -> None:
         end = time.monotonic() + max(0.0, timeout_s)
         while time.monotonic() < end:
             if any(p.popen.poll() is not None for p in self.procs.values()):
                 return
+            if self.finishing and self._pool is not None and not set(self._pool.draining()) & {
+                    str(f.checkpoint) for f in self.finishing.values()}:
+                return  # a drain ended
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
     def shutdown(self) -> None:

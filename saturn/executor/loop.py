@@ -30,7 +30,18 @@ from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_st
 from saturn.executor.journal import Journal, JournalError, apply_event, heartbeat, open_journal, record_executor, replay
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
 from saturn.executor.run_lock import RunLock
-from saturn.executor.state import ACTIVE, CANCELLED, FAILED, PENDING, RUNNING, TERMINAL, JobInfo, JobResult, RunState
+from saturn.executor.state import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    FINISHING,
+    PENDING,
+    RUNNING,
+    TERMINAL,
+    JobInfo,
+    JobResult,
+    RunState,
+)
 from saturn.planner import InvalidPlanError
 
 log = logging.getLogger(__name__)
@@ -175,6 +186,10 @@ class Executor:
                     step, ckpt = js.committed_step, js.checkpoint
                 ex.emit("finished", job=js.name, status="lost", step=step, checkpoint=ckpt,
                         reason="the executor stopped while this attempt ran")
+        for js in list(state.jobs.values()):  # its drain died with the executor, or finished
+            if js.status == FINISHING:
+                ex._settle_drain(js, None, "the executor stopped while this job's final checkpoint "
+                                           "was being written")
         for js in state.jobs.values():  # steps logged after the executor's last read
             if ex.metrics is not None and js.segments:
                 ex.metrics.reconcile(js.name, js.segments)
@@ -270,16 +285,17 @@ class Executor:
         if self._shutdown is not None:
             if self.display is not None:
                 self.display.update(self)
-            return any(j.status in ACTIVE for j in self.state.jobs.values())
+            return any(j.status in ACTIVE + (FINISHING,) for j in self.state.jobs.values())
         now = self.backend.now()
         if self._replan_needed or (self.cfg.introspect and now >= self._next_replan):
             self.replan("event" if self._replan_needed else "interval",
                         force=self._replan_needed and not self._plan_covers())
         self._launch_ready()
-        if not self.state.done() and not any(j.status in ACTIVE for j in self.state.jobs.values()):
+        busy = ACTIVE + (FINISHING,)  # a finishing job's drain still ends the run later
+        if not self.state.done() and not any(j.status in busy for j in self.state.jobs.values()):
             self.replan("stalled", force=True)  # nothing runs and nothing can start: plan again
             self._launch_ready()
-            if not any(j.status in ACTIVE for j in self.state.jobs.values()) and not self.state.done():
+            if not any(j.status in busy for j in self.state.jobs.values()) and not self.state.done():
                 raise ExecutorError("no job can be launched: " + ", ".join(
                     f"{j.name} ({j.status})" for j in self.state.unfinished()))
         if self.display is not None:
@@ -320,6 +336,18 @@ class Executor:
                 self.journal.append(ev.t, kind, d)
                 apply_event(self.state, ev.t, kind, d)
             return
+        if ev.kind == "durable":
+            if js.status == FINISHING:
+                d = {"job": ev.job, "ok": ev.status == "durable", "step": ev.step,
+                     "checkpoint": ev.checkpoint, "drain_s": ev.drain_s, "reason": ev.reason}
+                self.journal.append(ev.t, "durable", d)
+                apply_event(self.state, ev.t, "durable", d)
+                if js.status == PENDING:  # lost: it runs again from its last durable checkpoint
+                    log.warning("job %s: %s", js.name, ev.reason)
+                    if self.metrics is not None:
+                        self.metrics.settle(js.name, js.segments)
+                    self._replan_needed = True
+            return
         seg = js.current
         step = ev.step if ev.step is not None and ev.step >= 0 else js.committed_step
         if step > js.info.total_steps:  # never let a bogus step complete a job
@@ -332,6 +360,10 @@ class Executor:
                 self.metrics.record(js.name, seg, int(s), loss)
         d = {"job": ev.job, "status": ev.status, "step": step, "checkpoint": ev.checkpoint, "loss": ev.loss,
              "reason": ev.reason[-4000:] if ev.reason else ""}
+        if ev.phases:
+            d["phases"] = dict(ev.phases)
+        if not ev.durable and ev.status == "completed":
+            d["durable"] = False
         self.journal.append(ev.t, "finished", d)
         apply_event(self.state, ev.t, "finished", d)
         if self.metrics is not None:
@@ -351,6 +383,25 @@ class Executor:
                 self._replan_needed = True
             elif not self._plan_covers():
                 self._replan_needed = True
+
+    def _settle_drain(self, js: Any, ok: Optional[bool], reason: str) -> None:
+        """Decide a finishing job from its checkpoint directory (on resume, its drain's process is
+        gone): durable if the pending checkpoint was published, else back to its newest durable."""
+        path = js.pending_checkpoint
+        step, ckpt = latest_checkpoint_step(self.job_dir(js.name) / "ckpt") if self.run_dir else (None, None)
+        if ok is None:
+            ok = bool(path) and ckpt is not None and os.path.normpath(ckpt) == os.path.normpath(path)
+        if ok:
+            self.emit("durable", job=js.name, ok=True, step=js.pending_step, checkpoint=path, drain_s=None,
+                      reason="")
+            return
+        step, ckpt = (step, ckpt) if step is not None else (js.committed_step, js.checkpoint)
+        self.emit("durable", job=js.name, ok=False, step=step, checkpoint=ckpt, drain_s=None,
+                  reason=f"{reason}; its final checkpoint {path} was not written, so it resumes from "
+                         f"{ckpt or 'the start'} (step {step})")
+        if self.metrics is not None:
+            self.metrics.settle(js.name, js.segments)
+        self._replan_needed = True
 
     def _housekeeping(self) -> None:
         for js in self.state.jobs.values():
@@ -420,14 +471,26 @@ class Executor:
                 js.current.pid = pid
                 self.emit("spawned", job=js.name, pid=pid)
 
+    def _launch_facts(self) -> None:
+        """Refresh what launches cost on this backend (warm workers up or starting, drains behind)
+        for the planner; only a one-node local backend reports them."""
+        facts = getattr(self.backend, "launch_facts", None)
+        if facts is None or len(self.nodes) != 1:
+            return
+        n = self.nodes[0]
+        self.est.launch = policy.LaunchFacts(**facts(n.name, list(range(int(n.gpus)))))
+
     def _initial_plan(self) -> None:
         from saturn.planner import plan as solve
 
+        self._launch_facts()
         jobs, table = policy.planner_jobs_and_profiles(self.state, self.est, self.backend.now())
         if not jobs:
             return
-        p = self._solve(solve, jobs, table, None)
-        self._adopt(p.to_dict(), "initial")
+        p = self._solve(solve, jobs, table, None,
+                        fixed=policy.worker_start_blocks(self.state, self.est) or None).to_dict()
+        p["assignments"] = [a for a in p.get("assignments", []) if not policy.is_checkpoint(a)]
+        self._adopt(p, "initial")
 
     def _solve(self, solve, jobs, table, warm, fixed=None, time_limit_s=None):
         t0 = time.perf_counter()
@@ -448,6 +511,7 @@ class Executor:
         self._replan_needed = False
         now = self.backend.now()
         self._next_replan = now + self.cfg.interval_s
+        self._launch_facts()
         self._housekeeping()
         if self.state.done():
             return None

@@ -34,7 +34,15 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from saturn.executor.state import ACTIVE, RUNNING, STOPPING, TERMINAL, JobState, RunState, option_key
+from saturn.executor.state import (
+    ACTIVE,
+    OFF_GPU,
+    RUNNING,
+    STOPPING,
+    JobState,
+    RunState,
+    option_key,
+)
 from saturn.parse import canonical_knobs as knobs_key
 from saturn.parse import num as _num
 from saturn.planner import Assignment, NodeSpec, Option, Placement, list_schedule
@@ -66,6 +74,23 @@ class OptionRow:
     gpu_type: Optional[str] = None
     checkpoint_source: Optional[str] = None  # "measured" | "estimated" (profiler)
     checkpoint_stage_s: Optional[float] = None  # blocking part of a background save
+    worker_start_s: Optional[float] = None  # starting a warm worker, measured by the trial
+
+
+@dataclass
+class LaunchFacts:
+    """What launching costs on this backend, as data (from `Backend.launch_facts`):
+    warm: jobs run on long-lived workers, so a launch costs the profile's `launch_s` only, and a
+        device whose worker is still starting is held for the rest of that start
+        (`worker_starts`, (node, gpu) -> seconds left); cold: every launch also starts its
+        processes (`worker_start_s`).
+    drains_behind: a one-GPU job's final save blocks only for its staging; the write goes on
+        after the job has left its GPU (saturn.techniques.checkpoint)."""
+
+    warm: bool = False
+    drains_behind: bool = False
+    worker_starts: dict = field(default_factory=dict)
+    worker_start_s: Optional[float] = None  # measured by the backend (else the profiles')
 
 
 class Estimator:
@@ -76,7 +101,36 @@ class Estimator:
         # rows that are no option: job -> {(technique, gpus): (status, reason)} (why a job cannot run)
         self.refused: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
         self.checkpoint_every = checkpoint_every  # the backend's periodic saves (steps), planned
+        self.launch = LaunchFacts()
         self.add_profiles(profiles)
+
+    def worker_start_s(self) -> float:
+        """Seconds to start a job's processes from nothing (the backend's measurement, else the
+        largest the profiler measured; 0 if neither: the profile's launch_s then holds it)."""
+        if self.launch.worker_start_s is not None:
+            return self.launch.worker_start_s
+        vals = [o.worker_start_s for lst in self.rows.values() for o in lst if o.worker_start_s]
+        return max(vals) if vals else 0.0
+
+    def final_save_s(self, o: OptionRow) -> Optional[float]:
+        """What the final save blocks: its staging when it drains behind (one GPU), else all of it."""
+        if o.checkpoint_s is None:
+            return None
+        if self.launch.drains_behind and o.gpus == 1:
+            from saturn.planner.inputs import BACKGROUND_SAVE_FRACTION
+
+            return o.checkpoint_stage_s if o.checkpoint_stage_s is not None else \
+                BACKGROUND_SAVE_FRACTION * o.checkpoint_s
+        return o.checkpoint_s
+
+    def fixed_cost(self, o: OptionRow) -> float:
+        """A fresh launch's fixed seconds on this backend: launch (+ process start when cold) +
+        the final save's blocking part."""
+        extra = 0.0 if self.launch.warm else self.worker_start_s()
+        final = self.final_save_s(o)
+        if final is None or o.checkpoint_s is None:
+            return o.startup_s + extra
+        return max(0.0, o.startup_s - o.checkpoint_s) + final + extra
 
     def add_profiles(self, profiles: pd.DataFrame) -> None:
         for r in profiles.to_dict("records"):
@@ -96,7 +150,7 @@ class Estimator:
                             _num(r.get("startup_s"), 0.0), None if math.isnan(ck) else ck,
                             None if gt is None or (isinstance(gt, float) and math.isnan(gt)) else str(gt),
                             r["checkpoint_source"] if isinstance(r.get("checkpoint_source"), str) else None,
-                            _opt(r.get("checkpoint_stage_s")))
+                            _opt(r.get("checkpoint_stage_s")), _opt(r.get("worker_start_s")))
             lst = self.rows.setdefault(str(r["job"]), [])
             lst[:] = [x for x in lst if (x.technique, x.knobs, x.gpus, x.gpu_type) !=
                       (row.technique, row.knobs, row.gpus, row.gpu_type)] + [row]
@@ -169,7 +223,7 @@ class Estimator:
         if js.startup_obs:
             return sum(js.startup_obs[-3:]) / len(js.startup_obs[-3:])
         p = self.profiled(js, technique, gpus, knobs)
-        return p.startup_s if p is not None else 0.0
+        return self.fixed_cost(p) if p is not None else 0.0
 
     def checkpoint_cost(self, js: JobState) -> float:
         if js.checkpoint_obs:
@@ -205,7 +259,7 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
     may switch; `planner_inputs_around_running` is the variant in which none moves)."""
     jobs, rows = [], []
     for js in state.jobs.values():
-        if js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
+        if js.status in OFF_GPU or (js.status == STOPPING and js.stop_reason != "switch"):
             continue
         steps = js.live_remaining_steps if js.status == RUNNING else js.remaining_steps
         if steps <= 0:
@@ -230,9 +284,12 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
             else:
                 startup = est.startup(js, o.technique, o.gpus, o.knobs)
             split = {}  # a fresh job on its profiled fixed cost: launch + final save, by phase
-            if fresh and o.checkpoint_s is not None and startup >= o.checkpoint_s:
-                split = {"launch_s": startup - o.checkpoint_s, "checkpoint_s": o.checkpoint_s,
-                         "checkpoint_source": o.checkpoint_source,
+            final = est.final_save_s(o)
+            if fresh and final is not None and startup >= final:
+                behind = final != o.checkpoint_s
+                split = {"launch_s": startup - final, "checkpoint_s": final,
+                         "checkpoint_source": ("estimated" if behind and o.checkpoint_stage_s is None
+                                               else o.checkpoint_source),
                          "checkpoint_stage_s": o.checkpoint_stage_s}
             rows.append({"job": js.name, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
                          "step_time_s": st, "startup_s": startup, "feasible": True,
@@ -245,6 +302,7 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
 
 # ------------------------------------------------------------------------------------ retiming
 CHECKPOINT_SUFFIX = "@checkpoint"  # pseudo-job holding a checkpointing job's old GPUs
+WORKER_START_SUFFIX = "@worker-start"  # pseudo-job holding a GPU whose warm worker is starting
 
 
 def _checkpoint_left(js: JobState, est: Estimator, now: float) -> float:
@@ -277,12 +335,27 @@ def held_gpus(state: RunState, est: Estimator, now: float, moved: Iterable[str] 
             if left > 1e-9:
                 out.append(Assignment(js.name + CHECKPOINT_SUFFIX, seg.technique, dict(seg.knobs), seg.node,
                                       list(seg.gpus), 0.0, left))
+    return out + worker_start_blocks(state, est)
+
+
+def worker_start_blocks(state: RunState, est: Estimator) -> list[Assignment]:
+    """Devices whose warm worker is still starting, held for the rest of that start as pseudo-jobs
+    `<node>:<gpu>@worker-start` (not launched, dropped like checkpoint pseudo-jobs): the first job
+    planned there starts after it, every later one pays only the warm launch."""
+    busy = state.busy_gpus()
+    out = []
+    for (node, gpu), left in sorted(est.launch.worker_starts.items()):
+        left = est.worker_start_s() if left is None else float(left)
+        if left > 1e-9 and (node, int(gpu)) not in busy:
+            out.append(Assignment(f"{node}:{gpu}{WORKER_START_SUFFIX}", "worker-start", {}, node,
+                                  [int(gpu)], 0.0, left))
     return out
 
 
 def is_checkpoint(a: Any) -> bool:
+    """A pseudo-job of `held_gpus` (a checkpoint or a worker start): held time, never launched."""
     job = a["job"] if isinstance(a, Mapping) else a.job
-    return str(job).endswith(CHECKPOINT_SUFFIX)
+    return str(job).endswith((CHECKPOINT_SUFFIX, WORKER_START_SUFFIX))
 
 
 def planner_inputs_around_running(state: RunState, est: Estimator, now: float
@@ -383,7 +456,7 @@ def choices_from_plan(plan: Optional[dict], state: RunState) -> list[Choice]:
     out = []
     for a in sorted(plan.get("assignments", []), key=lambda a: (a["start_s"], a["job"])):
         js = state.jobs.get(a["job"])
-        if js is None or js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
+        if js is None or js.status in OFF_GPU or (js.status == STOPPING and js.stop_reason != "switch"):
             continue
         out.append(Choice(a["job"], a["technique"], dict(a.get("knobs") or {}), len(a["gpus"]), a.get("node")))
     return out
@@ -393,7 +466,7 @@ def covers(plan_choices: Sequence[Choice], state: RunState, est: Estimator) -> b
     """Whether a plan still has a feasible option for every unfinished, not-running job."""
     have = {c.job: c for c in plan_choices}
     for js in state.jobs.values():
-        if js.status in TERMINAL or js.status == RUNNING:
+        if js.status in OFF_GPU or js.status == RUNNING:
             continue
         c = have.get(js.name)
         if c is None or option_key(c.technique, c.gpus) in js.infeasible:
@@ -475,7 +548,7 @@ def ready_to_launch(plan: Optional[dict], state: RunState) -> list[dict]:
             if b["node"] != a["node"] or not gpus & {(b["node"], int(g)) for g in b["gpus"]}:
                 continue
             bj = state.jobs.get(b["job"])
-            if bj is not None and bj.status not in TERMINAL:
+            if bj is not None and bj.status not in OFF_GPU:  # a finishing job's GPUs are free
                 blocked = True
                 break
         if not blocked:

@@ -44,8 +44,9 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
         end = max((s.ended_at if s.ended_at is not None else last_t for s in segs), default=None)
         for s in segs:
             busy += ((s.ended_at if s.ended_at is not None else last_t) - s.launched_at) * len(s.gpus)
-        if end is not None:
-            end_all = max(end_all, end)
+        durable = max((s.durable_at for s in segs if s.durable_at is not None), default=None)
+        if end is not None:  # the run ends when its last result is durable (drains behind)
+            end_all = max(end_all, end, durable or 0.0, last_t if js.status == "finishing" else 0.0)
         p = planned.get(js.name)
         pred = (p["end_s"] - p["start_s"]) if p else None
         actual = (sum(((s.ended_at if s.ended_at is not None else last_t) - s.launched_at) for s in segs)
@@ -57,6 +58,7 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                      "technique": cur.technique if cur else None, "gpus": len(cur.gpus) if cur else None,
                      "attempts": len(segs), "loss": js.loss, "start_s": start, "end_s": end,
                      "planned_runtime_s": pred, "actual_runtime_s": actual, "prediction_error": err,
+                     "durable_s": durable, "phases": attempt_phases(segs),
                      "reason": js.reason[-300:] if js.reason else "",
                      "cause": failure_cause(js.reason) if js.status == "failed" else "",
                      "log": js.log if js.log and Path(js.log).exists() else _existing_log(run_dir, js.name),
@@ -116,6 +118,28 @@ def _existing_log(run_dir: Union[str, Path], job: str) -> Optional[str]:
         if (d / name).exists():
             return str(d / name)
     return None
+
+
+ATTEMPT_PHASES = ("launch_s", "steps_s", "checkpoint_block_s", "save_block_s")
+
+
+def attempt_phases(segs: list) -> Optional[dict[str, Any]]:
+    """A job's phases as its attempts measured them (summed over attempts): launch_s (launch ->
+    training loop), steps_s (the loop, less the periodic saves' blocking), checkpoint_block_s
+    (periodic saves' blocking: staging + waiting for the staging budget), save_block_s (the final
+    save's blocking), drain_s (writing the final checkpoint behind, after the slot was free;
+    None if nothing drained) and finishing_s (slot free -> result durable). None if no attempt
+    reported them (simulations, killed attempts, older runs)."""
+    rows = [s for s in segs if s.phases]
+    if not rows:
+        return None
+    out: dict[str, Any] = {k: round(sum(float(s.phases.get(k) or 0.0) for s in rows), 4)
+                           for k in ATTEMPT_PHASES}
+    drains = [s for s in segs if s.durable_at is not None and s.ended_at is not None]
+    out["drain_s"] = (round(sum(float(s.drain_s if s.drain_s is not None else s.durable_at - s.ended_at)
+                                for s in drains), 4) if drains else None)
+    out["finishing_s"] = round(sum(s.durable_at - s.ended_at for s in drains), 4) if drains else None
+    return out
 
 
 def _data_summary(run_dir: Union[str, Path]) -> dict[str, Any]:

@@ -282,7 +282,13 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
     status = str(outcome.get("status", "failed"))
     ok = status == "ok"
     step = _f(outcome.get("step_time_s")) if ok else None
+    # a trial that had to start its warm worker spent that first: the planner adds the worker
+    # start only where a worker must start (policy.worker_start_blocks), so launch_s leaves it out
+    cold = _f(outcome.get("worker_start_s"))
+    wall -= cold or 0.0
     first = _f(outcome.get("startup_s"))
+    if first is not None and cold:
+        first = max(0.0, first - cold)
     ckpt = _f(outcome.get("checkpoint_s"))  # the trial timed one save (training.train)
     ckpt_source = "measured" if ckpt is not None else "estimated"
     # the trial's wall includes that save: launch_s (start-up + teardown) must not count it twice
@@ -299,6 +305,7 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "peak_mem_gb": _f(outcome.get("peak_mem_gb")),
         "startup_s": None if launch is None else round(launch + ckpt, 4),  # what the planner adds
         "launch_s": launch,
+        "worker_start_s": cold,
         "checkpoint_s": ckpt,
         "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
         "checkpoint_source": ckpt_source if ok else None,

@@ -43,8 +43,8 @@ COLUMNS = ("signature", "technique", "knobs", "gpus", "step_time_s", "peak_mem_g
 KEY = ("signature", "technique", "knobs", "gpus", "gpu_type", "gpu_memory_gb", "interconnect", "torch_version",
        "inputs_hash")
 LOCK_TIMEOUT_S = 120.0
-NUMBER_COLUMNS = ("step_time_s", "peak_mem_gb", "startup_s", "launch_s", "checkpoint_s", "first_step_s",
-                  "trial_s", "gpu_memory_gb")
+NUMBER_COLUMNS = ("step_time_s", "peak_mem_gb", "startup_s", "launch_s", "worker_start_s", "checkpoint_s",
+                  "first_step_s", "trial_s", "gpu_memory_gb")
 STORE_FILE = "profiles.csv"  # where write_store puts the table (other files are read-only inputs)
 ENV = "SATURN_PROFILES"
 

@@ -28,6 +28,7 @@ MAX_SEQ_LEN = 2**22
 MAX_LR = 1e3
 MAX_OVERRIDE = 10**9  # any architecture override (layers, width, heads, vocab...)
 MAX_SEED = 2**32 - 1
+MAX_WEIGHT = 1e6  # a job's priority weight (weighted_completion)
 MAX_NODE_GPUS = 1024  # GPUs (or CPU slots) of one node: the planner's per-node limit
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
 

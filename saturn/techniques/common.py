@@ -90,7 +90,8 @@ def trial_result(res: dict[str, Any]) -> TrialResult:
                        peak_mem_gb=res.get("peak_mem_gb"), startup_s=res.get("startup_s"),
                        reason=res.get("reason", ""), step_times=list(res.get("step_times") or []),
                        checkpoint_s=res.get("checkpoint_s"),
-                       checkpoint_stage_s=res.get("checkpoint_stage_s"))
+                       checkpoint_stage_s=res.get("checkpoint_stage_s"),
+                       worker_start_s=res.get("worker_start_s"))
 
 
 def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str,
@@ -103,7 +104,8 @@ def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str,
     if status in ("completed", "interrupted"):
         return RunResult(status=status, step=int(res["step"]), checkpoint=res.get("checkpoint"),
                          losses=[(int(s), float(v)) for s, v in res.get("losses") or []],
-                         reason=res.get("reason", ""))
+                         reason=res.get("reason", ""), durable=bool(res.get("durable", True)),
+                         phases=dict(res.get("phases") or {}))
     path = latest_checkpoint(checkpoint_dir, Owner.of(*owner) if owner is not None else None)
     step = int(read_meta(path)["step"]) if path else start_step
     status = {"timeout": "failed"}.get(status, status)

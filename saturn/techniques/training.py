@@ -187,7 +187,10 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     peak_mem_gb (max over ranks), startup_s (process launch -> first step done), first_step_s
     (the first step alone: lazy initialization and compilation show up here); trials with
     `measure_checkpoint` also checkpoint_s and checkpoint_stage_s (see `_measure_checkpoint`).
-    Periodic checkpoints are background saves (staged, then written while steps run).
+    Periodic checkpoints are background saves (staged, then written while steps run); in a warm
+    worker the final save of a completed one-process run is one too (`durable` False: the
+    checkpoint is still draining). Runs also return `phases` (launch_s: launch -> loop start,
+    steps_s, checkpoint_block_s: periodic saves' blocking time, save_block_s: the final save's).
 
     The step path never waits for the device (see `saturn.techniques.step_io`): losses, times and
     the stop request are read back at boundaries only, after the first step, then every
@@ -217,6 +220,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     stopped, step, done = False, start_step, 0
     boundary, planned = 1, 1  # boundaries after step 1, then rank 0's agreed interval
     t_start = time.perf_counter()
+    launch_s = max(0.0, time.time() - ctx.launch_time)  # launch -> the loop starts (build, load)
+    periodic_block = 0.0  # seconds the loop waited for periodic saves (staging + budget)
     clock = step_io.StepClock(trainable.device)
     try:
         while done < total:
@@ -243,13 +248,26 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
                 stopped = True
                 break
             if ckpt_due:
+                t_save = time.perf_counter()
                 with ckpt.in_background():  # staged now, written + published while steps run
                     _save(trainable, checkpoint_dir, step, job, technique, knobs, losses[-1][1])
+                periodic_block += time.perf_counter() - t_save
     finally:
         writer.flush()
         batches.close()
-    path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
-                 losses[-1][1] if losses else None) if run else None
+    loop_s = time.perf_counter() - t_start
+    # The final save: in a warm worker, a completed single-process run only stages it and
+    # returns (durable: False); the worker drains it while it takes the next job.
+    behind = bool(run and checkpoint_dir and not stopped and ckpt.drains_behind()
+                  and ckpt.world_size() == 1)
+    t_save = time.perf_counter()
+    with ckpt.in_background() if behind else contextlib.nullcontext():
+        path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
+                     losses[-1][1] if losses else None) if run else None
+    durable = not (behind and path in ckpt.draining(checkpoint_dir))
+    phases = {"launch_s": round(launch_s, 4), "steps_s": round(loop_s - periodic_block, 4),
+              "checkpoint_block_s": round(periodic_block, 4),
+              "save_block_s": round(time.perf_counter() - t_save, 4) if path else 0.0}
     ckpt_cost = _measure_checkpoint(trainable, job, ctx, technique, knobs) \
         if mode == "trial" and measure_checkpoint else {}
     timed = times[warmup:] if mode == "trial" else times[1:] or times
@@ -259,7 +277,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             "step_times": timed, "step_time_s": statistics.median(timed) if timed else None,
             "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup,
             "first_step_s": round(first_step, 6) if first_step is not None else None,
-            "data_wait_s": statistics.median(timed_waits) if timed_waits else None, **ckpt_cost}
+            "data_wait_s": statistics.median(timed_waits) if timed_waits else None, **ckpt_cost,
+            **({"durable": durable, "phases": phases} if run else {})}
 
 
 def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
