@@ -31,9 +31,11 @@ def _job(**kw) -> saturn.Job:
 def test_inputs_hash_ignores_numbers_but_not_structure():
     base = inputs_hash(_job(optimizer={"name": "adamw", "lr": 1e-3}))
     assert inputs_hash(_job(optimizer={"name": "adamw", "lr": 3e-3})) == base  # an lr sweep: one hash
-    assert inputs_hash(_job(optimizer={"name": "adamw", "lr": 1e-3, "momentum": 0.9})) != base
-    assert inputs_hash(_job(optimizer={"name": "adamw", "betas": [0.9]})) != inputs_hash(
-        _job(optimizer={"name": "adamw", "betas": [0.9, 0.99]}))
+    assert inputs_hash(_job(optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.1})) != base  # a kwarg
+    assert inputs_hash(_job(optimizer={"name": "adamw", "lr": 1e-3, "amsgrad": True})) != inputs_hash(
+        _job(optimizer={"name": "adamw", "lr": 1e-3, "amsgrad": False}))
+    assert inputs_hash({"model": {"name": "m"}, "optimizer": {"betas": [0.9]}}) != inputs_hash(
+        {"model": {"name": "m"}, "optimizer": {"betas": [0.9, 0.99]}})  # a list of another length
 
 
 def _factory_module(tmp_path: Path, body: str) -> None:
