@@ -69,19 +69,41 @@ def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool
     from saturn.profiles.store import load_store, profiles_for, read_table
 
     wl = workload
+    check = table_check(wl)
     if profiles is not None:
-        table = profiles if isinstance(profiles, pd.DataFrame) else read_table(profiles)
+        if isinstance(profiles, pd.DataFrame):
+            table = profiles
+            check(table, "<the given table>", None)
+        else:
+            table = read_table(profiles, check)
         if "job" in table.columns:
             return table
         source = "the given table" if isinstance(profiles, pd.DataFrame) else str(profiles)
         return profiles_for(wl, _with_prior(wl, table, store_dir, prior), source=source)
     try:
-        return profiles_for(wl, _with_prior(wl, load_store(store_dir), store_dir, prior))
+        return profiles_for(wl, _with_prior(wl, load_store(store_dir, check), store_dir, prior))
     except MissingProfilesError:
         if not allow_profiling:
             raise
     profile(wl, store_dir=store_dir, progress=progress)
-    return profiles_for(wl, _with_prior(wl, load_store(store_dir), store_dir, prior))
+    return profiles_for(wl, _with_prior(wl, load_store(store_dir, check), store_dir, prior))
+
+
+def table_check(wl: Any) -> Any:
+    """The check of profile tables against this workload's registry and cluster (#28): techniques
+    registered (or named by the jobs), feasible rows within the cluster's device memory."""
+    from saturn.profiles.store import cluster_check
+    from saturn.techniques.registry import technique_names
+
+    names = set(technique_names())
+    for j in wl.jobs:
+        names.update(j.techniques or ())
+    memory: dict[str, float] = {}
+    for n in getattr(wl.cluster, "nodes", None) or []:
+        key = str(n.gpu_type).lower()
+        memory[key] = max(memory.get(key, 0.0), float(n.gpu_memory_gb))
+    return cluster_check(techniques=names, memory_gb=memory, signatures={j.signature for j in wl.jobs},
+                         jobs={j.name for j in wl.jobs})
 
 
 def _with_prior(wl: Any, table: pd.DataFrame, store_dir: Optional[PathLike], prior: bool) -> pd.DataFrame:

@@ -290,9 +290,12 @@ class ProcessBackend(WallClock):
         pool = self.pool()
         starts = pool.worker_starts([int(s) for s in slots])
         measured = [w for w in (getattr(pool, "start_times", lambda: [])()) if w]
-        return {"warm": True, "drains_behind": True,
+        from saturn.techniques.staging import budget_bytes
+
+        return {"warm": True, "drains_behind": pool.drain_behind,
                 "worker_starts": {(node, int(s)): v for s, v in starts.items()},
-                "worker_start_s": max(measured) if measured else None}
+                "worker_start_s": max(measured) if measured else None,
+                "staging_budget_gb": budget_bytes() / 1e9, "node_gpus": len(slots)}
 
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         if job.info.spec is None:
@@ -427,8 +430,9 @@ class ProcessBackend(WallClock):
         while time.monotonic() < end:
             if any(p.popen.poll() is not None for p in self.procs.values()):
                 return
-            if self.finishing and self._pool is not None and not set(self._pool.draining()) & {
-                    str(f.checkpoint) for f in self.finishing.values()}:
+            if self._pool is not None and any(
+                    (self._pool.drain_state(str(f.checkpoint)) or {}).get("state") in ("durable", "lost")
+                    for f in self.finishing.values()):
                 return  # a drain ended
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 

@@ -213,7 +213,7 @@ def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[st
     summary["executor"] = liveness
     if liveness.get("state") == "dead":
         for j in summary.get("jobs", []):
-            if j.get("status") in ("running", "stopping"):
+            if j.get("status") in ("running", "stopping", "finishing"):
                 j["status"] = "dead"
     return summary
 

@@ -238,7 +238,7 @@ class Executor:
         js = self.state.jobs.get(job_name)
         if js is None:
             raise ExecutorError(f"no job {job_name!r} in this run")
-        if js.status in TERMINAL:
+        if js.status in TERMINAL or js.status == FINISHING:  # finishing: trained, being written
             return
         if js.status in ACTIVE:
             self.emit("stop_requested", job=job_name, reason="cancel")

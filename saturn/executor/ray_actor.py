@@ -148,7 +148,9 @@ class _NodeAgent:
     def __init__(self, device_type: str, env: Optional[dict] = None):
         from saturn.techniques.warm import WarmPool
 
-        self.pool = WarmPool(device_type, env=env)
+        # final saves are written before an attempt returns: the driver uploads and reports a
+        # checkpoint as soon as the attempt ends (no "finishing" state on Ray yet)
+        self.pool = WarmPool(device_type, env=env, drain_behind=False)
         self.atts: dict[str, _JobAttempt] = {}
 
     def start(self, key: str, spec: dict, store: str, scratch: str) -> None:

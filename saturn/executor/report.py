@@ -190,8 +190,9 @@ def phase_summary(state: RunState, plan: dict, makespan: float, total_gpus: int,
         plan_row = {k: (sum(float(plan_ph[p]["s"]) for p in parts if p in plan_ph) if plan_ph else None)
                     for k, parts in PLANNED_AS.items()}
         sources = sorted({str(v.get("source")) for v in plan_ph.values()} - {"measured", "none"})
+        measured = attempt_phases(js.segments) or {}
         rows.append({"job": js.name, "planned": plan_row, "actual": actual if known else None,
-                     "planned_sources": sources})
+                     "planned_sources": sources, "drain_s": measured.get("drain_s")})
     goodput = train_gpu_s / (makespan * total_gpus) if makespan > 0 else None
     return {"phases": rows, "goodput": goodput, "train_gpu_s": train_gpu_s,
             "goodput_complete": measured_all}
@@ -202,12 +203,12 @@ def print_phases(console: Any, s: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title="where the time went (planned / actual)")
-    for col in ("job", "launch", "training steps", "saves + teardown", "plan rests on"):
+    for col in ("job", "launch", "training steps", "saves + teardown", "draining (GPU free)", "plan rests on"):
         t.add_column(col)
     for r in s.get("phases", []):
         p, a = r["planned"], r["actual"] or {}
         t.add_row(r["job"], *[f"{fmt_s(p.get(k))} / {fmt_s(a.get(k))}" for k in PHASES],
-                  ", ".join(r["planned_sources"]) or "measured")
+                  fmt_s(r.get("drain_s")), ", ".join(r["planned_sources"]) or "measured")
     console.print(t)
     g = s.get("goodput")
     note = "" if s.get("goodput_complete") else " (some attempts lack progress reports: a lower bound)"
@@ -256,7 +257,7 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saturn.planner.gantt import draw_bars, job_colors, save_figure
+    from saturn.planner.gantt import draw_bars, draw_phases, job_colors, plan_phase_parts, save_figure, sequential_spans
 
     state, journal = load_run(run_dir)
     plans = journal.plans()
@@ -272,14 +273,42 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
               ("actual", [(js.name, s.node, s.gpus, s.launched_at, s.ended_at if s.ended_at is not None else last_t,
                            f"{s.technique}x{len(s.gpus)}" + (f" {s.status}" if s.status in ("failed", "oom") else ""))
                           for js in state.jobs.values() for s in js.segments])]
-    for ax, (title, bars) in zip(axes, panels):
+    spans = [[(a["node"], a["gpus"], ph, s0, s1) for a in plans[0]["plan"]["assignments"] if a.get("phases")
+              for ph, s0, s1 in sequential_spans(t0 + a["start_s"], t0 + a["end_s"],
+                                                 plan_phase_parts(a["phases"]))] if plans else [],
+             [sp for js in state.jobs.values() for s in js.segments for sp in segment_spans(s, last_t)]]
+    for ax, (title, bars), sp in zip(axes, panels, spans):
         draw_bars(ax, bars, rows, colors, min_label_frac=0.0)
+        draw_phases(ax, sp, rows)
         ax.set_title(title)
     # failed jobs (some never ran an attempt, so have no bar): named with their cause under the chart
     failed = [f"FAILED {js.name}: {failure_cause(js.reason)[:150]}"
               for js in state.jobs.values() if js.status == "failed"]
     axes[-1].set_xlabel("\n".join(["seconds since run start", *failed]), fontsize=8 if failed else None)
     return save_figure(fig, out)
+
+
+def segment_spans(seg: Any, last_t: float) -> list[tuple]:
+    """One attempt's phases on the run clock, for the Gantt chart: what the attempt measured
+    (launch, steps incl. periodic saves' blocking, final save's blocking, the rest = teardown),
+    else what its progress reports show; plus its checkpoint draining after it left the GPU."""
+    from saturn.planner.gantt import sequential_spans
+
+    end = seg.ended_at if seg.ended_at is not None else last_t
+    ph = seg.phases or {}
+    if ph:
+        parts = [("launch", ph.get("launch_s", 0.0)),
+                 ("steps", float(ph.get("steps_s") or 0.0) + float(ph.get("checkpoint_block_s") or 0.0)),
+                 ("save", ph.get("save_block_s", 0.0))]
+    else:
+        est = segment_phases(seg, last_t)
+        if est is None:
+            return []
+        parts = [("launch", est["launch"]), ("steps", est["steps"])]
+    out = [(seg.node, seg.gpus, name, a, b) for name, a, b in sequential_spans(seg.launched_at, end, parts)]
+    if seg.ended_at is not None and seg.durable_at is not None and seg.durable_at > seg.ended_at:
+        out.append((seg.node, seg.gpus, "draining", seg.ended_at, seg.durable_at))
+    return out
 
 
 def fmt_s(x: Optional[float]) -> str:

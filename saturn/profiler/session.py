@@ -95,7 +95,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
             timeout_s: float = DEFAULT_TIMEOUT_S, min_speedup: float = DEFAULT_MIN_SPEEDUP,
             isolation: str = "thread", devices: Optional[list[int]] = None,
             grace_s: Optional[float] = None, warmup_steps: int = 2,
-            console: Any = None) -> pd.DataFrame:
+            console: Any = None, exhaustive: bool = False) -> pd.DataFrame:
     """Profile `workload` (a Workload or a YAML path) and return its rows, one per (job, row).
 
     Existing store rows for the same key (signature, technique, knobs, GPU count, hardware) are
@@ -104,6 +104,9 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     'process' (the trial call runs in a fresh process too) or 'auto' (process for techniques
     outside `saturn.techniques`). `warmup_steps`: untimed steps a trial runs before its timed
     ones (the built-in techniques' default, 2), to split its wall time into steps and fixed cost.
+    Trials are ordered by value (`saturn.profiler.value`): the prior's likeliest winner of every
+    signature first, then only trials that could pay for themselves; `exhaustive` measures every
+    option instead (the GPU ladder and memory tiers still apply).
     The result's `attrs['report']` is a `ProfileReport` dict.
     """
     if isolation not in ("thread", "process", "auto"):
@@ -175,8 +178,12 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     short_check = {n for n, t in techniques.items()
                    if n in SHORT_CHECK_TECHNIQUES or getattr(t, "name", None) in SHORT_CHECK_TECHNIQUES
                    or getattr(t, "profile_short_check", False)}
+    prior = None if exhaustive else _trial_priors(workload, cells, rep_job, table, hw, store.dir,
+                                                  steps=steps, warmup_steps=warmup_steps)
+    steps_by_sig = {sig: float(sum(j.total_steps for j in jobs)) for sig, jobs in groups.items()}
     search = Search(cells, steps=steps, short_steps=short_steps, min_speedup=min_speedup,
-                    known=known, short_check=short_check)
+                    known=known, short_check=short_check, prior=prior,
+                    steps_by_signature=steps_by_sig, devices=limit)
 
     # 3. run
     grace = grace_s if grace_s is not None else min(60.0, max(5.0, 0.25 * timeout_s))
@@ -215,6 +222,23 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     df = workload_rows(store.load(), workload, hw)
     df.attrs["report"] = report.to_dict()
     return df
+
+
+def _trial_priors(workload: Any, cells: list[CellInput], rep_job: dict[str, Any], table: pd.DataFrame,
+                  hw: Hardware, store_dir: Any, *, steps: int, warmup_steps: int) -> Optional[dict]:
+    """The prior for the value rule (None when it cannot be had: the search then measures the
+    old way, every option the ladder and tiers allow)."""
+    from saturn.profiler.machine_probe import load_or_probe
+    from saturn.profiler.prior_rows import trial_priors
+
+    try:
+        threads = max(1, (os.cpu_count() or 1) // max(1, hw.gpus)) if hw.gpu_type == "cpu" else None
+        rates = load_or_probe(hw, store_dir, cpu_threads=threads)
+        return trial_priors(workload, cells, rep_job, table, rates, hw.gpu_type, hw.gpu_memory_gb,
+                            steps=steps, warmup_steps=warmup_steps)
+    except Exception as exc:  # noqa: BLE001 - without a prior the search still works
+        log.warning("no prior for ordering trials (%s); measuring every option", exc)
+        return None
 
 
 def workload_rows(table: pd.DataFrame, workload: Any, hw: Optional[Hardware] = None) -> pd.DataFrame:
@@ -308,6 +332,7 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "worker_start_s": cold,
         "checkpoint_s": ckpt,
         "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
+        "checkpoint_gb": _f(outcome.get("checkpoint_gb")),
         "checkpoint_source": ckpt_source if ok else None,
         "first_step_s": first,
         "teardown_s": teardown,

@@ -65,6 +65,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+from torch.distributed.checkpoint.filesystem import FileSystemWriter
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from saturn.techniques import staging
@@ -72,6 +73,7 @@ from saturn.techniques import staging
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
+DRAIN_THREADS = 4  # writer threads of a drain (DCP FileSystemWriter thread_count)
 
 
 class CheckpointError(ValueError):
@@ -243,9 +245,28 @@ def staged_bytes() -> int:
 
 
 def last_save_cost() -> dict[str, float]:
-    """Blocking time of this process's newest save: block_s (what the caller waited) and
-    budget_wait_s (the part spent waiting for the node's staging budget)."""
+    """This process's newest staged save: block_s (what the caller waited), budget_wait_s (the
+    part spent waiting for the node's staging budget) and bytes (its staging buffer)."""
     return dict(_DR.last)
+
+
+def prepare_staging(nbytes: int) -> None:
+    """Allocate (and page-lock) a staging buffer for saves of `nbytes` bytes in a background
+    thread, so the first background save of a process only copies (one process only:
+    other saves go through DCP's stager). A buffer that fits already, or a full budget: nothing."""
+    if world_size() != 1:
+        return
+
+    def run() -> None:
+        try:
+            area = _DR.staging_area()
+            buf, _ = area.acquire(int(nbytes), timeout_s=0.0)
+            if buf is not None:
+                area.release(buf)
+        except Exception:  # noqa: BLE001 - an optimization: the save allocates it otherwise
+            pass
+
+    threading.Thread(target=run, name="saturn-staging-prepare", daemon=True).start()
 
 
 def wait_drains(ckpt_dir: Optional[str] = None) -> Optional[str]:
@@ -386,7 +407,7 @@ def _save_staged(state: dict[str, Any], tmp: str, final: str, ckpt_dir: str, met
         area.release(buf)
         raise
     block = time.perf_counter() - t0
-    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6)}
+    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6), "bytes": float(buf.numel())}
     meta = {**meta, "save_block_s": round(block, 6), "budget_wait_s": round(waited, 6)}
     _DR.notify({"event": "draining", "path": final})
     if _DR.pool is None:
@@ -408,7 +429,8 @@ def _drain(host: dict[str, Any], buf: Any, tmp: str, final: str, ckpt_dir: str, 
         os.makedirs(ckpt_dir, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        dcp.save(host, checkpoint_id=tmp, no_dist=True)
+        writer = FileSystemWriter(tmp, thread_count=DRAIN_THREADS)  # several files in parallel
+        dcp.save(host, storage_writer=writer, no_dist=True)
         _publish(tmp, final, ckpt_dir, {**meta, "drain_s": round(time.perf_counter() - t0, 6)}, keep)
         ok = True
         return final

@@ -133,6 +133,7 @@ class StagingArea:
         self.pin = torch.cuda.is_available()
         self._free: list[torch.Tensor] = []
         self._busy: list[torch.Tensor] = []
+        self._registered: set[int] = set()  # data pointers page-locked with cudaHostRegister
         self._cond = threading.Condition()
 
     def held_bytes(self) -> int:
@@ -157,7 +158,7 @@ class StagingArea:
                     return buf, time.perf_counter() - t0
                 # too small to reuse: give them back to the budget before reserving a bigger one
                 for b in self._free:
-                    self.ledger.release(int(b.numel()))
+                    self._free_buffer(b)
                 self._free.clear()
                 if self.ledger.try_reserve(nbytes):
                     break
@@ -165,13 +166,38 @@ class StagingArea:
                     return None, time.perf_counter() - t0
                 self._cond.wait(self.poll_s)  # a drain here releases, or another process does
         try:
-            buf = torch.empty(int(nbytes), dtype=torch.uint8, pin_memory=self.pin)
+            buf = self._allocate(int(nbytes))
         except BaseException:
             self.ledger.release(nbytes)
             raise
         with self._cond:
             self._busy.append(buf)
         return buf, time.perf_counter() - t0
+
+    def _allocate(self, nbytes: int) -> torch.Tensor:
+        """A host buffer of exactly `nbytes`, page-locked on a GPU host. cudaHostRegister on a
+        plain allocation rather than `pin_memory=True`: torch's pinned allocator rounds every
+        block up to a power of two (10 GB would pin 16 GiB)."""
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if self.pin and nbytes:
+            try:
+                err = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), nbytes, 0)
+                ok = int(getattr(err, "value", err)) == 0
+            except (AttributeError, RuntimeError, TypeError):
+                ok = False
+            if ok:
+                self._registered.add(buf.data_ptr())
+            else:  # e.g. a locked-memory limit: torch's allocator (rounded up) still pins it
+                buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        elif nbytes:
+            buf.zero_()  # fault the pages in now, not during the first save's copy
+        return buf
+
+    def _free_buffer(self, buf: torch.Tensor) -> None:
+        if buf.data_ptr() in self._registered:
+            self._registered.discard(buf.data_ptr())
+            torch.cuda.cudart().cudaHostUnregister(buf.data_ptr())
+        self.ledger.release(int(buf.numel()))
 
     def release(self, buf: torch.Tensor) -> None:
         """A drain is done with `buf`: keep it for the next save."""
@@ -184,7 +210,7 @@ class StagingArea:
         """Free the buffers no drain uses (their bytes go back to the node's budget)."""
         with self._cond:
             for b in self._free:
-                self.ledger.release(int(b.numel()))
+                self._free_buffer(b)
             self._free.clear()
 
 

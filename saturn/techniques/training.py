@@ -62,14 +62,18 @@ class Trainable:
     dp_world: int = 1
     loss_weight: float = 1.0
     dataset: Any = None  # the job's dataset (training.build_dataset); train() reads batches from it
+    state_bytes: Optional[Callable[[], int]] = None  # staging bytes a save needs (None: unknown)
 
     @classmethod
     def for_module(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn,
                    device: torch.device, **kw: Any) -> "Trainable":
+        from saturn.techniques import staging
+
         return cls(step_fn=step_fn,
                    save=lambda d, s, meta: ckpt.save_checkpoint(d, s, model, optimizer, meta),
                    load=lambda path: ckpt.load_checkpoint(path, model, optimizer),
-                   device=device, **kw)
+                   device=device, state_bytes=lambda: staging.nbytes_of(
+                       {"model": model.state_dict(), "optim": optimizer.state_dict()["state"]}), **kw)
 
 
 # ---------------------------------------------------------------- building blocks for techniques
@@ -240,6 +244,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             wall, block = time.time(), clock.read()
             if first_step is None:
                 first_step, startup = time.perf_counter() - t_start, time.time() - ctx.launch_time
+                if run and checkpoint_dir and trainable.state_bytes is not None and ckpt.world_size() == 1:
+                    ckpt.prepare_staging(trainable.state_bytes())  # ready by the first save
             _record(values, block, wall, losses, times, writer, waits)
             writer.flush()  # before any checkpoint of these steps
             boundary = done + max(1, agreed)
@@ -284,7 +290,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
 def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
                         knobs: Optional[dict]) -> dict[str, float]:
     """A trial's checkpoint cost, for the planner: one background save into a scratch directory,
-    timed until staged (`checkpoint_stage_s`, what a periodic save blocks) and until published
+    timed until staged (`checkpoint_stage_s`, what a periodic save blocks; `checkpoint_gb`: its
+    staging bytes, one process only) and until published
     (`checkpoint_s`, what the final save costs). {} if the technique cannot save."""
     import atexit
     import shutil
@@ -297,12 +304,14 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
         with ckpt.in_background():
             _save(t, scratch, 0, job, technique, knobs, None)
         staged = time.perf_counter() - t0
+        staged_bytes = ckpt.last_save_cost().get("bytes") if ckpt.world_size() == 1 else None
         if ckpt.wait_pending() is None:
             return {}
         full = time.perf_counter() - t0
         if dist.is_initialized():
             dist.barrier()
-        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4)}
+        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4),
+                **({"checkpoint_gb": round(staged_bytes / 1e9, 4)} if staged_bytes else {})}
     except (Exception, ckpt.CheckpointException):  # noqa: BLE001 - steps first; the save is a bonus
         return {}
     finally:

@@ -243,17 +243,20 @@ class WarmPool:
     start_timeout_s: how long a job waits for a (re)starting worker before launching cold.
     mem_tolerance_mb: memory a job may leave above the worker's baseline (taken after its first
         job, which loads the CUDA/cuBLAS/NCCL libraries for good) before the worker is replaced.
-    max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never)."""
+    max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never).
+    drain_behind: a job's final checkpoint is written after it returns, while the worker takes
+        the next job (its result says `durable: False`; see `drain_state`)."""
 
     def __init__(self, device_type: str = "auto", *, env: Optional[dict[str, str]] = None,
                  start_timeout_s: float = 300.0, mem_tolerance_mb: Optional[float] = None,
-                 max_jobs: int = 200):
+                 max_jobs: int = 200, drain_behind: bool = True):
         self.device_type = launch.resolve_device_type(device_type)
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self.tolerance = float(mem_tolerance_mb if mem_tolerance_mb is not None else
                                (256 if self.device_type == "cuda" else 1024)) * _MIB
         self.max_jobs = max_jobs
+        self.drain_behind = drain_behind  # False: a job's final save is durable when it returns
         self.closed = False
         self.replaced = 0  # workers killed and restarted (failures, leaks, hangs)
         self._workers: dict[int, WarmWorker] = {}
@@ -446,7 +449,8 @@ class WarmPool:
             port = launch.free_port()
             for rank, w in enumerate(ws):
                 w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,
-                        "env": {**current_env(), **(env or {})}, "launch_time": start})
+                        "env": {**current_env(), **(env or {})}, "launch_time": start,
+                        "drain_behind": self.drain_behind})
             outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event)
             if outcome in ("done", "interrupted") and all(c == 0 for c in codes):
                 keep = [self._clean(w, m) for w, m in zip(ws, mems)]  # a graceful stop keeps them too

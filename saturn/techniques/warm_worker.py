@@ -137,6 +137,9 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
     out_fd, err_fd = os.dup(1), os.dup(2)
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log_fd, 1), os.dup2(log_fd, 2)
+    from saturn.techniques import checkpoint
+
+    checkpoint.set_drain_behind(bool(cmd.get("drain_behind", True)))
     ctx = cold.WorkerContext(rank=rank, world_size=int(cmd["world"]), local_rank=0,
                              device_type=device_type, launch_time=float(cmd["launch_time"]))
     _Job.ctx = ctx
