@@ -50,6 +50,7 @@ class BackendEvent:
     checkpoint: Optional[str] = None
     reason: str = ""
     losses: list = field(default_factory=list)
+    step_time_s: Optional[float] = None  # progress: the step's own time (metrics line), when reported
     durable: bool = True
     phases: dict = field(default_factory=dict)  # the attempt's measured phases (training.train)
     drain_s: Optional[float] = None
@@ -361,13 +362,14 @@ class ProcessBackend(WallClock):
                 t = self._from_wall(float(rec.get("wall", time.time())))
                 kind = "checkpoint" if rec.get("checkpoint") else "progress"
                 out.append(BackendEvent(kind, name, t, step=int(rec["step"]), loss=rec.get("loss"),
-                                        checkpoint=rec.get("checkpoint")))
+                                        checkpoint=rec.get("checkpoint"), step_time_s=_step_time(rec)))
             if code is None:
                 continue
             for rec in self._tail(pr):  # lines written just before exit
                 t = self._from_wall(float(rec.get("wall", time.time())))
                 out.append(BackendEvent("checkpoint" if rec.get("checkpoint") else "progress", name, t,
-                                        step=int(rec["step"]), loss=rec.get("loss"), checkpoint=rec.get("checkpoint")))
+                                        step=int(rec["step"]), loss=rec.get("loss"), checkpoint=rec.get("checkpoint"),
+                                        step_time_s=_step_time(rec)))
             ev = self._result(pr, code)
             out.append(ev)
             if not ev.durable:
@@ -481,3 +483,12 @@ def latest_checkpoint_step(ckpt_dir: Path, job: Optional[dict] = None,
     if not path:
         return None, None
     return int(read_meta(path)["step"]), path
+
+
+def _step_time(rec: dict) -> Optional[float]:
+    """A per-step metrics line's own step time (training.train writes one per step)."""
+    try:
+        f = float(rec["step_time_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Union
 import pandas as pd
 
 from saturn.errors import SaturnError
-from saturn.executor import policy
+from saturn.executor import defaults, policy
 from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
 from saturn.executor.journal import Journal, JournalError, apply_event, heartbeat, open_journal, record_executor, replay
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
@@ -41,6 +41,7 @@ from saturn.executor.state import (
     JobInfo,
     JobResult,
     RunState,
+    option_key,
 )
 from saturn.planner import InvalidPlanError
 
@@ -53,11 +54,11 @@ class ExecutorError(SaturnError):
 
 @dataclass
 class ExecutorConfig:
-    interval_s: float = 60.0  # re-plan every interval (run clock)
+    interval_s: float = defaults.INTERVAL_S  # re-plan every interval (run clock)
     introspect: bool = True  # False: execute the first plan as is (the static baseline)
     replan_on_events: bool = True  # also re-plan when a job finishes, fails, or is added/cancelled
-    max_retries: int = 2  # relaunches of a crashed job from its checkpoint before it is failed
-    time_limit_s: float = 10.0  # planner time limit per re-plan (+ half of it to plan around running jobs)
+    max_retries: int = defaults.MAX_RETRIES  # relaunches of a crashed job from its checkpoint before it is failed
+    time_limit_s: float = defaults.TIME_LIMIT_S  # planner limit per re-plan (+ half of it around running jobs)
     mip_gap: float = 0.02
     min_gain_s: float = 0.0  # adopt a new plan only if it saves more than this ...
     min_gain_frac: float = 0.02  # ... and more than this fraction of the remaining makespan
@@ -113,6 +114,9 @@ class Executor:
             self.state = _state or RunState()
             self.metrics = MetricsLog(self.run_dir) if self.run_dir is not None else None
             self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
+            # in-run measurement of unmeasured options (saturn.profiles.inrun.RunMeasurer); set by
+            # saturn.executor.build for runs whose profile rows come from the store of this machine
+            self.measurer: Any = None
             self.plan_calls = 0
             self.plan_time_s = 0.0
             self._replan_needed = False
@@ -325,6 +329,9 @@ class Executor:
                 self.metrics.record_progress(ev.job, js.current, ev.step, ev.loss)
             self.journal.append(ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             apply_event(self.state, ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
+            if self.measurer is not None and ev.step_time_s is not None and js.current is not None:
+                self._measured(self.measurer.on_steps(ev.job, [(ev.step, ev.step_time_s)],
+                                                      launch_s=js.current.startup_s))
             return
         if ev.kind == "checkpoint":
             if not 0 <= int(ev.step) <= js.info.total_steps:  # (runners skip such checkpoints too)
@@ -368,6 +375,8 @@ class Executor:
         apply_event(self.state, ev.t, "finished", d)
         if self.metrics is not None:
             self.metrics.settle(js.name, js.segments)  # steps past its checkpoint: superseded
+        if self.measurer is not None:
+            self._measured(self.measurer.on_end(ev.job, str(ev.status), ev.reason or ""))
         if ev.status == "oom" and seg is not None:
             self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus))
             self._replan_needed = True
@@ -383,6 +392,25 @@ class Executor:
                 self._replan_needed = True
             elif not self._plan_covers():
                 self._replan_needed = True
+
+    def _measured(self, m: Any) -> None:
+        """A job's own steps measured its option (saturn.profiles.inrun): every job of its
+        signature uses the measurement from now on, and the plan is redone on the first one."""
+        if m is None:
+            return
+        self.emit("measured", job=m.jobs[0] if m.jobs else "", signature=m.signature, technique=m.technique,
+                  knobs=m.knobs, gpus=m.gpus, feasible=m.feasible, step_time_s=m.step_time_s, steps=m.steps,
+                  jobs=list(m.jobs), source=m.source, first=m.first)
+        if m.feasible:
+            self.emit("profiles", rows=_records(m.rows))
+            self.est.add_profiles(m.rows)
+        else:  # out of memory: no job of the signature is planned on it again
+            for name in m.jobs:
+                other = self.state.jobs.get(name)
+                if other is not None and option_key(m.technique, m.gpus) not in other.infeasible:
+                    self.emit("infeasible", job=name, technique=m.technique, gpus=m.gpus)
+        if m.first:
+            self._replan_needed = True
 
     def _settle_drain(self, js: Any, ok: Optional[bool], reason: str) -> None:
         """Decide a finishing job from its checkpoint directory (on resume, its drain's process is
@@ -465,6 +493,9 @@ class Executor:
             self.emit("launch", job=js.name, technique=a["technique"], knobs=a.get("knobs") or {},
                       node=a["node"], gpus=list(a["gpus"]), start_step=js.committed_step,
                       progress_offset=prog.stat().st_size if prog is not None and prog.exists() else 0)
+            if self.measurer is not None:
+                self.measurer.on_launch(js.name, a["technique"], a.get("knobs") or {}, len(a["gpus"]),
+                                        js.committed_step)
             pid = self.backend.launch(js, a, js.committed_step, js.attempts)
             if pid is not None:
                 assert js.current is not None  # the launch event above opened the segment
