@@ -109,8 +109,8 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         console.print(f"stopped: running jobs were checkpointed; continue with `saturn run --resume {run_dir}`")
         raise typer.Exit(130)
     failed = [r.name for r in ex.results.values() if r.status == "failed"]
-    if failed:
-        console.print(f"[red]failed jobs:[/] {', '.join(failed)} (logs under {run_dir}/jobs/)")
+    if failed:  # (each one's cause and log path are in the summary above)
+        console.print(f"[red]failed jobs:[/] {', '.join(failed)}")
         raise typer.Exit(1)
 
 
@@ -130,6 +130,12 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
                   fmt_s(j["planned_runtime_s"]), fmt_s(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
     console.print(t)
+    for j in s["jobs"]:
+        if j["status"] == "failed":
+            console.print(f"[red]{j['job']} failed:[/] {j.get('cause') or j.get('reason') or 'no cause recorded'}"
+                          + (f" (log: {j['log']})" if j.get("log") else ""), highlight=False, soft_wrap=True)
+    for w in s.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] job {w['job']}: {w['text']}", highlight=False, soft_wrap=True)
     for g, members in (s.get("sharp_groups") or {}).items():
         console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]

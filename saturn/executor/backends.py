@@ -218,6 +218,8 @@ class _Proc:
     progress_path: Path
     result_path: Path
     offset: int = 0
+    spec: Optional[dict] = None  # the job's spec and length: whose checkpoints are its own
+    total_steps: Optional[int] = None
 
 
 class WallClock:
@@ -319,10 +321,11 @@ class ProcessBackend(WallClock):
         offset = prog.stat().st_size if prog.exists() else 0
         if self.warm and is_warm_capable(spec["technique"]):
             h = WarmAttempt(spec, self.pool(), self.extra_env, runner_log=str(d / "runner.txt"))
-            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset)
+            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset, job.info.spec,
+                                         job.info.total_steps)
             return None  # no runner process: the attempt's workers are the pool's (they die with us)
         p = spawn_runner(spec_path, d / "runner.txt", self.extra_env)
-        self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset)
+        self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset, job.info.spec, job.info.total_steps)
         return p.pid
 
     def stop(self, job: str) -> None:
@@ -409,7 +412,7 @@ class ProcessBackend(WallClock):
         except (OSError, ValueError):
             res = None
         if res is None:  # the runner itself died (killed): fall back to the newest checkpoint
-            step, ckpt = latest_checkpoint_step(pr.job_dir / "ckpt")
+            step, ckpt = latest_checkpoint_step(pr.job_dir / "ckpt", pr.spec, pr.total_steps)
             return BackendEvent("finished", pr.job, now, step=step if step is not None else -1,
                                 status="failed", checkpoint=ckpt,
                                 reason=f"job runner exited with code {code}: " + log_tail(pr.job_dir / "log.txt", 800)
@@ -468,13 +471,15 @@ def kill_session(popen: Any) -> None:
         popen.wait(timeout=10)
 
 
-def latest_checkpoint_step(ckpt_dir: Path) -> tuple[Optional[int], Optional[str]]:
-    """(step, path) of the newest complete checkpoint in `ckpt_dir`, or (None, None)."""
+def latest_checkpoint_step(ckpt_dir: Path, job: Optional[dict] = None,
+                           total_steps: Optional[int] = None) -> tuple[Optional[int], Optional[str]]:
+    """(step, path) of the newest complete checkpoint in `ckpt_dir`, or (None, None); with `job`
+    (its spec dict) only one of that job's, within `total_steps` (saturn.techniques.checkpoint.Owner)."""
     try:
-        from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+        from saturn.techniques.checkpoint import Owner, latest_checkpoint, read_meta
     except ImportError:  # torch-less installs
         return None, None
-    path = latest_checkpoint(str(ckpt_dir))
+    path = latest_checkpoint(str(ckpt_dir), Owner.of(job, total_steps) if job else None)
     if not path:
         return None, None
     return int(read_meta(path)["step"]), path

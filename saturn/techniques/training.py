@@ -379,7 +379,8 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     start, num = int(payload.get("start_step", 0)), int(payload.get("num_steps", 1))
     end = start + num
     ckpt_dir = payload.get("checkpoint_dir") if mode == "run" else None
-    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load)  # skips damaged ones, warns
+    # skips damaged ones and other jobs' (or past-the-end) ones, with a warning
+    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load, ckpt.Owner.of(job, end) if mode == "run" else None)
     if resumed and meta is not None:
         start = int(meta["step"])
     if mode == "run" and start >= end:
