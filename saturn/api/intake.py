@@ -16,6 +16,7 @@ import pandas as pd
 
 from saturn.api.background_profiling import estimate_rows, shape_key
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
+from saturn.errors import SaturnError
 
 
 class JobIntake:
@@ -62,6 +63,14 @@ class JobIntake:
                 old = self._futures.get(job.name)
                 if (old is not None and not old.done()) or any(job.name == j.name for j, _ in prepared):
                     raise OrchestratorError(f"job {job.name!r} is already submitted and not done")
+                before = self._jobs.get(job.name)
+            if before is not None:  # a finished job's name: only the same definition resumes it
+                from saturn.executor.loop import check_same_definition
+
+                try:
+                    check_same_definition(job.name, before.model_dump(mode="json"), job.model_dump(mode="json"))
+                except SaturnError as exc:
+                    raise OrchestratorError(str(exc)) from None
             self._profile_source.pop(job.name, None)  # (a re-used name: this job's own label)
             prepared.append((job, self._rows_for(job, profiles)))
         batch = []

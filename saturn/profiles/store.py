@@ -34,13 +34,17 @@ from saturn.errors import MissingProfilesError, SaturnError
 from saturn.parse import canonical_knobs as _canon_knobs
 
 COLUMNS = ("signature", "technique", "knobs", "gpus", "step_time_s", "peak_mem_gb", "startup_s",
-           "feasible", "reason", "gpu_type", "gpu_memory_gb", "torch_version", "source", "measured_at")
+           "feasible", "reason", "gpu_type", "gpu_memory_gb", "torch_version", "source", "measured_at",
+           "inputs_hash")
 # The profiler's full key: the same trial on another GPU model, memory size, interconnect or torch
 # version is a different measurement, never an overwrite.
-KEY = ("signature", "technique", "knobs", "gpus", "gpu_type", "gpu_memory_gb", "interconnect", "torch_version")
+# A failed trial's row also carries `inputs_hash` (saturn.spec.signature.inputs_hash: what the failure
+# depended on); it is part of the key, so failures of different inputs never overwrite each other.
+KEY = ("signature", "technique", "knobs", "gpus", "gpu_type", "gpu_memory_gb", "interconnect", "torch_version",
+       "inputs_hash")
 LOCK_TIMEOUT_S = 120.0
 NUMBER_COLUMNS = ("step_time_s", "peak_mem_gb", "startup_s", "launch_s", "worker_start_s", "checkpoint_s",
-                  "first_step_s", "trial_s", "gpu_memory_gb")
+                  "checkpoint_gb", "first_step_s", "trial_s", "gpu_memory_gb")
 # Limits far beyond any real measurement and far below what breaks the planner (a 1e299 s step gave
 # a plan with no makespan): a value past one is a damaged or hand-edited row, refused by name.
 MAX_STEP_TIME_S = 86_400.0  # one optimizer step: a day
@@ -75,6 +79,7 @@ def _normalize(df: pd.DataFrame) -> pd.DataFrame:
         df["knobs"] = df["knobs"].map(_canon_knobs)
         df["gpus"] = df["gpus"].astype(int)
         df["signature"] = df["signature"].astype(str)
+        df["inputs_hash"] = df["inputs_hash"].map(lambda v: v if isinstance(v, str) else "")
         df["technique"] = df["technique"].astype(str)
         df["feasible"] = df["feasible"].map(
             lambda v: str(v).strip().lower() in ("true", "1", "yes") if isinstance(v, str) else bool(v) and v == v)
@@ -107,7 +112,8 @@ def read_table(path: PathLike, check: Optional[TableCheck] = None) -> pd.DataFra
                 if not line.startswith("#"):
                     break
                 skip += 1
-        df = pd.read_csv(path, skiprows=skip, dtype={"signature": str, "knobs": str, "torch_version": str})
+        df = pd.read_csv(path, skiprows=skip, dtype={"signature": str, "knobs": str, "torch_version": str,
+                                                     "inputs_hash": str})
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
         raise ProfileTableError(f"cannot read profile file {path}: {exc}") from exc
     validate_table(df, path, first_line=skip + 2)
@@ -373,6 +379,15 @@ def lookup(jobs: Iterable[Any], cluster: Any, table: Optional[pd.DataFrame] = No
         missing += [(job.name, k) for k in allowed if k <= cap and k not in have]
         if g is None:
             continue
+        if "status" in g.columns and (g["status"].astype(str).str.lower() != "ok").any():
+            from saturn.spec.signature import inputs_hash
+
+            h = inputs_hash(job)  # stored failures of other inputs are stale: the option is missing again
+            g = g[[failure_applies(r, h) for r in g.to_dict("records")]]
+            have = set(g["gpus"].astype(int))
+            missing += [(job.name, k) for k in allowed if k <= cap and k not in have and (job.name, k) not in missing]
+            if not len(g):
+                continue
         g = _prefer_measured(g)
         g = g.sort_values(["feasible", "step_time_s"], ascending=[False, True])
         g = g.drop_duplicates(subset=["technique", "gpus", "gpu_type"], keep="first").copy()
@@ -380,6 +395,21 @@ def lookup(jobs: Iterable[Any], cluster: Any, table: Optional[pd.DataFrame] = No
         out.append(g)
     df = pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["job", *COLUMNS])
     return df, missing
+
+
+def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
+    """Whether a stored row still speaks for a job whose inputs hash is `job_inputs`: measurements
+    and static infeasibility always do; a failed / timed-out trial only while the inputs it ran
+    with (factory module contents, spec structure) are unchanged -- else the option is tried
+    again; an OOM row without a recorded hash (older stores) is kept."""
+    status = str(row.get("status") or "").strip().lower()
+    if status in ("", "ok", "infeasible", "nan", "none"):
+        return True
+    stored = row.get("inputs_hash")
+    stored = stored if isinstance(stored, str) else ""
+    if not stored:
+        return status == "oom"
+    return stored == job_inputs
 
 
 def _prefer_measured(g: pd.DataFrame) -> pd.DataFrame:
