@@ -37,6 +37,8 @@ SAMPLE = "sample: extrapolated from ../shared/SPASE.md measurements, not measure
     ({"source": "simulated: roofline model"}, SIMULATED),
     ({"source": "sample"}, GUESSED),
     ({"source": "guess by hand"}, GUESSED),
+    ({"source": "estimated: prior cost model, uncalibrated"}, "estimated"),
+    ({"source": "estimate: batch-scaled from batch size 8"}, "estimated"),
     ({"source": None}, UNLABELLED),
     ({}, UNLABELLED),
 ])
