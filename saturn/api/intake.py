@@ -56,9 +56,16 @@ class JobIntake:
         self._check_open()
         # validate everything first: a bad job leaves no half-registered batch
         prepared: list[tuple[Any, pd.DataFrame]] = []
+        if isinstance(jobs, (Job, dict)) or jobs is None or isinstance(jobs, (str, bytes)):
+            raise OrchestratorError(f"submit_many(jobs): give a list of saturn.Job (or dicts of their fields), "
+                                    f"not {type(jobs).__name__}")
         for job in jobs:
             if isinstance(job, dict):
                 job = Job.model_validate(job)
+            if not isinstance(job, Job):
+                raise OrchestratorError(f"submit(job): job must be a saturn.Job or a dict of its fields, not "
+                                        f"{type(job).__name__} ({job!r:.80})")
+            self._check_fits(job)
             with self._flock:
                 old = self._futures.get(job.name)
                 if (old is not None and not old.done()) or any(job.name == j.name for j, _ in prepared):
@@ -116,6 +123,15 @@ class JobIntake:
 
 
     # ---------------------------------------------------------------------------------- profiles
+    def _check_fits(self, job: Any) -> None:
+        """A job whose every allowed GPU count exceeds the largest node can never run: say so now."""
+        nodes = getattr(self.cluster, "nodes", None) or []
+        largest = max((int(n.gpus) for n in nodes), default=0)
+        if job.gpus and largest and min(job.gpus) > largest:
+            raise OrchestratorError(f"job {job.name!r} needs {min(job.gpus)} GPUs (gpus: {list(job.gpus)}) and the "
+                                    f"largest node of the cluster has {largest}: more GPUs than the cluster has; "
+                                    "allow fewer GPUs or use a larger cluster")
+
     def _check_open(self) -> None:
         if self._error is not None:
             raise OrchestratorError(f"the orchestrator loop died: {self._error!r}") from self._error
