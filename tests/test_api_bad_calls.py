@@ -40,10 +40,13 @@ def test_submit_many_of_a_single_job_names_the_argument():
             orch.submit_many(None)
 
 
-def test_job_needing_more_gpus_than_the_cluster_is_refused_at_submit():
+def test_job_needing_more_gpus_than_the_cluster_fails_saying_so():
     with _orch() as orch:
-        with pytest.raises(OrchestratorError, match="needs 8 GPUs.*largest node of the cluster has 2: more GPUs"):
-            orch.submit(_job(gpus=[8]))
+        r = orch.submit(_job("wide", gpus=[8])).result(timeout=30)
+        assert r.status == "failed" and "needs 8 GPUs" in r.reason
+        assert "largest node of the cluster has 2: more GPUs than the cluster has" in r.reason
+        assert "no profile rows" not in r.reason
+        assert orch.submit(_job("ok")).result(timeout=60).status == "completed"
 
 
 def test_executor_submit_of_none_is_a_clear_error():
