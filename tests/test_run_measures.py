@@ -127,3 +127,34 @@ def test_both_doors_take_the_same_stages(tmp_path, monkeypatch, capsys):
         sys.argv = old
     assert len(taken) == 2 and taken[0] == taken[1]
     assert taken[0] == ["load", "local_paths", "run_dir", "profiles", "measure_in_run"]
+
+
+def test_a_crash_before_the_first_measurement_drops_the_option_for_this_run_only(tmp_path):
+    m = RunMeasurer(signatures={"a": "s1", "b": "s1"}, table=_table("estimated: prior cost model"),
+                    hardware=HW, run_id="r", store_dir=tmp_path)
+    assert m.on_launch("a", "ddp", {}, 1, 0)
+    got = m.on_end("a", "failed", "worker exited with code -9")
+    assert got is not None and not got.feasible and not got.stored and got.jobs == ["a", "b"]
+    assert "crashed on its first attempt" in got.reason and "code -9" in got.reason
+    assert not (tmp_path / "profiles.csv").exists()  # no verdict in the store
+
+
+def test_executor_drops_a_crashed_unmeasured_option_for_every_job_of_the_signature(tmp_path):
+    """Simulated clock: a's first attempt on the estimated-fastest option (ddp) crashes before any
+    measurement; neither a nor b (same signature) is planned on ddp again, both complete on fsdp."""
+    from saturn.executor import Executor, ExecutorConfig, SimulatedBackend
+
+    rows = [{"job": j, "technique": t, "knobs": "{}", "gpus": 1, "step_time_s": s, "startup_s": 1.0,
+             "feasible": True, "gpu_type": "cpu", "source": "estimated: prior cost model"}
+            for j in ("a", "b") for t, s in (("ddp", 0.1), ("fsdp", 0.3))]
+    table = pd.DataFrame(rows)
+    backend = SimulatedBackend(lambda j, t, g, k: 0.1 if t == "ddp" else 0.3, crash_at={"a": 1})
+    ex = Executor({"a": 50, "b": 50}, {"n": 1}, table, backend,
+                  config=ExecutorConfig(interval_s=1e9, time_limit_s=0.5, poll_s=float("inf")))
+    ex.measurer = RunMeasurer(signatures={"a": "s1", "b": "s1"}, table=table, hardware=HW, run_id="r",
+                              store_dir=tmp_path)
+    res = ex.run_until_done()
+    assert {k: r.status for k, r in res.items()} == {"a": "completed", "b": "completed"}
+    a, b = ex.state.jobs["a"], ex.state.jobs["b"]
+    assert [s.technique for s in a.segments] == ["ddp", "fsdp"] and a.segments[0].status == "failed"
+    assert [s.technique for s in b.segments] == ["fsdp"]

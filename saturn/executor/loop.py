@@ -402,16 +402,20 @@ class Executor:
             return
         self.emit("measured", job=m.jobs[0] if m.jobs else "", signature=m.signature, technique=m.technique,
                   knobs=m.knobs, gpus=m.gpus, feasible=m.feasible, step_time_s=m.step_time_s, steps=m.steps,
-                  jobs=list(m.jobs), source=m.source, first=m.first)
+                  jobs=list(m.jobs), source=m.source, first=m.first, reason=m.reason, stored=m.stored)
         if m.feasible:
             self.emit("profiles", rows=_records(m.rows))
             self.est.add_profiles(m.rows)
-        else:  # out of memory: no job of the signature is planned on it again
+        else:  # out of memory, or a crash before any measurement: no job of the signature uses it again
+            key = option_key(m.technique, m.gpus)
             for name in m.jobs:
                 other = self.state.jobs.get(name)
-                if other is not None and option_key(m.technique, m.gpus) not in other.infeasible:
+                if other is None or key in other.infeasible:
+                    continue
+                # a crash drops the option only where another is left (else retries decide)
+                if m.stored or any(option_key(o.technique, o.gpus) != key for o in self.est.options(other)):
                     self.emit("infeasible", job=name, technique=m.technique, gpus=m.gpus)
-        if m.first:
+        if m.first or not m.feasible:
             self._replan_needed = True
 
     def _settle_drain(self, js: Any, ok: Optional[bool], reason: str) -> None:

@@ -183,7 +183,8 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     steps_by_sig = {sig: float(sum(j.total_steps for j in jobs)) for sig, jobs in groups.items()}
     search = Search(cells, steps=steps, short_steps=short_steps, min_speedup=min_speedup,
                     known=known, short_check=short_check, prior=prior,
-                    steps_by_signature=steps_by_sig, devices=limit)
+                    steps_by_signature=steps_by_sig, devices=limit,
+                    jobs_by_signature={sig: len(jobs) for sig, jobs in groups.items()})
 
     # 3. run
     grace = grace_s if grace_s is not None else min(60.0, max(5.0, 0.25 * timeout_s))

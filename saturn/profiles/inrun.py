@@ -9,7 +9,9 @@ compilation), the median goes to the profile store as a measured row (`source` "
 this host), and the executor gives the same row to every job of that signature in the run (they
 use the measurement) and re-plans. When the attempt ends, the row is refined from all its steps.
 An attempt that runs out of memory writes an infeasible row (reason "out of memory") instead, and
-the executor drops the option for every job of the signature.
+the executor drops the option for every job of the signature; one that crashes before its first
+measurement drops it for this run only (where the jobs have another option), so a wrong estimate
+costs one attempt, never the job.
 
 The executor knows nothing of the store: it calls `on_steps` / `on_end` and gets a `Measurement`
 (or None) back. Pure pandas here; the hardware key comes from the caller.
@@ -51,6 +53,8 @@ class Measurement:
     rows: pd.DataFrame
     first: bool
     source: str
+    reason: str = ""
+    stored: bool = True  # False: this run only (a crash says nothing durable about the option)
 
 
 @dataclass
@@ -151,8 +155,17 @@ class RunMeasurer:
         if status == "oom":
             return self._write(a, feasible=False, reason=f"out of memory ({reason[-300:]})" if reason
                                else "out of memory")
+        if status in ("failed", "lost") and not a.written:
+            # the option nobody measured crashed before its first measurement: no job of the
+            # signature is planned on it again in this run (the store keeps no verdict: a crash
+            # may be transient), so a broken estimate costs one attempt, not the job
+            sig = self.signatures[a.job]
+            jobs = sorted(j for j, s in self.signatures.items() if s == sig)
+            return Measurement(sig, a.technique, a.knobs, a.gpus, False, None, len(a.times), jobs,
+                               pd.DataFrame(), False, self.source, reason=f"crashed on its first attempt "
+                               f"({reason[-300:]})" if reason else "crashed on its first attempt", stored=False)
         if len(a.times) < (self.min_steps if not a.written else 1):
-            return None  # too few steps to say anything (a crash, an early stop)
+            return None  # too few steps to say anything (an early stop)
         return self._write(a, feasible=True)
 
     # ------------------------------------------------------------------------------------ rows
@@ -182,7 +195,7 @@ class RunMeasurer:
         jobs = sorted(j for j, s in self.signatures.items() if s == sig)
         rows = pd.DataFrame([{"job": j, **row} for j in jobs])
         return Measurement(sig, a.technique, a.knobs, a.gpus, feasible, step, len(a.times), jobs, rows,
-                           first, self.source)
+                           first, self.source, reason=reason)
 
 
 def _finite(v: Any) -> Optional[float]:
