@@ -175,6 +175,11 @@ def test_next_job_starts_while_the_previous_checkpoint_drains(tmp_path):
     jobs = {j["job"]: j for j in summarize(rd)["jobs"]}
     ph = jobs[done]["phases"]
     assert ph["drain_s"] >= 3.0 and ph["save_block_s"] < 3.0 and ph["steps_s"] > 0 and ph["launch_s"] >= 0
+    from saturn.executor.report import gantt, load_run, segment_spans
+
+    state, _ = load_run(rd)
+    assert "draining" in [sp[2] for sp in segment_spans(state.jobs[done].segments[-1], ev[-1][0])]
+    assert gantt(rd, tmp_path / "gantt.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -209,3 +214,36 @@ def test_sigkill_while_draining_resumes_from_the_last_durable_checkpoint(tmp_pat
     steps = [json.loads(x)["step"] for x in (rd / "jobs" / "a" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(20))  # every logged step is there, once
     assert ckpt.check_intact(str(rd / "jobs" / "a" / "ckpt" / "step-20"))["step"] == 20
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_resume_settles_a_job_that_was_finishing(tmp_path, published):
+    """The executor died while a final checkpoint drained (its workers died with it): on resume
+    the job is completed if the checkpoint was published, else it runs again from its newest
+    durable one, and the journal says which."""
+    from saturn.executor import Executor, ExecutorConfig
+    from saturn.executor.backends import SimulatedBackend
+
+    rd = tmp_path / "run"
+    rows = pd.DataFrame([{"job": "a", "technique": "ddp", "knobs": "{}", "gpus": 1, "step_time_s": 0.1,
+                          "startup_s": 0.0, "feasible": True}])
+    cfg = ExecutorConfig(interval_s=1e9, time_limit_s=0.5, poll_s=float("inf"))
+    ex = Executor({"a": 20}, {"n": 1}, rows, SimulatedBackend(lambda *a: 0.1), run_dir=rd, config=cfg)
+    ex._launch_ready()
+    d = rd / "jobs" / "a" / "ckpt"
+    model, opt, _ = _trainable(tiny_job())
+    ckpt.save_checkpoint(str(d), 10, model, opt, {})
+    if published:
+        ckpt.save_checkpoint(str(d), 20, model, opt, {})
+    ex.emit("progress", job="a", step=20, loss=1.0)
+    ex.emit("finished", job="a", status="completed", step=20, checkpoint=str(d / "step-20"), durable=False)
+    assert ex.state.jobs["a"].status == "finishing" and not ex.state.done()
+    ex.close()
+    ex2 = Executor.resume(rd, lambda off: SimulatedBackend(lambda *a: 0.1, start_time=off), config=cfg)
+    a = ex2.state.jobs["a"]
+    ev = [d for _, k, d in _events(rd) if k == "durable"][-1]
+    if published:
+        assert a.status == "completed" and a.committed_step == 20 and ev["ok"] is True
+    else:
+        assert a.status in ("pending", "running") and a.committed_step == 10 and ev["ok"] is False
+        assert str(d / "step-10") in ev["reason"] and ev["checkpoint"] == str(d / "step-10")

@@ -329,3 +329,17 @@ def test_silent_listener_fails_in_bounded_time_and_sigterm_stops_saturn(tmp_path
         assert p.returncode == -signal.SIGTERM and time.monotonic() - t1 < 3
     finally:
         srv.close()
+
+
+def test_auto_address_probes_ray_address_env(monkeypatch):
+    from saturn.executor.ray_cluster import RayUnavailableError, probe_address
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(RayUnavailableError, match="cannot connect"):
+        probe_address("auto")
+    monkeypatch.delenv("RAY_ADDRESS")
+    probe_address("auto")  # Ray finds (or refuses) a local cluster itself

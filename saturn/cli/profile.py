@@ -123,10 +123,15 @@ def print_report(report: dict) -> None:
     skipped = report.get("skipped") or []
     budget = [s for s in skipped if "budget" in s["reason"]]
     if budget:
-        err_console.print(f"[yellow]time budget spent:[/] {len(budget)} trial(s)/cell(s) skipped; "
-                          "run `saturn profile` again to measure them:")
+        err_console.print(f"[yellow]time budget spent:[/] {len(budget)} trial(s)/cell(s) skipped (unmeasured, "
+                          "not infeasible: `saturn plan` uses the prior's estimates for them); run "
+                          "`saturn profile` again to measure them:")
         for s in budget[:20]:
             err_console.print(f"  {s['technique']} x{s['gpus']} {s['knobs'] or ''}")
-    other = len(skipped) - len(budget)
+    value = [s for s in skipped if s["reason"].startswith(("cannot pay for itself", "the prior expects"))]
+    if value:
+        err_console.print(f"{len(value)} option(s) not measured: by the prior they cannot pay for their trial "
+                          "(estimated in plans; `--exhaustive` measures them)")
+    other = len(skipped) - len(budget) - len(value)
     if other:
         err_console.print(f"{other} option(s) skipped as unable to win (see --show / the report)")

@@ -15,6 +15,7 @@ calls this module: `saturn.executor.build.resolve_cluster` does, when a run or p
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -70,7 +71,10 @@ def probe_address(address: Optional[str], timeout_s: float = PROBE_TIMEOUT_S) ->
     ("Failed to connect to GCS") and, stuck there, never runs the Python SIGTERM handler it installed,
     so not even SIGTERM stops the process. Ray's GCS and its client server (ray://) speak gRPC, i.e.
     HTTP/2, whose server opens with a SETTINGS frame: we connect, send the HTTP/2 preface and want that
-    frame back. `auto` / `local` / None (found or started by Ray itself) are not probed."""
+    frame back. `auto` / None probe $RAY_ADDRESS when it is set (Ray connects there); otherwise they,
+    like `local`, are found or started by Ray itself and not probed."""
+    if not address or address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or None
     if not address or address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")

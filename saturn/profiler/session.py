@@ -25,6 +25,8 @@ from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec, canonical_knobs
 from saturn.profiler.table import ProfileStore, checkpoint_cost_s, estimate_runtime_s, fixed_costs, now_iso
+from saturn.profiles.store import failure_applies
+from saturn.spec.signature import inputs_hash
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +162,11 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     known: dict[tuple, tuple[str, Optional[float]]] = {}
     if not force and len(table):
         mine = table[[hw.matches(r) for r in table.to_dict("records")]]
+        inputs = {sig: inputs_hash(rep_job[sig]) for sig in groups}
         for r in mine.to_dict("records"):
             if (r["signature"] in groups and r["status"] != "infeasible"
-                    and not str(r.get("source") or "").startswith("sample")):  # never reuse samples
+                    and not str(r.get("source") or "").startswith("sample")  # never reuse samples
+                    and failure_applies(r, inputs[r["signature"]])):  # a failure of other inputs: retried
                 step = r.get("step_time_s")
                 step = None if step is None or (isinstance(step, float) and math.isnan(step)) else float(step)
                 known[(r["signature"], r["technique"], canonical_knobs(r["knobs"]), int(r["gpus"]))] = (
@@ -179,7 +183,8 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     steps_by_sig = {sig: float(sum(j.total_steps for j in jobs)) for sig, jobs in groups.items()}
     search = Search(cells, steps=steps, short_steps=short_steps, min_speedup=min_speedup,
                     known=known, short_check=short_check, prior=prior,
-                    steps_by_signature=steps_by_sig, devices=limit)
+                    steps_by_signature=steps_by_sig, devices=limit,
+                    jobs_by_signature={sig: len(jobs) for sig, jobs in groups.items()})
 
     # 3. run
     grace = grace_s if grace_s is not None else min(60.0, max(5.0, 0.25 * timeout_s))
@@ -331,11 +336,14 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "worker_start_s": cold,
         "checkpoint_s": ckpt,
         "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
+        "checkpoint_gb": _f(outcome.get("checkpoint_gb")),
         "checkpoint_source": ckpt_source if ok else None,
         "first_step_s": first,
         "teardown_s": teardown,
         "steps": int(steps), "short": bool(short),
         "reason": str(outcome.get("reason") or "")[:500],
+        # what a failure depended on (factory module contents, spec structure): retried when it changes
+        "inputs_hash": inputs_hash(job) if status not in ("ok", "infeasible") else "",
         "trial_s": round(float(wall), 3),
         "measured_at": now_iso(),
         "model": job.model.label() if hasattr(job.model, "label") else str(job.model),

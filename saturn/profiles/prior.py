@@ -38,6 +38,8 @@ HOOK_LAUNCHES = {"zero3_tensor": 30}  # host work per parameter tensor and pass 
 # gradient reduce-scatter; without resharding the gathered bf16 copy is reused: one pass)
 FSDP_BYTES_PER_PARAM_PASS = 100
 COMPILE_ELEMWISE = 0.5  # torch.compile fuses elementwise ops: about half the traffic remains
+COMPILE_LAUNCH_S = 12.0  # extra start-up of compile=True (11.5 s measured, gpt2-medium on an H200,
+# BENCHMARKS.md techniques section): paid by every launch, so it must be earned by the steps
 USABLE_MEMORY = 0.95  # fraction of device memory a step may use
 COMM_EXPOSED_MIN = 0.15  # share of a collective never hidden behind compute
 MODEL_MATMUL_EFFICIENCY = 0.75  # share of the probed GEMM rate a training step reaches (shapes,
@@ -158,6 +160,11 @@ class Estimate:
     reason: str = ""
     factor: float = 1.0
     parts: dict[str, float] = field(default_factory=dict)
+
+
+def launch_extra_s(knobs: Mapping[str, Any]) -> float:
+    """Start-up a knob setting adds to a launch (compilation)."""
+    return COMPILE_LAUNCH_S if _on(dict(knobs or {}).get("compile")) else 0.0
 
 
 def _on(v: Any) -> bool:

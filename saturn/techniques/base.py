@@ -41,6 +41,7 @@ class TrialResult:
     checkpoint_s: Optional[float] = None  # one full checkpoint save, measured (trials)
     checkpoint_stage_s: Optional[float] = None  # its blocking part as a background save
     worker_start_s: Optional[float] = None  # the part of startup_s spent starting a warm worker
+    checkpoint_gb: Optional[float] = None  # host staging a background save of this job needs
 
     @property
     def feasible(self) -> bool:

@@ -290,7 +290,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
 def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
                         knobs: Optional[dict]) -> dict[str, float]:
     """A trial's checkpoint cost, for the planner: one background save into a scratch directory,
-    timed until staged (`checkpoint_stage_s`, what a periodic save blocks) and until published
+    timed until staged (`checkpoint_stage_s`, what a periodic save blocks; `checkpoint_gb`: its
+    staging bytes, one process only) and until published
     (`checkpoint_s`, what the final save costs). {} if the technique cannot save."""
     import atexit
     import shutil
@@ -303,12 +304,14 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
         with ckpt.in_background():
             _save(t, scratch, 0, job, technique, knobs, None)
         staged = time.perf_counter() - t0
+        staged_bytes = ckpt.last_save_cost().get("bytes") if ckpt.world_size() == 1 else None
         if ckpt.wait_pending() is None:
             return {}
         full = time.perf_counter() - t0
         if dist.is_initialized():
             dist.barrier()
-        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4)}
+        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4),
+                **({"checkpoint_gb": round(staged_bytes / 1e9, 4)} if staged_bytes else {})}
     except (Exception, ckpt.CheckpointException):  # noqa: BLE001 - steps first; the save is a bonus
         return {}
     finally:
@@ -376,7 +379,8 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     start, num = int(payload.get("start_step", 0)), int(payload.get("num_steps", 1))
     end = start + num
     ckpt_dir = payload.get("checkpoint_dir") if mode == "run" else None
-    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load)  # skips damaged ones, warns
+    # skips damaged ones and other jobs' (or past-the-end) ones, with a warning
+    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load, ckpt.Owner.of(job, end) if mode == "run" else None)
     if resumed and meta is not None:
         start = int(meta["step"])
     if mode == "run" and start >= end:
