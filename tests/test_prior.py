@@ -207,8 +207,11 @@ def test_bench_prior_is_leave_one_out():
         raw = estimate(shape_of(name, None, 16, 512, "bf16"), "zero", {}, 1, H200, 141).step_time_s
         rows.append({"signature": name, "technique": "zero", "knobs": "{}", "gpus": 1, "gpu_type": "H200",
                      "gpu_memory_gb": 141, "status": "ok", "feasible": True, "step_time_s": mult * raw,
-                     "source": "profiler", "model": name, "batch_size": 16, "seq_len": 512, "precision": "bf16"})
-    out = bench_prior.evaluate(rows, {"H200": H200})
+                     "source": "profiler" if name == "gpt2-small" else "run:abc", "model": name,
+                     "batch_size": 16, "seq_len": 512, "precision": "bf16"})
+    del rows[1]["model"]  # a row a run measured in its own steps: shaped from its workload's job
+    assert bench_prior.evaluate(rows, {"H200": H200})["summary"]["skipped_unshaped"] == 1
+    out = bench_prior.evaluate(rows, {"H200": H200}, {"gpt2-medium": shape_of("gpt2-medium", None, 16, 512, "bf16")})
     small, medium = out["rows"]
     assert small["loo_s"] == pytest.approx(3.0 * small["uncalibrated_s"], rel=1e-3)  # the other row's factor
     assert medium["loo_s"] == pytest.approx(2.0 * medium["uncalibrated_s"], rel=1e-3)

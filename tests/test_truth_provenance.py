@@ -37,6 +37,8 @@ SAMPLE = "sample: extrapolated from the SPASE paper's published 4xH200 step time
     ({"source": "simulated: roofline model"}, SIMULATED),
     ({"source": "sample"}, GUESSED),
     ({"source": "guess by hand"}, GUESSED),
+    ({"source": "estimated: prior cost model, uncalibrated"}, "estimated"),
+    ({"source": "estimate: batch-scaled from batch size 8"}, "estimated"),
     ({"source": None}, UNLABELLED),
     ({}, UNLABELLED),
 ])

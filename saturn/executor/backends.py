@@ -259,6 +259,10 @@ class ProcessBackend(WallClock):
     steps (progress is reported at each one; 0 = only at the end and on stop). clock_offset: run
     clock at start (resume)."""
 
+    # stop() may be called from another thread than the executor's (Orchestrator.cancel while the
+    # executor re-plans): it only signals the attempt (SIGTERM / a warm attempt's stop event)
+    thread_safe_stop = True
+
     def __init__(self, run_dir: Path, *, device_type: str = "auto", checkpoint_every: int = 0,
                  clock_offset: float = 0.0, grace_s: float = 60.0, extra_env: Optional[dict] = None,
                  warm: Optional[bool] = None, pool: Any = None):

@@ -224,6 +224,8 @@ class Executor:
     # ---------------------------------------------------------------------------------- API
     def submit(self, job: Any, profiles: Optional[pd.DataFrame] = None) -> None:
         """Add a job while running (its profile rows, with a `job` column, unless known)."""
+        if not (isinstance(job, JobInfo) or (hasattr(job, "name") and hasattr(job, "total_steps"))):
+            raise ExecutorError(f"submit(job): job must be a saturn.Job, not {type(job).__name__}")
         info = JobInfo.from_job(job)
         if info.name in self.state.jobs and self.state.jobs[info.name].status not in TERMINAL:
             raise ExecutorError(f"job {info.name!r} is already in this run")

@@ -23,6 +23,7 @@ import pandas as pd
 
 from saturn.parse import canonical_knobs
 from saturn.parse import num as _num
+from saturn.planner.provenance import is_measured
 from saturn.profiles.prior import Calibration, Estimate, MachineRates, ModelShape, estimate, launch_extra_s
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ MODELLED_TECHNIQUES = ("ddp", "fsdp", "zero", "pipeline", "spilling")  # what sa
 ESTIMATED_SOURCE = "estimated"  # the row's `source` starts with it (saturn.planner.provenance)
 DEFAULT_LAUNCH_S = {"cpu": 1.0}
 DEFAULT_GPU_LAUNCH_S = 10.0
-MEASURED_PREFIXES = ("profiler", "measured", "executor", "observed")
 _shape_cache: dict[str, Optional[ModelShape]] = {}
 
 
@@ -103,11 +103,6 @@ def row_shape(row: dict, by_signature: dict[str, ModelShape]) -> Optional[ModelS
 
 
 # ---------------------------------------------------------------------------- calibration
-def is_measured(row: dict) -> bool:
-    src = str(row.get("source") or "").strip().lower()
-    return src.startswith(MEASURED_PREFIXES)
-
-
 def measured_ok(row: dict) -> bool:
     """A measured row with a usable step time (the rows that calibrate the prior)."""
     return is_measured(row) and _ok(row)
