@@ -287,6 +287,9 @@ def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
         return CellInput(sig, name, g, infeasible_reason=f"feasible() raised {type(exc).__name__}: {exc}")
     try:
         cands = _pinned(tech.candidates(job, g) or [], (getattr(job, "knobs", None) or {}).get(name))
+        conflicts = getattr(tech, "knob_conflicts", None)
+        if conflicts is not None:  # the job's policy (e.g. precision fp32) forbids some settings
+            cands = [c for c in cands if not conflicts(job, c)]
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)
