@@ -25,7 +25,7 @@ from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec, canonical_knobs
 from saturn.profiler.table import ProfileStore, checkpoint_cost_s, estimate_runtime_s, fixed_costs, now_iso
-from saturn.profiles.store import failure_applies
+from saturn.profiles.store import check_writable_store, failure_applies
 from saturn.spec.signature import inputs_hash
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     limit = min(max_node, len(pool))
     store = ProfileStore(store_dir)
     # profiling writes every trial there: refuse an unwritable store before the first trial
+    check_writable_store(store.dir)  # never the shipped seed tables
     check_writable_dir(store.dir, "profile store", "profiling writes its measurements there: pass --store DIR "
                        "or set $SATURN_PROFILES to a writable directory")
     report = ProfileReport(hardware=hw.key(), store=str(store.path))
