@@ -118,6 +118,13 @@ class Plan:
         return max((a.end_s for a in self.assignments), default=0.0)
 
     @property
+    def durable_s(self) -> float:
+        """When every result is durable: the makespan, or later where a job's final checkpoint
+        drains after it left its GPU (its planned `drain` phase)."""
+        return max((a.end_s + float((a.phases.get("drain") or {}).get("s", 0.0)) for a in self.assignments),
+                   default=0.0)
+
+    @property
     def mean_completion_s(self) -> float:
         """Unweighted mean end time of the jobs (every objective reports it)."""
         return sum(a.end_s for a in self.assignments) / len(self.assignments) if self.assignments else 0.0
@@ -128,6 +135,7 @@ class Plan:
     def to_dict(self) -> dict:
         return {
             "makespan_s": self.makespan_s,
+            **({"durable_s": self.durable_s} if self.durable_s > self.makespan_s else {}),
             "lower_bound_s": float(self.lower_bound_s),
             "solver": asdict(self.solver),
             "baselines": {k: float(v) for k, v in self.baselines.items()},
