@@ -14,8 +14,8 @@ from typing import Any, Callable, Sized, cast
 
 import torch
 
-DATASETS = ("synthetic-tokens", "synthetic-images", "text-file", "image-files", "token-files")
-PIPELINE_DATASETS = ("image-files", "token-files")  # file-backed staged pipelines (saturn.data)
+from saturn.zoo.configs import DATASETS, PIPELINE_DATASETS  # noqa: F401 (torch-free names, re-exported)
+
 DEFAULT_SIZE = 100_000
 
 
