@@ -55,9 +55,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_json(name: str, data: dict[str, Any], root: Path = ROOT) -> Path:
-    path = root / "benchmarks" / f"{name}.json"
-    _atomic_write(path, json.dumps({**stamp(), **data}, indent=2, default=str) + "\n")
-    return path
+    return write_json_at(root / "benchmarks" / f"{name}.json", data)
+
+
+def write_json_at(path: Path, data: dict[str, Any]) -> Path:
+    """`data` with the command, machine and date, atomically at `path`."""
+    _atomic_write(Path(path), json.dumps({**stamp(), **data}, indent=2, default=str) + "\n")
+    return Path(path)
 
 
 def write_section(name: str, title: str, body: str, root: Path = ROOT) -> Path:

@@ -20,8 +20,8 @@ from saturn.parse import num as _num
 from saturn.profiler.hardware import HARDWARE_COLUMNS
 
 KEY_COLUMNS = ("signature", "technique", "knobs", "gpus", *HARDWARE_COLUMNS)
-VALUE_COLUMNS = ("status", "feasible", "step_time_s", "peak_mem_gb", "startup_s", "launch_s",
-                 "checkpoint_s", "checkpoint_stage_s", "checkpoint_source", "first_step_s",
+VALUE_COLUMNS = ("status", "feasible", "step_time_s", "peak_mem_gb", "startup_s", "launch_s", "worker_start_s",
+                 "checkpoint_s", "checkpoint_stage_s", "checkpoint_gb", "checkpoint_source", "first_step_s",
                  "teardown_s", "steps", "short", "reason", "trial_s", "measured_at", "source", "model",
                  "batch_size", "seq_len", "precision")
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS

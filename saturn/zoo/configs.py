@@ -13,6 +13,10 @@ from typing import Any, Optional
 
 DATASETS = ("synthetic-tokens", "synthetic-images", "text-file", "image-files", "token-files")
 PIPELINE_DATASETS = ("image-files", "token-files")  # file-backed staged pipelines (saturn.data)
+# what each dataset yields, and what each zoo model family eats (checked at `saturn validate`)
+DATASET_KINDS = {"synthetic-tokens": "tokens", "text-file": "tokens", "token-files": "tokens",
+                 "synthetic-images": "images", "image-files": "images"}
+FAMILY_KINDS = {"gpt": "tokens", "vit": "images"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,14 @@ def check_model_name(name: str, overrides: dict[str, Any]) -> None:
     bad = sorted(set(overrides) - set(fields))
     if bad:
         raise ValueError(f"unknown override(s) {bad} for {name}; allowed: {sorted(fields)}")
+    for k, v in overrides.items():  # the config's own field types: `n_layer: "4"` is text, not a count
+        default = fields[k]
+        whole = isinstance(default, int) and not isinstance(default, bool)
+        ok = not isinstance(v, bool) and (isinstance(v, int) if whole else isinstance(v, (int, float)))
+        if not ok:
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(f"override {k} = {v!r} ({type(v).__name__}) must be {kind}, like {name}'s "
+                             f"default {default!r}")
     try:
         model_config(name, overrides)
     except (TypeError, ValueError) as exc:

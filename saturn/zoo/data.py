@@ -14,7 +14,8 @@ from typing import Any, Callable, Sized, cast
 
 import torch
 
-from saturn.zoo.configs import DATASETS, PIPELINE_DATASETS  # noqa: F401 (torch-free names, re-exported)
+# torch-free names, re-exported
+from saturn.zoo.configs import DATASET_KINDS, DATASETS, FAMILY_KINDS, PIPELINE_DATASETS  # noqa: F401
 
 DEFAULT_SIZE = 100_000
 
