@@ -90,6 +90,13 @@ def test_technique_names_read_from_source_match_the_registry():
     assert technique_names() == registered_names()
 
 
+def test_optimizer_arguments_known_without_torch_are_real_ones():
+    from saturn.spec.checks import KNOWN_ARGUMENTS, optimizer_arguments
+
+    for name, known in KNOWN_ARGUMENTS.items():
+        assert set(known) <= set(optimizer_arguments(name)), name
+
+
 # ------------------------------------------------------------------ scale
 
 
