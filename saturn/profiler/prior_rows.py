@@ -221,7 +221,8 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
         counts = sorted(set().union(*(gpu_counts(j, max_node) for j in sig_jobs)))
         for gtype, mem in types.items():
             r8 = rates.get(gtype) or _rates_any(rates, gtype)
-            def uncovered(name: str, sig: str = sig, gtype: str = gtype) -> bool:
+
+            def uncovered(name: str, sig: str = sig, gtype: str = gtype, counts: list = counts) -> bool:
                 return any((sig, name, g, gtype.lower()) not in covered for g in counts)
 
             for name, tech in _cells(job, max_node, uncovered):
