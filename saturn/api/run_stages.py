@@ -161,9 +161,14 @@ def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, 
     if _described(raw):
         notes.append(f"WARNING: running on unmeasured numbers (the cluster is described, not this machine): {opts}")
         return None
+    from saturn.paths import check_writable_dir
     from saturn.profiler.hardware import hardware_for_cluster
     from saturn.profiles.inrun import RunMeasurer
+    from saturn.profiles.store import check_writable_store
 
+    where = check_writable_store(store_dir)  # measurements are written there: checked before any work
+    check_writable_dir(where, "profile store", "the run writes its measurements there: set $SATURN_PROFILES "
+                       "to a writable directory")
     hw = hardware_for_cluster(wl.cluster)
     jobs = sorted({str(r["job"]) for r in unmeasured.to_dict("records")})
     notes.append(f"measuring as it runs: {len(jobs)} job(s) start on options nobody measured; the first "

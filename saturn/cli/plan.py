@@ -28,7 +28,8 @@ def plan_command(
     workload: Path = typer.Argument(..., help="Workload spec (YAML) with jobs and cluster.", exists=True,
                                     dir_okay=False),
     profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile table (CSV or parquet) "
-                                            "instead of the profile store (profiles/ or $SATURN_PROFILES)."),
+                                            "instead of the profile store ($SATURN_PROFILES, else "
+                                            "~/.cache/saturn/profiles)."),
     time_limit: float = flags.number(30.0, "--time-limit", help="Solver time limit in seconds."),
     json_out: Optional[Path] = flags.output_file("--json", help="Write the plan as JSON to this file ('-' = stdout).",
                                                  stdout_ok=True),

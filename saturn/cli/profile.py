@@ -24,7 +24,7 @@ def profile_command(
     show: bool = typer.Option(False, "--show", help="Print the stored profile rows (for this "
                                                      "workload's jobs when given) and run nothing."),
     store: Optional[Path] = typer.Option(None, "--store", help="Profile store directory "
-                                         "(default: $SATURN_PROFILES or ./profiles)."),
+                                         "(default: $SATURN_PROFILES, else ~/.cache/saturn/profiles)."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Measure every option, also those the "
                                     "prior shows cannot win (default: the likeliest winner of every job "
                                     "first, then only trials that can pay for themselves)."),
