@@ -208,6 +208,7 @@ class ExecutorThread:
                 self.backend.shutdown()
             except Exception:  # noqa: BLE001
                 log.exception("backend shutdown failed")
+            self._ex.close()  # the run directory's lock (saturn/executor/run_lock.py)
 
     def _publish(self) -> None:
         """Snapshot every job's state into a JobReport; complete the futures of finished jobs."""

@@ -21,6 +21,7 @@ from saturn.api.executor_thread import ExecutorThread, _paced_simulated_backend,
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
 from saturn.api.intake import JobIntake
 from saturn.executor import build
+from saturn.executor.run_lock import check_not_locked
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -111,6 +112,7 @@ class Orchestrator(JobIntake, ExecutorThread):
             elif backend in ("auto", "process", "ray"):
                 if self.run_dir is None:
                     raise OrchestratorError(f"backend={backend!r} needs a run_dir (journal, logs, checkpoints)")
+                check_not_locked(self.run_dir)  # a live executor on it: refused, naming its pid
                 if (self.run_dir / "journal.sqlite").exists() and not resume:
                     raise OrchestratorError(f"{self.run_dir} already holds a run; continue it with "
                                             "Orchestrator(..., resume=True) or pick another run_dir")

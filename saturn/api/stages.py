@@ -110,9 +110,9 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
     from saturn.executor.build import RunOptions, build_executor, check_fresh_run_dir, default_run_dir
 
     wl = load(workload)
-    table = profiles_table(wl, profiles, allow_profiling=not simulate)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(wl.name)
     check_fresh_run_dir(run_dir)
+    table = profiles_table(wl, profiles, allow_profiling=not simulate)
     opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval_s, introspect=introspect,
                       time_limit_s=time_limit_s, max_retries=max_retries, checkpoint_every=checkpoint_every,
                       noise=noise, seed=seed, device_type=device_type,
@@ -132,6 +132,7 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
         return ex.run_until_done()
     finally:
         ex.backend.shutdown()
+        ex.close()
 
 
 def synthetic_profiles(jobs: Iterable[Any], *, step_time_s: float = 0.05, startup_s: float = 1.0,

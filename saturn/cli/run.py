@@ -63,6 +63,8 @@ def run_command(
     from saturn.api.stages import load
 
     wl = load(workload)
+    run_dir = run_dir or default_run_dir(wl.name)
+    check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
     if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
         from saturn.spec import check_local_paths
 
@@ -74,7 +76,6 @@ def run_command(
         table = measure_guesses(wl, wl.cluster, table, require_measured=require_measured, from_store=profiles is None,
                                 reload=lambda: profiles_table(wl, None), time_limit_s=time_limit,
                                 path=str(workload), say=console.print)
-    run_dir = run_dir or default_run_dir(wl.name)
     check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
     opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval, introspect=not no_introspect,
                       time_limit_s=time_limit, max_retries=max_retries, checkpoint_every=checkpoint_every,
@@ -105,6 +106,7 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         for s, h in old.items():
             signal.signal(s, h)
         ex.backend.shutdown()
+        ex.close()  # the run directory's lock: another executor may resume it now
     _print_summary(console, run_dir)
     if stop["n"]:
         console.print(f"stopped: running jobs were checkpointed; continue with `saturn run --resume {run_dir}`")

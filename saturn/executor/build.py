@@ -127,6 +127,10 @@ def simulated_backend(table: Any, *, noise: float = 0.15, seed: int = 0, **kw: A
 
 
 def check_fresh_run_dir(run_dir: Path, hint: str = "") -> None:
+    """Refuse a run directory that a live executor holds (naming its pid) or that holds a run."""
+    from saturn.executor.run_lock import check_not_locked
+
+    check_not_locked(run_dir)
     if (Path(run_dir) / "journal.sqlite").exists():
         hint = hint or f"continue it with `saturn run --resume {run_dir}`"
         raise SaturnError(f"{run_dir} already holds a run; {hint}")

@@ -29,6 +29,7 @@ from saturn.executor import policy
 from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
 from saturn.executor.journal import Journal, JournalError, apply_event, heartbeat, open_journal, record_executor, replay
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
+from saturn.executor.run_lock import RunLock
 from saturn.executor.state import ACTIVE, CANCELLED, FAILED, PENDING, RUNNING, TERMINAL, JobInfo, JobResult, RunState
 from saturn.planner import InvalidPlanError
 
@@ -80,39 +81,51 @@ def _jobs_of(jobs: Any) -> list[JobInfo]:
 class Executor:
     def __init__(self, jobs: Any, cluster: Any, profiles: pd.DataFrame, backend: Backend, *,
                  run_dir: Union[str, Path, None] = None, config: Optional[ExecutorConfig] = None,
-                 plan: Union[dict, Any, None] = None, display: Any = None,
+                 plan: Union[dict, Any, None] = None, display: Any = None, run_lock: Optional[RunLock] = None,
                  _journal: Optional[Journal] = None, _state: Optional[RunState] = None):
         self.cfg = config or ExecutorConfig()
         self.backend = backend
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.nodes = _nodes_of(cluster)
-        self.node_gpus = {n.name: n.gpus for n in self.nodes}
-        self.est = policy.Estimator(profiles, int(getattr(backend, "checkpoint_every", 0) or 0))
-        self.display = display
-        self.journal = _journal or open_journal(self.run_dir)
-        self.state = _state or RunState()
-        self.metrics = MetricsLog(self.run_dir) if self.run_dir is not None else None
-        self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
-        self.plan_calls = 0
-        self.plan_time_s = 0.0
-        self._replan_needed = False
-        self._shutdown: Optional[str] = None
-        self._resumed = _state is not None
-        if _state is None:
-            if self.run_dir is not None:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self.journal.set_meta("nodes", [vars(n) for n in self.nodes])
-                self.journal.set_meta("config", self.cfg.to_dict())
-                record_executor(self.journal, self.run_dir)
-            self.emit("run_started", wall=time.time())
-            self.emit("profiles", rows=_records(profiles))
-            for info in _jobs_of(jobs):
-                self.emit("job_added", info=info.to_dict())
-            if plan is not None:
-                p = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
-                self._adopt(p, "given")
-            else:
-                self._initial_plan()
+        # one executor per run directory, taken before anything is written there (run_lock.py)
+        self.run_lock = run_lock if run_lock is not None or self.run_dir is None else RunLock.acquire(self.run_dir)
+        if _state is None and self.run_dir is not None and (self.run_dir / "journal.sqlite").exists():
+            if run_lock is None:
+                self.close()
+            raise ExecutorError(f"{self.run_dir} already holds a run; continue it with "
+                                f"`saturn run --resume {self.run_dir}` or pick another run directory")
+        try:
+            self.nodes = _nodes_of(cluster)
+            self.node_gpus = {n.name: n.gpus for n in self.nodes}
+            self.est = policy.Estimator(profiles, int(getattr(backend, "checkpoint_every", 0) or 0))
+            self.display = display
+            self.journal = _journal or open_journal(self.run_dir)
+            self.state = _state or RunState()
+            self.metrics = MetricsLog(self.run_dir) if self.run_dir is not None else None
+            self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
+            self.plan_calls = 0
+            self.plan_time_s = 0.0
+            self._replan_needed = False
+            self._shutdown: Optional[str] = None
+            self._resumed = _state is not None
+            if _state is None:
+                if self.run_dir is not None:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    self.journal.set_meta("nodes", [vars(n) for n in self.nodes])
+                    self.journal.set_meta("config", self.cfg.to_dict())
+                    record_executor(self.journal, self.run_dir)
+                self.emit("run_started", wall=time.time())
+                self.emit("profiles", rows=_records(profiles))
+                for info in _jobs_of(jobs):
+                    self.emit("job_added", info=info.to_dict())
+                if plan is not None:
+                    p = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
+                    self._adopt(p, "given")
+                else:
+                    self._initial_plan()
+        except BaseException:
+            if run_lock is None:  # ours: a failed start leaves the directory free
+                self.close()
+            raise
         self._next_replan = self.backend.now() + self.cfg.interval_s
 
     # ------------------------------------------------------------------------------ construction
@@ -126,6 +139,16 @@ class Executor:
         if not path.exists():
             raise ExecutorError(f"{run_dir} is not a run directory (no journal.sqlite); "
                                 "start a run with `saturn run WORKLOAD.yaml --run-dir DIR`")
+        lock = RunLock.acquire(run_dir, create_dir=False)  # before anything is written (run_lock.py)
+        try:
+            return cls._resume_locked(run_dir, path, lock, backend_factory, config, display)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _resume_locked(cls, run_dir: Path, path: Path, lock: RunLock, backend_factory,
+                       config: Optional[ExecutorConfig], display: Any) -> "Executor":
         journal = Journal(path)
         if not any(kind == "run_started" for _, kind, _ in journal.events()):
             raise JournalError(f"run journal {path} holds no run (no events): it was cut before the run "
@@ -138,7 +161,7 @@ class Executor:
         rows = [r for _, kind, d in journal.events() if kind == "profiles" for r in d["rows"]]
         backend = backend_factory(state.clock_offset)
         ex = cls([], [SimpleNamespace(**n) for n in nodes], pd.DataFrame(rows), backend, run_dir=run_dir,
-                 config=cfg, display=display, _journal=journal, _state=state)
+                 config=cfg, display=display, run_lock=lock, _journal=journal, _state=state)
         ex.emit("resumed", wall=time.time())
         for js in list(state.jobs.values()):
             seg = js.current
@@ -156,6 +179,11 @@ class Executor:
         if not state.done():
             ex.replan("resume", force=True)
         return ex
+
+    def close(self) -> None:
+        """Give up the run directory (its lock): another executor may resume it from now on."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def job_dir(self, job: str) -> Path:
         assert self.run_dir is not None
