@@ -17,7 +17,8 @@ from saturn.data.tuner import PipelineTuner
 
 DATASETS = ("image-files", "token-files")
 
-__all__ = ["DATASETS", "DEFAULT_PREFETCH", "ImageFiles", "Pipeline", "PipelineDataset", "PipelineTuner", "Stage", "TokenFiles",
+__all__ = ["DATASETS", "DEFAULT_PREFETCH", "ImageFiles", "Pipeline", "PipelineDataset", "PipelineTuner", "Stage",
+           "TokenFiles",
            "build", "default_cores", "host_gpus", "make_image_files", "size", "with_defaults"]
 
 
