@@ -39,6 +39,10 @@ def test_plan_cli_missing_profiles(tmp_path):
 
     empty = tmp_path / "empty.csv"
     empty.write_text("signature,technique,knobs,gpus,step_time_s,feasible,gpu_type\n")
-    r = CliRunner().invoke(_app(), [str(EXAMPLE), "--profiles", str(empty)])
+    r = CliRunner().invoke(_app(), [str(EXAMPLE), "--profiles", str(empty), "--no-prior"])
     assert isinstance(r.exception, MissingProfilesError)
     assert "saturn profile" in str(r.exception)
+    # without --no-prior every job is planned from the prior, labelled estimated (#24)
+    r = CliRunner().invoke(_app(), [str(EXAMPLE), "--profiles", str(empty), "--time-limit", "2"])
+    assert r.exit_code == 0, r.output
+    assert "GUESS: estimated" in r.output

@@ -107,7 +107,8 @@ def test_saturn_plan_warns_and_marks_guessed_rows(tmp_path, capsys):
 
 def test_saturn_plan_on_the_repository_samples_is_labelled(capsys):
     code, out, err = _cli(["plan", str(ROOT / "configs/examples/large-models.yaml"), "--time-limit", "2"], capsys)
-    assert code == 0 and "WARNING" in err and out.count("GUESS: extrapolated") >= 1
+    # every unmeasured option is labelled: extrapolated samples, or the prior's estimates (#24)
+    assert code == 0 and "WARNING" in err and out.count("GUESS: extrapolated") + out.count("GUESS: estimated") >= 6
 
 
 def test_run_require_measured_refuses_guesses(tmp_path, capsys):

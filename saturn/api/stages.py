@@ -56,12 +56,15 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
 
 
 def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool = False,
-                   store_dir: Optional[PathLike] = None, progress: bool = False) -> pd.DataFrame:
+                   store_dir: Optional[PathLike] = None, progress: bool = False,
+                   prior: bool = True) -> pd.DataFrame:
     """The planner's per-job table (with a `job` column) for `workload`.
 
     profiles: None (the profile store), a path to a CSV/parquet, or a DataFrame, either per job
-    (a `job` column) or in store format (matched by profile signature). With `allow_profiling`,
-    jobs the store lacks are profiled first."""
+    (a `job` column, used as given) or in store format (matched by profile signature). With
+    `prior` (the default), every option no row covers gets an `estimated` row from the prior cost
+    model (`saturn.profiler.prior_rows`), so no job is left unplanned; with `allow_profiling`,
+    jobs that would still have no row at all are profiled first."""
     from saturn.errors import MissingProfilesError
     from saturn.profiles.store import load_store, profiles_for, read_table
 
@@ -71,14 +74,22 @@ def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool
         if "job" in table.columns:
             return table
         source = "the given table" if isinstance(profiles, pd.DataFrame) else str(profiles)
-        return profiles_for(wl, table, source=source)
+        return profiles_for(wl, _with_prior(wl, table, store_dir, prior), source=source)
     try:
-        return profiles_for(wl, load_store(store_dir))
+        return profiles_for(wl, _with_prior(wl, load_store(store_dir), store_dir, prior))
     except MissingProfilesError:
         if not allow_profiling:
             raise
     profile(wl, store_dir=store_dir, progress=progress)
-    return profiles_for(wl, load_store(store_dir))
+    return profiles_for(wl, _with_prior(wl, load_store(store_dir), store_dir, prior))
+
+
+def _with_prior(wl: Any, table: pd.DataFrame, store_dir: Optional[PathLike], prior: bool) -> pd.DataFrame:
+    if not prior:
+        return table
+    from saturn.profiler.prior_rows import with_prior
+
+    return with_prior(wl, table, store_dir)
 
 
 def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **kwargs: Any) -> Any:

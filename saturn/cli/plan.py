@@ -30,6 +30,8 @@ def plan_command(
     time_limit: float = typer.Option(30.0, "--time-limit", help="Solver time limit in seconds."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the plan as JSON to this file ('-' = stdout)."),
     gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart (PNG) to this file."),
+    no_prior: bool = typer.Option(False, "--no-prior", help="Plan from profile rows only: no `estimated` "
+                                  "rows from the prior cost model for options nobody measured."),
 ) -> None:
     """Choose a technique, GPUs and start time for every job, minimizing the makespan."""
     from rich.table import Table
@@ -41,7 +43,7 @@ def plan_command(
 
     wl = load(workload)  # (a Ray cluster's nodes are discovered here)
     cluster = wl.cluster
-    p = plan(wl, profiles_table(wl, profiles), time_limit_s=time_limit)
+    p = plan(wl, profiles_table(wl, profiles, prior=not no_prior), time_limit_s=time_limit)
 
     if json_out is not None and str(json_out) == "-":
         write_json(p.to_dict(), "-")

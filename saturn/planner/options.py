@@ -176,11 +176,8 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
                             f"node has {max_gpus} GPUs; allow a count <= {max_gpus} or add a bigger node")
             continue
         if not feasible:
-            problems.append(
-                f"job {job.name!r} has no feasible profiled option"
-                + _allowed_note(job)
-                + " (every profiled technique/GPU count failed, e.g. out of memory)"
-            )
+            problems.append(f"job {job.name!r} has no feasible option" + _allowed_note(job) + ": "
+                            + why_infeasible(job, groups[job.name]))
             continue
         if not fitting:
             need = min(o.gpus for o in feasible)
@@ -193,6 +190,47 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
     if problems:
         raise InfeasibleError("cannot plan: " + "; ".join(problems))
     return out
+
+
+def _cause(r: dict) -> str:
+    """One row's true cause: out of memory / crashed / timed out / ruled out / estimated, with the
+    row's own reason (which carries the log path when the profiler kept one)."""
+    status = str(r.get("status") or "").strip().lower()
+    src = str(r.get("source") or "").strip().lower()
+    reason = str(r.get("reason") or "").strip()
+    reason = "" if reason.lower() == "nan" else reason
+    if src.startswith("estimated"):
+        what = "estimated infeasible (not measured)"
+    elif status == "oom":
+        what = "out of memory (measured)"
+    elif status == "timeout":
+        what = "timed out (measured)"
+    elif status == "failed":
+        what = "crashed (measured)"
+    elif status == "infeasible":
+        what = "ruled out by the technique"
+    elif _is_true(r.get("feasible")):
+        what = "not allowed or no usable step time"
+    else:
+        what = "marked infeasible in the table"
+    return what + (f": {reason[:200]}" if reason else "")
+
+
+def why_infeasible(job: JobSpec, rows: pd.DataFrame, limit: int = 6) -> str:
+    """The causes of a job's options that cannot run, one per technique x GPU count (#24: never
+    'failed' for what was skipped or only estimated)."""
+    parts = []
+    for r in rows.to_dict("records"):
+        tech, g = str(r.get("technique")), r.get("gpus")
+        if job.techniques is not None and tech not in job.techniques:
+            continue
+        if job.gpus is not None and int(g) not in job.gpus:
+            continue
+        parts.append(f"{tech}x{g} {_cause(r)}")
+    if not parts:
+        return "no row for an allowed technique/GPU count (nothing was measured or estimated for them)"
+    more = f"; and {len(parts) - limit} more" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
 
 
 def _allowed_note(job: JobSpec) -> str:

@@ -1,5 +1,5 @@
-"""Where each planned number came from: measured here / measured elsewhere / extrapolated /
-simulated / guessed / unlabelled.
+"""Where each planned number came from: measured here / measured elsewhere / estimated (the
+prior cost model, `saturn.profiles.prior`) / extrapolated / simulated / guessed / unlabelled.
 
 Why: a plan built on extrapolated sample rows looks exactly like one built on measurements, and a
 user acting on it (buying GPU hours, choosing a technique) must be told. The profile row an
@@ -19,7 +19,8 @@ import pandas as pd
 
 MEASURED_HERE, MEASURED_ELSEWHERE = "measured here", "measured elsewhere"
 EXTRAPOLATED, SIMULATED, GUESSED, UNLABELLED = "extrapolated", "simulated", "guessed", "unlabelled"
-GUESSES = (EXTRAPOLATED, SIMULATED, GUESSED)  # numbers nobody measured for this option
+ESTIMATED = "estimated"  # the prior cost model (FLOPs and bytes / machine rates, calibrated)
+GUESSES = (ESTIMATED, EXTRAPOLATED, SIMULATED, GUESSED)  # numbers nobody measured for this option
 _MEASURED_SOURCES = ("profiler", "measured", "executor", "observed")
 
 
@@ -30,6 +31,8 @@ def classify(row: Any, host: Optional[str] = None) -> str:
     src = "" if src is None or (isinstance(src, float) and src != src) else str(src).strip().lower()
     if not src:
         return UNLABELLED
+    if src.startswith(ESTIMATED):
+        return ESTIMATED
     if "simulat" in src:
         return SIMULATED
     if "extrapolat" in src:

@@ -142,7 +142,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
                         f"{g} GPUs: more than this machine lends ({len(pool)}) or the largest "
                         f"node has ({max_node})"))))
                     continue
-                cell = _cell(tech, name, rep, sig, g)
+                cell = cell_for(tech, name, rep, sig, g)
                 cells.append(cell)
                 if cell.infeasible_reason is not None:
                     static_rows.append(_row(rep, sig, name, g, "{}", hw, {
@@ -243,7 +243,7 @@ def _union(lists) -> list[str]:
     return out
 
 
-def _cell(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
+def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
     try:
         feas = tech.feasible(job, g)
         if not feas:

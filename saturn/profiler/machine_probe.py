@@ -1,0 +1,161 @@
+"""Measure this machine's rates once (a few seconds) and keep them in the profile store.
+
+Why: the prior (`saturn.profiles.prior`) turns FLOPs and bytes into seconds; the rates it needs
+(matmul per dtype, device memory, host link, interconnect, host optimizer, launch latency) differ
+between machines far more than the models' arithmetic does. They are probed once per hardware
+and cached in `<store>/machine-rates.json`, keyed by the hardware key (GPU type, memory,
+interconnect, torch version, device count), written atomically under a file lock.
+
+CPU slots (`devices: cpu`) are probed too, with the threads one slot gets. With one GPU the
+interconnect cannot be measured: it is estimated from the datasheet and labelled so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from filelock import FileLock
+
+from saturn.profiler.hardware import Hardware
+from saturn.profiles.prior import MachineRates, datasheet_rates
+
+RATES_FILE = "machine-rates.json"
+MATMUL_SIZES = (512, 1024, 2048, 4096)
+CPU_MATMUL_SIZES = (128, 256, 512)
+
+
+def hardware_key(hw: Hardware) -> str:
+    return f"{hw.gpu_type}|{hw.gpu_memory_gb:.1f}|{hw.interconnect}|{hw.torch_version}|{hw.gpus}"
+
+
+def _timed(fn: Callable[[], Any], sync: Callable[[], None], reps: int) -> float:
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def probe(hw: Hardware, cpu_threads: Optional[int] = None) -> MachineRates:
+    """Measure `hw` (this machine): CUDA device 0 (and 1 for the interconnect), or the CPU with
+    `cpu_threads` threads (the share of one CPU slot)."""
+    import torch
+
+    t_start = time.perf_counter()
+    cuda = hw.gpu_type.lower() != "cpu"
+    old_threads = torch.get_num_threads()
+    if not cuda and cpu_threads:
+        torch.set_num_threads(max(1, int(cpu_threads)))
+    try:
+        dev = torch.device("cuda", 0) if cuda else torch.device("cpu")
+        sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
+        mm: dict[str, dict[int, float]] = {}
+        rows = 8192 if cuda else 512
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)) if cuda else (("fp32", torch.float32),):
+            mm[name] = {}
+            for n in MATMUL_SIZES if cuda else CPU_MATMUL_SIZES:
+                a = torch.randn(rows, n, device=dev, dtype=dtype)
+                b = torch.randn(n, n, device=dev, dtype=dtype)
+                s = _timed(functools.partial(torch.matmul, a, b), sync, 10 if cuda else 3)
+                mm[name][n] = round(2.0 * rows * n * n / s / 1e12, 4)
+        nbytes = (512 if cuda else 32) * 2**20
+        x = torch.empty(nbytes // 4, device=dev, dtype=torch.float32)
+        y = torch.empty_like(x)
+        mem = 2 * nbytes / _timed(lambda: y.copy_(x), sync, 10 if cuda else 3) / 1e9  # read + write
+        if cuda:
+            host = torch.empty(nbytes // 4, dtype=torch.float32, pin_memory=True)
+            h2d = nbytes / _timed(lambda: x.copy_(host, non_blocking=True), sync, 5) / 1e9
+        else:
+            h2d = mem / 2  # a CPU slot's "host link" is a copy in the same memory
+        if cuda and torch.cuda.device_count() > 1:
+            z = torch.empty_like(x, device=torch.device("cuda", 1))
+
+            def both() -> None:
+                torch.cuda.synchronize(0)
+                torch.cuda.synchronize(1)
+
+            net = nbytes / _timed(lambda: z.copy_(x), both, 5) / 1e9
+            net_src = "measured (GPU0 -> GPU1 copy)"
+        elif cuda:
+            net, net_src = datasheet_rates(hw.gpu_type, hw.interconnect).interconnect_gbps, \
+                "estimated (one GPU: datasheet)"
+        else:
+            net, net_src = mem / 4, "estimated (CPU slots: a quarter of memory bandwidth)"
+        small = torch.ones(16, device=dev)
+        launch = _timed(lambda: small.add_(1.0), sync, 2000) * 1e6
+        params = torch.nn.Parameter(torch.zeros(4_000_000 if cuda else 500_000))
+        params.grad = torch.zeros_like(params)
+        opt = torch.optim.AdamW([params], lr=1e-4)
+        adam = params.numel() / _timed(opt.step, lambda: None, 3)
+    finally:
+        torch.set_num_threads(old_threads)
+    took = time.perf_counter() - t_start
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    return MachineRates(hw.gpu_type, mm, round(mem, 2), round(h2d, 2), round(net, 2), round(adam, 0),
+                        round(launch, 2), interconnect_source=net_src,
+                        source=f"probed on {socket.gethostname()} at {when}Z in {took:.1f} s")
+
+
+def _path(store_dir: Union[str, os.PathLike]) -> Path:
+    return Path(store_dir) / RATES_FILE
+
+
+def cached_rates(store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineRates]:
+    """Every probed hardware in the store's rates file (empty when there is none or it is bad)."""
+    if store_dir is None:
+        return {}
+    p = _path(store_dir)
+    try:
+        data = json.loads(p.read_text())
+        return {k: MachineRates.from_dict(v) for k, v in data.items()}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+
+def load_or_probe(hw: Hardware, store_dir: Union[str, os.PathLike], cpu_threads: Optional[int] = None,
+                  prober: Callable[..., MachineRates] = probe) -> MachineRates:
+    """The cached rates of `hw`, probing (and caching) them the first time."""
+    key = hardware_key(hw)
+    have = cached_rates(store_dir)
+    if key in have:
+        return have[key]
+    rates = prober(hw, cpu_threads=cpu_threads)
+    p = _path(store_dir)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(p.with_name(f".{p.name}.lock")), timeout=60):
+        data = {k: v.to_dict() for k, v in cached_rates(store_dir).items()}
+        data[key] = rates.to_dict()
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    return rates
+
+
+def rates_for(gpu_type: str, store_dir: Union[str, os.PathLike, None], *, local: Optional[Hardware] = None,
+              cpu_threads: Optional[int] = None) -> MachineRates:
+    """Rates for devices of `gpu_type`: probed here when this machine has them (`local`), else a
+    probe of that type cached in the store, else the datasheet (labelled as such)."""
+    if local is not None and local.gpu_type.lower() == str(gpu_type).lower() and store_dir is not None:
+        try:
+            return load_or_probe(local, store_dir, cpu_threads=cpu_threads)
+        except Exception:  # noqa: BLE001 - a failed probe falls back to cached/datasheet figures
+            pass
+    for r in cached_rates(store_dir).values():
+        if r.device.lower() == str(gpu_type).lower():
+            return r
+    if str(gpu_type).lower() == "cpu":
+        mm = {"fp32": {128: 0.02, 256: 0.04, 512: 0.05}}
+        return MachineRates("cpu", mm, 5.0, 2.5, 1.2, 2.0e7, 5.0,
+                            interconnect_source="estimated (CPU slots)", source="datasheet: generic CPU")
+    return datasheet_rates(gpu_type)

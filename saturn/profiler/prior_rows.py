@@ -1,0 +1,312 @@
+"""Profile rows from the prior: every option of a workload that no row covers gets an estimate.
+
+Why: a job must always have a plan (issue 24). `with_prior(workload, table)` returns the table
+plus one `estimated` row per (signature, technique, GPU count, GPU type) that no row of the table
+covers (measured, failed, sample or static): the fastest candidate knob setting the prior finds
+feasible, or, when none fits, an infeasible row naming the estimated peak memory. Estimated rows
+are never written to the store (a measurement replaces them simply by existing).
+
+The prior is calibrated by every measured row of the table whose model it can shape (this
+workload's jobs by signature, or zoo models named in the row's `model` column).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+from typing import Any, Callable, Iterable, Optional, Union
+
+import pandas as pd
+
+from saturn.parse import canonical_knobs
+from saturn.parse import num as _num
+from saturn.profiles.prior import Calibration, Estimate, MachineRates, ModelShape, estimate
+
+log = logging.getLogger(__name__)
+
+MODELLED_TECHNIQUES = ("ddp", "fsdp", "zero", "pipeline", "spilling")  # what saturn.profiles.prior models
+ESTIMATED_SOURCE = "estimated"  # the row's `source` starts with it (saturn.planner.provenance)
+DEFAULT_LAUNCH_S = {"cpu": 1.0}
+DEFAULT_GPU_LAUNCH_S = 10.0
+MEASURED_PREFIXES = ("profiler", "measured", "executor", "observed")
+_shape_cache: dict[str, Optional[ModelShape]] = {}
+
+
+# ---------------------------------------------------------------------------------- shapes
+def shape_of(model_name: Optional[str], overrides: Optional[dict], batch_size: int, seq_len: int,
+             precision: str, label: str = "") -> Optional[ModelShape]:
+    """The shape of a zoo model (None for names the zoo does not know)."""
+    from saturn.zoo import model_config
+    from saturn.zoo.gpt import GPTConfig
+
+    if not model_name:
+        return None
+    try:
+        cfg = model_config(model_name, dict(overrides or {}))
+    except (ValueError, TypeError):
+        return None
+    d, L = cfg.n_embd, cfg.n_layer
+    if isinstance(cfg, GPTConfig):
+        return ModelShape(cfg.params(), L * 12 * d * d + cfg.vocab_size * d, L, d, int(seq_len), int(batch_size),
+                          cfg.vocab_size, True, 12 * L + 6, precision, label or model_name)
+    patch = cfg.channels * cfg.patch_size ** 2 * d
+    return ModelShape(cfg.params(), L * 12 * d * d + cfg.num_classes * d + patch, L, d, cfg.n_patches + 1,
+                      int(batch_size), cfg.num_classes, False, 12 * L + 8, precision, label or model_name)
+
+
+def _factory_shape(job: Any) -> Optional[ModelShape]:
+    """A user factory's model built on the meta device: parameters and blocks, tokens = seq_len."""
+    import torch
+
+    from saturn.zoo import build_model
+
+    with torch.device("meta"):
+        model = build_model(job.model, device="meta")
+    params = sum(p.numel() for p in model.parameters())
+    blocks = model.blocks() or list(model.layers)
+    L = max(1, len(blocks))
+    d = max(1, int(math.sqrt(max(params, 1) / (12 * L))))
+    return ModelShape(int(params), int(params), L, d, int(job.seq_len), int(job.batch_size), 1, True,
+                      sum(1 for _ in model.parameters()), job.precision, job.model.label())
+
+
+def model_shape(job: Any) -> Optional[ModelShape]:
+    """The prior's view of a job (cached per signature); None when it cannot be shaped."""
+    sig = str(job.signature)
+    if sig not in _shape_cache:
+        try:
+            shape = (shape_of(job.model.name, job.model.overrides, job.batch_size, job.seq_len, job.precision)
+                     if job.model.name else _factory_shape(job))
+        except Exception as exc:  # noqa: BLE001 - a model the prior cannot shape just has no estimate
+            log.info("the prior cannot shape %s: %s", job.model.label(), exc)
+            shape = None
+        _shape_cache[sig] = shape
+    return _shape_cache[sig]
+
+
+def row_shape(row: dict, by_signature: dict[str, ModelShape]) -> Optional[ModelShape]:
+    """A stored row's shape: this workload's job with its signature, else the zoo model it names."""
+    sig = str(row.get("signature"))
+    if sig in by_signature:
+        return by_signature[sig]
+    name = row.get("model")
+    if not isinstance(name, str) or not name:
+        return None
+    b, s = _num(row.get("batch_size"), math.nan), _num(row.get("seq_len"), 512.0)
+    if not math.isfinite(b):
+        return None
+    prec = row.get("precision") if isinstance(row.get("precision"), str) else "bf16"
+    return shape_of(name, None, int(b), int(s), str(prec))
+
+
+# ---------------------------------------------------------------------------- calibration
+def is_measured(row: dict) -> bool:
+    src = str(row.get("source") or "").strip().lower()
+    return src.startswith(MEASURED_PREFIXES)
+
+
+def _ok(row: dict) -> bool:
+    st = row.get("status")
+    feasible = row.get("feasible")
+    if isinstance(feasible, str):
+        feasible = feasible.strip().lower() in ("true", "1", "yes")
+    good = (st is None or (isinstance(st, float) and st != st) or str(st) == "ok") and bool(feasible)
+    return good and _num(row.get("step_time_s"), math.nan) > 0
+
+
+def _knobs(row: dict) -> dict:
+    try:
+        return json.loads(canonical_knobs(row.get("knobs")))
+    except ValueError:
+        return {}
+
+
+def calibration_ratios(rows: Iterable[dict], shapes: dict[str, ModelShape],
+                       rates_for_type: Callable[[str], MachineRates]) -> list[tuple[str, str, float, dict]]:
+    """(technique, device kind, measured / uncalibrated estimate, row) for each usable measured row."""
+    out = []
+    for r in rows:
+        if not (is_measured(r) and _ok(r)):
+            continue
+        shape = row_shape(r, shapes)
+        kind = str(r.get("gpu_type") or "")
+        if shape is None or not kind:
+            continue
+        est = estimate(shape, str(r["technique"]), _knobs(r), int(r["gpus"]), rates_for_type(kind),
+                       _num(r.get("gpu_memory_gb"), 1e9))
+        if est.step_time_s > 0:
+            out.append((str(r["technique"]), kind, float(r["step_time_s"]) / est.step_time_s, r))
+    return out
+
+
+# ------------------------------------------------------------------------------ the rows
+def _cells(job: Any, max_gpus: int) -> list[tuple[str, Any]]:
+    """(technique name, technique) for the job's allowed techniques the prior models (the
+    built-ins: what a user technique does per step is unknown, so it gets no estimate)."""
+    from saturn.profiler.session import allowed_techniques
+    from saturn.techniques.registry import get_technique
+
+    out = []
+    for name in allowed_techniques(job):
+        if name not in MODELLED_TECHNIQUES:
+            continue
+        try:
+            out.append((name, get_technique(name)))
+        except Exception:  # noqa: BLE001 - a user class that cannot be loaded gets no estimate
+            continue
+    return out
+
+
+def _launch_s(table: pd.DataFrame, technique: str, gpu_type: str) -> float:
+    """Median measured launch cost of this technique (else any) on this GPU type."""
+    if len(table) and "launch_s" in table.columns:
+        rows = [r for r in table.to_dict("records") if is_measured(r)
+                and str(r.get("gpu_type") or "").lower() == gpu_type.lower() and _num(r.get("launch_s"), -1) >= 0]
+        for pick in ([r for r in rows if r["technique"] == technique], rows):
+            vals = [_num(r["launch_s"]) for r in pick]
+            if vals:
+                return float(statistics.median(vals))
+    return DEFAULT_LAUNCH_S.get(gpu_type.lower(), DEFAULT_GPU_LAUNCH_S)
+
+
+def best_estimate(shape: ModelShape, technique: str, candidates: list[dict], gpus: int, rates: MachineRates,
+                  gpu_memory_gb: float, factor: float) -> tuple[dict, Estimate]:
+    """The candidate the prior expects fastest among those that fit (else the leanest one)."""
+    ests = [(c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, factor)) for c in candidates]
+    fits = [ce for ce in ests if ce[1].feasible]
+    if fits:
+        return min(fits, key=lambda ce: ce[1].step_time_s)
+    return min(ests, key=lambda ce: ce[1].peak_mem_gb)
+
+
+def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, MachineRates],
+                      *, covered_only_missing: bool = True) -> list[dict[str, Any]]:
+    """Store-format rows (`source` = 'estimated: ...') for every (signature, technique, GPU count,
+    GPU type) of `workload` that `table` has no row for; every candidate knob setting is
+    estimated and the best one kept (see `best_estimate`)."""
+    from saturn.profiler.session import cell_for, gpu_counts
+    from saturn.profiler.table import checkpoint_cost_s
+
+    nodes = list(workload.cluster.resolved().nodes or [])
+    max_node = max(n.gpus for n in nodes)
+    types: dict[str, float] = {}
+    for n in nodes:
+        types[str(n.gpu_type)] = max(types.get(str(n.gpu_type), 0.0), float(n.gpu_memory_gb))
+    covered = set()
+    if len(table):
+        for r in table.to_dict("records"):
+            covered.add((str(r.get("signature")), str(r.get("technique")), int(r.get("gpus") or 0),
+                         str(r.get("gpu_type") or "").lower()))
+    shapes = {str(j.signature): s for j in workload.jobs if (s := model_shape(j)) is not None}
+    calib = Calibration.fit((t, k, r) for t, k, r, _ in calibration_ratios(
+        table.to_dict("records") if len(table) else [], shapes, lambda t: rates.get(t) or _rates_any(rates, t)))
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for job in workload.jobs:
+        sig = str(job.signature)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        shape = shapes.get(sig)
+        if shape is None:
+            continue
+        sig_jobs = [j for j in workload.jobs if str(j.signature) == sig]
+        counts = sorted(set().union(*(gpu_counts(j, max_node) for j in sig_jobs)))
+        for gtype, mem in types.items():
+            r8 = rates.get(gtype) or _rates_any(rates, gtype)
+            for name, tech in _cells(job, max_node):
+                factor, why = anchor(table, sig, name, gtype, shape, r8) or calib.factor(name, gtype)
+                launch = _launch_s(table, name, gtype)
+                ckpt = checkpoint_cost_s(job, gtype)
+                for g in counts:
+                    if (sig, name, g, gtype.lower()) in covered:
+                        continue
+                    cell = cell_for(tech, name, job, sig, g)
+                    base = {"signature": sig, "technique": name, "gpus": int(g), "gpu_type": gtype,
+                            "gpu_memory_gb": mem, "interconnect": None, "torch_version": None,
+                            "model": job.model.label(), "batch_size": job.batch_size, "seq_len": job.seq_len,
+                            "precision": job.precision}
+                    if cell.infeasible_reason is not None or not cell.candidates:
+                        out.append({**base, "knobs": "{}", "status": "infeasible", "feasible": False,
+                                    "reason": cell.infeasible_reason or "the technique proposed no knob settings",
+                                    "source": f"{ESTIMATED_SOURCE}: not measured; the technique rules it out"})
+                        continue
+                    knobs, est = best_estimate(shape, name, cell.candidates, g, r8, mem, factor)
+                    src = (f"{ESTIMATED_SOURCE}: prior cost model, {why}; rates {r8.source}"
+                           + (f", interconnect {r8.interconnect_source}" if g > 1 else ""))
+                    out.append({**base, "knobs": canonical_knobs(knobs),
+                                "status": "ok" if est.feasible else "infeasible", "feasible": est.feasible,
+                                "step_time_s": est.step_time_s if est.feasible else None,
+                                "peak_mem_gb": est.peak_mem_gb, "reason": est.reason,
+                                "launch_s": round(launch, 3), "checkpoint_s": ckpt,
+                                "checkpoint_source": "estimated",
+                                "startup_s": round(launch + ckpt, 3) if est.feasible else None,
+                                "source": src})
+    return out
+
+
+def anchor(table: pd.DataFrame, sig: str, technique: str, gpu_type: str, shape: ModelShape,
+           rates: MachineRates) -> Optional[tuple[float, str]]:
+    """The factor that makes the prior agree with this signature's own rows of this technique on
+    this GPU type (measured or sample), so an estimate never contradicts its neighbours; None when
+    there are none."""
+    if not len(table):
+        return None
+    ratios = []
+    for r in table.to_dict("records"):
+        if (str(r.get("signature")) == sig and str(r.get("technique")) == technique
+                and str(r.get("gpu_type") or "").lower() == gpu_type.lower() and _ok(r)):
+            est = estimate(shape, technique, _knobs(r), int(r["gpus"]), rates, _num(r.get("gpu_memory_gb"), 1e9))
+            if est.step_time_s > 0:
+                ratios.append(float(r["step_time_s"]) / est.step_time_s)
+    if not ratios:
+        return None
+    f = float(statistics.median(ratios))
+    return f, f"x{f:.3g} anchored to {len(ratios)} row(s) of this model with {technique}"
+
+
+def _rates_any(rates: dict[str, MachineRates], gpu_type: str) -> MachineRates:
+    for k, v in rates.items():
+        if k.lower() == gpu_type.lower():
+            return v
+    from saturn.profiles.prior import datasheet_rates
+
+    return datasheet_rates(gpu_type)
+
+
+def rates_for_workload(workload: Any, store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineRates]:
+    """Machine rates per GPU type of the workload's cluster: probed once here when this machine
+    is that hardware (CPU slots included), else cached or datasheet figures."""
+    from saturn.profiler.hardware import hardware_for_cluster, local_hardware
+    from saturn.profiler.machine_probe import rates_for
+
+    nodes = list(workload.cluster.resolved().nodes or [])
+    types = sorted({str(n.gpu_type) for n in nodes})
+    local = None
+    threads = None
+    try:
+        if types == ["cpu"]:
+            local = hardware_for_cluster(workload.cluster)
+            threads = max(1, (os.cpu_count() or 1) // max(1, local.gpus))
+        else:  # probed only when this machine has that GPU type (rates_for checks)
+            local = local_hardware()
+    except Exception:  # noqa: BLE001 - no local hardware: cached or datasheet rates
+        local = None
+    return {t: rates_for(t, store_dir, local=local, cpu_threads=threads) for t in types}
+
+
+def with_prior(workload: Any, table: pd.DataFrame, store_dir: Union[str, os.PathLike, None] = None,
+               rates: Optional[dict[str, MachineRates]] = None) -> pd.DataFrame:
+    """`table` (store format, keyed by signature) plus estimated rows for what it does not cover."""
+    from saturn.profiles.store import default_dir
+
+    if rates is None:
+        rates = rates_for_workload(workload, store_dir if store_dir is not None else default_dir())
+    rows = estimated_options(workload, table, rates)
+    if not rows:
+        return table
+    extra = pd.DataFrame(rows)
+    return pd.concat([table, extra], ignore_index=True) if len(table) else extra
