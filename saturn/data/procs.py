@@ -69,7 +69,8 @@ def choose_backend(source: Any, cores: int, batch_size: int, seconds: float = 2.
     workers = initial_workers(source, cores)
     out: dict[str, Any] = {}
     for label, procs in (("threads", 0), ("processes", cores)):
-        ds = PipelineDataset(source, workers=workers, processes=procs, prefetch=4)
+        ds = PipelineDataset(source, workers=workers, processes=procs, prefetch=4,
+                             pin=False)  # CPU stages are compared; pinning would start CUDA here
         try:
             ds.batch_for_step(0, batch_size)
             t0, step = time.perf_counter(), 1
