@@ -147,7 +147,10 @@ def markdown(rows: list[dict], device: str, wall: float) -> str:
     lines = [f"One {device}, single-device training (`ddp` with 1 device, bf16 on CUDA), synthetic data. Saturn = "
              "`training.train` trial: median step period (CUDA events) and median host wait for the batch "
              "(measured); ready batch = the same step function on one batch already on the device (measured, "
-             f"CUDA events around the loop). Total wall time {wall:.0f} s.", "",
+             f"CUDA events around the loop)"
+             + ("; host-built = the training path fed the pre-issue-25 way, each batch made sample by sample on "
+                "the host (same generator) and copied (measured)" if host else "")
+             + f". Total wall time {wall:.0f} s.", "",
              "| model | batch | Saturn ms/step | data wait ms | wait share | ready-batch ms/step | Saturn / ready "
              + ("| host-built ms/step " if host else "") + "| wait ≤ 5% | within 10% |",
              "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if host else "") + "---|---|"]
