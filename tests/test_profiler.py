@@ -240,12 +240,12 @@ def test_real_ddp_on_cpu_slots(tmp_path):
         "name: t\ncluster: {devices: cpu, slots: 2}\n"
         "jobs: [{name: lm, model: gpt2-tiny, batch_size: 4, seq_len: 16, steps: 20, "
         "precision: fp32, gpus: [1, 2], techniques: [ddp]}]\n")
-    df = profile(wl, store_dir=tmp_path, progress=False, steps=3, timeout_s=180)
+    df = profile(wl, store_dir=tmp_path, progress=False, steps=3, timeout_s=180, exhaustive=True)
     ok = df[df["status"] == "ok"]
     assert sorted(set(ok["gpus"])) == [1, 2], df[["gpus", "knobs", "status", "reason"]]
     assert (ok["step_time_s"] > 0).all() and (ok["startup_s"] > 0).all()
     assert (ok["runtime_s"] > 20 * ok["step_time_s"]).all()
-    again = profile(wl, store_dir=tmp_path, progress=False, steps=3, timeout_s=180)
+    again = profile(wl, store_dir=tmp_path, progress=False, steps=3, timeout_s=180, exhaustive=True)
     assert again.attrs["report"]["trials_run"] == 0
 
 

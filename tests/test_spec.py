@@ -40,13 +40,13 @@ def test_sweep_without_jobs_multiplies_defaults(write_yaml):
 name: s
 defaults: {model: gpt2-tiny, seq_len: 8, batch_size: 2, steps: 3}
 sweep:
-  model: [gpt2-tiny, vit-tiny]
+  model: [gpt2-tiny, gpt2-small]
   batch_size: [2, 4]
 """))
     assert sorted(j.name for j in wl.jobs) == sorted(
         ["s-model=gpt2-tiny-batch_size=2", "s-model=gpt2-tiny-batch_size=4",
-         "s-model=vit-tiny-batch_size=2", "s-model=vit-tiny-batch_size=4"])
-    assert {j.model.name for j in wl.jobs} == {"gpt2-tiny", "vit-tiny"}
+         "s-model=gpt2-small-batch_size=2", "s-model=gpt2-small-batch_size=4"])
+    assert {j.model.name for j in wl.jobs} == {"gpt2-tiny", "gpt2-small"}
 
 
 def test_signature_shared_by_lr_variants_not_by_batch_size():

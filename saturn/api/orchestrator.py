@@ -254,17 +254,12 @@ def _store_profile(workload: Any, **kwargs: Any) -> Any:
 def _metrics_history(path: Path) -> dict[int, float]:
     """{steps done: loss} from a job's metrics.jsonl (torn last lines are skipped). The file keeps
     each step's 0-based index (saturn/executor/metrics.py); reports count steps done."""
-    import json
+    from saturn.parse import jsonl_records
 
     out: dict[int, float] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
+    for rec in jsonl_records(path, required=("step", "loss"))[0]:  # damaged lines skipped
         try:
-            rec = json.loads(line)
             out[int(rec["step"]) + 1] = float(rec["loss"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, TypeError):
             continue
     return out

@@ -35,8 +35,7 @@ def write_json(data: Any, path: Path | str) -> None:
     if str(path) == "-":
         print(text)
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)  # its directory exists: checked with the flag (saturn.cli.flags), never created here
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text + "\n")

@@ -52,7 +52,9 @@ def run() -> None:
     try:
         app()
     except SaturnError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # "[line 5]" in a message is text, not rich markup
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

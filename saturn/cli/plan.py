@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from saturn.cli import flags
+
 BASELINE_LABELS = {
     "whole_node": "whole node, sequential",
     "one_gpu": "one GPU each",
@@ -26,10 +28,12 @@ def plan_command(
     workload: Path = typer.Argument(..., help="Workload spec (YAML) with jobs and cluster.", exists=True,
                                     dir_okay=False),
     profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile table (CSV or parquet) "
-                                            "instead of the profile store (profiles/ or $SATURN_PROFILES)."),
-    time_limit: float = typer.Option(30.0, "--time-limit", help="Solver time limit in seconds."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the plan as JSON to this file ('-' = stdout)."),
-    gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart (PNG) to this file."),
+                                            "instead of the profile store ($SATURN_PROFILES, else "
+                                            "~/.cache/saturn/profiles)."),
+    time_limit: float = flags.number(30.0, "--time-limit", help="Solver time limit in seconds."),
+    json_out: Optional[Path] = flags.output_file("--json", help="Write the plan as JSON to this file ('-' = stdout).",
+                                                 stdout_ok=True),
+    gantt: Optional[Path] = flags.output_file("--gantt", help="Write a Gantt chart (PNG) to this file."),
     no_prior: bool = typer.Option(False, "--no-prior", help="Plan from profile rows only: no `estimated` "
                                   "rows from the prior cost model for options nobody measured."),
 ) -> None:

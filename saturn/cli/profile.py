@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from saturn.cli import flags
 from saturn.cli.common import console, err_console
 from saturn.errors import SaturnError
 
@@ -16,14 +17,17 @@ from saturn.errors import SaturnError
 def profile_command(
     workload: Optional[Path] = typer.Argument(
         None, help="Workload YAML. With --show and no workload: the whole store."),
-    budget_min: Optional[float] = typer.Option(
+    budget_min: Optional[float] = flags.number(
         None, "--budget-min", help="Start no new trial after this many minutes; what is skipped "
-                                   "is reported (run again later to fill it in)."),
+                                   "is reported (run again later to fill it in)"),
     force: bool = typer.Option(False, "--force", help="Re-run trials whose rows are already stored."),
     show: bool = typer.Option(False, "--show", help="Print the stored profile rows (for this "
                                                      "workload's jobs when given) and run nothing."),
     store: Optional[Path] = typer.Option(None, "--store", help="Profile store directory "
-                                         "(default: $SATURN_PROFILES or ./profiles)."),
+                                         "(default: $SATURN_PROFILES, else ~/.cache/saturn/profiles)."),
+    exhaustive: bool = typer.Option(False, "--exhaustive", help="Measure every option, also those the "
+                                    "prior shows cannot win (default: the likeliest winner of every job "
+                                    "first, then only trials that can pay for themselves)."),
 ) -> None:
     """Run a few training steps per distinct job profile x technique x GPU count and store the
     step time, peak memory and start-up time (OOM and failures are stored as infeasible)."""
@@ -40,15 +44,14 @@ def profile_command(
         return
     if workload is None:
         raise SaturnError("give a workload YAML to profile (or --show to print the store)")
-    if budget_min is not None and not budget_min > 0:
-        raise SaturnError(f"--budget-min must be a positive number of minutes, got {budget_min}")
     from saturn.api.stages import load
     from saturn.profiler.session import profile
     from saturn.spec import check_local_paths
 
     wl = load(workload)
     check_local_paths(wl)  # before any trial starts
-    rows = profile(wl, store_dir=store, budget_min=budget_min, force=force, progress=True)
+    rows = profile(wl, store_dir=store, budget_min=budget_min, force=force, progress=True,
+                   exhaustive=exhaustive)
     report = rows.attrs.get("report", {})
     print_rows(rows, title=f"{workload}: profiles")
     print_report(report)
@@ -120,10 +123,15 @@ def print_report(report: dict) -> None:
     skipped = report.get("skipped") or []
     budget = [s for s in skipped if "budget" in s["reason"]]
     if budget:
-        err_console.print(f"[yellow]time budget spent:[/] {len(budget)} trial(s)/cell(s) skipped; "
-                          "run `saturn profile` again to measure them:")
+        err_console.print(f"[yellow]time budget spent:[/] {len(budget)} trial(s)/cell(s) skipped (unmeasured, "
+                          "not infeasible: `saturn plan` uses the prior's estimates for them); run "
+                          "`saturn profile` again to measure them:")
         for s in budget[:20]:
             err_console.print(f"  {s['technique']} x{s['gpus']} {s['knobs'] or ''}")
-    other = len(skipped) - len(budget)
+    value = [s for s in skipped if s["reason"].startswith(("cannot pay for itself", "the prior expects"))]
+    if value:
+        err_console.print(f"{len(value)} option(s) not measured: by the prior they cannot pay for their trial "
+                          "(estimated in plans; `--exhaustive` measures them)")
+    other = len(skipped) - len(budget) - len(value)
     if other:
         err_console.print(f"{other} option(s) skipped as unable to win (see --show / the report)")

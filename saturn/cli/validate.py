@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from saturn.cli import flags
 from saturn.cli.common import console, write_json
 from saturn.spec import Workload, load_workload
 
@@ -31,8 +32,8 @@ def job_rows(workload: Workload) -> list[dict]:
 
 def validate_command(
     workloads: List[Path] = typer.Argument(..., help="Workload YAML file(s)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the job tables as JSON "
-                                            "to this file ('-' for stdout)."),
+    json_out: Optional[Path] = flags.output_file("--json", help="Write the job tables as JSON to this file "
+                                                 "('-' for stdout).", stdout_ok=True),
 ) -> None:
     """Validate workload specs and print the expanded jobs with their profile signatures."""
     out = {}

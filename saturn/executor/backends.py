@@ -36,8 +36,10 @@ from saturn.techniques.warm import warm_enabled
 
 @dataclass
 class BackendEvent:
-    """kind: "progress" (step, loss), "checkpoint" (step, checkpoint, loss) or "finished"
-    (status completed|interrupted|failed|oom, step, checkpoint, reason, losses)."""
+    """kind: "progress" (step, loss), "checkpoint" (step, checkpoint, loss), "finished"
+    (status completed|interrupted|failed|oom, step, checkpoint, reason, losses; durable False:
+    the checkpoint is still being written, a "durable" event follows) or "durable" (status
+    durable|lost; step/checkpoint: the one to resume from when lost; drain_s)."""
 
     kind: str
     job: str
@@ -48,6 +50,10 @@ class BackendEvent:
     checkpoint: Optional[str] = None
     reason: str = ""
     losses: list = field(default_factory=list)
+    step_time_s: Optional[float] = None  # progress: the step's own time (metrics line), when reported
+    durable: bool = True
+    phases: dict = field(default_factory=dict)  # the attempt's measured phases (training.train)
+    drain_s: Optional[float] = None
 
 
 class Backend(Protocol):
@@ -212,6 +218,8 @@ class _Proc:
     progress_path: Path
     result_path: Path
     offset: int = 0
+    spec: Optional[dict] = None  # the job's spec and length: whose checkpoints are its own
+    total_steps: Optional[int] = None
 
 
 class WallClock:
@@ -251,6 +259,10 @@ class ProcessBackend(WallClock):
     steps (progress is reported at each one; 0 = only at the end and on stop). clock_offset: run
     clock at start (resume)."""
 
+    # stop() may be called from another thread than the executor's (Orchestrator.cancel while the
+    # executor re-plans): it only signals the attempt (SIGTERM / a warm attempt's stop event)
+    thread_safe_stop = True
+
     def __init__(self, run_dir: Path, *, device_type: str = "auto", checkpoint_every: int = 0,
                  clock_offset: float = 0.0, grace_s: float = 60.0, extra_env: Optional[dict] = None,
                  warm: Optional[bool] = None, pool: Any = None):
@@ -262,6 +274,7 @@ class ProcessBackend(WallClock):
         self._t0 = time.monotonic()
         self._offset = clock_offset
         self.procs: dict[str, _Proc] = {}
+        self.finishing: dict[str, BackendEvent] = {}  # job -> its "finished" event, checkpoint draining
         self._pool = pool
         self.warm = bool(pool is not None or (warm if warm is not None else warm_enabled()))
 
@@ -272,6 +285,22 @@ class ProcessBackend(WallClock):
 
             self._pool = shared_pool(self.device_type)
         return self._pool
+
+    def launch_facts(self, node: str, slots: list[int]) -> dict[str, Any]:
+        """What a launch costs here, for the planner (`policy.LaunchFacts`): on warm workers, which
+        devices' workers are still starting (they are started now, in parallel), and that final
+        saves drain behind; cold: every launch starts its processes."""
+        if not self.warm:
+            return {"warm": False, "drains_behind": False}
+        pool = self.pool()
+        starts = pool.worker_starts([int(s) for s in slots])
+        measured = [w for w in (getattr(pool, "start_times", lambda: [])()) if w]
+        from saturn.techniques.staging import budget_bytes
+
+        return {"warm": True, "drains_behind": pool.drain_behind,
+                "worker_starts": {(node, int(s)): v for s, v in starts.items()},
+                "worker_start_s": max(measured) if measured else None,
+                "staging_budget_gb": budget_bytes() / 1e9, "node_gpus": len(slots)}
 
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         if job.info.spec is None:
@@ -296,10 +325,11 @@ class ProcessBackend(WallClock):
         offset = prog.stat().st_size if prog.exists() else 0
         if self.warm and is_warm_capable(spec["technique"]):
             h = WarmAttempt(spec, self.pool(), self.extra_env, runner_log=str(d / "runner.txt"))
-            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset)
+            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset, job.info.spec,
+                                         job.info.total_steps)
             return None  # no runner process: the attempt's workers are the pool's (they die with us)
         p = spawn_runner(spec_path, d / "runner.txt", self.extra_env)
-        self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset)
+        self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset, job.info.spec, job.info.total_steps)
         return p.pid
 
     def stop(self, job: str) -> None:
@@ -336,16 +366,48 @@ class ProcessBackend(WallClock):
                 t = self._from_wall(float(rec.get("wall", time.time())))
                 kind = "checkpoint" if rec.get("checkpoint") else "progress"
                 out.append(BackendEvent(kind, name, t, step=int(rec["step"]), loss=rec.get("loss"),
-                                        checkpoint=rec.get("checkpoint")))
+                                        checkpoint=rec.get("checkpoint"), step_time_s=_step_time(rec)))
             if code is None:
                 continue
             for rec in self._tail(pr):  # lines written just before exit
                 t = self._from_wall(float(rec.get("wall", time.time())))
                 out.append(BackendEvent("checkpoint" if rec.get("checkpoint") else "progress", name, t,
-                                        step=int(rec["step"]), loss=rec.get("loss"), checkpoint=rec.get("checkpoint")))
-            out.append(self._result(pr, code))
+                                        step=int(rec["step"]), loss=rec.get("loss"), checkpoint=rec.get("checkpoint"),
+                                        step_time_s=_step_time(rec)))
+            ev = self._result(pr, code)
+            out.append(ev)
+            if not ev.durable:
+                self.finishing[name] = ev
             del self.procs[name]
+        for name, fin in list(self.finishing.items()):
+            done = self._drained(fin)
+            if done is not None:
+                out.append(done)
+                del self.finishing[name]
         return out
+
+    def _drained(self, fin: BackendEvent) -> Optional[BackendEvent]:
+        """The "durable" event of a finishing job, once its warm worker reported the drain's end
+        (or, without a report, once the checkpoint is published on disk); None while it drains."""
+        path = str(fin.checkpoint)
+        st = self._pool.drain_state(path) if self._pool is not None else None
+        state = st["state"] if st is not None else None
+        if state == "draining":
+            return None
+        step, newest = latest_checkpoint_step(Path(path).parent)
+        if state is None:  # no report (not a pool's drain): the disk tells
+            if newest is None or os.path.normpath(newest) != os.path.normpath(path):
+                return None
+            state = "durable"
+        if state == "durable":
+            drain = (st or {}).get("drain_s")
+            return BackendEvent("durable", fin.job, self.now(), step=fin.step, status="durable",
+                                checkpoint=path, drain_s=drain if drain is not None else self.now() - fin.t)
+        why = (st or {}).get("error") or "its write failed"
+        return BackendEvent("durable", fin.job, self.now(), step=step if step is not None else 0,
+                            status="lost", checkpoint=newest,
+                            reason=f"final checkpoint {path} was lost while being written ({why}); "
+                                   f"the job resumes from {newest or 'the start'} (step {step or 0})")
 
     def _result(self, pr: _Proc, code: int) -> BackendEvent:
         now = self.now()
@@ -354,7 +416,7 @@ class ProcessBackend(WallClock):
         except (OSError, ValueError):
             res = None
         if res is None:  # the runner itself died (killed): fall back to the newest checkpoint
-            step, ckpt = latest_checkpoint_step(pr.job_dir / "ckpt")
+            step, ckpt = latest_checkpoint_step(pr.job_dir / "ckpt", pr.spec, pr.total_steps)
             return BackendEvent("finished", pr.job, now, step=step if step is not None else -1,
                                 status="failed", checkpoint=ckpt,
                                 reason=f"job runner exited with code {code}: " + log_tail(pr.job_dir / "log.txt", 800)
@@ -365,13 +427,19 @@ class ProcessBackend(WallClock):
             reason = (reason + "\n" + log_tail(pr.job_dir / "log.txt", 1500)).strip()
         return BackendEvent("finished", pr.job, now, step=int(res.get("step", 0)), status=res.get("status", "failed"),
                             checkpoint=res.get("checkpoint"), reason=reason,
-                            loss=float(losses[-1][1]) if losses else None, losses=losses)
+                            loss=float(losses[-1][1]) if losses else None, losses=losses,
+                            durable=bool(res.get("durable", True)) or not res.get("checkpoint"),
+                            phases=dict(res.get("phases") or {}))
 
     def wait(self, timeout_s: float) -> None:
         end = time.monotonic() + max(0.0, timeout_s)
         while time.monotonic() < end:
             if any(p.popen.poll() is not None for p in self.procs.values()):
                 return
+            if self._pool is not None and any(
+                    (self._pool.drain_state(str(f.checkpoint)) or {}).get("state") in ("durable", "lost")
+                    for f in self.finishing.values()):
+                return  # a drain ended
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
     def shutdown(self) -> None:
@@ -407,13 +475,24 @@ def kill_session(popen: Any) -> None:
         popen.wait(timeout=10)
 
 
-def latest_checkpoint_step(ckpt_dir: Path) -> tuple[Optional[int], Optional[str]]:
-    """(step, path) of the newest complete checkpoint in `ckpt_dir`, or (None, None)."""
+def latest_checkpoint_step(ckpt_dir: Path, job: Optional[dict] = None,
+                           total_steps: Optional[int] = None) -> tuple[Optional[int], Optional[str]]:
+    """(step, path) of the newest complete checkpoint in `ckpt_dir`, or (None, None); with `job`
+    (its spec dict) only one of that job's, within `total_steps` (saturn.techniques.checkpoint.Owner)."""
     try:
-        from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+        from saturn.techniques.checkpoint import Owner, latest_checkpoint, read_meta
     except ImportError:  # torch-less installs
         return None, None
-    path = latest_checkpoint(str(ckpt_dir))
+    path = latest_checkpoint(str(ckpt_dir), Owner.of(job, total_steps) if job else None)
     if not path:
         return None, None
     return int(read_meta(path)["step"]), path
+
+
+def _step_time(rec: dict) -> Optional[float]:
+    """A per-step metrics line's own step time (training.train writes one per step)."""
+    try:
+        f = float(rec["step_time_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None

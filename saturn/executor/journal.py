@@ -32,6 +32,7 @@ from saturn.executor.state import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    FINISHING,
     PENDING,
     RUNNING,
     STOPPING,
@@ -113,7 +114,8 @@ class Journal:
                                 (int(data["version"]), float(data["t0"]), data.get("reason", ""),
                                  float(data["plan"].get("makespan_s", 0.0)),
                                  json.dumps(data["plan"])))
-            elif kind in ("checkpoint", "finished") and data.get("checkpoint"):
+            elif kind in ("checkpoint", "finished", "durable") and data.get("checkpoint") \
+                    and data.get("durable") is not False and data.get("ok", True):
                 self.db.execute("INSERT INTO checkpoints (job, step, path, t) VALUES (?, ?, ?, ?)",
                                 (job, int(data["step"]), data["checkpoint"], float(t)))
 
@@ -211,7 +213,7 @@ def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[st
     summary["executor"] = liveness
     if liveness.get("state") == "dead":
         for j in summary.get("jobs", []):
-            if j.get("status") in ("running", "stopping"):
+            if j.get("status") in ("running", "stopping", "finishing"):
                 j["status"] = "dead"
     return summary
 
@@ -299,6 +301,8 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
             js.current.stop_requested_at = t
     elif kind == "finished" and js is not None:
         _finish(state, js, t, d)
+    elif kind == "durable" and js is not None and js.status == FINISHING:
+        _durable(js, t, d)
     elif kind == "cancel" and js is not None:
         if js.status not in (RUNNING, STOPPING):
             js.status = CANCELLED
@@ -308,6 +312,7 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
     elif kind == "job_failed" and js is not None:
         js.status = FAILED
         js.reason = d.get("reason", "")
+        js.log = d.get("log")
     elif kind == "spawned" and js is not None:
         if js.current is not None:
             js.current.pid = int(d["pid"])
@@ -322,8 +327,17 @@ def _finish(state: RunState, js: JobState, t: float, d: dict[str, Any]) -> None:
     step = int(d.get("step", js.committed_step))
     if seg is not None:
         seg.ended_at, seg.end_step, seg.status = t, step, status
+        seg.phases = dict(d.get("phases") or {})
         if seg.stop_requested_at is not None and status == "interrupted":
             js.checkpoint_obs.append(max(0.0, t - seg.stop_requested_at))
+    if status == "completed" and d.get("durable") is False and d.get("checkpoint"):
+        # GPUs free, result not yet durable: committed once the "durable" event says so
+        js.status = FINISHING
+        js.pending_checkpoint, js.pending_step = d["checkpoint"], step
+        js.progress_step = max(js.progress_step, step)
+        if d.get("loss") is not None:
+            js.loss = float(d["loss"])
+        return
     if step >= js.committed_step:
         js.committed_step = step
         js.checkpoint = d.get("checkpoint") or js.checkpoint
@@ -343,6 +357,30 @@ def _finish(state: RunState, js: JobState, t: float, d: dict[str, Any]) -> None:
         js.reason = d.get("reason", "")
         if js.stop_reason == "cancel":
             js.status = CANCELLED
+
+
+def _durable(js: JobState, t: float, d: dict[str, Any]) -> None:
+    """A finishing job's final checkpoint was published (ok) or lost while being written: then the
+    job resumes from the newest durable checkpoint the event names (no retry is charged)."""
+    seg = js.segments[-1] if js.segments else None
+    if seg is not None:
+        seg.durable_at, seg.drain_s = t, d.get("drain_s")
+    if d.get("ok"):
+        js.committed_step = max(js.committed_step, js.pending_step)
+        js.checkpoint = js.pending_checkpoint
+        js.status = COMPLETED
+        js.early_stopped = js.committed_step < js.info.total_steps
+        js.failures = 0
+    else:
+        step = int(d.get("step", js.committed_step))
+        if seg is not None:  # the attempt's steps past `step` were not kept: they run again
+            seg.end_step = min(seg.end_step if seg.end_step is not None else step, step)
+        js.committed_step = step
+        js.checkpoint = d.get("checkpoint")
+        js.progress_step = step
+        js.status = PENDING
+        js.reason = d.get("reason", "")
+    js.pending_checkpoint, js.pending_step = None, 0
 
 
 def replay(journal: Journal) -> RunState:

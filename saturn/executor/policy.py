@@ -34,7 +34,15 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from saturn.executor.state import ACTIVE, RUNNING, STOPPING, TERMINAL, JobState, RunState, option_key
+from saturn.executor.state import (
+    ACTIVE,
+    OFF_GPU,
+    RUNNING,
+    STOPPING,
+    JobState,
+    RunState,
+    option_key,
+)
 from saturn.parse import canonical_knobs as knobs_key
 from saturn.parse import num as _num
 from saturn.planner import Assignment, NodeSpec, Option, Placement, list_schedule
@@ -66,6 +74,29 @@ class OptionRow:
     gpu_type: Optional[str] = None
     checkpoint_source: Optional[str] = None  # "measured" | "estimated" (profiler)
     checkpoint_stage_s: Optional[float] = None  # blocking part of a background save
+    worker_start_s: Optional[float] = None  # starting a warm worker, measured by the trial
+    checkpoint_gb: Optional[float] = None  # host staging its background save needs (measured)
+
+
+@dataclass
+class LaunchFacts:
+    """What launching costs on this backend, as data (from `Backend.launch_facts`):
+    warm: jobs run on long-lived workers, so a launch costs the profile's `launch_s` only, and a
+        device whose worker is still starting is held for the rest of that start
+        (`worker_starts`, (node, gpu) -> seconds left); cold: every launch also starts its
+        processes (`worker_start_s`).
+    drains_behind: a one-GPU job's final save blocks only for its staging; the write goes on
+        after the job has left its GPU (saturn.techniques.checkpoint).
+    staging_budget_gb / node_gpus: the node's host staging budget, shared by its GPUs. A job
+        whose checkpoint needs more than one GPU's share cannot count on it (every GPU may drain
+        at once): its save is planned at its full, blocking cost."""
+
+    warm: bool = False
+    drains_behind: bool = False
+    worker_starts: dict = field(default_factory=dict)
+    worker_start_s: Optional[float] = None  # measured by the backend (else the profiles')
+    staging_budget_gb: Optional[float] = None
+    node_gpus: int = 1
 
 
 class Estimator:
@@ -73,12 +104,58 @@ class Estimator:
 
     def __init__(self, profiles: pd.DataFrame, checkpoint_every: int = 0):
         self.rows: dict[str, list[OptionRow]] = {}
+        # rows that are no option: job -> {(technique, gpus): (status, reason)} (why a job cannot run)
+        self.refused: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
         self.checkpoint_every = checkpoint_every  # the backend's periodic saves (steps), planned
+        self.launch = LaunchFacts()
         self.add_profiles(profiles)
+
+    def worker_start_s(self) -> float:
+        """Seconds to start a job's processes from nothing (the backend's measurement, else the
+        largest the profiler measured; 0 if neither: the profile's launch_s then holds it)."""
+        if self.launch.worker_start_s is not None:
+            return self.launch.worker_start_s
+        vals = [o.worker_start_s for lst in self.rows.values() for o in lst if o.worker_start_s]
+        return max(vals) if vals else 0.0
+
+    def final_save_s(self, o: OptionRow) -> Optional[float]:
+        """What the final save blocks: its staging when it drains behind (one GPU, and its share
+        of the node's staging budget holds it), else all of it."""
+        if o.checkpoint_s is None:
+            return None
+        if self.over_budget(o):
+            return o.checkpoint_s  # the staging budget may be full when it saves: it blocks
+        if self.launch.drains_behind and o.gpus == 1:
+            from saturn.planner.inputs import BACKGROUND_SAVE_FRACTION
+
+            return o.checkpoint_stage_s if o.checkpoint_stage_s is not None else \
+                BACKGROUND_SAVE_FRACTION * o.checkpoint_s
+        return o.checkpoint_s
+
+    def over_budget(self, o: OptionRow) -> bool:
+        """Whether its checkpoint needs more staging than one GPU's share of the node's budget."""
+        f = self.launch
+        if o.checkpoint_gb is None or f.staging_budget_gb is None:
+            return False
+        return o.checkpoint_gb > f.staging_budget_gb / max(1, f.node_gpus)
+
+    def fixed_cost(self, o: OptionRow) -> float:
+        """A fresh launch's fixed seconds on this backend: launch (+ process start when cold) +
+        the final save's blocking part."""
+        extra = 0.0 if self.launch.warm else self.worker_start_s()
+        final = self.final_save_s(o)
+        if final is None or o.checkpoint_s is None:
+            return o.startup_s + extra
+        return max(0.0, o.startup_s - o.checkpoint_s) + final + extra
 
     def add_profiles(self, profiles: pd.DataFrame) -> None:
         for r in profiles.to_dict("records"):
             if not _true(r.get("feasible", True)):
+                st = r.get("status")
+                why = r.get("reason")
+                self.refused.setdefault(str(r["job"]), {})[(str(r["technique"]), int(r["gpus"]))] = (
+                    st if isinstance(st, str) and st and st != "ok" else "infeasible",
+                    why if isinstance(why, str) else "")
                 continue
             st = _num(r.get("step_time_s"), math.nan)
             if not (st >= 0 and math.isfinite(st)):
@@ -89,10 +166,33 @@ class Estimator:
                             _num(r.get("startup_s"), 0.0), None if math.isnan(ck) else ck,
                             None if gt is None or (isinstance(gt, float) and math.isnan(gt)) else str(gt),
                             r["checkpoint_source"] if isinstance(r.get("checkpoint_source"), str) else None,
-                            _opt(r.get("checkpoint_stage_s")))
+                            _opt(r.get("checkpoint_stage_s")), _opt(r.get("worker_start_s")),
+                            _opt(r.get("checkpoint_gb")))
             lst = self.rows.setdefault(str(r["job"]), [])
             lst[:] = [x for x in lst if (x.technique, x.knobs, x.gpus, x.gpu_type) !=
                       (row.technique, row.knobs, row.gpus, row.gpu_type)] + [row]
+
+    def why_no_option(self, js: JobState, cluster_gpus: int) -> str:
+        """Why `js` has no option left, option by option, claiming OOM only where it was OOM."""
+        info = js.info
+        allowed = [o for o in self.rows.get(js.name, []) if (not info.techniques or o.technique in info.techniques)
+                   and (not info.gpus or o.gpus in info.gpus)]
+        parts = []
+        if js.infeasible:
+            parts.append("ran out of memory at run time (OOM) with " + ", ".join(
+                k.replace("|", "×") for k in sorted(js.infeasible)))
+        refused = {k: v for k, v in self.refused.get(js.name, {}).items()
+                   if (not info.techniques or k[0] in info.techniques) and (not info.gpus or k[1] in info.gpus)}
+        for (tech, g), (status, why) in sorted(refused.items()):
+            label = {"oom": "out of memory (OOM) when profiled", "failed": "failed when profiled",
+                     "timeout": "timed out when profiled"}.get(status, "infeasible")
+            parts.append(f"{tech}×{g}: {label}" + (f": {why.strip()}" if why.strip() else ""))
+        if not allowed and not refused and not js.infeasible:
+            if info.gpus and min(info.gpus) > cluster_gpus:
+                return (f"it needs {min(info.gpus)} GPUs (gpus: {info.gpus}) and the largest node has "
+                        f"{cluster_gpus}: more GPUs than the cluster has")
+            return "no profile rows for it (not profiled); run `saturn profile` or pass --profiles"
+        return "no runnable option: " + "; ".join(parts) if parts else "no runnable option"
 
     def options(self, js: JobState) -> list[OptionRow]:
         info = js.info
@@ -140,7 +240,7 @@ class Estimator:
         if js.startup_obs:
             return sum(js.startup_obs[-3:]) / len(js.startup_obs[-3:])
         p = self.profiled(js, technique, gpus, knobs)
-        return p.startup_s if p is not None else 0.0
+        return self.fixed_cost(p) if p is not None else 0.0
 
     def checkpoint_cost(self, js: JobState) -> float:
         if js.checkpoint_obs:
@@ -176,7 +276,7 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
     may switch; `planner_inputs_around_running` is the variant in which none moves)."""
     jobs, rows = [], []
     for js in state.jobs.values():
-        if js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
+        if js.status in OFF_GPU or (js.status == STOPPING and js.stop_reason != "switch"):
             continue
         steps = js.live_remaining_steps if js.status == RUNNING else js.remaining_steps
         if steps <= 0:
@@ -201,10 +301,13 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
             else:
                 startup = est.startup(js, o.technique, o.gpus, o.knobs)
             split = {}  # a fresh job on its profiled fixed cost: launch + final save, by phase
-            if fresh and o.checkpoint_s is not None and startup >= o.checkpoint_s:
-                split = {"launch_s": startup - o.checkpoint_s, "checkpoint_s": o.checkpoint_s,
-                         "checkpoint_source": o.checkpoint_source,
-                         "checkpoint_stage_s": o.checkpoint_stage_s}
+            final = est.final_save_s(o)
+            if fresh and final is not None and startup >= final:
+                behind = final != o.checkpoint_s
+                split = {"launch_s": startup - final, "checkpoint_s": final,
+                         "checkpoint_source": ("estimated" if behind and o.checkpoint_stage_s is None
+                                               else o.checkpoint_source),
+                         "checkpoint_stage_s": o.checkpoint_s if est.over_budget(o) else o.checkpoint_stage_s}
             rows.append({"job": js.name, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
                          "step_time_s": st, "startup_s": startup, "feasible": True,
                          "gpu_type": o.gpu_type, **split})
@@ -216,6 +319,7 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
 
 # ------------------------------------------------------------------------------------ retiming
 CHECKPOINT_SUFFIX = "@checkpoint"  # pseudo-job holding a checkpointing job's old GPUs
+WORKER_START_SUFFIX = "@worker-start"  # pseudo-job holding a GPU whose warm worker is starting
 
 
 def _checkpoint_left(js: JobState, est: Estimator, now: float) -> float:
@@ -248,12 +352,27 @@ def held_gpus(state: RunState, est: Estimator, now: float, moved: Iterable[str] 
             if left > 1e-9:
                 out.append(Assignment(js.name + CHECKPOINT_SUFFIX, seg.technique, dict(seg.knobs), seg.node,
                                       list(seg.gpus), 0.0, left))
+    return out + worker_start_blocks(state, est)
+
+
+def worker_start_blocks(state: RunState, est: Estimator) -> list[Assignment]:
+    """Devices whose warm worker is still starting, held for the rest of that start as pseudo-jobs
+    `<node>:<gpu>@worker-start` (not launched, dropped like checkpoint pseudo-jobs): the first job
+    planned there starts after it, every later one pays only the warm launch."""
+    busy = state.busy_gpus()
+    out = []
+    for (node, gpu), left in sorted(est.launch.worker_starts.items()):
+        left = est.worker_start_s() if left is None else float(left)
+        if left > 1e-9 and (node, int(gpu)) not in busy:
+            out.append(Assignment(f"{node}:{gpu}{WORKER_START_SUFFIX}", "worker-start", {}, node,
+                                  [int(gpu)], 0.0, left))
     return out
 
 
 def is_checkpoint(a: Any) -> bool:
+    """A pseudo-job of `held_gpus` (a checkpoint or a worker start): held time, never launched."""
     job = a["job"] if isinstance(a, Mapping) else a.job
-    return str(job).endswith(CHECKPOINT_SUFFIX)
+    return str(job).endswith((CHECKPOINT_SUFFIX, WORKER_START_SUFFIX))
 
 
 def planner_inputs_around_running(state: RunState, est: Estimator, now: float
@@ -354,7 +473,7 @@ def choices_from_plan(plan: Optional[dict], state: RunState) -> list[Choice]:
     out = []
     for a in sorted(plan.get("assignments", []), key=lambda a: (a["start_s"], a["job"])):
         js = state.jobs.get(a["job"])
-        if js is None or js.status in TERMINAL or (js.status == STOPPING and js.stop_reason != "switch"):
+        if js is None or js.status in OFF_GPU or (js.status == STOPPING and js.stop_reason != "switch"):
             continue
         out.append(Choice(a["job"], a["technique"], dict(a.get("knobs") or {}), len(a["gpus"]), a.get("node")))
     return out
@@ -364,7 +483,7 @@ def covers(plan_choices: Sequence[Choice], state: RunState, est: Estimator) -> b
     """Whether a plan still has a feasible option for every unfinished, not-running job."""
     have = {c.job: c for c in plan_choices}
     for js in state.jobs.values():
-        if js.status in TERMINAL or js.status == RUNNING:
+        if js.status in OFF_GPU or js.status == RUNNING:
             continue
         c = have.get(js.name)
         if c is None or option_key(c.technique, c.gpus) in js.infeasible:
@@ -446,7 +565,7 @@ def ready_to_launch(plan: Optional[dict], state: RunState) -> list[dict]:
             if b["node"] != a["node"] or not gpus & {(b["node"], int(g)) for g in b["gpus"]}:
                 continue
             bj = state.jobs.get(b["job"])
-            if bj is not None and bj.status not in TERMINAL:
+            if bj is not None and bj.status not in OFF_GPU:  # a finishing job's GPUs are free
                 blocked = True
                 break
         if not blocked:

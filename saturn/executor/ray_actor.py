@@ -125,7 +125,8 @@ class _JobAttempt:
         if res is not None:
             res["checkpoint"] = self._ckpt_out(res.get("checkpoint"))
         else:
-            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]))
+            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]), self.spec["job"],
+                                                int(self.spec["start_step"]) + int(self.spec["num_steps"]))
             out["fallback"] = [step, self._ckpt_out(path)]
         out.update(done=True, result=res)
         self.done_payload = dict(out, records=[], logs={"log": "", "runner": ""})
@@ -147,7 +148,9 @@ class _NodeAgent:
     def __init__(self, device_type: str, env: Optional[dict] = None):
         from saturn.techniques.warm import WarmPool
 
-        self.pool = WarmPool(device_type, env=env)
+        # final saves are written before an attempt returns: the driver uploads and reports a
+        # checkpoint as soon as the attempt ends (no "finishing" state on Ray yet)
+        self.pool = WarmPool(device_type, env=env, drain_behind=False)
         self.atts: dict[str, _JobAttempt] = {}
 
     def start(self, key: str, spec: dict, store: str, scratch: str) -> None:

@@ -15,6 +15,8 @@ calls this module: `saturn.executor.build.resolve_cluster` does, when a run or p
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -48,6 +50,7 @@ def connect(address: Optional[str] = "auto", **init_kwargs: Any):
     ray = require_ray()
     if ray.is_initialized():
         return ray
+    probe_address(address)
     try:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                  logging_level=logging.WARNING, **init_kwargs)
@@ -55,6 +58,47 @@ def connect(address: Optional[str] = "auto", **init_kwargs: Any):
         raise RayUnavailableError(f"no Ray cluster at {address!r}: {exc}. Start one (`ray start --head`, "
                                   "`ray up cluster.yaml`, KubeRay) or set cluster.ray.address") from exc
     return ray
+
+
+PROBE_TIMEOUT_S = 5.0
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def probe_address(address: Optional[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse, within about 2 x `timeout_s`, a Ray address where no Ray server answers.
+
+    Why before `ray.init`: given an unreachable GCS address, ray.init retries inside C++ for minutes
+    ("Failed to connect to GCS") and, stuck there, never runs the Python SIGTERM handler it installed,
+    so not even SIGTERM stops the process. Ray's GCS and its client server (ray://) speak gRPC, i.e.
+    HTTP/2, whose server opens with a SETTINGS frame: we connect, send the HTTP/2 preface and want that
+    frame back. `auto` / None probe $RAY_ADDRESS when it is set (Ray connects there); otherwise they,
+    like `local`, are found or started by Ray itself and not probed."""
+    if not address or address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or None
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep or not port_text.isdigit():
+        return  # not host:port: let Ray interpret it
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        sock = socket.create_connection((host, int(port_text)), timeout=timeout_s)
+    except OSError as exc:
+        raise RayUnavailableError(
+            f"no Ray cluster at {address!r}: cannot connect to {host}:{port_text} ({exc.strerror or exc}). Start one "
+            "(`ray start --head`, `ray up cluster.yaml`, KubeRay) or fix cluster.ray.address") from None
+    with sock:
+        try:
+            sock.settimeout(timeout_s)
+            sock.sendall(_H2_PREFACE)
+            head = sock.recv(9)
+        except OSError:  # no answer within the timeout, or the peer hung up
+            head = b""
+    if len(head) < 4 or head[3] != 0x04:  # frame type 4 = SETTINGS
+        raise RayUnavailableError(
+            f"no Ray cluster at {address!r}: {host}:{port_text} accepts connections but does not answer as a "
+            "Ray (gRPC) server; check the port (the GCS port is 6379 by default, ray:// clients use 10001)")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,9 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
         end = max((s.ended_at if s.ended_at is not None else last_t for s in segs), default=None)
         for s in segs:
             busy += ((s.ended_at if s.ended_at is not None else last_t) - s.launched_at) * len(s.gpus)
-        if end is not None:
-            end_all = max(end_all, end)
+        durable = max((s.durable_at for s in segs if s.durable_at is not None), default=None)
+        if end is not None:  # the run ends when its last result is durable (drains behind)
+            end_all = max(end_all, end, durable or 0.0, last_t if js.status == "finishing" else 0.0)
         p = planned.get(js.name)
         pred = (p["end_s"] - p["start_s"]) if p else None
         actual = (sum(((s.ended_at if s.ended_at is not None else last_t) - s.launched_at) for s in segs)
@@ -57,7 +58,10 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                      "technique": cur.technique if cur else None, "gpus": len(cur.gpus) if cur else None,
                      "attempts": len(segs), "loss": js.loss, "start_s": start, "end_s": end,
                      "planned_runtime_s": pred, "actual_runtime_s": actual, "prediction_error": err,
+                     "durable_s": durable, "phases": attempt_phases(segs),
                      "reason": js.reason[-300:] if js.reason else "",
+                     "cause": failure_cause(js.reason) if js.status == "failed" else "",
+                     "log": js.log if js.log and Path(js.log).exists() else _existing_log(run_dir, js.name),
                      "group": next((s.knobs["group"] for s in reversed(segs) if s.knobs.get("group")), None)})
     groups: dict[str, list[str]] = {}  # SHARP groups the members ran in (saturn.executor.sharp_dispatch)
     for j in jobs:
@@ -72,8 +76,70 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,  # old name
             "device_utilization": journal.get_meta("device_utilization"),
             "done": state.done(), "total_gpus": total_gpus, "sharp_groups": groups,
+            # what the executor warned about (skipped checkpoints, bogus steps): the run's own output
+            "warnings": [{"job": d.get("job"), "text": d.get("text", "")} for _, kind, d in journal.events()
+                         if kind == "warning"] + _damaged_metrics(run_dir, state),
             "data": _data_summary(run_dir),  # data-wait phase + input tuner decisions (saturn.data)
             **phase_summary(state, first, makespan, total_gpus, last_t)}
+
+
+def failure_cause(reason: str) -> str:
+    """The line of a failure's text that names its cause (an exception line such as
+    `TypeError: ...`, else the first line), at most 400 characters."""
+    lines = [x.strip() for x in (reason or "").splitlines() if x.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if "Error" not in first and "Exception" not in first:
+        for x in lines[1:]:
+            if ("Error:" in x or "Exception:" in x or x.startswith("Killed")) and not x.startswith("File "):
+                first = f"{first} ... {x}"
+                break
+    return first[:400]
+
+
+def _damaged_metrics(run_dir: Union[str, Path], state: RunState) -> list[dict[str, Any]]:
+    """A warning per job whose metrics.jsonl has lines that cannot be read (they are skipped)."""
+    from saturn.executor.metrics import METRICS_FILE, bad_lines
+
+    out = []
+    for name in state.jobs:
+        p = Path(run_dir) / "jobs" / name / METRICS_FILE
+        n = bad_lines(p)
+        if n:
+            out.append({"job": name, "text": f"{p}: {n} undecodable line(s) skipped (damaged file)"})
+    return out
+
+
+def _existing_log(run_dir: Union[str, Path], job: str) -> Optional[str]:
+    """The job's newest log file that exists (error.txt, log.txt, runner.txt), or None."""
+    d = Path(run_dir) / "jobs" / job
+    for name in ("error.txt", "log.txt", "runner.txt"):
+        if (d / name).exists():
+            return str(d / name)
+    return None
+
+
+ATTEMPT_PHASES = ("launch_s", "steps_s", "checkpoint_block_s", "save_block_s")
+
+
+def attempt_phases(segs: list) -> Optional[dict[str, Any]]:
+    """A job's phases as its attempts measured them (summed over attempts): launch_s (launch ->
+    training loop), steps_s (the loop, less the periodic saves' blocking), checkpoint_block_s
+    (periodic saves' blocking: staging + waiting for the staging budget), save_block_s (the final
+    save's blocking), drain_s (writing the final checkpoint behind, after the slot was free;
+    None if nothing drained) and finishing_s (slot free -> result durable). None if no attempt
+    reported them (simulations, killed attempts, older runs)."""
+    rows = [s for s in segs if s.phases]
+    if not rows:
+        return None
+    out: dict[str, Any] = {k: round(sum(float(s.phases.get(k) or 0.0) for s in rows), 4)
+                           for k in ATTEMPT_PHASES}
+    drains = [s for s in segs if s.durable_at is not None and s.ended_at is not None]
+    out["drain_s"] = (round(sum(float(s.drain_s if s.drain_s is not None else s.durable_at - s.ended_at)
+                                for s in drains), 4) if drains else None)
+    out["finishing_s"] = round(sum(s.durable_at - s.ended_at for s in drains), 4) if drains else None
+    return out
 
 
 def _data_summary(run_dir: Union[str, Path]) -> dict[str, Any]:
@@ -124,8 +190,9 @@ def phase_summary(state: RunState, plan: dict, makespan: float, total_gpus: int,
         plan_row = {k: (sum(float(plan_ph[p]["s"]) for p in parts if p in plan_ph) if plan_ph else None)
                     for k, parts in PLANNED_AS.items()}
         sources = sorted({str(v.get("source")) for v in plan_ph.values()} - {"measured", "none"})
+        measured = attempt_phases(js.segments) or {}
         rows.append({"job": js.name, "planned": plan_row, "actual": actual if known else None,
-                     "planned_sources": sources})
+                     "planned_sources": sources, "drain_s": measured.get("drain_s")})
     goodput = train_gpu_s / (makespan * total_gpus) if makespan > 0 else None
     return {"phases": rows, "goodput": goodput, "train_gpu_s": train_gpu_s,
             "goodput_complete": measured_all}
@@ -136,12 +203,12 @@ def print_phases(console: Any, s: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title="where the time went (planned / actual)")
-    for col in ("job", "launch", "training steps", "saves + teardown", "plan rests on"):
+    for col in ("job", "launch", "training steps", "saves + teardown", "draining (GPU free)", "plan rests on"):
         t.add_column(col)
     for r in s.get("phases", []):
         p, a = r["planned"], r["actual"] or {}
         t.add_row(r["job"], *[f"{fmt_s(p.get(k))} / {fmt_s(a.get(k))}" for k in PHASES],
-                  ", ".join(r["planned_sources"]) or "measured")
+                  fmt_s(r.get("drain_s")), ", ".join(r["planned_sources"]) or "measured")
     console.print(t)
     g = s.get("goodput")
     note = "" if s.get("goodput_complete") else " (some attempts lack progress reports: a lower bound)"
@@ -190,7 +257,7 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saturn.planner.gantt import draw_bars, job_colors, save_figure
+    from saturn.planner.gantt import draw_bars, draw_phases, job_colors, plan_phase_parts, save_figure, sequential_spans
 
     state, journal = load_run(run_dir)
     plans = journal.plans()
@@ -204,12 +271,44 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
                               f"{a['technique']}x{len(a['gpus'])}") for a in plans[0]["plan"]["assignments"]]
                if plans else []),
               ("actual", [(js.name, s.node, s.gpus, s.launched_at, s.ended_at if s.ended_at is not None else last_t,
-                           f"{s.technique}x{len(s.gpus)}") for js in state.jobs.values() for s in js.segments])]
-    for ax, (title, bars) in zip(axes, panels):
+                           f"{s.technique}x{len(s.gpus)}" + (f" {s.status}" if s.status in ("failed", "oom") else ""))
+                          for js in state.jobs.values() for s in js.segments])]
+    spans = [[(a["node"], a["gpus"], ph, s0, s1) for a in plans[0]["plan"]["assignments"] if a.get("phases")
+              for ph, s0, s1 in sequential_spans(t0 + a["start_s"], t0 + a["end_s"],
+                                                 plan_phase_parts(a["phases"]))] if plans else [],
+             [sp for js in state.jobs.values() for s in js.segments for sp in segment_spans(s, last_t)]]
+    for ax, (title, bars), sp in zip(axes, panels, spans):
         draw_bars(ax, bars, rows, colors, min_label_frac=0.0)
+        draw_phases(ax, sp, rows)
         ax.set_title(title)
-    axes[-1].set_xlabel("seconds since run start")
+    # failed jobs (some never ran an attempt, so have no bar): named with their cause under the chart
+    failed = [f"FAILED {js.name}: {failure_cause(js.reason)[:150]}"
+              for js in state.jobs.values() if js.status == "failed"]
+    axes[-1].set_xlabel("\n".join(["seconds since run start", *failed]), fontsize=8 if failed else None)
     return save_figure(fig, out)
+
+
+def segment_spans(seg: Any, last_t: float) -> list[tuple]:
+    """One attempt's phases on the run clock, for the Gantt chart: what the attempt measured
+    (launch, steps incl. periodic saves' blocking, final save's blocking, the rest = teardown),
+    else what its progress reports show; plus its checkpoint draining after it left the GPU."""
+    from saturn.planner.gantt import sequential_spans
+
+    end = seg.ended_at if seg.ended_at is not None else last_t
+    ph = seg.phases or {}
+    if ph:
+        parts = [("launch", ph.get("launch_s", 0.0)),
+                 ("steps", float(ph.get("steps_s") or 0.0) + float(ph.get("checkpoint_block_s") or 0.0)),
+                 ("save", ph.get("save_block_s", 0.0))]
+    else:
+        est = segment_phases(seg, last_t)
+        if est is None:
+            return []
+        parts = [("launch", est["launch"]), ("steps", est["steps"])]
+    out = [(seg.node, seg.gpus, name, a, b) for name, a, b in sequential_spans(seg.launched_at, end, parts)]
+    if seg.ended_at is not None and seg.durable_at is not None and seg.durable_at > seg.ended_at:
+        out.append((seg.node, seg.gpus, "draining", seg.ended_at, seg.durable_at))
+    return out
 
 
 def fmt_s(x: Optional[float]) -> str:

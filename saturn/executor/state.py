@@ -11,11 +11,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-# Job lifecycle. pending -> running -> (stopping ->) pending | completed | failed | cancelled.
-PENDING, RUNNING, STOPPING = "pending", "running", "stopping"
+# Job lifecycle. pending -> running -> (stopping ->) pending | completed | failed | cancelled;
+# running -> finishing -> completed (its final checkpoint written) | pending (the write was lost:
+# it resumes from its last durable checkpoint). A finishing job holds no GPU.
+PENDING, RUNNING, STOPPING, FINISHING = "pending", "running", "stopping", "finishing"
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 TERMINAL = (COMPLETED, FAILED, CANCELLED)
 ACTIVE = (RUNNING, STOPPING)
+OFF_GPU = TERMINAL + (FINISHING,)  # done with its GPUs (plan successors may start)
 
 
 @dataclass
@@ -62,6 +65,9 @@ class Segment:
     startup_s: Optional[float] = None  # measured launch -> first step
     pid: Optional[int] = None  # the job runner's process id (real runs)
     progress_offset: Optional[int] = None  # size of the job's progress.jsonl at launch (metrics reconcile)
+    phases: dict = field(default_factory=dict)  # measured by the attempt: launch_s, steps_s, *_block_s
+    durable_at: Optional[float] = None  # its final checkpoint was published (drained behind)
+    drain_s: Optional[float] = None  # how long that background write took
 
 
 @dataclass
@@ -74,6 +80,7 @@ class JobState:
     loss: Optional[float] = None
     failures: int = 0  # crashes, minus one per checkpoint committed past the committed step (retry rule)
     reason: str = ""
+    log: Optional[str] = None  # a failed job: the file holding its cause (RUN/jobs/<job>/error.txt)
     segments: list[Segment] = field(default_factory=list)
     # step-time observations: (technique, gpus) -> (seconds, steps) of measured stepping
     observed: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -82,6 +89,8 @@ class JobState:
     infeasible: set[str] = field(default_factory=set)  # "technique|gpus" found OOM at run time
     stop_reason: str = ""  # why a stop was requested: "switch" | "cancel" | "shutdown"
     early_stopped: bool = False  # completed before total_steps (e.g. stopped by an HPO algorithm)
+    pending_checkpoint: Optional[str] = None  # finishing: the final checkpoint being written
+    pending_step: int = 0  # ... and its step
 
     @property
     def name(self) -> str:
@@ -150,6 +159,9 @@ class RunState:
     switches: int = 0
     started_wall: float = 0.0
     clock_offset: float = 0.0  # run-clock time already spent before this process (resume)
+
+    def finishing(self) -> list[JobState]:
+        return [j for j in self.jobs.values() if j.status == FINISHING]
 
     def busy_gpus(self) -> dict[tuple[str, int], str]:
         """(node, gpu) -> job for every running/stopping job."""

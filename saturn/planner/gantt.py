@@ -1,4 +1,6 @@
-"""Gantt chart of a plan: one row per GPU, one labelled bar per job (matplotlib, Agg backend).
+"""Gantt chart of a plan: one row per GPU, one labelled bar per job (matplotlib, Agg backend),
+with each job's phases drawn inside its bar (`draw_phases`): launch, training steps, the blocking
+part of its saves, teardown, and (run charts) the checkpoint draining behind after the GPU is free.
 
 Imported lazily by the CLI so that planning never pays for matplotlib.
 """
@@ -33,6 +35,67 @@ def draw_bars(ax: Any, bars: Sequence[Bar], rows: Sequence[tuple[str, int]], col
     ax.invert_yaxis()
 
 
+Span = tuple  # (node, gpu ids, phase, start_s, end_s)
+# Overlays on the job's colour ("steps" has none: the plain bar is training). Draining is a strip
+# at the bottom of the row: the GPU is free then, and the next job's bar may already be there.
+PHASE_STYLE: dict[str, dict[str, Any]] = {"launch": {"color": "white", "alpha": 0.6, "hatch": "//", "label": "launch"},
+               "save": {"color": "black", "alpha": 0.45, "hatch": "xx", "label": "save (blocking)"},
+               "teardown": {"color": "white", "alpha": 0.35, "hatch": "..", "label": "teardown"},
+               "draining": {"color": "black", "alpha": 0.85, "hatch": "", "label": "checkpoint draining"}}
+
+
+def sequential_spans(start: float, end: float, parts: Sequence[tuple[str, float]],
+                     rest: str = "teardown") -> list[tuple[str, float, float]]:
+    """Phases laid end to end from `start`, clipped at `end`; what is left before `end` is `rest`
+    (unmeasured time: teardown, result hand-off)."""
+    out, t = [], start
+    for name, secs in parts:
+        e = min(end, t + max(0.0, float(secs or 0.0)))
+        if e > t:
+            out.append((name, t, e))
+        t = e
+    if end - t > 1e-6 * max(1.0, end - start):
+        out.append((rest, t, end))
+    return out
+
+
+def plan_phase_parts(phases: dict) -> list[tuple[str, float]]:
+    """A plan assignment's phases ({phase: {"s", "source"}}) in time order, as drawn."""
+    def sec(k: str) -> float:
+        v = phases.get(k) or {}
+        return float(v.get("s", 0.0)) if isinstance(v, dict) else float(v or 0.0)
+
+    return [("launch", sec("launch")), ("steps", sec("steps") + sec("checkpoints")),
+            ("save", sec("final_save"))]
+
+
+def draw_phases(ax: Any, spans: Sequence[Span], rows: Sequence[tuple[str, int]]) -> None:
+    """Overlay phases on the bars drawn by `draw_bars`, and a legend of those present."""
+    from matplotlib.patches import Patch
+
+    y = {r: i for i, r in enumerate(rows)}
+    seen = []
+    for node, gpus, phase, start, end in spans:
+        st = PHASE_STYLE.get(phase)
+        if st is None or end <= start:
+            continue
+        if phase not in seen:
+            seen.append(phase)
+        for g in gpus:
+            row = y.get((node, int(g)), 0)
+            if phase == "draining":
+                ax.barh(row + 0.3, end - start, left=start, height=0.16, color=st["color"],
+                        alpha=st["alpha"], linewidth=0)
+            else:
+                ax.barh(row, end - start, left=start, height=0.8, color=st["color"], alpha=st["alpha"],
+                        hatch=st["hatch"], edgecolor="black", linewidth=0)
+    if seen:
+        handles = [Patch(facecolor=PHASE_STYLE[p]["color"], alpha=PHASE_STYLE[p]["alpha"],
+                         hatch=PHASE_STYLE[p]["hatch"], edgecolor="black", label=PHASE_STYLE[p]["label"])
+                   for p in PHASE_STYLE if p in seen]
+        ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.8)
+
+
 def job_colors(jobs: Iterable[str]) -> dict:
     import matplotlib.pyplot as plt
 
@@ -54,6 +117,9 @@ def save_gantt(plan: Union[Plan, dict], cluster: Any, path: Union[str, Path], ti
     bars = [(a.job, a.node, a.gpus, a.start_s, a.start_s + a.duration_s,
              f"{a.technique}×{len(a.gpus)}") for a in p.assignments]
     draw_bars(ax, bars, rows, job_colors(a.job for a in p.assignments))
+    draw_phases(ax, [(a.node, a.gpus, ph, s0, s1) for a in p.assignments if a.phases
+                     for ph, s0, s1 in sequential_spans(a.start_s, a.start_s + a.duration_s,
+                                                        plan_phase_parts(a.phases))], rows)
     ax.set_xlabel("time (s)")
     ax.axvline(p.makespan_s, color="red", linestyle="--", linewidth=1)
     if p.lower_bound_s:

@@ -1,6 +1,6 @@
 """Valid lower bounds on the makespan, used to report plan quality (makespan / bound).
 
-`simple_bound` is the textbook one from SPASE.md: max(longest job at its fastest option,
+`simple_bound` is the textbook one from the SPASE paper: max(longest job at its fastest option,
 total minimal GPU-area / total GPUs). `allotment_bound` is never weaker and still valid: in a plan
 of makespan C every job runs an option of runtime <= C, so it occupies at least the least area
 among *those* options, hence C >= sum_j min{area_o : runtime_o <= C} / total GPUs. The smallest C

@@ -172,6 +172,56 @@ class Plan:
         return cls.from_dict(json.loads(p.read_text() if p else str(text_or_path)))
 
 
+def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None) -> Plan:
+    """The plan in `path` (from `saturn plan --json`), refused (SaturnError, exit 2) when it does not
+    parse or does not fit this workload: every job planned exactly once, no job of another workload,
+    nodes and GPU ids of this cluster. Checked before any work, so `saturn run --plan` never starts
+    from another workload's plan."""
+    from saturn.errors import SaturnError
+
+    where = f"--plan {path}"
+    try:
+        d = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SaturnError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SaturnError(f"{where}: not valid JSON ({exc}); write it with `saturn plan W.yaml --json FILE`") from None
+    try:
+        if not isinstance(d, dict) or not isinstance(d.get("assignments"), list):
+            raise TypeError("no `assignments` list")
+        plan = Plan.from_dict(d)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise SaturnError(f"{where}: not a Saturn plan ({type(exc).__name__}: {exc}); write it with "
+                          "`saturn plan W.yaml --json FILE`") from None
+    names = [str(getattr(j, "name", j)) for j in jobs]
+    planned = [a.job for a in plan.assignments]
+    foreign = sorted(set(planned) - set(names))
+    missing = sorted(set(names) - set(planned))
+    twice = sorted({j for j in planned if planned.count(j) > 1})
+    problems = []
+    if foreign:
+        problems.append(f"it plans job(s) not in this workload: {', '.join(foreign[:5])}"
+                        + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else ""))
+    if missing:
+        problems.append(f"it lacks job(s) of this workload: {', '.join(missing[:5])}"
+                        + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+    if twice:
+        problems.append(f"it plans job(s) more than once: {', '.join(twice[:5])}")
+    nodes = {n.name: n.gpus for n in (getattr(cluster, "nodes", None) or [])}
+    if nodes:
+        for a in plan.assignments:
+            if a.node not in nodes:
+                problems.append(f"job {a.job} is planned on node {a.node!r}, not in this cluster ({', '.join(nodes)})")
+                break
+            if any(not 0 <= g < nodes[a.node] for g in a.gpus) or not a.gpus:
+                problems.append(f"job {a.job} is planned on GPUs {a.gpus} of node {a.node}, which has {nodes[a.node]}")
+                break
+    if problems:
+        raise SaturnError(f"{where} does not match this workload: {'; '.join(problems)}. Make the plan for this "
+                          "workload with `saturn plan W.yaml --json FILE`, or leave --plan out")
+    return plan
+
+
 def _provenance_summary(assignments: list) -> dict:
     from saturn.planner.provenance import summary
 

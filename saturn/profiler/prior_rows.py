@@ -23,7 +23,8 @@ import pandas as pd
 
 from saturn.parse import canonical_knobs
 from saturn.parse import num as _num
-from saturn.profiles.prior import Calibration, Estimate, MachineRates, ModelShape, estimate
+from saturn.planner.provenance import is_measured
+from saturn.profiles.prior import Calibration, Estimate, MachineRates, ModelShape, estimate, launch_extra_s
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ MODELLED_TECHNIQUES = ("ddp", "fsdp", "zero", "pipeline", "spilling")  # what sa
 ESTIMATED_SOURCE = "estimated"  # the row's `source` starts with it (saturn.planner.provenance)
 DEFAULT_LAUNCH_S = {"cpu": 1.0}
 DEFAULT_GPU_LAUNCH_S = 10.0
-MEASURED_PREFIXES = ("profiler", "measured", "executor", "observed")
 _shape_cache: dict[str, Optional[ModelShape]] = {}
 
 
@@ -103,9 +103,9 @@ def row_shape(row: dict, by_signature: dict[str, ModelShape]) -> Optional[ModelS
 
 
 # ---------------------------------------------------------------------------- calibration
-def is_measured(row: dict) -> bool:
-    src = str(row.get("source") or "").strip().lower()
-    return src.startswith(MEASURED_PREFIXES)
+def measured_ok(row: dict) -> bool:
+    """A measured row with a usable step time (the rows that calibrate the prior)."""
+    return is_measured(row) and _ok(row)
 
 
 def _ok(row: dict) -> bool:
@@ -129,7 +129,7 @@ def calibration_ratios(rows: Iterable[dict], shapes: dict[str, ModelShape],
     """(technique, device kind, measured / uncalibrated estimate, row) for each usable measured row."""
     out = []
     for r in rows:
-        if not (is_measured(r) and _ok(r)):
+        if not measured_ok(r):
             continue
         shape = row_shape(r, shapes)
         kind = str(r.get("gpu_type") or "")
@@ -160,10 +160,10 @@ def _cells(job: Any, max_gpus: int) -> list[tuple[str, Any]]:
     return out
 
 
-def _launch_s(table: pd.DataFrame, technique: str, gpu_type: str) -> float:
+def _launch_s(records: list[dict], technique: str, gpu_type: str) -> float:
     """Median measured launch cost of this technique (else any) on this GPU type."""
-    if len(table) and "launch_s" in table.columns:
-        rows = [r for r in table.to_dict("records") if is_measured(r)
+    if records:
+        rows = [r for r in records if is_measured(r)
                 and str(r.get("gpu_type") or "").lower() == gpu_type.lower() and _num(r.get("launch_s"), -1) >= 0]
         for pick in ([r for r in rows if r["technique"] == technique], rows):
             vals = [_num(r["launch_s"]) for r in pick]
@@ -173,13 +173,18 @@ def _launch_s(table: pd.DataFrame, technique: str, gpu_type: str) -> float:
 
 
 def best_estimate(shape: ModelShape, technique: str, candidates: list[dict], gpus: int, rates: MachineRates,
-                  gpu_memory_gb: float, factor: float) -> tuple[dict, Estimate]:
-    """The candidate the prior expects fastest among those that fit (else the leanest one)."""
-    ests = [(c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, factor)) for c in candidates]
-    fits = [ce for ce in ests if ce[1].feasible]
+                  gpu_memory_gb: float, factor_for: Callable[[dict], tuple[float, str]], steps: float = 1.0
+                  ) -> tuple[dict, Estimate, str]:
+    """The candidate the prior expects to finish `steps` steps soonest (its start-up included)
+    among those that fit (else the leanest one), its estimate and what its calibration rests on."""
+    ests = []
+    for c in candidates:
+        f, why = factor_for(c)
+        ests.append((c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, f), why))
+    fits = [e for e in ests if e[1].feasible]
     if fits:
-        return min(fits, key=lambda ce: ce[1].step_time_s)
-    return min(ests, key=lambda ce: ce[1].peak_mem_gb)
+        return min(fits, key=lambda e: steps * e[1].step_time_s + launch_extra_s(e[0]))
+    return min(ests, key=lambda e: e[1].peak_mem_gb)
 
 
 def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, MachineRates],
@@ -195,14 +200,12 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
     types: dict[str, float] = {}
     for n in nodes:
         types[str(n.gpu_type)] = max(types.get(str(n.gpu_type), 0.0), float(n.gpu_memory_gb))
-    covered = set()
-    if len(table):
-        for r in table.to_dict("records"):
-            covered.add((str(r.get("signature")), str(r.get("technique")), int(r.get("gpus") or 0),
-                         str(r.get("gpu_type") or "").lower()))
+    records = table.to_dict("records") if len(table) else []
+    covered = {(str(r.get("signature")), str(r.get("technique")), int(r.get("gpus") or 0),
+                str(r.get("gpu_type") or "").lower()) for r in records}
     shapes = {str(j.signature): s for j in workload.jobs if (s := model_shape(j)) is not None}
     calib = Calibration.fit((t, k, r) for t, k, r, _ in calibration_ratios(
-        table.to_dict("records") if len(table) else [], shapes, lambda t: rates.get(t) or _rates_any(rates, t)))
+        records, shapes, lambda t: rates.get(t) or _rates_any(rates, t)))
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for job in workload.jobs:
@@ -218,8 +221,12 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
         for gtype, mem in types.items():
             r8 = rates.get(gtype) or _rates_any(rates, gtype)
             for name, tech in _cells(job, max_node):
-                factor, why = anchor(table, sig, name, gtype, shape, r8) or calib.factor(name, gtype)
-                launch = _launch_s(table, name, gtype)
+                def factor_for(knobs: dict, name: str = name, gtype: str = gtype, r8: MachineRates = r8,
+                               sig: str = sig, shape: ModelShape = shape) -> tuple[float, str]:
+                    return (anchor(records, sig, name, gtype, shape, r8, knobs)
+                            or anchor(records, sig, name, gtype, shape, r8) or calib.factor(name, gtype))
+
+                launch = _launch_s(records, name, gtype)
                 ckpt = checkpoint_cost_s(job, gtype)
                 for g in counts:
                     if (sig, name, g, gtype.lower()) in covered:
@@ -234,38 +241,45 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
                                     "reason": cell.infeasible_reason or "the technique proposed no knob settings",
                                     "source": f"{ESTIMATED_SOURCE}: not measured; the technique rules it out"})
                         continue
-                    knobs, est = best_estimate(shape, name, cell.candidates, g, r8, mem, factor)
+                    knobs, est, why = best_estimate(shape, name, cell.candidates, g, r8, mem, factor_for,
+                                                    steps=max(j.total_steps for j in sig_jobs))
+                    start = launch + launch_extra_s(knobs)
                     src = (f"{ESTIMATED_SOURCE}: prior cost model, {why}; rates {r8.source}"
                            + (f", interconnect {r8.interconnect_source}" if g > 1 else ""))
                     out.append({**base, "knobs": canonical_knobs(knobs),
                                 "status": "ok" if est.feasible else "infeasible", "feasible": est.feasible,
                                 "step_time_s": est.step_time_s if est.feasible else None,
                                 "peak_mem_gb": est.peak_mem_gb, "reason": est.reason,
-                                "launch_s": round(launch, 3), "checkpoint_s": ckpt,
+                                "launch_s": round(start, 3), "checkpoint_s": ckpt,
                                 "checkpoint_source": "estimated",
-                                "startup_s": round(launch + ckpt, 3) if est.feasible else None,
+                                "startup_s": round(start + ckpt, 3) if est.feasible else None,
                                 "source": src})
     return out
 
 
-def anchor(table: pd.DataFrame, sig: str, technique: str, gpu_type: str, shape: ModelShape,
-           rates: MachineRates) -> Optional[tuple[float, str]]:
-    """The factor that makes the prior agree with this signature's own rows of this technique on
-    this GPU type (measured or sample), so an estimate never contradicts its neighbours; None when
+def _compatible(row_knobs: dict, knobs: Optional[dict]) -> bool:
+    """The row's knob setting agrees with `knobs` on every knob both name (None: any)."""
+    return knobs is None or all(str(knobs[k]).lower() == str(v).lower() for k, v in row_knobs.items() if k in knobs)
+
+
+def anchor(rows: list[dict], sig: str, technique: str, gpu_type: str, shape: ModelShape,
+           rates: MachineRates, knobs: Optional[dict] = None) -> Optional[tuple[float, str]]:
+    """The factor that makes the prior agree with this signature's own rows of this technique and
+    knob setting (`knobs`; rows that name fewer knobs match on those) on this GPU type, measured or
+    sample, e.g. at another GPU count: an estimate never contradicts its neighbours. None when
     there are none."""
-    if not len(table):
-        return None
     ratios = []
-    for r in table.to_dict("records"):
+    for r in rows:
         if (str(r.get("signature")) == sig and str(r.get("technique")) == technique
-                and str(r.get("gpu_type") or "").lower() == gpu_type.lower() and _ok(r)):
+                and str(r.get("gpu_type") or "").lower() == gpu_type.lower() and _ok(r)
+                and _compatible(_knobs(r), knobs)):
             est = estimate(shape, technique, _knobs(r), int(r["gpus"]), rates, _num(r.get("gpu_memory_gb"), 1e9))
             if est.step_time_s > 0:
                 ratios.append(float(r["step_time_s"]) / est.step_time_s)
     if not ratios:
         return None
     f = float(statistics.median(ratios))
-    return f, f"x{f:.3g} anchored to {len(ratios)} row(s) of this model with {technique}"
+    return f, f"x{f:.3g} anchored to {len(ratios)} row(s) of this model with {technique} and these knobs"
 
 
 def _rates_any(rates: dict[str, MachineRates], gpu_type: str) -> MachineRates:
@@ -310,3 +324,33 @@ def with_prior(workload: Any, table: pd.DataFrame, store_dir: Union[str, os.Path
         return table
     extra = pd.DataFrame(rows)
     return pd.concat([table, extra], ignore_index=True) if len(table) else extra
+
+
+def trial_priors(workload: Any, cells: Iterable[Any], rep_jobs: dict[str, Any], table: pd.DataFrame,
+                 rates: MachineRates, gpu_type: str, gpu_memory_gb: float, *, steps: int,
+                 warmup_steps: int) -> dict[tuple, Any]:
+    """The prior's guess for every trial of `cells` (`saturn.profiler.search.CellInput`), keyed
+    like `TrialSpec.key`, for the profiler's value rule (`saturn.profiler.value`). Cells of
+    techniques the prior does not model get none (they are searched the old way)."""
+    from saturn.profiler.table import checkpoint_cost_s
+    from saturn.profiler.value import PriorGuess
+
+    shapes = {sig: s for sig, j in rep_jobs.items() if (s := model_shape(j)) is not None}
+    records = table.to_dict("records") if len(table) else []
+    calib = Calibration.fit((t, k, r) for t, k, r, _ in calibration_ratios(records, shapes, lambda _t: rates))
+    out: dict[tuple, Any] = {}
+    for c in cells:
+        shape = shapes.get(c.signature)
+        if shape is None or c.technique not in MODELLED_TECHNIQUES or not c.candidates:
+            continue
+        fixed = _launch_s(records, c.technique, gpu_type) + checkpoint_cost_s(rep_jobs[c.signature], gpu_type)
+        for k in c.candidates:
+            factor, _why = (anchor(records, c.signature, c.technique, gpu_type, shape, rates, k)
+                            or calib.factor(c.technique, gpu_type))
+            est = estimate(shape, c.technique, k, c.gpus, rates, gpu_memory_gb, factor)
+            extra = launch_extra_s(k)
+            trial = fixed + extra + (warmup_steps + steps) * est.step_time_s
+            out[(c.signature, c.technique, canonical_knobs(k), c.gpus)] = PriorGuess(
+                est.step_time_s, est.feasible, round(trial, 3), est.reason,
+                round(fixed + extra - checkpoint_cost_s(rep_jobs[c.signature], gpu_type), 3))
+    return out

@@ -18,6 +18,12 @@ settings the technique proposes. Trying everything is slow, so the search skips 
   smaller GPU count), spilling gets only a short check: its first knob setting, `short_steps`
   timed steps. Otherwise it is the only way to run the model and gets the full treatment.
 
+* **Value (with a prior).** Given the prior's estimate of every trial (`prior=`), the GPU ladder
+  gives way to `saturn.profiler.value`: first the likeliest winner of every signature, so every
+  job has one measured option before any job gets a second; then only trials that could pay for
+  themselves against the best measured option; the rest are skipped with the reason. Cells the
+  prior has no estimate for (user techniques) follow the rules above.
+
 No processes, clocks or files here: `Search` is fed results and answers `ready()`, so it is unit
 tested with synthetic outcomes (tests/test_profiler_search.py).
 """
@@ -25,15 +31,18 @@ tested with synthetic outcomes (tests/test_profiler_search.py).
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
+from saturn.profiler.value import DEFAULT_ERROR_BAND, PriorGuess, correction, leader_score, worth_measuring
 
 SHORT_CHECK_TECHNIQUES = frozenset({"spilling"})
 OK = "ok"
 OOM = "oom"
 FAILED = "failed"
+SKIPPED = "skipped"  # a knob setting the value rule decided not to measure
 
 _FALSY = (None, False, 0, "", "none", "None", "off", "no", "false", "False")
 
@@ -107,6 +116,8 @@ class _Cell:
     plan: list[tuple[int, str]] = field(default_factory=list)  # (tier, knobs) in order
     tier: Optional[int] = None
     results: dict[str, tuple[str, Optional[float]]] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)  # knobs of the current tier awaiting the value rule
+    has_prior: bool = False
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -127,12 +138,28 @@ class Search:
     `done()` says whether anything is left. `known` holds outcomes already in the profile store
     (key -> (status, step_time_s)): those trials are never returned by `ready()` and are listed in
     `reused` instead.
+
+    `prior` (trial key -> `PriorGuess`) switches on the value rule for the cells it covers;
+    `steps_by_signature` (all steps of the jobs of a signature), `jobs_by_signature` (launches) and
+    `devices` (the devices the trials share) weigh a trial's saving against its cost
+    (`saturn.profiler.value`).
     """
 
     def __init__(self, cells: Iterable[CellInput], *, steps: int = 5, short_steps: int = 2,
                  min_speedup: float = 1.15,
                  short_check: Iterable[str] = SHORT_CHECK_TECHNIQUES,
-                 known: Optional[Mapping[tuple, tuple[str, Optional[float]]]] = None):
+                 known: Optional[Mapping[tuple, tuple[str, Optional[float]]]] = None,
+                 prior: Optional[Mapping[tuple, PriorGuess]] = None,
+                 steps_by_signature: Optional[Mapping[str, float]] = None, devices: int = 1,
+                 error_band: float = DEFAULT_ERROR_BAND, jobs_by_signature: Optional[Mapping[str, int]] = None):
+        self._prior = dict(prior or {})
+        self._steps_by_sig = dict(steps_by_signature or {})
+        self._jobs_by_sig = dict(jobs_by_signature or {})
+        self._devices = max(1, int(devices))
+        self._band = float(error_band)
+        self._leader: dict[str, tuple] = {}  # signature -> the trial key measured as its first option
+        self._ratios: dict[tuple[str, str], list[float]] = {}  # (sig, technique) -> measured / prior
+        self._walls: dict[str, list[float]] = {}  # technique -> wall seconds of its trials here
         self.steps = int(steps)
         self.short_steps = int(short_steps)
         self.min_speedup = float(min_speedup)
@@ -141,6 +168,8 @@ class Search:
         self._cells: dict[tuple[str, str, int], _Cell] = {}
         for inp in cells:
             cell = _Cell(inp, short_check=inp.technique in short_check)
+            cell.has_prior = any((inp.signature, inp.technique, canonical_knobs(k), inp.gpus) in self._prior
+                                 for k in inp.candidates)
             if cell.key in self._cells:
                 raise ValueError(f"duplicate cell {cell.key}")
             self._cells[cell.key] = cell
@@ -169,7 +198,8 @@ class Search:
     def ready(self) -> list[TrialSpec]:
         """Issued trials not yet started, biggest GPU count first (so they are placed first)."""
         self._advance()
-        return sorted(self._pending.values(), key=lambda t: (-t.gpus, t.signature, t.technique))
+        leaders = set(self._leader.values())
+        return sorted(self._pending.values(), key=lambda t: (t.key not in leaders, -t.gpus, t.signature, t.technique))
 
     def running(self) -> list[TrialSpec]:
         return list(self._running.values())
@@ -183,7 +213,7 @@ class Search:
 
     def remaining_estimate(self) -> int:
         """Trials still to run, counting one setting per tier for cells not opened yet."""
-        n = len(self._pending) + len(self._running)
+        n = len(self._pending) + len(self._running) + sum(len(c.held) for c in self._cells.values())
         for c in self._cells.values():
             if c.state == "waiting":
                 n += 1 if c.short_check else max(1, sum(
@@ -201,8 +231,11 @@ class Search:
     def start(self, trial: TrialSpec) -> None:
         self._running[trial.key] = self._pending.pop(trial.key)
 
-    def record(self, trial: TrialSpec, status: str, step_time_s: Optional[float] = None) -> None:
-        """Feed back the outcome of a started (or pending) trial."""
+    def record(self, trial: TrialSpec, status: str, step_time_s: Optional[float] = None,
+               wall_s: Optional[float] = None) -> None:
+        """Feed back the outcome of a started (or pending) trial (`wall_s`: what it cost)."""
+        if wall_s is not None and wall_s > 0:
+            self._walls.setdefault(trial.technique, []).append(float(wall_s))
         self._pending.pop(trial.key, None)
         self._running.pop(trial.key, None)
         self._finish(trial, status, step_time_s)
@@ -215,6 +248,8 @@ class Search:
                for t in self._pending.values()]
         self._pending.clear()
         for c in self._cells.values():
+            out.extend(Skip(*c.key, k, reason) for k in c.held)
+            c.held.clear()
             if c.state == "waiting":
                 out.append(Skip(*c.key, None, reason))
                 c.state = "pruned"
@@ -225,6 +260,9 @@ class Search:
     # -- internals -------------------------------------------------------------------------------
     def _finish(self, trial: TrialSpec, status: str, step_time_s: Optional[float]) -> None:
         self._finished[trial.key] = (status, step_time_s)
+        guess = self._prior.get(trial.key)
+        if status == OK and step_time_s and guess is not None and guess.step_time_s > 0:
+            self._ratios.setdefault((trial.signature, trial.technique), []).append(step_time_s / guess.step_time_s)
         cell = self._cells.get((trial.signature, trial.technique, trial.gpus))
         if cell is not None:
             cell.results[trial.knobs] = (status, step_time_s)
@@ -258,6 +296,8 @@ class Search:
                         cell.state = "pruned"
                         self.skipped.append(Skip(*cell.key, None, verdict))
                         changed = True
+                if cell.state == "open" and cell.held and self._release(cell):
+                    changed = True
                 if cell.state == "open" and self._step_tiers(cell):
                     changed = True
 
@@ -266,6 +306,14 @@ class Search:
         sig, tech, g = cell.key
         counts = self._ladders[(sig, tech)]
         i = counts.index(g)
+        if cell.has_prior:  # the value rule decides which counts are worth it
+            lead = self._current_leader(sig)
+            if cell.short_check and not (lead is not None and lead[1:3] == (tech, g)):
+                siblings = [c for (s, t, n), c in self._cells.items()
+                            if s == sig and n == g and not c.short_check]
+                if any(c.state in ("waiting", "open") for c in siblings):
+                    return False
+            return True
         if i >= 2:
             a, b = self._cells[(sig, tech, counts[i - 2])], self._cells[(sig, tech, counts[i - 1])]
             if "pruned" in (a.state, b.state):
@@ -328,9 +376,7 @@ class Search:
                 cell.state = "resolved"
                 return True
             cell.tier = tiers[0]
-            for t, k in cell.plan:
-                if t == cell.tier:
-                    self._issue(cell, k)
+            self._queue_tier(cell)
             return True
         current = [k for t, k in cell.plan if t == cell.tier]
         if not all(k in cell.results for k in current):
@@ -348,7 +394,99 @@ class Search:
             cell.state = "resolved"
             return True
         cell.tier = later[0]
-        for t, k in cell.plan:
-            if t == cell.tier:
+        self._queue_tier(cell)
+        return True
+
+    # -- the value rule (cells with a prior) -----------------------------------------------------
+    def _queue_tier(self, cell: _Cell) -> None:
+        knobs = [k for t, k in cell.plan if t == cell.tier]
+        if not cell.has_prior:
+            for k in knobs:
                 self._issue(cell, k)
+            return
+        cell.held = knobs
+        self._release(cell)
+
+    def _release(self, cell: _Cell) -> bool:
+        """Issue or skip held knobs the value rule can decide now; True when any moved."""
+        sig, tech, g = cell.key
+        moved = False
+        for k in list(cell.held):
+            key = (sig, tech, k, g)
+            guess = self._prior.get(key)
+            if guess is None or key in self._known:
+                verdict: Optional[str] = None
+            elif not self._first_round_done():
+                if self._current_leader(sig) != key:
+                    continue
+                self._leader[sig] = key
+                verdict = None
+            else:
+                best = self._best_measured(sig)
+                if best is None:  # nothing of this job measured ok: it is the next leader or waits
+                    if self._current_leader(sig) != key:
+                        continue
+                    self._leader[sig] = key
+                    verdict = None
+                else:
+                    walls = self._walls.get(tech) or [w for ws in self._walls.values() for w in ws]
+                    best_guess = self._prior.get(best[2])
+                    extra = guess.launch_s - (best_guess.launch_s if best_guess is not None else guess.launch_s)
+                    verdict = worth_measuring(g, guess, best[0], best[1], self._steps_by_sig.get(sig, 1.0),
+                                              self._devices, self._band, correction(self._ratios, sig, tech),
+                                              statistics.median(walls) if walls else None,
+                                              extra * self._jobs_by_sig.get(sig, 1))
+            cell.held.remove(k)
+            moved = True
+            if verdict is None:
+                self._issue(cell, k)
+            else:
+                cell.results[k] = (SKIPPED, None)
+                self.skipped.append(Skip(sig, tech, g, k, verdict))
+        return moved
+
+    def _candidates(self, sig: str) -> list[tuple]:
+        """Trial keys of `sig` with a prior that may still be measured."""
+        out = []
+        for (s, tech, g), c in self._cells.items():
+            if s != sig or not c.has_prior or c.state in ("resolved", "pruned"):
+                continue
+            if c.tier is not None:  # an open cell: only its current memory tier can start
+                tier_knobs = [k for t, k in c.plan if t == c.tier]
+            else:
+                low = min((knob_tier(x) for x in c.inp.candidates), default=0)
+                tier_knobs = [canonical_knobs(x) for x in c.inp.candidates if knob_tier(x) == low]
+            for knobs in tier_knobs:
+                key = (sig, tech, knobs, g)
+                if key in self._prior and knobs not in c.results:
+                    out.append(key)
+        return out
+
+    def _current_leader(self, sig: str) -> Optional[tuple]:
+        """The signature's first option to measure: its leader while that is unresolved, else the
+        likeliest winner among what is left."""
+        lead = self._leader.get(sig)
+        if lead is not None and lead not in self._finished:
+            return lead
+        left = self._candidates(sig)
+        steps = self._steps_by_sig.get(sig, 1.0)
+        return min(left, key=lambda k: leader_score(k[3], self._prior[k], steps,
+                                                    correction(self._ratios, sig, k[1]))) if left else None
+
+    def _best_measured(self, sig: str) -> Optional[tuple[float, float, tuple]]:
+        """(fastest step, least GPU-seconds per step, the fastest's key) over the signature's ok
+        results."""
+        ok = [(t, key) for key, (st, t) in self._finished.items()
+              if key[0] == sig and st == OK and t is not None]
+        if not ok:
+            return None
+        fastest = min(ok, key=lambda tk: tk[0])
+        return fastest[0], min(t * k[3] for t, k in ok), fastest[1]
+
+    def _first_round_done(self) -> bool:
+        """Every signature with a prior has an ok measurement, or nothing left to try."""
+        sigs = {c.inp.signature for c in self._cells.values() if c.has_prior}
+        for sig in sigs:
+            if self._best_measured(sig) is None and self._current_leader(sig) is not None:
+                return False
         return True

@@ -19,11 +19,14 @@ from typing import Any, Optional, Union
 import pandas as pd
 
 from saturn.errors import SaturnError
+from saturn.paths import check_writable_dir
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
 from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec, canonical_knobs
 from saturn.profiler.table import ProfileStore, checkpoint_cost_s, estimate_runtime_s, fixed_costs, now_iso
+from saturn.profiles.store import check_writable_store, failure_applies
+from saturn.spec.signature import inputs_hash
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
             timeout_s: float = DEFAULT_TIMEOUT_S, min_speedup: float = DEFAULT_MIN_SPEEDUP,
             isolation: str = "thread", devices: Optional[list[int]] = None,
             grace_s: Optional[float] = None, warmup_steps: int = 2,
-            console: Any = None) -> pd.DataFrame:
+            console: Any = None, exhaustive: bool = False) -> pd.DataFrame:
     """Profile `workload` (a Workload or a YAML path) and return its rows, one per (job, row).
 
     Existing store rows for the same key (signature, technique, knobs, GPU count, hardware) are
@@ -101,6 +104,9 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     'process' (the trial call runs in a fresh process too) or 'auto' (process for techniques
     outside `saturn.techniques`). `warmup_steps`: untimed steps a trial runs before its timed
     ones (the built-in techniques' default, 2), to split its wall time into steps and fixed cost.
+    Trials are ordered by value (`saturn.profiler.value`): the prior's likeliest winner of every
+    signature first, then only trials that could pay for themselves; `exhaustive` measures every
+    option instead (the GPU ladder and memory tiers still apply).
     The result's `attrs['report']` is a `ProfileReport` dict.
     """
     if isolation not in ("thread", "process", "auto"):
@@ -114,6 +120,10 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     pool = list(devices) if devices is not None else list(range(hw.gpus))
     limit = min(max_node, len(pool))
     store = ProfileStore(store_dir)
+    # profiling writes every trial there: refuse an unwritable store before the first trial
+    check_writable_store(store.dir)  # never the shipped seed tables
+    check_writable_dir(store.dir, "profile store", "profiling writes its measurements there: pass --store DIR "
+                       "or set $SATURN_PROFILES to a writable directory")
     report = ProfileReport(hardware=hw.key(), store=str(store.path))
 
     # 1. one representative job per signature; allowed sets are unioned over its jobs
@@ -153,9 +163,11 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     known: dict[tuple, tuple[str, Optional[float]]] = {}
     if not force and len(table):
         mine = table[[hw.matches(r) for r in table.to_dict("records")]]
+        inputs = {sig: inputs_hash(rep_job[sig]) for sig in groups}
         for r in mine.to_dict("records"):
             if (r["signature"] in groups and r["status"] != "infeasible"
-                    and not str(r.get("source") or "").startswith("sample")):  # never reuse samples
+                    and not str(r.get("source") or "").startswith("sample")  # never reuse samples
+                    and failure_applies(r, inputs[r["signature"]])):  # a failure of other inputs: retried
                 step = r.get("step_time_s")
                 step = None if step is None or (isinstance(step, float) and math.isnan(step)) else float(step)
                 known[(r["signature"], r["technique"], canonical_knobs(r["knobs"]), int(r["gpus"]))] = (
@@ -167,8 +179,13 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     short_check = {n for n, t in techniques.items()
                    if n in SHORT_CHECK_TECHNIQUES or getattr(t, "name", None) in SHORT_CHECK_TECHNIQUES
                    or getattr(t, "profile_short_check", False)}
+    prior = None if exhaustive else _trial_priors(workload, cells, rep_job, table, hw, store.dir,
+                                                  steps=steps, warmup_steps=warmup_steps)
+    steps_by_sig = {sig: float(sum(j.total_steps for j in jobs)) for sig, jobs in groups.items()}
     search = Search(cells, steps=steps, short_steps=short_steps, min_speedup=min_speedup,
-                    known=known, short_check=short_check)
+                    known=known, short_check=short_check, prior=prior,
+                    steps_by_signature=steps_by_sig, devices=limit,
+                    jobs_by_signature={sig: len(jobs) for sig, jobs in groups.items()})
 
     # 3. run
     grace = grace_s if grace_s is not None else min(60.0, max(5.0, 0.25 * timeout_s))
@@ -207,6 +224,23 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     df = workload_rows(store.load(), workload, hw)
     df.attrs["report"] = report.to_dict()
     return df
+
+
+def _trial_priors(workload: Any, cells: list[CellInput], rep_job: dict[str, Any], table: pd.DataFrame,
+                  hw: Hardware, store_dir: Any, *, steps: int, warmup_steps: int) -> Optional[dict]:
+    """The prior for the value rule (None when it cannot be had: the search then measures the
+    old way, every option the ladder and tiers allow)."""
+    from saturn.profiler.machine_probe import load_or_probe
+    from saturn.profiler.prior_rows import trial_priors
+
+    try:
+        threads = max(1, (os.cpu_count() or 1) // max(1, hw.gpus)) if hw.gpu_type == "cpu" else None
+        rates = load_or_probe(hw, store_dir, cpu_threads=threads)
+        return trial_priors(workload, cells, rep_job, table, rates, hw.gpu_type, hw.gpu_memory_gb,
+                            steps=steps, warmup_steps=warmup_steps)
+    except Exception as exc:  # noqa: BLE001 - without a prior the search still works
+        log.warning("no prior for ordering trials (%s); measuring every option", exc)
+        return None
 
 
 def workload_rows(table: pd.DataFrame, workload: Any, hw: Optional[Hardware] = None) -> pd.DataFrame:
@@ -253,6 +287,9 @@ def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
         return CellInput(sig, name, g, infeasible_reason=f"feasible() raised {type(exc).__name__}: {exc}")
     try:
         cands = _pinned(tech.candidates(job, g) or [], (getattr(job, "knobs", None) or {}).get(name))
+        conflicts = getattr(tech, "knob_conflicts", None)
+        if conflicts is not None:  # the job's policy (e.g. precision fp32) forbids some settings
+            cands = [c for c in cands if not conflicts(job, c)]
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)
@@ -274,7 +311,13 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
     status = str(outcome.get("status", "failed"))
     ok = status == "ok"
     step = _f(outcome.get("step_time_s")) if ok else None
+    # a trial that had to start its warm worker spent that first: the planner adds the worker
+    # start only where a worker must start (policy.worker_start_blocks), so launch_s leaves it out
+    cold = _f(outcome.get("worker_start_s"))
+    wall -= cold or 0.0
     first = _f(outcome.get("startup_s"))
+    if first is not None and cold:
+        first = max(0.0, first - cold)
     ckpt = _f(outcome.get("checkpoint_s"))  # the trial timed one save (training.train)
     ckpt_source = "measured" if ckpt is not None else "estimated"
     # the trial's wall includes that save: launch_s (start-up + teardown) must not count it twice
@@ -291,13 +334,17 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "peak_mem_gb": _f(outcome.get("peak_mem_gb")),
         "startup_s": None if launch is None else round(launch + ckpt, 4),  # what the planner adds
         "launch_s": launch,
+        "worker_start_s": cold,
         "checkpoint_s": ckpt,
         "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
+        "checkpoint_gb": _f(outcome.get("checkpoint_gb")),
         "checkpoint_source": ckpt_source if ok else None,
         "first_step_s": first,
         "teardown_s": teardown,
         "steps": int(steps), "short": bool(short),
         "reason": str(outcome.get("reason") or "")[:500],
+        # what a failure depended on (factory module contents, spec structure): retried when it changes
+        "inputs_hash": inputs_hash(job) if status not in ("ok", "infeasible") else "",
         "trial_s": round(float(wall), 3),
         "measured_at": now_iso(),
         "model": job.model.label() if hasattr(job.model, "label") else str(job.model),

@@ -31,8 +31,15 @@ ELEMWISE_BYTES_PER_TOKEN_LAYER_PER_D = 60  # norm/gelu/residual/softmax traffic,
 LOGIT_BYTES = 10  # per token per class: bf16 logits, fp32 loss input, fp32 grad
 ADAM_BYTES_PER_PARAM = 28  # fused AdamW: read p, g, m, v (16) + write p, m, v (12), fp32
 KERNELS_PER_LAYER = 90  # launches per block, fwd + bwd
-HOOK_LAUNCHES = {"zero3_tensor": 30, "fsdp_unit": 40}  # host work per parameter tensor / FSDP unit and pass
+HOOK_LAUNCHES = {"zero3_tensor": 30}  # host work per parameter tensor and pass (DeepSpeed ZeRO-3 hooks)
+# FSDP2 copies every parameter in and out of its flat all-gather / reduce-scatter buffers (with
+# dtype casts) per pass, in many small kernels: counted as this many bytes of device memory
+# traffic per parameter and pass (passes: forward gather, backward re-gather when resharding,
+# gradient reduce-scatter; without resharding the gathered bf16 copy is reused: one pass)
+FSDP_BYTES_PER_PARAM_PASS = 100
 COMPILE_ELEMWISE = 0.5  # torch.compile fuses elementwise ops: about half the traffic remains
+COMPILE_LAUNCH_S = 12.0  # extra start-up of compile=True (11.5 s measured, gpt2-medium on an H200,
+# BENCHMARKS.md techniques section): paid by every launch, so it must be earned by the steps
 USABLE_MEMORY = 0.95  # fraction of device memory a step may use
 COMM_EXPOSED_MIN = 0.15  # share of a collective never hidden behind compute
 MODEL_MATMUL_EFFICIENCY = 0.75  # share of the probed GEMM rate a training step reaches (shapes,
@@ -155,6 +162,11 @@ class Estimate:
     parts: dict[str, float] = field(default_factory=dict)
 
 
+def launch_extra_s(knobs: Mapping[str, Any]) -> float:
+    """Start-up a knob setting adds to a launch (compilation)."""
+    return COMPILE_LAUNCH_S if _on(dict(knobs or {}).get("compile")) else 0.0
+
+
 def _on(v: Any) -> bool:
     return v not in (None, False, 0, "", "none", "None", "off", "false", "False")
 
@@ -239,8 +251,8 @@ def estimate(shape: ModelShape, technique: str, knobs: Mapping[str, Any], gpus: 
             offload = _on(k.get("cpu_offload"))
             gathers = 2 if reshard else 1
             comm = (gathers * 2 * P + 4 * P) * coll / max(net, 1.0)
-            parts["memory"] += (ADAM_BYTES_PER_PARAM * P / g + (gathers * 6 + 10) * P / g) / mem_bw
-            parts["hooks"] = (gathers + 1) * units * HOOK_LAUNCHES["fsdp_unit"] * launch
+            parts["memory"] += ADAM_BYTES_PER_PARAM * P / g / mem_bw
+            parts["fsdp_copies"] = (3 if reshard else 1) * FSDP_BYTES_PER_PARAM_PASS * P / g / mem_bw
             if offload:
                 parts["host_link"] = (gathers * 4 * P + 4 * P) / g / link
                 parts["host_optimizer"] = P / g / rates.host_adam_params_per_s

@@ -28,6 +28,8 @@ MAX_SEQ_LEN = 2**22
 MAX_LR = 1e3
 MAX_OVERRIDE = 10**9  # any architecture override (layers, width, heads, vocab...)
 MAX_SEED = 2**32 - 1
+MAX_WEIGHT = 1e6  # a job's priority weight (weighted_completion)
+MAX_NODE_GPUS = 1024  # GPUs (or CPU slots) of one node: the planner's per-node limit
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
 
 
@@ -99,6 +101,10 @@ def check_callable(path: str, what: str) -> None:
     module, _, attr = path.partition(":")
     try:
         mod = importlib.import_module(module)
+    except SystemExit as exc:  # a module that exits on import would end Saturn silently (exit 0)
+        raise ValueError(f"{what} {path!r}: importing module {module!r} called sys.exit({exc.code!r}); a factory "
+                         "module must not exit on import (guard its script code with "
+                         "`if __name__ == '__main__':`)") from None
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's module
         raise ValueError(f"{what} {path!r}: cannot import module {module!r} ({type(exc).__name__}: {exc}); "
                          "check the spelling and that it is on PYTHONPATH") from None

@@ -34,6 +34,7 @@ def load_workload(source: Union[str, os.PathLike]) -> Workload:
         root = yaml.compose(text)
         if root is not None:
             L.check_node_count(root, where)  # before anything walks or copies the aliases
+            _check_duplicate_keys(root, where)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -107,6 +108,10 @@ def _expand_jobs(raw: dict, where: str, lines: dict) -> tuple[list[dict], list[t
     if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
         raise SpecError(f"{where}: `sweep` must map field paths to non-empty lists, e.g. "
                         f"`optimizer.lr: [1e-4, 3e-4]`{_at(('sweep',), lines)}")
+    for key in sweep:
+        if not isinstance(key, str) or not all(part.strip() for part in key.split(".")):
+            raise SpecError(f"{where}: sweep key {key!r} has an empty part; write a dotted field path such as "
+                            f"`optimizer.lr`{_at(('sweep', key), lines)}")
     base_name = str(raw.get("name", "job"))
     n_combos = 1
     for v in sweep.values():
@@ -125,7 +130,10 @@ def _expand_jobs(raw: dict, where: str, lines: dict) -> tuple[list[dict], list[t
             job = copy.deepcopy(merged)
             parts = []
             for key, value in zip(sweep, combo):
-                _set_path(job, key.split("."), value)
+                try:
+                    _set_path(job, key.split("."), value)
+                except ValueError as exc:
+                    raise SpecError(f"{where}: {exc}{_at(('sweep', key), lines)}") from None
                 parts.append(f"{key.split('.')[-1]}={_slug(value)}")
             if parts:
                 job["name"] = "-".join([job["name"], *parts])
@@ -142,18 +150,31 @@ def _normalize(d: dict) -> dict:
     return d
 
 
-def _merge(base: dict, over: dict) -> dict:
+REPLACING_KEYS = ("model", "data")  # a job's model/data naming its source replaces the default's
+SOURCE_KEYS = ("name", "factory")
+
+
+def _merge(base: dict, over: dict, top: bool = True) -> dict:
+    """`over` deep-merged into `base`, except that a job's `model` or `data` that names its source
+    (`name` or `factory`) replaces the default one whole: a job with `model: {factory: ...}` under
+    `defaults: {model: {name: gpt2-small, overrides: ...}}` is that factory's model, not a mix of
+    both. A job's `model: {overrides: ...}` without a source still refines the default model."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        replaces = top and k in REPLACING_KEYS and isinstance(v, dict) and any(s in v for s in SOURCE_KEYS)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not replaces:
+            out[k] = _merge(out[k], v, top=False)
+        else:
+            out[k] = copy.deepcopy(v)
     return out
 
 
 def _set_path(d: dict, path: list[str], value: Any) -> None:
-    for key in path[:-1]:
+    for i, key in enumerate(path[:-1]):
         d = d.setdefault(key, {})
         if not isinstance(d, dict):
-            raise SpecError(f"sweep key {'.'.join(path)!r}: {key!r} is not a mapping")
+            raise ValueError(f"sweep key {'.'.join(path)!r}: {'.'.join(path[:i + 1])} is {d!r}, not a mapping, so "
+                             "the sweep cannot set a field inside it")
     d[path[-1]] = _name_or_factory(value) if path == ["model"] or path == ["data"] else value
 
 
@@ -233,6 +254,31 @@ def _line_map(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
         for i, item in enumerate(node.value):
             out.update(_line_map(item, prefix + (i,)))
     return out
+
+
+def _check_duplicate_keys(root: yaml.Node, where: str) -> None:
+    """YAML keeps the last of two equal keys in a mapping and drops the first without a word; a
+    spec with `steps: 100` and, lower, `steps: 10` is a mistake to show, not to guess at."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # an alias: its node was checked where the anchor is
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    line = k.start_mark.line + 1
+                    if k.value in first:
+                        raise SpecError(f"{where}: line {line}, column {k.start_mark.column + 1}: duplicate key "
+                                        f"{k.value!r} (first at line {first[k.value]}); YAML would silently keep "
+                                        "only the last one -- remove one of them")
+                    first[k.value] = line
+                stack.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _at(loc: tuple, lines: dict) -> str:

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from saturn.spec import limits as L
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _number_not_bool(v: Any) -> Any:
+    """`steps: true` would be read as 1 step (pydantic's lax mode casts booleans to numbers)."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number, not the boolean {str(v).lower()}")
+    return v
+
+
+NotBool = BeforeValidator(_number_not_bool)
 
 
 class _Strict(BaseModel):
@@ -90,7 +100,7 @@ class OptimizerSpec(_Strict):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 3e-4
+    lr: Annotated[float, NotBool] = 3e-4
 
     @field_validator("lr")
     @classmethod
@@ -118,17 +128,18 @@ class Job(_Strict):
     name: str = Field(pattern=L.NAME_PATTERN, max_length=L.MAX_NAME_LEN)
     model: ModelSpec
     data: DataSpec = Field(default_factory=lambda: DataSpec(name="synthetic-tokens"))
-    batch_size: int = Field(gt=0, le=L.MAX_BATCH_SIZE)
-    seq_len: int = Field(default=512, gt=0, le=L.MAX_SEQ_LEN)
+    batch_size: Annotated[int, NotBool] = Field(gt=0, le=L.MAX_BATCH_SIZE)
+    seq_len: Annotated[int, NotBool] = Field(default=512, gt=0, le=L.MAX_SEQ_LEN)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    steps: Optional[int] = Field(default=None, gt=0, le=L.MAX_STEPS)
-    epochs: Optional[float] = Field(default=None, gt=0, le=L.MAX_EPOCHS, allow_inf_nan=False)
+    steps: Annotated[Optional[int], NotBool] = Field(default=None, gt=0, le=L.MAX_STEPS)
+    epochs: Annotated[Optional[float], NotBool] = Field(default=None, gt=0, le=L.MAX_EPOCHS, allow_inf_nan=False)
     techniques: Optional[list[str]] = None  # None: every registered technique
-    gpus: Optional[list[int]] = None  # None: 1, 2, 4, ... up to the largest node
+    gpus: Optional[list[Annotated[int, NotBool]]] = None  # None: 1, 2, 4, ... up to the largest node
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    seed: int = Field(default=0, ge=0, le=L.MAX_SEED)
+    seed: Annotated[int, NotBool] = Field(default=0, ge=0, le=L.MAX_SEED)
     knobs: Optional[dict[str, dict[str, Any]]] = None  # technique -> knob values to pin (saturn techniques)
-    weight: float = Field(default=1.0, gt=0)  # priority under `objective: weighted_completion`
+    # priority under `objective: weighted_completion`
+    weight: Annotated[float, NotBool] = Field(default=1.0, gt=0, le=L.MAX_WEIGHT, allow_inf_nan=False)
 
     @field_validator("gpus")
     @classmethod
@@ -177,12 +188,26 @@ class Job(_Strict):
                 validate_knobs(tech, values)
             except SpecError as exc:  # a user technique path that does not import
                 raise ValueError(f"knobs.{tech}: {exc}") from None
+            if tech in known:
+                from saturn.techniques.registry import get_technique
+
+                conflict = get_technique(tech).knob_conflicts(self, dict(values))
+                if conflict:
+                    raise ValueError(f"knobs.{tech}: {conflict}")
         return self
 
     @model_validator(mode="after")
     def _length(self) -> "Job":
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of `steps` (optimizer steps) or `epochs`")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> "Job":
+        """Optimizer kwargs, betas, seq_len vs positions, data kind vs model kind (saturn.spec.checks)."""
+        from saturn.spec.checks import check_job
+
+        check_job(self)
         return self
 
     @property
@@ -205,10 +230,10 @@ class Job(_Strict):
 
 class Node(_Strict):
     name: str = Field(min_length=1, max_length=L.MAX_NAME_LEN)
-    gpus: int = Field(gt=0, le=1024)
-    gpu_memory_gb: float = Field(default=80.0, gt=0, le=1e5, allow_inf_nan=False)
+    gpus: Annotated[int, NotBool] = Field(gt=0, le=L.MAX_NODE_GPUS)
+    gpu_memory_gb: Annotated[float, NotBool] = Field(default=80.0, gt=0, le=1e5, allow_inf_nan=False)
     gpu_type: str = "H200"
-    cpu_cores: Optional[int] = Field(default=None, gt=0)  # planned for input pipelines (saturn.data)
+    cpu_cores: Annotated[Optional[int], NotBool] = Field(default=None, gt=0)  # input pipelines (saturn.data)
 
 
 class RaySpec(_Strict):
@@ -223,8 +248,8 @@ class RaySpec(_Strict):
     address: str = "auto"
     checkpoint_root: Optional[str] = None
     devices: Literal["auto", "cuda", "cpu"] = "auto"
-    slots: Optional[int] = Field(default=None, gt=0)  # cpu: slots per node without `saturn_slots`
-    gpu_memory_gb: Optional[float] = Field(default=None, gt=0)
+    slots: Annotated[Optional[int], NotBool] = Field(default=None, gt=0, le=L.MAX_NODE_GPUS)  # cpu: per node
+    gpu_memory_gb: Annotated[Optional[float], NotBool] = Field(default=None, gt=0, le=1e5, allow_inf_nan=False)
 
 
 class Cluster(_Strict):
@@ -235,7 +260,7 @@ class Cluster(_Strict):
 
     nodes: Optional[list[Node]] = None
     devices: Literal["auto", "cuda", "cpu"] = "auto"
-    slots: Optional[int] = Field(default=None, gt=0)
+    slots: Annotated[Optional[int], NotBool] = Field(default=None, gt=0, le=L.MAX_NODE_GPUS)
     ray: Optional[RaySpec] = None
 
     @model_validator(mode="before")
@@ -317,6 +342,13 @@ def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
     devices = _auto_devices() if devices == "auto" else devices
     if devices == "cuda":
         import torch
+
+        if not torch.cuda.is_available():
+            from saturn.errors import SpecError
+
+            raise SpecError("cluster.devices: cuda, but torch sees no CUDA device on this machine; write "
+                            "`devices: cpu` (CPU slots) or `auto`, list the cluster's `nodes` to plan for GPUs "
+                            "elsewhere, or run where the GPUs are")
 
         props = torch.cuda.get_device_properties(0)
         return Node(name=socket.gethostname(), gpus=torch.cuda.device_count(),

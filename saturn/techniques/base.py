@@ -40,6 +40,8 @@ class TrialResult:
     step_times: list[float] = field(default_factory=list)
     checkpoint_s: Optional[float] = None  # one full checkpoint save, measured (trials)
     checkpoint_stage_s: Optional[float] = None  # its blocking part as a background save
+    worker_start_s: Optional[float] = None  # the part of startup_s spent starting a warm worker
+    checkpoint_gb: Optional[float] = None  # host staging a background save of this job needs
 
     @property
     def feasible(self) -> bool:
@@ -58,6 +60,8 @@ class RunResult:
     checkpoint: Optional[str] = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     reason: str = ""
+    durable: bool = True  # False: `checkpoint` is still being written by a warm worker's drain
+    phases: dict[str, float] = field(default_factory=dict)  # launch_s, steps_s, *_block_s (training.train)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +87,11 @@ class Technique(abc.ABC):
     @abc.abstractmethod
     def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
         """The few knob settings worth trying, best guess first."""
+
+    def knob_conflicts(self, job: Any, knobs: dict[str, Any]) -> str:
+        """Why the job's own settings (its precision policy, its optimizer) forbid this knob
+        setting; '' = allowed. Checked when a job pins knobs, and on candidates after pinning."""
+        return ""
 
     @abc.abstractmethod
     def trial(self, job: Any, gpus: Devices, knobs: dict[str, Any], steps: int,

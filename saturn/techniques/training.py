@@ -62,14 +62,18 @@ class Trainable:
     dp_world: int = 1
     loss_weight: float = 1.0
     dataset: Any = None  # the job's dataset (training.build_dataset); train() reads batches from it
+    state_bytes: Optional[Callable[[], int]] = None  # staging bytes a save needs (None: unknown)
 
     @classmethod
     def for_module(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn,
                    device: torch.device, **kw: Any) -> "Trainable":
+        from saturn.techniques import staging
+
         return cls(step_fn=step_fn,
                    save=lambda d, s, meta: ckpt.save_checkpoint(d, s, model, optimizer, meta),
                    load=lambda path: ckpt.load_checkpoint(path, model, optimizer),
-                   device=device, **kw)
+                   device=device, state_bytes=lambda: staging.nbytes_of(
+                       {"model": model.state_dict(), "optim": optimizer.state_dict()["state"]}), **kw)
 
 
 # ---------------------------------------------------------------- building blocks for techniques
@@ -187,7 +191,10 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     peak_mem_gb (max over ranks), startup_s (process launch -> first step done), first_step_s
     (the first step alone: lazy initialization and compilation show up here); trials with
     `measure_checkpoint` also checkpoint_s and checkpoint_stage_s (see `_measure_checkpoint`).
-    Periodic checkpoints are background saves (staged, then written while steps run).
+    Periodic checkpoints are background saves (staged, then written while steps run); in a warm
+    worker the final save of a completed one-process run is one too (`durable` False: the
+    checkpoint is still draining). Runs also return `phases` (launch_s: launch -> loop start,
+    steps_s, checkpoint_block_s: periodic saves' blocking time, save_block_s: the final save's).
 
     The step path never waits for the device (see `saturn.techniques.step_io`): losses, times and
     the stop request are read back at boundaries only, after the first step, then every
@@ -216,6 +223,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     stopped, step, done = False, start_step, 0
     boundary, planned = 1, 1  # boundaries after step 1, then rank 0's agreed interval
     t_start = time.perf_counter()
+    launch_s = max(0.0, time.time() - ctx.launch_time)  # launch -> the loop starts (build, load)
+    periodic_block = 0.0  # seconds the loop waited for periodic saves (staging + budget)
     clock = step_io.StepClock(trainable.device)
     try:
         while done < total:
@@ -234,6 +243,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             wall, block = time.time(), clock.read()
             if first_step is None:
                 first_step, startup = time.perf_counter() - t_start, time.time() - ctx.launch_time
+                if run and checkpoint_dir and trainable.state_bytes is not None and ckpt.world_size() == 1:
+                    ckpt.prepare_staging(trainable.state_bytes())  # ready by the first save
             _record(values, block, wall, losses, times, writer, waits)
             writer.flush()  # before any checkpoint of these steps
             boundary = done + max(1, agreed)
@@ -242,13 +253,26 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
                 stopped = True
                 break
             if ckpt_due:
+                t_save = time.perf_counter()
                 with ckpt.in_background():  # staged now, written + published while steps run
                     _save(trainable, checkpoint_dir, step, job, technique, knobs, losses[-1][1])
+                periodic_block += time.perf_counter() - t_save
     finally:
         writer.flush()
         batches.close()
-    path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
-                 losses[-1][1] if losses else None) if run else None
+    loop_s = time.perf_counter() - t_start
+    # The final save: in a warm worker, a completed single-process run only stages it and
+    # returns (durable: False); the worker drains it while it takes the next job.
+    behind = bool(run and checkpoint_dir and not stopped and ckpt.drains_behind()
+                  and ckpt.world_size() == 1)
+    t_save = time.perf_counter()
+    with ckpt.in_background() if behind else contextlib.nullcontext():
+        path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
+                     losses[-1][1] if losses else None) if run else None
+    durable = not (behind and path in ckpt.draining(checkpoint_dir))
+    phases = {"launch_s": round(launch_s, 4), "steps_s": round(loop_s - periodic_block, 4),
+              "checkpoint_block_s": round(periodic_block, 4),
+              "save_block_s": round(time.perf_counter() - t_save, 4) if path else 0.0}
     ckpt_cost = _measure_checkpoint(trainable, job, ctx, technique, knobs) \
         if mode == "trial" and measure_checkpoint else {}
     timed = times[warmup:] if mode == "trial" else times[1:] or times
@@ -258,13 +282,15 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             "step_times": timed, "step_time_s": statistics.median(timed) if timed else None,
             "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup,
             "first_step_s": round(first_step, 6) if first_step is not None else None,
-            "data_wait_s": statistics.median(timed_waits) if timed_waits else None, **ckpt_cost}
+            "data_wait_s": statistics.median(timed_waits) if timed_waits else None, **ckpt_cost,
+            **({"durable": durable, "phases": phases} if run else {})}
 
 
 def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
                         knobs: Optional[dict]) -> dict[str, float]:
     """A trial's checkpoint cost, for the planner: one background save into a scratch directory,
-    timed until staged (`checkpoint_stage_s`, what a periodic save blocks) and until published
+    timed until staged (`checkpoint_stage_s`, what a periodic save blocks; `checkpoint_gb`: its
+    staging bytes, one process only) and until published
     (`checkpoint_s`, what the final save costs). {} if the technique cannot save."""
     import atexit
     import shutil
@@ -277,12 +303,14 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
         with ckpt.in_background():
             _save(t, scratch, 0, job, technique, knobs, None)
         staged = time.perf_counter() - t0
+        staged_bytes = ckpt.last_save_cost().get("bytes") if ckpt.world_size() == 1 else None
         if ckpt.wait_pending() is None:
             return {}
         full = time.perf_counter() - t0
         if dist.is_initialized():
             dist.barrier()
-        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4)}
+        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4),
+                **({"checkpoint_gb": round(staged_bytes / 1e9, 4)} if staged_bytes else {})}
     except (Exception, ckpt.CheckpointException):  # noqa: BLE001 - steps first; the save is a bonus
         return {}
     finally:
@@ -356,7 +384,8 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     start, num = int(payload.get("start_step", 0)), int(payload.get("num_steps", 1))
     end = start + num
     ckpt_dir = payload.get("checkpoint_dir") if mode == "run" else None
-    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load)  # skips damaged ones, warns
+    # skips damaged ones and other jobs' (or past-the-end) ones, with a warning
+    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load, ckpt.Owner.of(job, end) if mode == "run" else None)
     if resumed and meta is not None:
         start = int(meta["step"])
     if mode == "run" and start >= end:

@@ -20,6 +20,12 @@ baseline, whose job failed, hung or was stopped, or that died, is killed and rep
 failure never reaches the caller as an exception: `run` returns the same result dicts as the cold
 launcher (`launch.run_workers`), and `WarmUnavailable` (a worker that cannot start, a slot in use)
 makes `run_workers` fall back to a cold launch.
+
+Draining: a worker writes a finished job's staged checkpoint in the background while it takes
+the next job (see `saturn.techniques.warm_worker`). The pool follows each drain from the worker's
+"draining"/"drained" reports: `drain_state(path)` is "draining", "durable" or "lost" (the worker
+died, or the write failed). A worker that must be replaced while it drains is retired instead of
+killed: it finishes its drains and exits, and a fresh worker takes the slot meanwhile.
 """
 
 from __future__ import annotations
@@ -139,6 +145,12 @@ class WarmWorker:
         self.baseline: dict[str, float] = {}
         self.jobs = 0
         self.busy = False
+        self.replied = True  # answered its last job (alive and idle: safe to retire gracefully)
+        self.spawned_at = time.monotonic()
+        self.start_s: Optional[float] = None  # spawn -> ready, measured
+        self.draining: set[str] = set()  # checkpoint paths this worker is still writing
+        self.drains: dict[str, dict] = {}  # path -> its "drained" report
+        self.on_drain: Optional[Callable[["WarmWorker", dict], None]] = None
         r, w = os.pipe()
         try:
             with open(log_path, "ab") as out:
@@ -155,10 +167,30 @@ class WarmWorker:
         with os.fdopen(fd) as f:
             for line in f:
                 try:
-                    self.replies.put(json.loads(line))
+                    msg = json.loads(line)
                 except ValueError:
                     continue
+                if msg.get("event") in ("draining", "drained"):
+                    self._drain_report(msg)
+                else:
+                    self.replies.put(msg)
+        lost = sorted(self.draining)
+        self.draining.clear()
+        for path in lost:  # died (or was killed) before these were written
+            self._drain_report({"event": "drained", "path": path, "ok": False,
+                                "error": f"warm worker {self.pid} (slot {self.slot}) exited while "
+                                         "writing it"})
         self.replies.put({"event": "eof"})
+
+    def _drain_report(self, msg: dict) -> None:
+        path = str(msg.get("path"))
+        if msg["event"] == "draining":
+            self.draining.add(path)
+        else:
+            self.draining.discard(path)
+            self.drains[path] = msg
+        if self.on_drain is not None:
+            self.on_drain(self, msg)
 
     @property
     def returncode(self) -> Optional[int]:
@@ -178,6 +210,7 @@ class WarmWorker:
             raise WarmUnavailable(f"warm worker for slot {self.slot} died while starting "
                                   f"(exit code {self.popen.wait(timeout=10)})")
         self.ready, self.baseline = msg, dict(msg.get("mem") or {})
+        self.start_s = time.monotonic() - self.spawned_at
 
     def send(self, cmd: dict[str, Any]) -> None:
         assert self.popen.stdin is not None
@@ -210,20 +243,26 @@ class WarmPool:
     start_timeout_s: how long a job waits for a (re)starting worker before launching cold.
     mem_tolerance_mb: memory a job may leave above the worker's baseline (taken after its first
         job, which loads the CUDA/cuBLAS/NCCL libraries for good) before the worker is replaced.
-    max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never)."""
+    max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never).
+    drain_behind: a job's final checkpoint is written after it returns, while the worker takes
+        the next job (its result says `durable: False`; see `drain_state`)."""
 
     def __init__(self, device_type: str = "auto", *, env: Optional[dict[str, str]] = None,
                  start_timeout_s: float = 300.0, mem_tolerance_mb: Optional[float] = None,
-                 max_jobs: int = 200):
+                 max_jobs: int = 200, drain_behind: bool = True):
         self.device_type = launch.resolve_device_type(device_type)
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self.tolerance = float(mem_tolerance_mb if mem_tolerance_mb is not None else
                                (256 if self.device_type == "cuda" else 1024)) * _MIB
         self.max_jobs = max_jobs
+        self.drain_behind = drain_behind  # False: a job's final save is durable when it returns
         self.closed = False
         self.replaced = 0  # workers killed and restarted (failures, leaks, hangs)
         self._workers: dict[int, WarmWorker] = {}
+        self._retired: list[WarmWorker] = []  # replaced while draining: exit once drained
+        self._drain_states: dict[str, dict] = {}  # checkpoint path -> {"state", "error", ...}
+        self.drain_timeout_s = 3600.0  # at shutdown, how long draining workers are waited for
         self._lock = threading.Lock()
         self._spawner = _Spawner()
         self._dir = tempfile.mkdtemp(prefix="saturn-warm-")
@@ -244,8 +283,36 @@ class WarmPool:
     def _spawn(self, slot: int) -> WarmWorker:
         w = WarmWorker(slot, self.device_type, self._env(slot),
                        os.path.join(self._dir, f"worker-{slot}.txt"), self._spawner)
+        w.on_drain = self._on_drain
         self._workers[slot] = w
         return w
+
+    def _on_drain(self, w: WarmWorker, msg: dict) -> None:
+        state = "draining" if msg["event"] == "draining" else ("durable" if msg.get("ok") else "lost")
+        self._drain_states[str(msg.get("path"))] = {
+            "state": state, "slot": w.slot, "pid": w.pid, "error": msg.get("error", ""),
+            "drain_s": msg.get("drain_s"), "t": time.time()}
+
+    def drain_state(self, path: str) -> Optional[dict]:
+        """How the background write of checkpoint `path` goes: {"state": "draining" | "durable" |
+        "lost", "error", "drain_s", "slot", "pid"}, or None if no worker of this pool staged it."""
+        st = self._drain_states.get(str(path))
+        return dict(st) if st is not None else None
+
+    def wait_drained(self, ckpt_dir: Optional[str], timeout_s: float = 3600.0) -> None:
+        """Block while a worker still writes a checkpoint of `ckpt_dir` (a job must not start
+        from an older checkpoint than the one its previous attempt is publishing)."""
+        if not ckpt_dir:
+            return
+        d = os.path.normpath(str(ckpt_dir))
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and any(os.path.normpath(os.path.dirname(p)) == d
+                                             for p in self.draining()):
+            time.sleep(0.02)
+
+    def draining(self) -> list[str]:
+        """Checkpoint paths being written by this pool's workers now."""
+        return sorted(p for p, st in self._drain_states.items() if st["state"] == "draining")
 
     def prestart(self, slots: list[int]) -> None:
         """Start workers for these slots now (they warm up in the background)."""
@@ -279,6 +346,31 @@ class WarmPool:
             raise
         return ws
 
+    def start_times(self) -> list[float]:
+        """Measured spawn -> ready seconds of this pool's current workers."""
+        with self._lock:
+            return [w.start_s for w in self._workers.values() if w.start_s is not None]
+
+    def worker_starts(self, slots: list[int]) -> dict[int, Optional[float]]:
+        """Per slot: 0 when its worker is up, else the seconds it still needs to start (from the
+        start time measured on this pool's earlier workers; None when none has started yet).
+        Starts the missing workers (in parallel, in the background)."""
+        self.prestart(slots)
+        with self._lock:
+            measured = [w.start_s for w in self._workers.values() if w.start_s is not None]
+            typical = max(measured) if measured else None
+            out: dict[int, Optional[float]] = {}
+            for s in slots:
+                w = self._workers.get(s)
+                if w is not None and w.ready is not None:
+                    out[s] = 0.0
+                elif w is not None and not w.ready and not w.replies.empty():
+                    out[s] = 0.0  # its ready message is in: it is up
+                else:
+                    age = time.monotonic() - w.spawned_at if w is not None else 0.0
+                    out[s] = None if typical is None else max(0.0, typical - age)
+        return out
+
     def _release(self, ws: list[WarmWorker], keep: list[bool]) -> None:
         """Give workers back; the ones not kept are killed and started afresh (in the background)."""
         with self._lock:
@@ -286,12 +378,30 @@ class WarmPool:
                 w.busy = False
                 if k and w.alive() and not self.closed:
                     continue
-                w.kill()
+                if w.alive() and w.draining and w.replied:
+                    self._retire(w)  # idle but writing a checkpoint: let it finish, then exit
+                else:
+                    w.kill()
                 if self._workers.get(w.slot) is w:
                     del self._workers[w.slot]
                     if not self.closed:
                         self.replaced += 1
                         self._spawn(w.slot)
+
+    def _retire(self, w: WarmWorker) -> None:
+        """Ask an idle worker to exit once its drains are written (it replies to nothing more);
+        a reaper kills it if it is still there after `drain_timeout_s`."""
+        with contextlib.suppress(OSError, ValueError):
+            w.send({"op": "exit"})
+        self._retired.append(w)
+
+        def reap() -> None:
+            end = time.monotonic() + self.drain_timeout_s
+            while w.alive() and time.monotonic() < end:
+                time.sleep(0.1)
+            w.kill()
+
+        threading.Thread(target=reap, name=f"warm-{w.slot}-retire", daemon=True).start()
 
     def _tolerance(self, key: str) -> float:
         """GPU memory must come back within `tolerance`; host RSS of a GPU worker gets at least
@@ -325,21 +435,28 @@ class WarmPool:
             abort_event: Optional[threading.Event] = None) -> dict[str, Any]:
         """Like `launch.run_workers`, on the warm workers of `devices` (rank r on devices[r])."""
         start = time.time()
+        self.wait_drained(payload.get("checkpoint_dir"), timeout_s)  # resume from what is durable
+        t_acquire = time.monotonic()
         ws = self._acquire([int(d) for d in devices])
+        worker_start_s = time.monotonic() - t_acquire  # > 0 when a worker had to start (cold)
         rundir = tempfile.mkdtemp(prefix="saturn-job-", dir=self._dir)
         keep = [False] * len(ws)
+        for w in ws:
+            w.replied = False
         try:
             with open(os.path.join(rundir, "payload.json"), "w") as f:
                 json.dump({"target": target, "payload": payload}, f)
             port = launch.free_port()
             for rank, w in enumerate(ws):
                 w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,
-                        "env": {**current_env(), **(env or {})}, "launch_time": start})
+                        "env": {**current_env(), **(env or {})}, "launch_time": start,
+                        "drain_behind": self.drain_behind})
             outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event)
             if outcome in ("done", "interrupted") and all(c == 0 for c in codes):
                 keep = [self._clean(w, m) for w, m in zip(ws, mems)]  # a graceful stop keeps them too
             procs = [_Exited(c) for c in codes]
             result = launch._collect(rundir, procs, outcome, culprit)
+            result["worker_start_s"] = round(worker_start_s, 4)
             if log_path:
                 launch._write_log(rundir, len(ws), log_path)
             return result
@@ -368,6 +485,7 @@ class WarmPool:
                     except queue.Empty:
                         msg = None
                     if msg is not None and msg.get("event") == "done":
+                        w.replied = True
                         codes[r], mems[r] = (0 if msg.get("ok") else 1), dict(msg.get("mem") or {})
                         if msg.get("dirty"):
                             mems[r]["dirty"] = float("inf")  # never back to baseline: replaced
@@ -402,17 +520,22 @@ class WarmPool:
         return "done", 0, codes, mems
 
     def shutdown(self) -> None:
-        """Stop every worker (an exit command, then SIGKILL for the ones still busy)."""
+        """Stop every worker: an exit command (a draining worker first writes its checkpoints,
+        waited for up to `drain_timeout_s`), then SIGKILL for the ones still busy."""
         with self._lock:
             self.closed = True
             ws, self._workers = list(self._workers.values()), {}
+            ws += self._retired
+            self._retired = []
         for w in ws:
             if not w.busy:
                 with contextlib.suppress(OSError, ValueError):
                     w.send({"op": "exit"})
         end = time.monotonic() + 2.0
         for w in ws:
-            while w.alive() and time.monotonic() < end:
+            drain_end = time.monotonic() + self.drain_timeout_s
+            while w.alive() and (time.monotonic() < end or (w.draining and not w.busy
+                                                             and time.monotonic() < drain_end)):
                 time.sleep(0.02)
             w.kill()
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -11,6 +11,11 @@ process group was destroyed, and the memory the job used came back (GPU: allocat
 bytes after `empty_cache`, and the device's used memory; CPU: resident set size). A worker that is
 not clean is killed and replaced by the pool; a worker that dies (crash, SIGKILL, OOM killer) is
 simply replaced. SIGTERM during a job = "finish the step, checkpoint, stop" (as in the cold path).
+
+Checkpoints drain behind (`checkpoint.set_drain_behind`): a completed job's final save returns
+once staged, and this process writes, fsyncs and publishes it in a background thread while it
+runs the next job. It tells the pool on REPLY_FD ({"event": "draining"|"drained", "path", ...}),
+leaves the staging buffers out of its memory check, and on "exit" finishes every drain first.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Optional
@@ -55,7 +61,10 @@ def memory_now(device_type: str) -> dict[str, float]:
 
     import torch
 
-    out = {"rss": float(_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
+    from saturn.techniques.checkpoint import staged_bytes
+
+    rss = float(_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    out = {"rss": max(0.0, rss - staged_bytes())}  # drains' staging buffers are budgeted, not leaks
     if device_type == "cuda":
         out["allocated"] = float(torch.cuda.memory_allocated())
         out["reserved"] = float(torch.cuda.memory_reserved())
@@ -128,6 +137,9 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
     out_fd, err_fd = os.dup(1), os.dup(2)
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log_fd, 1), os.dup2(log_fd, 2)
+    from saturn.techniques import checkpoint
+
+    checkpoint.set_drain_behind(bool(cmd.get("drain_behind", True)))
     ctx = cold.WorkerContext(rank=rank, world_size=int(cmd["world"]), local_rank=0,
                              device_type=device_type, launch_time=float(cmd["launch_time"]))
     _Job.ctx = ctx
@@ -175,18 +187,29 @@ def main(slot: str, device_type: str, reply_fd: int) -> int:
     signal.signal(signal.SIGTERM, _Job.on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the executor, which stops jobs
     reply = os.fdopen(reply_fd, "w", buffering=1)
+    lock = threading.Lock()
+
+    def send(msg: dict[str, Any]) -> None:  # the job thread and the drain thread both report
+        with lock:
+            reply.write(json.dumps(msg) + "\n")
+
     t0 = time.time()
     _preload(device_type)
     _cleanup(device_type)
-    reply.write(json.dumps({"event": "ready", "pid": os.getpid(), "slot": slot,
-                            "import_s": round(time.time() - t0, 3), "mem": memory_now(device_type)}) + "\n")
+    from saturn.techniques import checkpoint
+
+    checkpoint.set_drain_behind(True)
+    checkpoint.set_drain_listener(send)
+    send({"event": "ready", "pid": os.getpid(), "slot": slot, "import_s": round(time.time() - t0, 3),
+          "mem": memory_now(device_type)})
     for line in sys.stdin:
         if not line.strip():
             continue
         cmd = json.loads(line)
         if cmd.get("op") == "exit":
             break
-        reply.write(json.dumps(run_one(cmd, device_type)) + "\n")
+        send(run_one(cmd, device_type))
+    checkpoint.wait_pending()  # every result this worker staged is durable before it exits
     return 0
 
 

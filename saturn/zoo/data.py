@@ -26,6 +26,10 @@ import torch
 
 DATASETS = ("synthetic-tokens", "synthetic-images", "text-file", "image-files", "token-files")
 PIPELINE_DATASETS = ("image-files", "token-files")  # file-backed staged pipelines (saturn.data)
+# what each dataset yields, and what each zoo model family eats (checked at `saturn validate`)
+DATASET_KINDS = {"synthetic-tokens": "tokens", "text-file": "tokens", "token-files": "tokens",
+                 "synthetic-images": "images", "image-files": "images"}
+FAMILY_KINDS = {"gpt": "tokens", "vit": "images"}
 DEFAULT_SIZE = 100_000
 
 # ------------------------------------------------------------- counter-based random bits (exact)

@@ -71,6 +71,14 @@ def check_model_name(name: str, overrides: dict[str, Any]) -> None:
     bad = sorted(set(overrides) - set(fields))
     if bad:
         raise ValueError(f"unknown override(s) {bad} for {name}; allowed: {sorted(fields)}")
+    for k, v in overrides.items():  # the config's own field types: `n_layer: "4"` is text, not a count
+        default = fields[k]
+        whole = isinstance(default, int) and not isinstance(default, bool)
+        ok = not isinstance(v, bool) and (isinstance(v, int) if whole else isinstance(v, (int, float)))
+        if not ok:
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(f"override {k} = {v!r} ({type(v).__name__}) must be {kind}, like {name}'s "
+                             f"default {default!r}")
     try:
         model_config(name, overrides)
     except (TypeError, ValueError) as exc:

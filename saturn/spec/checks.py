@@ -1,0 +1,66 @@
+"""Static checks of a job against its model, data and optimizer: what fails at run time but can be
+seen from the spec alone, refused at `saturn validate` with the field path.
+
+Why here and not at run time: a job that cannot start (AdamW given `momentum`, betas of length 1,
+sequences longer than the model's position table, a ViT fed token data) used to fail every
+profiling trial, and the cause surfaced only as "no feasible option". Each check needs nothing but
+the spec, the zoo's configs and the optimizer's signature; user factories are not built here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+OPTIMIZER_CLASSES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}  # torch.optim.<class>
+
+
+def optimizer_arguments(name: str) -> list[str]:
+    """Keyword arguments torch.optim.<class> accepts (besides `params`)."""
+    import torch.optim
+
+    cls = getattr(torch.optim, OPTIMIZER_CLASSES[name])
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+
+
+def check_job(job: Any) -> None:
+    """Raise ValueError naming the field for what would fail when the job starts."""
+    _check_optimizer(job.optimizer)
+    if job.model.name is None:  # a user factory: its shapes are known only once built
+        return
+    from saturn.zoo import architecture
+    from saturn.zoo.data import DATASET_KINDS, FAMILY_KINDS
+
+    arch = architecture(job.model)
+    family = arch.get("family")
+    positions = arch.get("n_positions")
+    # only a seq_len the user wrote: the default (512) predates this check and Python callers rely on it
+    if positions is not None and job.seq_len > positions and "seq_len" in job.model_fields_set:
+        raise ValueError(f"seq_len: {job.seq_len} is above {job.model.name}'s {positions} positions "
+                         f"(n_positions); lower seq_len or set model.overrides.n_positions >= {job.seq_len}")
+    want = FAMILY_KINDS.get(str(family))
+    data = job.data
+    have = DATASET_KINDS.get(data.name) if data.name else None
+    if want and have and want != have:
+        fits = sorted(n for n, k in DATASET_KINDS.items() if k == want)
+        raise ValueError(f"data: {data.name} yields {have}, but {job.model.name} is a {family} model that takes "
+                         f"{want}; use one of {fits}")
+
+
+def _check_optimizer(opt: Any) -> None:
+    extra = dict(opt.model_extra or {})
+    allowed = optimizer_arguments(opt.name)
+    unknown = sorted(k for k in extra if k not in allowed)
+    if unknown:
+        cls = OPTIMIZER_CLASSES[opt.name]
+        raise ValueError(f"optimizer.{unknown[0]}: torch.optim.{cls} takes no argument {unknown[0]!r}; its "
+                         f"arguments: {', '.join(a for a in allowed if a != 'lr')} (or pick another optimizer "
+                         "`name`: adamw, adam, sgd)")
+    if "betas" in extra:
+        b = extra["betas"]
+        ok = (isinstance(b, (list, tuple)) and len(b) == 2
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x < 1
+                      for x in b))
+        if not ok:
+            raise ValueError(f"optimizer.betas: {b!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")

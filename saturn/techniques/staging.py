@@ -1,0 +1,264 @@
+"""Host staging memory for background checkpoint saves, budgeted per node.
+
+Why: a background save blocks training only while the state is copied into host memory; the
+bytes drain to storage behind (see `saturn.techniques.checkpoint`), possibly after the job ended
+(warm workers). On a GPU the copy goes into *pinned* memory: the device-to-host copy runs at DMA
+speed, and pinning is slower than copying, so buffers are kept and reused save after save. Pinned
+memory cannot be swapped, so every process of a node draws on one budget:
+
+    SATURN_STAGING_BUDGET_GB   the node's budget (default: half of the host's memory)
+
+Each process keeps its buffers (`StagingArea`) and records the bytes it holds in a ledger, one
+JSON file per node and user ({pid: bytes}, under a file lock; a dead process's entry is dropped
+on the next access). When a save needs more than the budget has left, it waits until a drain
+frees a buffer (here or in another process): the next save blocks, which is what the planner
+assumes for that case (`saturn.planner.inputs.job_phases`).
+
+    area = StagingArea()
+    buf, waited_s = area.acquire(nbytes_of(state))   # blocks while the budget is full
+    host = copy_into(state, buf)                     # tensors -> views of buf, others copied
+    ... write `host` ...; area.release(buf)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from filelock import FileLock
+
+_ALIGN = 64  # every tensor starts at a 64-byte offset (any dtype's alignment)
+_GIB = 2**30
+
+
+def budget_bytes() -> int:
+    """The node's staging budget: SATURN_STAGING_BUDGET_GB, else half of MemTotal."""
+    env = os.environ.get("SATURN_STAGING_BUDGET_GB", "").strip()
+    if env:
+        try:
+            gb = float(env)
+        except ValueError:
+            raise ValueError(f"SATURN_STAGING_BUDGET_GB must be a number of GB, got {env!r}") from None
+        if gb < 0:
+            raise ValueError(f"SATURN_STAGING_BUDGET_GB must be >= 0, got {env!r}")
+        return int(gb * 1e9)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return 16 * _GIB
+
+
+def ledger_path() -> Path:
+    """One ledger per node and user (SATURN_STAGING_LEDGER overrides: tests)."""
+    env = os.environ.get("SATURN_STAGING_LEDGER")
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"saturn-staging-{os.getuid()}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Ledger:
+    """Bytes of staging memory each process of this node holds (a JSON file under a file lock)."""
+
+    def __init__(self, path: Optional[Path] = None, budget: Optional[int] = None):
+        self.path = Path(path or ledger_path())
+        self.budget = budget_bytes() if budget is None else int(budget)
+        self.lock = FileLock(str(self.path) + ".lock")
+
+    def _read(self) -> dict[str, int]:
+        try:
+            held = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            held = {}
+        if not isinstance(held, dict):
+            held = {}
+        return {p: int(b) for p, b in held.items() if str(p).isdigit() and _alive(int(p))}
+
+    def _write(self, held: dict[str, int]) -> None:
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(held))
+        os.replace(tmp, self.path)
+
+    def held(self) -> int:
+        with self.lock:
+            return sum(self._read().values())
+
+    def try_reserve(self, nbytes: int, pid: Optional[int] = None) -> bool:
+        """Add `nbytes` to this process's entry if the node stays within its budget."""
+        key = str(pid or os.getpid())
+        with self.lock:
+            held = self._read()
+            if sum(held.values()) + nbytes > self.budget:
+                return False
+            held[key] = held.get(key, 0) + int(nbytes)
+            self._write(held)
+            return True
+
+    def release(self, nbytes: int, pid: Optional[int] = None) -> None:
+        key = str(pid or os.getpid())
+        with self.lock:
+            held = self._read()
+            left = held.get(key, 0) - int(nbytes)
+            if left > 0:
+                held[key] = left
+            else:
+                held.pop(key, None)
+            self._write(held)
+
+
+class StagingArea:
+    """This process's staging buffers (flat byte tensors, pinned on a GPU host), reused by size."""
+
+    def __init__(self, ledger: Optional[Ledger] = None, poll_s: float = 0.05):
+        self.ledger = ledger or Ledger()
+        self.poll_s = poll_s
+        self.pin = torch.cuda.is_available()
+        self._free: list[torch.Tensor] = []
+        self._busy: list[torch.Tensor] = []
+        self._registered: set[int] = set()  # data pointers page-locked with cudaHostRegister
+        self._cond = threading.Condition()
+
+    def held_bytes(self) -> int:
+        """Bytes of buffers this process holds (free for reuse or in use by a drain)."""
+        with self._cond:
+            return sum(int(b.numel()) for b in self._free + self._busy)
+
+    def acquire(self, nbytes: int, timeout_s: float = 3600.0) -> tuple[Optional[torch.Tensor], float]:
+        """A buffer of at least `nbytes`, and the seconds waited for the budget. Waits while the
+        node's budget is full; None when `nbytes` exceeds the whole budget or the wait timed out
+        (the caller then saves synchronously)."""
+        t0 = time.perf_counter()
+        if nbytes > self.ledger.budget:
+            return None, 0.0
+        while True:
+            with self._cond:
+                fits = [b for b in self._free if b.numel() >= nbytes]
+                if fits:
+                    buf = min(fits, key=lambda b: b.numel())
+                    self._free.remove(buf)
+                    self._busy.append(buf)
+                    return buf, time.perf_counter() - t0
+                # too small to reuse: give them back to the budget before reserving a bigger one
+                for b in self._free:
+                    self._free_buffer(b)
+                self._free.clear()
+                if self.ledger.try_reserve(nbytes):
+                    break
+                if time.perf_counter() - t0 > timeout_s:
+                    return None, time.perf_counter() - t0
+                self._cond.wait(self.poll_s)  # a drain here releases, or another process does
+        try:
+            buf = self._allocate(int(nbytes))
+        except BaseException:
+            self.ledger.release(nbytes)
+            raise
+        with self._cond:
+            self._busy.append(buf)
+        return buf, time.perf_counter() - t0
+
+    def _allocate(self, nbytes: int) -> torch.Tensor:
+        """A host buffer of exactly `nbytes`, page-locked on a GPU host. cudaHostRegister on a
+        plain allocation rather than `pin_memory=True`: torch's pinned allocator rounds every
+        block up to a power of two (10 GB would pin 16 GiB)."""
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if self.pin and nbytes:
+            try:
+                err = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), nbytes, 0)
+                ok = int(getattr(err, "value", err)) == 0
+            except (AttributeError, RuntimeError, TypeError):
+                ok = False
+            if ok:
+                self._registered.add(buf.data_ptr())
+            else:  # e.g. a locked-memory limit: torch's allocator (rounded up) still pins it
+                buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        elif nbytes:
+            buf.zero_()  # fault the pages in now, not during the first save's copy
+        return buf
+
+    def _free_buffer(self, buf: torch.Tensor) -> None:
+        if buf.data_ptr() in self._registered:
+            self._registered.discard(buf.data_ptr())
+            torch.cuda.cudart().cudaHostUnregister(buf.data_ptr())
+        self.ledger.release(int(buf.numel()))
+
+    def release(self, buf: torch.Tensor) -> None:
+        """A drain is done with `buf`: keep it for the next save."""
+        with self._cond:
+            self._busy = [b for b in self._busy if b is not buf]
+            self._free.append(buf)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Free the buffers no drain uses (their bytes go back to the node's budget)."""
+        with self._cond:
+            for b in self._free:
+                self._free_buffer(b)
+            self._free.clear()
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def tensors_of(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in a nested dict/list/tuple state."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in tensors_of(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in tensors_of(v)]
+    return []
+
+
+def nbytes_of(state: Any) -> int:
+    """Staging bytes `state` needs (each tensor aligned)."""
+    return sum(_aligned(t.numel() * t.element_size()) for t in tensors_of(state))
+
+
+def copy_into(state: Any, buf: torch.Tensor) -> Any:
+    """A host copy of `state` whose tensors are views of `buf` (non-tensors deep-copied). Returns
+    once every copy is complete: training may change the originals right after."""
+    offset = [0]
+    cuda = False
+
+    def walk(obj: Any) -> Any:
+        nonlocal cuda
+        if isinstance(obj, torch.Tensor):
+            n = obj.numel() * obj.element_size()
+            dst = buf[offset[0]:offset[0] + n].view(obj.dtype).view(obj.shape)
+            offset[0] += _aligned(n)
+            src = obj.detach()
+            cuda = cuda or src.is_cuda
+            dst.copy_(src, non_blocking=src.is_cuda)
+            return dst
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        if isinstance(obj, tuple):
+            return tuple(walk(v) for v in obj)
+        return copy.deepcopy(obj)
+
+    out = walk(state)
+    if cuda:
+        torch.cuda.synchronize()
+    return out
