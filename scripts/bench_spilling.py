@@ -5,7 +5,7 @@ GPU (one H200; ~8 minutes in all; every measurement in its own subprocess with a
 
     python scripts/bench_spilling.py --out-dir $OUT
 
-    = --model gpt-2.7b --batch-size 8 --seq-len 512 --cap-gb 7 --steps 2 --warmup 1 --budget-s 480
+    = --model gpt-2.7b --batch-size 8 --seq-len 512 --cap-gb 7 --steps 2 --warmup 1 --budget-s 510
 
 CPU: `--quick` (smoke run of the same code on gpt2-tiny, writes only under --out-dir or a temp
 dir), `--parity` (loss parity of every numerics-changing knob, >= 200 steps on a small model;
@@ -54,7 +54,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 ORDER = ("spilling", "deepspeed", "fsdp2", "sharp", "fairscale")
-TIMEOUTS = {"spilling": 150, "deepspeed": 150, "fsdp2": 80, "sharp": 100, "fairscale": 60}
+TIMEOUTS = {"spilling": 170, "deepspeed": 150, "fsdp2": 80, "sharp": 100, "fairscale": 40}
 NEEDS_CUDA = ("deepspeed", "fsdp2", "fairscale")
 
 
@@ -73,7 +73,7 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--variants", default="fp32-state,bf16-state,split+bf16-state",
                    help="spilling variants: fp32-state, bf16-state, split, split+bf16-state")
     p.add_argument("--only", default=",".join(ORDER), help=f"measurements to run ({ORDER})")
-    p.add_argument("--budget-s", type=float, default=480.0,
+    p.add_argument("--budget-s", type=float, default=510.0,
                    help="wall-clock budget for all measurements; later ones are skipped past it")
     p.add_argument("--timeouts", default="{}", help=f"JSON per-worker timeouts (default {TIMEOUTS})")
     p.add_argument("--sharp-models", type=int, default=3)
@@ -88,6 +88,9 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--parity", action="store_true",
                    help="loss parity of the numerics-changing knobs (CPU, >= 200 steps)")
     p.add_argument("--parity-steps", type=int, default=200)
+    p.add_argument("--host-optimizer", type=int, default=0, metavar="NUMEL",
+                   help="time one host optimizer step over NUMEL parameters here (fp32 vs bf16 "
+                        "state) and exit")
     p.add_argument("--from-json", default=None,
                    help="re-render BENCHMARKS.md's spilling section from this JSON and exit")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -106,7 +109,7 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
         a.batch_size, a.seq_len, a.steps, a.warmup, a.cap_gb = 4, 32, 2, 1, 0.0
         a.sharp_models, a.sharp_overrides, a.sharp_batch_size = 2, '{"n_layer": 2}', 4
         a.precision = "bf16"  # the bf16-state knob needs it; CPU engines compute in fp32
-    if a.device == "cuda" and not (a.parity or a.from_json or a.worker):
+    if a.device == "cuda" and not (a.parity or a.from_json or a.worker or a.host_optimizer):
         import torch
 
         if not torch.cuda.is_available():
@@ -134,6 +137,76 @@ def stream_triad(numel: int = 1 << 27, reps: int = 5) -> dict[str, Any]:
     return {"status": "ok", "triad_gb_s": 3 * 4 * numel / best_triad / 1e9,
             "copy_gb_s": 2 * 4 * numel / best_copy / 1e9, "threads": torch.get_num_threads(),
             "array_mib": 4 * numel / 2**20}
+
+
+def host_optimizer_cpu(numel: int) -> int:
+    """`--host-optimizer`: one host optimizer step over `numel` parameters on this machine, as
+    the engine runs it: fp32 state (torch fused AdamW + bf16 gradient upcast + wire refresh) vs
+    bf16 state (FlatAdamW: compiled one-pass, and its eager fallback); each against the triad
+    bandwidth. Writes benchmarks/spilling_host_cpu.json and its BENCHMARKS.md section."""
+    import benchlib
+    import torch
+    from bench_spilling_workers import host_bytes_per_param
+
+    from saturn.techniques.spilling.states import FlatAdamW, FlatSlot, warm_compiled_kernel
+
+    bw = stream_triad(1 << 25)
+    n = numel
+    wire_grad = torch.randn(n).bfloat16()
+    wire = torch.empty(n, dtype=torch.bfloat16)
+
+    def best(fn: Any, reps: int = 3) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    master = torch.nn.Parameter(torch.randn(n))
+    master.grad = torch.zeros(n)
+    ref = {"p": master, "opt": torch.optim.AdamW([master], lr=1e-3, fused=True)}
+
+    def fp32_step() -> None:
+        ref["p"].grad.copy_(wire_grad)  # land_grads
+        ref["opt"].step()
+        wire.copy_(ref["p"].data)  # refresh_wire
+
+    res: dict[str, Any] = {"fp32 state (fused AdamW + upcast + refresh)": (
+        best(fp32_step), host_bytes_per_param("fp32", True))}
+    ref.clear()  # its 4 x n fp32 go back before the next
+    del master
+    compiled = warm_compiled_kernel()
+    for label, comp in (("bf16 state, compiled one pass", True), ("bf16 state, eager ops", False)):
+        if comp and not compiled:
+            res[label] = (None, host_bytes_per_param("bf16", True))
+            continue
+        q = torch.nn.Parameter(torch.randn(n))
+        opt = FlatAdamW([q], [FlatSlot(q.data, wire_grad, wire, [0], [n], [q.shape])], "adamw",
+                        {"lr": 1e-3}, "bf16", compiled=comp)
+        res[label] = (best(opt.step, 2 if comp else 1), host_bytes_per_param("bf16", True))
+    rows = {k: ({"s_per_step": t, "ns_per_param": t / n * 1e9, "bytes_per_param": b,
+                 "gb_s": n * b / t / 1e9, "of_triad": n * b / t / 1e9 / bw["triad_gb_s"]}
+                if t else {"status": "skipped", "reason": "torch.compile unavailable"})
+            for k, (t, b) in res.items()}
+    report = {"benchmark": "spilling_host_cpu", "numel": n, "threads": torch.get_num_threads(),
+              "host_bandwidth": bw, "results": rows}
+    lines = [f"One host optimizer step over {n / 1e6:.0f} M parameters, {report['threads']} "
+             f"threads, measured (min of 3; other work shares this machine). Triad bandwidth "
+             f"{bw['triad_gb_s']:.1f} GB/s.", "",
+             "| update | s/step | ns/param | bytes/param | GB/s | of triad |", "|---|---|---|---|---|---|"]
+    for k, r in rows.items():
+        lines.append(f"| {k} | " + (f"{r['s_per_step']:.3f} | {r['ns_per_param']:.2f} | "
+                                     f"{r['bytes_per_param']} | {r['gb_s']:.1f} | "
+                                     f"{r['of_triad']:.2f} |" if "s_per_step" in r
+                                     else f"{r['status']}: {r['reason']} | | | | |"))
+    md = "\n".join(lines) + "\n"
+    print(md)
+    path = benchlib.write_json("spilling_host_cpu", report)
+    benchlib.write_section("spilling_host_cpu", "Spilling: the host optimizer step on this CPU", md)
+    print(f"wrote {path} and the spilling_host_cpu section of BENCHMARKS.md")
+    return 0
 
 
 # ------------------------------------------------------------------------------ orchestration
@@ -215,7 +288,7 @@ def main_run(a: argparse.Namespace) -> int:
     os.makedirs(log_dir, exist_ok=True)
     timeouts = {**TIMEOUTS, **json.loads(a.timeouts)}
     if a.quick:
-        timeouts = {k: 300 for k in timeouts}
+        timeouts = {k: 300 for k in timeouts} | json.loads(a.timeouts)
     spec = {"model": a.model, "overrides": json.loads(a.overrides), "batch_size": a.batch_size,
             "seq_len": a.seq_len, "precision": a.precision, "steps": a.steps, "warmup": a.warmup,
             "cap_gb": a.cap_gb or None, "device": a.device, "variants": variants(a),
@@ -299,6 +372,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(markdown(report))
         print("rewrote the spilling section of BENCHMARKS.md")
         return 0
+    if a.host_optimizer:
+        return host_optimizer_cpu(a.host_optimizer)
     if a.parity:
         import bench_spilling_parity
 
