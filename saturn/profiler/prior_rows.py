@@ -173,14 +173,14 @@ def _launch_s(records: list[dict], technique: str, gpu_type: str) -> float:
 
 
 def best_estimate(shape: ModelShape, technique: str, candidates: list[dict], gpus: int, rates: MachineRates,
-                  gpu_memory_gb: float, factor_for: Callable[[dict], tuple[float, str]], steps: float = 1.0
-                  ) -> tuple[dict, Estimate, str]:
+                  gpu_memory_gb: float, factor_for: Callable[[dict], tuple[float, str]], steps: float = 1.0,
+                  compute_factor: Optional[float] = None) -> tuple[dict, Estimate, str]:
     """The candidate the prior expects to finish `steps` steps soonest (its start-up included)
     among those that fit (else the leanest one), its estimate and what its calibration rests on."""
     ests = []
     for c in candidates:
         f, why = factor_for(c)
-        ests.append((c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, f), why))
+        ests.append((c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, f, compute_factor), why))
     fits = [e for e in ests if e[1].feasible]
     if fits:
         return min(fits, key=lambda e: steps * e[1].step_time_s + launch_extra_s(e[0]))
@@ -242,8 +242,10 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
                                     "source": f"{ESTIMATED_SOURCE}: not measured; the technique rules it out"})
                         continue
                     knobs, est, why = best_estimate(shape, name, cell.candidates, g, r8, mem, factor_for,
-                                                    steps=max(j.total_steps for j in sig_jobs))
+                                                    steps=max(j.total_steps for j in sig_jobs),
+                                                    compute_factor=calib.compute_factor(gtype))
                     start = launch + launch_extra_s(knobs)
+                    why += " (floored at the device's own work)" if est.floored else ""
                     src = (f"{ESTIMATED_SOURCE}: prior cost model, {why}; rates {r8.source}"
                            + (f", interconnect {r8.interconnect_source}" if g > 1 else ""))
                     out.append({**base, "knobs": canonical_knobs(knobs),
@@ -347,7 +349,8 @@ def trial_priors(workload: Any, cells: Iterable[Any], rep_jobs: dict[str, Any], 
         for k in c.candidates:
             factor, _why = (anchor(records, c.signature, c.technique, gpu_type, shape, rates, k)
                             or calib.factor(c.technique, gpu_type))
-            est = estimate(shape, c.technique, k, c.gpus, rates, gpu_memory_gb, factor)
+            est = estimate(shape, c.technique, k, c.gpus, rates, gpu_memory_gb, factor,
+                           calib.compute_factor(gpu_type))
             extra = launch_extra_s(k)
             trial = fixed + extra + (warmup_steps + steps) * est.step_time_s
             out[(c.signature, c.technique, canonical_knobs(k), c.gpus)] = PriorGuess(
