@@ -238,3 +238,12 @@ def test_measurements_correct_the_prior_during_the_search():
     # a longer job makes it worth measuring even corrected
     s = Search(cs, prior=prior, steps_by_signature={"a": 2000}, devices=2)
     assert sorted(t.gpus for t in drain(s, lambda t: ("ok", 0.1 if t.gpus == 1 else 0.08))) == [1, 2]
+
+
+def test_a_slow_starting_setting_must_earn_its_start_up():
+    """compile=True: faster steps, 12 s more per launch; with two jobs that is 24 s to earn first."""
+    from saturn.profiler.value import worth_measuring
+
+    guess = PriorGuess(0.09, True, trial_s=10.0, launch_s=22.0)
+    assert worth_measuring(1, guess, 0.1, 0.1, steps=600, devices=1) is None
+    assert worth_measuring(1, guess, 0.1, 0.1, steps=600, devices=1, extra_launches_s=24.0) is not None

@@ -312,6 +312,7 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
     elif kind == "job_failed" and js is not None:
         js.status = FAILED
         js.reason = d.get("reason", "")
+        js.log = d.get("log")
     elif kind == "spawned" and js is not None:
         if js.current is not None:
             js.current.pid = int(d["pid"])

@@ -104,6 +104,8 @@ class Estimator:
 
     def __init__(self, profiles: pd.DataFrame, checkpoint_every: int = 0):
         self.rows: dict[str, list[OptionRow]] = {}
+        # rows that are no option: job -> {(technique, gpus): (status, reason)} (why a job cannot run)
+        self.refused: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
         self.checkpoint_every = checkpoint_every  # the backend's periodic saves (steps), planned
         self.launch = LaunchFacts()
         self.add_profiles(profiles)
@@ -149,6 +151,11 @@ class Estimator:
     def add_profiles(self, profiles: pd.DataFrame) -> None:
         for r in profiles.to_dict("records"):
             if not _true(r.get("feasible", True)):
+                st = r.get("status")
+                why = r.get("reason")
+                self.refused.setdefault(str(r["job"]), {})[(str(r["technique"]), int(r["gpus"]))] = (
+                    st if isinstance(st, str) and st and st != "ok" else "infeasible",
+                    why if isinstance(why, str) else "")
                 continue
             st = _num(r.get("step_time_s"), math.nan)
             if not (st >= 0 and math.isfinite(st)):
@@ -164,6 +171,28 @@ class Estimator:
             lst = self.rows.setdefault(str(r["job"]), [])
             lst[:] = [x for x in lst if (x.technique, x.knobs, x.gpus, x.gpu_type) !=
                       (row.technique, row.knobs, row.gpus, row.gpu_type)] + [row]
+
+    def why_no_option(self, js: JobState, cluster_gpus: int) -> str:
+        """Why `js` has no option left, option by option, claiming OOM only where it was OOM."""
+        info = js.info
+        allowed = [o for o in self.rows.get(js.name, []) if (not info.techniques or o.technique in info.techniques)
+                   and (not info.gpus or o.gpus in info.gpus)]
+        parts = []
+        if js.infeasible:
+            parts.append("ran out of memory at run time (OOM) with " + ", ".join(
+                k.replace("|", "×") for k in sorted(js.infeasible)))
+        refused = {k: v for k, v in self.refused.get(js.name, {}).items()
+                   if (not info.techniques or k[0] in info.techniques) and (not info.gpus or k[1] in info.gpus)}
+        for (tech, g), (status, why) in sorted(refused.items()):
+            label = {"oom": "out of memory (OOM) when profiled", "failed": "failed when profiled",
+                     "timeout": "timed out when profiled"}.get(status, "infeasible")
+            parts.append(f"{tech}×{g}: {label}" + (f": {why.strip()}" if why.strip() else ""))
+        if not allowed and not refused and not js.infeasible:
+            if info.gpus and min(info.gpus) > cluster_gpus:
+                return (f"it needs {min(info.gpus)} GPUs (gpus: {info.gpus}) and the largest node has "
+                        f"{cluster_gpus}: more GPUs than the cluster has")
+            return "no profile rows for it (not profiled); run `saturn profile` or pass --profiles"
+        return "no runnable option: " + "; ".join(parts) if parts else "no runnable option"
 
     def options(self, js: JobState) -> list[OptionRow]:
         info = js.info
