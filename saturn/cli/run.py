@@ -76,8 +76,10 @@ def run_command(
     start_plan: Any = None
     if plan is not None:
         from saturn.planner.plan import read_plan
+        from saturn.techniques.registry import technique_names
 
-        start_plan = read_plan(plan, wl.jobs, wl.cluster)
+        known = set(technique_names()).union(*(j.techniques or () for j in wl.jobs))
+        start_plan = read_plan(plan, wl.jobs, wl.cluster, techniques=known)
     table = profiles_table(wl, profiles, allow_profiling=not simulate, progress=True)
     if not simulate:  # never run silently on guesses
         from saturn.profiles.guesses import measure_guesses
