@@ -9,6 +9,7 @@ the solver core never imports `saturn.spec` (duck typing keeps the packages inde
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -74,8 +75,7 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
                     checkpoint_every=int(getattr(job, "checkpoint_every", 0) or 0),
                 )
             )
-    names = [j.name for j in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(j.name for j in out).items() if k > 1)
     if dupes:
         raise SaturnError(f"job names must be unique; duplicated: {', '.join(dupes)}")
     for j in out:
@@ -139,6 +139,16 @@ def gpu_type_matches(profile_type: Any, node: NodeSpec) -> bool:
 # their staging into host memory blocks the steps. When a profile did not measure that part, it
 # is estimated as this fraction of a full save (device->host copy vs. write + fsync).
 BACKGROUND_SAVE_FRACTION = 0.1
+
+
+def table_records(table: Any) -> list[dict]:
+    """The rows of a profile DataFrame as dicts, column by column: `DataFrame.to_dict("records")`
+    takes seconds on the 150,000 rows of a 10,000-job workload (arrow strings are boxed one cell
+    at a time); `Series.tolist()` per column is several times faster. Missing values stay
+    NaN / None, as there."""
+    cols = [str(c) for c in table.columns]
+    values = [table[c].tolist() for c in table.columns]
+    return [dict(zip(cols, row)) for row in zip(*values)]
 
 
 def _val(row: Mapping[str, Any], key: str) -> Optional[float]:
