@@ -31,3 +31,44 @@ def canonical_knobs(knobs: Any) -> str:
         text = knobs.strip()
         knobs = json.loads(text) if text else {}
     return json.dumps(knobs, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def jsonl_records(path: Any, required: tuple[str, ...] = ()) -> tuple[list[dict], int]:
+    """(records, bad lines) of a JSONL file a run writes and a user may damage (#28): lines that
+    do not decode (garbage bytes, torn writes), are not JSON objects, lack a `required` key, or
+    whose `step`/`attempt` is not a whole number are skipped and counted, never raised. A missing
+    or unreadable file is ([], 0)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return [], 0
+    out, bad = [], 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:  # (UnicodeDecodeError included)
+            bad += 1
+            continue
+        if (not isinstance(rec, dict) or any(k not in rec for k in required)
+                or any(k in rec and not _whole(rec[k]) for k in ("step", "attempt"))):
+            bad += 1
+            continue
+        out.append(rec)
+    return out, bad
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def table_records(table: Any) -> list[dict]:
+    """The rows of a profile DataFrame as dicts, column by column: `DataFrame.to_dict("records")`
+    takes seconds on the 150,000 rows of a 10,000-job workload (arrow strings are boxed one cell
+    at a time); `Series.tolist()` per column is several times faster. Missing values stay
+    NaN / None, as there."""
+    cols = [str(c) for c in table.columns]
+    values = [table[c].tolist() for c in table.columns]
+    return [dict(zip(cols, row)) for row in zip(*values)]

@@ -218,3 +218,32 @@ def test_the_prior_expecting_out_of_memory_is_skipped_after_the_first_round():
     ran = drain(s, lambda t: ("ok", 0.1))
     assert [t.technique for t in ran] == ["ddp"]
     assert any(k.technique == "fsdp" and "not to fit" in k.reason for k in s.skipped)
+
+
+def test_measurements_correct_the_prior_during_the_search():
+    """The leader measures 10x slower than the prior thought: the rest is judged on corrected
+    estimates (uncorrected, the 2-GPU trial would look worth 19 s for a 10 s trial)."""
+    cs = cells("a", "ddp", counts=(1, 2))
+    prior = prior_for(cs, lambda s, t, g: {1: 0.01, 2: 0.008}[g], trial_s=10.0)
+    s = Search(cs, prior=prior, steps_by_signature={"a": 200}, devices=2)
+    ran = drain(s, lambda t: ("ok", 0.1 if t.gpus == 1 else 0.08))
+    assert [t.gpus for t in ran] == [1]
+    assert any(k.gpus == 2 and k.reason.startswith("cannot pay for itself") for k in s.skipped)
+    # uncorrected, the same trial would be measured
+    from saturn.profiler.value import worth_measuring
+
+    guess = prior[("a", "ddp", "{}", 2)]
+    assert worth_measuring(2, guess, 0.1, 0.1, 200, 2) is None
+    assert worth_measuring(2, guess, 0.1, 0.1, 200, 2, factor=10.0) is not None
+    # a longer job makes it worth measuring even corrected
+    s = Search(cs, prior=prior, steps_by_signature={"a": 2000}, devices=2)
+    assert sorted(t.gpus for t in drain(s, lambda t: ("ok", 0.1 if t.gpus == 1 else 0.08))) == [1, 2]
+
+
+def test_a_slow_starting_setting_must_earn_its_start_up():
+    """compile=True: faster steps, 12 s more per launch; with two jobs that is 24 s to earn first."""
+    from saturn.profiler.value import worth_measuring
+
+    guess = PriorGuess(0.09, True, trial_s=10.0, launch_s=22.0)
+    assert worth_measuring(1, guess, 0.1, 0.1, steps=600, devices=1) is None
+    assert worth_measuring(1, guess, 0.1, 0.1, steps=600, devices=1, extra_launches_s=24.0) is not None

@@ -123,23 +123,24 @@ def _metric_steps(rd: Path) -> list[int]:
 def test_second_executor_on_a_live_run_is_refused_and_the_first_trains_once(tmp_path):
     import saturn
 
-    w, p = _files(tmp_path, 150)
+    w, p = _files(tmp_path, 300)
     rd = tmp_path / "run"
     first = subprocess.Popen(_cli("run", str(w), "--run-dir", str(rd), "--profiles", str(p), "--no-live",
                                   "--checkpoint-every", "10", "--interval", "1000", "--time-limit", "1"),
                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_running(rd, first)
+        with pytest.raises(RunLockedError, match=f"pid {first.pid}"):
+            saturn.Orchestrator(saturn.Cluster(devices="cpu", slots=1), run_dir=rd, backend="process", resume=True)
         for argv in (("run", "--resume", str(rd), "--no-live"),
                      ("run", str(w), "--run-dir", str(rd), "--profiles", str(p), "--no-live")):
             t0 = time.monotonic()
             res = subprocess.run(_cli(*argv), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
             out = res.stdout + res.stderr
+            assert first.poll() is None, "the first run ended before the check: make it longer"
             assert res.returncode == 2, out
             assert f"pid {first.pid}" in out and "Traceback" not in out, out
             assert time.monotonic() - t0 < 30
-        with pytest.raises(RunLockedError, match=f"pid {first.pid}"):
-            saturn.Orchestrator(saturn.Cluster(devices="cpu", slots=1), run_dir=rd, backend="process", resume=True)
         out, _ = first.communicate(timeout=180)
     finally:
         if first.poll() is None:
@@ -149,7 +150,7 @@ def test_second_executor_on_a_live_run_is_refused_and_the_first_trains_once(tmp_
     assert [d["job"] for k, d in ev if k == "finished" and d["status"] == "completed"] == ["a"]
     assert not any(k == "resumed" for k, _ in ev)
     assert not any(k == "finished" and d["status"] == "lost" for k, d in ev)
-    assert _metric_steps(rd) == list(range(150))
+    assert _metric_steps(rd) == list(range(300))
 
 
 @pytest.mark.slow

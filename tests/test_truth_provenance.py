@@ -26,7 +26,7 @@ from saturn.planner.provenance import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = "sample: extrapolated from ../shared/SPASE.md measurements, not measured"
+SAMPLE = "sample: extrapolated from the SPASE paper's published 4xH200 step times, not measured"
 
 
 @pytest.mark.parametrize("row,label", [
@@ -37,6 +37,8 @@ SAMPLE = "sample: extrapolated from ../shared/SPASE.md measurements, not measure
     ({"source": "simulated: roofline model"}, SIMULATED),
     ({"source": "sample"}, GUESSED),
     ({"source": "guess by hand"}, GUESSED),
+    ({"source": "estimated: prior cost model, uncalibrated"}, "estimated"),
+    ({"source": "estimate: batch-scaled from batch size 8"}, "estimated"),
     ({"source": None}, UNLABELLED),
     ({}, UNLABELLED),
 ])
@@ -121,28 +123,37 @@ def test_run_require_measured_refuses_guesses(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_run_measures_guessed_options_when_the_hardware_is_here(tmp_path, monkeypatch):
+def test_run_measures_guessed_options_in_the_run_not_in_trial_processes(tmp_path, monkeypatch):
+    """#24: options nobody measured are measured by the jobs' own first steps (a RunMeasurer),
+    never by a separate `saturn profile` before the run; where they cannot be measured here (a
+    given table) the run warns and goes on; --require-measured refuses only a plan resting on them
+    (test_run_require_measured_refuses_guesses)."""
     import saturn.profiler as profiler
-    from saturn.profiles.guesses import measure_guesses
+    from saturn.api.run_stages import prepare_run
+
+    calls = []
+    monkeypatch.setattr(profiler, "profile", lambda w, **k: calls.append(w))
+    store = tmp_path / "store"
+    store.mkdir()
+    rows = _table().assign(gpu_type="cpu", gpu_memory_gb=4.0)
+    w = _wl(tmp_path, cluster={"devices": "cpu", "slots": 2})
     from saturn.spec import load_workload
 
-    wl = load_workload(_wl(tmp_path, cluster={"devices": "cpu", "slots": 2}))
-    cluster = wl.cluster.resolved()
-    table = _table().assign(gpu_type="cpu")
-    measured = table.assign(source="profiler")
-    calls = []
-    monkeypatch.setattr(profiler, "profile", lambda w, **k: calls.append([j.name for j in w.jobs]))
-    out = measure_guesses(wl, cluster, table, require_measured=False, from_store=True, reload=lambda: measured,
-                          time_limit_s=2, say=lambda s: None)
-    assert calls == [["b"]] and out is measured
-    # not measurable here (a described cluster elsewhere, or a given table): warn and keep the table
-    said = []
-    out = measure_guesses(wl, cluster, table, require_measured=False, from_store=False, reload=lambda: measured,
-                          time_limit_s=2, say=said.append)
-    assert out is table and "guessed" in said[0] and len(calls) == 1
-    with pytest.raises(SaturnError, match="require-measured"):
-        measure_guesses(wl, cluster, table, require_measured=True, from_store=True, reload=lambda: measured,
-                        time_limit_s=2)
+    sig = str(load_workload(w).jobs[0].signature)  # a and b share it (same model, batch, seq)
+    rows.drop(columns=["job"]).assign(signature=sig).to_csv(store / "profiles.csv", index=False)
+    said: list = []
+    prep = prepare_run(w, store_dir=store, run_dir=tmp_path / "r1", say=said.append)
+    assert calls == [] and prep.measurer is not None and "measure_in_run" in prep.stages
+    # one signature: its measured ddp x1 row shadows the sample; fsdp x2 is only extrapolated (the
+    # other options are the prior's estimates)
+    pending = {k[1:] for k in prep.measurer.pending()}
+    assert ("fsdp", "{}", 2) in pending and ("ddp", "{}", 1) not in pending
+    assert any("measuring as it runs" in s for s in said)
+    said.clear()
+    rows.to_csv(tmp_path / "t.csv", index=False)  # a given table: not this machine's store
+    prep = prepare_run(w, profiles=tmp_path / "t.csv", run_dir=tmp_path / "r2", say=said.append)
+    assert prep.measurer is None and "WARNING" in said[0] and "b (ddp on 1 GPU(s))" in said[0]
+    assert calls == []
 
 
 def test_gpu_count_over_an_unknown_cluster_names_the_real_cause(tmp_path):

@@ -142,7 +142,7 @@ class ExecutorThread:
                 continue
             if rows is None:  # pending: it fails with the reason; running on the estimate: it goes on
                 if js.status == PENDING:
-                    self._ex.emit("job_failed", job=name, reason=f"profiling failed: {reason}")
+                    self._ex.fail_job(name, f"profiling failed: {reason}")
                 label = self._profile_source.get(name, "estimate")
                 self._profile_source[name] = f"{label} (profiling failed: {reason})"
                 continue
@@ -186,7 +186,7 @@ class ExecutorThread:
                     except ExecutorError as exc:  # nothing can be launched: fail what cannot run
                         for js in self._ex.state.unfinished():
                             if js.status not in ACTIVE:
-                                self._ex.emit("job_failed", job=js.name, reason=str(exc))
+                                self._ex.fail_job(js.name, str(exc))
                     self._publish()
                     with self._flock:
                         busy = any(not f.done() for f in self._futures.values())

@@ -16,6 +16,7 @@ import pandas as pd
 
 from saturn.api.background_profiling import estimate_rows, shape_key
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
+from saturn.errors import SaturnError
 
 
 class JobIntake:
@@ -42,6 +43,7 @@ class JobIntake:
     _lock: Any
     _ex: Any
     _measured_shapes: dict
+    backend: Any
 
     # ---------------------------------------------------------------------------------- public
     def submit(self, job: Any, profiles: Any = None) -> JobFuture:
@@ -54,17 +56,36 @@ class JobIntake:
 
         self._check_open()
         # validate everything first: a bad job leaves no half-registered batch
-        prepared: list[tuple[Any, pd.DataFrame]] = []
+        prepared: list[tuple[Any, Optional[pd.DataFrame]]] = []
+        unfit: dict[str, str] = {}  # job -> why it can never run here (its future fails at once)
+        if isinstance(jobs, (Job, dict)) or jobs is None or isinstance(jobs, (str, bytes)):
+            raise OrchestratorError(f"submit_many(jobs): give a list of saturn.Job (or dicts of their fields), "
+                                    f"not {type(jobs).__name__}")
         for job in jobs:
             if isinstance(job, dict):
                 job = Job.model_validate(job)
+            if not isinstance(job, Job):
+                raise OrchestratorError(f"submit(job): job must be a saturn.Job or a dict of its fields, not "
+                                        f"{type(job).__name__} ({job!r:.80})")
             with self._flock:
                 old = self._futures.get(job.name)
                 if (old is not None and not old.done()) or any(job.name == j.name for j, _ in prepared):
                     raise OrchestratorError(f"job {job.name!r} is already submitted and not done")
+                before = self._jobs.get(job.name)
+            if before is not None:  # a finished job's name: only the same definition resumes it
+                from saturn.executor.loop import check_same_definition
+
+                try:
+                    check_same_definition(job.name, before.model_dump(mode="json"), job.model_dump(mode="json"))
+                except SaturnError as exc:
+                    raise OrchestratorError(str(exc)) from None
             self._profile_source.pop(job.name, None)  # (a re-used name: this job's own label)
-            prepared.append((job, self._rows_for(job, profiles)))
-        batch = []
+            self._check_paths(job)
+            why = self._unfit(job)
+            if why:
+                unfit[job.name] = why
+            prepared.append((job, None if why else self._rows_for(job, profiles)))
+        batch, futures = [], []
         with self._flock:
             for job, rows in prepared:
                 fut = JobFuture(self, job.name)
@@ -73,17 +94,28 @@ class JobIntake:
                 self._histories[job.name] = {}
                 self._reports[job.name] = JobReport(job.name, "pending", total_steps=int(job.total_steps),
                                                     profile=self._profile_source.get(job.name, "measured"))
-                batch.append((job, rows, fut))
+                futures.append(fut)
+                if job.name in unfit:
+                    fut._accepted = True
+                    self._reports[job.name] = JobReport(job.name, "failed", total_steps=int(job.total_steps),
+                                                        reason=unfit[job.name])
+                    fut._set(self._reports[job.name])
+                else:
+                    batch.append((job, rows, fut))
         self._last_submit = time.monotonic()
-        self._cmds.put(("submit", batch))
-        return [f for _, _, f in batch]
+        if batch:
+            self._cmds.put(("submit", batch))
+        return futures
 
     def cancel(self, job: Any, reason: str = "cancelled") -> None:
         """Stop a job (running: checkpoint and exit; pending: dropped); its GPUs are re-planned.
 
-        Applied at once when the executor knows the job (the stop reaches a running job now, so a
-        pruned trial trains at most about one more step): it waits for the executor's current
-        step (at most `cancel_wait_s`), else it is queued like a submit."""
+        The stop reaches a running job at once, so a pruned trial trains about one more step after
+        the cancel (its losses, and so a prune, are seen at the training loop's read-back
+        boundaries, every <= 10 steps). Applied to the executor at once when its thread is idle;
+        while it is busy (a re-plan can hold its lock for seconds) the cancel is queued for it and
+        the stop goes straight to the backend (`thread_safe_stop` backends), so the job never
+        trains on while the planner solves (#28: pruned trials ran 12-82 steps past the prune)."""
         from saturn.executor.state import TERMINAL
 
         name = str(getattr(job, "name", job))
@@ -91,7 +123,7 @@ class JobIntake:
             if name not in self._futures:
                 raise OrchestratorError(f"no job {name!r} was submitted")
         held = any(j.name == name for h in self._held for j, _, _ in h[1])
-        if not held and self._lock.acquire(timeout=getattr(self, "cancel_wait_s", 2.0)):
+        if not held and self._lock.acquire(timeout=getattr(self, "cancel_wait_s", 0.05)):
             try:
                 js = self._ex.state.jobs.get(name)
                 with self._cmds.mutex:
@@ -103,10 +135,38 @@ class JobIntake:
                     return
             finally:
                 self._lock.release()
+        # queued first: the executor thread applies it (a stop the executor asked for) before it
+        # can see the job exit, so an interrupted job ends cancelled, never relaunched
         self._cmds.put(("cancel", name, reason))
+        if not held and getattr(self.backend, "thread_safe_stop", False):
+            try:
+                self.backend.stop(name)  # a job not running (yet / any more) is left alone
+            except Exception:  # noqa: BLE001 - the queued cancel still stops it
+                pass
 
+
+    def _check_paths(self, job: Any) -> None:
+        """The `local_paths` stage of every front door (saturn.api.run_stages.check_paths): a job
+        that runs here needs its local files here (SpecError naming them, before it is queued)."""
+        if self.simulated or getattr(self.cluster, "ray", None) is not None:
+            return
+        from saturn.api.run_stages import check_paths
+        from saturn.spec import Workload
+
+        check_paths(Workload(name=f"submit-{job.name}", cluster=self.cluster, jobs=[job]))
 
     # ---------------------------------------------------------------------------------- profiles
+    def _unfit(self, job: Any) -> str:
+        """Why `job` can never run on this cluster ('' if it can): every GPU count it allows exceeds
+        the largest node. Said at once, instead of a missing-profile error."""
+        nodes = getattr(self.cluster, "nodes", None) or []
+        largest = max((int(n.gpus) for n in nodes), default=0)
+        if job.gpus and largest and min(job.gpus) > largest:
+            return (f"job {job.name!r} needs {min(job.gpus)} GPUs (gpus: {list(job.gpus)}) and the largest node of "
+                    f"the cluster has {largest}: more GPUs than the cluster has; allow fewer GPUs or use a larger "
+                    "cluster")
+        return ""
+
     def _check_open(self) -> None:
         if self._error is not None:
             raise OrchestratorError(f"the orchestrator loop died: {self._error!r}") from self._error

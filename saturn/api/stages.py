@@ -8,12 +8,16 @@ the profile store, profiling what is missing when allowed).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import pandas as pd
+
+from saturn.executor import defaults
+
+log = logging.getLogger("saturn.api")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -48,11 +52,16 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
     """Measure the workload's options into the profile store (= `saturn profile W.yaml`).
 
     `workload`: a Workload, a YAML path or YAML text. kwargs go to `saturn.profiler.profile`
-    (store_dir, budget_min, force, progress=False, ...). Returns one row per (job, option)."""
+    (store_dir, budget_min, force, exhaustive, progress=False, ...). Returns one row per (job,
+    option). The trials run here, so the jobs' local files are checked first (the same
+    `local_paths` stage as `run`)."""
+    from saturn.api.run_stages import check_paths
     from saturn.profiler import profile as _profile
 
     kwargs.setdefault("progress", False)
-    return _profile(load(workload), **kwargs)
+    wl = load(workload)
+    check_paths(wl)  # before any trial starts
+    return _profile(wl, **kwargs)
 
 
 def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool = False,
@@ -131,25 +140,25 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
 
 
 def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = None, simulate: bool = False,
-        interval_s: float = 60.0, introspect: bool = True, plan: Any = None, time_limit_s: float = 10.0,
-        max_retries: int = 2, checkpoint_every: int = 200, noise: float = 0.15, seed: int = 0,
-        device_type: str = "auto", live: bool = False) -> dict:
-    """Profile what is missing, plan and execute introspectively (= `saturn run W.yaml`).
+        interval_s: float = defaults.INTERVAL_S, introspect: bool = True, plan: Any = None,
+        time_limit_s: float = defaults.TIME_LIMIT_S, max_retries: int = defaults.MAX_RETRIES,
+        checkpoint_every: int = defaults.CHECKPOINT_EVERY, noise: float = 0.15, seed: int = 0,
+        device_type: str = "auto", live: bool = False, require_measured: bool = False,
+        store_dir: Optional[PathLike] = None) -> dict:
+    """Plan and execute introspectively (= `saturn run W.yaml`), through the same stages as the
+    CLI (saturn.api.run_stages.prepare_run): options nobody measured are measured by the jobs'
+    own first steps, written to the profile store and re-planned on.
 
     Blocks until every job is done; returns {job: JobResult(status, steps, final_loss,
     checkpoint, metrics_path, reason)}. `simulate=True` runs on a virtual clock at profiled speed
     x log-normal noise (no training); a workload with `cluster: {ray: ...}` runs on Ray.
-    `plan`: a Plan / plan dict / JSON path to start from."""
-    from saturn.executor.build import RunOptions, build_executor, check_fresh_run_dir, default_run_dir
+    `plan`: a Plan / plan dict / JSON path to start from. `require_measured`: refuse (SaturnError)
+    a plan resting on numbers nobody measured."""
+    from saturn.api.run_stages import prepare_run
 
-    wl = load(workload)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(wl.name)
-    check_fresh_run_dir(run_dir)
-    table = profiles_table(wl, profiles, allow_profiling=not simulate)
-    opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval_s, introspect=introspect,
-                      time_limit_s=time_limit_s, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                      noise=noise, seed=seed, device_type=device_type,
-                      objective=getattr(wl, "objective", "makespan"))
+    prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
+                       store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
+                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s))
     display = None
     if live and not simulate:
         from rich.console import Console
@@ -157,7 +166,9 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
         from saturn.executor.display import LiveDisplay
 
         display = LiveDisplay(Console())
-    ex = build_executor(wl.jobs, wl.cluster, table, options=opts, plan=plan, display=display)
+    ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval_s,
+                        introspect=introspect, time_limit_s=time_limit_s, max_retries=max_retries,
+                        checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
     try:
         if display is not None:
             with display:
@@ -166,6 +177,27 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
     finally:
         ex.backend.shutdown()
         ex.close()
+
+
+def start_executor(prep: Any, *, display: Any = None, simulate: bool = False,
+                   interval_s: float = defaults.INTERVAL_S, introspect: bool = True,
+                   time_limit_s: float = defaults.TIME_LIMIT_S, max_retries: int = defaults.MAX_RETRIES,
+                   checkpoint_every: int = defaults.CHECKPOINT_EVERY, noise: float = 0.15, seed: int = 0,
+                   device_type: str = "auto") -> Any:
+    """The executor for a PreparedRun (both doors): the stages taken and their timings go into
+    the run's journal (`saturn report` and the benchmarks read them)."""
+    from saturn.executor.build import RunOptions, build_executor
+
+    wl = prep.workload
+    opts = RunOptions(run_dir=prep.run_dir, simulate=simulate, interval_s=interval_s, introspect=introspect,
+                      time_limit_s=time_limit_s, max_retries=max_retries, checkpoint_every=checkpoint_every,
+                      noise=noise, seed=seed, device_type=device_type,
+                      objective=getattr(wl, "objective", "makespan"))
+    ex = build_executor(wl.jobs, wl.cluster, prep.table, options=opts, plan=prep.plan, display=display,
+                        measurer=prep.measurer)
+    if prep.run_dir is not None:
+        ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes)})
+    return ex
 
 
 def synthetic_profiles(jobs: Iterable[Any], *, step_time_s: float = 0.05, startup_s: float = 1.0,

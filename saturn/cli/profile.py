@@ -24,7 +24,7 @@ def profile_command(
     show: bool = typer.Option(False, "--show", help="Print the stored profile rows (for this "
                                                      "workload's jobs when given) and run nothing."),
     store: Optional[Path] = typer.Option(None, "--store", help="Profile store directory "
-                                         "(default: $SATURN_PROFILES or ./profiles)."),
+                                         "(default: $SATURN_PROFILES, else ~/.cache/saturn/profiles)."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Measure every option, also those the "
                                     "prior shows cannot win (default: the likeliest winner of every job "
                                     "first, then only trials that can pay for themselves)."),
@@ -44,14 +44,10 @@ def profile_command(
         return
     if workload is None:
         raise SaturnError("give a workload YAML to profile (or --show to print the store)")
-    from saturn.api.stages import load
-    from saturn.profiler.session import profile
-    from saturn.spec import check_local_paths
+    from saturn.api import stages  # the API's profile stage: the same checks as saturn.profile()
 
-    wl = load(workload)
-    check_local_paths(wl)  # before any trial starts
-    rows = profile(wl, store_dir=store, budget_min=budget_min, force=force, progress=True,
-                   exhaustive=exhaustive)
+    rows = stages.profile(workload, store_dir=store, budget_min=budget_min, force=force, progress=True,
+                          exhaustive=exhaustive)
     report = rows.attrs.get("report", {})
     print_rows(rows, title=f"{workload}: profiles")
     print_report(report)
@@ -123,10 +119,15 @@ def print_report(report: dict) -> None:
     skipped = report.get("skipped") or []
     budget = [s for s in skipped if "budget" in s["reason"]]
     if budget:
-        err_console.print(f"[yellow]time budget spent:[/] {len(budget)} trial(s)/cell(s) skipped; "
-                          "run `saturn profile` again to measure them:")
+        err_console.print(f"[yellow]time budget spent:[/] {len(budget)} trial(s)/cell(s) skipped (unmeasured, "
+                          "not infeasible: `saturn plan` uses the prior's estimates for them); run "
+                          "`saturn profile` again to measure them:")
         for s in budget[:20]:
             err_console.print(f"  {s['technique']} x{s['gpus']} {s['knobs'] or ''}")
-    other = len(skipped) - len(budget)
+    value = [s for s in skipped if s["reason"].startswith(("cannot pay for itself", "the prior expects"))]
+    if value:
+        err_console.print(f"{len(value)} option(s) not measured: by the prior they cannot pay for their trial "
+                          "(estimated in plans; `--exhaustive` measures them)")
+    other = len(skipped) - len(budget) - len(value)
     if other:
         err_console.print(f"{other} option(s) skipped as unable to win (see --show / the report)")

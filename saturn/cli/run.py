@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from saturn.cli import flags
 from saturn.errors import SaturnError
+from saturn.executor import defaults
 
 
 def run_command(
     workload: Optional[Path] = typer.Argument(None, help="Workload spec (YAML).", dir_okay=False),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Start from this plan (JSON from `saturn plan --json`)."),
-    interval: float = flags.number(60.0, "--interval", help="Re-plan every S seconds (and on every job end)"),
+    interval: float = flags.number(defaults.INTERVAL_S, "--interval",
+                                   help="Re-plan every S seconds (and on every job end)"),
     run_dir: Optional[Path] = flags.run_dir("--run-dir", help="Run directory (journal, logs, checkpoints). "
                                             "Default: runs/<workload>-<time>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
@@ -31,22 +33,25 @@ def run_command(
     profiles: Optional[Path] = typer.Option(None, "--profiles",
                                             help="Profile table (CSV/parquet) instead of the store."),
     no_introspect: bool = typer.Option(False, "--static", help="Execute the first plan without re-planning."),
-    time_limit: float = flags.number(10.0, "--time-limit", help="Planner time limit per (re-)plan, seconds"),
-    max_retries: int = flags.number(2, "--max-retries", help="Relaunches of a crashed job before it is failed"),
-    checkpoint_every: int = flags.number(200, "--checkpoint-every",
+    time_limit: float = flags.number(defaults.TIME_LIMIT_S, "--time-limit",
+                                     help="Planner time limit per (re-)plan, seconds"),
+    max_retries: int = flags.number(defaults.MAX_RETRIES, "--max-retries",
+                                    help="Relaunches of a crashed job before it is failed"),
+    checkpoint_every: int = flags.number(defaults.CHECKPOINT_EVERY, "--checkpoint-every",
                                          help="Checkpoint (and report progress) every N steps"),
     noise: float = flags.number(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise"),
     seed: int = flags.number(0, "--seed", help="--simulate: noise seed"),
     device_type: str = flags.choice("auto", "--devices", flags.DEVICES, help="auto | cuda | cpu"),
     live: bool = typer.Option(True, "--live/--no-live", help="Live table while running."),
-    require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on extrapolated, "
-                                          "simulated or guessed profile numbers (default: measure them first "
-                                          "when the hardware is here, else warn)."),
+    require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on numbers nobody "
+                                          "measured (estimated, extrapolated, simulated, guessed); by default "
+                                          "the jobs' own first steps measure them when they run here."),
 ) -> None:
-    """Profile what is missing, plan, and execute: re-plan as real progress comes in, switch jobs
-    between techniques/GPU counts from their checkpoints when it pays, retry crashed jobs."""
+    """Plan and execute: options nobody measured are measured by the jobs' own first steps (into
+    the profile store); re-plan as real progress comes in, switch jobs between techniques/GPU
+    counts from their checkpoints when it pays, retry crashed jobs."""
     from saturn.cli.common import console
-    from saturn.executor.build import RunOptions, build_executor, check_fresh_run_dir, default_run_dir, resume_executor
+    from saturn.executor.build import resume_executor
     from saturn.executor.display import LiveDisplay
 
     if not simulate:
@@ -62,37 +67,18 @@ def run_command(
         raise SaturnError("give a workload YAML (or --resume RUN_DIR)")
     if not workload.exists():
         raise SaturnError(f"workload file {workload} does not exist")
-    from saturn.api import profiles_table
-    from saturn.api.stages import load
+    from saturn.api.run_stages import prepare_run
+    from saturn.api.stages import start_executor
 
-    wl = load(workload)
-    run_dir = run_dir or default_run_dir(wl.name)
-    check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
-    if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
-        from saturn.spec import check_local_paths
-
-        check_local_paths(wl)
-    flags.check_run_dir("--run-dir", run_dir)  # checked before any profiling or launch
-    start_plan: Any = None
-    if plan is not None:
-        from saturn.planner.plan import read_plan
-        from saturn.techniques.registry import technique_names
-
-        known = set(technique_names()).union(*(j.techniques or () for j in wl.jobs))
-        start_plan = read_plan(plan, wl.jobs, wl.cluster, techniques=known)
-    table = profiles_table(wl, profiles, allow_profiling=not simulate, progress=True)
-    if not simulate:  # never run silently on guesses
-        from saturn.profiles.guesses import measure_guesses
-
-        table = measure_guesses(wl, wl.cluster, table, require_measured=require_measured, from_store=profiles is None,
-                                reload=lambda: profiles_table(wl, None), time_limit_s=time_limit,
-                                path=str(workload), say=console.print)
-    check_fresh_run_dir(run_dir, f"continue it with --resume {run_dir} or pick another --run-dir")
-    opts = RunOptions(run_dir=run_dir, simulate=simulate, interval_s=interval, introspect=not no_introspect,
-                      time_limit_s=time_limit, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                      noise=noise, seed=seed, device_type=device_type, objective=wl.objective)
+    prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
+                       run_dir=run_dir, time_limit_s=time_limit, plan=plan, run_dir_flag="--run-dir",
+                       run_dir_hint="continue it with --resume {run_dir} or pick another --run-dir",
+                       say=lambda s: console.print(s, highlight=False))
     display = LiveDisplay(console) if live and not simulate else None
-    ex = build_executor(wl.jobs, wl.cluster, table, options=opts, plan=start_plan, display=display)
+    ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval,
+                        introspect=not no_introspect, time_limit_s=time_limit, max_retries=max_retries,
+                        checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
+    run_dir = prep.run_dir
     _execute(ex, display, console, run_dir)
 
 
@@ -123,8 +109,8 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         console.print(f"stopped: running jobs were checkpointed; continue with `saturn run --resume {run_dir}`")
         raise typer.Exit(130)
     failed = [r.name for r in ex.results.values() if r.status == "failed"]
-    if failed:
-        console.print(f"[red]failed jobs:[/] {', '.join(failed)} (logs under {run_dir}/jobs/)")
+    if failed:  # (each one's cause and log path are in the summary above)
+        console.print(f"[red]failed jobs:[/] {', '.join(failed)}")
         raise typer.Exit(1)
 
 
@@ -144,6 +130,12 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
                   fmt_s(j["planned_runtime_s"]), fmt_s(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
     console.print(t)
+    for j in s["jobs"]:
+        if j["status"] == "failed":
+            console.print(f"[red]{j['job']} failed:[/] {j.get('cause') or j.get('reason') or 'no cause recorded'}"
+                          + (f" (log: {j['log']})" if j.get("log") else ""), highlight=False, soft_wrap=True)
+    for w in s.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] job {w['job']}: {w['text']}", highlight=False, soft_wrap=True)
     for g, members in (s.get("sharp_groups") or {}).items():
         console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]

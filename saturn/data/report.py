@@ -8,29 +8,24 @@ the goodput breakdown can take `data_wait_s` as the data-wait phase.
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 from saturn.data.tuner import LOG_FILE, summarize_log
+from saturn.parse import jsonl_records, num
 
 
 def data_wait(metrics_path: str | Path) -> dict[str, float] | None:
     """Total step time and data-wait seconds over the steps logged (torn lines skipped)."""
     step = wait = 0.0
     n = 0
-    try:
-        lines = Path(metrics_path).read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if "data_wait_s" in r and r.get("step_time_s") is not None:
-            step += float(r["step_time_s"])
-            wait += float(r["data_wait_s"])
+    recs, _ = jsonl_records(metrics_path)  # undecodable lines skipped (the run's summary warns)
+    for r in recs:
+        st, w = num(r.get("step_time_s"), math.nan), num(r.get("data_wait_s"), math.nan)
+        if math.isfinite(st) and math.isfinite(w):
+            step += st
+            wait += w
             n += 1
     if not n:
         return None

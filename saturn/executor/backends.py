@@ -50,6 +50,7 @@ class BackendEvent:
     checkpoint: Optional[str] = None
     reason: str = ""
     losses: list = field(default_factory=list)
+    step_time_s: Optional[float] = None  # progress: the step's own time (metrics line), when reported
     durable: bool = True
     phases: dict = field(default_factory=dict)  # the attempt's measured phases (training.train)
     drain_s: Optional[float] = None
@@ -217,6 +218,8 @@ class _Proc:
     progress_path: Path
     result_path: Path
     offset: int = 0
+    spec: Optional[dict] = None  # the job's spec and length: whose checkpoints are its own
+    total_steps: Optional[int] = None
 
 
 class WallClock:
@@ -256,6 +259,10 @@ class ProcessBackend(WallClock):
     steps (progress is reported at each one; 0 = only at the end and on stop). clock_offset: run
     clock at start (resume)."""
 
+    # stop() may be called from another thread than the executor's (Orchestrator.cancel while the
+    # executor re-plans): it only signals the attempt (SIGTERM / a warm attempt's stop event)
+    thread_safe_stop = True
+
     def __init__(self, run_dir: Path, *, device_type: str = "auto", checkpoint_every: int = 0,
                  clock_offset: float = 0.0, grace_s: float = 60.0, extra_env: Optional[dict] = None,
                  warm: Optional[bool] = None, pool: Any = None):
@@ -288,9 +295,12 @@ class ProcessBackend(WallClock):
         pool = self.pool()
         starts = pool.worker_starts([int(s) for s in slots])
         measured = [w for w in (getattr(pool, "start_times", lambda: [])()) if w]
-        return {"warm": True, "drains_behind": True,
+        from saturn.techniques.staging import budget_bytes
+
+        return {"warm": True, "drains_behind": pool.drain_behind,
                 "worker_starts": {(node, int(s)): v for s, v in starts.items()},
-                "worker_start_s": max(measured) if measured else None}
+                "worker_start_s": max(measured) if measured else None,
+                "staging_budget_gb": budget_bytes() / 1e9, "node_gpus": len(slots)}
 
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         if job.info.spec is None:
@@ -315,10 +325,11 @@ class ProcessBackend(WallClock):
         offset = prog.stat().st_size if prog.exists() else 0
         if self.warm and is_warm_capable(spec["technique"]):
             h = WarmAttempt(spec, self.pool(), self.extra_env, runner_log=str(d / "runner.txt"))
-            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset)
+            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset, job.info.spec,
+                                         job.info.total_steps)
             return None  # no runner process: the attempt's workers are the pool's (they die with us)
         p = spawn_runner(spec_path, d / "runner.txt", self.extra_env)
-        self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset)
+        self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset, job.info.spec, job.info.total_steps)
         return p.pid
 
     def stop(self, job: str) -> None:
@@ -355,13 +366,14 @@ class ProcessBackend(WallClock):
                 t = self._from_wall(float(rec.get("wall", time.time())))
                 kind = "checkpoint" if rec.get("checkpoint") else "progress"
                 out.append(BackendEvent(kind, name, t, step=int(rec["step"]), loss=rec.get("loss"),
-                                        checkpoint=rec.get("checkpoint")))
+                                        checkpoint=rec.get("checkpoint"), step_time_s=_step_time(rec)))
             if code is None:
                 continue
             for rec in self._tail(pr):  # lines written just before exit
                 t = self._from_wall(float(rec.get("wall", time.time())))
                 out.append(BackendEvent("checkpoint" if rec.get("checkpoint") else "progress", name, t,
-                                        step=int(rec["step"]), loss=rec.get("loss"), checkpoint=rec.get("checkpoint")))
+                                        step=int(rec["step"]), loss=rec.get("loss"), checkpoint=rec.get("checkpoint"),
+                                        step_time_s=_step_time(rec)))
             ev = self._result(pr, code)
             out.append(ev)
             if not ev.durable:
@@ -404,7 +416,7 @@ class ProcessBackend(WallClock):
         except (OSError, ValueError):
             res = None
         if res is None:  # the runner itself died (killed): fall back to the newest checkpoint
-            step, ckpt = latest_checkpoint_step(pr.job_dir / "ckpt")
+            step, ckpt = latest_checkpoint_step(pr.job_dir / "ckpt", pr.spec, pr.total_steps)
             return BackendEvent("finished", pr.job, now, step=step if step is not None else -1,
                                 status="failed", checkpoint=ckpt,
                                 reason=f"job runner exited with code {code}: " + log_tail(pr.job_dir / "log.txt", 800)
@@ -424,8 +436,9 @@ class ProcessBackend(WallClock):
         while time.monotonic() < end:
             if any(p.popen.poll() is not None for p in self.procs.values()):
                 return
-            if self.finishing and self._pool is not None and not set(self._pool.draining()) & {
-                    str(f.checkpoint) for f in self.finishing.values()}:
+            if self._pool is not None and any(
+                    (self._pool.drain_state(str(f.checkpoint)) or {}).get("state") in ("durable", "lost")
+                    for f in self.finishing.values()):
                 return  # a drain ended
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
@@ -462,13 +475,24 @@ def kill_session(popen: Any) -> None:
         popen.wait(timeout=10)
 
 
-def latest_checkpoint_step(ckpt_dir: Path) -> tuple[Optional[int], Optional[str]]:
-    """(step, path) of the newest complete checkpoint in `ckpt_dir`, or (None, None)."""
+def latest_checkpoint_step(ckpt_dir: Path, job: Optional[dict] = None,
+                           total_steps: Optional[int] = None) -> tuple[Optional[int], Optional[str]]:
+    """(step, path) of the newest complete checkpoint in `ckpt_dir`, or (None, None); with `job`
+    (its spec dict) only one of that job's, within `total_steps` (saturn.techniques.checkpoint.Owner)."""
     try:
-        from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+        from saturn.techniques.checkpoint import Owner, latest_checkpoint, read_meta
     except ImportError:  # torch-less installs
         return None, None
-    path = latest_checkpoint(str(ckpt_dir))
+    path = latest_checkpoint(str(ckpt_dir), Owner.of(job, total_steps) if job else None)
     if not path:
         return None, None
     return int(read_meta(path)["step"]), path
+
+
+def _step_time(rec: dict) -> Optional[float]:
+    """A per-step metrics line's own step time (training.train writes one per step)."""
+    try:
+        f = float(rec["step_time_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None

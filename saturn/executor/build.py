@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from saturn.errors import SaturnError
+from saturn.executor import defaults
 
 BACKEND_KINDS = ("process", "ray", "simulate")
 
@@ -42,11 +43,11 @@ class RunOptions:
     run_dir: Optional[Union[str, Path]] = None
     simulate: bool = False
     backend: str = "auto"
-    interval_s: float = 60.0
+    interval_s: float = defaults.INTERVAL_S
     introspect: bool = True
-    time_limit_s: float = 10.0
-    max_retries: int = 2
-    checkpoint_every: int = 200
+    time_limit_s: float = defaults.TIME_LIMIT_S
+    max_retries: int = defaults.MAX_RETRIES
+    checkpoint_every: int = defaults.CHECKPOINT_EVERY
     noise: float = 0.15
     seed: int = 0
     device_type: str = "auto"
@@ -161,14 +162,15 @@ def make_backend(kind: str, cluster: Any, options: RunOptions, *, table: Any = N
 
 def build_executor(jobs: Any, cluster: Any, profiles: Any, *, options: RunOptions, plan: Any = None,
                    display: Any = None, backend: Any = None, wrap: Optional[Callable[[Any], Any]] = None,
-                   config: Any = None) -> Any:
+                   config: Any = None, measurer: Any = None) -> Any:
     """A ready executor for (jobs, cluster, profiles, plan, options): the only place one is built.
 
     cluster: resolved here if it does not list its nodes. plan: a Plan, plan dict or JSON path to
     start from (None: the executor plans). backend: a Backend instance to use instead of the one
     `options` call for (its executor class is then `Executor`, or `RayExecutor` for a RayBackend).
     wrap: applied to the backend before the executor gets it (the Orchestrator's loss tap).
-    config: an ExecutorConfig overriding the one built from `options`."""
+    config: an ExecutorConfig overriding the one built from `options`. measurer: measures the
+    options nobody measured from the jobs' own first steps (saturn.profiles.inrun.RunMeasurer)."""
     cluster = resolve_cluster(cluster)
     if backend is None:
         backend, executor_cls = make_backend(backend_kind(cluster, options), cluster, options, table=profiles)
@@ -182,8 +184,10 @@ def build_executor(jobs: Any, cluster: Any, profiles: Any, *, options: RunOption
     if wrap is not None:
         backend = wrap(backend)
     try:
-        return executor_cls(jobs, cluster, profiles, backend, run_dir=options.run_dir,
-                            config=config or options.executor_config(), plan=plan, display=display)
+        ex = executor_cls(jobs, cluster, profiles, backend, run_dir=options.run_dir,
+                          config=config or options.executor_config(), plan=plan, display=display)
+        ex.measurer = measurer
+        return ex
     except BaseException:
         inner.shutdown()
         raise
@@ -196,7 +200,8 @@ def _executor_class_for(backend: Any) -> type:
     return RayExecutor if isinstance(backend, RayBackend) else Executor
 
 
-def resume_executor(run_dir: Union[str, Path], *, checkpoint_every: int = 200, device_type: str = "auto",
+def resume_executor(run_dir: Union[str, Path], *, checkpoint_every: int = defaults.CHECKPOINT_EVERY,
+                    device_type: str = "auto",
                     display: Any = None, config: Any = None) -> Any:
     """The executor continuing the run in `run_dir` on the backend it was started with (Ray runs
     on Ray, the others in local processes)."""

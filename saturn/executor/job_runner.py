@@ -55,9 +55,15 @@ def _watch(spec: dict[str, Any], stop: threading.Event, seen: list) -> None:
             return
 
 
+def _owner(spec: dict[str, Any]) -> Any:
+    from saturn.techniques.checkpoint import Owner
+
+    return Owner.of(spec["job"], int(spec["start_step"]) + int(spec["num_steps"]))
+
+
 def _report_new(spec, latest_checkpoint, read_meta, seen: list) -> None:
     try:
-        path = latest_checkpoint(spec["checkpoint_dir"])
+        path = latest_checkpoint(spec["checkpoint_dir"], _owner(spec))
         if not path or path == seen[0]:
             return
         meta = read_meta(path)
@@ -80,7 +86,7 @@ def run_attempt(spec: dict[str, Any], stop_event: Optional[threading.Event] = No
     from saturn.techniques import get_technique
     from saturn.techniques.checkpoint import latest_checkpoint
 
-    start_path = latest_checkpoint(spec["checkpoint_dir"])
+    start_path = latest_checkpoint(spec["checkpoint_dir"], _owner(spec))
     stop = threading.Event()
     seen: list[Optional[Any]] = [start_path, True]
     watcher = threading.Thread(target=_watch, args=(spec, stop, seen), daemon=True)

@@ -213,7 +213,7 @@ def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[st
     summary["executor"] = liveness
     if liveness.get("state") == "dead":
         for j in summary.get("jobs", []):
-            if j.get("status") in ("running", "stopping"):
+            if j.get("status") in ("running", "stopping", "finishing"):
                 j["status"] = "dead"
     return summary
 
@@ -312,6 +312,7 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
     elif kind == "job_failed" and js is not None:
         js.status = FAILED
         js.reason = d.get("reason", "")
+        js.log = d.get("log")
     elif kind == "spawned" and js is not None:
         if js.current is not None:
             js.current.pid = int(d["pid"])

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Union
 import pandas as pd
 
 from saturn.errors import SaturnError
-from saturn.executor import policy
+from saturn.executor import defaults, policy
 from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
 from saturn.executor.journal import Journal, JournalError, apply_event, heartbeat, open_journal, record_executor, replay
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
@@ -41,6 +41,7 @@ from saturn.executor.state import (
     JobInfo,
     JobResult,
     RunState,
+    option_key,
 )
 from saturn.planner import InvalidPlanError
 
@@ -53,11 +54,11 @@ class ExecutorError(SaturnError):
 
 @dataclass
 class ExecutorConfig:
-    interval_s: float = 60.0  # re-plan every interval (run clock)
+    interval_s: float = defaults.INTERVAL_S  # re-plan every interval (run clock)
     introspect: bool = True  # False: execute the first plan as is (the static baseline)
     replan_on_events: bool = True  # also re-plan when a job finishes, fails, or is added/cancelled
-    max_retries: int = 2  # relaunches of a crashed job from its checkpoint before it is failed
-    time_limit_s: float = 10.0  # planner time limit per re-plan (+ half of it to plan around running jobs)
+    max_retries: int = defaults.MAX_RETRIES  # relaunches of a crashed job from its checkpoint before it is failed
+    time_limit_s: float = defaults.TIME_LIMIT_S  # planner limit per re-plan (+ half of it around running jobs)
     mip_gap: float = 0.02
     min_gain_s: float = 0.0  # adopt a new plan only if it saves more than this ...
     min_gain_frac: float = 0.02  # ... and more than this fraction of the remaining makespan
@@ -113,9 +114,13 @@ class Executor:
             self.state = _state or RunState()
             self.metrics = MetricsLog(self.run_dir) if self.run_dir is not None else None
             self.decisions: list[dict] = []  # re-plan decisions (for reports/benchmarks)
+            # in-run measurement of unmeasured options (saturn.profiles.inrun.RunMeasurer); set by
+            # saturn.executor.build for runs whose profile rows come from the store of this machine
+            self.measurer: Any = None
             self.plan_calls = 0
             self.plan_time_s = 0.0
             self._replan_needed = False
+            self._skipped_ckpts: set[str] = set()  # checkpoints reported as not the job's own
             self._shutdown: Optional[str] = None
             self._resumed = _state is not None
             if _state is None:
@@ -178,7 +183,9 @@ class Executor:
             seg = js.current
             if js.status in ACTIVE and seg is not None:
                 _kill_stale(seg.pid)
-                step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt") if ex.run_dir else (None, None)
+                ex._check_checkpoints(js)
+                step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt", js.info.spec,
+                                                    js.info.total_steps) if ex.run_dir else (None, None)
                 if step is None or step < js.committed_step:
                     step, ckpt = js.committed_step, js.checkpoint
                 ex.emit("finished", job=js.name, status="lost", step=step, checkpoint=ckpt,
@@ -217,9 +224,14 @@ class Executor:
     # ---------------------------------------------------------------------------------- API
     def submit(self, job: Any, profiles: Optional[pd.DataFrame] = None) -> None:
         """Add a job while running (its profile rows, with a `job` column, unless known)."""
+        if not (isinstance(job, JobInfo) or (hasattr(job, "name") and hasattr(job, "total_steps"))):
+            raise ExecutorError(f"submit(job): job must be a saturn.Job, not {type(job).__name__}")
         info = JobInfo.from_job(job)
         if info.name in self.state.jobs and self.state.jobs[info.name].status not in TERMINAL:
             raise ExecutorError(f"job {info.name!r} is already in this run")
+        old = self.state.jobs.get(info.name)
+        if old is not None:
+            check_same_definition(info.name, old.info.spec, info.spec)
         if profiles is not None and len(profiles):
             self.emit("profiles", rows=_records(profiles))
             self.est.add_profiles(profiles)
@@ -232,7 +244,7 @@ class Executor:
         js = self.state.jobs.get(job_name)
         if js is None:
             raise ExecutorError(f"no job {job_name!r} in this run")
-        if js.status in TERMINAL:
+        if js.status in TERMINAL or js.status == FINISHING:  # finishing: trained, being written
             return
         if js.status in ACTIVE:
             self.emit("stop_requested", job=job_name, reason="cancel")
@@ -267,6 +279,12 @@ class Executor:
         for ev in self.backend.poll():
             self._on_event(ev)
         if self.metrics is not None:
+            for name in self.metrics.missing():  # deleted mid-run: rebuilt from the progress records
+                js = self.state.jobs.get(name)
+                if js is not None:
+                    self._warn(name, f"{self.metrics.path(name)} was deleted during the run; rebuilt from "
+                               "the attempts' progress records")
+                    self.metrics.rebuild(name, js.segments)
             self.metrics.flush()
             heartbeat(self.run_dir)
         self._housekeeping()
@@ -307,12 +325,21 @@ class Executor:
         if js is None:
             return
         if ev.kind == "progress":
+            if not 0 <= int(ev.step) <= js.info.total_steps:
+                return
             if self.metrics is not None and js.current is not None:
                 self.metrics.record_progress(ev.job, js.current, ev.step, ev.loss)
             self.journal.append(ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             apply_event(self.state, ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
+            if self.measurer is not None and ev.step_time_s is not None and js.current is not None:
+                self._measured(lambda: self.measurer.on_steps(ev.job, [(ev.step, ev.step_time_s)],
+                                                              launch_s=js.current.startup_s))
             return
         if ev.kind == "checkpoint":
+            if not 0 <= int(ev.step) <= js.info.total_steps:  # (runners skip such checkpoints too)
+                self._warn(js.name, f"ignored a checkpoint report at step {ev.step}, outside the job's "
+                           f"0..{js.info.total_steps} steps: {ev.checkpoint}")
+                return
             for kind in ("progress", "checkpoint"):
                 d = {"job": ev.job, "step": ev.step, "loss": ev.loss, "checkpoint": ev.checkpoint}
                 self.journal.append(ev.t, kind, d)
@@ -332,6 +359,11 @@ class Executor:
             return
         seg = js.current
         step = ev.step if ev.step is not None and ev.step >= 0 else js.committed_step
+        if step > js.info.total_steps:  # never let a bogus step complete a job
+            self._warn(js.name, f"attempt reported step {step}, past the job's {js.info.total_steps} steps; "
+                       f"kept step {js.committed_step}")
+            ev.status, ev.checkpoint, step = "failed", None, js.committed_step
+            ev.reason = f"reported step {ev.step}, past the job's {js.info.total_steps} steps. {ev.reason or ''}"
         if self.metrics is not None and ev.losses and seg is not None:
             for s, loss in ev.losses:
                 self.metrics.record(js.name, seg, int(s), loss)
@@ -345,12 +377,15 @@ class Executor:
         apply_event(self.state, ev.t, "finished", d)
         if self.metrics is not None:
             self.metrics.settle(js.name, js.segments)  # steps past its checkpoint: superseded
+        if self.measurer is not None:
+            self._measured(lambda: self.measurer.on_end(ev.job, str(ev.status), ev.reason or ""))
         if ev.status == "oom" and seg is not None:
             self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus))
             self._replan_needed = True
         elif ev.status == "failed" and js.status == PENDING:
             if js.failures > self.cfg.max_retries:
-                self.emit("job_failed", job=ev.job, reason=f"failed {js.failures} times; last: {ev.reason[-2000:]}")
+                times = f"{js.failures} time" + ("s" if js.failures != 1 else "")
+                self.fail_job(ev.job, f"failed {times}; last: {ev.reason[-2000:]}")
                 self._replan_needed = True
             else:  # a retry re-plans (#16): the crashed job's GPUs are free for any job meanwhile
                 self._replan_needed = True
@@ -359,6 +394,35 @@ class Executor:
                 self._replan_needed = True
             elif not self._plan_covers():
                 self._replan_needed = True
+
+    def _measured(self, measure: Any) -> None:
+        """A job's own steps measured its option (saturn.profiles.inrun): every job of its
+        signature uses the measurement from now on, and the plan is redone on the first one. A
+        store that cannot be written (disk full, lock timeout) costs the measurement, not the run."""
+        try:
+            m = measure()
+        except (OSError, SaturnError, TimeoutError) as exc:
+            log.warning("in-run measurement not recorded: %s", exc)
+            return
+        if m is None:
+            return
+        self.emit("measured", job=m.jobs[0] if m.jobs else "", signature=m.signature, technique=m.technique,
+                  knobs=m.knobs, gpus=m.gpus, feasible=m.feasible, step_time_s=m.step_time_s, steps=m.steps,
+                  jobs=list(m.jobs), source=m.source, first=m.first, reason=m.reason, stored=m.stored)
+        if m.feasible:
+            self.emit("profiles", rows=_records(m.rows))
+            self.est.add_profiles(m.rows)
+        else:  # out of memory, or a crash before any measurement: no job of the signature uses it again
+            key = option_key(m.technique, m.gpus)
+            for name in m.jobs:
+                other = self.state.jobs.get(name)
+                if other is None or key in other.infeasible:
+                    continue
+                # a crash drops the option only where another is left (else retries decide)
+                if m.stored or any(option_key(o.technique, o.gpus) != key for o in self.est.options(other)):
+                    self.emit("infeasible", job=name, technique=m.technique, gpus=m.gpus)
+        if m.first or not m.feasible:
+            self._replan_needed = True
 
     def _settle_drain(self, js: Any, ok: Optional[bool], reason: str) -> None:
         """Decide a finishing job from its checkpoint directory (on resume, its drain's process is
@@ -386,7 +450,46 @@ class Executor:
                           checkpoint=js.checkpoint, loss=js.loss, reason="")
             elif js.status == PENDING and not self.est.options(js):
                 last = f"; last failure: {js.reason[-2000:]}" if js.reason else ""
-                self.emit("job_failed", job=js.name, reason=f"no feasible option left (all OOM or not profiled){last}")
+                self.fail_job(js.name, self.est.why_no_option(js, max(self.node_gpus.values(), default=0)) + last)
+
+    def fail_job(self, job: str, reason: str) -> None:
+        """Fail `job` for good. Its cause goes to the journal and, in a run directory, to
+        RUN/jobs/<job>/error.txt (with the attempt logs that exist), whose path is reported."""
+        path = None
+        if self.run_dir is not None:
+            d = self.job_dir(job)
+            logs = [str(p) for p in (d / "log.txt", d / "runner.txt") if p.exists()]
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                path = d / "error.txt"
+                tmp = d / ".error.txt.tmp"
+                tmp.write_text(f"job {job} failed: {reason}\n" + "".join(f"attempt log: {p}\n" for p in logs))
+                os.replace(tmp, path)
+            except OSError:
+                path = None
+        self.emit("job_failed", job=job, reason=reason, log=None if path is None else str(path))
+
+    def _warn(self, job: str, text: str) -> None:
+        """A warning in the run's own output: its journal (status/report list it) and the console."""
+        self.emit("warning", job=job, text=text)
+        log.warning("job %s: %s", job, text)
+
+    def _check_checkpoints(self, js: Any) -> None:
+        """Report (once each) checkpoints in the job's directory that its runner will skip: another
+        job's, another definition's, past the job's end, or damaged (saturn.techniques.checkpoint)."""
+        if self.run_dir is None or js.info.spec is None:
+            return
+        d = self.job_dir(js.name) / "ckpt"
+        if not d.is_dir():
+            return
+        try:
+            from saturn.techniques.checkpoint import Owner, refused_checkpoints
+        except ImportError:  # torch-less installs: the runners still check
+            return
+        for path, why in refused_checkpoints(str(d), Owner.of(js.info.spec, js.info.total_steps)):
+            if path not in self._skipped_ckpts:
+                self._skipped_ckpts.add(path)
+                self._warn(js.name, f"skipping checkpoint {path}: {why}; the previous valid one is used")
 
     def _launch_ready(self) -> None:
         if self._shutdown is not None:
@@ -397,10 +500,14 @@ class Executor:
             if sharp_dispatch.launch(self, a):  # a SHARP group member: the group starts as one attempt
                 continue
             js = self.state.jobs[a["job"]]
+            self._check_checkpoints(js)
             prog = self.job_dir(js.name) / PROGRESS_FILE if self.run_dir is not None else None
             self.emit("launch", job=js.name, technique=a["technique"], knobs=a.get("knobs") or {},
                       node=a["node"], gpus=list(a["gpus"]), start_step=js.committed_step,
                       progress_offset=prog.stat().st_size if prog is not None and prog.exists() else 0)
+            if self.measurer is not None:
+                self.measurer.on_launch(js.name, a["technique"], a.get("knobs") or {}, len(a["gpus"]),
+                                        js.committed_step)
             pid = self.backend.launch(js, a, js.committed_step, js.attempts)
             if pid is not None:
                 assert js.current is not None  # the launch event above opened the segment
@@ -526,9 +633,24 @@ class Executor:
             os.replace(tmp, self.run_dir / "plan.json")
 
 
+def check_same_definition(name: str, old_spec: Optional[dict], new_spec: Optional[dict]) -> None:
+    """A job re-submitted under a finished job's name resumes that job's checkpoints and extends its
+    metrics, so it must be the same definition (saturn.spec.signature.definition_hash); else refused."""
+    if not old_spec or not new_spec:
+        return
+    from saturn.spec.signature import DEFINITION_FIELDS, definition_hash
+
+    if definition_hash(old_spec) != definition_hash(new_spec):
+        diff = [k for k in DEFINITION_FIELDS if old_spec.get(k) != new_spec.get(k)]
+        raise ExecutorError(f"job {name!r} was already run in this run directory with another definition "
+                            f"(differs in: {', '.join(diff) or 'its definition'}); refused, not started -- it "
+                            "would resume the old job's checkpoints and extend its metrics. Submit it under a "
+                            "new name")
+
+
 def _records(df: pd.DataFrame) -> list[dict]:
     cols = [c for c in ("job", "technique", "knobs", "gpus", "step_time_s", "startup_s", "checkpoint_s",
-                        "feasible", "gpu_type") if c in df.columns]
+                        "feasible", "gpu_type", "status", "reason") if c in df.columns]
     out = []
     for r in df[cols].to_dict("records"):
         out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})

@@ -21,11 +21,16 @@ The file is rewritten (temp + fsync + rename) only when settling removes somethi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from saturn.parse import jsonl_records
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 SUPERSEDED_FILE = "metrics-superseded.jsonl"
@@ -39,6 +44,7 @@ class MetricsLog:
         self.run_dir = Path(run_dir)
         self._seen: dict[str, dict[tuple[int, int], None]] = {}  # job -> {(attempt, step)}
         self._pending: dict[str, list[str]] = {}
+        self._written: set[str] = set()  # jobs whose metrics file this log wrote or found
 
     def path(self, job: str) -> Path:
         return self.run_dir / "jobs" / job / METRICS_FILE
@@ -74,6 +80,25 @@ class MetricsLog:
                 f.flush()
                 os.fsync(f.fileno())
             self._pending[job] = []
+            self._written.add(job)
+
+    def missing(self) -> list[str]:
+        """Jobs whose metrics.jsonl was written (or found) and is gone now (deleted mid-run)."""
+        return [job for job in sorted(self._written) if not self.path(job).exists()]
+
+    def rebuild(self, job: str, segments: list[Any]) -> None:
+        """Write a deleted metrics.jsonl again from the attempts' progress records (every
+        per-step line is there), keeping what metrics-superseded.jsonl already holds out."""
+        self._pending.pop(job, None)
+        p = self.path(job)
+        self._seen[job] = {(int(r.get("attempt", 0)), int(r["step"])): None
+                           for r in _read_records(p.parent / SUPERSEDED_FILE)}
+        self._written.discard(job)
+        self.reconcile(job, segments)
+        if not p.exists():  # nothing to rebuild from (yet): an empty file, so this is said once
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.touch()
+            self._written.add(job)
 
     # ---------------------------------------------------------------------------------- settle
     def settle(self, job: str, segments: Iterable[Any]) -> None:
@@ -137,6 +162,8 @@ class MetricsLog:
         if job not in self._seen:
             p = self.path(job)
             _drop_partial_tail(p)
+            if p.exists():
+                self._written.add(job)
             recs = list(_read_records(p)) + list(_read_records(p.parent / SUPERSEDED_FILE))
             self._seen[job] = {(int(r.get("attempt", 0)), int(r["step"])): None for r in recs}
         return self._seen[job]
@@ -157,16 +184,21 @@ def _latest_per_step(recs: list[dict]) -> list[dict]:
 
 
 def _read_records(p: Path) -> Iterable[dict]:
-    if not p.exists():
-        return
-    with open(p, "rb") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "step" in rec:
-                yield rec
+    """Records with a whole `step` (and `attempt`, if any); damaged lines are skipped, once
+    warned about per file and count."""
+    recs, bad = jsonl_records(p, required=("step",))
+    if bad and _warned.get(str(p)) != bad:
+        _warned[str(p)] = bad
+        log.warning("%s: skipped %d undecodable line(s) (damaged file)", p, bad)
+    return recs
+
+
+_warned: dict[str, int] = {}
+
+
+def bad_lines(p: Path) -> int:
+    """How many lines of a metrics file cannot be read (for status/report warnings)."""
+    return jsonl_records(p, required=("step",))[1]
 
 
 def _drop_partial_tail(p: Path) -> None:

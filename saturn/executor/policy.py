@@ -75,6 +75,7 @@ class OptionRow:
     checkpoint_source: Optional[str] = None  # "measured" | "estimated" (profiler)
     checkpoint_stage_s: Optional[float] = None  # blocking part of a background save
     worker_start_s: Optional[float] = None  # starting a warm worker, measured by the trial
+    checkpoint_gb: Optional[float] = None  # host staging its background save needs (measured)
 
 
 @dataclass
@@ -85,12 +86,17 @@ class LaunchFacts:
         (`worker_starts`, (node, gpu) -> seconds left); cold: every launch also starts its
         processes (`worker_start_s`).
     drains_behind: a one-GPU job's final save blocks only for its staging; the write goes on
-        after the job has left its GPU (saturn.techniques.checkpoint)."""
+        after the job has left its GPU (saturn.techniques.checkpoint).
+    staging_budget_gb / node_gpus: the node's host staging budget, shared by its GPUs. A job
+        whose checkpoint needs more than one GPU's share cannot count on it (every GPU may drain
+        at once): its save is planned at its full, blocking cost."""
 
     warm: bool = False
     drains_behind: bool = False
     worker_starts: dict = field(default_factory=dict)
     worker_start_s: Optional[float] = None  # measured by the backend (else the profiles')
+    staging_budget_gb: Optional[float] = None
+    node_gpus: int = 1
 
 
 class Estimator:
@@ -98,6 +104,8 @@ class Estimator:
 
     def __init__(self, profiles: pd.DataFrame, checkpoint_every: int = 0):
         self.rows: dict[str, list[OptionRow]] = {}
+        # rows that are no option: job -> {(technique, gpus): (status, reason)} (why a job cannot run)
+        self.refused: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
         self.checkpoint_every = checkpoint_every  # the backend's periodic saves (steps), planned
         self.launch = LaunchFacts()
         self.add_profiles(profiles)
@@ -111,15 +119,25 @@ class Estimator:
         return max(vals) if vals else 0.0
 
     def final_save_s(self, o: OptionRow) -> Optional[float]:
-        """What the final save blocks: its staging when it drains behind (one GPU), else all of it."""
+        """What the final save blocks: its staging when it drains behind (one GPU, and its share
+        of the node's staging budget holds it), else all of it."""
         if o.checkpoint_s is None:
             return None
+        if self.over_budget(o):
+            return o.checkpoint_s  # the staging budget may be full when it saves: it blocks
         if self.launch.drains_behind and o.gpus == 1:
             from saturn.planner.inputs import BACKGROUND_SAVE_FRACTION
 
             return o.checkpoint_stage_s if o.checkpoint_stage_s is not None else \
                 BACKGROUND_SAVE_FRACTION * o.checkpoint_s
         return o.checkpoint_s
+
+    def over_budget(self, o: OptionRow) -> bool:
+        """Whether its checkpoint needs more staging than one GPU's share of the node's budget."""
+        f = self.launch
+        if o.checkpoint_gb is None or f.staging_budget_gb is None:
+            return False
+        return o.checkpoint_gb > f.staging_budget_gb / max(1, f.node_gpus)
 
     def fixed_cost(self, o: OptionRow) -> float:
         """A fresh launch's fixed seconds on this backend: launch (+ process start when cold) +
@@ -133,6 +151,11 @@ class Estimator:
     def add_profiles(self, profiles: pd.DataFrame) -> None:
         for r in profiles.to_dict("records"):
             if not _true(r.get("feasible", True)):
+                st = r.get("status")
+                why = r.get("reason")
+                self.refused.setdefault(str(r["job"]), {})[(str(r["technique"]), int(r["gpus"]))] = (
+                    st if isinstance(st, str) and st and st != "ok" else "infeasible",
+                    why if isinstance(why, str) else "")
                 continue
             st = _num(r.get("step_time_s"), math.nan)
             if not (st >= 0 and math.isfinite(st)):
@@ -143,10 +166,33 @@ class Estimator:
                             _num(r.get("startup_s"), 0.0), None if math.isnan(ck) else ck,
                             None if gt is None or (isinstance(gt, float) and math.isnan(gt)) else str(gt),
                             r["checkpoint_source"] if isinstance(r.get("checkpoint_source"), str) else None,
-                            _opt(r.get("checkpoint_stage_s")), _opt(r.get("worker_start_s")))
+                            _opt(r.get("checkpoint_stage_s")), _opt(r.get("worker_start_s")),
+                            _opt(r.get("checkpoint_gb")))
             lst = self.rows.setdefault(str(r["job"]), [])
             lst[:] = [x for x in lst if (x.technique, x.knobs, x.gpus, x.gpu_type) !=
                       (row.technique, row.knobs, row.gpus, row.gpu_type)] + [row]
+
+    def why_no_option(self, js: JobState, cluster_gpus: int) -> str:
+        """Why `js` has no option left, option by option, claiming OOM only where it was OOM."""
+        info = js.info
+        allowed = [o for o in self.rows.get(js.name, []) if (not info.techniques or o.technique in info.techniques)
+                   and (not info.gpus or o.gpus in info.gpus)]
+        parts = []
+        if js.infeasible:
+            parts.append("ran out of memory at run time (OOM) with " + ", ".join(
+                k.replace("|", "×") for k in sorted(js.infeasible)))
+        refused = {k: v for k, v in self.refused.get(js.name, {}).items()
+                   if (not info.techniques or k[0] in info.techniques) and (not info.gpus or k[1] in info.gpus)}
+        for (tech, g), (status, why) in sorted(refused.items()):
+            label = {"oom": "out of memory (OOM) when profiled", "failed": "failed when profiled",
+                     "timeout": "timed out when profiled"}.get(status, "infeasible")
+            parts.append(f"{tech}×{g}: {label}" + (f": {why.strip()}" if why.strip() else ""))
+        if not allowed and not refused and not js.infeasible:
+            if info.gpus and min(info.gpus) > cluster_gpus:
+                return (f"it needs {min(info.gpus)} GPUs (gpus: {info.gpus}) and the largest node has "
+                        f"{cluster_gpus}: more GPUs than the cluster has")
+            return "no profile rows for it (not profiled); run `saturn profile` or pass --profiles"
+        return "no runnable option: " + "; ".join(parts) if parts else "no runnable option"
 
     def options(self, js: JobState) -> list[OptionRow]:
         info = js.info
@@ -261,7 +307,7 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
                 split = {"launch_s": startup - final, "checkpoint_s": final,
                          "checkpoint_source": ("estimated" if behind and o.checkpoint_stage_s is None
                                                else o.checkpoint_source),
-                         "checkpoint_stage_s": o.checkpoint_stage_s}
+                         "checkpoint_stage_s": o.checkpoint_s if est.over_budget(o) else o.checkpoint_stage_s}
             rows.append({"job": js.name, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
                          "step_time_s": st, "startup_s": startup, "feasible": True,
                          "gpu_type": o.gpu_type, **split})

@@ -125,7 +125,8 @@ class _JobAttempt:
         if res is not None:
             res["checkpoint"] = self._ckpt_out(res.get("checkpoint"))
         else:
-            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]))
+            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]), self.spec["job"],
+                                                int(self.spec["start_step"]) + int(self.spec["num_steps"]))
             out["fallback"] = [step, self._ckpt_out(path)]
         out.update(done=True, result=res)
         self.done_payload = dict(out, records=[], logs={"log": "", "runner": ""})

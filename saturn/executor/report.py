@@ -60,6 +60,8 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                      "planned_runtime_s": pred, "actual_runtime_s": actual, "prediction_error": err,
                      "durable_s": durable, "phases": attempt_phases(segs),
                      "reason": js.reason[-300:] if js.reason else "",
+                     "cause": failure_cause(js.reason) if js.status == "failed" else "",
+                     "log": js.log if js.log and Path(js.log).exists() else _existing_log(run_dir, js.name),
                      "group": next((s.knobs["group"] for s in reversed(segs) if s.knobs.get("group")), None)})
     groups: dict[str, list[str]] = {}  # SHARP groups the members ran in (saturn.executor.sharp_dispatch)
     for j in jobs:
@@ -74,8 +76,48 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,  # old name
             "device_utilization": journal.get_meta("device_utilization"),
             "done": state.done(), "total_gpus": total_gpus, "sharp_groups": groups,
+            # what the executor warned about (skipped checkpoints, bogus steps): the run's own output
+            "warnings": [{"job": d.get("job"), "text": d.get("text", "")} for _, kind, d in journal.events()
+                         if kind == "warning"] + _damaged_metrics(run_dir, state),
             "data": _data_summary(run_dir),  # data-wait phase + input tuner decisions (saturn.data)
             **phase_summary(state, first, makespan, total_gpus, last_t)}
+
+
+def failure_cause(reason: str) -> str:
+    """The line of a failure's text that names its cause (an exception line such as
+    `TypeError: ...`, else the first line), at most 400 characters."""
+    lines = [x.strip() for x in (reason or "").splitlines() if x.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if "Error" not in first and "Exception" not in first:
+        for x in lines[1:]:
+            if ("Error:" in x or "Exception:" in x or x.startswith("Killed")) and not x.startswith("File "):
+                first = f"{first} ... {x}"
+                break
+    return first[:400]
+
+
+def _damaged_metrics(run_dir: Union[str, Path], state: RunState) -> list[dict[str, Any]]:
+    """A warning per job whose metrics.jsonl has lines that cannot be read (they are skipped)."""
+    from saturn.executor.metrics import METRICS_FILE, bad_lines
+
+    out = []
+    for name in state.jobs:
+        p = Path(run_dir) / "jobs" / name / METRICS_FILE
+        n = bad_lines(p)
+        if n:
+            out.append({"job": name, "text": f"{p}: {n} undecodable line(s) skipped (damaged file)"})
+    return out
+
+
+def _existing_log(run_dir: Union[str, Path], job: str) -> Optional[str]:
+    """The job's newest log file that exists (error.txt, log.txt, runner.txt), or None."""
+    d = Path(run_dir) / "jobs" / job
+    for name in ("error.txt", "log.txt", "runner.txt"):
+        if (d / name).exists():
+            return str(d / name)
+    return None
 
 
 ATTEMPT_PHASES = ("launch_s", "steps_s", "checkpoint_block_s", "save_block_s")
@@ -229,7 +271,8 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
                               f"{a['technique']}x{len(a['gpus'])}") for a in plans[0]["plan"]["assignments"]]
                if plans else []),
               ("actual", [(js.name, s.node, s.gpus, s.launched_at, s.ended_at if s.ended_at is not None else last_t,
-                           f"{s.technique}x{len(s.gpus)}") for js in state.jobs.values() for s in js.segments])]
+                           f"{s.technique}x{len(s.gpus)}" + (f" {s.status}" if s.status in ("failed", "oom") else ""))
+                          for js in state.jobs.values() for s in js.segments])]
     spans = [[(a["node"], a["gpus"], ph, s0, s1) for a in plans[0]["plan"]["assignments"] if a.get("phases")
               for ph, s0, s1 in sequential_spans(t0 + a["start_s"], t0 + a["end_s"],
                                                  plan_phase_parts(a["phases"]))] if plans else [],
@@ -238,7 +281,10 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
         draw_bars(ax, bars, rows, colors, min_label_frac=0.0)
         draw_phases(ax, sp, rows)
         ax.set_title(title)
-    axes[-1].set_xlabel("seconds since run start")
+    # failed jobs (some never ran an attempt, so have no bar): named with their cause under the chart
+    failed = [f"FAILED {js.name}: {failure_cause(js.reason)[:150]}"
+              for js in state.jobs.values() if js.status == "failed"]
+    axes[-1].set_xlabel("\n".join(["seconds since run start", *failed]), fontsize=8 if failed else None)
     return save_figure(fig, out)
 
 

@@ -80,6 +80,7 @@ class JobState:
     loss: Optional[float] = None
     failures: int = 0  # crashes, minus one per checkpoint committed past the committed step (retry rule)
     reason: str = ""
+    log: Optional[str] = None  # a failed job: the file holding its cause (RUN/jobs/<job>/error.txt)
     segments: list[Segment] = field(default_factory=list)
     # step-time observations: (technique, gpus) -> (seconds, steps) of measured stepping
     observed: dict[str, tuple[float, int]] = field(default_factory=dict)

@@ -140,6 +140,10 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
         n_jobs = max(1, 2 * sum(int(n.gpus) for n in nodes))
     if n_trials is not None and n_trials < 0:
         raise ValueError(f"n_trials must be >= 0, got {n_trials}")
+    if isinstance(report_every, bool) or not isinstance(report_every, int) or report_every < 1:
+        raise ValueError(f"report_every must be a whole number of steps >= 1, got {report_every!r}")
+    if not (isinstance(poll_s, (int, float)) and math.isfinite(poll_s) and poll_s > 0):
+        raise ValueError(f"poll_s must be a positive number of seconds, got {poll_s!r}")
     multi = len(study.directions) > 1
     t_end = None if timeout is None else time.monotonic() + timeout
     results: dict[int, JobReport] = {}

@@ -9,11 +9,15 @@ the solver core never imports `saturn.spec` (duck typing keeps the packages inde
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from saturn.errors import SaturnError
-from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
+from saturn.parse import (
+    canonical_knobs,  # noqa: F401 - re-exported
+    table_records,  # noqa: F401 - re-exported
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,7 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
                     checkpoint_every=int(getattr(job, "checkpoint_every", 0) or 0),
                 )
             )
-    names = [j.name for j in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(j.name for j in out).items() if k > 1)
     if dupes:
         raise SaturnError(f"job names must be unique; duplicated: {', '.join(dupes)}")
     for j in out:

@@ -16,7 +16,14 @@ from typing import Any, Optional, Union
 
 import pandas as pd
 
-from saturn.planner.inputs import canonical_knobs, gpu_type_matches, job_runtime_s, normalize_cluster, normalize_jobs
+from saturn.planner.inputs import (
+    canonical_knobs,
+    gpu_type_matches,
+    job_runtime_s,
+    normalize_cluster,
+    normalize_jobs,
+    table_records,
+)
 
 
 class InvalidPlanError(AssertionError):
@@ -98,6 +105,7 @@ class SolverInfo:
     source: str = ""  # which candidate won: "milp", "greedy:...", "warm_start", "baseline:..."
     milp_status: Optional[str] = None
     milp_gap: Optional[float] = None
+    stop: Optional[str] = None  # why the search ended early, in words (planner/search.py)
 
 
 @dataclass
@@ -246,16 +254,20 @@ def as_plan(plan: Union[Plan, dict]) -> Plan:
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
 
 
-def _profiled_runtimes(rows: pd.DataFrame, steps: float,
-                       checkpoint_every: int = 0) -> dict[tuple, list[tuple[float, Any]]]:
-    """(technique, knobs, gpus) -> [(runtime, gpu_type)] over the feasible rows of one job."""
+def _profiled_runtimes(rows: Union[pd.DataFrame, list[dict]], steps: float,
+                       checkpoint_every: int = 0, only: Optional[tuple[str, int]] = None,
+                       ) -> dict[tuple, list[tuple[float, Any]]]:
+    """(technique, knobs, gpus) -> [(runtime, gpu_type)] over the feasible rows of one job
+    (only those of technique and GPU count `only`, when given)."""
     out: dict[tuple, list] = {}
-    for r in rows.to_dict("records"):
+    for r in (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows):
         feas = r["feasible"]
         if isinstance(feas, str):
             feas = feas.strip().lower() in ("true", "1", "yes", "y", "t")
         status = r.get("status")
         if not bool(feas) or pd.isna(r["feasible"]) or (isinstance(status, str) and status.lower() != "ok"):
+            continue
+        if only is not None and (str(r["technique"]), int(r["gpus"])) != only:
             continue
         key = (str(r["technique"]), canonical_knobs(r.get("knobs")), int(r["gpus"]))
         out.setdefault(key, []).append((job_runtime_s(r, steps, checkpoint_every), r.get("gpu_type")))
@@ -283,7 +295,9 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
     problems: list[str] = []
     span = max([abs(a.end_s) for a in plan.assignments] + [1.0])
     tol = rel_tol * span
-    groups = {str(k): g for k, g in profiles.groupby(profiles["job"].astype(str), sort=False)}
+    groups: dict[str, list[dict]] = {}
+    for r in table_records(profiles):  # one pass: a pandas group per job is ~1 ms each
+        groups.setdefault(str(r["job"]), []).append(r)
     seen: dict[str, int] = {}
     busy: dict[tuple[str, int], list[tuple[float, float, str]]] = {}
     for a in plan.assignments:
@@ -320,7 +334,8 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
         if job.gpus is not None and len(a.gpus) not in job.gpus:
             problems.append(f"{a.job}: {len(a.gpus)} GPUs not allowed")
         rows = groups.get(a.job)
-        profiled = [] if rows is None else _profiled_runtimes(rows, job.steps, job.checkpoint_every).get(
+        profiled = [] if rows is None else _profiled_runtimes(rows, job.steps, job.checkpoint_every,
+                                                              (a.technique, len(a.gpus))).get(
             (a.technique, canonical_knobs(a.knobs), len(a.gpus)), []
         )
         runtimes = [rt for rt, gt in profiled if gpu_type_matches(gt, node)]

@@ -21,7 +21,7 @@ MEASURED_HERE, MEASURED_ELSEWHERE = "measured here", "measured elsewhere"
 EXTRAPOLATED, SIMULATED, GUESSED, UNLABELLED = "extrapolated", "simulated", "guessed", "unlabelled"
 ESTIMATED = "estimated"  # the prior cost model (FLOPs and bytes / machine rates, calibrated)
 GUESSES = (ESTIMATED, EXTRAPOLATED, SIMULATED, GUESSED)  # numbers nobody measured for this option
-_MEASURED_SOURCES = ("profiler", "measured", "executor", "observed")
+_MEASURED_SOURCES = ("profiler", "measured", "executor", "observed", "run:")  # run: a job's own steps (inrun)
 
 
 def classify(row: Any, host: Optional[str] = None) -> str:
@@ -31,7 +31,7 @@ def classify(row: Any, host: Optional[str] = None) -> str:
     src = "" if src is None or (isinstance(src, float) and src != src) else str(src).strip().lower()
     if not src:
         return UNLABELLED
-    if src.startswith(ESTIMATED):
+    if src.startswith("estimate"):  # the prior ("estimated: ...") and other estimates ("estimate: ...")
         return ESTIMATED
     if "simulat" in src:
         return SIMULATED
@@ -44,6 +44,22 @@ def classify(row: Any, host: Optional[str] = None) -> str:
         h = None if h is None or (isinstance(h, float) and h != h) else str(h)
         return MEASURED_HERE if h and h == (host or socket.gethostname()) else MEASURED_ELSEWHERE
     return UNLABELLED
+
+
+def nobody_measured(row: Any) -> bool:
+    """Whether a row's numbers are unmeasured (estimated, extrapolated, simulated, guessed): what
+    `saturn run` measures from the jobs' own first steps. A row with no `source` at all (a
+    hand-made table) is taken as given."""
+    label = classify(row)
+    if label == UNLABELLED:
+        get = row.get if hasattr(row, "get") else (lambda k, d=None: d)
+        return str(get("source", "") or "").strip().lower().startswith("estimat")
+    return label not in (MEASURED_HERE, MEASURED_ELSEWHERE)
+
+
+def is_measured(row: Any) -> bool:
+    """Whether a profile row is a measurement (here or elsewhere), by its `source`."""
+    return classify(row) in (MEASURED_HERE, MEASURED_ELSEWHERE)
 
 
 def _canon(knobs: Any) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import socket
 import time
@@ -24,6 +25,8 @@ from filelock import FileLock
 
 from saturn.profiler.hardware import Hardware
 from saturn.profiles.prior import MachineRates, datasheet_rates
+
+log = logging.getLogger(__name__)
 
 RATES_FILE = "machine-rates.json"
 MATMUL_SIZES = (512, 1024, 2048, 4096)
@@ -93,7 +96,10 @@ def probe(hw: Hardware, cpu_threads: Optional[int] = None) -> MachineRates:
         launch = _timed(lambda: small.add_(1.0), sync, 2000) * 1e6
         params = torch.nn.Parameter(torch.zeros(4_000_000 if cuda else 500_000))
         params.grad = torch.zeros_like(params)
-        opt = torch.optim.AdamW([params], lr=1e-4)
+        try:  # the host optimizer spilling uses (saturn.techniques.spilling.host_optimizer)
+            opt = torch.optim.AdamW([params], lr=1e-4, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            opt = torch.optim.AdamW([params], lr=1e-4)
         adam = params.numel() / _timed(opt.step, lambda: None, 3)
     finally:
         torch.set_num_threads(old_threads)
@@ -102,6 +108,22 @@ def probe(hw: Hardware, cpu_threads: Optional[int] = None) -> MachineRates:
     return MachineRates(hw.gpu_type, mm, round(mem, 2), round(h2d, 2), round(net, 2), round(adam, 0),
                         round(launch, 2), interconnect_source=net_src,
                         source=f"probed on {socket.gethostname()} at {when}Z in {took:.1f} s")
+
+
+def probe_isolated(hw: Hardware, cpu_threads: Optional[int] = None, timeout_s: float = 180.0) -> MachineRates:
+    """`probe`, for GPUs in a child process: the caller (a `saturn run` that goes on to train)
+    then holds no CUDA context or cached blocks on GPU 0. CPU slots are probed in-process."""
+    if hw.gpu_type.lower() == "cpu":
+        return probe(hw, cpu_threads=cpu_threads)
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    out = subprocess.run([sys.executable, "-m", "saturn.profiler.machine_probe", json.dumps(asdict(hw))],
+                         capture_output=True, text=True, timeout=timeout_s)
+    if out.returncode != 0:
+        raise RuntimeError(f"the machine probe failed (exit {out.returncode}): {out.stderr.strip()[-500:]}")
+    return MachineRates.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def _path(store_dir: Union[str, os.PathLike]) -> Path:
@@ -121,7 +143,7 @@ def cached_rates(store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineR
 
 
 def load_or_probe(hw: Hardware, store_dir: Union[str, os.PathLike], cpu_threads: Optional[int] = None,
-                  prober: Callable[..., MachineRates] = probe) -> MachineRates:
+                  prober: Callable[..., MachineRates] = probe_isolated) -> MachineRates:
     """The cached rates of `hw`, probing (and caching) them the first time."""
     key = hardware_key(hw)
     have = cached_rates(store_dir)
@@ -149,8 +171,8 @@ def rates_for(gpu_type: str, store_dir: Union[str, os.PathLike, None], *, local:
     if local is not None and local.gpu_type.lower() == str(gpu_type).lower() and store_dir is not None:
         try:
             return load_or_probe(local, store_dir, cpu_threads=cpu_threads)
-        except Exception:  # noqa: BLE001 - a failed probe falls back to cached/datasheet figures
-            pass
+        except Exception as exc:  # noqa: BLE001 - a failed probe falls back to cached/datasheet figures
+            log.warning("machine probe failed (%s); using cached or datasheet rates", exc)
     for r in cached_rates(store_dir).values():
         if r.device.lower() == str(gpu_type).lower():
             return r
@@ -159,3 +181,10 @@ def rates_for(gpu_type: str, store_dir: Union[str, os.PathLike, None], *, local:
         return MachineRates("cpu", mm, 5.0, 2.5, 1.2, 2.0e7, 5.0,
                             interconnect_source="estimated (CPU slots)", source="datasheet: generic CPU")
     return datasheet_rates(gpu_type)
+
+
+if __name__ == "__main__":  # `probe_isolated`'s child: Hardware fields as JSON in, rates JSON out
+    import sys
+
+    _hw = Hardware(**json.loads(sys.argv[1]))
+    print(json.dumps(probe(_hw).to_dict()))

@@ -290,4 +290,4 @@ class Runner:
                 self.on_result(trial, outcome, devices, wall)
             except Exception:  # noqa: BLE001 - persisting must not lose the search state
                 log.exception("could not store the result of %s", trial.label())
-        search.record(trial, outcome.get("status", "failed"), outcome.get("step_time_s"))
+        search.record(trial, outcome.get("status", "failed"), outcome.get("step_time_s"), wall_s=wall or None)

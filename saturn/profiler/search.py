@@ -31,11 +31,12 @@ tested with synthetic outcomes (tests/test_profiler_search.py).
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
-from saturn.profiler.value import DEFAULT_ERROR_BAND, PriorGuess, leader_score, worth_measuring
+from saturn.profiler.value import DEFAULT_ERROR_BAND, PriorGuess, correction, leader_score, worth_measuring
 
 SHORT_CHECK_TECHNIQUES = frozenset({"spilling"})
 OK = "ok"
@@ -139,8 +140,9 @@ class Search:
     `reused` instead.
 
     `prior` (trial key -> `PriorGuess`) switches on the value rule for the cells it covers;
-    `steps_by_signature` (all steps of the jobs of a signature) and `devices` (the devices the
-    trials share) weigh a trial's saving against its cost (`saturn.profiler.value`).
+    `steps_by_signature` (all steps of the jobs of a signature), `jobs_by_signature` (launches) and
+    `devices` (the devices the trials share) weigh a trial's saving against its cost
+    (`saturn.profiler.value`).
     """
 
     def __init__(self, cells: Iterable[CellInput], *, steps: int = 5, short_steps: int = 2,
@@ -149,12 +151,15 @@ class Search:
                  known: Optional[Mapping[tuple, tuple[str, Optional[float]]]] = None,
                  prior: Optional[Mapping[tuple, PriorGuess]] = None,
                  steps_by_signature: Optional[Mapping[str, float]] = None, devices: int = 1,
-                 error_band: float = DEFAULT_ERROR_BAND):
+                 error_band: float = DEFAULT_ERROR_BAND, jobs_by_signature: Optional[Mapping[str, int]] = None):
         self._prior = dict(prior or {})
         self._steps_by_sig = dict(steps_by_signature or {})
+        self._jobs_by_sig = dict(jobs_by_signature or {})
         self._devices = max(1, int(devices))
         self._band = float(error_band)
         self._leader: dict[str, tuple] = {}  # signature -> the trial key measured as its first option
+        self._ratios: dict[tuple[str, str], list[float]] = {}  # (sig, technique) -> measured / prior
+        self._walls: dict[str, list[float]] = {}  # technique -> wall seconds of its trials here
         self.steps = int(steps)
         self.short_steps = int(short_steps)
         self.min_speedup = float(min_speedup)
@@ -226,8 +231,11 @@ class Search:
     def start(self, trial: TrialSpec) -> None:
         self._running[trial.key] = self._pending.pop(trial.key)
 
-    def record(self, trial: TrialSpec, status: str, step_time_s: Optional[float] = None) -> None:
-        """Feed back the outcome of a started (or pending) trial."""
+    def record(self, trial: TrialSpec, status: str, step_time_s: Optional[float] = None,
+               wall_s: Optional[float] = None) -> None:
+        """Feed back the outcome of a started (or pending) trial (`wall_s`: what it cost)."""
+        if wall_s is not None and wall_s > 0:
+            self._walls.setdefault(trial.technique, []).append(float(wall_s))
         self._pending.pop(trial.key, None)
         self._running.pop(trial.key, None)
         self._finish(trial, status, step_time_s)
@@ -252,6 +260,9 @@ class Search:
     # -- internals -------------------------------------------------------------------------------
     def _finish(self, trial: TrialSpec, status: str, step_time_s: Optional[float]) -> None:
         self._finished[trial.key] = (status, step_time_s)
+        guess = self._prior.get(trial.key)
+        if status == OK and step_time_s and guess is not None and guess.step_time_s > 0:
+            self._ratios.setdefault((trial.signature, trial.technique), []).append(step_time_s / guess.step_time_s)
         cell = self._cells.get((trial.signature, trial.technique, trial.gpus))
         if cell is not None:
             cell.results[trial.knobs] = (status, step_time_s)
@@ -418,8 +429,13 @@ class Search:
                     self._leader[sig] = key
                     verdict = None
                 else:
+                    walls = self._walls.get(tech) or [w for ws in self._walls.values() for w in ws]
+                    best_guess = self._prior.get(best[2])
+                    extra = guess.launch_s - (best_guess.launch_s if best_guess is not None else guess.launch_s)
                     verdict = worth_measuring(g, guess, best[0], best[1], self._steps_by_sig.get(sig, 1.0),
-                                              self._devices, self._band)
+                                              self._devices, self._band, correction(self._ratios, sig, tech),
+                                              statistics.median(walls) if walls else None,
+                                              extra * self._jobs_by_sig.get(sig, 1))
             cell.held.remove(k)
             moved = True
             if verdict is None:
@@ -453,15 +469,19 @@ class Search:
         if lead is not None and lead not in self._finished:
             return lead
         left = self._candidates(sig)
-        return min(left, key=lambda k: leader_score(k[3], self._prior[k])) if left else None
+        steps = self._steps_by_sig.get(sig, 1.0)
+        return min(left, key=lambda k: leader_score(k[3], self._prior[k], steps,
+                                                    correction(self._ratios, sig, k[1]))) if left else None
 
-    def _best_measured(self, sig: str) -> Optional[tuple[float, float]]:
-        """(fastest step, least GPU-seconds per step) over the signature's ok results."""
-        ok = [(t, key[3]) for key, (st, t) in self._finished.items()
+    def _best_measured(self, sig: str) -> Optional[tuple[float, float, tuple]]:
+        """(fastest step, least GPU-seconds per step, the fastest's key) over the signature's ok
+        results."""
+        ok = [(t, key) for key, (st, t) in self._finished.items()
               if key[0] == sig and st == OK and t is not None]
         if not ok:
             return None
-        return min(t for t, _ in ok), min(t * g for t, g in ok)
+        fastest = min(ok, key=lambda tk: tk[0])
+        return fastest[0], min(t * k[3] for t, k in ok), fastest[1]
 
     def _first_round_done(self) -> bool:
         """Every signature with a prior has an ok measurement, or nothing left to try."""

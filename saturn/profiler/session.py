@@ -25,6 +25,8 @@ from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec, canonical_knobs
 from saturn.profiler.table import ProfileStore, checkpoint_cost_s, estimate_runtime_s, fixed_costs, now_iso
+from saturn.profiles.store import check_writable_store, failure_applies
+from saturn.spec.signature import inputs_hash
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     limit = min(max_node, len(pool))
     store = ProfileStore(store_dir)
     # profiling writes every trial there: refuse an unwritable store before the first trial
+    check_writable_store(store.dir)  # never the shipped seed tables
     check_writable_dir(store.dir, "profile store", "profiling writes its measurements there: pass --store DIR "
                        "or set $SATURN_PROFILES to a writable directory")
     report = ProfileReport(hardware=hw.key(), store=str(store.path))
@@ -160,9 +163,11 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     known: dict[tuple, tuple[str, Optional[float]]] = {}
     if not force and len(table):
         mine = table[[hw.matches(r) for r in table.to_dict("records")]]
+        inputs = {sig: inputs_hash(rep_job[sig]) for sig in groups}
         for r in mine.to_dict("records"):
             if (r["signature"] in groups and r["status"] != "infeasible"
-                    and not str(r.get("source") or "").startswith("sample")):  # never reuse samples
+                    and not str(r.get("source") or "").startswith("sample")  # never reuse samples
+                    and failure_applies(r, inputs[r["signature"]])):  # a failure of other inputs: retried
                 step = r.get("step_time_s")
                 step = None if step is None or (isinstance(step, float) and math.isnan(step)) else float(step)
                 known[(r["signature"], r["technique"], canonical_knobs(r["knobs"]), int(r["gpus"]))] = (
@@ -179,7 +184,8 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     steps_by_sig = {sig: float(sum(j.total_steps for j in jobs)) for sig, jobs in groups.items()}
     search = Search(cells, steps=steps, short_steps=short_steps, min_speedup=min_speedup,
                     known=known, short_check=short_check, prior=prior,
-                    steps_by_signature=steps_by_sig, devices=limit)
+                    steps_by_signature=steps_by_sig, devices=limit,
+                    jobs_by_signature={sig: len(jobs) for sig, jobs in groups.items()})
 
     # 3. run
     grace = grace_s if grace_s is not None else min(60.0, max(5.0, 0.25 * timeout_s))
@@ -281,6 +287,9 @@ def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
         return CellInput(sig, name, g, infeasible_reason=f"feasible() raised {type(exc).__name__}: {exc}")
     try:
         cands = _pinned(tech.candidates(job, g) or [], (getattr(job, "knobs", None) or {}).get(name))
+        conflicts = getattr(tech, "knob_conflicts", None)
+        if conflicts is not None:  # the job's policy (e.g. precision fp32) forbids some settings
+            cands = [c for c in cands if not conflicts(job, c)]
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)
@@ -328,11 +337,14 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "worker_start_s": cold,
         "checkpoint_s": ckpt,
         "checkpoint_stage_s": _f(outcome.get("checkpoint_stage_s")),
+        "checkpoint_gb": _f(outcome.get("checkpoint_gb")),
         "checkpoint_source": ckpt_source if ok else None,
         "first_step_s": first,
         "teardown_s": teardown,
         "steps": int(steps), "short": bool(short),
         "reason": str(outcome.get("reason") or "")[:500],
+        # what a failure depended on (factory module contents, spec structure): retried when it changes
+        "inputs_hash": inputs_hash(job) if status not in ("ok", "infeasible") else "",
         "trial_s": round(float(wall), 3),
         "measured_at": now_iso(),
         "model": job.model.label() if hasattr(job.model, "label") else str(job.model),

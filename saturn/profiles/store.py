@@ -2,8 +2,13 @@
 
 Why a plain directory of tables: profiles are small (a row per trial), users ship them between
 machines (plan on a laptop for a cluster measured elsewhere), and diffs stay readable. The store is
-`profiles/` of the repository by default, `$SATURN_PROFILES`, or an explicit path; every `*.csv`
-and `*.parquet` under it is loaded (so a sample table and measured tables can sit side by side).
+a user directory: `$SATURN_PROFILES`, else `$XDG_CACHE_HOME/saturn/profiles` (else
+`~/.cache/saturn/profiles`), or an explicit path; every `*.csv` and `*.parquet` under it is loaded
+(so a sample table and measured tables can sit side by side). It is never the installed package
+nor the repository's tracked `profiles/`: those shipped tables are *seed rows*, read under the
+user's default store (not under `$SATURN_PROFILES` or an explicit path, which are the whole store;
+`$SATURN_SEED_PROFILES` names another seed directory, or "none") and never written
+-- a writer pointed at them is refused, so a checkout's tracked files never change under a run.
 
 Rows are keyed by the job's *profile signature* (jobs differing only in learning rate share one),
 not by job name; `lookup` turns them into the per-job table the planner takes. Pure pandas: the
@@ -34,13 +39,17 @@ from saturn.errors import MissingProfilesError, SaturnError
 from saturn.parse import canonical_knobs as _canon_knobs
 
 COLUMNS = ("signature", "technique", "knobs", "gpus", "step_time_s", "peak_mem_gb", "startup_s",
-           "feasible", "reason", "gpu_type", "gpu_memory_gb", "torch_version", "source", "measured_at")
+           "feasible", "reason", "gpu_type", "gpu_memory_gb", "torch_version", "source", "measured_at",
+           "inputs_hash")
 # The profiler's full key: the same trial on another GPU model, memory size, interconnect or torch
 # version is a different measurement, never an overwrite.
-KEY = ("signature", "technique", "knobs", "gpus", "gpu_type", "gpu_memory_gb", "interconnect", "torch_version")
+# A failed trial's row also carries `inputs_hash` (saturn.spec.signature.inputs_hash: what the failure
+# depended on); it is part of the key, so failures of different inputs never overwrite each other.
+KEY = ("signature", "technique", "knobs", "gpus", "gpu_type", "gpu_memory_gb", "interconnect", "torch_version",
+       "inputs_hash")
 LOCK_TIMEOUT_S = 120.0
 NUMBER_COLUMNS = ("step_time_s", "peak_mem_gb", "startup_s", "launch_s", "worker_start_s", "checkpoint_s",
-                  "first_step_s", "trial_s", "gpu_memory_gb")
+                  "checkpoint_gb", "first_step_s", "trial_s", "gpu_memory_gb")
 # Limits far beyond any real measurement and far below what breaks the planner (a 1e299 s step gave
 # a plan with no makespan): a value past one is a damaged or hand-edited row, refused by name.
 MAX_STEP_TIME_S = 86_400.0  # one optimizer step: a day
@@ -51,14 +60,55 @@ BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "
              "0.0": False}
 STORE_FILE = "profiles.csv"  # where write_store puts the table (other files are read-only inputs)
 ENV = "SATURN_PROFILES"
+SEED_ENV = "SATURN_SEED_PROFILES"
+REPO_PROFILES = Path(__file__).resolve().parents[2] / "profiles"  # a checkout's shipped tables
 
 PathLike = Union[str, os.PathLike]
 
 
 def default_dir() -> Path:
-    """$SATURN_PROFILES, else the repository's profiles/ (found relative to this package)."""
+    """Where measurements go and are read from: $SATURN_PROFILES, else
+    $XDG_CACHE_HOME/saturn/profiles, else ~/.cache/saturn/profiles (a user directory, so that an
+    installed package or a checkout is never written by a run)."""
     env = os.environ.get(ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "profiles"
+    return Path(env).expanduser() if env else _user_default()
+
+
+def seed_dir() -> Optional[Path]:
+    """The read-only seed tables read under the user's default store (not under $SATURN_PROFILES
+    or an explicit directory, which are the whole store): $SATURN_SEED_PROFILES ("" or "none": no
+    seeds), else the repository's profiles/ when Saturn runs from a checkout."""
+    env = os.environ.get(SEED_ENV)
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "none", "off") else Path(env).expanduser()
+    return REPO_PROFILES if REPO_PROFILES.is_dir() else None
+
+
+def uses_seeds(directory: Optional[PathLike] = None) -> bool:
+    """Whether the store `directory` (None: the default) reads the seed rows: only the user's
+    default store does; $SATURN_PROFILES or an explicit directory is the whole store."""
+    return directory is None and not os.environ.get(ENV)
+
+
+def _is_seed(directory: Path) -> bool:
+    d = directory.resolve()
+    seeds = seed_dir()
+    return d == REPO_PROFILES.resolve() or (seeds is not None and d == seeds.resolve())
+
+
+def check_writable_store(directory: Optional[PathLike] = None) -> Path:
+    """The store directory to write, refused (SaturnError) when it is a seed directory."""
+    d = Path(directory) if directory else default_dir()
+    if _is_seed(d):
+        raise SaturnError(f"profile store {d} holds read-only seed rows (shipped with Saturn); measurements "
+                          f"go to a user directory: set ${ENV} or pass another store directory "
+                          f"(default {_user_default()})")
+    return d
+
+
+def _user_default() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "saturn" / "profiles"
 
 
 def store_path(directory: Optional[PathLike] = None) -> Path:
@@ -75,6 +125,7 @@ def _normalize(df: pd.DataFrame) -> pd.DataFrame:
         df["knobs"] = df["knobs"].map(_canon_knobs)
         df["gpus"] = df["gpus"].astype(int)
         df["signature"] = df["signature"].astype(str)
+        df["inputs_hash"] = df["inputs_hash"].map(lambda v: v if isinstance(v, str) else "")
         df["technique"] = df["technique"].astype(str)
         df["feasible"] = df["feasible"].map(
             lambda v: str(v).strip().lower() in ("true", "1", "yes") if isinstance(v, str) else bool(v) and v == v)
@@ -107,7 +158,8 @@ def read_table(path: PathLike, check: Optional[TableCheck] = None) -> pd.DataFra
                 if not line.startswith("#"):
                     break
                 skip += 1
-        df = pd.read_csv(path, skiprows=skip, dtype={"signature": str, "knobs": str, "torch_version": str})
+        df = pd.read_csv(path, skiprows=skip, dtype={"signature": str, "knobs": str, "torch_version": str,
+                                                     "inputs_hash": str})
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
         raise ProfileTableError(f"cannot read profile file {path}: {exc}") from exc
     validate_table(df, path, first_line=skip + 2)
@@ -135,9 +187,11 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
     for col in ("technique", "gpus"):
         if col not in df.columns:
             raise ProfileTableError(f"profile file {path} has no column {col!r} (columns: {', '.join(map(str, df.columns))})")
-    feasible = df["feasible"] if "feasible" in df.columns else pd.Series([True] * len(df), index=df.index)
-    status = df["status"] if "status" in df.columns else pd.Series([None] * len(df), index=df.index)
-    for i, (_, r) in enumerate(df.iterrows()):
+    from saturn.parse import table_records
+
+    # rows as dicts, column by column: DataFrame.iterrows builds a Series per row (a minute for
+    # the 150,000 rows of a 10,000-job table)
+    for i, r in enumerate(table_records(df)):
         g = r["gpus"]
         try:
             ok = float(g) == int(float(g)) and int(float(g)) >= 1
@@ -154,12 +208,12 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
                 except ValueError:
                     raise ProfileTableError(f"{_where(path, i, 'knobs', first_line)}: {k!r} is not a JSON object "
                                             "like {\"activation_checkpointing\": false}") from None
-        fv = feasible.iloc[i]
+        fv = r.get("feasible", True)
         if not _boolean_cell(fv):
             raise ProfileTableError(f"{_where(path, i, 'feasible', first_line)}: {fv!r} is not a boolean; write True "
                                     "or False (a row is measured feasible or it is not)")
         is_feasible = (str(fv).strip().lower() in ("true", "1", "yes")) if isinstance(fv, str) else (fv is None or fv == fv and bool(fv))
-        st = status.iloc[i]
+        st = r.get("status")
         if isinstance(st, str) and st.strip() and st.strip().lower() != "ok":
             is_feasible = False
         for col in NUMBER_COLUMNS:
@@ -254,12 +308,25 @@ def cluster_check(*, techniques: Collection[str], memory_gb: Mapping[str, float]
     return check
 
 
-def load_store(directory: Optional[PathLike] = None, check: Optional[TableCheck] = None) -> pd.DataFrame:
+def _table_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in (".csv", ".parquet") and not p.name.startswith("."))
+
+
+def load_store(directory: Optional[PathLike] = None, check: Optional[TableCheck] = None, *,
+               seeds: Optional[bool] = None) -> pd.DataFrame:
     """Every *.csv / *.parquet under the store directory (or one file), concatenated (each file
-    validated, and checked by `check` when given)."""
+    validated, and checked by `check` when given). `seeds` (default: when no directory is given,
+    and no $SATURN_PROFILES: the user's default store) puts the seed rows (`seed_dir()`) first:
+    read, never written."""
     root = Path(directory or default_dir())
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in (".csv", ".parquet") and not p.name.startswith("."))
+    files = _table_files(root)
+    seed = seed_dir() if (uses_seeds(directory) if seeds is None else seeds) else None
+    if seed is not None and seed.resolve() != root.resolve():
+        files = _table_files(seed) + files
     frames = [read_table(p, check) for p in files]
     frames = [f for f in frames if len(f)]
     if not frames:
@@ -268,8 +335,9 @@ def load_store(directory: Optional[PathLike] = None, check: Optional[TableCheck]
 
 
 def store_lock(directory: Optional[PathLike] = None) -> FileLock:
-    """The inter-process lock every writer of <dir>/profiles.csv holds (a file beside it)."""
-    path = store_path(directory)
+    """The inter-process lock every writer of <dir>/profiles.csv holds (a file beside it); a seed
+    directory is refused here, before anything is written."""
+    path = store_path(check_writable_store(directory))
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=LOCK_TIMEOUT_S)
 
@@ -373,6 +441,15 @@ def lookup(jobs: Iterable[Any], cluster: Any, table: Optional[pd.DataFrame] = No
         missing += [(job.name, k) for k in allowed if k <= cap and k not in have]
         if g is None:
             continue
+        if "status" in g.columns and (g["status"].astype(str).str.lower() != "ok").any():
+            from saturn.spec.signature import inputs_hash
+
+            h = inputs_hash(job)  # stored failures of other inputs are stale: the option is missing again
+            g = g[[failure_applies(r, h) for r in g.to_dict("records")]]
+            have = set(g["gpus"].astype(int))
+            missing += [(job.name, k) for k in allowed if k <= cap and k not in have and (job.name, k) not in missing]
+            if not len(g):
+                continue
         g = _prefer_measured(g)
         g = g.sort_values(["feasible", "step_time_s"], ascending=[False, True])
         g = g.drop_duplicates(subset=["technique", "gpus", "gpu_type"], keep="first").copy()
@@ -380,6 +457,21 @@ def lookup(jobs: Iterable[Any], cluster: Any, table: Optional[pd.DataFrame] = No
         out.append(g)
     df = pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["job", *COLUMNS])
     return df, missing
+
+
+def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
+    """Whether a stored row still speaks for a job whose inputs hash is `job_inputs`: measurements
+    and static infeasibility always do; a failed / timed-out trial only while the inputs it ran
+    with (factory module contents, spec structure) are unchanged -- else the option is tried
+    again; an OOM row without a recorded hash (older stores) is kept."""
+    status = str(row.get("status") or "").strip().lower()
+    if status in ("", "ok", "infeasible", "nan", "none"):
+        return True
+    stored = row.get("inputs_hash")
+    stored = stored if isinstance(stored, str) else ""
+    if not stored:
+        return status == "oom"
+    return stored == job_inputs
 
 
 def _prefer_measured(g: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,7 @@ def build_member(job: Any, knobs: Optional[dict[str, Any]], device: Any, *, end_
     engine = SpillingEngine(model, device, **{**engine_kwargs(job, knobs or {}), **engine_extra})
     rng = engine.rng_state()  # right after the seeded build, as in a solo run
     start = 0
-    latest = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
+    latest = ckpt.latest_checkpoint(ckpt_dir, ckpt.Owner.of(job, end_step)) if ckpt_dir else None
     if latest:
         start = int(engine.load_checkpoint(latest)["step"])
     tasks = len(engine.tasks())
@@ -31,4 +31,4 @@ def build_member(job: Any, knobs: Optional[dict[str, Any]], device: Any, *, end_
                   start_step=start, end_step=end_step, ckpt_dir=ckpt_dir,
                   checkpoint_every=checkpoint_every, rng=rng,
                   task_time_s=(step_time_s / tasks) if step_time_s else 1.0,
-                  meta={"job": job.name})
+                  meta={"job": job.name, "definition": ckpt.Owner.of(job, end_step).definition})

@@ -105,11 +105,11 @@ def run_group(jobs: list[Any], *, checkpoint_root: Optional[str] = None,
                      "losses": [list(x) for x in m.losses]} for m in members}
 
 
-def _newest(ckpt_dir: str, default_step: int) -> tuple[int, Optional[str]]:
-    from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+def _newest(ckpt_dir: str, default_step: int, member: dict[str, Any]) -> tuple[int, Optional[str]]:
+    from saturn.techniques.checkpoint import Owner, latest_checkpoint, read_meta
 
     try:
-        path = latest_checkpoint(ckpt_dir)
+        path = latest_checkpoint(ckpt_dir, Owner.of(member["job"], member.get("end_step")))
         return (int(read_meta(path)["step"]), path) if path else (default_step, None)
     except (OSError, ValueError, KeyError):
         return default_step, None
@@ -157,7 +157,7 @@ def run_group_attempt(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         reason = f"SHARP group {spec.get('group')}: {type(exc).__name__}: {exc}"[:2000]
         results = {}
         for m in members:
-            step, path = _newest(m["checkpoint_dir"], int(m["start_step"]))
+            step, path = _newest(m["checkpoint_dir"], int(m["start_step"]), m)
             results[m["job"]["name"]] = {"status": "failed", "step": step, "checkpoint": path,
                                          "losses": [], "reason": reason}
     for m in members:

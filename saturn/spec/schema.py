@@ -80,7 +80,7 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
-        from saturn.zoo.data import DATASETS
+        from saturn.zoo.configs import DATASETS
 
         if (self.name is None) == (self.factory is None):
             raise ValueError(f"give exactly one of `name` (one of {sorted(DATASETS)}) or `factory` "
@@ -188,6 +188,12 @@ class Job(_Strict):
                 validate_knobs(tech, values)
             except SpecError as exc:  # a user technique path that does not import
                 raise ValueError(f"knobs.{tech}: {exc}") from None
+            if tech in known:
+                from saturn.techniques.registry import get_technique
+
+                conflict = get_technique(tech).knob_conflicts(self, dict(values))
+                if conflict:
+                    raise ValueError(f"knobs.{tech}: {conflict}")
         return self
 
     @model_validator(mode="after")

@@ -41,6 +41,7 @@ class TrialResult:
     checkpoint_s: Optional[float] = None  # one full checkpoint save, measured (trials)
     checkpoint_stage_s: Optional[float] = None  # its blocking part as a background save
     worker_start_s: Optional[float] = None  # the part of startup_s spent starting a warm worker
+    checkpoint_gb: Optional[float] = None  # host staging a background save of this job needs
 
     @property
     def feasible(self) -> bool:
@@ -86,6 +87,11 @@ class Technique(abc.ABC):
     @abc.abstractmethod
     def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
         """The few knob settings worth trying, best guess first."""
+
+    def knob_conflicts(self, job: Any, knobs: dict[str, Any]) -> str:
+        """Why the job's own settings (its precision policy, its optimizer) forbid this knob
+        setting; '' = allowed. Checked when a job pins knobs, and on candidates after pinning."""
+        return ""
 
     @abc.abstractmethod
     def trial(self, job: Any, gpus: Devices, knobs: dict[str, Any], steps: int,

@@ -36,9 +36,12 @@ Off the critical path: inside `in_background()` a save returns once the state is
 `wait_pending()` waits for every save in flight; a load waits for the drains of its directory.
 A test may slow drains down with SATURN_TEST_SLOW_DRAIN_S (see `_test_drain_delay`).
 
-Loading trusts nothing: `newest_intact` walks `latest` then the other steps newest-first, skipping
+Loading trusts nothing: `intact_checkpoints` walks `latest` then the other steps newest-first, skipping
 (with a warning) a checkpoint whose `meta.json` is missing or garbled or whose files are missing
-or truncated; `load_newest` also falls back when DCP cannot read the data.
+or truncated; `load_newest` also falls back when DCP cannot read the data. Given the job's `Owner`
+(name, definition hash, total steps), a checkpoint whose meta names another job or definition, or
+whose step lies outside [0, total steps], is skipped the same way (#28: a foreign checkpoint
+copied into a job's directory, or a meta claiming step 10^9, must neither load nor end the job).
 
 All save/load functions are collective when a process group is initialized (every rank calls them);
 without one they work in a single process.
@@ -55,6 +58,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -78,6 +82,48 @@ class CheckpointError(ValueError):
 
 class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped in favour of an older intact one."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The job a checkpoint directory belongs to: only its checkpoints are resumed."""
+
+    name: str
+    definition: Optional[str] = None  # saturn.spec.signature.definition_hash; None: not checked
+    total_steps: Optional[int] = None  # None: not checked
+
+    @classmethod
+    def of(cls, job: Any, total_steps: Optional[int] = None) -> "Owner":
+        """The owner for a Job or its `model_dump(mode="json")` (total_steps: the job's, by default)."""
+        from saturn.spec.signature import definition_hash
+
+        d = job.model_dump(mode="json") if hasattr(job, "model_dump") else dict(job)
+        if total_steps is None:
+            total_steps = int(job.total_steps) if hasattr(job, "total_steps") else d.get("steps")
+        return cls(str(d["name"]), definition_hash(d), None if total_steps is None else int(total_steps))
+
+    def refusal(self, meta: dict[str, Any]) -> Optional[str]:
+        """Why a checkpoint with this meta is not this job's (None: it is)."""
+        from saturn.spec.signature import definition_hash
+
+        job = meta.get("job")
+        name = job.get("name") if isinstance(job, dict) else job
+        if name is not None and str(name) != self.name:
+            return f"it belongs to job {name!r}, not {self.name!r}"
+        if self.definition is not None:
+            theirs = meta.get("definition")
+            if theirs is None and isinstance(job, dict):
+                try:
+                    theirs = definition_hash(job)
+                except Exception:  # noqa: BLE001 - an unreadable job dump: not comparable
+                    theirs = None
+            if theirs is not None and theirs != self.definition:
+                return (f"it was written by another definition of job {self.name!r} (definition hash "
+                        f"{theirs}, this job's is {self.definition})")
+        step = int(meta["step"])
+        if self.total_steps is not None and step > self.total_steps:
+            return f"its step {step} is past the job's {self.total_steps} steps"
+        return None
 
 
 def _rank() -> int:
@@ -199,8 +245,8 @@ def staged_bytes() -> int:
 
 
 def last_save_cost() -> dict[str, float]:
-    """Blocking time of this process's newest save: block_s (what the caller waited) and
-    budget_wait_s (the part spent waiting for the node's staging budget)."""
+    """This process's newest staged save: block_s (what the caller waited), budget_wait_s (the
+    part spent waiting for the node's staging budget) and bytes (its staging buffer)."""
     return dict(_DR.last)
 
 
@@ -361,7 +407,7 @@ def _save_staged(state: dict[str, Any], tmp: str, final: str, ckpt_dir: str, met
         area.release(buf)
         raise
     block = time.perf_counter() - t0
-    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6)}
+    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6), "bytes": float(buf.numel())}
     meta = {**meta, "save_block_s": round(block, 6), "budget_wait_s": round(waited, 6)}
     _DR.notify({"event": "draining", "path": final})
     if _DR.pool is None:
@@ -475,13 +521,13 @@ def load_checkpoint(path: str, model: torch.nn.Module,
     return meta
 
 
-def load_newest(ckpt_dir: Optional[str], load: Callable[[str], dict[str, Any]]
+def load_newest(ckpt_dir: Optional[str], load: Callable[[str], dict[str, Any]], owner: Optional[Owner] = None
                 ) -> tuple[Optional[str], Optional[dict[str, Any]]]:
-    """Load the newest checkpoint that loads: (path, meta), or (None, None) when there is none.
-    A damaged one is skipped with a CheckpointWarning (collective: DCP raises on every rank)."""
+    """Load the newest checkpoint of `owner` that loads: (path, meta), or (None, None) when there is
+    none. A damaged one is skipped with a CheckpointWarning (collective: DCP raises on every rank)."""
     if ckpt_dir:
         wait_drains(ckpt_dir)  # this process's saves of the directory are published first
-    for path in intact_checkpoints(ckpt_dir):
+    for path in intact_checkpoints(ckpt_dir, owner):
         try:
             return path, load(path)
         except (Exception, CheckpointException) as exc:  # noqa: BLE001 - unreadable: try older
@@ -491,18 +537,31 @@ def load_newest(ckpt_dir: Optional[str], load: Callable[[str], dict[str, Any]]
     return None, None
 
 
-def latest_checkpoint(ckpt_dir: Optional[str]) -> Optional[str]:
-    """Path of the newest intact checkpoint in `ckpt_dir` (see `intact_checkpoints`), or None."""
-    for path in intact_checkpoints(ckpt_dir):
+def latest_checkpoint(ckpt_dir: Optional[str], owner: Optional[Owner] = None) -> Optional[str]:
+    """Path of the newest intact checkpoint of `owner` in `ckpt_dir` (see `intact_checkpoints`), or None."""
+    for path in intact_checkpoints(ckpt_dir, owner):
         return path
     return None
 
 
-def intact_checkpoints(ckpt_dir: Optional[str]) -> Iterator[str]:
-    """Published checkpoints that look intact, newest first: the `latest` target, then every
-    `step-N` by decreasing N. Damaged ones are skipped with a CheckpointWarning."""
+def refused_checkpoints(ckpt_dir: Optional[str], owner: Owner) -> list[tuple[str, str]]:
+    """[(path, why)] of the published checkpoints in `ckpt_dir` that are not `owner`'s, or damaged
+    (what `intact_checkpoints` skips), for the executor to report in the run's own output."""
+    out: list[tuple[str, str]] = []
+    for path in _published(ckpt_dir):
+        try:
+            why = owner.refusal(check_intact(path))
+        except CheckpointError as exc:
+            why = f"damaged: {exc}"
+        if why:
+            out.append((path, why))
+    return out
+
+
+def _published(ckpt_dir: Optional[str]) -> list[str]:
+    """`step-N` directories of `ckpt_dir`, the `latest` target first, then by decreasing N."""
     if not ckpt_dir or not os.path.isdir(ckpt_dir):
-        return
+        return []
     names: list[str] = []
     try:
         with open(os.path.join(ckpt_dir, LATEST_FILE)) as f:
@@ -514,14 +573,22 @@ def intact_checkpoints(ckpt_dir: Optional[str]) -> Iterator[str]:
     steps = sorted((int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(ckpt_dir)) if m),
                    reverse=True)
     names += [f"step-{s}" for s in steps if f"step-{s}" not in names]
-    for name in names:
-        path = os.path.join(ckpt_dir, name)
-        if not os.path.isdir(path):
-            continue
+    return [os.path.join(ckpt_dir, n) for n in names if os.path.isdir(os.path.join(ckpt_dir, n))]
+
+
+def intact_checkpoints(ckpt_dir: Optional[str], owner: Optional[Owner] = None) -> Iterator[str]:
+    """Published checkpoints that look intact, newest first: the `latest` target, then every
+    `step-N` by decreasing N. Damaged ones, and with `owner` those not its own, are skipped with a
+    CheckpointWarning."""
+    for path in _published(ckpt_dir):
         try:
-            check_intact(path)
+            meta = check_intact(path)
         except CheckpointError as exc:
             warnings.warn(f"skipping damaged checkpoint: {exc}", CheckpointWarning, stacklevel=2)
+            continue
+        why = owner.refusal(meta) if owner is not None else None
+        if why:
+            warnings.warn(f"skipping checkpoint {path}: {why}", CheckpointWarning, stacklevel=2)
             continue
         yield path
 

@@ -78,7 +78,7 @@ class LaunchedTechnique(Technique):
                               checkpoint_dir=checkpoint_dir,
                               checkpoint_every=kwargs.get("checkpoint_every", 0),
                               metrics_path=kwargs.get("metrics_path"))
-        return run_result(res, start_step, checkpoint_dir)
+        return run_result(res, start_step, checkpoint_dir, owner=(job, start_step + num_steps))
 
 
 def trial_result(res: dict[str, Any]) -> TrialResult:
@@ -91,13 +91,14 @@ def trial_result(res: dict[str, Any]) -> TrialResult:
                        reason=res.get("reason", ""), step_times=list(res.get("step_times") or []),
                        checkpoint_s=res.get("checkpoint_s"),
                        checkpoint_stage_s=res.get("checkpoint_stage_s"),
-                       worker_start_s=res.get("worker_start_s"))
+                       worker_start_s=res.get("worker_start_s"), checkpoint_gb=res.get("checkpoint_gb"))
 
 
-def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str) -> RunResult:
+def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str,
+               owner: Optional[tuple[Any, int]] = None) -> RunResult:
     """A launch result as a RunResult; after a failure, `step`/`checkpoint` point at the newest
-    checkpoint on disk (what a relaunch would resume from)."""
-    from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+    checkpoint on disk of the job (owner: (job, total steps)) -- what a relaunch would resume from."""
+    from saturn.techniques.checkpoint import Owner, latest_checkpoint, read_meta
 
     status = res.get("status", "failed")
     if status in ("completed", "interrupted"):
@@ -105,7 +106,7 @@ def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str) -> Run
                          losses=[(int(s), float(v)) for s, v in res.get("losses") or []],
                          reason=res.get("reason", ""), durable=bool(res.get("durable", True)),
                          phases=dict(res.get("phases") or {}))
-    path = latest_checkpoint(checkpoint_dir)
+    path = latest_checkpoint(checkpoint_dir, Owner.of(*owner) if owner is not None else None)
     step = int(read_meta(path)["step"]) if path else start_step
     status = {"timeout": "failed"}.get(status, status)
     if status not in ("oom", "failed", "interrupted"):

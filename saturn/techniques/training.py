@@ -212,8 +212,7 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     total = warmup + num_steps if mode == "trial" else num_steps
     single = not step_io.distributed()
     writer = step_io.MetricsWriter(metrics_path if run and ctx.rank == 0 else None)
-    batches = step_io.BatchPrefetcher(lambda s: _host_batch(dataset, job, s, trainable),
-                                      trainable.device, start_step + total)
+    batches = _prefetcher(dataset, job, trainable, start_step + total)
     readback = step_io.ReadBack(trainable.device, trainable.loss_weight)
     losses: list[list] = []
     times: list[float] = []
@@ -290,7 +289,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
 def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
                         knobs: Optional[dict]) -> dict[str, float]:
     """A trial's checkpoint cost, for the planner: one background save into a scratch directory,
-    timed until staged (`checkpoint_stage_s`, what a periodic save blocks) and until published
+    timed until staged (`checkpoint_stage_s`, what a periodic save blocks; `checkpoint_gb`: its
+    staging bytes, one process only) and until published
     (`checkpoint_s`, what the final save costs). {} if the technique cannot save."""
     import atexit
     import shutil
@@ -303,12 +303,14 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
         with ckpt.in_background():
             _save(t, scratch, 0, job, technique, knobs, None)
         staged = time.perf_counter() - t0
+        staged_bytes = ckpt.last_save_cost().get("bytes") if ckpt.world_size() == 1 else None
         if ckpt.wait_pending() is None:
             return {}
         full = time.perf_counter() - t0
         if dist.is_initialized():
             dist.barrier()
-        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4)}
+        return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4),
+                **({"checkpoint_gb": round(staged_bytes / 1e9, 4)} if staged_bytes else {})}
     except (Exception, ckpt.CheckpointException):  # noqa: BLE001 - steps first; the save is a bonus
         return {}
     finally:
@@ -334,10 +336,16 @@ def _record(values: list[tuple[int, float]], block: list[float], wall: float, lo
         writer.add(s + 1, loss, dt, w, waits[i] if i < len(waits) else 0.0)
 
 
-def _host_batch(dataset: Any, job: Any, step: int, t: Trainable) -> tuple[torch.Tensor, torch.Tensor]:
-    from saturn.zoo.data import batch_for_step
+def _prefetcher(dataset: Any, job: Any, t: Trainable, end: int) -> step_io.BatchPrefetcher:
+    """Batches of this rank ahead of the step: made on the training device when the dataset can
+    (the zoo's synthetic data), built on the host and copied otherwise."""
+    from saturn.zoo.data import batch_for_step, made_on_device
 
-    return batch_for_step(dataset, step, job.batch_size, t.dp_rank, t.dp_world)
+    on_device = made_on_device(dataset)
+    device = t.device if on_device else None
+    return step_io.BatchPrefetcher(
+        lambda step: batch_for_step(dataset, step, job.batch_size, t.dp_rank, t.dp_world, device=device),
+        t.device, end, on_device=on_device)
 
 
 def _save(t: Trainable, ckpt_dir: Optional[str], step: int, job: Any, technique: str,
@@ -376,7 +384,8 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     start, num = int(payload.get("start_step", 0)), int(payload.get("num_steps", 1))
     end = start + num
     ckpt_dir = payload.get("checkpoint_dir") if mode == "run" else None
-    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load)  # skips damaged ones, warns
+    # skips damaged ones and other jobs' (or past-the-end) ones, with a warning
+    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load, ckpt.Owner.of(job, end) if mode == "run" else None)
     if resumed and meta is not None:
         start = int(meta["step"])
     if mode == "run" and start >= end:

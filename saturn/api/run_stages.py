@@ -1,0 +1,184 @@
+"""The stages every front door takes before a run starts: `saturn run`, `saturn.run()` (and the
+`Orchestrator` for its jobs' paths and measurements).
+
+    prep = prepare_run(workload, profiles=None, require_measured=False, run_dir=...)
+    prep.stages   # ["load", "local_paths", "run_dir", "profiles", "measure_in_run"]
+
+1. `load`: the workload, its cluster resolved (local devices probed, Ray discovered).
+2. `local_paths`: the files the jobs need exist here (runs that execute here only).
+3. `run_dir`: a fresh, writable run directory (default runs/<workload>-<time>); a plan file
+   (`plan_file`) is read and matched to the workload.
+4. `profiles`: the per-job table from the store (or the given table); every option no row covers
+   gets an `estimated` row from the prior cost model (never a separate trial process).
+5. `require_measured` (with --require-measured): refuse a plan that rests on numbers nobody
+   measured, naming each job, option and label.
+6. `measure_in_run`: when the rows come from this machine's store and the jobs run here, a
+   `RunMeasurer` (saturn.profiles.inrun) turns the first attempt of every unmeasured option into
+   its measurement; otherwise a warning names the options that stay unmeasured.
+
+Why one function: the two doors used to differ (one re-profiled guessed options in separate
+processes before the run, the other did not); the list of stages taken is returned so a test can
+check that they no longer do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import pandas as pd
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class PreparedRun:
+    """What a run starts from: the workload (cluster resolved), the per-job profile table, the
+    run directory, the in-run measurer (None: nothing to measure here), the stages taken and
+    their timings (seconds), and the notes shown to the user."""
+
+    workload: Any
+    table: pd.DataFrame
+    run_dir: Path
+    plan: Any = None  # a plan to start from (a plan file is read and checked against the workload)
+    measurer: Any = None
+    stages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _described(raw: Any) -> bool:
+    """The spec names its nodes or a Ray cluster: the jobs do not run on this machine's probe."""
+    c = raw.cluster
+    return bool(getattr(c, "nodes", None)) or getattr(c, "ray", None) is not None
+
+
+def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, require_measured: bool = False,
+                store_dir: Optional[PathLike] = None, run_dir: Optional[PathLike] = None,
+                time_limit_s: Optional[float] = None, plan: Any = None, run_dir_hint: str = "",
+                run_dir_flag: str = "run_dir", say: Callable[[str], None] = print) -> PreparedRun:
+    """Take the stages above for `workload` (a Workload, YAML path or text); see the module
+    docstring. Raises SaturnError (exit 2) before any work when a stage refuses."""
+    from saturn.api.stages import _workload, load
+    from saturn.executor.build import check_fresh_run_dir, default_run_dir
+    from saturn.executor.defaults import TIME_LIMIT_S
+    from saturn.paths import check_writable_dir
+
+    t0 = time.perf_counter()
+    stages: list[str] = []
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    raw = _workload(workload)
+    wl = load(workload)
+    stages.append("load")
+    timings["load_s"] = time.perf_counter() - t0
+    if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
+        check_paths(wl)
+        stages.append("local_paths")
+    # the run directory and a plan file are checked before any work (measuring, planning)
+    path = Path(run_dir) if run_dir is not None else default_run_dir(wl.name)
+    check_fresh_run_dir(path, run_dir_hint.format(run_dir=path))
+    check_writable_dir(path, run_dir_flag)
+    stages.append("run_dir")
+    if isinstance(plan, (str, os.PathLike)):
+        from saturn.planner.plan import read_plan
+        from saturn.techniques.registry import technique_names
+
+        known = set(technique_names()).union(*(j.techniques or () for j in wl.jobs))
+        plan = read_plan(Path(plan), wl.jobs, wl.cluster, techniques=known)
+        stages.append("plan_file")
+    t1 = time.perf_counter()
+    table, from_store = _profiles(wl, profiles, simulate=simulate, store_dir=store_dir, notes=notes)
+    stages.append("profiles")
+    timings["profiles_s"] = time.perf_counter() - t1
+    unmeasured = _unmeasured(table)
+    if require_measured:
+        stages.append("require_measured")
+        _refuse_unmeasured(wl, table, unmeasured, TIME_LIMIT_S if time_limit_s is None else time_limit_s)
+    measurer = None
+    if not simulate:
+        stages.append("measure_in_run")
+        measurer = _measurer(raw, wl, table, unmeasured, from_store=from_store, store_dir=store_dir,
+                             run_id=path.name, notes=notes)
+    for n in notes:
+        say(n)
+    timings["prepare_s"] = time.perf_counter() - t0
+    return PreparedRun(wl, table, path, plan, measurer, stages, timings, notes)
+
+
+def check_paths(workload: Any) -> None:
+    """The `local_paths` stage (run, profile, Orchestrator.submit): the files the jobs need
+    (weights, data) exist on this machine; a SpecError (exit 2) naming each missing one."""
+    from saturn.spec import check_local_paths
+
+    check_local_paths(workload)
+
+
+def _profiles(wl: Any, profiles: Any, *, simulate: bool, store_dir: Optional[PathLike],
+              notes: list[str]) -> tuple[pd.DataFrame, bool]:
+    """(per-job table, whether it comes from the profile store). Options no row covers get
+    `estimated` rows from the prior (saturn.api.stages.profiles_table): no trial process here."""
+    from saturn.api.stages import profiles_table
+
+    table = profiles_table(wl, profiles, store_dir=store_dir)
+    return table, profiles is None
+
+
+def _unmeasured(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose numbers nobody measured (saturn.planner.provenance.nobody_measured)."""
+    from saturn.planner.provenance import nobody_measured
+
+    return table[[nobody_measured(r) for r in table.to_dict("records")]] if len(table) else table
+
+
+def _refuse_unmeasured(wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, time_limit_s: float) -> None:
+    """--require-measured: refuse when the plan would use a row nobody measured."""
+    if not len(unmeasured):
+        return
+    from saturn.errors import SaturnError
+    from saturn.planner import plan
+    from saturn.planner.provenance import annotate
+
+    p = annotate(plan(wl.jobs, wl.cluster, table, time_limit_s=time_limit_s), table)
+    nobody = {(str(r["job"]), str(r["technique"]), int(r["gpus"])) for r in unmeasured.to_dict("records")}
+    g = [a for a in p.assignments if (a.job, a.technique, len(a.gpus)) in nobody]
+    if not g:
+        return
+    desc = "; ".join(f"{a.job} ({a.technique} on {len(a.gpus)} GPU(s): {a.provenance}"
+                     + (f", {a.source}" if a.source else "") + ")" for a in g)
+    path = getattr(wl, "path", None) or "WORKLOAD.yaml"
+    raise SaturnError(f"--require-measured: the plan would rest on numbers nobody measured: {desc}. "
+                      f"Measure them with `saturn profile {path}` on that hardware, or run without "
+                      "--require-measured (the jobs' own first steps measure them).")
+
+
+def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, *, from_store: bool,
+              store_dir: Optional[PathLike], run_id: str, notes: list[str]) -> Any:
+    """A RunMeasurer when the run can measure here what nobody measured; else a warning."""
+    if not len(unmeasured):
+        return None
+    opts = "; ".join(sorted({f"{r['job']} ({r['technique']} on {int(r['gpus'])} GPU(s))"
+                             for r in unmeasured.to_dict("records")}))
+    if not from_store:
+        notes.append(f"WARNING: the given profile table has unmeasured rows, used as they are: {opts}")
+        return None
+    if _described(raw):
+        notes.append(f"WARNING: running on unmeasured numbers (the cluster is described, not this machine): {opts}")
+        return None
+    from saturn.paths import check_writable_dir
+    from saturn.profiler.hardware import hardware_for_cluster
+    from saturn.profiles.inrun import RunMeasurer
+    from saturn.profiles.store import check_writable_store
+
+    where = check_writable_store(store_dir)  # measurements are written there: checked before any work
+    check_writable_dir(where, "profile store", "the run writes its measurements there: set $SATURN_PROFILES "
+                       "to a writable directory")
+    hw = hardware_for_cluster(wl.cluster)
+    jobs = sorted({str(r["job"]) for r in unmeasured.to_dict("records")})
+    notes.append(f"measuring as it runs: {len(jobs)} job(s) start on options nobody measured; the first "
+                 "attempt of each option measures it into the profile store")
+    return RunMeasurer(signatures={j.name: str(j.signature) for j in wl.jobs}, table=table, hardware=hw.key(),
+                       run_id=run_id, store_dir=store_dir)

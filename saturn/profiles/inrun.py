@@ -1,0 +1,206 @@
+"""Trials that count: a job's own first steps measure the option nobody measured.
+
+Why: measuring an option in a separate trial process before the run costs a model build, a
+warm-up and a teardown per option -- for the option the job then runs anyway. Instead, when a job
+is the first of its profile signature to run on an option whose rows are not measured (provenance
+extrapolated / simulated / guessed / estimated), the executor hands this object the per-step times
+its attempt reports; after `MIN_STEPS` steps past the first `SKIP_STEPS` (lazy initialization and
+compilation), the median goes to the profile store as a measured row (`source` "run:<run id>",
+this host), and the executor gives the same row to every job of that signature in the run (they
+use the measurement) and re-plans. When the attempt ends, the row is refined from all its steps.
+An attempt that runs out of memory writes an infeasible row (reason "out of memory") instead, and
+the executor drops the option for every job of the signature; one that crashes before its first
+measurement drops it for this run only (where the jobs have another option), so a wrong estimate
+costs one attempt, never the job.
+
+The executor knows nothing of the store: it calls `on_steps` / `on_end` and gets a `Measurement`
+(or None) back. Pure pandas here; the hardware key comes from the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional
+
+import pandas as pd
+
+from saturn.parse import canonical_knobs
+
+MIN_STEPS = 5  # timed steps before the first measurement is written
+SKIP_STEPS = 2  # an attempt's first steps: lazy init, compilation, allocator warm-up
+RUN_SOURCE = "run"  # rows' `source` is "run:<run id>" (saturn.planner.provenance: measured)
+
+
+@dataclass
+class Measurement:
+    """What one attempt measured for its signature, as the executor consumes it.
+
+    rows: per-job rows (a `job` column) for every job of the signature in this run; feasible False
+    for an out-of-memory attempt. first: the first measurement of this option in the run (the
+    picture changed: re-plan)."""
+
+    signature: str
+    technique: str
+    knobs: str
+    gpus: int
+    feasible: bool
+    step_time_s: Optional[float]
+    steps: int
+    jobs: list[str]
+    rows: pd.DataFrame
+    first: bool
+    source: str
+    reason: str = ""
+    stored: bool = True  # False: this run only (a crash says nothing durable about the option)
+
+
+@dataclass
+class _Attempt:
+    job: str
+    technique: str
+    knobs: str
+    gpus: int
+    start_step: int
+    times: list[float] = field(default_factory=list)
+    seen: set = field(default_factory=set)
+    written: bool = False
+    launch_s: Optional[float] = None
+
+
+class RunMeasurer:
+    """Measures unmeasured options from the run's own attempts (see the module docstring).
+
+    signatures: job name -> profile signature. table: the per-job table the run started with (a
+    `job` column; `source`, `host` as stored). hardware: the store key columns of this machine
+    (gpu_type, gpu_memory_gb, interconnect, torch_version). store_dir: where rows go (None: the
+    default store)."""
+
+    def __init__(self, *, signatures: Mapping[str, str], table: pd.DataFrame, hardware: Mapping[str, Any],
+                 run_id: str, store_dir: Any = None, min_steps: int = MIN_STEPS, skip_steps: int = SKIP_STEPS):
+        from saturn.planner.provenance import nobody_measured
+
+        self.signatures = dict(signatures)
+        self.hardware = dict(hardware)
+        self.source = f"{RUN_SOURCE}:{run_id}"
+        self.store_dir = store_dir
+        self.min_steps = max(1, int(min_steps))
+        self.skip_steps = max(0, int(skip_steps))
+        self.unmeasured: set[tuple[str, str, str, int]] = set()
+        self.base: dict[tuple[str, str, str, int], dict] = {}  # the row each option rested on
+        for r in table.to_dict("records") if len(table) else []:
+            sig = self.signatures.get(str(r.get("job")))
+            if sig is None:
+                continue
+            key = (sig, str(r["technique"]), canonical_knobs(r.get("knobs")), int(r["gpus"]))
+            self.base.setdefault(key, r)
+            if nobody_measured(r):
+                self.unmeasured.add(key)
+        self.measured: dict[tuple[str, str, str, int], float] = {}  # key -> step time (this run)
+        self._attempts: dict[str, _Attempt] = {}
+
+    def add_jobs(self, signatures: Mapping[str, str], table: pd.DataFrame) -> None:
+        """Jobs submitted while running (the Orchestrator): their signatures and rows."""
+        more = RunMeasurer(signatures=signatures, table=table, hardware=self.hardware, run_id="-")
+        self.signatures.update(signatures)
+        self.unmeasured |= {k for k in more.unmeasured if k not in self.measured}
+        for k, v in more.base.items():
+            self.base.setdefault(k, v)
+
+    def pending(self) -> list[tuple[str, str, str, int]]:
+        """Unmeasured options no attempt of this run has measured yet."""
+        return sorted(k for k in self.unmeasured if k not in self.measured)
+
+    # ---------------------------------------------------------------------------- executor side
+    def _key(self, job: str, technique: str, knobs: Any, gpus: int) -> Optional[tuple[str, str, str, int]]:
+        sig = self.signatures.get(job)
+        return None if sig is None else (sig, str(technique), canonical_knobs(knobs), int(gpus))
+
+    def on_launch(self, job: str, technique: str, knobs: Any, gpus: int, start_step: int) -> bool:
+        """An attempt started; True when it measures an unmeasured option."""
+        key = self._key(job, technique, knobs, gpus)
+        self._attempts.pop(job, None)
+        if key is None or key not in self.unmeasured or key in self.measured:
+            return False  # measured (before the run, or by an attempt of this run): use it
+        self._attempts[job] = _Attempt(job, key[1], key[2], key[3], int(start_step))
+        return True
+
+    def on_steps(self, job: str, steps: Iterable[tuple[int, float]],
+                 launch_s: Optional[float] = None) -> Optional[Measurement]:
+        """Per-step times ((step number after the step, seconds)) of the job's running attempt;
+        a Measurement once enough steps are in (once per attempt; `on_end` refines it).
+        launch_s: the attempt's measured launch -> first step, when known."""
+        a = self._attempts.get(job)
+        if a is None:
+            return None
+        if launch_s is not None and math.isfinite(launch_s):
+            a.launch_s = float(launch_s)
+        for step, dt in steps:
+            if step in a.seen or step <= a.start_step + self.skip_steps or not (dt > 0 and math.isfinite(dt)):
+                continue
+            a.seen.add(step)
+            a.times.append(float(dt))
+        if a.written or len(a.times) < self.min_steps:
+            return None
+        a.written = True
+        return self._write(a, feasible=True)
+
+    def on_end(self, job: str, status: str, reason: str = "") -> Optional[Measurement]:
+        """The attempt ended: refine its row from every timed step, or record an out-of-memory."""
+        a = self._attempts.pop(job, None)
+        if a is None:
+            return None
+        if status == "oom":
+            return self._write(a, feasible=False, reason=f"out of memory ({reason[-300:]})" if reason
+                               else "out of memory")
+        if status in ("failed", "lost") and not a.written:
+            # the option nobody measured crashed before its first measurement: no job of the
+            # signature is planned on it again in this run (the store keeps no verdict: a crash
+            # may be transient), so a broken estimate costs one attempt, not the job
+            sig = self.signatures[a.job]
+            jobs = sorted(j for j, s in self.signatures.items() if s == sig)
+            return Measurement(sig, a.technique, a.knobs, a.gpus, False, None, len(a.times), jobs,
+                               pd.DataFrame(), False, self.source, reason=f"crashed on its first attempt "
+                               f"({reason[-300:]})" if reason else "crashed on its first attempt", stored=False)
+        if len(a.times) < (self.min_steps if not a.written else 1):
+            return None  # too few steps to say anything (an early stop)
+        return self._write(a, feasible=True)
+
+    # ------------------------------------------------------------------------------------ rows
+    def _write(self, a: _Attempt, *, feasible: bool, reason: str = "") -> Measurement:
+        from saturn.profiles.store import upsert_rows
+
+        sig = self.signatures[a.job]
+        key = (sig, a.technique, a.knobs, a.gpus)
+        step = statistics.median(a.times) if feasible and a.times else None
+        first = key not in self.measured
+        base = self.base.get(key, {})
+        ckpt = _finite(base.get("checkpoint_s"))
+        launch = a.launch_s if a.launch_s is not None else _finite(base.get("launch_s"))
+        # the planner's start-up = launch + final save (as the profiler writes it)
+        startup = a.launch_s + (ckpt or 0.0) if a.launch_s is not None else _finite(base.get("startup_s"))
+        row = {"signature": sig, "technique": a.technique, "knobs": a.knobs, "gpus": a.gpus, **self.hardware,
+               "status": "ok" if feasible else "oom", "feasible": feasible, "step_time_s": step,
+               "peak_mem_gb": None, "startup_s": startup, "launch_s": launch, "checkpoint_s": ckpt,
+               "checkpoint_source": "estimated" if ckpt is not None else None,
+               "steps": len(a.times), "reason": reason, "source": self.source,
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        upsert_rows([row], self.store_dir)
+        if feasible and step is not None:
+            self.measured[key] = step
+        else:
+            self.measured[key] = math.inf
+        jobs = sorted(j for j, s in self.signatures.items() if s == sig)
+        rows = pd.DataFrame([{"job": j, **row} for j in jobs])
+        return Measurement(sig, a.technique, a.knobs, a.gpus, feasible, step, len(a.times), jobs, rows,
+                           first, self.source, reason=reason)
+
+
+def _finite(v: Any) -> Optional[float]:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
