@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from saturn.errors import SaturnError
-from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
+from saturn.parse import (
+    canonical_knobs,  # noqa: F401 - re-exported
+    table_records,  # noqa: F401 - re-exported
+)
 
 
 @dataclass(frozen=True)
@@ -139,16 +142,6 @@ def gpu_type_matches(profile_type: Any, node: NodeSpec) -> bool:
 # their staging into host memory blocks the steps. When a profile did not measure that part, it
 # is estimated as this fraction of a full save (device->host copy vs. write + fsync).
 BACKGROUND_SAVE_FRACTION = 0.1
-
-
-def table_records(table: Any) -> list[dict]:
-    """The rows of a profile DataFrame as dicts, column by column: `DataFrame.to_dict("records")`
-    takes seconds on the 150,000 rows of a 10,000-job workload (arrow strings are boxed one cell
-    at a time); `Series.tolist()` per column is several times faster. Missing values stay
-    NaN / None, as there."""
-    cols = [str(c) for c in table.columns]
-    values = [table[c].tolist() for c in table.columns]
-    return [dict(zip(cols, row)) for row in zip(*values)]
 
 
 def _val(row: Mapping[str, Any], key: str) -> Optional[float]:
