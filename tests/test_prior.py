@@ -216,3 +216,15 @@ def test_bench_prior_is_leave_one_out():
     assert small["loo_s"] == pytest.approx(3.0 * small["uncalibrated_s"], rel=1e-3)  # the other row's factor
     assert medium["loo_s"] == pytest.approx(2.0 * medium["uncalibrated_s"], rel=1e-3)
     assert out["summary"]["ranking_pairs"] == 0  # two jobs, one option each
+
+
+def test_a_factor_learned_on_other_settings_never_beats_the_device():
+    """Spilling calibrated on host-optimizer rows (x0.5) must not make its GPU-optimizer setting
+    faster than plain DDP: the device-side work is a floor."""
+    med = shape_of("gpt2-medium", None, 32, 512, "bf16")
+    ddp = estimate(med, "ddp", {}, 1, H200, 141, factor=1.0, compute_factor=1.0)
+    spill = estimate(med, "spilling", {"optimizer_on": "gpu"}, 1, H200, 141, factor=0.5, compute_factor=1.0)
+    assert spill.floored and spill.step_time_s > ddp.step_time_s
+    xl = shape_of("gpt2-xl", None, 8, 512, "bf16")
+    host = estimate(xl, "spilling", {"optimizer_on": "cpu"}, 1, H200, 141, factor=0.5, compute_factor=1.0)
+    assert not host.floored  # host-bound: the calibration holds

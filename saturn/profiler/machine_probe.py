@@ -96,7 +96,10 @@ def probe(hw: Hardware, cpu_threads: Optional[int] = None) -> MachineRates:
         launch = _timed(lambda: small.add_(1.0), sync, 2000) * 1e6
         params = torch.nn.Parameter(torch.zeros(4_000_000 if cuda else 500_000))
         params.grad = torch.zeros_like(params)
-        opt = torch.optim.AdamW([params], lr=1e-4)
+        try:  # the host optimizer spilling uses (saturn.techniques.spilling.host_optimizer)
+            opt = torch.optim.AdamW([params], lr=1e-4, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            opt = torch.optim.AdamW([params], lr=1e-4)
         adam = params.numel() / _timed(opt.step, lambda: None, 3)
     finally:
         torch.set_num_threads(old_threads)
