@@ -137,7 +137,13 @@ def markdown(meta, summ, results):
 EXAMPLE = ROOT / "configs" / "examples" / "mixed-h200.yaml"
 
 
-def _cli(args: list[str], plan_json: Path) -> dict:
+# `saturn plan` with every clock the planner reads (deadlines, the early-stop rule) replaced by this
+# process's CPU time: what its wall clock would read on an idle machine. A simulation, labelled so.
+CPU_CLOCK = ("import runpy, sys, time; time.perf_counter = time.process_time; sys.argv = ['saturn'] + sys.argv[1:]; "
+             "runpy.run_module('saturn.cli.main', run_name='__main__')")
+
+
+def _cli(args: list[str], plan_json: Path, cpu_clock: bool = False) -> dict:
     """One `saturn plan` process: wall and CPU seconds (user + sys), and its plan's numbers."""
     import resource
     import subprocess
@@ -145,7 +151,8 @@ def _cli(args: list[str], plan_json: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "saturn.cli.main", "plan", *args, "--json", str(plan_json)],
+    head = ["-c", CPU_CLOCK] if cpu_clock else ["-m", "saturn.cli.main"]
+    r = subprocess.run([sys.executable, *head, "plan", *args, "--json", str(plan_json)],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -178,12 +185,13 @@ def speed(repeats: int = 3) -> dict:
 
     import yaml
 
-    out: dict = {"readme": [], "readme_no_prior": []}
+    out: dict = {"readme": [], "readme_no_prior": [], "readme_cpu_clock": []}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for _ in range(repeats):
             out["readme"].append(_cli([str(EXAMPLE)], tmp / "p.json"))
             out["readme_no_prior"].append(_cli([str(EXAMPLE), "--no-prior"], tmp / "p.json"))
+            out["readme_cpu_clock"].append(_cli([str(EXAMPLE)], tmp / "p.json", cpu_clock=True))
             print("README:", {k: round(v, 3) if isinstance(v, float) else v for k, v in out["readme"][-1].items()},
                   flush=True)
         out["api_2000"] = _api(2000, 8, 2.0)
@@ -210,6 +218,7 @@ def speed_markdown(sp: dict) -> str:
         return statistics.median(r[k] for r in rows)
 
     rd, rn, a2, a10, c10 = sp["readme"], sp["readme_no_prior"], sp["api_2000"], sp["api_10000"], sp["cli_10000"]
+    rc = sp["readme_cpu_clock"]
     ok = "met" if med(rd, "wall_s") <= 5 and max(r["ratio"] for r in rd) <= 1.05 else "**missed**"
     ok10 = "met" if c10["wall_s"] <= 10 else "**missed**"
     lines = [
@@ -222,6 +231,9 @@ def speed_markdown(sp: dict) -> str:
         f"**{med(rd, 'wall_s'):.1f} s**, CPU {med(rd, 'cpu_s'):.1f} s, ratio {max(r['ratio'] for r in rd):.3f} "
         f"(worst), load {med(rd, 'load_before'):.1f}; target ≤ 5 s wall within 1.05x of the bound: {ok}. "
         f"Stop: {rd[-1]['stop']}. (Before: 27.9 s, ratio 1.071, stopped by the 30 s limit.)",
+        f"- **simulated idle machine**: the same command with the planner's clock replaced by the process's CPU "
+        f"time (what its wall clock would read with the 2 cores to itself): median CPU **{med(rc, 'cpu_s'):.1f} s** "
+        f"for the whole command, ratio {max(r['ratio'] for r in rc):.3f}; stop: {rc[-1]['stop']}",
         f"- the same with `--no-prior` (no technique objects loaded, so no torch import): median wall "
         f"{med(rn, 'wall_s'):.1f} s, CPU {med(rn, 'cpu_s'):.1f} s, ratio {max(r['ratio'] for r in rn):.3f}",
         f"- 2,000 jobs on 8x8 GPUs, `plan()` with a 2 s limit: wall {a2['wall_s']:.1f} s, CPU {a2['cpu_s']:.1f} s, "
@@ -236,7 +248,8 @@ def speed_markdown(sp: dict) -> str:
         "| run | wall s | CPU s | load | ratio | status | stop |",
         "|---|---:|---:|---:|---:|---|---|",
     ]
-    for name, rows in (("README", rd), ("README --no-prior", rn), ("2,000 jobs API", [a2]),
+    for name, rows in (("README", rd), ("README --no-prior", rn), ("README, CPU clock (simulated)", rc),
+                       ("2,000 jobs API", [a2]),
                        ("10,000 jobs API", [a10]), ("10,000 jobs CLI", [c10])):
         for r in rows:
             lines.append(f"| {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['load_before']:.1f} | "
