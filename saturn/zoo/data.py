@@ -24,12 +24,9 @@ from typing import Any, Callable, Sized, cast
 
 import torch
 
-DATASETS = ("synthetic-tokens", "synthetic-images", "text-file", "image-files", "token-files")
-PIPELINE_DATASETS = ("image-files", "token-files")  # file-backed staged pipelines (saturn.data)
-# what each dataset yields, and what each zoo model family eats (checked at `saturn validate`)
-DATASET_KINDS = {"synthetic-tokens": "tokens", "text-file": "tokens", "token-files": "tokens",
-                 "synthetic-images": "images", "image-files": "images"}
-FAMILY_KINDS = {"gpt": "tokens", "vit": "images"}
+# torch-free names, re-exported
+from saturn.zoo.configs import DATASET_KINDS, DATASETS, FAMILY_KINDS, PIPELINE_DATASETS  # noqa: F401
+
 DEFAULT_SIZE = 100_000
 
 # ------------------------------------------------------------- counter-based random bits (exact)
