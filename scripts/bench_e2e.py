@@ -12,6 +12,8 @@ what the jobs' own first steps measured.
     python scripts/bench_e2e.py --gpus 1 --workdir /tmp/e2e     # one H200, ~10-12 min
     python scripts/bench_e2e.py --quick                        # CPU slots, toy sizes, ~2-3 min
     python scripts/bench_e2e.py --summarize /tmp/e2e           # re-record a (cut-off) work dir
+    python scripts/bench_e2e.py --install-from DIR             # DIR = a --root of a remote run: copy
+                                                               # its JSON and section into this repo
 
 Workload (GPU): GPT-2 medium B32 x 300 steps, GPT-2 large B16 x 150, ViT-base B128 x 300, two
 learning rates each (6 jobs), seq 512, bf16, default techniques and GPU counts (no `techniques:`
@@ -337,7 +339,7 @@ def record(b: Bench, partial: str = "") -> None:
             "partial": partial or None, "saturn": sat, "practice": prac, "targets": t,
             "source": "measured (one run)" + (f"; PARTIAL: {partial}" if partial else "")}
     out = benchlib.write_json(name, data, root=root)
-    md = benchlib.write_section(name, f"First contact, end to end ({data['mode']})", _body(sat, prac, t, partial),
+    md = benchlib.write_section(name, f"First contact, end to end ({data['mode']})", _body(b, sat, prac, t, partial),
                                 root=root)
     b.mirror(out, md)
 
@@ -366,10 +368,12 @@ def _r(v: Any, nd: int = 2) -> Any:
     return "-" if v is None else round(float(v), nd)
 
 
-def _body(sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> str:
+def _body(b: Bench, sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> str:
     lines = []
     if partial:
         lines.append(f"**Partial** ({partial}): the numbers below cover what had run.\n")
+    if b.state.get("command") and b.state["command"] != benchlib.command():
+        lines.append(f"The run: `{b.state['command']}` on {b.state.get('machine', '?')}.\n")
     if sat is not None:
         st = sat["stages"]
         lines.append(f"Saturn from an empty store: **{_r(sat['whole_s'], 1)} s** whole (`saturn run` process), "
@@ -416,6 +420,28 @@ def _body(sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> s
     return "\n".join(lines)
 
 
+def install_from(src: Path) -> None:
+    """Bring a remote run's outputs (its --root) into this repository: the JSON files as they are,
+    each BENCHMARKS.md section verbatim (command, machine and date lines included)."""
+    import re
+
+    text = (src / "BENCHMARKS.md").read_text()
+    for js in sorted((src / "benchmarks").glob("e2e-*.json")):
+        name = js.stem
+        m = re.search(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", text, re.S)
+        if m is None:
+            sys.exit(f"{src / 'BENCHMARKS.md'} has no section {name}")
+        shutil.copy2(js, benchlib.ROOT / "benchmarks" / js.name)
+        md = benchlib.ROOT / "BENCHMARKS.md"
+        old = md.read_text()
+        pat = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+        section = m.group(0)
+        hit = pat.search(old)
+        new = (old[:hit.start()] + section + old[hit.end():]) if hit else old.rstrip("\n") + "\n\n" + section + "\n"
+        md.write_text(new)
+        print(f"installed {name}: benchmarks/{js.name} and its BENCHMARKS.md section")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gpus", type=int, default=1, help="GPUs (1 is the benchmark)")
@@ -429,7 +455,11 @@ def main() -> None:
     ap.add_argument("--saturn-timeout-s", type=float, default=1500.0)
     ap.add_argument("--root", type=Path, default=None,
                     help="where benchmarks/*.json and BENCHMARKS.md go (default: the repo; --quick: the work dir)")
+    ap.add_argument("--install-from", type=Path, default=None,
+                    help="copy DIR/benchmarks/e2e-*.json and their BENCHMARKS.md sections into this repo")
     args = ap.parse_args()
+    if args.install_from is not None:
+        return install_from(args.install_from)
     if args.summarize is not None:
         b = Bench(args, args.summarize)
         args.quick = b.state.get("quick", args.quick)
@@ -448,7 +478,8 @@ def main() -> None:
     b = Bench(args, work)
     wl_path = work / "workload.yaml"
     wl_path.write_text(workload_yaml(args.quick))
-    b.save(workload=wl_path.read_text(), quick=args.quick, started=time.time(), finished=False)
+    b.save(workload=wl_path.read_text(), quick=args.quick, started=time.time(), finished=False,
+           command=benchlib.command(), machine=benchlib.machine())
     b.log(f"work dir {work}; {benchlib.machine()}; disk free {shutil.disk_usage(work).free / 2**30:.0f} GiB")
     if not args.skip_saturn:
         run_saturn(b, wl_path)

@@ -40,7 +40,7 @@ def shape_of(model_name: Optional[str], overrides: Optional[dict], batch_size: i
              precision: str, label: str = "") -> Optional[ModelShape]:
     """The shape of a zoo model (None for names the zoo does not know)."""
     from saturn.zoo import model_config
-    from saturn.zoo.gpt import GPTConfig
+    from saturn.zoo.configs import GPTConfig  # torch-free: planning never imports torch
 
     if not model_name:
         return None
@@ -143,15 +143,16 @@ def calibration_ratios(rows: Iterable[dict], shapes: dict[str, ModelShape],
 
 
 # ------------------------------------------------------------------------------ the rows
-def _cells(job: Any, max_gpus: int) -> list[tuple[str, Any]]:
+def _cells(job: Any, max_gpus: int, needed: Callable[[str], bool] = lambda name: True) -> list[tuple[str, Any]]:
     """(technique name, technique) for the job's allowed techniques the prior models (the
-    built-ins: what a user technique does per step is unknown, so it gets no estimate)."""
+    built-ins: what a user technique does per step is unknown, so it gets no estimate) and that
+    are `needed` (a technique object is loaded only then: loading one imports torch)."""
     from saturn.profiler.session import allowed_techniques
     from saturn.techniques.registry import get_technique
 
     out = []
     for name in allowed_techniques(job):
-        if name not in MODELLED_TECHNIQUES:
+        if name not in MODELLED_TECHNIQUES or not needed(name):
             continue
         try:
             out.append((name, get_technique(name)))
@@ -220,7 +221,11 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
         counts = sorted(set().union(*(gpu_counts(j, max_node) for j in sig_jobs)))
         for gtype, mem in types.items():
             r8 = rates.get(gtype) or _rates_any(rates, gtype)
-            for name, tech in _cells(job, max_node):
+
+            def uncovered(name: str, sig: str = sig, gtype: str = gtype, counts: list = counts) -> bool:
+                return any((sig, name, g, gtype.lower()) not in covered for g in counts)
+
+            for name, tech in _cells(job, max_node, uncovered):
                 def factor_for(knobs: dict, name: str = name, gtype: str = gtype, r8: MachineRates = r8,
                                sig: str = sig, shape: ModelShape = shape) -> tuple[float, str]:
                     return (anchor(records, sig, name, gtype, shape, r8, knobs)
@@ -296,7 +301,7 @@ def _rates_any(rates: dict[str, MachineRates], gpu_type: str) -> MachineRates:
 def rates_for_workload(workload: Any, store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineRates]:
     """Machine rates per GPU type of the workload's cluster: probed once here when this machine
     is that hardware (CPU slots included), else cached or datasheet figures."""
-    from saturn.profiler.hardware import hardware_for_cluster, local_hardware
+    from saturn.profiler.hardware import gpu_device_visible, hardware_for_cluster, local_hardware
     from saturn.profiler.machine_probe import rates_for
 
     nodes = list(workload.cluster.resolved().nodes or [])
@@ -307,7 +312,7 @@ def rates_for_workload(workload: Any, store_dir: Union[str, os.PathLike, None]) 
         if types == ["cpu"]:
             local = hardware_for_cluster(workload.cluster)
             threads = max(1, (os.cpu_count() or 1) // max(1, local.gpus))
-        else:  # probed only when this machine has that GPU type (rates_for checks)
+        elif gpu_device_visible():  # probed only when this machine has that GPU type (rates_for checks)
             local = local_hardware()
     except Exception:  # noqa: BLE001 - no local hardware: cached or datasheet rates
         local = None

@@ -80,7 +80,7 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
-        from saturn.zoo.data import DATASETS
+        from saturn.zoo.configs import DATASETS
 
         if (self.name is None) == (self.factory is None):
             raise ValueError(f"give exactly one of `name` (one of {sorted(DATASETS)}) or `factory` "
