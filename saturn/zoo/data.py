@@ -81,9 +81,9 @@ def uniform_noise(keys: torch.Tensor, lanes: int, std: float) -> torch.Tensor:
     32-bit hash gives two 16-bit values (half the hashing of one per element); they convert to
     float32 exactly and one multiply rounds the same on every IEEE device."""
     bits = random_bits(keys, (lanes + 1) // 2)
-    halves = torch.stack(((bits & 0xFFFF) * 2 - 0xFFFF, (bits >> 16) * 2 - 0xFFFF), dim=-1)
-    flat = halves.view(len(keys), -1)[:, :lanes].to(torch.float32)
-    return flat * float(std * math.sqrt(12.0) / 2**17)
+    halves = torch.stack((bits & 0xFFFF, bits >> 16), dim=-1).view(len(keys), -1)[:, :lanes]
+    flat = halves.to(torch.float32)  # 16-bit integers: exact, as are *2 and -65535 below
+    return flat.mul_(2).sub_(0xFFFF).mul_(float(std * math.sqrt(12.0) / 2**17))
 
 
 class SyntheticTokens(torch.utils.data.Dataset):
