@@ -333,10 +333,10 @@ def worker_deepspeed(spec: dict[str, Any], out: dict[str, Any], save: Callable[[
     import torch
 
     device = torch.device(spec["device"], 0)
-    torch.cuda.set_device(device)
-    init_single_process_group(device)
 
     def run() -> dict[str, Any]:
+        torch.cuda.set_device(device)
+        init_single_process_group(device)  # inside: a failure here is recorded with its cause
         import deepspeed
 
         from saturn.techniques import training
@@ -405,11 +405,11 @@ def worker_fsdp2(spec: dict[str, Any], out: dict[str, Any], save: Callable[[], N
     from saturn.techniques.worker import WorkerContext
 
     device = torch.device(spec["device"], 0)
-    torch.cuda.set_device(device)
-    init_single_process_group(device)
-    cap_memory(device, spec.get("cap_gb"))
 
     def run() -> dict[str, Any]:
+        torch.cuda.set_device(device)
+        init_single_process_group(device)
+        cap_memory(device, spec.get("cap_gb"))
         job = make_job(spec)
         ctx = WorkerContext(rank=0, world_size=1, local_rank=0, device_type="cuda",
                             launch_time=time.time())
