@@ -174,3 +174,13 @@ def test_profiler_candidates_and_precision_policy():
     with pytest.raises(ValueError, match="precision fp32"):
         from saturn.techniques.spilling import build
         build(fp32_job, {"optimizer_state": "bf16"}, None)
+
+
+def test_host_memory_check_counts_bf16_state():
+    from saturn.techniques.spilling import host_bytes_needed
+    from saturn.zoo import param_count
+
+    job = _job()
+    n = param_count(job.model)
+    assert host_bytes_needed(job, "cuda") == n * (8 + 8 + 4)  # masters+grads, fp32 moments, wire
+    assert host_bytes_needed(job, "cuda", {"optimizer_state": "bf16"}) == n * (8 + 4 + 4)

@@ -126,6 +126,24 @@ def test_a_batch_is_its_samples_whatever_the_batch(ds):
     assert not torch.equal(other[2][0], x[0])
 
 
+def test_only_declared_datasets_are_made_on_the_device():
+    """A user dataset with a `samples` of its own (torchvision's ImageFolder has a list; this one a
+    method meaning something else) stays on the host path, sample by sample."""
+    class Folder(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.full((2,), float(i)), torch.tensor(i)
+
+        def samples(self):
+            return [("a.jpg", 0)]
+
+    assert not made_on_device(Folder()) and not made_on_device(object())
+    x, y = batch_for_step(Folder(), 1, 2, device="meta")  # `device` is for device-made data only
+    assert x.device.type == "cpu" and y.tolist() == [2, 3]
+
+
 def test_synthetic_data_keeps_its_shape_and_statistics():
     tok = SyntheticTokens(50, 16, seed=0)
     x, y = batch_for_step(tok, 0, 64)
@@ -155,7 +173,7 @@ def test_synthetic_images_are_learnable():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert statistics.mean(losses[-5:]) < 0.3 * losses[0]
 
 

@@ -85,8 +85,10 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     stages.append("run_dir")
     if isinstance(plan, (str, os.PathLike)):
         from saturn.planner.plan import read_plan
+        from saturn.techniques.registry import technique_names
 
-        plan = read_plan(Path(plan), wl.jobs, wl.cluster)
+        known = set(technique_names()).union(*(j.techniques or () for j in wl.jobs))
+        plan = read_plan(Path(plan), wl.jobs, wl.cluster, techniques=known)
         stages.append("plan_file")
     t1 = time.perf_counter()
     table, from_store = _profiles(wl, profiles, simulate=simulate, store_dir=store_dir, notes=notes)

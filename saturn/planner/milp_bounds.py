@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 
 from saturn.planner.highs_util import highs_for, new_highs
 from saturn.planner.inputs import NodeSpec
-from saturn.planner.milp import _build, okey
+from saturn.planner.milp import MAX_NONZEROS_PER_S, _build, okey
 from saturn.planner.options import JobOptions
 from saturn.planner.plan import Assignment
 from saturn.planner.slot_replay import match_option, reserved_slots, slot_seed
@@ -65,6 +65,7 @@ def slot_lower_bound(
     fixed_slots = [(group_of[a.node], len(a.gpus), int(math.floor(a.end_s / delta + 1e-9)))
                    for a in fixed if a.node in group_of]
     reserved = reserved_slots(fixed_slots, len(groups), T) if fixed_slots else None
+    max_nonzeros = min(max_nonzeros, int(MAX_NONZEROS_PER_S * max(0.0, time_limit_s - (time.perf_counter() - t0))))
     model = _build(jobs, opts, groups, T, dur, endc, last, lb_slots, max_nonzeros, reserved)
     if model is None:
         return None

@@ -21,14 +21,22 @@ import pandas as pd
 
 from saturn.errors import InfeasibleError, MissingProfilesError, SaturnError
 from saturn.parse import num as _num
-from saturn.planner.inputs import JobSpec, NodeSpec, canonical_knobs, gpu_type_matches, job_phases, table_records
+from saturn.planner.inputs import (
+    JobSpec,
+    NodeSpec,
+    canonical_knobs,
+    gpu_type_matches,
+    job_phases,
+    on_gpu_s,
+    table_records,
+)
 
 REQUIRED_COLUMNS = ("job", "technique", "gpus", "step_time_s", "feasible")
 
 
 @dataclass(frozen=True)
 class Option:
-    """One way to run one job on `gpus` GPUs. `runtime_s` is the sum of its `phases`
+    """One way to run one job on `gpus` GPUs. `runtime_s` is the sum of its on-GPU `phases`
     ((name, seconds, source) for launch, steps, periodic checkpoints and the final save; see
     `saturn.planner.inputs.job_phases`); `startup_s` is the profile's fixed cost as given."""
 
@@ -107,7 +115,7 @@ def rows_to_options(job: JobSpec, rows: Union[pd.DataFrame, list[dict]]) -> list
             continue
         startup = _num(r.get("startup_s"), 0.0)
         phases = job_phases(r, job.steps, job.checkpoint_every)
-        runtime = sum(s for s, _ in phases.values())
+        runtime = on_gpu_s(phases)
         if runtime <= 0:
             continue
         mem = _num(r.get("peak_mem_gb"), math.nan)

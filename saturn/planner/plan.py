@@ -126,6 +126,13 @@ class Plan:
         return max((a.end_s for a in self.assignments), default=0.0)
 
     @property
+    def durable_s(self) -> float:
+        """When every result is durable: the makespan, or later where a job's final checkpoint
+        drains after it left its GPU (its planned `drain` phase)."""
+        return max((a.end_s + float((a.phases.get("drain") or {}).get("s", 0.0)) for a in self.assignments),
+                   default=0.0)
+
+    @property
     def mean_completion_s(self) -> float:
         """Unweighted mean end time of the jobs (every objective reports it)."""
         return sum(a.end_s for a in self.assignments) / len(self.assignments) if self.assignments else 0.0
@@ -136,6 +143,7 @@ class Plan:
     def to_dict(self) -> dict:
         return {
             "makespan_s": self.makespan_s,
+            **({"durable_s": self.durable_s} if self.durable_s > self.makespan_s else {}),
             "lower_bound_s": float(self.lower_bound_s),
             "solver": asdict(self.solver),
             "baselines": {k: float(v) for k, v in self.baselines.items()},
@@ -180,11 +188,12 @@ class Plan:
         return cls.from_dict(json.loads(p.read_text() if p else str(text_or_path)))
 
 
-def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None) -> Plan:
+def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None, techniques: Any = None) -> Plan:
     """The plan in `path` (from `saturn plan --json`), refused (SaturnError, exit 2) when it does not
     parse or does not fit this workload: every job planned exactly once, no job of another workload,
-    nodes and GPU ids of this cluster. Checked before any work, so `saturn run --plan` never starts
-    from another workload's plan."""
+    nodes and GPU ids of this cluster, techniques among `techniques` (the registry's names, passed
+    by the caller: the planner does not import techniques). Checked before any work, so `saturn run
+    --plan` never starts from another workload's plan."""
     from saturn.errors import SaturnError
 
     where = f"--plan {path}"
@@ -224,6 +233,12 @@ def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None) -> Plan:
             if any(not 0 <= g < nodes[a.node] for g in a.gpus) or not a.gpus:
                 problems.append(f"job {a.job} is planned on GPUs {a.gpus} of node {a.node}, which has {nodes[a.node]}")
                 break
+    if techniques is not None:
+        unknown = sorted({a.technique for a in plan.assignments
+                          if a.technique not in techniques and ":" not in a.technique})
+        if unknown:
+            problems.append(f"it uses unregistered technique(s) {', '.join(unknown)} (registered: "
+                            f"{', '.join(sorted(techniques))})")
     if problems:
         raise SaturnError(f"{where} does not match this workload: {'; '.join(problems)}. Make the plan for this "
                           "workload with `saturn plan W.yaml --json FILE`, or leave --plan out")

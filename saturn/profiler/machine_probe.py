@@ -119,8 +119,12 @@ def probe_isolated(hw: Hardware, cpu_threads: Optional[int] = None, timeout_s: f
     import sys
     from dataclasses import asdict
 
+    import saturn
+
+    root = str(Path(saturn.__file__).resolve().parents[1])  # this saturn, wherever the caller runs
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([sys.executable, "-m", "saturn.profiler.machine_probe", json.dumps(asdict(hw))],
-                         capture_output=True, text=True, timeout=timeout_s)
+                         capture_output=True, text=True, timeout=timeout_s, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"the machine probe failed (exit {out.returncode}): {out.stderr.strip()[-500:]}")
     return MachineRates.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))

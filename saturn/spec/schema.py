@@ -391,8 +391,9 @@ class Workload(_Strict):
     def _unique_names(self) -> "Workload":
         if not self.jobs:
             raise ValueError("`jobs` is empty: give at least one job (or a `sweep`)")
-        names = [j.name for j in self.jobs]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        from collections import Counter
+
+        dup = sorted(n for n, k in Counter(j.name for j in self.jobs).items() if k > 1)  # O(n): 10,000 jobs
         if dup:
             raise ValueError(f"job names must be unique; repeated: {dup} (rename them, or let the "
                              "sweep name them)")

@@ -112,8 +112,8 @@ class BatchPrefetcher:
         if self.on_device:
             self._submit(step + 1)  # its kernels go on the side stream during this step
         else:
+            self._to_device(step + 1, wait=False)  # (submitted first) copied now if already built
             self._submit(step + 2)
-            self._to_device(step + 1, wait=False)  # copied during this step when already built
         return x, y
 
     def close(self) -> None:

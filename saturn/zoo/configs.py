@@ -8,7 +8,7 @@ code (gpt.py, vit.py, models.py) imports these configs from here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
 
 DATASETS = ("synthetic-tokens", "synthetic-images", "text-file", "image-files", "token-files")
@@ -39,7 +39,7 @@ class GPTConfig:
         return self.vocab_size * d * 2 + self.n_positions * d + L * block + 2 * d
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # flat scalars: asdict's deep copy is slow
 
 
 GPT_CONFIGS = {
@@ -85,7 +85,7 @@ class ViTConfig:
             + 2 * d + d * self.num_classes + self.num_classes
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # flat scalars: asdict's deep copy is slow
 
 
 VIT_CONFIGS = {
@@ -102,11 +102,17 @@ def vit_config(name: str, overrides: dict[str, Any]) -> ViTConfig:
 
 
 def _config_for(name: str) -> tuple[str, dict[str, Any]]:
+    """(family, default fields) of a zoo name; the dict is shared: read it, never change it."""
+    if name in _FIELDS:
+        return _FIELDS[name]
     if name in GPT_CONFIGS:
-        return "gpt", GPT_CONFIGS[name].to_dict()
+        return _FIELDS.setdefault(name, ("gpt", GPT_CONFIGS[name].to_dict()))
     if name in VIT_CONFIGS:
-        return "vit", VIT_CONFIGS[name].to_dict()
+        return _FIELDS.setdefault(name, ("vit", VIT_CONFIGS[name].to_dict()))
     raise ValueError(f"unknown model {name!r}; zoo models: {model_names()}")
+
+
+_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {}  # 10,000 jobs validate the same few names
 
 
 def model_names() -> list[str]:

@@ -81,9 +81,9 @@ def uniform_noise(keys: torch.Tensor, lanes: int, std: float) -> torch.Tensor:
     32-bit hash gives two 16-bit values (half the hashing of one per element); they convert to
     float32 exactly and one multiply rounds the same on every IEEE device."""
     bits = random_bits(keys, (lanes + 1) // 2)
-    halves = torch.stack(((bits & 0xFFFF) * 2 - 0xFFFF, (bits >> 16) * 2 - 0xFFFF), dim=-1)
-    flat = halves.view(len(keys), -1)[:, :lanes].to(torch.float32)
-    return flat * float(std * math.sqrt(12.0) / 2**17)
+    halves = torch.stack((bits & 0xFFFF, bits >> 16), dim=-1).view(len(keys), -1)[:, :lanes]
+    flat = halves.to(torch.float32)  # 16-bit integers: exact, as are *2 and -65535 below
+    return flat.mul_(2).sub_(0xFFFF).mul_(float(std * math.sqrt(12.0) / 2**17))
 
 
 class SyntheticTokens(torch.utils.data.Dataset):
@@ -91,6 +91,7 @@ class SyntheticTokens(torch.utils.data.Dataset):
     stride) with a fraction of positions replaced by noise, so the loss really falls."""
 
     STREAM = 1
+    makes_batches_on_device = True  # see made_on_device
 
     def __init__(self, vocab_size: int, seq_len: int, size: int = DEFAULT_SIZE, seed: int = 0,
                  noise: float = 0.1):
@@ -123,6 +124,7 @@ class SyntheticImages(torch.utils.data.Dataset):
     1000 classes would hold 600 MB on every GPU)."""
 
     STREAM, PROTO, NOISE = 2, 16, 0.5
+    makes_batches_on_device = True  # see made_on_device
 
     def __init__(self, image_size: int, channels: int, num_classes: int, size: int = DEFAULT_SIZE,
                  seed: int = 0):
@@ -223,9 +225,11 @@ def dataset_size(data: Any, seq_len: int) -> int:
 
 
 def made_on_device(dataset: Any) -> bool:
-    """Whether `dataset` builds whole batches on a given device (the synthetic ones, `samples`), so
-    training asks for them on its device instead of building on the host and copying."""
-    return callable(getattr(dataset, "samples", None))
+    """Whether `dataset` builds whole batches on a given device (`samples(index)` on index's
+    device: the synthetic ones declare it with `makes_batches_on_device`), so training asks for
+    them on its device instead of building on the host and copying. A declared flag, not a
+    duck-typed `samples`: torchvision's datasets, for one, have a `samples` list."""
+    return bool(getattr(dataset, "makes_batches_on_device", False))
 
 
 def batch_for_step(dataset: torch.utils.data.Dataset, step: int, batch_size: int,

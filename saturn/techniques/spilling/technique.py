@@ -54,17 +54,21 @@ def engine_kwargs(job: Any, knobs: dict[str, Any]) -> dict[str, Any]:
             "precision": job.precision, "batch_hint": (job.batch_size, job.seq_len)}
 
 
-def host_bytes_needed(job: Any, device_type: str = "cuda") -> Optional[int]:
+def host_bytes_needed(job: Any, device_type: str = "cuda",
+                      knobs: Optional[dict[str, Any]] = None) -> Optional[int]:
     """Host memory spilling holds for a job: fp32 master parameters + fp32 gradients + optimizer
-    state, plus the bf16 wire copies of parameters and gradients for bf16 jobs on CUDA."""
+    state (2 bytes per moment with `optimizer_state: bf16`), plus the bf16 wire copies of
+    parameters and gradients for bf16 jobs on CUDA. An upper bound with a split optimizer
+    (its device shards' host copies are kept for checkpoints)."""
     from saturn.zoo import param_count
 
     n = param_count(job.model)
     if n is None:
         return None
-    state = {"sgd": 1, "adam": 2, "adamw": 2}.get(job.optimizer.name, 2)
+    moments = {"sgd": 1, "adam": 2, "adamw": 2}.get(job.optimizer.name, 2)
+    per_moment = 2 if (knobs or {}).get("optimizer_state") == "bf16" else 4
     wire = 4 if (job.precision == "bf16" and device_type == "cuda") else 0
-    return n * (4 * (2 + state) + wire)
+    return n * (4 * 2 + per_moment * moments + wire)
 
 
 def node_host_memory_bytes() -> Optional[int]:
@@ -82,8 +86,9 @@ def node_host_memory_bytes() -> Optional[int]:
         return None
 
 
-def check_host_memory(job: Any, device_type: str, available: Optional[int]) -> Feasibility:
-    need = host_bytes_needed(job, device_type)
+def check_host_memory(job: Any, device_type: str, available: Optional[int],
+                      knobs: Optional[dict[str, Any]] = None) -> Feasibility:
+    need = host_bytes_needed(job, device_type, knobs)
     if need is None or available is None or need <= 0.9 * available:
         return Feasibility(True)
     return Feasibility(False, f"needs ~{need / 2**30:.1f} GiB of host memory for parameters, "
@@ -103,7 +108,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> Any:
     conflict = knob_conflicts(job, knobs)
     if conflict:
         raise ValueError(f"spilling: {conflict}")
-    feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes())
+    feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes(), knobs)
     if not feas:
         raise MemoryError(f"spilling: {feas.reason}")
     model = training.build_model(job)
