@@ -12,8 +12,8 @@ what the jobs' own first steps measured.
     python scripts/bench_e2e.py --gpus 1 --workdir /tmp/e2e     # one H200, ~10-12 min
     python scripts/bench_e2e.py --quick                        # CPU slots, toy sizes, ~2-3 min
     python scripts/bench_e2e.py --summarize /tmp/e2e           # re-record a (cut-off) work dir
-    python scripts/bench_e2e.py --install-from DIR             # DIR = a --root of a remote run: copy
-                                                               # its JSON and section into this repo
+    python scripts/bench_e2e.py --install-from DIR             # DIR = a remote run's --root or
+                                                               # --copy-to: its JSON + section here
 
 Workload (GPU): GPT-2 medium B32 x 300 steps, GPT-2 large B16 x 150, ViT-base B128 x 300, two
 learning rates each (6 jobs), seq 512, bf16, default techniques and GPU counts (no `techniques:`
@@ -435,7 +435,10 @@ def install_from(src: Path) -> None:
     import re
 
     text = (src / "BENCHMARKS.md").read_text()
-    for js in sorted((src / "benchmarks").glob("e2e-*.json")):
+    found = sorted((src / "benchmarks").glob("e2e-*.json")) or sorted(src.glob("e2e-*.json"))  # --root / --copy-to
+    if not found:
+        sys.exit(f"no e2e-*.json under {src} or {src / 'benchmarks'}")
+    for js in found:
         name = js.stem
         m = re.search(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", text, re.S)
         if m is None:
