@@ -62,3 +62,13 @@ def jsonl_records(path: Any, required: tuple[str, ...] = ()) -> tuple[list[dict]
 
 def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def table_records(table: Any) -> list[dict]:
+    """The rows of a profile DataFrame as dicts, column by column: `DataFrame.to_dict("records")`
+    takes seconds on the 150,000 rows of a 10,000-job workload (arrow strings are boxed one cell
+    at a time); `Series.tolist()` per column is several times faster. Missing values stay
+    NaN / None, as there."""
+    cols = [str(c) for c in table.columns]
+    values = [table[c].tolist() for c in table.columns]
+    return [dict(zip(cols, row)) for row in zip(*values)]

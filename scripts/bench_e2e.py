@@ -12,6 +12,8 @@ what the jobs' own first steps measured.
     python scripts/bench_e2e.py --gpus 1 --workdir /tmp/e2e     # one H200, ~10-12 min
     python scripts/bench_e2e.py --quick                        # CPU slots, toy sizes, ~2-3 min
     python scripts/bench_e2e.py --summarize /tmp/e2e           # re-record a (cut-off) work dir
+    python scripts/bench_e2e.py --install-from DIR             # DIR = a --root of a remote run: copy
+                                                               # its JSON and section into this repo
 
 Workload (GPU): GPT-2 medium B32 x 300 steps, GPT-2 large B16 x 150, ViT-base B128 x 300, two
 learning rates each (6 jobs), seq 512, bf16, default techniques and GPU counts (no `techniques:`
@@ -247,7 +249,10 @@ def saturn_numbers(b: Bench) -> Optional[dict[str, Any]]:
                      "progress": j["progress"], "total_steps": j["total_steps"],
                      "planned_s": j["planned_runtime_s"], "actual_s": j["actual_runtime_s"],
                      "error": j["prediction_error"], "planned_phases": ph.get("planned"),
-                     "actual_phases": ph.get("actual"), "planned_sources": ph.get("planned_sources")})
+                     "actual_phases": ph.get("actual"), "planned_sources": ph.get("planned_sources"),
+                     # what the attempts themselves measured: launch_s, steps_s, checkpoint_block_s,
+                     # save_block_s (blocking part of the final save), drain_s (written behind)
+                     "measured_phases": j.get("phases"), "drain_s": ph.get("drain_s")})
     return {"whole_s": whole, "done": bool(sat.get("done")), "exit_code": sat.get("exit_code"),
             "process_start_to_run_clock_s": offset, "first_launch_s": _plus(offset, first_launch),
             "first_progress_s": _plus(offset, first_progress), "stages": stages,
@@ -337,7 +342,7 @@ def record(b: Bench, partial: str = "") -> None:
             "partial": partial or None, "saturn": sat, "practice": prac, "targets": t,
             "source": "measured (one run)" + (f"; PARTIAL: {partial}" if partial else "")}
     out = benchlib.write_json(name, data, root=root)
-    md = benchlib.write_section(name, f"First contact, end to end ({data['mode']})", _body(sat, prac, t, partial),
+    md = benchlib.write_section(name, f"First contact, end to end ({data['mode']})", _body(b, sat, prac, t, partial),
                                 root=root)
     b.mirror(out, md)
 
@@ -348,11 +353,15 @@ def _largest_save(jobs: list[dict]) -> Optional[tuple[str, float, str]]:
     for fam in order:
         vals, key = [], None
         for j in jobs:
-            ph = j["actual_phases"] or {}
-            k = next((k for k in ("save_blocking", "blocking_save", "save", "save_teardown") if k in ph), None)
-            if j["job"].startswith(fam + "-") and j["status"] == "completed" and k:
-                vals.append(float(ph[k]))
-                key = k
+            if not (j["job"].startswith(fam + "-") and j["status"] == "completed"):
+                continue
+            mp = j.get("measured_phases") or {}
+            if mp.get("save_block_s") is not None:  # the final save's blocking part, as measured
+                vals.append(float(mp["save_block_s"]))
+                key = "save_block_s (measured by the attempt)"
+            elif (j["actual_phases"] or {}).get("save_teardown") is not None:
+                vals.append(float(j["actual_phases"]["save_teardown"]))
+                key = "save_teardown (from progress reports)"
         if vals and key:
             return fam, statistics.median(vals), key
     return None
@@ -366,10 +375,12 @@ def _r(v: Any, nd: int = 2) -> Any:
     return "-" if v is None else round(float(v), nd)
 
 
-def _body(sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> str:
+def _body(b: Bench, sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> str:
     lines = []
     if partial:
         lines.append(f"**Partial** ({partial}): the numbers below cover what had run.\n")
+    if b.state.get("command") and b.state["command"] != benchlib.command():
+        lines.append(f"The run: `{b.state['command']}` on {b.state.get('machine', '?')}.\n")
     if sat is not None:
         st = sat["stages"]
         lines.append(f"Saturn from an empty store: **{_r(sat['whole_s'], 1)} s** whole (`saturn run` process), "
@@ -395,7 +406,9 @@ def _body(sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> s
                     keys.append(k)
         jr = [{"job": j["job"], "status": j["status"] + (f" ({j['reason'][:60]})" if j["reason"] else ""),
                "option": f"{j['technique']}x{j['gpus']}", "tries": j["attempts"],
-               **{f"{k} plan/actual": _pa(j, k) for k in keys}, "error": _r(j["error"])} for j in sat["jobs"]]
+               **{f"{k} plan/actual": _pa(j, k) for k in keys},
+               "blocking save": _r((j.get("measured_phases") or {}).get("save_block_s")),
+               "draining": _r(j.get("drain_s")), "error": _r(j["error"])} for j in sat["jobs"]]
         lines.append("\nPer job (seconds):\n\n" + benchlib.md_table(jr, list(jr[0])))
         if any(m["first"] for m in sat["measurements"]):
             mr = [{"signature": m["signature"], "option": f"{m['technique']}x{m['gpus']} {m['knobs']}",
@@ -416,6 +429,28 @@ def _body(sat: Optional[dict], prac: Optional[dict], t: dict, partial: str) -> s
     return "\n".join(lines)
 
 
+def install_from(src: Path) -> None:
+    """Bring a remote run's outputs (its --root) into this repository: the JSON files as they are,
+    each BENCHMARKS.md section verbatim (command, machine and date lines included)."""
+    import re
+
+    text = (src / "BENCHMARKS.md").read_text()
+    for js in sorted((src / "benchmarks").glob("e2e-*.json")):
+        name = js.stem
+        m = re.search(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", text, re.S)
+        if m is None:
+            sys.exit(f"{src / 'BENCHMARKS.md'} has no section {name}")
+        shutil.copy2(js, benchlib.ROOT / "benchmarks" / js.name)
+        md = benchlib.ROOT / "BENCHMARKS.md"
+        old = md.read_text()
+        pat = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+        section = m.group(0)
+        hit = pat.search(old)
+        new = (old[:hit.start()] + section + old[hit.end():]) if hit else old.rstrip("\n") + "\n\n" + section + "\n"
+        md.write_text(new)
+        print(f"installed {name}: benchmarks/{js.name} and its BENCHMARKS.md section")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gpus", type=int, default=1, help="GPUs (1 is the benchmark)")
@@ -429,7 +464,11 @@ def main() -> None:
     ap.add_argument("--saturn-timeout-s", type=float, default=1500.0)
     ap.add_argument("--root", type=Path, default=None,
                     help="where benchmarks/*.json and BENCHMARKS.md go (default: the repo; --quick: the work dir)")
+    ap.add_argument("--install-from", type=Path, default=None,
+                    help="copy DIR/benchmarks/e2e-*.json and their BENCHMARKS.md sections into this repo")
     args = ap.parse_args()
+    if args.install_from is not None:
+        return install_from(args.install_from)
     if args.summarize is not None:
         b = Bench(args, args.summarize)
         args.quick = b.state.get("quick", args.quick)
@@ -448,7 +487,8 @@ def main() -> None:
     b = Bench(args, work)
     wl_path = work / "workload.yaml"
     wl_path.write_text(workload_yaml(args.quick))
-    b.save(workload=wl_path.read_text(), quick=args.quick, started=time.time(), finished=False)
+    b.save(workload=wl_path.read_text(), quick=args.quick, started=time.time(), finished=False,
+           command=benchlib.command(), machine=benchlib.machine())
     b.log(f"work dir {work}; {benchlib.machine()}; disk free {shutil.disk_usage(work).free / 2**30:.0f} GiB")
     if not args.skip_saturn:
         run_saturn(b, wl_path)

@@ -16,7 +16,10 @@ datasheet figures, labelled), then estimates every measured, successful row of t
 Writes benchmarks/prior.json (or --out) and the `prior` section of BENCHMARKS.md. No network.
 
     python scripts/bench_prior.py                                  # the shipped H200 rows
-    python scripts/bench_prior.py --table STORE/profiles.csv --out benchmarks/prior.json
+    python scripts/bench_prior.py --table STORE/profiles.csv --workload W.yaml --out benchmarks/prior.json
+
+Rows a run measured in its own steps (`source` run:...) carry no model column: give the workload
+(`--workload`) so their signatures can be shaped; rows that cannot be shaped are counted and left out.
 """
 
 from __future__ import annotations
@@ -79,9 +82,12 @@ def _knobs(r: dict) -> dict:
     return json.loads(canonical_knobs(r.get("knobs")))
 
 
-def evaluate(rows: list[dict[str, Any]], rates: dict[str, MachineRates]) -> dict[str, Any]:
-    """Per-row estimates (uncalibrated, leave-one-out calibrated) and the summary figures."""
-    shaped = [(r, s) for r in rows if (s := row_shape(r, {})) is not None]
+def evaluate(rows: list[dict[str, Any]], rates: dict[str, MachineRates],
+             shapes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Per-row estimates (uncalibrated, leave-one-out calibrated) and the summary figures.
+    `shapes`: signature -> ModelShape for rows that do not name their model (in-run rows)."""
+    shapes = shapes or {}
+    shaped = [(r, s) for r in rows if (s := row_shape(r, shapes)) is not None]
     out = []
     for i, (r, shape) in enumerate(shaped):
         kind = str(r["gpu_type"])
@@ -89,7 +95,7 @@ def evaluate(rows: list[dict[str, Any]], rates: dict[str, MachineRates]) -> dict
         mem = num(r.get("gpu_memory_gb"), 1e9)
         raw = estimate(shape, str(r["technique"]), _knobs(r), int(r["gpus"]), rt, mem)
         others = [o for j, (o, _) in enumerate(shaped) if j != i]
-        calib = Calibration.fit((t, k, x) for t, k, x, _ in calibration_ratios(others, {}, lambda t: rates[t]))
+        calib = Calibration.fit((t, k, x) for t, k, x, _ in calibration_ratios(others, shapes, lambda t: rates[t]))
         f_anchor = (anchor(others, str(r["signature"]), str(r["technique"]), kind, shape, rt, _knobs(r))
                     or anchor(others, str(r["signature"]), str(r["technique"]), kind, shape, rt))
         f_calib = calib.factor(str(r["technique"]), kind)
@@ -98,7 +104,9 @@ def evaluate(rows: list[dict[str, Any]], rates: dict[str, MachineRates]) -> dict
         out.append({"model": shape.label, "batch_size": shape.batch_size, "seq_len": shape.tokens_per_sample,
                     "technique": r["technique"], "knobs": r.get("knobs"), "gpus": int(r["gpus"]),
                     "gpu_type": kind, "signature": r["signature"], "measured_s": meas,
-                    "uncalibrated_s": raw.step_time_s, "loo_s": raw.step_time_s * f,
+                    "uncalibrated_s": raw.step_time_s,
+                    "loo_s": estimate(shape, str(r["technique"]), _knobs(r), int(r["gpus"]), rt, mem, f,
+                                      calib.compute_factor(kind)).step_time_s,
                     "loo_technique_device_s": raw.step_time_s * f_calib[0], "loo_factor": f, "loo_basis": why,
                     "measured_mem_gb": num(r.get("peak_mem_gb"), math.nan), "estimated_mem_gb": raw.peak_mem_gb,
                     "table": r.get("table")})
@@ -174,6 +182,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", action="append", default=[], help="more profile tables (CSV/parquet)")
     ap.add_argument("--no-default", action="store_true", help="leave out profiles/profiles.csv")
+    ap.add_argument("--workload", action="append", default=[],
+                    help="workload YAML(s) whose jobs shape rows that do not name their model (rows a "
+                         "run measured in its own steps)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "prior.json"))
     ap.add_argument("--store", default=None, help="where the machine probe is cached (default: a temp dir)")
     ap.add_argument("--no-section", action="store_true", help="do not write the BENCHMARKS.md section")
@@ -185,7 +196,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         rates = rates_by_type({str(r["gpu_type"]) for r in rows}, Path(a.store or tmp))
-    result = evaluate(rows, rates)
+    shapes = {}
+    for w in a.workload:
+        from saturn.profiler.prior_rows import model_shape
+        from saturn.spec import load_workload
+
+        for job in load_workload(w).jobs:
+            if (shape := model_shape(job)) is not None:
+                shapes[str(job.signature)] = shape
+    result = evaluate(rows, rates, shapes)
     data = {**result, "rates": {t: r.to_dict() for t, r in rates.items()}, "tables": [str(t) for t in tables]}
     benchlib.write_json_at(Path(a.out), data)
     if not a.no_section:

@@ -1,467 +1,385 @@
 #!/usr/bin/env python
-"""Benchmark model spilling against fairscale OffloadModel and against its own lower bounds.
+"""Benchmark model spilling at its floor, against what a user would pick instead, and SHARP.
 
-GPU (the lead's run; a model that does not fit the capped GPU memory):
+GPU (one H200; ~8 minutes in all; every measurement in its own subprocess with a timeout):
 
-    python scripts/bench_spilling.py --model gpt-2.7b --batch-size 8 --seq-len 512 --steps 5 \
-        --memory-fraction 0.05 --offload-memory-fraction 0.3
+    python scripts/bench_spilling.py --out-dir $OUT
 
-CPU smoke test (no targets; prints only, writes nothing):
-    python scripts/bench_spilling.py --quick          # = --device cpu --tiny --cpu-adam-compare
+    = --model gpt-2.7b --batch-size 8 --seq-len 512 --cap-gb 7 --steps 2 --warmup 1 --budget-s 510
 
-Measured, in this order, each as the median of `--steps` timed steps after `--warmup` steps:
+CPU: `--quick` (smoke run of the same code on gpt2-tiny, writes only under --out-dir or a temp
+dir), `--parity` (loss parity of every numerics-changing knob, >= 200 steps on a small model;
+writes benchmarks/spilling_parity.json and its BENCHMARKS.md section), `--from-json FILE`
+(re-render the BENCHMARKS.md section from a recorded JSON, with that run's command, machine and
+date).
 
-1. spilling: `SpillingEngine.train_step` (the technique's engine) with `--knobs` (default: shards
-   packed from the capped memory, prefetch 1, optimizer on the CPU), then the same engine with
-   prefetch 0 and 2 when `--sweep-prefetch` (double buffering off / deeper); optionally
-   (`--gpu-optimizer`) a second engine with optimizer_on=gpu. GPU memory capped with
-   torch.cuda.set_per_process_memory_fraction. Parameters cross the link in the compute dtype
-   (bf16 for bf16 jobs), fp32 masters and the fused CPU AdamW stay on the host.
-1b. the host optimizer alone (`--cpu-adam-compare`): torch AdamW loop / fused=True / DeepSpeed
-   CPUAdam on a flat fp32 tensor (`cpu_adam_speed`): which CPU Adam the engine should use.
-2. compute: the same shards and schedule (forward, head forward+backward, per-shard recompute +
-   backward, gradient packing) with every shard resident on the GPU, i.e. no transfers and no
-   optimizer step (`train_step(compute_only=True)`; the cap is lifted for it).
-3. transfer: the bytes one spilling step must move, as the engine moves them (its counters):
-   each shard's compute-dtype buffer host->GPU once per use in the schedule (shard S-2 is kept
-   across the head) and every gradient GPU->host once, pinned, one copy after another.
-4. fairscale OffloadModel on the same layers (num_slices = spilling's shard count,
-   checkpoint_activation=True, same autocast and optimizer on its CPU parameters), capped likewise;
-   with `--offload-memory-fraction F` (a cap where OffloadModel fits) both OffloadModel and
-   spilling are measured again at F, and the ratio is taken there (the cap is reported).
+Measured, in this order (each a median of --steps steps after --warmup; GPU memory capped at
+--cap-gb with torch.cuda.set_per_process_memory_fraction):
 
-Targets (GPU only): spilling >= 2x faster than OffloadModel; spilling <= 1.25 x max(compute,
-transfer). Writes benchmarks/spilling.json and the `spilling` section of BENCHMARKS.md (through
-scripts/benchlib.py, with the command, machine and date); `--out FILE` also writes the JSON to
-FILE (e.g. $OUT/spilling.json on a remote machine). `--tiny` runs write nothing.
+1. host memory bandwidth: a STREAM triad (a = b + s*c, fp32, 2 x 512 MiB inputs) with torch on
+   all cores, best of 5 (in this process, nothing else running);
+2. spilling (worker `spilling`): the engine under each knob variant (fp32 optimizer state = the
+   old engine; bf16 state; the split optimizer), with per variant the host optimizer alone (every
+   host-stepped shard's step back to back) and the bytes it must touch; then the compute bound
+   (same shards, all resident, no transfers, no optimizer; uncapped) and the transfer bound (the
+   bytes a step moves, serially, pinned). Host-optimizer bound = bytes / triad bandwidth;
+   floor = max(compute, link, host-optimizer bound);
+3. DeepSpeed ZeRO-3 with parameter + optimizer offload (DeepSpeedCPUAdam; its op is JIT-built
+   outside the timed steps), FSDP2 with CPUOffloadPolicy (Saturn's fsdp builder), fairscale
+   OffloadModel (last: at a 7 GB cap it is not expected to fit); the baselines recompute
+   activations per block, as spilling does per shard;
+4. SHARP of --sharp-models gpt-2.7b-class models vs the same models spilled one after another,
+   both with --sharp-knobs.
+
+Results go to benchmarks/spilling.json after every measurement (a cut-off run keeps what it
+measured), worker logs to benchmarks/spilling-logs/ (both mirrored into --out-dir), and the
+`spilling` section of BENCHMARKS.md at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import platform
-import statistics
+import signal
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
-import torch  # noqa: E402
-
-from saturn.spec.schema import Job  # noqa: E402
-from saturn.techniques import training  # noqa: E402
-from saturn.techniques.spilling import SpillingEngine, engine_kwargs  # noqa: E402
-from saturn.zoo.data import batch_for_step  # noqa: E402
+ORDER = ("spilling", "deepspeed", "fsdp2", "sharp", "fairscale")
+TIMEOUTS = {"spilling": 170, "deepspeed": 150, "fsdp2": 80, "sharp": 100, "fairscale": 40}
+NEEDS_CUDA = ("deepspeed", "fsdp2", "fairscale")
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="gpt2-xl", help="zoo model name")
+def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--model", default="gpt-2.7b", help="zoo model name")
     p.add_argument("--overrides", default="{}", help="JSON architecture overrides")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
-    p.add_argument("--memory-fraction", type=float, default=0.0,
-                   help="cap GPU memory (torch.cuda.set_per_process_memory_fraction); 0 = no cap")
-    p.add_argument("--knobs", default="{}", help='spilling knobs as JSON, e.g. {"shard_layers": 4}')
+    p.add_argument("--cap-gb", type=float, default=7.0, help="GPU memory cap per process (GB)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--split-fraction", type=float, default=0.4,
+                   help="gpu_state_fraction of the split-optimizer variants")
+    p.add_argument("--variants", default="fp32-state,bf16-state,split+bf16-state",
+                   help="spilling variants: fp32-state, bf16-state, split, split+bf16-state")
+    p.add_argument("--only", default=",".join(ORDER), help=f"measurements to run ({ORDER})")
+    p.add_argument("--budget-s", type=float, default=510.0,
+                   help="wall-clock budget for all measurements; later ones are skipped past it")
+    p.add_argument("--timeouts", default="{}", help=f"JSON per-worker timeouts (default {TIMEOUTS})")
+    p.add_argument("--sharp-models", type=int, default=3)
+    p.add_argument("--sharp-overrides", default='{"n_layer": 16}')
+    p.add_argument("--sharp-batch-size", type=int, default=4)
+    p.add_argument("--sharp-steps", type=int, default=2)
+    p.add_argument("--sharp-knobs", default='{"optimizer_state": "bf16"}')
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--tiny", action="store_true",
-                   help="smoke test: gpt2-tiny, small batch; prints only, writes nothing")
-    p.add_argument("--gpu-optimizer", action="store_true", help="also run optimizer_on=gpu")
-    p.add_argument("--sweep-prefetch", action="store_true", help="also prefetch 0 and 2")
-    p.add_argument("--cpu-adam-compare", action="store_true",
-                   help="time torch loop / fused / DeepSpeed CPU AdamW (DeepSpeed JIT-builds)")
-    p.add_argument("--cpu-adam-numel", type=int, default=100_000_000)
-    p.add_argument("--offload-memory-fraction", type=float, default=0.0,
-                   help="also compare with OffloadModel at this (larger) cap, where it fits")
-    p.add_argument("--quick", action="store_true", help="CPU smoke run: --device cpu --tiny "
-                   "--cpu-adam-compare (small tensor); prints only")
-    p.add_argument("--skip-offload", action="store_true", help="skip fairscale OffloadModel")
-    p.add_argument("--out", default=None,
-                   help="also write the JSON here (benchmarks/spilling.json is always written)")
-    a = p.parse_args()
+    p.add_argument("--out-dir", default=None, help="also write the JSON and logs here ($OUT)")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU smoke run on gpt2-tiny; writes only under --out-dir (else a temp dir)")
+    p.add_argument("--parity", action="store_true",
+                   help="loss parity of the numerics-changing knobs (CPU, >= 200 steps)")
+    p.add_argument("--parity-steps", type=int, default=200)
+    p.add_argument("--host-optimizer", type=int, default=0, metavar="NUMEL",
+                   help="time one host optimizer step over NUMEL parameters here (fp32 vs bf16 "
+                        "state) and exit")
+    p.add_argument("--from-json", default=None,
+                   help="re-render BENCHMARKS.md's spilling section from this JSON and exit")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    try:
+        for field in ("overrides", "timeouts", "sharp_overrides", "sharp_knobs"):
+            json.loads(getattr(a, field))
+    except json.JSONDecodeError as exc:
+        p.error(f"--{field.replace('_', '-')}: not JSON ({exc})")
+    bad = [w for w in a.only.split(",") if w and w not in ORDER]
+    if bad:
+        p.error(f"--only: unknown measurement(s) {bad}; allowed: {list(ORDER)}")
     if a.quick:
-        a.device, a.tiny, a.cpu_adam_compare = "cpu", True, True
-        a.cpu_adam_numel = min(a.cpu_adam_numel, 5_000_000)
-        if a.knobs == "{}":
-            a.knobs = '{"shard_layers": 1}'  # several shards even without a GPU budget
-    if a.tiny:
-        a.model, a.batch_size, a.seq_len = "gpt2-tiny", 4, 32
-        a.steps, a.warmup = min(a.steps, 3), min(a.warmup, 1)
-        if a.device == "cpu":
-            a.precision = "fp32"
-    if a.device == "cuda" and not torch.cuda.is_available():
-        p.error("no CUDA device; use --device cpu --tiny for a smoke test")
+        a.device, a.model, a.overrides = "cpu", "gpt2-tiny", '{"n_layer": 4}'
+        a.batch_size, a.seq_len, a.steps, a.warmup, a.cap_gb = 4, 32, 2, 1, 0.0
+        a.sharp_models, a.sharp_overrides, a.sharp_batch_size = 2, '{"n_layer": 2}', 4
+        a.precision = "bf16"  # the bf16-state knob needs it; CPU engines compute in fp32
+    if a.device == "cuda" and not (a.parity or a.from_json or a.worker or a.host_optimizer):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("no CUDA device; use --quick (CPU smoke run) or --parity")
     return a
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ------------------------------------------------------------------------------ host bandwidth
+def stream_triad(numel: int = 1 << 27, reps: int = 5) -> dict[str, Any]:
+    """STREAM-style host memory bandwidth with torch on all cores: triad a = b + s*c (fp32),
+    counted as STREAM counts it (3 arrays x 4 bytes per element), best of `reps`; copy too."""
+    import torch
 
-
-def timed(fn: Callable[[int], Any], steps: int, warmup: int, device: torch.device) -> dict:
-    times = []
-    for i in range(warmup + steps):
-        sync(device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    b, c = torch.rand(numel), torch.rand(numel)
+    a = torch.empty(numel)
+    best_triad = best_copy = float("inf")
+    for _ in range(reps):
         t0 = time.perf_counter()
-        fn(i)
-        sync(device)
-        if i >= warmup:
+        torch.add(b, c, alpha=3.0, out=a)
+        best_triad = min(best_triad, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        a.copy_(b)
+        best_copy = min(best_copy, time.perf_counter() - t0)
+    return {"status": "ok", "triad_gb_s": 3 * 4 * numel / best_triad / 1e9,
+            "copy_gb_s": 2 * 4 * numel / best_copy / 1e9, "threads": torch.get_num_threads(),
+            "array_mib": 4 * numel / 2**20}
+
+
+def host_optimizer_cpu(numel: int) -> int:
+    """`--host-optimizer`: one host optimizer step over `numel` parameters on this machine, as
+    the engine runs it: fp32 state (torch fused AdamW + bf16 gradient upcast + wire refresh) vs
+    bf16 state (FlatAdamW: compiled one-pass, and its eager fallback); each against the triad
+    bandwidth. Writes benchmarks/spilling_host_cpu.json and its BENCHMARKS.md section."""
+    import benchlib
+    import torch
+    from bench_spilling_workers import host_bytes_per_param
+
+    from saturn.techniques.spilling.states import FlatAdamW, FlatSlot, warm_compiled_kernel
+
+    bw = stream_triad(1 << 25)
+    n = numel
+    wire_grad = torch.randn(n).bfloat16()
+    wire = torch.empty(n, dtype=torch.bfloat16)
+
+    def best(fn: Any, reps: int = 3) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
             times.append(time.perf_counter() - t0)
-    return {"status": "ok", "step_time_s": statistics.median(times), "step_times": times}
+        return min(times)
 
+    master = torch.nn.Parameter(torch.randn(n))
+    master.grad = torch.zeros(n)
+    ref = {"p": master, "opt": torch.optim.AdamW([master], lr=1e-3, fused=True)}
 
-def guarded(name: str, fn: Callable[[], dict]) -> dict:
-    """Run a measurement; OOM and crashes become results, not a failed benchmark."""
-    print(f"--- {name}", flush=True)
-    try:
-        out = fn()
-    except Exception as exc:  # noqa: BLE001
-        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc)
-        traceback.print_exc()
-        out = {"status": "oom" if oom else "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    print(f"    {json.dumps({k: v for k, v in out.items() if k != 'step_times'})}", flush=True)
-    return out
+    def fp32_step() -> None:
+        ref["p"].grad.copy_(wire_grad)  # land_grads
+        ref["opt"].step()
+        wire.copy_(ref["p"].data)  # refresh_wire
 
-
-def set_cap(device: torch.device, fraction: float) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(fraction if fraction > 0 else 1.0, device)
-
-
-def peak_gb(device: torch.device) -> Optional[float]:
-    if device.type != "cuda":
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def main() -> int:
-    a = parse()
-    device = torch.device(a.device, 0) if a.device == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    job = Job(name="bench", model={"name": a.model, "overrides": json.loads(a.overrides)},
-              batch_size=a.batch_size, seq_len=a.seq_len, steps=1000, precision=a.precision,
-              optimizer={"name": a.optimizer, "lr": 1e-4})
-    knobs = json.loads(a.knobs)
-    model = training.build_model(job)
-    n_params = sum(p.numel() for p in model.parameters())
-    dataset = training.build_dataset(job, model)
-    batches = [batch_for_step(dataset, s, a.batch_size) for s in range(4)]
-    if device.type == "cuda":
-        batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
-    total_gb = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
-    cap_gb = total_gb * a.memory_fraction if total_gb and a.memory_fraction > 0 else total_gb
-    if cap_gb and not knobs.get("shard_layers") and not knobs.get("gpu_budget_gb"):
-        knobs["gpu_budget_gb"] = round(0.9 * cap_gb, 2)
-    res: dict[str, Any] = {}
-
-    # 1. spilling (capped)
-    set_cap(device, a.memory_fraction)
-    t0 = time.perf_counter()
-    engine = SpillingEngine(model, device, **engine_kwargs(job, knobs))
-    setup_s = time.perf_counter() - t0
-    shards = engine.ranges
-
-    def spill(prefetch: int) -> dict:
-        engine.prefetch = prefetch
-        reset_peak(device)
-        for k in engine.timings:  # the host optimizer writes into this very dict
-            engine.timings[k] = 0.0
-        def step(i: int) -> None:
-            engine.train_step(*batches[i % len(batches)])
-            engine.synchronize()  # include the last shard's optimizer step (on its own thread)
-
-        out = timed(step, a.steps, a.warmup, device)
-        out["peak_gpu_gb"] = peak_gb(device)
-        n = a.steps + a.warmup
-        out["cpu_optimizer_s_per_step"] = engine.timings["cpu_optimizer_s"] / n
-        out["grad_wait_s_per_step"] = engine.timings["grad_wait_s"] / n
-        out["prefetch"] = prefetch
-        return out
-
-    base_prefetch = engine.prefetch
-    res["spilling"] = guarded(f"spilling prefetch={base_prefetch}", lambda: spill(base_prefetch))
-    res["spilling"].update(setup_s=round(setup_s, 2), shards=len(shards), knobs=knobs,
-                           prefetch=base_prefetch)
-    for p in sorted({0, 1, 2} - {base_prefetch}) if a.sweep_prefetch else []:
-        res[f"spilling_prefetch{p}"] = guarded(f"spilling prefetch={p}", lambda p=p: spill(p))
-    engine.prefetch = base_prefetch
-    t = engine.transfers  # what one step moves, as counted by the engine
-    n_steps = engine.step_count or 1
-    res["spilling"].update(wire_dtype=str(engine.wire_dtype or "fp32"),
-                           gb_in_per_step=t.bytes_in / n_steps / 2**30,
-                           gb_out_per_step=t.bytes_out / n_steps / 2**30,
-                           shard_copies_in_per_step=t.copies_in / n_steps)
-    if a.cpu_adam_compare:
-        from saturn.techniques.spilling import cpu_adam_speed
-
-        res["cpu_adam"] = guarded("CPU AdamW implementations", lambda: {
-            "status": "ok", "numel": a.cpu_adam_numel, "threads": torch.get_num_threads(),
-            **cpu_adam_speed(a.cpu_adam_numel, steps=3)})
-
-    # 2. compute (all shards resident, no transfers, no optimizer step), cap lifted
-    set_cap(device, 0.0)
-
-    def compute() -> dict:
-        reset_peak(device)
-        engine.train_step(*batches[0], compute_only=True)  # brings every shard in once
-        out = timed(lambda i: engine.train_step(*batches[i % len(batches)], compute_only=True),
-                    a.steps, a.warmup, device)
-        out["peak_gpu_gb"] = peak_gb(device)
-        engine.release_kept()
-        return out
-
-    res["compute"] = guarded("compute (all shards resident)", compute)
-
-    # 3. transfer: each shard in once per use (compute dtype), every gradient out once, serial
-    def transfer() -> dict:
-        uses = [k for k, _ in engine.tasks()]
-        uses = [k for i, k in enumerate(uses) if k not in uses[max(0, i - 2):i]]  # kept shards
-        dev = {k: [torch.empty_like(f, device=device) for f in engine.shards[k].sendable()]
-               for k in set(uses)}
-        in_b = sum(f.numel() * f.element_size() for k in uses for f in engine.shards[k].sendable())
-        out_b = sum(f.numel() * f.element_size() for sh in engine.shards for f in sh.grad_landing())
-
-        def h2d() -> None:
-            for k in uses:
-                for d, h in zip(dev[k], engine.shards[k].sendable()):
-                    d.copy_(h, non_blocking=True)
-
-        def d2h() -> None:
-            for sh in engine.shards:
-                for d, h in zip(dev[sh.k], sh.grad_landing()):
-                    h.copy_(d, non_blocking=True)
-
-        t_in = timed(lambda i: h2d(), a.steps, 1, device)["step_time_s"]
-        t_out = timed(lambda i: d2h(), a.steps, 1, device)["step_time_s"]
-        dev.clear()  # free the device copies now (h2d/d2h close over `dev`, so no `del`)
-        return {"status": "ok", "step_time_s": t_in + t_out, "h2d_s": t_in, "d2h_s": t_out,
-                "gb_in": in_b / 2**30, "gb_out": out_b / 2**30, "copies_in": len(uses),
-                "h2d_gb_s": in_b / 2**30 / t_in, "d2h_gb_s": out_b / 2**30 / t_out,
-                "pinned": bool(engine.shards[0].host_flat[0].is_pinned())}
-
-    res["transfer"] = guarded("transfer (each shard in per use, grads out once)", transfer)
-    # Drop both references (the model's parameters are views into the engine's pinned buffers). Rebound, not
-    # `del`, because the closures above read `engine` and pyflakes would call them undefined.
-    engine = model = None
-    gc.collect()
-
-    # 1b. optimizer on the GPU (state streamed), capped
-    if a.gpu_optimizer:
-        set_cap(device, a.memory_fraction)
-
-        def gpu_opt() -> dict:
-            m = training.build_model(job)
-            eng = SpillingEngine(m, device, **engine_kwargs(job, {**knobs, "optimizer_on": "gpu"}))
-            reset_peak(device)
-            out = timed(lambda i: eng.train_step(*batches[i % len(batches)]), a.steps, a.warmup,
-                        device)
-            out["peak_gpu_gb"] = peak_gb(device)
-            out["shards"] = len(eng.ranges)
-            return out
-
-        res["spilling_gpu_optimizer"] = guarded("spilling optimizer_on=gpu", gpu_opt)
-
-    # 4. fairscale OffloadModel (capped)
-    if not a.skip_offload:
-        set_cap(device, a.memory_fraction)
-        res["offload_model"] = guarded("fairscale OffloadModel",
-                                       lambda: offload_model(job, device, len(shards), batches, a))
-        f2 = a.offload_memory_fraction
-        if f2 > 0 and f2 != a.memory_fraction and device.type == "cuda":
-            set_cap(device, f2)
-            k2 = {**knobs, "gpu_budget_gb": round(0.9 * total_gb * f2, 2)}
-
-            def spill_at_f2() -> dict:
-                eng = SpillingEngine(training.build_model(job), device, **engine_kwargs(job, k2))
-                out = timed(lambda i: (eng.train_step(*batches[i % len(batches)]),
-                                       eng.synchronize()), a.steps, a.warmup, device)
-                out.update(shards=len(eng.ranges), memory_fraction=f2)
-                eng.close()
-                return out
-
-            res["spilling_at_offload_cap"] = guarded(f"spilling at cap {f2}", spill_at_f2)
-            gc.collect()
-            res["offload_model_at_offload_cap"] = guarded(
-                f"fairscale OffloadModel at cap {f2}",
-                lambda: {**offload_model(job, device, res["spilling_at_offload_cap"].get(
-                    "shards", len(shards)), batches, a), "memory_fraction": f2})
-
-    report = summarize(a, job, n_params, device, total_gb, cap_gb, shards, res)
-    print(markdown(report))
-    if a.tiny:  # a smoke run must not overwrite the recorded results
-        print("--tiny: nothing written")
-        return 0
-    from benchlib import write_json, write_section
-
-    path = write_json("spilling", report)
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(path.read_text())
-    write_section("spilling", title(report), markdown(report))
-    print(f"wrote {path}{' and ' + a.out if a.out else ''} and the spilling section of BENCHMARKS.md")
+    res: dict[str, Any] = {"fp32 state (fused AdamW + upcast + refresh)": (
+        best(fp32_step), host_bytes_per_param("fp32", True))}
+    ref.clear()  # its 4 x n fp32 go back before the next
+    del master
+    compiled = warm_compiled_kernel()
+    for label, comp in (("bf16 state, compiled one pass", True), ("bf16 state, eager ops", False)):
+        if comp and not compiled:
+            res[label] = (None, host_bytes_per_param("bf16", True))
+            continue
+        q = torch.nn.Parameter(torch.randn(n))
+        opt = FlatAdamW([q], [FlatSlot(q.data, wire_grad, wire, [0], [n], [q.shape])], "adamw",
+                        {"lr": 1e-3}, "bf16", compiled=comp)
+        res[label] = (best(opt.step, 2 if comp else 1), host_bytes_per_param("bf16", True))
+    rows = {k: ({"s_per_step": t, "ns_per_param": t / n * 1e9, "bytes_per_param": b,
+                 "gb_s": n * b / t / 1e9, "of_triad": n * b / t / 1e9 / bw["triad_gb_s"]}
+                if t else {"status": "skipped", "reason": "torch.compile unavailable"})
+            for k, (t, b) in res.items()}
+    report = {"benchmark": "spilling_host_cpu", "numel": n, "threads": torch.get_num_threads(),
+              "host_bandwidth": bw, "results": rows}
+    lines = [f"One host optimizer step over {n / 1e6:.0f} M parameters, {report['threads']} "
+             f"threads, measured (best of 3 timed steps for fp32, 2 for compiled, 1 for eager, after "
+             f"one untimed; other work shares this machine). Triad bandwidth "
+             f"{bw['triad_gb_s']:.1f} GB/s.", "",
+             "| update | s/step | ns/param | bytes/param | GB/s | of triad |", "|---|---|---|---|---|---|"]
+    for k, r in rows.items():
+        lines.append(f"| {k} | " + (f"{r['s_per_step']:.3f} | {r['ns_per_param']:.2f} | "
+                                     f"{r['bytes_per_param']} | {r['gb_s']:.1f} | "
+                                     f"{r['of_triad']:.2f} |" if "s_per_step" in r
+                                     else f"{r['status']}: {r['reason']} | | | | |"))
+    md = "\n".join(lines) + "\n"
+    print(md)
+    path = benchlib.write_json("spilling_host_cpu", report)
+    benchlib.write_section("spilling_host_cpu", "Spilling: the host optimizer step on this CPU", md)
+    print(f"wrote {path} and the spilling_host_cpu section of BENCHMARKS.md")
     return 0
 
 
-def offload_model(job: Job, device: torch.device, slices: int, batches: list, a: Any) -> dict:
-    if device.type != "cuda":
-        return {"status": "skipped", "reason": "fairscale OffloadModel needs CUDA"}
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from fairscale.experimental.nn.offload import OffloadModel
-
-    model = training.build_model(job)
-    loss_fn = model.loss
-    om = OffloadModel(model=torch.nn.Sequential(*model.layers), device=device,
-                      offload_device=torch.device("cpu"), num_slices=slices,
-                      checkpoint_activation=True, num_microbatches=1)
-    opt = training.build_optimizer(job, om.parameters())
-    use_amp = job.precision == "bf16"
-
-    def step(i: int) -> None:
-        x, y = batches[i % len(batches)]
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            out = om(x)
-            loss = loss_fn(out, y)
-        loss.backward()
-        opt.step()
-        float(loss)
-
-    reset_peak(device)
-    out = timed(step, a.steps, a.warmup, device)
-    out["peak_gpu_gb"] = peak_gb(device)
-    out["num_slices"] = slices
+# ------------------------------------------------------------------------------ orchestration
+def variants(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    budget = {"gpu_budget_gb": round(0.9 * a.cap_gb, 2)} if a.cap_gb else {"shard_layers": 1}
+    table = {"fp32-state": {}, "bf16-state": {"optimizer_state": "bf16"},
+             "split": {"gpu_state_fraction": a.split_fraction},
+             "split+bf16-state": {"gpu_state_fraction": a.split_fraction,
+                                  "optimizer_state": "bf16"}}
+    out = {}
+    for name in a.variants.split(","):
+        if name not in table:
+            raise SystemExit(f"--variants: unknown variant {name!r}; allowed: {list(table)}")
+        if a.precision == "fp32" and "bf16" in name:
+            continue  # precision fp32 forbids bf16 optimizer state
+        out[name] = {**budget, **table[name]}
     return out
 
 
-def summarize(a: Any, job: Job, n_params: int, device: torch.device, total_gb: Optional[float],
-              cap_gb: Optional[float], shards: list, res: dict) -> dict:
-    def t(name: str) -> Optional[float]:
-        r = res.get(name) or {}
-        return r.get("step_time_s") if r.get("status") == "ok" else None
+def run_worker(name: str, spec: dict[str, Any], timeout: float, log_dir: str) -> dict[str, Any]:
+    """Run one worker in its own process group; on timeout SIGTERM then SIGKILL the group.
+    Returns its (possibly partial) result with status, wall time and log path."""
+    fd, spec_path = tempfile.mkstemp(prefix=f"spill-{name}-", suffix=".json")
+    os.close(fd)
+    spec = {**spec, "result": spec_path + ".result"}
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    log = os.path.join(log_dir, f"{name}.log")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if name == "deepspeed":
+        env["TORCH_CUDA_ARCH_LIST"] = "9.0"  # DeepSpeed's JIT parser fails on "9.0a"
+    t0 = time.perf_counter()
+    status, reason = "ok", ""
+    with open(log, "w") as lf:
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name,
+                                 "--spec", spec_path], stdout=lf, stderr=subprocess.STDOUT,
+                                env=env, cwd=ROOT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+            if rc != 0:
+                status, reason = "failed", f"worker exited with status {rc} (see {log})"
+        except subprocess.TimeoutExpired:
+            status, reason = "timeout", f"killed after its {timeout:.0f} s timeout (see {log})"
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=15)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
+    out: dict[str, Any] = {}
+    try:
+        with open(spec["result"]) as f:
+            out = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        pass
+    for path in (spec_path, spec["result"]):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    if status == "ok" and not out.get("done"):
+        status, reason = "failed", f"worker ended without finishing (see {log})"
+    out.update(status=status, wall_s=round(time.perf_counter() - t0, 1), log=log)
+    if reason:
+        out["reason"] = reason
+    return out
 
-    spill, comp, xfer, off = t("spilling"), t("compute"), t("transfer"), t("offload_model")
-    cap = a.memory_fraction
-    if not off and t("offload_model_at_offload_cap") and t("spilling_at_offload_cap"):
-        spill_o, off, cap = (t("spilling_at_offload_cap"), t("offload_model_at_offload_cap"),
-                             a.offload_memory_fraction)
-    else:
-        spill_o = spill
-    targets: dict[str, Any] = {}
-    if device.type == "cuda":
-        if spill_o and off:
-            targets["speedup_vs_offload_model"] = round(off / spill_o, 2)
-            targets["speedup_vs_offload_model_ok"] = off / spill_o >= 2.0
-            targets["offload_model_compared_at_memory_fraction"] = cap
-        if spill and comp and xfer:
-            bound = max(comp, xfer)
-            targets["spilling_over_max_compute_transfer"] = round(spill / bound, 3)
-            targets["spilling_over_max_compute_transfer_ok"] = spill / bound <= 1.25
-    return {
-        "benchmark": "spilling",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "config": {"model": a.model, "overrides": json.loads(a.overrides), "params": n_params,
-                   "param_gb_fp32": round(n_params * 4 / 2**30, 3), "batch_size": a.batch_size,
-                   "seq_len": a.seq_len, "precision": a.precision, "optimizer": a.optimizer,
-                   "steps": a.steps, "warmup": a.warmup, "memory_fraction": a.memory_fraction,
-                   "gpu_total_gb": total_gb and round(total_gb, 1),
-                   "gpu_cap_gb": cap_gb and round(cap_gb, 1), "shards": [list(s) for s in shards]},
-        "results": res, "targets": targets,
-    }
+
+def main_run(a: argparse.Namespace) -> int:
+    import benchlib
+    from bench_spilling_report import markdown, summarize
+
+    out_dir = a.out_dir
+    if a.quick and not out_dir:
+        out_dir = tempfile.mkdtemp(prefix="bench-spilling-quick-")
+    bench_dir = out_dir if a.quick else os.path.join(ROOT, "benchmarks")
+    log_dir = os.path.join(out_dir or bench_dir, "spilling-logs")
+    os.makedirs(log_dir, exist_ok=True)
+    timeouts = {**TIMEOUTS, **json.loads(a.timeouts)}
+    if a.quick:
+        timeouts = {k: 300 for k in timeouts} | json.loads(a.timeouts)
+    spec = {"model": a.model, "overrides": json.loads(a.overrides), "batch_size": a.batch_size,
+            "seq_len": a.seq_len, "precision": a.precision, "steps": a.steps, "warmup": a.warmup,
+            "cap_gb": a.cap_gb or None, "device": a.device, "variants": variants(a),
+            "sharp_models": a.sharp_models, "sharp_overrides": json.loads(a.sharp_overrides),
+            "sharp_batch_size": a.sharp_batch_size, "sharp_steps": a.sharp_steps,
+            "sharp_knobs": json.loads(a.sharp_knobs)}
+    report: dict[str, Any] = {"benchmark": "spilling", **benchlib.stamp(),
+                              "config": {**spec, "budget_s": a.budget_s, "timeouts": timeouts,
+                                         "cpu_count": os.cpu_count()},
+                              "results": {}}
+
+    def save() -> None:
+        try:
+            report["summary"] = summarize(report)
+        except Exception as exc:  # noqa: BLE001 -- never lose measured results to a report bug
+            report["summary"] = {"error": f"{type(exc).__name__}: {exc}"}
+        text = json.dumps(report, indent=2, default=str) + "\n"
+        for d in {bench_dir, out_dir} - {None}:
+            benchlib.atomic_write(os.path.join(str(d), "spilling.json"), text)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        with open(os.path.join(log_dir, "bench.log"), "a") as f:
+            f.write(msg + "\n")
+
+    t_start = time.perf_counter()
+    say(f"{benchlib.command()} -- {benchlib.machine()}")
+    report["results"]["host_bandwidth"] = stream_triad(1 << (22 if a.quick else 27))
+    say(f"host bandwidth: {json.dumps(report['results']['host_bandwidth'])}")
+    save()
+    for name in [w for w in ORDER if w in a.only.split(",")]:
+        left = a.budget_s - (time.perf_counter() - t_start)
+        if name in NEEDS_CUDA and a.device != "cuda":
+            report["results"][name] = {"status": "skipped", "reason": "needs CUDA"}
+        elif left < 20:
+            report["results"][name] = {"status": "skipped",
+                                       "reason": f"benchmark time budget ({a.budget_s:.0f} s) spent"}
+        else:
+            sub = {**spec, "batch_size": a.sharp_batch_size} if name == "sharp" else spec
+            say(f"=== {name} (timeout {min(timeouts[name], left):.0f} s)")
+            report["results"][name] = run_worker(name, sub, min(timeouts[name], left), log_dir)
+            r = report["results"][name]
+            say(f"    {name}: {r.get('status')} in {r.get('wall_s')} s {r.get('reason', '')}")
+        save()
+    report["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    save()
+    md = markdown(report)
+    say(md)
+    if a.quick:
+        print(f"--quick: wrote {out_dir}/spilling.json (BENCHMARKS.md untouched)")
+        return 0
+    benchlib.write_section("spilling", title(report), md, recorded=report)
+    print(f"wrote benchmarks/spilling.json{' and ' + out_dir if out_dir else ''}, logs in "
+          f"{log_dir}, and the spilling section of BENCHMARKS.md")
+    return 0
 
 
-def title(r: dict) -> str:
-    return f"Model spilling ({r['device']})"
+def title(report: dict[str, Any]) -> str:
+    c = report["config"]
+    return f"Model spilling at its floor, vs DeepSpeed / FSDP2 offload ({c['model']}, one GPU)"
 
 
-def markdown(r: dict) -> str:
-    c, res, tg = r["config"], r["results"], r["targets"]
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parse(argv)
+    if a.worker:
+        import bench_spilling_workers
 
-    def row(label: str, key: str, how: str) -> str:
-        x = res.get(key)
-        if x is None:
-            return ""
-        if x.get("status") != "ok":
-            return f"| {label} | {x.get('status')} | | {how}: {x.get('reason', '')[:80]} |\n"
-        mem = x.get("peak_gpu_gb")
-        return (f"| {label} | {x['step_time_s']:.4f} | {'' if mem is None else f'{mem:.2f}'} "
-                f"| {how} |\n")
+        return bench_spilling_workers.main(a.worker, a.spec)
+    if a.from_json:
+        import benchlib
+        from bench_spilling_report import markdown, summarize
 
-    out = [f"Model {c['model']} ({c['params'] / 1e6:.0f}M parameters, {c['param_gb_fp32']:.2f} GiB "
-           f"fp32), batch {c['batch_size']} x seq {c['seq_len']}, {c['precision']}, "
-           f"{c['optimizer']}; GPU memory capped at {c['gpu_cap_gb']} of {c['gpu_total_gb']} GiB; "
-           f"{len(c['shards'])} shards {c['shards']}. Median of {c['steps']} steps after "
-           f"{c['warmup']} warm-up.\n\n",
-           "| measurement | s/step | peak GPU GiB | how |\n|---|---|---|---|\n"]
-    sp = res.get("spilling", {})
-    out.append(row("spilling", "spilling",
-                   f"knobs {sp.get('knobs')}, prefetch {sp.get('prefetch')}; CPU optimizer "
-                   f"{sp.get('cpu_optimizer_s_per_step', 0):.3f} s/step (overlapped)"))
-    for p in (0, 1, 2):
-        out.append(row(f"spilling, prefetch {p}", f"spilling_prefetch{p}", "same engine"))
-    out.append(row("spilling, optimizer on GPU", "spilling_gpu_optimizer",
-                   "state streamed with the shard"))
-    out.append(row("compute bound", "compute", "same shards + schedule, all resident, no "
-                                               "transfers, no optimizer step (uncapped)"))
-    x = res.get("transfer", {})
-    how = (f"{x.get('copies_in')} shard copies in ({x.get('gb_in', 0):.3f} GiB, "
-           f"{x.get('h2d_gb_s', 0):.1f} GB/s) + grads out once ({x.get('gb_out', 0):.3f} GiB, "
-           f"{x.get('d2h_gb_s', 0):.1f} GB/s), pinned={x.get('pinned')}, serial")
-    out.append(row("transfer bound", "transfer", how))
-    out.append(row("fairscale OffloadModel", "offload_model",
-                   "same layers, num_slices = shards, checkpoint_activation"))
-    out.append(row("spilling at the OffloadModel cap", "spilling_at_offload_cap",
-                   f"memory fraction {(res.get('spilling_at_offload_cap') or {}).get('memory_fraction')}"))
-    out.append(row("fairscale OffloadModel at its cap", "offload_model_at_offload_cap",
-                   "where OffloadModel fits"))
-    out.append("\n")
-    if sp.get("gb_in_per_step") is not None:
-        out.append(f"Per step the engine moved {sp['gb_in_per_step']:.3f} GiB in "
-                   f"({sp.get('shard_copies_in_per_step'):.0f} shard copies, wire dtype "
-                   f"{sp.get('wire_dtype')}) and {sp['gb_out_per_step']:.3f} GiB of gradients out "
-                   f"(measured counters).\n\n")
-    ca = res.get("cpu_adam")
-    if ca and ca.get("status") == "ok":
-        parts = [f"{k} {v['s_per_step']:.4f} s" if isinstance(v, dict) else f"{k}: {v}"
-                 for k, v in ca.items() if k in ("torch", "torch-fused", "deepspeed")]
-        out.append(f"CPU AdamW over {ca['numel'] / 1e6:.0f}M fp32 parameters, "
-                   f"{ca['threads']} threads (measured): " + "; ".join(parts) + ".\n\n")
-    if tg:
-        out.append(f"Targets: OffloadModel / spilling = {tg.get('speedup_vs_offload_model')} at "
-                   f"memory fraction {tg.get('offload_model_compared_at_memory_fraction')} "
-                   f"(target >= 2: {tg.get('speedup_vs_offload_model_ok')}); spilling / "
-                   f"max(compute, transfer) = {tg.get('spilling_over_max_compute_transfer')} "
-                   f"(target <= 1.25: {tg.get('spilling_over_max_compute_transfer_ok')}).\n")
-    else:
-        out.append("CPU smoke test: no targets.\n")
-    return "".join(out)
+        try:
+            with open(a.from_json) as f:
+                report = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"error: --from-json {a.from_json}: {exc}", file=sys.stderr)
+            return 2
+        report["summary"] = summarize(report)
+        benchlib.write_section("spilling", title(report), markdown(report), recorded=report)
+        print(markdown(report))
+        print("rewrote the spilling section of BENCHMARKS.md")
+        return 0
+    if a.host_optimizer:
+        return host_optimizer_cpu(a.host_optimizer)
+    if a.parity:
+        import bench_spilling_parity
+
+        return bench_spilling_parity.main(a.parity_steps)
+    return main_run(a)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Writes benchmarks/techniques.json and the `techniques` section of BENCHMARKS.md 
 scripts/benchlib.py, with the command, machine and date); `--out FILE` also writes the JSON to
 FILE (e.g. $OUT/techniques.json on a remote machine).
 
-GPU run (the SPASE.md setting, 350M GPT, seq 512, 8 samples/GPU, bf16; ~2-3 min on one H200):
+GPU run (the SPASE paper's setting, 350M GPT, seq 512, 8 samples/GPU, bf16; ~2-3 min on one H200):
     python scripts/bench_techniques.py --gpus 1 --techniques ddp,fsdp,zero
 CPU smoke test (tiny model, CPU slots; prints only, writes nothing):
     python scripts/bench_techniques.py --quick

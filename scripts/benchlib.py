@@ -16,7 +16,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,11 @@ def stamp() -> dict[str, str]:
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def atomic_write(path: Any, text: str) -> None:
+    """Write-then-rename: a reader (or a cut-off run) sees the old file or the new one."""
+    _atomic_write(Path(path), text)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -64,12 +69,15 @@ def write_json_at(path: Path, data: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def write_section(name: str, title: str, body: str, root: Path = ROOT) -> Path:
-    """Replace (or append) this benchmark's section of BENCHMARKS.md."""
+def write_section(name: str, title: str, body: str, root: Path = ROOT,
+                  recorded: Optional[dict[str, Any]] = None) -> Path:
+    """Replace (or append) this benchmark's section of BENCHMARKS.md. `recorded` (command, machine,
+    date): the run's own, when the section is rendered later from its recorded JSON."""
     path = root / "BENCHMARKS.md"
     text = (path.read_text() if path.exists()
             else "# Benchmarks\n\nEach section is written by the script it names; numbers are from one run.\n")
-    s = stamp()
+    s = {**stamp(), **{k: v for k, v in (recorded or {}).items()
+                       if k in ("command", "machine", "date")}}
     section = (f"<!-- bench:{name} -->\n## {title}\n\n`{s['command']}` — {s['machine']} — "
                f"{s['date']}\n\n{body.strip()}\n<!-- /bench:{name} -->")
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->",

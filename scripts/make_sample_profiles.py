@@ -3,11 +3,11 @@
 
 Until `saturn profile` has been run on real hardware, `saturn plan configs/examples/*.yaml` needs
 some profile rows. This script extrapolates them from the few step times measured on 4xH200 and
-quoted in SPASE.md (350M GPT, 8 samples/GPU, seq 512: 1 GPU 0.048 s; DDPx4 0.074 s for 4x the
+published in the SPASE paper (350M GPT, 8 samples/GPU, seq 512: 1 GPU 0.048 s; DDPx4 0.074 s for 4x the
 samples; FSDP2x2 0.16 s; FSDP2x4 0.19 s; ZeRO-3x4 0.43 s; 2-stage pipeline 0.13 s; an offloaded
 200M model 0.53 s), scaled by parameter count and tokens per step, with a rough memory model
 (16 bytes/parameter for AdamW training + activations) deciding feasibility. Every row says
-source = "sample: extrapolated from ../shared/SPASE.md measurements, not measured".
+source = "sample: extrapolated from the SPASE paper's published 4xH200 step times, not measured".
 
     python scripts/make_sample_profiles.py            # rewrites profiles/sample-*.csv
 
@@ -29,8 +29,8 @@ from saturn.spec import load_workload
 from saturn.zoo.models import param_count
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = "sample: extrapolated from ../shared/SPASE.md measurements, not measured"
-REF_PARAMS, REF_TOKENS, REF_STEP = 350e6, 8 * 512, 0.048  # SPASE.md: 1 GPU, 350M GPT
+SOURCE = "sample: extrapolated from the SPASE paper's published 4xH200 step times, not measured"
+REF_PARAMS, REF_TOKENS, REF_STEP = 350e6, 8 * 512, 0.048  # SPASE paper: 1 GPU, 350M GPT
 
 
 def _layers_width(job) -> tuple[int, int]:

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "configs" / "examples").glob("*.yaml"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the default profile store is a user directory ($XDG_CACHE_HOME/saturn/profiles): one per test
+# session, so tests neither read nor fill the developer's own store
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="saturn-test-cache-"))
 
 
 @pytest.fixture

@@ -209,3 +209,29 @@ def test_process_offload_gives_the_same_batches(image_dir):
     finally:
         threads.shutdown()
         procs.shutdown()
+
+
+def test_workload_defaults_run_ahead_with_the_cores_from_the_start(tmp_path, monkeypatch):
+    """`data: {name: image-files}` with no pipeline kwargs: tuned, prefetch 4, this process's share
+    of the host's cores split over the stages at once (not one worker per stage); what the
+    workload sets wins."""
+    import saturn.data as sd
+    from saturn.spec.schema import DataSpec
+    from saturn.zoo.data import build_dataset
+
+    monkeypatch.setattr(sd, "host_gpus", lambda: 2)
+    monkeypatch.setattr(sd.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert sd.default_cores() == 7  # 16 cores / 2 GPUs, less the training loop
+    cfg = SimpleNamespace(image_size=16, channels=3, num_classes=5)
+    ds = build_dataset(DataSpec(name="image-files", path=str(tmp_path / "set"), kwargs={"generate": 8}), 0, cfg)
+    try:
+        assert ds.tune and ds.prefetch == 4 and ds.cores == 7
+        assert ds.workers == {"read": 1, "decode": 2, "augment": 2, "collate": 1}  # (7 - read, collate) / 2 heavy
+    finally:
+        ds.shutdown()
+    mine = build_dataset(DataSpec(name="image-files", path=str(tmp_path / "set"),
+                                  kwargs={"tune": False, "prefetch": 1, "cores": 3, "workers": {"decode": 2}}), 0, cfg)
+    try:
+        assert not mine.tune and mine.prefetch == 1 and mine.cores == 3 and mine.workers == {"decode": 2}
+    finally:
+        mine.shutdown()

@@ -233,6 +233,11 @@ def test_plan_file_truncated_or_of_another_workload(wl, tmp_path, capsys):
     code, text = _cli([*base, "--plan", tmp_path / "other.json", "--run-dir", tmp_path / "r2"], capsys)
     assert code == 2 and "does not match this workload" in text and "x-a" in text and "lacks" in text, text
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    warp = json.loads(full)
+    warp["assignments"][0]["technique"] = "warp-drive"
+    (tmp_path / "warp.json").write_text(json.dumps(warp))
+    code, text = _cli([*base, "--plan", tmp_path / "warp.json", "--run-dir", tmp_path / "r4"], capsys)
+    assert code == 2 and "unregistered technique(s) warp-drive" in text, text
     code, text = _cli([*base, "--plan", p, "--run-dir", tmp_path / "r3"], capsys)
     assert code == 0, text
 

@@ -8,10 +8,18 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
 
 from saturn.executor.report import segment_spans  # noqa: E402
 from saturn.executor.state import Segment  # noqa: E402
-from saturn.planner.gantt import draw_bars, draw_phases, plan_phase_parts, save_gantt, sequential_spans  # noqa: E402
+from saturn.planner.gantt import (  # noqa: E402
+    draw_bars,
+    draw_phases,
+    plan_phase_parts,
+    plan_spans,
+    save_gantt,
+    sequential_spans,
+)
 
 
 def test_sequential_spans_lay_phases_end_to_end_and_name_the_rest():
@@ -26,6 +34,11 @@ def test_plan_phases_in_time_order():
     ph = {"launch": {"s": 1.0, "source": "measured"}, "steps": {"s": 10.0, "source": "measured"},
           "checkpoints": {"s": 0.4, "source": "measured"}, "final_save": {"s": 0.5, "source": "estimated"}}
     assert plan_phase_parts(ph) == [("launch", 1.0), ("steps", 10.4), ("save", 0.5)]
+    a = {"node": "n", "gpus": [0], "start_s": 2.0, "end_s": 13.9,
+         "phases": {**ph, "drain": {"s": 4.0, "source": "measured"}}}
+    assert [(p, s, e) for _, _, p, s, e in plan_spans(a, t0=1.0)] == [
+        ("launch", 3.0, 4.0), ("steps", 4.0, pytest.approx(14.4)), ("save", pytest.approx(14.4), 14.9),
+        ("draining", 14.9, 18.9)]
 
 
 def test_run_segment_shows_measured_phases_and_draining():

@@ -28,10 +28,10 @@ class WarmSim(SimulatedBackend):
         return dict(self.facts)
 
 
-def _plan(facts):
+def _plan(facts, whole=False):
     ex = Executor(JOBS, {"n": 1}, pd.DataFrame(ROWS), WarmSim(facts),
                   config=ExecutorConfig(introspect=False, time_limit_s=2.0))
-    return sorted(ex.state.plan["assignments"], key=lambda a: a["start_s"])
+    return ex.state.plan if whole else sorted(ex.state.plan["assignments"], key=lambda a: a["start_s"])
 
 
 def test_warm_workers_plan_the_warm_launch_and_one_worker_start():
@@ -41,14 +41,17 @@ def test_warm_workers_plan_the_warm_launch_and_one_worker_start():
         assert a["end_s"] - a["start_s"] == pytest.approx(11.5)
         ph = {k: v["s"] for k, v in a["phases"].items()}
         assert ph["launch"] == pytest.approx(1.0) and ph["final_save"] == pytest.approx(0.5)
+        assert ph["drain"] == pytest.approx(4.5)  # written after the GPU is free: not in the bar
     assert second["start_s"] == pytest.approx(first["end_s"])
+    p = _plan({"warm": True, "drains_behind": True, "worker_starts": {("n", 0): 10.0}}, whole=True)
+    assert p["durable_s"] == pytest.approx(p["makespan_s"] + 4.5)  # the run ends when it is durable
     assert not [a for a in _plan({"warm": True, "drains_behind": True,
                                   "worker_starts": {("n", 0): 0.0}}) if a["start_s"] == 10.0]
 
 
 def test_cold_launches_pay_the_process_start_and_the_whole_final_save():
     first, second = _plan({"warm": False, "drains_behind": False})
-    assert first["start_s"] == 0.0
+    assert first["start_s"] == 0.0 and "drain" not in first["phases"]
     for a in (first, second):  # 10 s start + 1 s launch + 10 s steps + 5 s synchronous save
         assert a["end_s"] - a["start_s"] == pytest.approx(26.0)
 

@@ -207,9 +207,24 @@ def test_bench_prior_is_leave_one_out():
         raw = estimate(shape_of(name, None, 16, 512, "bf16"), "zero", {}, 1, H200, 141).step_time_s
         rows.append({"signature": name, "technique": "zero", "knobs": "{}", "gpus": 1, "gpu_type": "H200",
                      "gpu_memory_gb": 141, "status": "ok", "feasible": True, "step_time_s": mult * raw,
-                     "source": "profiler", "model": name, "batch_size": 16, "seq_len": 512, "precision": "bf16"})
-    out = bench_prior.evaluate(rows, {"H200": H200})
+                     "source": "profiler" if name == "gpt2-small" else "run:abc", "model": name,
+                     "batch_size": 16, "seq_len": 512, "precision": "bf16"})
+    del rows[1]["model"]  # a row a run measured in its own steps: shaped from its workload's job
+    assert bench_prior.evaluate(rows, {"H200": H200})["summary"]["skipped_unshaped"] == 1
+    out = bench_prior.evaluate(rows, {"H200": H200}, {"gpt2-medium": shape_of("gpt2-medium", None, 16, 512, "bf16")})
     small, medium = out["rows"]
     assert small["loo_s"] == pytest.approx(3.0 * small["uncalibrated_s"], rel=1e-3)  # the other row's factor
     assert medium["loo_s"] == pytest.approx(2.0 * medium["uncalibrated_s"], rel=1e-3)
     assert out["summary"]["ranking_pairs"] == 0  # two jobs, one option each
+
+
+def test_a_factor_learned_on_other_settings_never_beats_the_device():
+    """Spilling calibrated on host-optimizer rows (x0.5) must not make its GPU-optimizer setting
+    faster than plain DDP: the device-side work is a floor."""
+    med = shape_of("gpt2-medium", None, 32, 512, "bf16")
+    ddp = estimate(med, "ddp", {}, 1, H200, 141, factor=1.0, compute_factor=1.0)
+    spill = estimate(med, "spilling", {"optimizer_on": "gpu"}, 1, H200, 141, factor=0.5, compute_factor=1.0)
+    assert spill.floored and spill.step_time_s > ddp.step_time_s
+    xl = shape_of("gpt2-xl", None, 8, 512, "bf16")
+    host = estimate(xl, "spilling", {"optimizer_on": "cpu"}, 1, H200, 141, factor=0.5, compute_factor=1.0)
+    assert not host.floored  # host-bound: the calibration holds

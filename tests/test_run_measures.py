@@ -158,3 +158,41 @@ def test_executor_drops_a_crashed_unmeasured_option_for_every_job_of_the_signatu
     a, b = ex.state.jobs["a"], ex.state.jobs["b"]
     assert [s.technique for s in a.segments] == ["ddp", "fsdp"] and a.segments[0].status == "failed"
     assert [s.technique for s in b.segments] == ["fsdp"]
+
+
+def test_every_door_checks_the_jobs_local_files_first(tmp_path, monkeypatch):
+    """run, profile and Orchestrator.submit take the same `local_paths` stage: a missing data
+    file is named before any trial, launch or queueing."""
+    import saturn
+    from saturn.errors import SaturnError
+
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+    missing = tmp_path / "nowhere.txt"
+    job = {"name": "t", "model": "gpt2-tiny", "data": {"name": "text-file", "path": str(missing)},
+           "batch_size": 2, "seq_len": 8, "steps": 5}
+    w = tmp_path / "w.yaml"
+    w.write_text(yaml.safe_dump({"name": "p", "cluster": {"devices": "cpu", "slots": 1}, "jobs": [job]}))
+    for door in (lambda: saturn.run(str(w), run_dir=tmp_path / "r"), lambda: saturn.profile(str(w))):
+        with pytest.raises(SaturnError, match="nowhere.txt"):
+            door()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "store").exists()
+    with saturn.Orchestrator(saturn.Cluster(devices="cpu", slots=1), run_dir=tmp_path / "o") as orch:
+        with pytest.raises(SaturnError, match="nowhere.txt"):
+            orch.submit(saturn.Job.model_validate(job))
+
+
+def test_saturn_profile_calls_the_api_profile_stage(tmp_path, monkeypatch):
+    import saturn.api.stages as stages
+    from saturn.cli.main import run as cli
+
+    seen = []
+    monkeypatch.setattr(stages, "profile", lambda w, **kw: seen.append((str(w), kw)) or pd.DataFrame())
+    w = _workload(tmp_path)
+    old, sys.argv = sys.argv, ["saturn", "profile", str(w), "--budget-min", "1"]
+    try:
+        cli()
+    except SystemExit as e:
+        assert not e.code
+    finally:
+        sys.argv = old
+    assert seen and seen[0][0] == str(w) and seen[0][1]["budget_min"] == 1.0

@@ -225,6 +225,26 @@ def test_prefetcher_serves_each_steps_batch():
         pf.close()
 
 
+def test_prefetcher_never_blocks_a_step_on_a_later_steps_batch():
+    """get(s) returns s's batch as soon as it is ready: a slow build of s+1 runs behind step s,
+    it does not delay it (before issue 25 get(s) waited for s+1's batch too)."""
+    import time
+
+    def build(s):
+        if s == 1:
+            time.sleep(0.4)
+        return torch.full((2,), float(s)), torch.tensor([s])
+
+    pf = step_io.BatchPrefetcher(build, torch.device("cpu"), end=4)
+    try:
+        t0 = time.perf_counter()
+        x0, _ = pf.get(0)
+        assert time.perf_counter() - t0 < 0.3 and x0.tolist() == [0.0, 0.0]
+        assert [float(pf.get(s)[0][0]) for s in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    finally:
+        pf.close()
+
+
 def test_next_interval_keeps_boundaries_frequent_for_slow_steps():
     assert step_io.next_interval([0.01] * 5, 10, 2.0) == 10
     assert step_io.next_interval([0.5] * 5, 10, 2.0) == 4

@@ -26,7 +26,7 @@ from saturn.planner.provenance import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = "sample: extrapolated from ../shared/SPASE.md measurements, not measured"
+SAMPLE = "sample: extrapolated from the SPASE paper's published 4xH200 step times, not measured"
 
 
 @pytest.mark.parametrize("row,label", [
@@ -37,6 +37,8 @@ SAMPLE = "sample: extrapolated from ../shared/SPASE.md measurements, not measure
     ({"source": "simulated: roofline model"}, SIMULATED),
     ({"source": "sample"}, GUESSED),
     ({"source": "guess by hand"}, GUESSED),
+    ({"source": "estimated: prior cost model, uncalibrated"}, "estimated"),
+    ({"source": "estimate: batch-scaled from batch size 8"}, "estimated"),
     ({"source": None}, UNLABELLED),
     ({}, UNLABELLED),
 ])

@@ -25,9 +25,21 @@ executor_thread (the background loop). Executors are built by `saturn.executor.b
 front door, so `saturn.run()`, `Orchestrator` and `saturn run` pick the same backend.
 """
 
+from typing import Any
+
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
-from saturn.api.orchestrator import Orchestrator
 from saturn.api.stages import plan, profile, profiles_table, run, synthetic_profiles
+
+
+def __getattr__(name: str) -> Any:
+    """`Orchestrator` (and with it the executor and torch) is imported on first use, so that
+    `saturn plan` and `saturn validate` start without torch."""
+    if name == "Orchestrator":
+        from saturn.api.orchestrator import Orchestrator
+
+        return Orchestrator
+    raise AttributeError(f"module 'saturn.api' has no attribute {name!r}")
+
 
 __all__ = ["JobFuture", "JobReport", "Orchestrator", "OrchestratorError", "plan", "profile", "profiles_table", "run",
            "synthetic_profiles"]

@@ -80,6 +80,7 @@ class JobIntake:
                 except SaturnError as exc:
                     raise OrchestratorError(str(exc)) from None
             self._profile_source.pop(job.name, None)  # (a re-used name: this job's own label)
+            self._check_paths(job)
             why = self._unfit(job)
             if why:
                 unfit[job.name] = why
@@ -143,6 +144,16 @@ class JobIntake:
             except Exception:  # noqa: BLE001 - the queued cancel still stops it
                 pass
 
+
+    def _check_paths(self, job: Any) -> None:
+        """The `local_paths` stage of every front door (saturn.api.run_stages.check_paths): a job
+        that runs here needs its local files here (SpecError naming them, before it is queued)."""
+        if self.simulated or getattr(self.cluster, "ray", None) is not None:
+            return
+        from saturn.api.run_stages import check_paths
+        from saturn.spec import Workload
+
+        check_paths(Workload(name=f"submit-{job.name}", cluster=self.cluster, jobs=[job]))
 
     # ---------------------------------------------------------------------------------- profiles
     def _unfit(self, job: Any) -> str:

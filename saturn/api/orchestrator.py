@@ -20,7 +20,7 @@ import pandas as pd
 from saturn.api.executor_thread import ExecutorThread, _paced_simulated_backend, _Tap
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
 from saturn.api.intake import JobIntake
-from saturn.executor import build
+from saturn.executor import build, defaults
 from saturn.executor.run_lock import check_not_locked
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -53,10 +53,11 @@ class Orchestrator(JobIntake, ExecutorThread):
     """
 
     def __init__(self, cluster: Any = None, *, run_dir: Optional[PathLike] = None,
-                 backend: Union[str, Any] = "auto", interval_s: float = 60.0, profiles: Any = None,
+                 backend: Union[str, Any] = "auto", interval_s: float = defaults.INTERVAL_S, profiles: Any = None,
                  profile_missing: bool = True, store_dir: Optional[PathLike] = None,
-                 checkpoint_every: int = 0, time_limit_s: float = 5.0, poll_s: float = 0.2,
-                 max_retries: int = 2, sim_speed: float = 10.0,
+                 checkpoint_every: int = defaults.ONLINE_CHECKPOINT_EVERY,
+                 time_limit_s: float = defaults.ONLINE_TIME_LIMIT_S, poll_s: float = 0.2,
+                 max_retries: int = defaults.MAX_RETRIES, sim_speed: float = 10.0,
                  sim_loss: Optional[Callable[[Any, int], float]] = None, config: Any = None,
                  device_type: str = "auto", batch_window_s: float = 0.0, objective: str = "mean_completion",
                  resume: bool = False, profile_in_background: bool = True, profile_limits: Optional[dict] = None,

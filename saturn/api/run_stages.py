@@ -75,11 +75,8 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     wl = load(workload)
     stages.append("load")
     timings["load_s"] = time.perf_counter() - t0
-    here = not simulate and wl.cluster.ray is None
-    if here:  # the jobs run here: their files must be here
-        from saturn.spec import check_local_paths
-
-        check_local_paths(wl)
+    if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
+        check_paths(wl)
         stages.append("local_paths")
     # the run directory and a plan file are checked before any work (measuring, planning)
     path = Path(run_dir) if run_dir is not None else default_run_dir(wl.name)
@@ -88,8 +85,10 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     stages.append("run_dir")
     if isinstance(plan, (str, os.PathLike)):
         from saturn.planner.plan import read_plan
+        from saturn.techniques.registry import technique_names
 
-        plan = read_plan(Path(plan), wl.jobs, wl.cluster)
+        known = set(technique_names()).union(*(j.techniques or () for j in wl.jobs))
+        plan = read_plan(Path(plan), wl.jobs, wl.cluster, techniques=known)
         stages.append("plan_file")
     t1 = time.perf_counter()
     table, from_store = _profiles(wl, profiles, simulate=simulate, store_dir=store_dir, notes=notes)
@@ -108,6 +107,14 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
         say(n)
     timings["prepare_s"] = time.perf_counter() - t0
     return PreparedRun(wl, table, path, plan, measurer, stages, timings, notes)
+
+
+def check_paths(workload: Any) -> None:
+    """The `local_paths` stage (run, profile, Orchestrator.submit): the files the jobs need
+    (weights, data) exist on this machine; a SpecError (exit 2) naming each missing one."""
+    from saturn.spec import check_local_paths
+
+    check_local_paths(workload)
 
 
 def _profiles(wl: Any, profiles: Any, *, simulate: bool, store_dir: Optional[PathLike],
@@ -161,9 +168,14 @@ def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, 
     if _described(raw):
         notes.append(f"WARNING: running on unmeasured numbers (the cluster is described, not this machine): {opts}")
         return None
+    from saturn.paths import check_writable_dir
     from saturn.profiler.hardware import hardware_for_cluster
     from saturn.profiles.inrun import RunMeasurer
+    from saturn.profiles.store import check_writable_store
 
+    where = check_writable_store(store_dir)  # measurements are written there: checked before any work
+    check_writable_dir(where, "profile store", "the run writes its measurements there: set $SATURN_PROFILES "
+                       "to a writable directory")
     hw = hardware_for_cluster(wl.cluster)
     jobs = sorted({str(r["job"]) for r in unmeasured.to_dict("records")})
     notes.append(f"measuring as it runs: {len(jobs)} job(s) start on options nobody measured; the first "

@@ -52,11 +52,16 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
     """Measure the workload's options into the profile store (= `saturn profile W.yaml`).
 
     `workload`: a Workload, a YAML path or YAML text. kwargs go to `saturn.profiler.profile`
-    (store_dir, budget_min, force, progress=False, ...). Returns one row per (job, option)."""
+    (store_dir, budget_min, force, exhaustive, progress=False, ...). Returns one row per (job,
+    option). The trials run here, so the jobs' local files are checked first (the same
+    `local_paths` stage as `run`)."""
+    from saturn.api.run_stages import check_paths
     from saturn.profiler import profile as _profile
 
     kwargs.setdefault("progress", False)
-    return _profile(load(workload), **kwargs)
+    wl = load(workload)
+    check_paths(wl)  # before any trial starts
+    return _profile(wl, **kwargs)
 
 
 def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool = False,

@@ -18,6 +18,9 @@ BASELINE_LABELS = {
 }
 
 
+TABLE_MAX_ROWS = 200  # a table of 10,000 rows takes rich a minute to lay out and nobody reads it
+
+
 def _fmt_s(s: float) -> str:
     h, rem = divmod(int(round(s)), 3600)
     m, sec = divmod(rem, 60)
@@ -28,7 +31,8 @@ def plan_command(
     workload: Path = typer.Argument(..., help="Workload spec (YAML) with jobs and cluster.", exists=True,
                                     dir_okay=False),
     profiles: Optional[Path] = typer.Option(None, "--profiles", help="Profile table (CSV or parquet) "
-                                            "instead of the profile store (profiles/ or $SATURN_PROFILES)."),
+                                            "instead of the profile store ($SATURN_PROFILES, else "
+                                            "~/.cache/saturn/profiles)."),
     time_limit: float = flags.number(30.0, "--time-limit", help="Solver time limit in seconds."),
     json_out: Optional[Path] = flags.output_file("--json", help="Write the plan as JSON to this file ('-' = stdout).",
                                                  stdout_ok=True),
@@ -57,19 +61,25 @@ def plan_command(
     for col in ("job", "technique", "knobs", "node", "GPUs", *(("CPU cores",) if cores else ()), "start", "end",
                 "numbers"):
         t.add_column(col, justify="right" if col in ("start", "end") else "left")
-    for a in sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job)):
+    rows = sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job))
+    for a in rows[:TABLE_MAX_ROWS]:
         knobs = ", ".join(f"{k}={v}" for k, v in a.knobs.items())
         guess = a.provenance in GUESSES
         t.add_row(a.job, a.technique, knobs, a.node, ",".join(map(str, a.gpus)),
                   *((f"{a.cpu_cores:g}",) if cores else ()), _fmt_s(a.start_s), _fmt_s(a.end_s),
                   f"[bold yellow]GUESS: {a.provenance}[/]" if guess else (a.provenance or "-"))
     console.print(t)
+    if len(rows) > TABLE_MAX_ROWS:
+        console.print(f"... and {len(rows) - TABLE_MAX_ROWS:,} more assignments (the first {TABLE_MAX_ROWS} by start "
+                      "time are shown; --json writes them all)")
     _warn_guesses(p, workload)
     ms, lb = p.makespan_s, p.lower_bound_s
     console.print(f"[bold]makespan[/] {_fmt_s(ms)} ({ms:,.0f} s)   lower bound {_fmt_s(lb)} ({lb:,.0f} s)   "
                   f"ratio {ms / lb:.3f}" if lb > 0 else f"makespan {ms:,.0f} s")
     s = p.solver
     console.print(f"solver: {s.status}, certified gap {s.gap:.1%}, {s.time_s:.1f} s (best plan from {s.source})")
+    if s.stop:
+        console.print(f"  {s.stop}", highlight=False)
     for name, v in sorted(p.baselines.items(), key=lambda kv: kv[1]):
         console.print(f"  vs {BASELINE_LABELS.get(name, name):34s} {_fmt_s(v):>9s}  "
                       f"Saturn {1 - ms / v:6.1%} shorter ({v / ms:.2f}x)")

@@ -24,7 +24,7 @@ def profile_command(
     show: bool = typer.Option(False, "--show", help="Print the stored profile rows (for this "
                                                      "workload's jobs when given) and run nothing."),
     store: Optional[Path] = typer.Option(None, "--store", help="Profile store directory "
-                                         "(default: $SATURN_PROFILES or ./profiles)."),
+                                         "(default: $SATURN_PROFILES, else ~/.cache/saturn/profiles)."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Measure every option, also those the "
                                     "prior shows cannot win (default: the likeliest winner of every job "
                                     "first, then only trials that can pay for themselves)."),
@@ -44,14 +44,10 @@ def profile_command(
         return
     if workload is None:
         raise SaturnError("give a workload YAML to profile (or --show to print the store)")
-    from saturn.api.stages import load
-    from saturn.profiler.session import profile
-    from saturn.spec import check_local_paths
+    from saturn.api import stages  # the API's profile stage: the same checks as saturn.profile()
 
-    wl = load(workload)
-    check_local_paths(wl)  # before any trial starts
-    rows = profile(wl, store_dir=store, budget_min=budget_min, force=force, progress=True,
-                   exhaustive=exhaustive)
+    rows = stages.profile(workload, store_dir=store, budget_min=budget_min, force=force, progress=True,
+                          exhaustive=exhaustive)
     report = rows.attrs.get("report", {})
     print_rows(rows, title=f"{workload}: profiles")
     print_report(report)

@@ -17,8 +17,9 @@ from saturn.data.tuner import PipelineTuner
 
 DATASETS = ("image-files", "token-files")
 
-__all__ = ["DATASETS", "ImageFiles", "Pipeline", "PipelineDataset", "PipelineTuner", "Stage", "TokenFiles",
-           "build", "make_image_files", "size"]
+__all__ = ["DATASETS", "DEFAULT_PREFETCH", "ImageFiles", "Pipeline", "PipelineDataset", "PipelineTuner", "Stage",
+           "TokenFiles",
+           "build", "default_cores", "host_gpus", "make_image_files", "size", "with_defaults"]
 
 
 def __getattr__(name: str) -> Any:  # torch-backed pieces load on first use: worker processes stay light
@@ -61,11 +62,47 @@ def _source(data: Any, seq_len: int, model_config: Any, seed: int) -> tuple[Any,
     raise ValueError(f"unknown pipeline dataset {data.name!r}; allowed: {list(DATASETS)}")
 
 
+DEFAULT_PREFETCH = 4  # batches in flight ahead of the step when the workload does not say
+
+
+def host_gpus() -> int:
+    """GPUs on this host (not only the ones this process sees: a job's workers see their own)."""
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_cores() -> int:
+    """One training process's share of the host's cores for its input pipeline when the workload
+    gives no `cores:`: the cores this process may run on, split evenly over the host's GPUs (one
+    training process each at most), less one for the training loop itself."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable // max(1, host_gpus()) - 1)
+
+
+def with_defaults(source: Any, pipe: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline settings of a workload's `data.kwargs`, with what it leaves out filled in so
+    the input runs ahead of the step from the first batch: the tuner on, this process's share of
+    the cores (`default_cores`) split over the stages from the start, a prefetch depth of 4."""
+    from saturn.data.tuner import initial_workers
+
+    out = dict(pipe)
+    out.setdefault("tune", True)
+    out.setdefault("prefetch", DEFAULT_PREFETCH)
+    out["cores"] = int(out.get("cores") or default_cores())
+    if not out.get("workers"):
+        out["workers"] = initial_workers(source, out["cores"])
+    return out
+
+
 def build(data: Any, seq_len: int, model_config: Any, seed: int = 0) -> Any:
     from saturn.data.dataset import PipelineDataset
 
     source, pipe = _source(data, seq_len, model_config, seed)
-    return PipelineDataset(source, **pipe)
+    return PipelineDataset(source, **with_defaults(source, pipe))
 
 
 def size(data: Any, seq_len: int) -> int:

@@ -14,6 +14,11 @@ Workload YAML (kwargs are all optional except where noted):
       kwargs: {generate: 2000,     # image-files: write a synthetic set of N JPEGs there first
                workers: {read: 1, decode: 4, augment: 4, collate: 1}, prefetch: 4, pin: true,
                tune: true, tuner: hill, cores: 8, heavy: 0}   # tuner: hill (default) | rl
+
+Left out, they default (`saturn.data.with_defaults`) to a pipeline that runs ahead from the first
+batch: tune on, cores = this process's share of the host (`default_cores`), split over the stages
+from the start, prefetch 4. (A PipelineDataset made directly keeps the constructor's plain
+defaults: tests and benchmarks set what they compare.)
 """
 
 from __future__ import annotations

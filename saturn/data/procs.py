@@ -64,14 +64,13 @@ def choose_backend(source: Any, cores: int, batch_size: int, seconds: float = 2.
     Which one wins depends on how much of the stage code holds the GIL versus what the process
     hop costs (pickling samples through the pipeline), so it is measured, not assumed."""
     from saturn.data.dataset import PipelineDataset
+    from saturn.data.tuner import initial_workers
 
-    names = [s.name for s in source.stages()]
-    heavy = [n for n in names if n in getattr(source, "offload_stages", ())] or names
-    per = max(1, (cores - (len(names) + 1 - len(heavy))) // len(heavy))
-    workers = {n: (per if n in heavy else 1) for n in names}
+    workers = initial_workers(source, cores)
     out: dict[str, Any] = {}
     for label, procs in (("threads", 0), ("processes", cores)):
-        ds = PipelineDataset(source, workers=workers, processes=procs, prefetch=4)
+        ds = PipelineDataset(source, workers=workers, processes=procs, prefetch=4,
+                             pin=False)  # CPU stages are compared; pinning would start CUDA here
         try:
             ds.batch_for_step(0, batch_size)
             t0, step = time.perf_counter(), 1

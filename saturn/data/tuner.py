@@ -211,6 +211,17 @@ class PipelineTuner:
                 f.write(json.dumps(rec) + "\n")
 
 
+def initial_workers(source: Any, cores: int) -> dict[str, int]:
+    """The starting split of `cores` over a source's stages, before any window is measured: one
+    worker for each light stage and for collate, the rest evenly over the heavy ones (the source's
+    `offload_stages`, else every stage). The tuner re-apportions by measured cost after its first
+    window; starting with the whole budget means a job never begins at one worker per stage."""
+    names = [st.name for st in source.stages()]
+    heavy = [n for n in names if n in getattr(source, "offload_stages", ())] or names
+    per = max(1, (int(cores) - (len(names) + 1 - len(heavy))) // len(heavy))
+    return {**{n: (per if n in heavy else 1) for n in names}, "collate": 1}
+
+
 def make_tuner(kind: str, pipe: Pipeline, **kwargs: Any) -> PipelineTuner:
     """The tuner policy named by the `tuner` knob (`hill` or `rl`), same constructor arguments."""
     if kind == "hill":

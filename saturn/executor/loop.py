@@ -332,8 +332,8 @@ class Executor:
             self.journal.append(ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             apply_event(self.state, ev.t, "progress", {"job": ev.job, "step": ev.step, "loss": ev.loss})
             if self.measurer is not None and ev.step_time_s is not None and js.current is not None:
-                self._measured(self.measurer.on_steps(ev.job, [(ev.step, ev.step_time_s)],
-                                                      launch_s=js.current.startup_s))
+                self._measured(lambda: self.measurer.on_steps(ev.job, [(ev.step, ev.step_time_s)],
+                                                              launch_s=js.current.startup_s))
             return
         if ev.kind == "checkpoint":
             if not 0 <= int(ev.step) <= js.info.total_steps:  # (runners skip such checkpoints too)
@@ -378,7 +378,7 @@ class Executor:
         if self.metrics is not None:
             self.metrics.settle(js.name, js.segments)  # steps past its checkpoint: superseded
         if self.measurer is not None:
-            self._measured(self.measurer.on_end(ev.job, str(ev.status), ev.reason or ""))
+            self._measured(lambda: self.measurer.on_end(ev.job, str(ev.status), ev.reason or ""))
         if ev.status == "oom" and seg is not None:
             self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus))
             self._replan_needed = True
@@ -395,9 +395,15 @@ class Executor:
             elif not self._plan_covers():
                 self._replan_needed = True
 
-    def _measured(self, m: Any) -> None:
+    def _measured(self, measure: Any) -> None:
         """A job's own steps measured its option (saturn.profiles.inrun): every job of its
-        signature uses the measurement from now on, and the plan is redone on the first one."""
+        signature uses the measurement from now on, and the plan is redone on the first one. A
+        store that cannot be written (disk full, lock timeout) costs the measurement, not the run."""
+        try:
+            m = measure()
+        except (OSError, SaturnError, TimeoutError) as exc:
+            log.warning("in-run measurement not recorded: %s", exc)
+            return
         if m is None:
             return
         self.emit("measured", job=m.jobs[0] if m.jobs else "", signature=m.signature, technique=m.technique,

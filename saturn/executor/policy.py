@@ -307,14 +307,15 @@ def planner_jobs_and_profiles(state: RunState, est: Estimator, now: float) -> tu
                 split = {"launch_s": startup - final, "checkpoint_s": final,
                          "checkpoint_source": ("estimated" if behind and o.checkpoint_stage_s is None
                                                else o.checkpoint_source),
-                         "checkpoint_stage_s": o.checkpoint_s if est.over_budget(o) else o.checkpoint_stage_s}
+                         "checkpoint_stage_s": o.checkpoint_s if est.over_budget(o) else o.checkpoint_stage_s,
+                         **({"drain_s": max(0.0, o.checkpoint_s - final)} if behind and o.checkpoint_s else {})}
             rows.append({"job": js.name, "technique": o.technique, "knobs": o.knobs, "gpus": o.gpus,
                          "step_time_s": st, "startup_s": startup, "feasible": True,
                          "gpu_type": o.gpu_type, **split})
     return jobs, pd.DataFrame(rows, columns=["job", "technique", "knobs", "gpus", "step_time_s",
                                              "startup_s", "feasible", "gpu_type", "launch_s",
                                              "checkpoint_s", "checkpoint_source",
-                                             "checkpoint_stage_s"])
+                                             "checkpoint_stage_s", "drain_s"])
 
 
 # ------------------------------------------------------------------------------------ retiming

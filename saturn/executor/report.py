@@ -69,7 +69,10 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             groups.setdefault(j["group"], []).append(j["job"])
     makespan = end_all
     return {"run_dir": str(run_dir), "jobs": jobs, "makespan_s": makespan,
-            "planned_makespan_s": first.get("makespan_s"), "plan_versions": len(plans),
+            "planned_makespan_s": first.get("makespan_s"),
+            # results durable: after the last planned drain (saves that drain behind)
+            "planned_durable_s": first.get("durable_s", first.get("makespan_s")),
+            "plan_versions": len(plans),
             "replans": state.replans, "switches": state.switches,
             # allocation: GPUs held by jobs (not how busy the devices were; see phases/goodput)
             "gpu_allocation": busy / (makespan * total_gpus) if makespan > 0 else None,
@@ -192,7 +195,8 @@ def phase_summary(state: RunState, plan: dict, makespan: float, total_gpus: int,
         sources = sorted({str(v.get("source")) for v in plan_ph.values()} - {"measured", "none"})
         measured = attempt_phases(js.segments) or {}
         rows.append({"job": js.name, "planned": plan_row, "actual": actual if known else None,
-                     "planned_sources": sources, "drain_s": measured.get("drain_s")})
+                     "planned_sources": sources, "drain_s": measured.get("drain_s"),
+                     "planned_drain_s": (plan_ph.get("drain") or {}).get("s")})
     goodput = train_gpu_s / (makespan * total_gpus) if makespan > 0 else None
     return {"phases": rows, "goodput": goodput, "train_gpu_s": train_gpu_s,
             "goodput_complete": measured_all}
@@ -208,7 +212,8 @@ def print_phases(console: Any, s: dict[str, Any]) -> None:
     for r in s.get("phases", []):
         p, a = r["planned"], r["actual"] or {}
         t.add_row(r["job"], *[f"{fmt_s(p.get(k))} / {fmt_s(a.get(k))}" for k in PHASES],
-                  fmt_s(r.get("drain_s")), ", ".join(r["planned_sources"]) or "measured")
+                  f"{fmt_s(r.get('planned_drain_s'))} / {fmt_s(r.get('drain_s'))}",
+                  ", ".join(r["planned_sources"]) or "measured")
     console.print(t)
     g = s.get("goodput")
     note = "" if s.get("goodput_complete") else " (some attempts lack progress reports: a lower bound)"
@@ -257,7 +262,7 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saturn.planner.gantt import draw_bars, draw_phases, job_colors, plan_phase_parts, save_figure, sequential_spans
+    from saturn.planner.gantt import draw_bars, draw_phases, job_colors, plan_spans, save_figure
 
     state, journal = load_run(run_dir)
     plans = journal.plans()
@@ -273,9 +278,7 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
               ("actual", [(js.name, s.node, s.gpus, s.launched_at, s.ended_at if s.ended_at is not None else last_t,
                            f"{s.technique}x{len(s.gpus)}" + (f" {s.status}" if s.status in ("failed", "oom") else ""))
                           for js in state.jobs.values() for s in js.segments])]
-    spans = [[(a["node"], a["gpus"], ph, s0, s1) for a in plans[0]["plan"]["assignments"] if a.get("phases")
-              for ph, s0, s1 in sequential_spans(t0 + a["start_s"], t0 + a["end_s"],
-                                                 plan_phase_parts(a["phases"]))] if plans else [],
+    spans = [[sp for a in plans[0]["plan"]["assignments"] for sp in plan_spans(a, t0)] if plans else [],
              [sp for js in state.jobs.values() for s in js.segments for sp in segment_spans(s, last_t)]]
     for ax, (title, bars), sp in zip(axes, panels, spans):
         draw_bars(ax, bars, rows, colors, min_label_frac=0.0)

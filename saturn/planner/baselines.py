@@ -7,6 +7,7 @@ count, before Pareto pruning) because they fix the GPU count themselves.
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Mapping, Optional, Sequence
 
 from saturn.planner.inputs import NodeSpec
@@ -41,19 +42,29 @@ def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSp
             groups.append([max([0.0] + [busy_until.get((n.name, g), 0.0) for g in ids]), n, ids])
     if not groups:
         return None
+    # Groups of one shape (node kind, size) are interchangeable: the one free first wins (ties:
+    # the earlier group), so a heap per shape replaces a scan over every group for every job.
+    shapes: dict[tuple, list] = {}
+    for gi, (free, n, ids) in enumerate(groups):
+        shapes.setdefault((n.gpus, n.gpu_type, getattr(n, "cpu_cores", None), len(ids)), []).append((free, gi))
+    heaps = list(shapes.values())
+    for h in heaps:
+        heapq.heapify(h)
     out = []
     for jo in options.values():
         best = None
-        for gi, (free, n, ids) in enumerate(groups):
+        for h in heaps:
+            free, gi = h[0]
+            _, n, ids = groups[gi]
             o = _best_at_most(jo, n, len(ids))
-            if o is not None and (best is None or free + o.runtime_s < best[0]):
-                best = (free + o.runtime_s, gi, o)
+            if o is not None and (best is None or (free + o.runtime_s, gi) < best[:2]):
+                best = (free + o.runtime_s, gi, o, h)
         if best is None:
             return None
-        end, gi, o = best
-        free, n, ids = groups[gi]
-        out.append(make_assignment(o, n.name, free, ids[: o.gpus]))
-        groups[gi][0] = end
+        end, gi, o, h = best
+        _, n, ids = groups[gi]
+        out.append(make_assignment(o, n.name, h[0][0], ids[: o.gpus]))
+        heapq.heapreplace(h, (end, gi))
     return out
 
 

@@ -69,6 +69,27 @@ def plan_phase_parts(phases: dict) -> list[tuple[str, float]]:
             ("save", sec("final_save"))]
 
 
+def plan_drain_s(phases: dict) -> float:
+    """Seconds a plan assignment's final checkpoint drains after its bar ends (0: none planned)."""
+    v = phases.get("drain") or {}
+    return float(v.get("s", 0.0)) if isinstance(v, dict) else float(v or 0.0)
+
+
+def plan_spans(a: Any, t0: float = 0.0) -> list[Span]:
+    """A plan assignment's (object or dict) phase spans on the clock `t0 + start_s`."""
+    get = (lambda k: a[k]) if isinstance(a, dict) else (lambda k: getattr(a, k))
+    phases = get("phases") or {}
+    if not phases:
+        return []
+    start, end = t0 + float(get("start_s")), t0 + float(get("end_s"))
+    out = [(get("node"), get("gpus"), ph, s0, s1)
+           for ph, s0, s1 in sequential_spans(start, end, plan_phase_parts(phases))]
+    drain = plan_drain_s(phases)
+    if drain > 0:
+        out.append((get("node"), get("gpus"), "draining", end, end + drain))
+    return out
+
+
 def draw_phases(ax: Any, spans: Sequence[Span], rows: Sequence[tuple[str, int]]) -> None:
     """Overlay phases on the bars drawn by `draw_bars`, and a legend of those present."""
     from matplotlib.patches import Patch
@@ -117,9 +138,7 @@ def save_gantt(plan: Union[Plan, dict], cluster: Any, path: Union[str, Path], ti
     bars = [(a.job, a.node, a.gpus, a.start_s, a.start_s + a.duration_s,
              f"{a.technique}×{len(a.gpus)}") for a in p.assignments]
     draw_bars(ax, bars, rows, job_colors(a.job for a in p.assignments))
-    draw_phases(ax, [(a.node, a.gpus, ph, s0, s1) for a in p.assignments if a.phases
-                     for ph, s0, s1 in sequential_spans(a.start_s, a.start_s + a.duration_s,
-                                                        plan_phase_parts(a.phases))], rows)
+    draw_phases(ax, [sp for a in p.assignments for sp in plan_spans(a)], rows)
     ax.set_xlabel("time (s)")
     ax.axvline(p.makespan_s, color="red", linestyle="--", linewidth=1)
     if p.lower_bound_s:

@@ -18,10 +18,12 @@ import random
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
+import numpy as np
+
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import JobOptions, Option
 from saturn.planner.plan import Assignment
-from saturn.planner.schedule import Choice, Scheduler, list_schedule
+from saturn.planner.schedule import BACKFILL_MAX_JOBS, Choice, Scheduler, list_schedule
 
 Candidate = tuple[str, list[Assignment]]
 
@@ -39,21 +41,51 @@ def allot(options: Mapping[str, JobOptions], target: float) -> dict[str, Option]
     return out
 
 
-def allotment_targets(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], k: int = 3) -> list[float]:
-    """Targets C around the one that balances max runtime against area / GPUs."""
+def allotment_targets(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpec], k: int = 3,
+                      max_evals: int = 2_000_000) -> list[float]:
+    """Targets C around the one that balances max runtime against area / GPUs.
+
+    Every distinct option runtime is a candidate; when candidates x jobs exceeds `max_evals`
+    (thousands of jobs), an evenly spaced subset of them is scored (numpy, all jobs at once)."""
     total = sum(n.gpus for n in nodes)
     cands = sorted({o.runtime_s for jo in options.values() for o in jo.options})
-    scored = []
-    for c in cands:
-        chosen = allot(options, c)
-        area = sum(o.area for o in chosen.values())
-        scored.append((max(max(o.runtime_s for o in chosen.values()), area / total), c))
-    scored.sort()
+    if len(cands) * len(options) > max_evals:
+        cands = [cands[i] for i in np.unique(np.linspace(0, len(cands) - 1, max(8, max_evals // len(options)))
+                                             .round().astype(int))]
+    scored = sorted(zip(_allotment_scores(options, cands, total), cands))
     best = scored[0][0]
     picks = [c for _, c in scored[:k]]
     # Slightly longer targets free GPU-area, which list scheduling can use to fill gaps.
     picks += [best * f for f in (0.6, 0.8, 1.25)]
     return sorted(set(picks))
+
+
+def _allotment_scores(options: Mapping[str, JobOptions], cands: Sequence[float], total: int) -> list[float]:
+    """max(longest chosen runtime, chosen area / GPUs) of `allot(options, c)` for each c."""
+    K = max(len(jo.options) for jo in options.values())
+    R = np.full((len(options), K), np.inf)
+    A = np.full((len(options), K), np.inf)
+    for i, jo in enumerate(options.values()):
+        for k, o in enumerate(jo.options):
+            R[i, k], A[i, k] = o.runtime_s, o.area
+    rows = np.arange(len(options))
+    fast = _argmin2(R, A)  # JobOptions.fastest: shortest runtime, ties to fewer GPUs (less area)
+    out = []
+    for c in cands:
+        within = R <= c
+        # least area within c, ties to the shorter runtime; the fastest option if none is within
+        key_a = np.where(within, A, np.inf)
+        pick = _argmin2(key_a, R)
+        pick = np.where(within.any(axis=1), pick, fast)
+        r, a = R[rows, pick], A[rows, pick]
+        out.append(max(float(r.max()), float(a.sum()) / total))
+    return out
+
+
+def _argmin2(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Row-wise argmin of `primary`, ties broken by `secondary` (then by column)."""
+    m = primary.min(axis=1, keepdims=True)
+    return np.where(primary == m, secondary, np.inf).argmin(axis=1)
 
 
 ORDERS: dict[str, Callable[[Option], tuple]] = {
@@ -74,7 +106,7 @@ def schedule_eft(
     fixed: Sequence[Assignment] = (),
 ) -> list[Assignment]:
     """Each job in `order` takes the option+node finishing first among near-min-area options."""
-    s = Scheduler(nodes, fixed)
+    s = Scheduler(nodes, fixed, backfill=len(order) <= BACKFILL_MAX_JOBS)
     for name in order:
         jo = options[name]
         cap = jo.min_area().area * area_factor * (1 + 1e-9)

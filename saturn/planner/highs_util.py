@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
+from typing import Any, Callable, Optional
 
 
 @contextmanager
@@ -37,7 +38,8 @@ def new_highs():
     return h
 
 
-def highs_for(model, time_limit_s: float, mip_gap: float, threads: int):
+def highs_for(model, time_limit_s: float, mip_gap: float, threads: int,
+              stop: Optional[Callable[[Any], bool]] = None):
     """A HiGHS instance for `model` that stops by `time_limit_s` from now, wall clock.
 
     Two things keep it on time (measured on 30-slot models of 64 jobs / 16 GPUs, where the
@@ -46,6 +48,7 @@ def highs_for(model, time_limit_s: float, mip_gap: float, threads: int):
     interrupt callback -- light presolve also solves these models 2-10x faster to optimality --
     and a MIP-interrupt callback that stops the search at the wall-clock deadline (HiGHS' own
     limit counts from inside run(), and the callback also catches overruns in its heuristics).
+    `stop(data_out)` (optional) ends the search early too, e.g. once a dual bound is good enough.
     """
     h = new_highs()
     # Stop a little early: an interrupt is only seen between B&B steps, and the caller still
@@ -61,21 +64,26 @@ def highs_for(model, time_limit_s: float, mip_gap: float, threads: int):
     except Exception:  # noqa: BLE001
         pass
     h.passModel(model.lp)
-    interrupt_at_deadline(h, deadline)
+    interrupt_at_deadline(h, deadline, stop)
     return h
 
 
-def interrupt_at_deadline(h, deadline: float) -> None:
-    """Ask HiGHS to stop (keeping its incumbent) once time.perf_counter() passes `deadline`."""
+def interrupt_at_deadline(h, deadline: float, stop: Optional[Callable[[Any], bool]] = None) -> None:
+    """Ask HiGHS to stop (keeping its incumbent) once time.perf_counter() passes `deadline`, or
+    (MIP search only) once `stop(data_out)` says so."""
 
-    def stop(e):
+    def late(e):
         if time.perf_counter() >= deadline:
+            e.interrupt()
+
+    def late_or_done(e):
+        if time.perf_counter() >= deadline or (stop is not None and stop(e.data_out)):
             e.interrupt()
 
     for name in ("cbMipInterrupt", "cbSimplexInterrupt", "cbIpmInterrupt"):
         cb = getattr(h, name, None)
         if cb is not None:
             try:
-                cb.subscribe(stop)
+                cb.subscribe(late_or_done if name == "cbMipInterrupt" else late)
             except Exception:  # noqa: BLE001 - older highspy: rely on the time_limit option
                 return

@@ -9,11 +9,15 @@ the solver core never imports `saturn.spec` (duck typing keeps the packages inde
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from saturn.errors import SaturnError
-from saturn.parse import canonical_knobs  # noqa: F401 - re-exported
+from saturn.parse import (
+    canonical_knobs,  # noqa: F401 - re-exported
+    table_records,  # noqa: F401 - re-exported
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,7 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
                     checkpoint_every=int(getattr(job, "checkpoint_every", 0) or 0),
                 )
             )
-    names = [j.name for j in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(j.name for j in out).items() if k > 1)
     if dupes:
         raise SaturnError(f"job names must be unique; duplicated: {', '.join(dupes)}")
     for j in out:
@@ -163,7 +166,11 @@ def job_phases(row: Mapping[str, Any], steps: float, checkpoint_every: int = 0
         launch       process start, model build, first-step warm-up overheads, teardown
         steps        steps x steady step time
         checkpoints  periodic background saves x their blocking (staging) cost
-        final_save   the last checkpoint, written synchronously: the run waits for it
+        final_save   the last checkpoint, written synchronously: the run waits for it (or, for
+                     a row with `drain_s`, its blocking part: it drains behind)
+        drain        (rows with `drain_s`) writing the final checkpoint after the job has left
+                     its GPU: not part of the job's runtime (`OFF_GPU_PHASES`), but the run's
+                     results are durable only after it (`Plan.durable_s`)
 
     Sources say where each number came from: "measured" (the profiler timed it), "estimated"
     (a model, e.g. bytes / bandwidth), "startup_s" (a table without the launch/checkpoint split:
@@ -192,9 +199,20 @@ def job_phases(row: Mapping[str, Any], steps: float, checkpoint_every: int = 0
     else:
         per, src = 0.0, "none"
     out["checkpoints"] = (n * per, src if n else "none")
+    drain = _val(row, "drain_s")
+    if drain is not None:
+        out["drain"] = (drain, ckpt_src)
     return out
 
 
+OFF_GPU_PHASES = frozenset({"drain"})  # phases that do not hold the job's GPUs
+
+
+def on_gpu_s(phases: Mapping[str, tuple[float, str]]) -> float:
+    """Seconds a job holds its GPUs: the sum of its phases but the off-GPU ones."""
+    return sum(s for k, (s, _) in phases.items() if k not in OFF_GPU_PHASES)
+
+
 def job_runtime_s(row: Mapping[str, Any], steps: float, checkpoint_every: int = 0) -> float:
-    """Planned wall time of a job with this profile row: the sum of `job_phases`."""
-    return sum(s for s, _ in job_phases(row, steps, checkpoint_every).values())
+    """Planned wall time of a job with this profile row on its GPUs (see `on_gpu_s`)."""
+    return on_gpu_s(job_phases(row, steps, checkpoint_every))

@@ -46,6 +46,8 @@ from saturn.planner.options import JobOptions, Option
 from saturn.planner.plan import Assignment
 from saturn.planner.slot_replay import compact, match_option, reserved_slots, slot_seed
 
+MAX_NONZEROS_PER_S = 500_000  # largest model worth building per second of time limit
+
 _highs_for = highs_for  # old private names, kept for callers outside the planner
 _match = match_option
 
@@ -220,6 +222,9 @@ def solve_time_indexed(
     last = {k: T - d for k, d in dur.items()}
     lb_slots = math.ceil(lower_bound_s / delta - 1e-6) if lower_bound_s > 0 else 0
     w = [float(weights.get(j, 1.0)) for j in jobs] if weights is not None else None
+    # Building costs about a second per 2M nonzeros (2 cores) and HiGHS needs time to use the
+    # model: a model that cannot be built and searched in the time left is not built at all.
+    max_nonzeros = min(max_nonzeros, int(MAX_NONZEROS_PER_S * max(0.0, time_limit_s - (time.perf_counter() - t0))))
     model = _build(jobs, opts, [(n.gpus, n) for n in nodes], T, dur, dur, last, lb_slots if w is None else 0,
                    max_nonzeros, reserved_slots(fixed_slots, len(nodes), T) if fixed else None, w)
     if model is None:

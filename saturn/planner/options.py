@@ -15,20 +15,28 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import pandas as pd
 
 from saturn.errors import InfeasibleError, MissingProfilesError, SaturnError
 from saturn.parse import num as _num
-from saturn.planner.inputs import JobSpec, NodeSpec, canonical_knobs, gpu_type_matches, job_phases
+from saturn.planner.inputs import (
+    JobSpec,
+    NodeSpec,
+    canonical_knobs,
+    gpu_type_matches,
+    job_phases,
+    on_gpu_s,
+    table_records,
+)
 
 REQUIRED_COLUMNS = ("job", "technique", "gpus", "step_time_s", "feasible")
 
 
 @dataclass(frozen=True)
 class Option:
-    """One way to run one job on `gpus` GPUs. `runtime_s` is the sum of its `phases`
+    """One way to run one job on `gpus` GPUs. `runtime_s` is the sum of its on-GPU `phases`
     ((name, seconds, source) for launch, steps, periodic checkpoints and the final save; see
     `saturn.planner.inputs.job_phases`); `startup_s` is the profile's fixed cost as given."""
 
@@ -91,11 +99,10 @@ def check_profile_columns(profiles: pd.DataFrame) -> None:
         )
 
 
-def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
-    """All feasible, allowed rows of one job as Options (no pruning)."""
+def rows_to_options(job: JobSpec, rows: Union[pd.DataFrame, list[dict]]) -> list[Option]:
+    """All feasible, allowed rows of one job (a DataFrame or its records) as Options (no pruning)."""
     out = []
-    for r in rows.itertuples(index=False):
-        r = r._asdict()
+    for r in (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows):
         if not _is_true(r["feasible"]) or str(r.get("status") or "ok").lower() not in ("ok", "nan"):
             continue
         tech, gpus = str(r["technique"]), int(r["gpus"])
@@ -108,7 +115,7 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
             continue
         startup = _num(r.get("startup_s"), 0.0)
         phases = job_phases(r, job.steps, job.checkpoint_every)
-        runtime = sum(s for s, _ in phases.values())
+        runtime = on_gpu_s(phases)
         if runtime <= 0:
             continue
         mem = _num(r.get("peak_mem_gb"), math.nan)
@@ -116,7 +123,7 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
             Option(
                 job=job.name,
                 technique=tech,
-                knobs=canonical_knobs(r.get("knobs")),
+                knobs=_knobs_text(r.get("knobs")),
                 gpus=gpus,
                 runtime_s=runtime,
                 step_time_s=step,
@@ -128,6 +135,20 @@ def rows_to_options(job: JobSpec, rows: pd.DataFrame) -> list[Option]:
             )
         )
     return out
+
+
+_KNOBS: dict[str, str] = {}
+
+
+def _knobs_text(raw) -> str:
+    """canonical_knobs, memoized for the JSON text a table repeats on every row of a technique."""
+    if not isinstance(raw, str):
+        return canonical_knobs(raw)
+    if raw not in _KNOBS:
+        if len(_KNOBS) > 10_000:
+            _KNOBS.clear()
+        _KNOBS[raw] = canonical_knobs(raw)
+    return _KNOBS[raw]
 
 
 def pareto(options: list[Option]) -> list[Option]:
@@ -158,7 +179,7 @@ def fastest_per_size(options: list[Option]) -> list[Option]:
 def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataFrame) -> dict[str, JobOptions]:
     """Options per job; raises a user-facing error naming every job that cannot be planned."""
     check_profile_columns(profiles)
-    groups = {str(k): g for k, g in profiles.groupby(profiles["job"].astype(str), sort=False)}
+    groups = rows_by_job(profiles)
     missing = [j.name for j in jobs if j.name not in groups]
     if missing:
         raise MissingProfilesError(
@@ -168,9 +189,10 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
     out: dict[str, JobOptions] = {}
     problems = []
     max_gpus = max(n.gpus for n in nodes)
+    shapes = list({(n.gpus, n.gpu_type, getattr(n, "cpu_cores", None)): n for n in nodes}.values())
     for job in jobs:
         feasible = rows_to_options(job, groups[job.name])
-        fitting = [o for o in feasible if any(o.fits(n) for n in nodes)]
+        fitting = [o for o in feasible if any(o.fits(n) for n in shapes)]
         if not feasible and job.gpus is not None and min(job.gpus) > max_gpus:  # the real cause (#15)
             problems.append(f"job {job.name!r} allows only GPU counts {sorted(job.gpus)} but the cluster's largest "
                             f"node has {max_gpus} GPUs; allow a count <= {max_gpus} or add a bigger node")
@@ -189,6 +211,15 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
         out[job.name] = JobOptions(job=job, by_size=fastest_per_size(fitting), options=pareto(fitting))
     if problems:
         raise InfeasibleError("cannot plan: " + "; ".join(problems))
+    return out
+
+
+def rows_by_job(profiles: pd.DataFrame) -> dict[str, list[dict]]:
+    """job name -> its rows as dicts: one pass over the table (a pandas group per job costs
+    about 1 ms each, 10 s for 10,000 jobs)."""
+    out: dict[str, list[dict]] = {}
+    for r in table_records(profiles):
+        out.setdefault(str(r["job"]), []).append(r)
     return out
 
 
@@ -216,12 +247,12 @@ def _cause(r: dict) -> str:
     return what + (f": {reason[:200]}" if reason else "")
 
 
-def why_infeasible(job: JobSpec, rows: pd.DataFrame, limit: int = 6) -> str:
+def why_infeasible(job: JobSpec, rows: Union[pd.DataFrame, list[dict]], limit: int = 6) -> str:
     """The causes of a job's options that cannot run, one per technique x GPU count (#24: never
     'failed' for what was skipped or only estimated)."""
     parts = []
-    for r in rows.to_dict("records"):
-        tech, g = str(r.get("technique")), r.get("gpus")
+    for r in (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows):
+        tech, g = str(r.get("technique")), r["gpus"]
         if job.techniques is not None and tech not in job.techniques:
             continue
         if job.gpus is not None and int(g) not in job.gpus:

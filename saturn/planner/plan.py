@@ -16,7 +16,14 @@ from typing import Any, Optional, Union
 
 import pandas as pd
 
-from saturn.planner.inputs import canonical_knobs, gpu_type_matches, job_runtime_s, normalize_cluster, normalize_jobs
+from saturn.planner.inputs import (
+    canonical_knobs,
+    gpu_type_matches,
+    job_runtime_s,
+    normalize_cluster,
+    normalize_jobs,
+    table_records,
+)
 
 
 class InvalidPlanError(AssertionError):
@@ -98,6 +105,7 @@ class SolverInfo:
     source: str = ""  # which candidate won: "milp", "greedy:...", "warm_start", "baseline:..."
     milp_status: Optional[str] = None
     milp_gap: Optional[float] = None
+    stop: Optional[str] = None  # why the search ended early, in words (planner/search.py)
 
 
 @dataclass
@@ -118,6 +126,13 @@ class Plan:
         return max((a.end_s for a in self.assignments), default=0.0)
 
     @property
+    def durable_s(self) -> float:
+        """When every result is durable: the makespan, or later where a job's final checkpoint
+        drains after it left its GPU (its planned `drain` phase)."""
+        return max((a.end_s + float((a.phases.get("drain") or {}).get("s", 0.0)) for a in self.assignments),
+                   default=0.0)
+
+    @property
     def mean_completion_s(self) -> float:
         """Unweighted mean end time of the jobs (every objective reports it)."""
         return sum(a.end_s for a in self.assignments) / len(self.assignments) if self.assignments else 0.0
@@ -128,6 +143,7 @@ class Plan:
     def to_dict(self) -> dict:
         return {
             "makespan_s": self.makespan_s,
+            **({"durable_s": self.durable_s} if self.durable_s > self.makespan_s else {}),
             "lower_bound_s": float(self.lower_bound_s),
             "solver": asdict(self.solver),
             "baselines": {k: float(v) for k, v in self.baselines.items()},
@@ -172,11 +188,12 @@ class Plan:
         return cls.from_dict(json.loads(p.read_text() if p else str(text_or_path)))
 
 
-def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None) -> Plan:
+def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None, techniques: Any = None) -> Plan:
     """The plan in `path` (from `saturn plan --json`), refused (SaturnError, exit 2) when it does not
     parse or does not fit this workload: every job planned exactly once, no job of another workload,
-    nodes and GPU ids of this cluster. Checked before any work, so `saturn run --plan` never starts
-    from another workload's plan."""
+    nodes and GPU ids of this cluster, techniques among `techniques` (the registry's names, passed
+    by the caller: the planner does not import techniques). Checked before any work, so `saturn run
+    --plan` never starts from another workload's plan."""
     from saturn.errors import SaturnError
 
     where = f"--plan {path}"
@@ -216,6 +233,12 @@ def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None) -> Plan:
             if any(not 0 <= g < nodes[a.node] for g in a.gpus) or not a.gpus:
                 problems.append(f"job {a.job} is planned on GPUs {a.gpus} of node {a.node}, which has {nodes[a.node]}")
                 break
+    if techniques is not None:
+        unknown = sorted({a.technique for a in plan.assignments
+                          if a.technique not in techniques and ":" not in a.technique})
+        if unknown:
+            problems.append(f"it uses unregistered technique(s) {', '.join(unknown)} (registered: "
+                            f"{', '.join(sorted(techniques))})")
     if problems:
         raise SaturnError(f"{where} does not match this workload: {'; '.join(problems)}. Make the plan for this "
                           "workload with `saturn plan W.yaml --json FILE`, or leave --plan out")
@@ -239,16 +262,20 @@ def as_plan(plan: Union[Plan, dict]) -> Plan:
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
 
 
-def _profiled_runtimes(rows: pd.DataFrame, steps: float,
-                       checkpoint_every: int = 0) -> dict[tuple, list[tuple[float, Any]]]:
-    """(technique, knobs, gpus) -> [(runtime, gpu_type)] over the feasible rows of one job."""
+def _profiled_runtimes(rows: Union[pd.DataFrame, list[dict]], steps: float,
+                       checkpoint_every: int = 0, only: Optional[tuple[str, int]] = None,
+                       ) -> dict[tuple, list[tuple[float, Any]]]:
+    """(technique, knobs, gpus) -> [(runtime, gpu_type)] over the feasible rows of one job
+    (only those of technique and GPU count `only`, when given)."""
     out: dict[tuple, list] = {}
-    for r in rows.to_dict("records"):
+    for r in (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows):
         feas = r["feasible"]
         if isinstance(feas, str):
             feas = feas.strip().lower() in ("true", "1", "yes", "y", "t")
         status = r.get("status")
         if not bool(feas) or pd.isna(r["feasible"]) or (isinstance(status, str) and status.lower() != "ok"):
+            continue
+        if only is not None and (str(r["technique"]), int(r["gpus"])) != only:
             continue
         key = (str(r["technique"]), canonical_knobs(r.get("knobs")), int(r["gpus"]))
         out.setdefault(key, []).append((job_runtime_s(r, steps, checkpoint_every), r.get("gpu_type")))
@@ -276,7 +303,9 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
     problems: list[str] = []
     span = max([abs(a.end_s) for a in plan.assignments] + [1.0])
     tol = rel_tol * span
-    groups = {str(k): g for k, g in profiles.groupby(profiles["job"].astype(str), sort=False)}
+    groups: dict[str, list[dict]] = {}
+    for r in table_records(profiles):  # one pass: a pandas group per job is ~1 ms each
+        groups.setdefault(str(r["job"]), []).append(r)
     seen: dict[str, int] = {}
     busy: dict[tuple[str, int], list[tuple[float, float, str]]] = {}
     for a in plan.assignments:
@@ -313,7 +342,8 @@ def validate_plan(plan: Union[Plan, dict], jobs: Any, cluster: Any, profiles: pd
         if job.gpus is not None and len(a.gpus) not in job.gpus:
             problems.append(f"{a.job}: {len(a.gpus)} GPUs not allowed")
         rows = groups.get(a.job)
-        profiled = [] if rows is None else _profiled_runtimes(rows, job.steps, job.checkpoint_every).get(
+        profiled = [] if rows is None else _profiled_runtimes(rows, job.steps, job.checkpoint_every,
+                                                              (a.technique, len(a.gpus))).get(
             (a.technique, canonical_knobs(a.knobs), len(a.gpus)), []
         )
         runtimes = [rt for rt, gt in profiled if gpu_type_matches(gt, node)]

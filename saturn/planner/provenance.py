@@ -31,7 +31,7 @@ def classify(row: Any, host: Optional[str] = None) -> str:
     src = "" if src is None or (isinstance(src, float) and src != src) else str(src).strip().lower()
     if not src:
         return UNLABELLED
-    if src.startswith(ESTIMATED):
+    if src.startswith("estimate"):  # the prior ("estimated: ...") and other estimates ("estimate: ...")
         return ESTIMATED
     if "simulat" in src:
         return SIMULATED
@@ -55,6 +55,11 @@ def nobody_measured(row: Any) -> bool:
         get = row.get if hasattr(row, "get") else (lambda k, d=None: d)
         return str(get("source", "") or "").strip().lower().startswith("estimat")
     return label not in (MEASURED_HERE, MEASURED_ELSEWHERE)
+
+
+def is_measured(row: Any) -> bool:
+    """Whether a profile row is a measurement (here or elsewhere), by its `source`."""
+    return classify(row) in (MEASURED_HERE, MEASURED_ELSEWHERE)
 
 
 def _canon(knobs: Any) -> str:

@@ -1,6 +1,6 @@
 """Seeded random SPASE instances for property tests and the planner benchmark.
 
-Job kinds mimic what SPASE.md reports: small models that scale badly (one GPU each is best),
+Job kinds mimic what the SPASE paper reports: small models that scale badly (one GPU each is best),
 mid-size models that need sharding (or slow spilling on one GPU), large models that need several
 GPUs, and a few that only fit a whole 8-GPU node. Rows for configurations that do not fit are
 kept with feasible=False, like real profiler output.

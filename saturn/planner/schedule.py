@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from saturn.planner.cores import CoreTimeline
 from saturn.planner.inputs import NodeSpec
@@ -74,6 +74,41 @@ class NodeTimeline:
             insort(self.events, end)
 
 
+class AppendTimeline:
+    """The GPUs of one node as "free from" times, without backfilling: a job starts once enough
+    GPUs are free and nothing is placed into earlier gaps. O(1) to find a start and O(GPUs log
+    GPUs) to place, against NodeTimeline's scan over every event, which is quadratic in the job
+    count; used for workloads of thousands of jobs, where gaps matter little (`BACKFILL_MAX_JOBS`)."""
+
+    def __init__(self, node: NodeSpec):
+        self.node = node
+        self.free = [0.0] * node.gpus
+        self.sorted_free = [0.0] * node.gpus
+
+    def start(self, gpus: int, release: float = 0.0) -> float:
+        """Earliest start >= release with `gpus` GPUs free (from then on: nothing follows them)."""
+        return max(release, self.sorted_free[gpus - 1])
+
+    def ids_at(self, t: float, gpus: int) -> list[int]:
+        """Among the GPUs free by t, those that became free last (best fit, as NodeTimeline)."""
+        ids = sorted((g for g in range(self.node.gpus) if self.free[g] <= t), key=lambda g: (-self.free[g], g))
+        return sorted(ids[:gpus])
+
+    def earliest(self, gpus: int, duration: float, release: float = 0.0, cores: float = 0.0) -> tuple[float, list[int]]:
+        if gpus > self.node.gpus:
+            raise ValueError(f"{gpus} GPUs do not fit node {self.node.name}")
+        t = self.start(gpus, release)
+        return t, self.ids_at(t, gpus)
+
+    def place(self, start: float, duration: float, gpu_ids: Iterable[int], cores: float = 0.0) -> None:
+        for g in gpu_ids:
+            self.free[g] = max(self.free[g], start + duration)
+        self.sorted_free = sorted(self.free)
+
+
+BACKFILL_MAX_JOBS = 400  # above this, list schedules do not backfill (AppendTimeline)
+
+
 @dataclass
 class Choice:
     """What the scheduler places: a job's option, optionally pinned to a node."""
@@ -103,9 +138,13 @@ class Scheduler:
     `fixed` assignments block their GPUs but are not part of `assignments`.
     """
 
-    def __init__(self, nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = ()):
+    def __init__(self, nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = (), backfill: bool = True):
         self.nodes = list(nodes)
-        self.timelines = {n.name: NodeTimeline(n) for n in self.nodes}
+        timeline = NodeTimeline if backfill or any(getattr(n, "cpu_cores", None) for n in self.nodes) \
+            else AppendTimeline  # CPU-core limits need NodeTimeline's core bookkeeping
+        self.timelines: dict[str, Any] = {n.name: timeline(n) for n in self.nodes}
+        self.append = timeline is AppendTimeline
+        self._fits: dict[tuple, list[NodeSpec]] = {}  # (gpus, gpu type, cores) -> nodes it fits
         self.assignments: list[Assignment] = []
         for a in fixed:
             if a.node in self.timelines:
@@ -121,6 +160,8 @@ class Scheduler:
 
     def best_place(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
         """Earliest finish; ties go to the node whose size fits the option most tightly."""
+        if self.append:
+            return self._best_append(opt, node, release)
         best = None
         for fin, t, n, ids in self.candidates(opt, node, release):
             key = (fin, n.gpus - opt.gpus)
@@ -129,6 +170,25 @@ class Scheduler:
         if best is None:
             raise ValueError(f"option {opt.technique}x{opt.gpus} of job {opt.job} fits no node")
         return best[1], best[2], best[3]
+
+    def _best_append(self, opt: Option, node: Optional[str], release: float):
+        """best_place for AppendTimelines: start times are O(1) per node, GPU ids only for the winner."""
+        key = (opt.gpus, opt.gpu_type, opt.cpu_cores)
+        fit = self._fits.get(key)
+        if fit is None:
+            fit = self._fits[key] = [n for n in self.nodes if opt.fits(n)]
+        best = None
+        for n in fit:
+            if node is not None and n.name != node:
+                continue
+            k = (self.timelines[n.name].start(opt.gpus, release) + opt.runtime_s, n.gpus - opt.gpus)
+            if best is None or k < best[0]:
+                best = (k, n)
+        if best is None:
+            raise ValueError(f"option {opt.technique}x{opt.gpus} of job {opt.job} fits no node")
+        n = best[1]
+        t = self.timelines[n.name].start(opt.gpus, release)
+        return t, n, self.timelines[n.name].ids_at(t, opt.gpus)
 
     def place(self, opt: Option, start: float, node: NodeSpec, ids: list[int]) -> Assignment:
         self.timelines[node.name].place(start, opt.runtime_s, ids, opt.cpu_cores)
@@ -147,8 +207,10 @@ class Scheduler:
 
 def list_schedule(nodes: Sequence[NodeSpec], choices: Iterable[Choice],
                   fixed: Sequence[Assignment] = ()) -> list[Assignment]:
-    """Place the choices in the given order (around `fixed`), each at its earliest finish."""
-    s = Scheduler(nodes, fixed)
+    """Place the choices in the given order (around `fixed`), each at its earliest finish
+    (backfilling into gaps up to BACKFILL_MAX_JOBS choices)."""
+    choices = list(choices)
+    s = Scheduler(nodes, fixed, backfill=len(choices) <= BACKFILL_MAX_JOBS)
     for c in choices:
         s.add(c)
     return s.assignments

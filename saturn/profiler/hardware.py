@@ -8,6 +8,7 @@ hardware type 'cpu' with interconnect 'none'.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -93,6 +94,15 @@ def parse_topology(text: str) -> str:
     if len(nv) == len(links):
         return "nvlink"
     return "nvlink-partial" if nv else "pcie"
+
+
+def gpu_device_visible() -> bool:
+    """Whether this machine may have a CUDA/ROCm device, without importing torch (1.5 s): its
+    device files or nvidia-smi. False means local_hardware() would report CPU slots."""
+    import shutil
+
+    return (any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
+            or shutil.which("nvidia-smi") is not None)
 
 
 def local_hardware(cpu_slots: Optional[int] = None, cpu_memory_gb: float = 4.0) -> Hardware:

@@ -96,7 +96,10 @@ def probe(hw: Hardware, cpu_threads: Optional[int] = None) -> MachineRates:
         launch = _timed(lambda: small.add_(1.0), sync, 2000) * 1e6
         params = torch.nn.Parameter(torch.zeros(4_000_000 if cuda else 500_000))
         params.grad = torch.zeros_like(params)
-        opt = torch.optim.AdamW([params], lr=1e-4)
+        try:  # the host optimizer spilling uses (saturn.techniques.spilling.host_optimizer)
+            opt = torch.optim.AdamW([params], lr=1e-4, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            opt = torch.optim.AdamW([params], lr=1e-4)
         adam = params.numel() / _timed(opt.step, lambda: None, 3)
     finally:
         torch.set_num_threads(old_threads)
@@ -116,8 +119,12 @@ def probe_isolated(hw: Hardware, cpu_threads: Optional[int] = None, timeout_s: f
     import sys
     from dataclasses import asdict
 
+    import saturn
+
+    root = str(Path(saturn.__file__).resolve().parents[1])  # this saturn, wherever the caller runs
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([sys.executable, "-m", "saturn.profiler.machine_probe", json.dumps(asdict(hw))],
-                         capture_output=True, text=True, timeout=timeout_s)
+                         capture_output=True, text=True, timeout=timeout_s, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"the machine probe failed (exit {out.returncode}): {out.stderr.strip()[-500:]}")
     return MachineRates.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -23,6 +23,7 @@ import pandas as pd
 
 from saturn.parse import canonical_knobs
 from saturn.parse import num as _num
+from saturn.planner.provenance import is_measured
 from saturn.profiles.prior import Calibration, Estimate, MachineRates, ModelShape, estimate, launch_extra_s
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ MODELLED_TECHNIQUES = ("ddp", "fsdp", "zero", "pipeline", "spilling")  # what sa
 ESTIMATED_SOURCE = "estimated"  # the row's `source` starts with it (saturn.planner.provenance)
 DEFAULT_LAUNCH_S = {"cpu": 1.0}
 DEFAULT_GPU_LAUNCH_S = 10.0
-MEASURED_PREFIXES = ("profiler", "measured", "executor", "observed")
 _shape_cache: dict[str, Optional[ModelShape]] = {}
 
 
@@ -40,7 +40,7 @@ def shape_of(model_name: Optional[str], overrides: Optional[dict], batch_size: i
              precision: str, label: str = "") -> Optional[ModelShape]:
     """The shape of a zoo model (None for names the zoo does not know)."""
     from saturn.zoo import model_config
-    from saturn.zoo.gpt import GPTConfig
+    from saturn.zoo.configs import GPTConfig  # torch-free: planning never imports torch
 
     if not model_name:
         return None
@@ -103,11 +103,6 @@ def row_shape(row: dict, by_signature: dict[str, ModelShape]) -> Optional[ModelS
 
 
 # ---------------------------------------------------------------------------- calibration
-def is_measured(row: dict) -> bool:
-    src = str(row.get("source") or "").strip().lower()
-    return src.startswith(MEASURED_PREFIXES)
-
-
 def measured_ok(row: dict) -> bool:
     """A measured row with a usable step time (the rows that calibrate the prior)."""
     return is_measured(row) and _ok(row)
@@ -148,15 +143,16 @@ def calibration_ratios(rows: Iterable[dict], shapes: dict[str, ModelShape],
 
 
 # ------------------------------------------------------------------------------ the rows
-def _cells(job: Any, max_gpus: int) -> list[tuple[str, Any]]:
+def _cells(job: Any, max_gpus: int, needed: Callable[[str], bool] = lambda name: True) -> list[tuple[str, Any]]:
     """(technique name, technique) for the job's allowed techniques the prior models (the
-    built-ins: what a user technique does per step is unknown, so it gets no estimate)."""
+    built-ins: what a user technique does per step is unknown, so it gets no estimate) and that
+    are `needed` (a technique object is loaded only then: loading one imports torch)."""
     from saturn.profiler.session import allowed_techniques
     from saturn.techniques.registry import get_technique
 
     out = []
     for name in allowed_techniques(job):
-        if name not in MODELLED_TECHNIQUES:
+        if name not in MODELLED_TECHNIQUES or not needed(name):
             continue
         try:
             out.append((name, get_technique(name)))
@@ -178,14 +174,14 @@ def _launch_s(records: list[dict], technique: str, gpu_type: str) -> float:
 
 
 def best_estimate(shape: ModelShape, technique: str, candidates: list[dict], gpus: int, rates: MachineRates,
-                  gpu_memory_gb: float, factor_for: Callable[[dict], tuple[float, str]], steps: float = 1.0
-                  ) -> tuple[dict, Estimate, str]:
+                  gpu_memory_gb: float, factor_for: Callable[[dict], tuple[float, str]], steps: float = 1.0,
+                  compute_factor: Optional[float] = None) -> tuple[dict, Estimate, str]:
     """The candidate the prior expects to finish `steps` steps soonest (its start-up included)
     among those that fit (else the leanest one), its estimate and what its calibration rests on."""
     ests = []
     for c in candidates:
         f, why = factor_for(c)
-        ests.append((c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, f), why))
+        ests.append((c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, f, compute_factor), why))
     fits = [e for e in ests if e[1].feasible]
     if fits:
         return min(fits, key=lambda e: steps * e[1].step_time_s + launch_extra_s(e[0]))
@@ -225,7 +221,11 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
         counts = sorted(set().union(*(gpu_counts(j, max_node) for j in sig_jobs)))
         for gtype, mem in types.items():
             r8 = rates.get(gtype) or _rates_any(rates, gtype)
-            for name, tech in _cells(job, max_node):
+
+            def uncovered(name: str, sig: str = sig, gtype: str = gtype, counts: list = counts) -> bool:
+                return any((sig, name, g, gtype.lower()) not in covered for g in counts)
+
+            for name, tech in _cells(job, max_node, uncovered):
                 def factor_for(knobs: dict, name: str = name, gtype: str = gtype, r8: MachineRates = r8,
                                sig: str = sig, shape: ModelShape = shape) -> tuple[float, str]:
                     return (anchor(records, sig, name, gtype, shape, r8, knobs)
@@ -247,8 +247,10 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
                                     "source": f"{ESTIMATED_SOURCE}: not measured; the technique rules it out"})
                         continue
                     knobs, est, why = best_estimate(shape, name, cell.candidates, g, r8, mem, factor_for,
-                                                    steps=max(j.total_steps for j in sig_jobs))
+                                                    steps=max(j.total_steps for j in sig_jobs),
+                                                    compute_factor=calib.compute_factor(gtype))
                     start = launch + launch_extra_s(knobs)
+                    why += " (floored at the device's own work)" if est.floored else ""
                     src = (f"{ESTIMATED_SOURCE}: prior cost model, {why}; rates {r8.source}"
                            + (f", interconnect {r8.interconnect_source}" if g > 1 else ""))
                     out.append({**base, "knobs": canonical_knobs(knobs),
@@ -299,7 +301,7 @@ def _rates_any(rates: dict[str, MachineRates], gpu_type: str) -> MachineRates:
 def rates_for_workload(workload: Any, store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineRates]:
     """Machine rates per GPU type of the workload's cluster: probed once here when this machine
     is that hardware (CPU slots included), else cached or datasheet figures."""
-    from saturn.profiler.hardware import hardware_for_cluster, local_hardware
+    from saturn.profiler.hardware import gpu_device_visible, hardware_for_cluster, local_hardware
     from saturn.profiler.machine_probe import rates_for
 
     nodes = list(workload.cluster.resolved().nodes or [])
@@ -310,7 +312,7 @@ def rates_for_workload(workload: Any, store_dir: Union[str, os.PathLike, None]) 
         if types == ["cpu"]:
             local = hardware_for_cluster(workload.cluster)
             threads = max(1, (os.cpu_count() or 1) // max(1, local.gpus))
-        else:  # probed only when this machine has that GPU type (rates_for checks)
+        elif gpu_device_visible():  # probed only when this machine has that GPU type (rates_for checks)
             local = local_hardware()
     except Exception:  # noqa: BLE001 - no local hardware: cached or datasheet rates
         local = None
@@ -352,7 +354,8 @@ def trial_priors(workload: Any, cells: Iterable[Any], rep_jobs: dict[str, Any], 
         for k in c.candidates:
             factor, _why = (anchor(records, c.signature, c.technique, gpu_type, shape, rates, k)
                             or calib.factor(c.technique, gpu_type))
-            est = estimate(shape, c.technique, k, c.gpus, rates, gpu_memory_gb, factor)
+            est = estimate(shape, c.technique, k, c.gpus, rates, gpu_memory_gb, factor,
+                           calib.compute_factor(gpu_type))
             extra = launch_extra_s(k)
             trial = fixed + extra + (warmup_steps + steps) * est.step_time_s
             out[(c.signature, c.technique, canonical_knobs(k), c.gpus)] = PriorGuess(

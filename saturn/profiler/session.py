@@ -25,7 +25,7 @@ from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
 from saturn.profiler.search import SHORT_CHECK_TECHNIQUES, CellInput, Search, Skip, TrialSpec, canonical_knobs
 from saturn.profiler.table import ProfileStore, checkpoint_cost_s, estimate_runtime_s, fixed_costs, now_iso
-from saturn.profiles.store import failure_applies
+from saturn.profiles.store import check_writable_store, failure_applies
 from saturn.spec.signature import inputs_hash
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
     limit = min(max_node, len(pool))
     store = ProfileStore(store_dir)
     # profiling writes every trial there: refuse an unwritable store before the first trial
+    check_writable_store(store.dir)  # never the shipped seed tables
     check_writable_dir(store.dir, "profile store", "profiling writes its measurements there: pass --store DIR "
                        "or set $SATURN_PROFILES to a writable directory")
     report = ProfileReport(hardware=hw.key(), store=str(store.path))
@@ -286,6 +287,9 @@ def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
         return CellInput(sig, name, g, infeasible_reason=f"feasible() raised {type(exc).__name__}: {exc}")
     try:
         cands = _pinned(tech.candidates(job, g) or [], (getattr(job, "knobs", None) or {}).get(name))
+        conflicts = getattr(tech, "knob_conflicts", None)
+        if conflicts is not None:  # the job's policy (e.g. precision fp32) forbids some settings
+            cands = [c for c in cands if not conflicts(job, c)]
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)

@@ -146,6 +146,7 @@ class ProfileStore:
 
         self._store = store
         self.dir = Path(store_dir) if store_dir is not None else Path(store.default_dir())
+        self._seeds = store.uses_seeds(store_dir)  # the default store reads the shipped seed rows too
 
     @property
     def path(self) -> Path:
@@ -153,7 +154,7 @@ class ProfileStore:
         return Path(self._store.store_path(self.dir))
 
     def load(self) -> pd.DataFrame:
-        return normalize(self._store.load_store(self.dir))
+        return normalize(self._store.load_store(self.dir, seeds=self._seeds))
 
     def upsert(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Insert rows, replacing stored rows with the same key; one locked, atomic file replace."""

@@ -2,8 +2,13 @@
 
 Why a plain directory of tables: profiles are small (a row per trial), users ship them between
 machines (plan on a laptop for a cluster measured elsewhere), and diffs stay readable. The store is
-`profiles/` of the repository by default, `$SATURN_PROFILES`, or an explicit path; every `*.csv`
-and `*.parquet` under it is loaded (so a sample table and measured tables can sit side by side).
+a user directory: `$SATURN_PROFILES`, else `$XDG_CACHE_HOME/saturn/profiles` (else
+`~/.cache/saturn/profiles`), or an explicit path; every `*.csv` and `*.parquet` under it is loaded
+(so a sample table and measured tables can sit side by side). It is never the installed package
+nor the repository's tracked `profiles/`: those shipped tables are *seed rows*, read under the
+user's default store (not under `$SATURN_PROFILES` or an explicit path, which are the whole store;
+`$SATURN_SEED_PROFILES` names another seed directory, or "none") and never written
+-- a writer pointed at them is refused, so a checkout's tracked files never change under a run.
 
 Rows are keyed by the job's *profile signature* (jobs differing only in learning rate share one),
 not by job name; `lookup` turns them into the per-job table the planner takes. Pure pandas: the
@@ -55,14 +60,55 @@ BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "
              "0.0": False}
 STORE_FILE = "profiles.csv"  # where write_store puts the table (other files are read-only inputs)
 ENV = "SATURN_PROFILES"
+SEED_ENV = "SATURN_SEED_PROFILES"
+REPO_PROFILES = Path(__file__).resolve().parents[2] / "profiles"  # a checkout's shipped tables
 
 PathLike = Union[str, os.PathLike]
 
 
 def default_dir() -> Path:
-    """$SATURN_PROFILES, else the repository's profiles/ (found relative to this package)."""
+    """Where measurements go and are read from: $SATURN_PROFILES, else
+    $XDG_CACHE_HOME/saturn/profiles, else ~/.cache/saturn/profiles (a user directory, so that an
+    installed package or a checkout is never written by a run)."""
     env = os.environ.get(ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "profiles"
+    return Path(env).expanduser() if env else _user_default()
+
+
+def seed_dir() -> Optional[Path]:
+    """The read-only seed tables read under the user's default store (not under $SATURN_PROFILES
+    or an explicit directory, which are the whole store): $SATURN_SEED_PROFILES ("" or "none": no
+    seeds), else the repository's profiles/ when Saturn runs from a checkout."""
+    env = os.environ.get(SEED_ENV)
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "none", "off") else Path(env).expanduser()
+    return REPO_PROFILES if REPO_PROFILES.is_dir() else None
+
+
+def uses_seeds(directory: Optional[PathLike] = None) -> bool:
+    """Whether the store `directory` (None: the default) reads the seed rows: only the user's
+    default store does; $SATURN_PROFILES or an explicit directory is the whole store."""
+    return directory is None and not os.environ.get(ENV)
+
+
+def _is_seed(directory: Path) -> bool:
+    d = directory.resolve()
+    seeds = seed_dir()
+    return d == REPO_PROFILES.resolve() or (seeds is not None and d == seeds.resolve())
+
+
+def check_writable_store(directory: Optional[PathLike] = None) -> Path:
+    """The store directory to write, refused (SaturnError) when it is a seed directory."""
+    d = Path(directory) if directory else default_dir()
+    if _is_seed(d):
+        raise SaturnError(f"profile store {d} holds read-only seed rows (shipped with Saturn); measurements "
+                          f"go to a user directory: set ${ENV} or pass another store directory "
+                          f"(default {_user_default()})")
+    return d
+
+
+def _user_default() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "saturn" / "profiles"
 
 
 def store_path(directory: Optional[PathLike] = None) -> Path:
@@ -141,9 +187,11 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
     for col in ("technique", "gpus"):
         if col not in df.columns:
             raise ProfileTableError(f"profile file {path} has no column {col!r} (columns: {', '.join(map(str, df.columns))})")
-    feasible = df["feasible"] if "feasible" in df.columns else pd.Series([True] * len(df), index=df.index)
-    status = df["status"] if "status" in df.columns else pd.Series([None] * len(df), index=df.index)
-    for i, (_, r) in enumerate(df.iterrows()):
+    from saturn.parse import table_records
+
+    # rows as dicts, column by column: DataFrame.iterrows builds a Series per row (a minute for
+    # the 150,000 rows of a 10,000-job table)
+    for i, r in enumerate(table_records(df)):
         g = r["gpus"]
         try:
             ok = float(g) == int(float(g)) and int(float(g)) >= 1
@@ -160,12 +208,12 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
                 except ValueError:
                     raise ProfileTableError(f"{_where(path, i, 'knobs', first_line)}: {k!r} is not a JSON object "
                                             "like {\"activation_checkpointing\": false}") from None
-        fv = feasible.iloc[i]
+        fv = r.get("feasible", True)
         if not _boolean_cell(fv):
             raise ProfileTableError(f"{_where(path, i, 'feasible', first_line)}: {fv!r} is not a boolean; write True "
                                     "or False (a row is measured feasible or it is not)")
         is_feasible = (str(fv).strip().lower() in ("true", "1", "yes")) if isinstance(fv, str) else (fv is None or fv == fv and bool(fv))
-        st = status.iloc[i]
+        st = r.get("status")
         if isinstance(st, str) and st.strip() and st.strip().lower() != "ok":
             is_feasible = False
         for col in NUMBER_COLUMNS:
@@ -238,7 +286,9 @@ def cluster_check(*, techniques: Collection[str], memory_gb: Mapping[str, float]
     sigs, names = set(map(str, signatures)), set(map(str, jobs))
 
     def check(df: pd.DataFrame, path: Any, first_line: Optional[int]) -> None:
-        for i, r in enumerate(df.to_dict("records")):
+        from saturn.parse import table_records
+
+        for i, r in enumerate(table_records(df)):  # to_dict("records") is slow on 150,000 rows
             mine = str(r.get("job")) in names if "job" in df.columns else str(r.get("signature")) in sigs
             if not mine:
                 continue
@@ -260,12 +310,25 @@ def cluster_check(*, techniques: Collection[str], memory_gb: Mapping[str, float]
     return check
 
 
-def load_store(directory: Optional[PathLike] = None, check: Optional[TableCheck] = None) -> pd.DataFrame:
+def _table_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in (".csv", ".parquet") and not p.name.startswith("."))
+
+
+def load_store(directory: Optional[PathLike] = None, check: Optional[TableCheck] = None, *,
+               seeds: Optional[bool] = None) -> pd.DataFrame:
     """Every *.csv / *.parquet under the store directory (or one file), concatenated (each file
-    validated, and checked by `check` when given)."""
+    validated, and checked by `check` when given). `seeds` (default: when no directory is given,
+    and no $SATURN_PROFILES: the user's default store) puts the seed rows (`seed_dir()`) first:
+    read, never written."""
     root = Path(directory or default_dir())
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in (".csv", ".parquet") and not p.name.startswith("."))
+    files = _table_files(root)
+    seed = seed_dir() if (uses_seeds(directory) if seeds is None else seeds) else None
+    if seed is not None and seed.resolve() != root.resolve():
+        files = _table_files(seed) + files
     frames = [read_table(p, check) for p in files]
     frames = [f for f in frames if len(f)]
     if not frames:
@@ -274,8 +337,9 @@ def load_store(directory: Optional[PathLike] = None, check: Optional[TableCheck]
 
 
 def store_lock(directory: Optional[PathLike] = None) -> FileLock:
-    """The inter-process lock every writer of <dir>/profiles.csv holds (a file beside it)."""
-    path = store_path(directory)
+    """The inter-process lock every writer of <dir>/profiles.csv holds (a file beside it); a seed
+    directory is refused here, before anything is written."""
+    path = store_path(check_writable_store(directory))
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=LOCK_TIMEOUT_S)
 

@@ -26,16 +26,28 @@ from saturn.spec.schema import Cluster, Job, Workload, _name_or_factory
 TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
 
+_FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 10,000-job files
+
+
+def _yaml(text: str, how: str) -> Any:
+    """yaml.compose / yaml.safe_load by libyaml when it parses the text; text it refuses is
+    parsed again by PyYAML's pure-Python loader, so that errors read the same either way."""
+    try:
+        return getattr(yaml, how if how == "compose" else "load")(text, Loader=_FAST)
+    except yaml.YAMLError:
+        return yaml.compose(text) if how == "compose" else yaml.safe_load(text)
+
+
 def load_workload(source: Union[str, os.PathLike]) -> Workload:
     """A file path, or YAML text (anything containing a newline or a colon-space)."""
     text, where = _read(source)
     try:
         L.check_size(len(text.encode("utf-8", "replace")), where)
-        root = yaml.compose(text)
+        root = _yaml(text, "compose")
         if root is not None:
             L.check_node_count(root, where)  # before anything walks or copies the aliases
             _check_duplicate_keys(root, where)
-        raw = yaml.safe_load(text)
+        raw = _yaml(text, "load")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""

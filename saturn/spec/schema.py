@@ -80,7 +80,7 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
-        from saturn.zoo.data import DATASETS
+        from saturn.zoo.configs import DATASETS
 
         if (self.name is None) == (self.factory is None):
             raise ValueError(f"give exactly one of `name` (one of {sorted(DATASETS)}) or `factory` "
@@ -188,6 +188,12 @@ class Job(_Strict):
                 validate_knobs(tech, values)
             except SpecError as exc:  # a user technique path that does not import
                 raise ValueError(f"knobs.{tech}: {exc}") from None
+            if tech in known:
+                from saturn.techniques.registry import get_technique
+
+                conflict = get_technique(tech).knob_conflicts(self, dict(values))
+                if conflict:
+                    raise ValueError(f"knobs.{tech}: {conflict}")
         return self
 
     @model_validator(mode="after")
@@ -385,8 +391,9 @@ class Workload(_Strict):
     def _unique_names(self) -> "Workload":
         if not self.jobs:
             raise ValueError("`jobs` is empty: give at least one job (or a `sweep`)")
-        names = [j.name for j in self.jobs]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        from collections import Counter
+
+        dup = sorted(n for n, k in Counter(j.name for j in self.jobs).items() if k > 1)  # O(n): 10,000 jobs
         if dup:
             raise ValueError(f"job names must be unique; repeated: {dup} (rename them, or let the "
                              "sweep name them)")

@@ -88,6 +88,11 @@ class Technique(abc.ABC):
     def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
         """The few knob settings worth trying, best guess first."""
 
+    def knob_conflicts(self, job: Any, knobs: dict[str, Any]) -> str:
+        """Why the job's own settings (its precision policy, its optimizer) forbid this knob
+        setting; '' = allowed. Checked when a job pins knobs, and on candidates after pinning."""
+        return ""
+
     @abc.abstractmethod
     def trial(self, job: Any, gpus: Devices, knobs: dict[str, Any], steps: int,
               timeout_s: float = 600.0, **kwargs: Any) -> TrialResult:

@@ -246,7 +246,7 @@ def staged_bytes() -> int:
 
 def last_save_cost() -> dict[str, float]:
     """This process's newest staged save: block_s (what the caller waited), budget_wait_s (the
-    part spent waiting for the node's staging budget) and bytes (its staging buffer)."""
+    part spent waiting for the node's staging budget) and bytes (the staging it needed)."""
     return dict(_DR.last)
 
 
@@ -398,7 +398,8 @@ def _save_staged(state: dict[str, Any], tmp: str, final: str, ckpt_dir: str, met
     drain; the final path, or None when it cannot be staged (bigger than the whole budget)."""
     t0 = time.perf_counter()
     area = _DR.staging_area()
-    buf, waited = area.acquire(staging.nbytes_of(state))
+    need = staging.nbytes_of(state)
+    buf, waited = area.acquire(need)
     if buf is None:
         return None
     try:
@@ -407,7 +408,7 @@ def _save_staged(state: dict[str, Any], tmp: str, final: str, ckpt_dir: str, met
         area.release(buf)
         raise
     block = time.perf_counter() - t0
-    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6), "bytes": float(buf.numel())}
+    _DR.last = {"block_s": round(block, 6), "budget_wait_s": round(waited, 6), "bytes": float(need)}
     meta = {**meta, "save_block_s": round(block, 6), "budget_wait_s": round(waited, 6)}
     _DR.notify({"event": "draining", "path": final})
     if _DR.pool is None:

@@ -2,7 +2,7 @@
 single-device training, the reference every other technique's loss curve is compared with.
 
 Best when the model, its gradients and optimizer state fit on one device: it has the least
-communication of all techniques (SPASE.md: 1 GPU 0.048 s/step, DDP×4 0.074 s for 4× the samples).
+communication of all techniques (SPASE paper: 1 GPU 0.048 s/step, DDP×4 0.074 s for 4× the samples).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ keep heavy imports (deepspeed, fairscale) inside functions so listing names stay
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import Type
@@ -56,7 +57,39 @@ def _discover() -> None:
 
 
 def technique_names() -> list[str]:
-    """Built-in technique names (registered), in a stable order."""
+    """Built-in technique names (and any registered since), in a stable order.
+
+    Read from the technique modules' source (`@register` classes' `name = "..."`), not by
+    importing them: they import torch, and validating or planning a workload must not (about
+    1.5 s of start-up). tests/test_planner_speed.py checks the two agree."""
+    return sorted(set(_declared_names()) | set(_REGISTRY))
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_names() -> tuple[str, ...]:
+    import ast
+    from pathlib import Path
+
+    import saturn.techniques as pkg
+
+    names = []
+    root = Path(pkg.__path__[0])
+    for path in sorted(root.rglob("*.py")):
+        if path.parent == root and (path.stem in _PLUMBING or path.stem.startswith("_")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(d, ast.Name) and d.id == "register" for d in node.decorator_list):
+                for stmt in node.body:
+                    if (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "name"
+                                                             for t in stmt.targets)
+                            and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                        names.append(stmt.value.value)
+    return tuple(names)
+
+
+def registered_names() -> list[str]:
+    """The names of the technique classes actually registered (imports every technique module)."""
     _discover()
     return sorted(_REGISTRY)
 

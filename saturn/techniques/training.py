@@ -212,8 +212,7 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     total = warmup + num_steps if mode == "trial" else num_steps
     single = not step_io.distributed()
     writer = step_io.MetricsWriter(metrics_path if run and ctx.rank == 0 else None)
-    batches = step_io.BatchPrefetcher(lambda s: _host_batch(dataset, job, s, trainable),
-                                      trainable.device, start_step + total)
+    batches = _prefetcher(dataset, job, trainable, start_step + total)
     readback = step_io.ReadBack(trainable.device, trainable.loss_weight)
     losses: list[list] = []
     times: list[float] = []
@@ -337,10 +336,16 @@ def _record(values: list[tuple[int, float]], block: list[float], wall: float, lo
         writer.add(s + 1, loss, dt, w, waits[i] if i < len(waits) else 0.0)
 
 
-def _host_batch(dataset: Any, job: Any, step: int, t: Trainable) -> tuple[torch.Tensor, torch.Tensor]:
-    from saturn.zoo.data import batch_for_step
+def _prefetcher(dataset: Any, job: Any, t: Trainable, end: int) -> step_io.BatchPrefetcher:
+    """Batches of this rank ahead of the step: made on the training device when the dataset can
+    (the zoo's synthetic data), built on the host and copied otherwise."""
+    from saturn.zoo.data import batch_for_step, made_on_device
 
-    return batch_for_step(dataset, step, job.batch_size, t.dp_rank, t.dp_world)
+    on_device = made_on_device(dataset)
+    device = t.device if on_device else None
+    return step_io.BatchPrefetcher(
+        lambda step: batch_for_step(dataset, step, job.batch_size, t.dp_rank, t.dp_world, device=device),
+        t.device, end, on_device=on_device)
 
 
 def _save(t: Trainable, ckpt_dir: Optional[str], step: int, job: Any, technique: str,

@@ -10,46 +10,11 @@ different layers of the sequence (different pipeline stages / spilling shards).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class GPTConfig:
-    n_layer: int = 12
-    n_embd: int = 768
-    n_head: int = 12
-    vocab_size: int = 50304  # 50257 padded to a multiple of 64 for fast matmuls
-    n_positions: int = 1024
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-
-    def params(self) -> int:
-        """Parameter count, without building the model (for planning huge configs)."""
-        d, L = self.n_embd, self.n_layer
-        block = 12 * d * d + 13 * d
-        return self.vocab_size * d * 2 + self.n_positions * d + L * block + 2 * d
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-GPT_CONFIGS = {
-    "gpt2-tiny": GPTConfig(n_layer=2, n_embd=64, n_head=2, vocab_size=256, n_positions=256),
-    "gpt2-small": GPTConfig(n_layer=12, n_embd=768, n_head=12),
-    "gpt2-medium": GPTConfig(n_layer=24, n_embd=1024, n_head=16),
-    "gpt2-large": GPTConfig(n_layer=36, n_embd=1280, n_head=20),
-    "gpt2-xl": GPTConfig(n_layer=48, n_embd=1600, n_head=25),
-    "gpt-2.7b": GPTConfig(n_layer=32, n_embd=2560, n_head=32, n_positions=2048),
-    "gpt-6.7b": GPTConfig(n_layer=32, n_embd=4096, n_head=32, n_positions=2048),
-}
+from saturn.zoo.configs import GPT_CONFIGS, GPTConfig, gpt_config  # noqa: F401 (re-exported)
 
 
 class Embedding(nn.Module):
@@ -127,10 +92,6 @@ def gpt_layers(cfg: GPTConfig) -> list[nn.Module]:
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-def gpt_config(name: str, overrides: dict[str, Any]) -> GPTConfig:
-    return replace(GPT_CONFIGS[name], **overrides)
 
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -20,6 +20,13 @@ import torch
 from torch import nn
 
 from saturn.zoo import gpt, vit
+from saturn.zoo.configs import (  # noqa: F401 (re-exported)
+    architecture,
+    check_model_name,
+    model_config,
+    model_names,
+    param_count,
+)
 from saturn.zoo.init import materialize
 
 
@@ -51,57 +58,6 @@ class SequentialModel(nn.Module):
 
     def blocks(self) -> list[nn.Module]:
         return [m for m in self.layers if self.block_class and isinstance(m, self.block_class)]
-
-
-def _config_for(name: str) -> tuple[str, dict[str, Any]]:
-    if name in gpt.GPT_CONFIGS:
-        return "gpt", gpt.GPT_CONFIGS[name].to_dict()
-    if name in vit.VIT_CONFIGS:
-        return "vit", vit.VIT_CONFIGS[name].to_dict()
-    raise ValueError(f"unknown model {name!r}; zoo models: {model_names()}")
-
-
-def model_names() -> list[str]:
-    return [*gpt.GPT_CONFIGS, *vit.VIT_CONFIGS]
-
-
-def check_model_name(name: str, overrides: dict[str, Any]) -> None:
-    """Validate a zoo name and its overrides without building anything (spec validation)."""
-    family, fields = _config_for(name)
-    bad = sorted(set(overrides) - set(fields))
-    if bad:
-        raise ValueError(f"unknown override(s) {bad} for {name}; allowed: {sorted(fields)}")
-    for k, v in overrides.items():  # the config's own field types: `n_layer: "4"` is text, not a count
-        default = fields[k]
-        whole = isinstance(default, int) and not isinstance(default, bool)
-        ok = not isinstance(v, bool) and (isinstance(v, int) if whole else isinstance(v, (int, float)))
-        if not ok:
-            kind = "a whole number" if whole else "a number"
-            raise ValueError(f"override {k} = {v!r} ({type(v).__name__}) must be {kind}, like {name}'s "
-                             f"default {default!r}")
-    try:
-        model_config(name, overrides)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"overrides for {name}: {exc}") from None
-
-
-def model_config(name: str, overrides: Optional[dict[str, Any]] = None) -> Any:
-    family, _ = _config_for(name)
-    build = gpt.gpt_config if family == "gpt" else vit.vit_config
-    return build(name, dict(overrides or {}))
-
-
-def architecture(spec: Any) -> dict[str, Any]:
-    """What decides speed and memory of a model spec: its resolved config (for signatures)."""
-    if spec.name:
-        family, _ = _config_for(spec.name)
-        return {"family": family, **model_config(spec.name, spec.overrides).to_dict()}
-    return {"factory": spec.factory, "kwargs": spec.kwargs}
-
-
-def param_count(spec: Any) -> Optional[int]:
-    """Parameters of a zoo model without building it; None for user factories."""
-    return model_config(spec.name, spec.overrides).params() if spec.name else None
 
 
 def build_model(spec: Any, device: Optional[Any] = None, seed: int = 0,

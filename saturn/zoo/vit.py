@@ -6,52 +6,11 @@ it must be an explicit sequence (patch embedding, blocks, classifier head) for p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ViTConfig:
-    image_size: int = 224
-    patch_size: int = 16
-    channels: int = 3
-    n_layer: int = 12
-    n_embd: int = 768
-    n_head: int = 12
-    num_classes: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size "
-                             f"({self.patch_size})")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-
-    @property
-    def n_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    def params(self) -> int:
-        d = self.n_embd
-        patch = self.channels * self.patch_size**2 * d + d
-        return patch + (self.n_patches + 1) * d + d + self.n_layer * (12 * d * d + 13 * d) \
-            + 2 * d + d * self.num_classes + self.num_classes
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-VIT_CONFIGS = {
-    "vit-tiny": ViTConfig(image_size=32, patch_size=8, n_layer=2, n_embd=64, n_head=2,
-                          num_classes=10),
-    "vit-base": ViTConfig(),
-    "vit-large": ViTConfig(n_layer=24, n_embd=1024, n_head=16),
-    "vit-huge": ViTConfig(patch_size=14, n_layer=32, n_embd=1280, n_head=16),
-}
+from saturn.zoo.configs import VIT_CONFIGS, ViTConfig, vit_config  # noqa: F401 (re-exported)
 
 
 class PatchEmbedding(nn.Module):
@@ -104,7 +63,3 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean())
-
-
-def vit_config(name: str, overrides: dict[str, Any]) -> ViTConfig:
-    return replace(VIT_CONFIGS[name], **overrides)

@@ -40,6 +40,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from saturn.techniques.spilling import host_optimizer as hopt
 from saturn.techniques.spilling import shards as shp
+from saturn.techniques.spilling import split as spl
+from saturn.techniques.spilling.states import FlatAdamW, FlatSlot, warm_compiled_kernel
 from saturn.techniques.spilling.transfer import Resident, Transfers
 
 
@@ -73,6 +75,11 @@ class SpillingEngine:
     `batch_hint` = (batch_size, seq_len) when given. `wire_dtype`: the dtype parameters and
     gradients cross the link in ("fp32"/"bf16"; default: bf16 for bf16 jobs on CUDA with the
     optimizer on the host, else the master dtype). `cpu_adam`: see `host_optimizer`.
+    `optimizer_state` "bf16": Adam(W) moments in bf16 with fp32 masters, one fused pass per
+    flat buffer (`states`). `gpu_state_fraction` > 0: that share of the GPU budget holds the
+    first shards with their masters and state, stepped on the GPU (`split`).
+    `compile_state_kernel` (bf16 state on the host): torch.compile the update (default: on CUDA
+    engines, or env SATURN_SPILLING_COMPILE=0/1).
     """
 
     def __init__(self, model: Any, device: Any = "cpu", *, shard_layers: int = 0,
@@ -82,7 +89,8 @@ class SpillingEngine:
                  offload_activations: bool = False, pin_memory: Optional[bool] = None,
                  cpu_fused_optimizer: bool = True, async_optimizer: bool = True,
                  batch_hint: Optional[tuple[int, int]] = None, wire_dtype: Optional[str] = None,
-                 cpu_adam: str = "torch-fused"):
+                 cpu_adam: str = "torch-fused", optimizer_state: str = "fp32",
+                 gpu_state_fraction: float = 0.0, compile_state_kernel: Optional[bool] = None):
         import torch
 
         self.device = torch.device(device)
@@ -95,8 +103,21 @@ class SpillingEngine:
         if precision == "fp16":
             raise ValueError("spilling steps the optimizer per shard, so it cannot skip a step "
                              "whose fp16 gradients overflow: use precision bf16 or fp32")
+        if optimizer_state not in ("fp32", "bf16"):
+            raise ValueError(f"optimizer_state must be 'fp32' or 'bf16', got {optimizer_state!r}")
+        if optimizer_state == "bf16" and optimizer_on != "cpu":
+            raise ValueError("optimizer_state bf16 needs optimizer_on cpu (with optimizer_on gpu "
+                             "the state streams in fp32)")
+        if optimizer_state == "bf16" and optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer_state bf16 applies to adam and adamw, not {optimizer!r}")
+        if not 0.0 <= gpu_state_fraction < 1.0:
+            raise ValueError(f"gpu_state_fraction must be in [0, 1), got {gpu_state_fraction!r}")
+        if gpu_state_fraction and optimizer_on != "cpu":
+            raise ValueError("gpu_state_fraction splits the host optimizer: it needs optimizer_on "
+                             "cpu (with optimizer_on gpu every shard already steps on the GPU)")
         self.model = model
         self.optimizer_on = optimizer_on
+        self.optimizer_state = optimizer_state
         self.prefetch = prefetch
         self.precision = precision
         self.offload_activations = offload_activations
@@ -109,6 +130,8 @@ class SpillingEngine:
         self.uses_rng = uses_rng(model)
 
         layers = list(model.layers)
+        budget = gpu_budget_gb * 2**30 if gpu_budget_gb else _default_budget(self.device)
+        stream_budget = budget * (1.0 - gpu_state_fraction)  # the rest holds device shards
         if shards is None:
             if shard_layers and shard_layers > 0:
                 shards = shp.uniform_shards(len(layers), int(shard_layers))
@@ -116,17 +139,45 @@ class SpillingEngine:
                 wire = torch.empty((), dtype=self.wire_dtype or torch.float32).element_size()
                 sizes = [sum(p.numel() * (wire if p.dtype == torch.float32 else p.element_size())
                              for p in layer.parameters()) for layer in layers]
-                budget = gpu_budget_gb * 2**30 if gpu_budget_gb else _default_budget(self.device)
                 acts, boundary = (shp.activation_estimate(model, *batch_hint, precision)
                                   if batch_hint else (None, 0))
-                shards = shp.budget_shards(sizes, budget, prefetch, optimizer_on, acts, boundary)
+
+                def plan(a: int, b: int) -> list[tuple[int, int]]:
+                    return shp.budget_shards(sizes[a:b], stream_budget, prefetch, optimizer_on,
+                                             acts[a:b] if acts else None, boundary)
+
+                shards = (spl.plan_with_device_prefix(
+                    [sum(p.numel() for p in layer.parameters()) for layer in layers],
+                    budget * gpu_state_fraction, optimizer_state, plan)
+                    if gpu_state_fraction else plan(0, len(layers)))
         self.ranges = shp.check_ranges(shards, len(layers))
         shp.check_no_cross_shard_ties(layers)
         self.shards = shp.build_shards(layers, self.ranges, self.pin, self.wire_dtype)
+        kw = dict(optimizer_kwargs or {})
+        self.device_shards: list[int] = (spl.choose_device_shards(
+            [sum(p.numel() for p in sh.params) for sh in self.shards],
+            budget * gpu_state_fraction, optimizer_state) if gpu_state_fraction else [])
+        if compile_state_kernel is None:
+            env = os.environ.get("SATURN_SPILLING_COMPILE", "")
+            compile_state_kernel = self.cuda if env == "" else env not in ("0", "false", "no")
+        if optimizer_state == "bf16" and compile_state_kernel:
+            compile_state_kernel = warm_compiled_kernel()  # at start-up, not in the first step
         impl = cpu_adam if cpu_fused_optimizer else "torch"
-        for sh in self.shards:
-            sh.optimizer = hopt.make_optimizer(optimizer, dict(optimizer_kwargs or {}), sh.params,
-                                               optimizer_on == "cpu", impl)
+        for k, sh in enumerate(self.shards):
+            if k in self.device_shards:
+                continue  # its optimizer is built on the device below
+            if optimizer_state == "bf16":
+                slots = [FlatSlot(h, wg if wg is not None else hg, wf, g.index, g.numels, g.shapes)
+                         for g, h, hg, wf, wg in zip(sh.groups, sh.host_flat, sh.host_grad,
+                                                     sh.wire_flat, sh.wire_grad)]
+                sh.optimizer = FlatAdamW(sh.params, slots, optimizer, kw, "bf16",
+                                         compiled=bool(compile_state_kernel), pin=self.pin)
+            else:
+                sh.optimizer = hopt.make_optimizer(optimizer, kw, sh.params,
+                                                   optimizer_on == "cpu", impl)
+        self._on_device: dict[int, Resident] = {
+            k: spl.make_device_shard(self.shards[k], self.device, optimizer, kw, optimizer_state,
+                                     hopt.make_optimizer) for k in self.device_shards}
         self.transfers = Transfers(self.shards, self.device, self.pin)
         self.streams = self.transfers.streams
         self.host_optimizer = hopt.HostOptimizer(self.shards, self.streams, async_optimizer)
@@ -137,6 +188,8 @@ class SpillingEngine:
 
     # ---------------------------------------------------------------- residency
     def _acquire(self, k: int, need_state: bool, store: Optional[dict] = None) -> Resident:
+        if k in self._on_device:
+            return self._on_device[k]  # a split-optimizer shard: always on the device
         store = self._resident if store is None else store
         res = store.get(k)
         if res is None:
@@ -236,7 +289,7 @@ class SpillingEngine:
             if (kindj == "bwd" and self.offload_activations and state.boundary[kj] is None
                     and state.on_host[kj] is not None):
                 state.boundary[kj] = self.transfers.bring_back(state.on_host[kj])
-        res = store[k]
+        res = self._on_device.get(k) or store[k]
         self.transfers.use(res)
         x = state.boundary[k]
         if isinstance(x, tuple):  # (tensor, event) brought back from the host
@@ -285,7 +338,9 @@ class SpillingEngine:
                 state.loss = loss.detach()
             del root
             if not state.compute_only:
-                if self.optimizer_on == "gpu":
+                if k in self._on_device:
+                    spl.device_step(self.shards[k], param_grads)
+                elif self.optimizer_on == "gpu":
                     hopt.gpu_step(self.transfers, k, res, param_grads)
                 else:
                     self.host_optimizer.submit(k, self.transfers.grads_out(k, param_grads))

@@ -134,9 +134,12 @@ class HostOptimizer:
         self.streams.host_wait(grads_landed)
         t1 = time.perf_counter()
         sh = self.shards[k]
-        sh.land_grads()
-        sh.optimizer.step()
-        sh.refresh_wire()
+        if getattr(sh.optimizer, "fuses_wire", False):  # one pass reads/writes the wire copies
+            sh.optimizer.step()
+        else:
+            sh.land_grads()
+            sh.optimizer.step()
+            sh.refresh_wire()
         self.timings["grad_wait_s"] += t1 - t0
         self.timings["cpu_optimizer_s"] += time.perf_counter() - t1
 
@@ -193,14 +196,20 @@ def optim_state_dict(shards: list[Any], copy: bool = True) -> dict[str, Any]:
     gives the live state tensors (to save, or to fill in place on load)."""
     import torch
 
+    def canonical(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        if v.is_floating_point() and v.dtype != torch.float32:
+            # bf16 moments (optimizer_state bf16): saved as fp32, the technique-neutral form
+            return v.detach().to("cpu", torch.float32, copy=True)
+        return v.detach().to("cpu", copy=True) if copy else v
+
     state: dict[str, dict[str, Any]] = {}
     for sh in shards:
         for fqn, p in zip(sh.fqns, sh.params):
             s = sh.optimizer.state.get(p)
             if s:
-                state[fqn] = {key: (v.detach().to("cpu", copy=True)
-                                    if copy and isinstance(v, torch.Tensor) else v)
-                              for key, v in s.items()}
+                state[fqn] = {key: canonical(v) for key, v in s.items()}
     group = {key: v for key, v in shards[0].optimizer.param_groups[0].items() if key != "params"}
     # implementation choices of *this* engine (fused CPU Adam) are not the job's settings
     group.update({k: None for k in ("fused", "foreach") if k in group})
@@ -223,8 +232,13 @@ def materialize_optim_state(shards: list[Any]) -> None:
         saved = [hg.clone() for hg in sh.host_grad]
         for hg in sh.host_grad:
             hg.zero_()
+        no_grad = [p for p in sh.params if p.grad is None]  # split-optimizer device shards
+        for p in no_grad:
+            p.grad = torch.zeros_like(p)
         with torch.no_grad():
             opt.step()
+        for p in no_grad:
+            p.grad = None
         for hg, sv in zip(sh.host_grad, saved):
             hg.copy_(sv)
         for g, lr in zip(opt.param_groups, lrs):
@@ -263,6 +277,9 @@ def load_optim_state_dict(shards: list[Any], osd: dict[str, Any], pin: bool) -> 
         for fqn, p in zip(sh.fqns, sh.params):
             if fqn not in state:
                 continue
+            if hasattr(opt, "load_param_state"):  # bf16 state: converted into its own buffers
+                opt.load_param_state(p, state[fqn])
+                continue
             s = {}
             cur = opt.state.get(p, {})
             for key, v in state[fqn].items():
@@ -271,8 +288,10 @@ def load_optim_state_dict(shards: list[Any], osd: dict[str, Any], pin: bool) -> 
                         pass
                     elif key == "step":
                         v = v.detach().to(torch.float32).cpu().clone()
-                    else:
-                        h = torch.empty(v.shape, dtype=v.dtype, pin_memory=pin)
+                    else:  # next to its parameter (a split-optimizer shard's is on the GPU)
+                        on_cpu = p.device.type == "cpu"
+                        h = torch.empty(v.shape, dtype=v.dtype, device=p.device,
+                                        pin_memory=pin and on_cpu)
                         h.copy_(v)
                         v = h
                 s[key] = v

@@ -17,7 +17,27 @@ from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
 
 DEFAULT_KNOBS: dict[str, Any] = {"shard_layers": 0, "gpu_budget_gb": 0.0, "prefetch": 1,
-                                 "optimizer_on": "cpu", "offload_activations": False}
+                                 "optimizer_on": "cpu", "offload_activations": False,
+                                 "optimizer_state": "fp32", "gpu_state_fraction": 0.0}
+SPLIT_FRACTIONS = (0.4,)  # gpu_state_fraction candidates the profiler measures
+
+
+def knob_conflicts(job: Any, knobs: dict[str, Any]) -> str:
+    """Why the job's own settings forbid this knob setting ('' = allowed): precision fp32 is the
+    user asking for fp32 arithmetic, so optimizer state may not be rounded to bf16; bf16 state
+    is Adam(W)-only; the split optimizer splits the host optimizer, so needs optimizer_on cpu."""
+    k = {**DEFAULT_KNOBS, **(knobs or {})}
+    if k["optimizer_state"] == "bf16":
+        if job.precision == "fp32":
+            return ("optimizer_state bf16 rounds Adam's moments to bf16, which precision fp32 "
+                    "forbids; use precision bf16 or optimizer_state fp32")
+        if job.optimizer.name not in ("adam", "adamw"):
+            return f"optimizer_state bf16 applies to adam and adamw, not {job.optimizer.name}"
+        if k["optimizer_on"] != "cpu":
+            return "optimizer_state bf16 needs optimizer_on cpu"
+    if float(k["gpu_state_fraction"] or 0) > 0 and k["optimizer_on"] != "cpu":
+        return "gpu_state_fraction > 0 needs optimizer_on cpu"
+    return ""
 
 
 def engine_kwargs(job: Any, knobs: dict[str, Any]) -> dict[str, Any]:
@@ -27,22 +47,28 @@ def engine_kwargs(job: Any, knobs: dict[str, Any]) -> dict[str, Any]:
             "gpu_budget_gb": float(k["gpu_budget_gb"] or 0.0),
             "prefetch": int(k["prefetch"]), "optimizer_on": str(k["optimizer_on"]),
             "offload_activations": bool(k["offload_activations"]),
+            "optimizer_state": str(k["optimizer_state"]),
+            "gpu_state_fraction": float(k["gpu_state_fraction"] or 0.0),
             "wire_dtype": k.get("wire_dtype"),  # None: the compute dtype (bf16 jobs: bf16)
             "optimizer": job.optimizer.name, "optimizer_kwargs": job.optimizer.kwargs(),
             "precision": job.precision, "batch_hint": (job.batch_size, job.seq_len)}
 
 
-def host_bytes_needed(job: Any, device_type: str = "cuda") -> Optional[int]:
+def host_bytes_needed(job: Any, device_type: str = "cuda",
+                      knobs: Optional[dict[str, Any]] = None) -> Optional[int]:
     """Host memory spilling holds for a job: fp32 master parameters + fp32 gradients + optimizer
-    state, plus the bf16 wire copies of parameters and gradients for bf16 jobs on CUDA."""
+    state (2 bytes per moment with `optimizer_state: bf16`), plus the bf16 wire copies of
+    parameters and gradients for bf16 jobs on CUDA. An upper bound with a split optimizer
+    (its device shards' host copies are kept for checkpoints)."""
     from saturn.zoo import param_count
 
     n = param_count(job.model)
     if n is None:
         return None
-    state = {"sgd": 1, "adam": 2, "adamw": 2}.get(job.optimizer.name, 2)
+    moments = {"sgd": 1, "adam": 2, "adamw": 2}.get(job.optimizer.name, 2)
+    per_moment = 2 if (knobs or {}).get("optimizer_state") == "bf16" else 4
     wire = 4 if (job.precision == "bf16" and device_type == "cuda") else 0
-    return n * (4 * (2 + state) + wire)
+    return n * (4 * 2 + per_moment * moments + wire)
 
 
 def node_host_memory_bytes() -> Optional[int]:
@@ -60,8 +86,9 @@ def node_host_memory_bytes() -> Optional[int]:
         return None
 
 
-def check_host_memory(job: Any, device_type: str, available: Optional[int]) -> Feasibility:
-    need = host_bytes_needed(job, device_type)
+def check_host_memory(job: Any, device_type: str, available: Optional[int],
+                      knobs: Optional[dict[str, Any]] = None) -> Feasibility:
+    need = host_bytes_needed(job, device_type, knobs)
     if need is None or available is None or need <= 0.9 * available:
         return Feasibility(True)
     return Feasibility(False, f"needs ~{need / 2**30:.1f} GiB of host memory for parameters, "
@@ -78,7 +105,10 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> Any:
     from saturn.techniques import training
     from saturn.techniques.spilling.engine import SpillingEngine
 
-    feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes())
+    conflict = knob_conflicts(job, knobs)
+    if conflict:
+        raise ValueError(f"spilling: {conflict}")
+    feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes(), knobs)
     if not feas:
         raise MemoryError(f"spilling: {feas.reason}")
     model = training.build_model(job)
@@ -112,6 +142,13 @@ class SpillingKnobs:
     wire_dtype: Optional[Literal["fp32", "bf16"]] = knob(
         None, "dtype parameters and gradients cross the link in (None = the compute dtype): bf16 halves "
               "the bytes but adds two host casts per step")
+    optimizer_state: Literal["fp32", "bf16"] = knob(
+        "fp32", "dtype of Adam(W)'s moments (fp32 masters either way); bf16 halves the bytes the "
+                "host optimizer touches; precision fp32 forbids it")
+    gpu_state_fraction: float = knob(
+        0.0, "share of the GPU budget for the first shards, kept on the GPU with masters and "
+             "optimizer state and stepped there (split optimizer); 0 = all step on the host",
+        ge=0.0, le=0.9)
 
 
 @register
@@ -137,7 +174,16 @@ class Spilling(LaunchedTechnique):
                                "on the GPU (for long sequences / large batches)",
         "wire_dtype": "None | fp32 | bf16: dtype on the link (None = the compute dtype; bf16 halves "
                       "the bytes, adds two host casts per step)",
+        "optimizer_state": "fp32 | bf16: Adam(W) moments in bf16 with fp32 master weights, "
+                           "updated in one fused pass (stochastic rounding); about half the host "
+                           "memory traffic of the optimizer; precision fp32 forbids it",
+        "gpu_state_fraction": "0..0.9: share of the GPU budget that keeps the first shards on the "
+                              "GPU with their fp32 masters and optimizer state, stepped there "
+                              "(split optimizer, ZeRO-Offload++ twin-flow); the rest stream",
     }
+
+    def knob_conflicts(self, job: Any, knobs: dict[str, Any]) -> str:
+        return knob_conflicts(job, knobs)
 
     def feasible(self, job: Any, gpus: int) -> Feasibility:
         if gpus != 1:
@@ -169,4 +215,10 @@ class Spilling(LaunchedTechnique):
             # bf16 on the wire halves the link bytes but adds host casts; on an H200 host the host
             # side was the critical path (BENCHMARKS.md, spilling 2026-12-02): measure both
             out.append({**base, "wire_dtype": "fp32"})
-        return out
+        # fewer bytes for the host optimizer (issue 26): smaller state, and a split optimizer;
+        # knob_conflicts drops what the job's precision / optimizer forbids
+        out.append({**base, "optimizer_state": "bf16"})
+        for f in SPLIT_FRACTIONS:
+            out.append({**base, "gpu_state_fraction": f})
+            out.append({**base, "gpu_state_fraction": f, "optimizer_state": "bf16"})
+        return [c for c in out if not knob_conflicts(job, c)]
