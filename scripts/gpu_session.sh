@@ -23,6 +23,8 @@ step() {  # step NAME LIMIT_S CMD...
   echo "== $name start $(date +%T) limit ${limit}s: $*" >> "$RES/session.log"
   timeout --kill-after=10 "$limit" "$@" > "$RES/$name.log" 2>&1
   echo "== $name rc=$? end $(date +%T)" >> "$RES/session.log"
+  # the device copies the working tree anew at every call: keep what this step wrote outside it
+  mkdir -p "$RES/tree" && cp -r benchmarks BENCHMARKS.md "$RES/tree/" 2>/dev/null
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g; \

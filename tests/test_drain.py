@@ -116,6 +116,21 @@ def test_ledger_is_shared_and_drops_dead_processes(tmp_path):
     assert led.held() == 0 and led.try_reserve(100)
 
 
+def test_staging_area_reuses_the_smallest_fitting_buffer_among_sizes(tmp_path):
+    """Two free buffers of different sizes: acquiring one must not compare tensors elementwise
+    (seen on an H200: list.remove raised 'The size of tensor a must match the size of tensor b')."""
+    area = staging.StagingArea(staging.Ledger(tmp_path / "l.json", budget=10_000))
+    big, _ = area.acquire(4096)
+    small, _ = area.acquire(1024)
+    assert big is not None and small is not None
+    area.release(big)
+    area.release(small)
+    got, _ = area.acquire(1000)
+    assert got is small and area.held_bytes() == 4096 + 1024
+    area.release(got)
+    area.close()
+
+
 # --------------------------------------------------------------------------- through the executor
 WORKLOAD = """name: drains
 cluster: {devices: cpu, slots: 1}

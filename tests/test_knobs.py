@@ -27,6 +27,8 @@ def test_every_builtin_declares_typed_knobs_and_its_candidates_pass_them():
     job = _job()
     for name in technique_names():
         t = get_technique(name)
+        if not type(t).__module__.startswith("saturn."):
+            continue  # a user class registered by its import path (e.g. another test's fake technique)
         infos = knob_infos(t.knob_type)
         assert infos, f"{name} declares no knob dataclass"
         assert set(t.knobs) == {k.name for k in infos}, name  # help and dataclass list the same knobs

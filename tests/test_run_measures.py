@@ -196,3 +196,22 @@ def test_saturn_profile_calls_the_api_profile_stage(tmp_path, monkeypatch):
     finally:
         sys.argv = old
     assert seen and seen[0][0] == str(w) and seen[0][1]["budget_min"] == 1.0
+
+
+def test_a_slower_measurement_scales_up_the_signatures_other_estimates_in_the_run(tmp_path):
+    table = pd.DataFrame([{"job": j, "technique": t, "knobs": "{}", "gpus": 1, "step_time_s": s, "startup_s": 1.0,
+                           "feasible": True, "gpu_type": "cpu", "source": "estimated: prior cost model"}
+                          for j in ("a", "b") for t, s in (("ddp", 0.1), ("spilling", 0.08))])
+    m = RunMeasurer(signatures={"a": "s1", "b": "s1"}, table=table, hardware=HW, run_id="r", store_dir=tmp_path,
+                    min_steps=2, skip_steps=0)
+    m.on_launch("a", "ddp", {}, 1, 0)
+    got = m.on_steps("a", [(1, 0.15), (2, 0.15)])  # 1.5x the estimate
+    spill = got.rows[got.rows["technique"] == "spilling"]
+    assert sorted(spill["job"]) == ["a", "b"] and spill["step_time_s"].tolist() == pytest.approx([0.12, 0.12])
+    assert spill["source"].str.contains("x1.50").all()
+    assert len(load_store(tmp_path)) == 1  # only the measurement is stored, never the rescaled guess
+    m2 = RunMeasurer(signatures={"a": "s1"}, table=table[table["job"] == "a"], hardware=HW, run_id="r",
+                     store_dir=tmp_path / "2", min_steps=2, skip_steps=0)
+    m2.on_launch("a", "ddp", {}, 1, 0)
+    faster = m2.on_steps("a", [(1, 0.05), (2, 0.05)])
+    assert (faster.rows["technique"] == "ddp").all()  # a faster measurement leaves the guesses as they are

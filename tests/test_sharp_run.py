@@ -177,7 +177,8 @@ def test_resume_after_executor_sigkill_loses_no_logged_step(tmp_path):
                 state, _ = load_run(rd)
             except Exception:  # noqa: BLE001 - racing the first writes
                 state = None
-        if state and all(js.committed_step >= 4 and js.status == "running" for js in state.jobs.values()):
+        if state and state.jobs and all(js.committed_step >= 4 and js.status == "running"
+                                        for js in state.jobs.values()):
             break
         time.sleep(0.2)
     children = psutil.Process(proc.pid).children(recursive=True)

@@ -143,6 +143,9 @@ class Orchestrator(JobIntake, ExecutorThread):
         if config is None:
             self._ex.cfg.objective = objective
         self.backend = self._ex.backend
+        if resume:  # the jobs the run already finished: their futures are done before we return
+            with self._lock:
+                self._publish()
         self._thread = threading.Thread(target=self._loop, name="saturn-orchestrator", daemon=True)
         self._thread.start()
 

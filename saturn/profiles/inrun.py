@@ -169,6 +169,26 @@ class RunMeasurer:
         return self._write(a, feasible=True)
 
     # ------------------------------------------------------------------------------------ rows
+    def _rescaled(self, key: tuple[str, str, str, int], step: Optional[float]) -> list[dict]:
+        """The signature's other unmeasured options, their estimates scaled by how far this
+        option's estimate was from its measurement -- only ever up: a measurement never makes a
+        guess look better, since moving a running job onto a guess costs a relaunch (on one H200 a
+        2x-optimistic estimate once moved a measured ViT job onto a slower option). In-run
+        estimates only: nothing of this goes to the store."""
+        ratio = _ratio(step, self.base.get(key, {})) if key in self.unmeasured else None
+        if ratio is None or ratio <= 1.0:
+            return []
+        out = []
+        for k in self.pending():
+            base = self.base.get(k)
+            st = _finite((base or {}).get("step_time_s"))
+            if k[0] != key[0] or k == key or base is None or st is None:
+                continue
+            out.append({**{c: v for c, v in base.items() if c != "job"}, "step_time_s": st * ratio,
+                        "source": f"estimated: {base.get('source') or 'prior'}; x{ratio:.2f} as this run measured "
+                                  f"{key[1]} on {key[3]} GPU(s)"})
+        return out
+
     def _write(self, a: _Attempt, *, feasible: bool, reason: str = "") -> Measurement:
         from saturn.profiles.store import upsert_rows
 
@@ -193,9 +213,14 @@ class RunMeasurer:
         else:
             self.measured[key] = math.inf
         jobs = sorted(j for j, s in self.signatures.items() if s == sig)
-        rows = pd.DataFrame([{"job": j, **row} for j in jobs])
+        rows = pd.DataFrame([{"job": j, **r} for r in [row, *self._rescaled(key, step)] for j in jobs])
         return Measurement(sig, a.technique, a.knobs, a.gpus, feasible, step, len(a.times), jobs, rows,
                            first, self.source, reason=reason)
+
+
+def _ratio(step: Optional[float], base: Mapping[str, Any]) -> Optional[float]:
+    est = _finite(base.get("step_time_s"))
+    return step / est if step is not None and est and est > 0 else None
 
 
 def _finite(v: Any) -> Optional[float]:

@@ -153,7 +153,8 @@ class StagingArea:
                 fits = [b for b in self._free if b.numel() >= nbytes]
                 if fits:
                     buf = min(fits, key=lambda b: b.numel())
-                    self._free.remove(buf)
+                    # by identity: list.remove compares tensors with ==, elementwise
+                    self._free = [b for b in self._free if b is not buf]
                     self._busy.append(buf)
                     return buf, time.perf_counter() - t0
                 # too small to reuse: give them back to the budget before reserving a bigger one
