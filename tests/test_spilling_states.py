@@ -139,10 +139,12 @@ def test_new_knobs_follow_fp32_state_and_resume_under_plain_training(tmp_path, k
 
 
 def test_choose_device_shards_takes_a_prefix_that_fits():
-    # 16 B/param resident with fp32 state, 12 with bf16; never every shard
+    # 16 B/param resident (master, grad, 2 fp32 moments; or 2 bf16 moments + the flat grad
+    # the bf16 update reads); never every shard
     assert choose_device_shards([10, 10, 10], 16 * 20) == [0, 1]
     assert choose_device_shards([10, 10, 10], 16 * 19) == [0]
-    assert choose_device_shards([10, 10, 10], 12 * 20, "bf16") == [0, 1]
+    assert choose_device_shards([10, 10, 10], 16 * 20, "bf16") == [0, 1]
+    assert choose_device_shards([10, 10, 10], 15 * 20, "bf16") == [0]
     assert choose_device_shards([10, 10, 10], 10**9) == [0, 1]
     assert choose_device_shards([30, 1, 1], 16 * 10) == []
 

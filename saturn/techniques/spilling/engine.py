@@ -146,9 +146,17 @@ class SpillingEngine:
                     return shp.budget_shards(sizes[a:b], stream_budget, prefetch, optimizer_on,
                                              acts[a:b] if acts else None, boundary)
 
+                # the streamed part must still hold its largest layer (the head's logits can
+                # be GBs): the device prefix gets at most what is left over (GPU run 2026-12-04:
+                # 40% of a 7 GB cap for the prefix left too little for the head, OOM)
+                per = (2 + (2 if optimizer_on == "gpu" else 0)) * (prefetch + 1)
+                need = max((b * per + (acts[i] if acts else 0)) for i, b in enumerate(sizes))
+                need = 1.1 * (need + boundary * len(sizes)) / (0.85 if acts else 0.65)
+                reserve = max(0.0, min(budget * gpu_state_fraction, budget - need))
+                stream_budget = budget - reserve
                 shards = (spl.plan_with_device_prefix(
                     [sum(p.numel() for p in layer.parameters()) for layer in layers],
-                    budget * gpu_state_fraction, optimizer_state, plan)
+                    reserve, optimizer_state, plan)
                     if gpu_state_fraction else plan(0, len(layers)))
         self.ranges = shp.check_ranges(shards, len(layers))
         shp.check_no_cross_shard_ties(layers)
@@ -156,7 +164,7 @@ class SpillingEngine:
         kw = dict(optimizer_kwargs or {})
         self.device_shards: list[int] = (spl.choose_device_shards(
             [sum(p.numel() for p in sh.params) for sh in self.shards],
-            budget * gpu_state_fraction, optimizer_state) if gpu_state_fraction else [])
+            budget - stream_budget, optimizer_state) if gpu_state_fraction else [])
         if compile_state_kernel is None:
             env = os.environ.get("SATURN_SPILLING_COMPILE", "")
             compile_state_kernel = self.cuda if env == "" else env not in ("0", "false", "no")

@@ -23,8 +23,9 @@ from saturn.techniques.spilling.states import FlatAdamW, FlatSlot, state_nbytes
 
 
 def resident_bytes_per_param(state_dtype: str) -> int:
-    """GPU bytes a device-stepped parameter holds: fp32 master + fp32 gradient + state."""
-    return 4 + 4 + state_nbytes(state_dtype)
+    """GPU bytes a device-stepped parameter holds: fp32 master + fp32 gradient (autograd's) +
+    state, + the flat fp32 gradient buffer the bf16-state update reads."""
+    return 4 + 4 + state_nbytes(state_dtype) + (4 if state_dtype == "bf16" else 0)
 
 
 def choose_device_shards(shard_numels: Sequence[int], reserve_bytes: float,
