@@ -111,8 +111,8 @@ def _warn_guesses(p, workload: Path) -> None:
             f"[bold yellow]WARNING:[/] {len(g)} of {len(p.assignments)} assignments rest on numbers nobody "
             f"measured ({', '.join(kinds)}; e.g. {g[0].job}: {g[0].source or 'no source'}). Times and choices "
             f"for rows marked GUESS may be wrong: measure them with `saturn profile {workload}` on such "
-            "hardware (`saturn run` re-profiles them when the hardware is here, or refuses with "
-            "--require-measured).", highlight=False, soft_wrap=True)
+            "hardware (`saturn run` measures them in the jobs' own first steps when the hardware is here, "
+            "or refuses with --require-measured).", highlight=False, soft_wrap=True)
     unl = [a for a in p.assignments if a.provenance == UNLABELLED]
     if unl:
         err_console.print(f"note: {len(unl)} assignment(s) rest on rows without a `source` column value "
