@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Optional
 
 
 def num(v: Any, default: float = 0.0) -> float:
@@ -21,6 +21,15 @@ def num(v: Any, default: float = 0.0) -> float:
     except (TypeError, ValueError):
         return default
     return default if math.isnan(f) else f
+
+
+def finite_or_none(v: Any) -> Optional[float]:
+    """`v` as a finite float, or None when it is missing, not a number, NaN or infinite."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def canonical_knobs(knobs: Any) -> str:

@@ -6,7 +6,9 @@
 #
 # Results: RES/session.log (one line per step: name, start, rc, end), RES/<step>.log, and the
 # benchmarks/ JSON files and BENCHMARKS.md sections each script writes in the checkout.
-# Needs the wheels of ../shared/device/build-wheels.sh in .whl/ (highspy, pydantic, deepspeed, ...).
+# Needs .whl/: wheels for the packages the GPU image lacks (highspy, pydantic, pydantic-core,
+# annotated-types, typing-inspection, deepspeed and fairscale built with DS_BUILD_OPS=0, hjson), made
+# here with `pip download` / `pip wheel` for Python 3.12 manylinux x86_64; installed with pip --target.
 set -u
 RES=${1:-/tmp/res}
 mkdir -p "$RES"

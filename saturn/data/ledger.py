@@ -17,6 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from saturn.process import pid_alive
+
 
 def fair_shares(capacity: int, wants: dict[str, int]) -> dict[str, int]:
     """Max-min fair integer split of `capacity` cores (every job gets at least 1)."""
@@ -46,7 +48,7 @@ class CoreLedger:
             jobs = json.loads(self.path.read_text()).get("jobs", {})
         except (OSError, ValueError):
             jobs = {}
-        return {j: e for j, e in jobs.items() if _alive(int(e.get("pid", 0)))}
+        return {j: e for j, e in jobs.items() if pid_alive(int(e.get("pid", 0)))}
 
     def _write(self, jobs: dict[str, dict]) -> None:
         tmp = self.path.with_suffix(self.path.suffix + f".{os.getpid()}.tmp")
@@ -74,14 +76,3 @@ class CoreLedger:
     def share(self, job: str, default: int = 1) -> int:
         return self.shares().get(job, default)
 
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

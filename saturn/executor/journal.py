@@ -42,6 +42,7 @@ from saturn.executor.state import (
     Segment,
     option_key,
 )
+from saturn.process import pid_alive
 
 JOURNAL_FILE = "journal.sqlite"
 HEARTBEAT_FILE = "heartbeat"
@@ -219,12 +220,8 @@ def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[st
 
 
 def _pid_is_python(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read()

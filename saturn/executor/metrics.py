@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
-from saturn.parse import jsonl_records
+from saturn.parse import finite_or_none, jsonl_records
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class MetricsLog:
         if key in seen or step < seg.start_step:
             return
         seen[key] = None
-        f = _finite(loss)
+        f = finite_or_none(loss)
         self._pending.setdefault(job, []).append(json.dumps(
             {"step": int(step), "loss": f, "attempt": int(seg.attempt), "technique": seg.technique,
              "gpus": len(seg.gpus)}) + "\n")
@@ -226,9 +225,3 @@ def _replace(p: Path, text: str) -> None:
         raise
 
 
-def _finite(x: Any) -> Optional[float]:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

@@ -7,7 +7,6 @@ since the run started; virtual in simulation).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -180,9 +179,3 @@ class RunState:
         return all(j.status in TERMINAL for j in self.jobs.values())
 
 
-def finite_or_none(x: Any) -> Optional[float]:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
-from saturn.parse import canonical_knobs
+from saturn.parse import canonical_knobs, finite_or_none
 
 MIN_STEPS = 5  # timed steps before the first measurement is written
 SKIP_STEPS = 2  # an attempt's first steps: lazy init, compilation, allocator warm-up
@@ -181,7 +181,7 @@ class RunMeasurer:
         out = []
         for k in self.pending():
             base = self.base.get(k)
-            st = _finite((base or {}).get("step_time_s"))
+            st = finite_or_none((base or {}).get("step_time_s"))
             if k[0] != key[0] or k == key or base is None or st is None:
                 continue
             out.append({**{c: v for c, v in base.items() if c != "job"}, "step_time_s": st * ratio,
@@ -197,10 +197,10 @@ class RunMeasurer:
         step = statistics.median(a.times) if feasible and a.times else None
         first = key not in self.measured
         base = self.base.get(key, {})
-        ckpt = _finite(base.get("checkpoint_s"))
-        launch = a.launch_s if a.launch_s is not None else _finite(base.get("launch_s"))
+        ckpt = finite_or_none(base.get("checkpoint_s"))
+        launch = a.launch_s if a.launch_s is not None else finite_or_none(base.get("launch_s"))
         # the planner's start-up = launch + final save (as the profiler writes it)
-        startup = a.launch_s + (ckpt or 0.0) if a.launch_s is not None else _finite(base.get("startup_s"))
+        startup = a.launch_s + (ckpt or 0.0) if a.launch_s is not None else finite_or_none(base.get("startup_s"))
         row = {"signature": sig, "technique": a.technique, "knobs": a.knobs, "gpus": a.gpus, **self.hardware,
                "status": "ok" if feasible else "oom", "feasible": feasible, "step_time_s": step,
                "peak_mem_gb": None, "startup_s": startup, "launch_s": launch, "checkpoint_s": ckpt,
@@ -219,13 +219,7 @@ class RunMeasurer:
 
 
 def _ratio(step: Optional[float], base: Mapping[str, Any]) -> Optional[float]:
-    est = _finite(base.get("step_time_s"))
+    est = finite_or_none(base.get("step_time_s"))
     return step / est if step is not None and est and est > 0 else None
 
 
-def _finite(v: Any) -> Optional[float]:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

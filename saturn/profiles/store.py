@@ -37,6 +37,7 @@ from filelock import FileLock
 
 from saturn.errors import MissingProfilesError, SaturnError
 from saturn.parse import canonical_knobs as _canon_knobs
+from saturn.parse import finite_or_none
 
 COLUMNS = ("signature", "technique", "knobs", "gpus", "step_time_s", "peak_mem_gb", "startup_s",
            "feasible", "reason", "gpu_type", "gpu_memory_gb", "torch_version", "source", "measured_at",
@@ -238,7 +239,7 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
                 raise ProfileTableError(f"{_where(path, i, col, first_line)}: {v!r} is over the limit of {limit:,.0f} "
                                         f"{unit} for {col}; a damaged or hand-edited row? Fix it or re-profile")
         if is_feasible and "peak_mem_gb" in df.columns and "gpu_memory_gb" in df.columns and not _cpu_row(r):
-            peak, dev = _finite(r["peak_mem_gb"]), _finite(r["gpu_memory_gb"])
+            peak, dev = finite_or_none(r["peak_mem_gb"]), finite_or_none(r["gpu_memory_gb"])
             if peak is not None and dev is not None and dev > 0 and peak > dev:
                 raise ProfileTableError(f"{_where(path, i, 'peak_mem_gb', first_line)}: {peak:g} GB on a feasible row "
                                         f"is above its device's {dev:g} GB (gpu_memory_gb); mark it feasible=False "
@@ -261,14 +262,6 @@ def _boolean_cell(v: Any) -> bool:
         return float(v) in (0.0, 1.0)
     except (TypeError, ValueError):
         return False
-
-
-def _finite(v: Any) -> Optional[float]:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 TableCheck = Callable[[pd.DataFrame, Any, Optional[int]], None]
@@ -299,9 +292,9 @@ def cluster_check(*, techniques: Collection[str], memory_gb: Mapping[str, float]
             fv = r.get("feasible", True)
             feasible = BOOL_TEXT.get(fv.strip().lower(), False) if isinstance(fv, str) else fv is None or fv == fv and bool(fv)
             dev = memory_gb.get(str(r.get("gpu_type", "")).lower())
-            peak = _finite(r.get("peak_mem_gb"))
+            peak = finite_or_none(r.get("peak_mem_gb"))
             if feasible and dev is not None and peak is not None and peak > dev and not _cpu_row(r):
-                own = _finite(r.get("gpu_memory_gb"))
+                own = finite_or_none(r.get("gpu_memory_gb"))
                 if own is None or own <= dev:  # a row measured on a larger device of the type is not this one's
                     raise ProfileTableError(
                         f"{_where(path, i, 'peak_mem_gb', first_line)}: {peak:g} GB on a feasible row is above the "

@@ -34,6 +34,8 @@ from typing import Any, Optional
 import torch
 from filelock import FileLock
 
+from saturn.process import pid_alive
+
 _ALIGN = 64  # every tensor starts at a 64-byte offset (any dtype's alignment)
 _GIB = 2**30
 
@@ -65,16 +67,6 @@ def ledger_path() -> Path:
     return Path(env) if env else Path(tempfile.gettempdir()) / f"saturn-staging-{os.getuid()}.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Ledger:
     """Bytes of staging memory each process of this node holds (a JSON file under a file lock)."""
 
@@ -90,7 +82,7 @@ class Ledger:
             held = {}
         if not isinstance(held, dict):
             held = {}
-        return {p: int(b) for p, b in held.items() if str(p).isdigit() and _alive(int(p))}
+        return {p: int(b) for p, b in held.items() if str(p).isdigit() and pid_alive(int(p))}
 
     def _write(self, held: dict[str, int]) -> None:
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
