@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saturn.cli.flags import RANGES
+from tests.cli_runner import saturn_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 WL = {"name": "w", "cluster": {"devices": "cpu", "slots": 2},
@@ -30,18 +31,8 @@ TABLE = ("job,technique,knobs,gpus,step_time_s,startup_s,peak_mem_gb,feasible,gp
 
 
 def _cli(argv, capsys):
-    from saturn.cli.main import run
-
-    old = sys.argv
-    sys.argv = ["saturn", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            run()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    code = e.value.code if isinstance(e.value.code, int) else (0 if e.value.code is None else 1)
-    return code, out.out + out.err
+    code, out, _ = saturn_cli(argv, capsys)
+    return code, out
 
 
 @pytest.fixture

@@ -4,12 +4,11 @@ file, line and column, before any plan or run."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import yaml
 
 from saturn.profiles import store
+from tests.cli_runner import saturn_cli
 
 WL = {"name": "w", "cluster": {"devices": "cpu", "slots": 2},
       "defaults": {"batch_size": 4, "seq_len": 16, "precision": "fp32", "steps": 10},
@@ -19,17 +18,8 @@ GOOD = "a,ddp,{},1,0.1,1.0,0.5,True,cpu\n"
 
 
 def _cli(argv, capsys):
-    from saturn.cli.main import run
-
-    old = sys.argv
-    sys.argv = ["saturn", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            run()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return e.value.code, out.out + out.err
+    code, out, _ = saturn_cli(argv, capsys)
+    return code, out
 
 
 CASES = {  # bad row (line 3 of the file), column named, words of the message

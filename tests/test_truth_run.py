@@ -13,6 +13,7 @@ import pytest
 
 from saturn.executor.journal import Journal, executor_liveness, mark_dead_jobs, record_executor
 from saturn.executor.metrics import SUPERSEDED_FILE, MetricsLog, read_metrics
+from tests.cli_runner import saturn_cli
 
 
 def _seg(attempt, start, end=None, offset=None):
@@ -73,17 +74,8 @@ def test_resume_reconciles_unread_progress_lines_and_a_cut_last_line(tmp_path):
 
 
 def _cli(argv, capsys):
-    from saturn.cli.main import run
-
-    old = sys.argv
-    sys.argv = ["saturn", *argv]
-    try:
-        with pytest.raises(SystemExit) as e:
-            run()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return e.value.code, out.out + out.err
+    code, out, _ = saturn_cli(argv, capsys)
+    return code, out
 
 
 def _journal_with_run(tmp_path) -> Path:

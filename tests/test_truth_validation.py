@@ -3,7 +3,6 @@ within a time bound (hypothesis generates malformed workloads and profile tables
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from saturn.errors import SaturnError, SpecError
 from saturn.profiles import store
 from saturn.spec import limits as L
 from saturn.spec import load_workload
+from tests.cli_runner import saturn_cli
 
 BASE = {"name": "w", "cluster": {"nodes": [{"name": "n0", "gpus": 4, "gpu_type": "H200", "gpu_memory_gb": 141}]},
         "defaults": {"batch_size": 4, "seq_len": 16},
@@ -24,18 +24,7 @@ BASE = {"name": "w", "cluster": {"nodes": [{"name": "n0", "gpus": 4, "gpu_type":
 
 
 def _cli(argv, capsys):
-    from saturn.cli.main import run
-
-    old = sys.argv
-    sys.argv = ["saturn", *argv]
-    t0 = time.monotonic()
-    try:
-        with pytest.raises(SystemExit) as e:
-            run()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return e.value.code, out.out + out.err, time.monotonic() - t0
+    return saturn_cli(argv, capsys)
 
 
 def _write(tmp_path, doc, name="w.yaml") -> Path:
