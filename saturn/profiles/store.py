@@ -187,7 +187,8 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
                                 f"(columns: {', '.join(map(str, df.columns))})")
     for col in ("technique", "gpus"):
         if col not in df.columns:
-            raise ProfileTableError(f"profile file {path} has no column {col!r} (columns: {', '.join(map(str, df.columns))})")
+            columns = ", ".join(map(str, df.columns))
+            raise ProfileTableError(f"profile file {path} has no column {col!r} (columns: {columns})")
     from saturn.parse import table_records
 
     # rows as dicts, column by column: DataFrame.iterrows builds a Series per row (a minute for
@@ -213,7 +214,10 @@ def validate_table(df: pd.DataFrame, path: Any = "<table>", *, first_line: Optio
         if not _boolean_cell(fv):
             raise ProfileTableError(f"{_where(path, i, 'feasible', first_line)}: {fv!r} is not a boolean; write True "
                                     "or False (a row is measured feasible or it is not)")
-        is_feasible = (str(fv).strip().lower() in ("true", "1", "yes")) if isinstance(fv, str) else (fv is None or fv == fv and bool(fv))
+        if isinstance(fv, str):
+            is_feasible = fv.strip().lower() in ("true", "1", "yes")
+        else:
+            is_feasible = fv is None or fv == fv and bool(fv)
         st = r.get("status")
         if isinstance(st, str) and st.strip() and st.strip().lower() != "ok":
             is_feasible = False
@@ -290,7 +294,10 @@ def cluster_check(*, techniques: Collection[str], memory_gb: Mapping[str, float]
                 raise ProfileTableError(f"{_where(path, i, 'technique', first_line)}: unknown technique {t!r}; "
                                         f"registered: {', '.join(sorted(known))} (`saturn techniques` lists them)")
             fv = r.get("feasible", True)
-            feasible = BOOL_TEXT.get(fv.strip().lower(), False) if isinstance(fv, str) else fv is None or fv == fv and bool(fv)
+            if isinstance(fv, str):
+                feasible = BOOL_TEXT.get(fv.strip().lower(), False)
+            else:
+                feasible = fv is None or fv == fv and bool(fv)
             dev = memory_gb.get(str(r.get("gpu_type", "")).lower())
             peak = finite_or_none(r.get("peak_mem_gb"))
             if feasible and dev is not None and peak is not None and peak > dev and not _cpu_row(r):
@@ -416,7 +423,8 @@ def _max_gpus(cluster: Any) -> int:
     return max(int(n.gpus) for n in nodes)
 
 
-def lookup(jobs: Iterable[Any], cluster: Any, table: Optional[pd.DataFrame] = None) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+def lookup(jobs: Iterable[Any], cluster: Any,
+           table: Optional[pd.DataFrame] = None) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
     """Per-job profile rows for the cluster's GPU types, and the missing (job, GPU count) pairs.
 
     For each job, rows with its `.signature` and a GPU type of the cluster (case-insensitive) are
@@ -479,7 +487,8 @@ def _prefer_measured(g: pd.DataFrame) -> pd.DataFrame:
     return g[~shadowed]
 
 
-def profiles_for(workload: Any, table: Optional[pd.DataFrame] = None, *, source: str = "the profile store") -> pd.DataFrame:
+def profiles_for(workload: Any, table: Optional[pd.DataFrame] = None, *,
+                 source: str = "the profile store") -> pd.DataFrame:
     """`lookup` for a Workload, raising MissingProfilesError when a job has no rows at all."""
     jobs = list(workload.jobs)
     df, missing = lookup(jobs, workload.cluster, table)
