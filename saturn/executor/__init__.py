@@ -5,11 +5,13 @@
     results = ex.run_until_done()
 
 Modules: state (dataclasses), journal (SQLite event log + replay), policy (pure decisions),
-backends (simulated / real processes), job_runner (one attempt in a child process), loop (the
+backends (base, simulated, process, ray; runner: one attempt in a job runner), loop (the
 Executor), display (rich live view), report (status, Gantt, prediction error).
 """
 
-from saturn.executor.backends import Backend, BackendEvent, ProcessBackend, SimulatedBackend
+from saturn.executor.backends.base import Backend, BackendEvent
+from saturn.executor.backends.process import ProcessBackend
+from saturn.executor.backends.simulated import SimulatedBackend
 from saturn.executor.loop import Executor, ExecutorConfig, ExecutorError
 from saturn.executor.state import JobInfo, JobResult, JobState, RunState
 

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.executor import defaults, policy
-from saturn.executor.backends import Backend, BackendEvent, latest_checkpoint_step
+from saturn.executor.backends.base import Backend, BackendEvent
+from saturn.executor.backends.process import latest_checkpoint_step
 from saturn.executor.journal import Journal, JournalError, apply_event, heartbeat, open_journal, record_executor, replay
 from saturn.executor.metrics import PROGRESS_FILE, MetricsLog
 from saturn.executor.run_lock import RunLock
@@ -44,6 +44,8 @@ from saturn.executor.state import (
     option_key,
 )
 from saturn.planner import InvalidPlanError
+from saturn.runtime.job_runner import RUNNER_MARKER
+from saturn.runtime.process import kill_stale
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +184,7 @@ class Executor:
         for js in list(state.jobs.values()):
             seg = js.current
             if js.status in ACTIVE and seg is not None:
-                _kill_stale(seg.pid)
+                kill_stale(seg.pid, RUNNER_MARKER)  # a runner that outlived its executor
                 ex._check_checkpoints(js)
                 step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt", js.info.spec,
                                                     js.info.total_steps) if ex.run_dir else (None, None)
@@ -476,14 +478,14 @@ class Executor:
 
     def _check_checkpoints(self, js: Any) -> None:
         """Report (once each) checkpoints in the job's directory that its runner will skip: another
-        job's, another definition's, past the job's end, or damaged (saturn.techniques.checkpoint)."""
+        job's, another definition's, past the job's end, or damaged (saturn.training.checkpoint)."""
         if self.run_dir is None or js.info.spec is None:
             return
         d = self.job_dir(js.name) / "ckpt"
         if not d.is_dir():
             return
         try:
-            from saturn.techniques.checkpoint import Owner, refused_checkpoints
+            from saturn.training.catalog import Owner, refused_checkpoints
         except ImportError:  # torch-less installs: the runners still check
             return
         for path, why in refused_checkpoints(str(d), Owner.of(js.info.spec, js.info.total_steps)):
@@ -655,22 +657,6 @@ def _records(df: pd.DataFrame) -> list[dict]:
     for r in df[cols].to_dict("records"):
         out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
     return json.loads(json.dumps(out, default=str))
-
-
-def _kill_stale(pid: Optional[int]) -> None:
-    """SIGKILL a job runner this run started, if it outlived its executor (it normally dies with it)."""
-    if not pid:
-        return
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
-    except OSError:
-        return
-    if b"saturn.executor.job_runner" in cmd:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _moves_pending(old: Optional[dict], new: dict, state) -> bool:

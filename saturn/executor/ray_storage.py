@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from saturn.executor.backends import latest_checkpoint_step
+from saturn.executor.backends.process import latest_checkpoint_step
 
 
 def is_url(path: Optional[str]) -> bool:

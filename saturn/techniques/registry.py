@@ -15,8 +15,10 @@ from typing import Type
 from saturn.errors import SpecError
 from saturn.techniques.base import Technique
 
-_PLUMBING = {"base", "registry", "common", "worker", "launch", "checkpoint", "training", "knobs", "warm",
-             "warm_worker"}
+_PLUMBING = {"base", "registry", "common", "knobs"}
+# What a warm worker imports before its first job (handed to `saturn.runtime.warm.WarmPool`, which
+# knows no technique): the job schema, the training loop, and every built-in technique module.
+WARM_PRELOAD = ("saturn.spec.schema", "saturn.training.loop", "saturn.techniques.registry:technique_names")
 _REGISTRY: dict[str, Type[Technique]] = {}
 _discovered = False
 

@@ -1,4 +1,5 @@
-"""One attempt of one job, in its own process: `python -m saturn.executor.job_runner SPEC.json`.
+"""What a job runner runs for the executor: one attempt of one job (`run_spec`, the entry
+`saturn.runtime.job_runner` calls: `python -m saturn.runtime.job_runner SPEC.json ENTRY`).
 
 SPEC.json (written by `ProcessBackend.launch`): job (Job.model_dump), technique, knobs, gpus,
 start_step, num_steps, checkpoint_dir, device_type, log_path, progress_path, result_path,
@@ -13,27 +14,30 @@ lines themselves. The `RunResult` is written atomically to `result_path`; no res
 runner died (the executor then resumes from the newest checkpoint on disk).
 
 Warm attempts (the default where the technique trains through `launch.run_workers`) skip the runner
-process: `WarmAttempt` calls the same `run_attempt` in a thread of the executor, and the workers
-are the warm pool's long-lived processes (see saturn.techniques.warm).
+process: `saturn.runtime.job_runner.WarmAttempt` calls the same `run_attempt` in a thread of the
+executor, and the workers are the warm pool's long-lived processes (see saturn.runtime.warm).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import sys
 import threading
 import time
 from typing import Any, Optional
 
+ENTRY = "saturn.executor.backends.runner:run_spec"  # what spawn_runner's runner process calls
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def run_spec(spec: dict[str, Any]) -> None:
+    """The runner process's work: a SHARP group attempt, or one job's attempt."""
+    if "members" in spec:  # a SHARP group attempt (saturn.executor.sharp_dispatch)
+        from saturn.sharp.runner import run_group_attempt
+
+        run_group_attempt(spec)
+        return
+    run_attempt(spec)
 
 
 def _append(path: str, rec: dict[str, Any]) -> None:
@@ -46,7 +50,7 @@ def _append(path: str, rec: dict[str, Any]) -> None:
 
 
 def _watch(spec: dict[str, Any], stop: threading.Event, seen: list) -> None:
-    from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+    from saturn.training.catalog import latest_checkpoint, read_meta
 
     while True:
         _report_new(spec, latest_checkpoint, read_meta, seen)
@@ -56,7 +60,7 @@ def _watch(spec: dict[str, Any], stop: threading.Event, seen: list) -> None:
 
 
 def _owner(spec: dict[str, Any]) -> Any:
-    from saturn.techniques.checkpoint import Owner
+    from saturn.training.catalog import Owner
 
     return Owner.of(spec["job"], int(spec["start_step"]) + int(spec["num_steps"]))
 
@@ -84,7 +88,7 @@ def run_attempt(spec: dict[str, Any], stop_event: Optional[threading.Event] = No
     SIGTERM is for a cold runner; a crash of the technique becomes a "failed" result."""
     from saturn.spec.schema import Job
     from saturn.techniques import get_technique
-    from saturn.techniques.checkpoint import latest_checkpoint
+    from saturn.training.catalog import latest_checkpoint
 
     start_path = latest_checkpoint(spec["checkpoint_dir"], _owner(spec))
     stop = threading.Event()
@@ -120,62 +124,6 @@ def run_attempt(spec: dict[str, Any], stop_event: Optional[threading.Event] = No
     return result
 
 
-def main(spec_path: str) -> int:
-    _die_with_parent()
-    with open(spec_path) as f:
-        spec = json.load(f)
-    if "members" in spec:  # a SHARP group attempt (saturn.executor.sharp_dispatch)
-        from saturn.sharp.runner import run_group_attempt
-
-        run_group_attempt(spec)
-        return 0
-    run_attempt(spec)
-    return 0
-
-
-class WarmAttempt:
-    """An attempt run in a thread of the executor on warm workers (`saturn.techniques.warm`),
-    with the part of `subprocess.Popen`'s interface the backends use: `pid` (None: no runner
-    process), `poll()`, `terminate()` (graceful stop: checkpoint and exit) and `kill()` (SIGKILL
-    the attempt's workers; the pool replaces them). The thread only supervises: training runs in
-    the workers, so a crash, hang or OOM there never reaches the executor."""
-
-    pid: Optional[int] = None
-
-    def __init__(self, spec: dict[str, Any], pool: Any, env: Optional[dict[str, str]] = None,
-                 runner_log: Optional[str] = None):
-        self.spec, self.pool, self.env, self.runner_log = spec, pool, dict(env or {}), runner_log
-        self.returncode: Optional[int] = None
-        self._stop, self._abort = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"attempt-{spec.get('attempt')}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from saturn.techniques.warm import using_pool
-
-        try:
-            with using_pool(self.pool, abort=self._abort, env=self.env):
-                run_attempt(self.spec, self._stop, self.runner_log)
-            self.returncode = 0
-        except BaseException:  # noqa: BLE001 - run_attempt already reports; never kill the executor
-            self.returncode = 1
-
-    def poll(self) -> Optional[int]:
-        return self.returncode
-
-    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
-        self._thread.join(timeout)
-        return self.returncode
-
-    def terminate(self) -> None:
-        self._stop.set()
-
-    def kill(self) -> None:
-        self._abort.set()
-        self._stop.set()
-        self._thread.join(15)
-
-
 def is_warm_capable(technique: str) -> bool:
     """Whether a technique trains through `launch.run_workers` (and so can use warm workers);
     others train in their runner process and are launched cold."""
@@ -186,10 +134,3 @@ def is_warm_capable(technique: str) -> bool:
         return isinstance(get_technique(technique), LaunchedTechnique)
     except Exception:  # noqa: BLE001 - unknown/broken technique: the cold runner reports it
         return False
-
-
-if __name__ == "__main__":
-    rc = main(sys.argv[1])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc)

@@ -1,7 +1,7 @@
 """What runs on a Ray node: one attempt of one job (`_JobAttempt`), in its own actor (cold) or
 in the node's long-lived agent actor (`_NodeAgent`, warm: one warm worker per GPU of the node).
 
-Cold: one actor per attempt runs `python -m saturn.executor.job_runner SPEC.json` as a child
+Cold: one actor per attempt runs `python -m saturn.runtime.job_runner SPEC.json ENTRY` as a child
 process, exactly as `ProcessBackend` does. Warm (the default where the technique trains through
 `launch.run_workers`): the node's agent runs the attempt in a thread (`job_runner.WarmAttempt`) on
 its `WarmPool`, so successive attempts and jobs on that node do not pay interpreter, imports and
@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
-from saturn.executor.backends import kill_session, latest_checkpoint_step, stop_attempt
-from saturn.executor.job_runner import WarmAttempt, is_warm_capable
+from saturn.executor.backends.process import latest_checkpoint_step
+from saturn.executor.backends.runner import ENTRY as RUNNER_ENTRY
+from saturn.executor.backends.runner import is_warm_capable, run_attempt
 from saturn.executor.ray_storage import download_latest, is_url, upload_checkpoint
+from saturn.runtime.job_runner import WarmAttempt, kill_session, spawn_runner, stop_attempt
 
 _LOG_CHUNK = 64 * 1024  # log bytes returned per poll, per file
 
@@ -46,18 +47,13 @@ class _JobAttempt:
         with open(spec_path, "w") as f:
             json.dump(self.spec, f, indent=1)
         extra = self.spec.pop("env", None) or {}
+        runner_log = os.path.join(scratch, "runner.txt")
         if pool is not None and is_warm_capable(self.spec["technique"]):
-            self.popen: Any = WarmAttempt(self.spec, pool, extra, runner_log=os.path.join(scratch, "runner.txt"))
+            self.popen: Any = WarmAttempt(partial(run_attempt, self.spec, runner_log=runner_log), pool, extra,
+                                          name=f"attempt-{self.spec.get('attempt')}")
             return
-        env = dict(os.environ)
-        env.pop("CUDA_VISIBLE_DEVICES", None)  # launch.py sets it from the (physical) device ids
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        env.update(extra)
-        with open(os.path.join(scratch, "runner.txt"), "ab") as out:
-            self.popen = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", spec_path],
-                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, env=env)
+        # launch.py sets CUDA_VISIBLE_DEVICES from the (physical) device ids
+        self.popen = spawn_runner(spec_path, runner_log, extra, RUNNER_ENTRY, unset=("CUDA_VISIBLE_DEVICES",))
 
     def _physical(self, gpus: list) -> list:
         vis = os.environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -146,11 +142,12 @@ class _NodeAgent:
     devices, and the attempts running on it by key (the driver's `_AgentAttempt` handles)."""
 
     def __init__(self, device_type: str, env: Optional[dict] = None):
-        from saturn.techniques.warm import WarmPool
+        from saturn.runtime.warm import WarmPool
+        from saturn.techniques.registry import WARM_PRELOAD
 
         # final saves are written before an attempt returns: the driver uploads and reports a
         # checkpoint as soon as the attempt ends (no "finishing" state on Ray yet)
-        self.pool = WarmPool(device_type, env=env, drain_behind=False)
+        self.pool = WarmPool(device_type, env=env, drain_behind=False, preload=WARM_PRELOAD)
         self.atts: dict[str, _JobAttempt] = {}
 
     def start(self, key: str, spec: dict, store: str, scratch: str) -> None:

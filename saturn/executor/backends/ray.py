@@ -1,6 +1,6 @@
 """Run a plan across the nodes of a Ray cluster: `RayBackend` + `RayExecutor`.
 
-    from saturn.executor.ray_backend import RayBackend, RayExecutor
+    from saturn.executor.backends.ray import RayBackend, RayExecutor
     cluster = resolve_cluster(workload.cluster)      # saturn.executor.build: nodes from Ray
     backend = RayBackend(run_dir, cluster.ray, checkpoint_every=200)
     ex = RayExecutor(workload.jobs, cluster, profiles, backend, run_dir=run_dir)
@@ -11,7 +11,7 @@ How it works
   (`ray_actor._NodeAgent`, `num_cpus=0`, pinned with `NodeAffinitySchedulingStrategy(node_id,
   soft=False)`) holds a warm worker per device of that node and runs each attempt there in a thread
   (`job_runner.WarmAttempt`), as `ProcessBackend` does locally. Cold: one actor per attempt
-  (`ray_actor._JobAttempt`) runs the very same `python -m saturn.executor.job_runner SPEC.json`
+  (`ray_actor._JobAttempt`) runs the very same `python -m saturn.runtime.job_runner SPEC.json`
   child as `ProcessBackend`. Either way the attempt runs on the plan's device ids of that node
   (mapped through the node's `CUDA_VISIBLE_DEVICES` if the raylet has one). Ray does not allocate
   the GPUs: Saturn's plan does (the actor asks for 0 GPUs so that Ray leaves `CUDA_VISIBLE_DEVICES`
@@ -51,9 +51,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Union
 
-from saturn.executor.backends import BackendEvent, WallClock
+from saturn.executor.backends.base import BackendEvent
+from saturn.executor.backends.process import WallClock
+from saturn.executor.backends.ray_actor import _actor_cls, _AgentAttempt, _JobAttempt, _NodeAgent  # noqa: F401
 from saturn.executor.loop import Executor
-from saturn.executor.ray_actor import _actor_cls, _AgentAttempt, _JobAttempt, _NodeAgent  # noqa: F401
 from saturn.executor.ray_storage import _join, download_latest, is_url, latest_in_store, upload_checkpoint  # noqa: F401
 from saturn.executor.state import ACTIVE, JobState
 
@@ -87,7 +88,7 @@ class RayBackend(WallClock):
                  grace_s: float = 60.0, extra_env: Optional[dict] = None, refresh_s: float = 1.0,
                  scratch_dir: Optional[str] = None, warm: Optional[bool] = None):
         from saturn.executor.ray_cluster import connect, devices_of
-        from saturn.techniques.warm import warm_enabled
+        from saturn.runtime.warm import warm_enabled
 
         spec = SimpleNamespace(address=ray, checkpoint_root=None, devices="auto", slots=None,
                                gpu_memory_gb=None) if isinstance(ray, (str, type(None))) else ray
