@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchlib  # noqa: E402
 
 from saturn.runtime.launch import free_port, resolve_device_type  # noqa: E402
-from saturn.runtime.warm import WarmPool, using_pool  # noqa: E402
+from saturn.runtime.routing import using_pool  # noqa: E402
+from saturn.runtime.warm import WarmPool  # noqa: E402
 from saturn.spec.schema import Job  # noqa: E402
 from saturn.techniques import get_technique  # noqa: E402
 

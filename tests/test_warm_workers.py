@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from saturn.runtime.launch import run_workers
-from saturn.runtime.warm import WarmPool, using_pool
+from saturn.runtime.routing import using_pool
+from saturn.runtime.warm import WarmPool
 from saturn.spec.schema import Job
 from saturn.techniques import get_technique
 

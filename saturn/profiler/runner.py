@@ -61,7 +61,8 @@ def call_trial(technique: Any, job: Any, devices: list[int], trial: TrialSpec,
     launch workers (`launch.run_workers`) run the trial on the process-wide warm pool, so a trial
     pays no interpreter/import/CUDA start-up, and the pool's workers go on to run the jobs of a
     `saturn run` in the same process (warm=False or SATURN_WARM=0: cold processes)."""
-    from saturn.runtime.warm import shared_pool, using_pool, warm_enabled
+    from saturn.runtime.routing import using_pool
+    from saturn.runtime.warm import shared_pool, warm_enabled
     from saturn.techniques.registry import WARM_PRELOAD
 
     use = warm if warm is not None else warm_enabled()

@@ -70,7 +70,7 @@ class WarmAttempt:
         self._thread.start()
 
     def _run(self) -> None:
-        from saturn.runtime.warm import using_pool
+        from saturn.runtime.routing import using_pool
 
         try:
             with using_pool(self.pool, abort=self._abort, env=self.env):

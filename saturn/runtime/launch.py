@@ -1,5 +1,5 @@
 """Run a technique's worker function in a fresh set of processes, one per device (cold), or on
-the warm workers of the calling thread's `saturn.runtime.warm.WarmPool` (`using_pool`).
+the warm workers of the calling thread's `saturn.runtime.warm.WarmPool` (`routing.using_pool`).
 
 Why fresh processes: every trial and every run must start from a clean CUDA context and process
 group (an OOM or a NCCL hang poisons the process), and the executor must be able to stop, time out
@@ -38,10 +38,9 @@ import time
 from typing import Any, Optional, Protocol, Sequence
 
 from saturn.runtime.process import kill_and_reap, log_tail, signal_group, with_repo_on_path
-
-# Log text that means the job ran out of (GPU or host) memory, as opposed to a bug.
-OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
-               "DefaultCPUAllocator: can't allocate memory", "std::bad_alloc")
+from saturn.runtime.routing import current_abort, current_pool
+from saturn.runtime.warm_handle import WarmUnavailable
+from saturn.runtime.worker import OOM_MARKERS, write_payload
 
 
 def resolve_device_type(device_type: str = "auto") -> str:
@@ -75,20 +74,16 @@ def run_workers(target: str, payload: dict[str, Any], devices: list[int], *,
     launch (start-up included). Never raises for worker failures: see the module docstring.
     """
     device_type = resolve_device_type(device_type)
-    from saturn.runtime import warm
-    from saturn.runtime.warm_handle import WarmUnavailable
-
-    pool = warm.current_pool()
+    pool = current_pool()
     if pool is not None and pool.device_type == device_type:
         try:  # the calling thread asked for warm workers (see saturn.runtime.warm)
             return pool.run(target, payload, devices, timeout_s=timeout_s, log_path=log_path, env=env,
-                            grace_s=grace_s, stop_event=stop_event, abort_event=warm.current_abort())
+                            grace_s=grace_s, stop_event=stop_event, abort_event=current_abort())
         except WarmUnavailable as exc:
             print(f"saturn: warm workers unavailable ({exc}); launching cold", file=sys.stderr)
     rundir = tempfile.mkdtemp(prefix="saturn-launch-")
     try:
-        with open(os.path.join(rundir, "payload.json"), "w") as f:
-            json.dump({"target": target, "payload": payload}, f)
+        write_payload(rundir, target, payload)
         procs = _spawn(rundir, devices, device_type, env or {})
         outcome, culprit = _supervise(procs, timeout_s, grace_s, stop_event)
         result = collect(rundir, procs, outcome, culprit)
@@ -198,7 +193,7 @@ def _wait_or_kill(procs: list[subprocess.Popen], grace_s: float) -> None:
 
 
 class Exit(Protocol):
-    """What `collect` reads of a worker: a `Popen`, or `warm.Exited` for a warm worker."""
+    """What `collect` reads of a worker: a `Popen`, or `warm_handle.Exited` for a warm worker."""
 
     @property
     def returncode(self) -> Optional[int]: ...

@@ -6,7 +6,7 @@ spend training. A `WarmPool` keeps one `saturn.runtime.warm_worker` per slot (a 
 slot) that has paid all of that once. `launch.run_workers` uses the pool of the calling thread:
 
     pool = WarmPool("cpu")
-    with using_pool(pool):                       # every run_workers() in this thread goes warm
+    with using_pool(pool):                       # (saturn.runtime.routing) run_workers() here goes warm
         technique.run(job, [0, 1], knobs, 0, 100, "ckpt")
     pool.pids()                                  # {0: 4711, 1: 4712}: the same processes next job
 
@@ -31,7 +31,6 @@ killed: it finishes its drains and exits, and a fresh worker takes the slot mean
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -40,44 +39,16 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from saturn.runtime import launch
 from saturn.runtime.process import with_repo_on_path
+from saturn.runtime.routing import current_env
 from saturn.runtime.warm_handle import PRELOAD_ENV, Exited, Spawner, WarmUnavailable, WarmWorker
+from saturn.runtime.worker import write_payload
 
 log = logging.getLogger(__name__)
 _MIB = 2**20
-
-
-# ------------------------------------------------------------------ the calling thread's pool
-_local = threading.local()
-
-
-def current_pool() -> Optional["WarmPool"]:
-    return getattr(_local, "pool", None)
-
-
-def current_abort() -> Optional[threading.Event]:
-    return getattr(_local, "abort", None)
-
-
-def current_env() -> dict[str, str]:
-    return getattr(_local, "env", None) or {}
-
-
-@contextlib.contextmanager
-def using_pool(pool: Optional["WarmPool"], abort: Optional[threading.Event] = None,
-               env: Optional[dict[str, str]] = None) -> Iterator[None]:
-    """Route `run_workers` calls made in this thread to `pool` (None: cold). Setting `abort`
-    SIGKILLs the running job's workers (they are replaced); stop_event stays the graceful stop.
-    `env`: extra environment for these jobs (what a cold runner would have inherited)."""
-    old = (current_pool(), current_abort(), current_env())
-    _local.pool, _local.abort, _local.env = pool, abort, dict(env or {})
-    try:
-        yield
-    finally:
-        _local.pool, _local.abort, _local.env = old
 
 
 _shared: Optional["WarmPool"] = None
@@ -317,8 +288,7 @@ class WarmPool:
         for w in ws:
             w.replied = False
         try:
-            with open(os.path.join(rundir, "payload.json"), "w") as f:
-                json.dump({"target": target, "payload": payload}, f)
+            write_payload(rundir, target, payload)
             port = launch.free_port()
             for rank, w in enumerate(ws):
                 w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,

@@ -149,12 +149,10 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
     _Job.ctx = ctx
     ok = False
     try:
-        with open(os.path.join(rundir, "payload.json")) as f:
-            spec = json.load(f)
-        payload = spec["payload"]
+        target, payload = cold.read_payload(rundir)
         try:
             cold.init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
-            result = dict(cold.resolve_target(spec["target"])(payload, ctx) or {})
+            result = dict(cold.resolve_target(target)(payload, ctx) or {})
             ok = True
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
             traceback.print_exc()

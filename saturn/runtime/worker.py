@@ -21,6 +21,10 @@ from typing import Any, Callable
 
 from saturn.runtime.process import die_with_parent
 
+# Log text that means the job ran out of (GPU or host) memory, as opposed to a bug.
+OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+               "DefaultCPUAllocator: can't allocate memory", "std::bad_alloc")
+
 
 @dataclass
 class WorkerContext:
@@ -75,8 +79,6 @@ def resolve_target(path: str) -> Callable[..., Any]:
 def is_oom(exc: BaseException) -> bool:
     import torch
 
-    from saturn.runtime.launch import OOM_MARKERS
-
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(
         m in str(exc) for m in OOM_MARKERS)
 
@@ -88,18 +90,29 @@ def write_result(rundir: str, rank: int, result: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
+def write_payload(rundir: str, target: str, payload: dict[str, Any]) -> None:
+    """What every rank of a launch runs (cold or warm): `target(payload, ctx)`."""
+    with open(os.path.join(rundir, "payload.json"), "w") as f:
+        json.dump({"target": target, "payload": payload}, f)
+
+
+def read_payload(rundir: str) -> tuple[str, dict[str, Any]]:
+    """(target, payload) of the launch in `rundir` (see `write_payload`)."""
+    with open(os.path.join(rundir, "payload.json")) as f:
+        spec = json.load(f)
+    return spec["target"], spec["payload"]
+
+
 def main(rundir: str) -> int:
     die_with_parent()
     ctx = context_from_env()
     signal.signal(signal.SIGTERM, ctx.request_stop)
     signal.signal(signal.SIGINT, ctx.request_stop)
-    with open(os.path.join(rundir, "payload.json")) as f:
-        spec = json.load(f)
-    payload = spec["payload"]
+    target, payload = read_payload(rundir)
     code = 0
     try:
         init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
-        result = resolve_target(spec["target"])(payload, ctx)
+        result = resolve_target(target)(payload, ctx)
         result = dict(result or {})
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
         traceback.print_exc()

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional
 
+from saturn.runtime.attempt import RunResult
 from saturn.runtime.launch import resolve_device_type, run_workers
-from saturn.techniques.base import Devices, Feasibility, RunResult, Technique, TrialResult, device_ids
+from saturn.techniques.base import Devices, Feasibility, Technique, TrialResult, device_ids
 
 _RUN_FOREVER_S = 30 * 24 * 3600.0
 

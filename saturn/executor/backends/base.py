@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 from saturn.executor.state import JobState
+from saturn.runtime.attempt import RunResult
 
 
 @dataclass
@@ -30,6 +31,14 @@ class BackendEvent:
     durable: bool = True
     phases: dict = field(default_factory=dict)  # the attempt's measured phases (training.train)
     drain_s: Optional[float] = None
+
+    @classmethod
+    def finished(cls, job: str, t: float, res: RunResult) -> "BackendEvent":
+        """The "finished" event of an attempt's result (the one conversion, for every backend)."""
+        losses = res.losses or []
+        return cls("finished", job, t, step=int(res.step), status=res.status, checkpoint=res.checkpoint,
+                   reason=res.reason, loss=float(losses[-1][1]) if losses else None, losses=losses,
+                   durable=bool(res.durable) or not res.checkpoint, phases=dict(res.phases))
 
 
 class Backend(Protocol):

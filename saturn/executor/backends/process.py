@@ -23,10 +23,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
+from saturn.executor.backends.attempts import attempt_for
 from saturn.executor.backends.base import BackendEvent
 from saturn.executor.backends.runner import ENTRY as RUNNER_ENTRY
 from saturn.executor.backends.runner import is_warm_capable, run_attempt
 from saturn.executor.state import JobState
+from saturn.runtime.attempt import Attempt, RunResult
 from saturn.runtime.job_runner import WarmAttempt, kill_session, spawn_runner, stop_attempt
 from saturn.runtime.process import log_tail
 from saturn.runtime.warm import warm_enabled
@@ -115,53 +117,41 @@ class ProcessBackend(WallClock):
                 "worker_start_s": max(measured) if measured else None,
                 "staging_budget_gb": budget_bytes() / 1e9, "node_gpus": len(slots)}
 
-    def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
-        if job.info.spec is None:
-            raise ValueError(f"job {job.name}: no job spec to run (simulation-only job)")
+    def _attempt(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Attempt:
         d = self.job_dir(job.name)
         d.mkdir(parents=True, exist_ok=True)
-        spec = {
-            "job": job.info.spec, "technique": assignment["technique"],
-            "knobs": assignment.get("knobs") or {}, "gpus": [int(g) for g in assignment["gpus"]],
-            "start_step": int(start_step), "num_steps": int(job.info.total_steps - start_step),
-            "checkpoint_dir": str(d / "ckpt"), "device_type": self.device_type,
-            "log_path": str(d / "log.txt"), "progress_path": str(d / "progress.jsonl"),
-            "result_path": str(d / f"result-{attempt}.json"), "checkpoint_every": self.checkpoint_every,
-            "attempt": attempt, "grace_s": self.grace_s,
-        }
+        att = attempt_for(job, assignment, start_step, attempt, files_dir=str(d), checkpoint_dir=str(d / "ckpt"),
+                          device_type=self.device_type, checkpoint_every=self.checkpoint_every,
+                          grace_s=self.grace_s)
+        Path(att.result_path).unlink(missing_ok=True)
+        return att
+
+    def _follow(self, popen: Any, att: Attempt, owned: bool = True) -> None:
+        """Poll `att`'s progress and result from now on (progress lines written before are old)."""
+        prog = Path(att.progress_path)
+        self.procs[att.name] = _Proc(popen, att.name, att.attempt, Path(att.result_path).parent, prog,
+                                     Path(att.result_path), prog.stat().st_size if prog.exists() else 0,
+                                     att.job if owned else None, att.end_step if owned else None)
+
+    def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
+        att = self._attempt(job, assignment, start_step, attempt)
+        d = self.job_dir(job.name)
         spec_path = d / f"attempt-{attempt}.json"
-        spec_path.write_text(json.dumps(spec, indent=1))
-        res = Path(spec["result_path"])
-        if res.exists():
-            res.unlink()
-        prog = Path(spec["progress_path"])
-        offset = prog.stat().st_size if prog.exists() else 0
-        if self.warm and is_warm_capable(spec["technique"]):
-            h = WarmAttempt(partial(run_attempt, spec, runner_log=str(d / "runner.txt")), self.pool(),
+        att.write(spec_path)
+        if self.warm and is_warm_capable(att.technique):
+            h = WarmAttempt(partial(run_attempt, att, runner_log=str(d / "runner.txt")), self.pool(),
                             self.extra_env, name=f"attempt-{attempt}")
-            self.procs[job.name] = _Proc(h, job.name, attempt, d, prog, res, offset, job.info.spec,
-                                         job.info.total_steps)
+            self._follow(h, att)
             return None  # no runner process: the attempt's workers are the pool's (they die with us)
         p = spawn_runner(spec_path, d / "runner.txt", self.extra_env, RUNNER_ENTRY)
-        self.procs[job.name] = _Proc(p, job.name, attempt, d, prog, res, offset, job.info.spec, job.info.total_steps)
+        self._follow(p, att)
         return p.pid
 
     def launch_group(self, group: str, members: list[JobState], assignment: dict) -> int:
         """Start a SHARP group's runner process (`saturn.sharp.runner.run_group_attempt`) and follow
         it once per member (per-job polling, stopping and result reading then apply unchanged)."""
-        spec_members, procs = [], []
-        for js in members:
-            d = self.job_dir(js.name)
-            d.mkdir(parents=True, exist_ok=True)
-            attempt = js.attempts
-            res, prog = d / f"result-{attempt}.json", d / "progress.jsonl"
-            if res.exists():
-                res.unlink()
-            spec_members.append({"job": js.info.spec, "attempt": attempt, "start_step": js.committed_step,
-                                 "checkpoint_dir": str(d / "ckpt"), "progress_path": str(prog),
-                                 "result_path": str(res)})
-            procs.append((js.name, attempt, d, prog, res, prog.stat().st_size if prog.exists() else 0))
-        spec = {"group": group, "members": spec_members, "knobs": assignment.get("knobs") or {},
+        atts = [self._attempt(js, assignment, js.committed_step, js.attempts) for js in members]
+        spec = {"group": group, "members": [a.to_dict() for a in atts], "knobs": assignment.get("knobs") or {},
                 "gpus": [int(g) for g in assignment["gpus"]], "device_type": self.device_type,
                 "checkpoint_every": self.checkpoint_every, "grace_s": self.grace_s}
         first = self.job_dir(members[0].name)
@@ -170,8 +160,8 @@ class ProcessBackend(WallClock):
         tmp.write_text(json.dumps(spec, indent=1))
         os.replace(tmp, spec_path)
         p = spawn_runner(spec_path, first / "runner.txt", self.extra_env, RUNNER_ENTRY)
-        for name, attempt, d, prog, res, offset in procs:
-            self.procs[name] = _Proc(p, name, attempt, d, prog, res, offset)
+        for att in atts:
+            self._follow(p, att, owned=False)
         return p.pid
 
     def stop(self, job: str) -> None:
@@ -253,25 +243,16 @@ class ProcessBackend(WallClock):
 
     def _result(self, pr: _Proc, code: int) -> BackendEvent:
         now = self.now()
-        try:
-            res = json.loads(pr.result_path.read_text())
-        except (OSError, ValueError):
-            res = None
+        res = RunResult.read(pr.result_path)
         if res is None:  # the runner itself died (killed): fall back to the newest checkpoint
             step, ckpt = latest_checkpoint_step(pr.job_dir / "ckpt", pr.spec, pr.total_steps)
             return BackendEvent("finished", pr.job, now, step=step if step is not None else -1,
                                 status="failed", checkpoint=ckpt,
                                 reason=f"job runner exited with code {code}: " + log_tail(pr.job_dir / "log.txt", 800)
                                 + log_tail(pr.job_dir / "runner.txt", 800))
-        losses = res.get("losses") or []
-        reason = res.get("reason", "")
-        if res.get("status") in ("failed", "oom"):
-            reason = (reason + "\n" + log_tail(pr.job_dir / "log.txt", 1500)).strip()
-        return BackendEvent("finished", pr.job, now, step=int(res.get("step", 0)), status=res.get("status", "failed"),
-                            checkpoint=res.get("checkpoint"), reason=reason,
-                            loss=float(losses[-1][1]) if losses else None, losses=losses,
-                            durable=bool(res.get("durable", True)) or not res.get("checkpoint"),
-                            phases=dict(res.get("phases") or {}))
+        if res.status in ("failed", "oom"):
+            res.reason = (res.reason + "\n" + log_tail(pr.job_dir / "log.txt", 1500)).strip()
+        return BackendEvent.finished(pr.job, now, res)
 
     def wait(self, timeout_s: float) -> None:
         end = time.monotonic() + max(0.0, timeout_s)

@@ -1,16 +1,15 @@
 """What a job runner runs for the executor: one attempt of one job (`run_spec`, the entry
 `saturn.runtime.job_runner` calls: `python -m saturn.runtime.job_runner SPEC.json ENTRY`).
 
-SPEC.json (written by `ProcessBackend.launch`): job (Job.model_dump), technique, knobs, gpus,
-start_step, num_steps, checkpoint_dir, device_type, log_path, progress_path, result_path,
-checkpoint_every, attempt, grace_s.
+SPEC.json: a `saturn.runtime.attempt.Attempt` (`Attempt.write`), built by
+`saturn.executor.backends.attempts.attempt_for`, or a SHARP group's spec.
 
 It calls `get_technique(technique).run(...)` in the main thread (so the launcher's SIGTERM handling
 turns our SIGTERM into "checkpoint and exit"), while a watcher thread appends one JSONL line to
 `progress_path` per new checkpoint ({"attempt", "step", "loss", "checkpoint", "wall"}): the
 techniques' `run()` has no per-step callback, so progress is reported at checkpoint granularity
 (`checkpoint_every`). `metrics_path=progress_path` is passed too, for techniques that write per-step
-lines themselves. The `RunResult` is written atomically to `result_path`; no result file means the
+lines themselves. The `RunResult` is written atomically to `result_path` (`RunResult.write`); no result file means the
 runner died (the executor then resumes from the newest checkpoint on disk).
 
 Warm attempts (the default where the technique trains through `launch.run_workers`) skip the runner
@@ -27,6 +26,9 @@ import threading
 import time
 from typing import Any, Optional
 
+from saturn.runtime.attempt import Attempt, RunResult
+from saturn.training.catalog import Owner, latest_checkpoint, read_meta
+
 ENTRY = "saturn.executor.backends.runner:run_spec"  # what spawn_runner's runner process calls
 
 
@@ -37,7 +39,7 @@ def run_spec(spec: dict[str, Any]) -> None:
 
         run_group_attempt(spec)
         return
-    run_attempt(spec)
+    run_attempt(Attempt.from_dict(spec))
 
 
 def _append(path: str, rec: dict[str, Any]) -> None:
@@ -49,61 +51,50 @@ def _append(path: str, rec: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _watch(spec: dict[str, Any], stop: threading.Event, seen: list) -> None:
-    from saturn.training.catalog import latest_checkpoint, read_meta
-
+def _watch(att: Attempt, stop: threading.Event, seen: list) -> None:
     while True:
-        _report_new(spec, latest_checkpoint, read_meta, seen)
+        _report_new(att, seen)
         if stop.wait(0.2):
-            _report_new(spec, latest_checkpoint, read_meta, seen)
+            _report_new(att, seen)
             return
 
 
-def _owner(spec: dict[str, Any]) -> Any:
-    from saturn.training.catalog import Owner
-
-    return Owner.of(spec["job"], int(spec["start_step"]) + int(spec["num_steps"]))
-
-
-def _report_new(spec, latest_checkpoint, read_meta, seen: list) -> None:
+def _report_new(att: Attempt, seen: list) -> None:
     try:
-        path = latest_checkpoint(spec["checkpoint_dir"], _owner(spec))
+        path = latest_checkpoint(att.checkpoint_dir, Owner.of(att.job, att.end_step))
         if not path or path == seen[0]:
             return
         meta = read_meta(path)
     except (OSError, ValueError, KeyError):
         return
     seen[0] = path
-    if int(meta["step"]) <= int(spec["start_step"]) and seen[1]:
+    if int(meta["step"]) <= att.start_step and seen[1]:
         return
     seen[1] = True
-    _append(spec["progress_path"], {"attempt": spec.get("attempt"), "step": int(meta["step"]),
-                                    "loss": meta.get("loss"), "checkpoint": path, "wall": time.time()})
+    _append(att.progress_path, {"attempt": att.attempt, "step": int(meta["step"]),
+                                "loss": meta.get("loss"), "checkpoint": path, "wall": time.time()})
 
 
-def run_attempt(spec: dict[str, Any], stop_event: Optional[threading.Event] = None,
-                runner_log: Optional[str] = None) -> dict[str, Any]:
+def run_attempt(att: Attempt, stop_event: Optional[threading.Event] = None,
+                runner_log: Optional[str] = None) -> RunResult:
     """Run one attempt and write its result file (see the module doc); returns the result.
     `stop_event` (warm attempts, which run in a thread of the executor) is the graceful stop that
     SIGTERM is for a cold runner; a crash of the technique becomes a "failed" result."""
     from saturn.spec.schema import Job
     from saturn.techniques import get_technique
-    from saturn.training.catalog import latest_checkpoint
 
-    start_path = latest_checkpoint(spec["checkpoint_dir"], _owner(spec))
+    start_path = latest_checkpoint(att.checkpoint_dir, Owner.of(att.job, att.end_step))
     stop = threading.Event()
     seen: list[Optional[Any]] = [start_path, True]
-    watcher = threading.Thread(target=_watch, args=(spec, stop, seen), daemon=True)
+    watcher = threading.Thread(target=_watch, args=(att, stop, seen), daemon=True)
     watcher.start()
     extra = {"stop_event": stop_event} if stop_event is not None else {}
     try:
-        job = Job.model_validate(spec["job"])
-        res = get_technique(spec["technique"]).run(
-            job, spec["gpus"], spec.get("knobs") or {}, int(spec["start_step"]), int(spec["num_steps"]),
-            spec["checkpoint_dir"], device_type=spec.get("device_type", "auto"), log_path=spec.get("log_path"),
-            checkpoint_every=int(spec.get("checkpoint_every") or 0), metrics_path=spec.get("progress_path"),
-            grace_s=float(spec.get("grace_s", 60.0)), **extra)
-        result = res.to_dict()
+        job = Job.model_validate(att.job)
+        result = get_technique(att.technique).run(
+            job, att.gpus, att.knobs, att.start_step, att.num_steps, att.checkpoint_dir,
+            device_type=att.device_type, log_path=att.log_path, checkpoint_every=att.checkpoint_every,
+            metrics_path=att.progress_path, grace_s=att.grace_s, **extra)
     except BaseException as exc:  # noqa: BLE001 - report, never hang the executor
         import traceback
 
@@ -113,14 +104,10 @@ def run_attempt(spec: dict[str, Any], stop_event: Optional[threading.Event] = No
                 f.write(text)
         else:
             sys.stderr.write(text)
-        result = {"status": "failed", "step": int(spec["start_step"]), "checkpoint": None, "losses": [],
-                  "reason": f"{type(exc).__name__}: {exc}"[:2000]}
+        result = RunResult(status="failed", step=att.start_step, reason=f"{type(exc).__name__}: {exc}"[:2000])
     stop.set()
     watcher.join(timeout=5)
-    tmp = spec["result_path"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, spec["result_path"])
+    result.write(att.result_path)
     return result
 
 
