@@ -16,7 +16,8 @@ from saturn.parse import canonical_knobs, num
 from saturn.spec import Job
 from saturn.techniques import get_technique, register, technique_names
 from saturn.techniques.base import Technique
-from saturn.techniques.knobs import knob, knob_dataclass, knob_infos, validate_knobs
+from saturn.techniques.knobs import knob, knob_dataclass, knob_infos
+from saturn.techniques.registry import validate_knobs
 
 
 def _job(**kw):
