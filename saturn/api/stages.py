@@ -72,7 +72,7 @@ def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool
     profiles: None (the profile store), a path to a CSV/parquet, or a DataFrame, either per job
     (a `job` column, used as given) or in store format (matched by profile signature). With
     `prior` (the default), every option no row covers gets an `estimated` row from the prior cost
-    model (`saturn.profiler.prior_rows`), so no job is left unplanned; with `allow_profiling`,
+    model (`saturn.prior.rows`), so no job is left unplanned; with `allow_profiling`,
     jobs that would still have no row at all are profiled first."""
     from saturn.errors import MissingProfilesError
     from saturn.profiles.store import load_store, profiles_for, read_table
@@ -118,7 +118,7 @@ def table_check(wl: Any) -> Any:
 def _with_prior(wl: Any, table: pd.DataFrame, store_dir: Optional[PathLike], prior: bool) -> pd.DataFrame:
     if not prior:
         return table
-    from saturn.profiler.prior_rows import with_prior
+    from saturn.prior.rows import with_prior
 
     return with_prior(wl, table, store_dir)
 
