@@ -75,7 +75,7 @@ def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool
 def table_check(wl: Any) -> Any:
     """The check of profile tables against this workload's registry and cluster (#28): techniques
     registered (or named by the jobs), feasible rows within the cluster's device memory."""
-    from saturn.profiles.store import cluster_check
+    from saturn.profiles.checks import cluster_check
     from saturn.techniques.registry import technique_names
 
     names = set(technique_names())
