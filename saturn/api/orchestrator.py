@@ -72,6 +72,9 @@ class Orchestrator(JobIntake, ExecutorThread):
         for name, value in (("run_dir", run_dir), ("store_dir", store_dir)):
             check_path_arg("Orchestrator", name, value)
         check_path_arg("Orchestrator", "profiles", profiles, table=True)
+        from saturn.env import check_environment
+
+        check_environment()
         objective = check_objective(objective)
         if cluster is None:
             cluster = Cluster.local()

@@ -56,9 +56,11 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
     option). The trials run here, so the jobs' local files are checked first (the same
     `local_paths` stage as `run`)."""
     from saturn.api.run_stages import check_paths
+    from saturn.env import check_environment
     from saturn.profiler import profile as _profile
     from saturn.ranges import check_args, check_path_arg
 
+    check_environment()
     check_args("saturn.profile", budget_min=kwargs.get("budget_min"))
     check_path_arg("saturn.profile", "store_dir", kwargs.get("store_dir"))
     kwargs.setdefault("progress", False)
@@ -132,10 +134,12 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     profiles: as in `profiles_table` (default: the store; missing profiles raise
     MissingProfilesError with the `saturn profile` command to run). kwargs go to
     `saturn.planner.plan` (mip_gap, warm_start, threads). Returns a `saturn.planner.Plan`."""
+    from saturn.env import check_environment
     from saturn.planner import plan as _plan
     from saturn.planner.provenance import annotate
     from saturn.ranges import check_args, check_path_arg
 
+    check_environment()
     check_args("saturn.plan", time_limit_s=time_limit_s)
     check_path_arg("saturn.plan", "profiles", profiles, table=True)
     wl = load(workload)

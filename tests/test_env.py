@@ -1,0 +1,64 @@
+"""Environment variables are checked like flags, once, before any work (issue 31, item 9).
+
+A bad SATURN_STAGING_BUDGET_GB crashed the first checkpoint save after the run's journal was
+written (so the same --run-dir was then refused); garbage in SATURN_WARM or SATURN_SEED_PROFILES
+was silently ignored. Now each is exit 2 naming the variable and the fix, and nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cli_runner import saturn_cli
+
+from saturn import env
+from saturn.errors import SaturnError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs/examples/tiny-cpu.yaml")
+
+
+@pytest.mark.parametrize("var, value", [("SATURN_STAGING_BUDGET_GB", "lots"), ("SATURN_STAGING_BUDGET_GB", "-1"),
+                                        ("SATURN_STAGING_BUDGET_GB", "nan"), ("SATURN_WARM", "maybe"),
+                                        ("SATURN_SEED_PROFILES", "/no/such/seed/dir"),
+                                        ("SATURN_CHECKPOINT_GBPS", "0"), ("SATURN_TORCH_THREADS", "1.5"),
+                                        ("SATURN_GPU_MEMORY_FRACTION", "2")])
+def test_bad_variable_is_exit_2_naming_it_and_writes_nothing(tmp_path, monkeypatch, capsys, var, value):
+    monkeypatch.setenv(var, value)
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+    run = tmp_path / "run"
+    code, out, _ = saturn_cli(["run", TINY, "--simulate", "--run-dir", run, "--no-live"], capsys)
+    assert code == 2, out[-2000:]
+    assert f"${var}={value!r}" in " ".join(out.split()), out[-2000:]
+    assert "Traceback" not in out
+    assert not run.exists()  # no journal: the same --run-dir works once the variable is fixed
+
+
+@pytest.mark.parametrize("value, want", [(None, None), ("", None), ("0", False), ("off", False), ("COLD", False),
+                                         ("1", True), ("yes", True)])
+def test_warm_values(monkeypatch, value, want):
+    if value is None:
+        monkeypatch.delenv("SATURN_WARM", raising=False)
+    else:
+        monkeypatch.setenv("SATURN_WARM", value)
+    assert env.warm() is want
+
+
+def test_seed_profiles_none_words_and_directories(monkeypatch, tmp_path):
+    monkeypatch.setenv("SATURN_SEED_PROFILES", "none")
+    assert env.seed_profiles() == (True, None)
+    monkeypatch.setenv("SATURN_SEED_PROFILES", str(tmp_path))
+    assert env.seed_profiles() == (True, tmp_path)
+    monkeypatch.setenv("SATURN_SEED_PROFILES", str(tmp_path / "missing"))
+    with pytest.raises(SaturnError, match=r"SATURN_SEED_PROFILES=.*no such directory"):
+        env.seed_profiles()
+
+
+def test_the_api_checks_the_environment_before_work(monkeypatch, tmp_path):
+    import saturn
+
+    monkeypatch.setenv("SATURN_STAGING_BUDGET_GB", "lots")
+    with pytest.raises(SaturnError, match=r"\$SATURN_STAGING_BUDGET_GB='lots'"):
+        saturn.run(TINY, simulate=True, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
