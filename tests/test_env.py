@@ -62,3 +62,15 @@ def test_the_api_checks_the_environment_before_work(monkeypatch, tmp_path):
     with pytest.raises(SaturnError, match=r"\$SATURN_STAGING_BUDGET_GB='lots'"):
         saturn.run(TINY, simulate=True, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["link", "link-parent"])
+def test_dangling_symlink_run_dir_is_exit_2_naming_it(tmp_path, monkeypatch, capsys, inside):
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+    link = tmp_path / "dang"
+    link.symlink_to(tmp_path / "nowhere" / "x")
+    run = link / "run" if inside else link
+    code, out, _ = saturn_cli(["run", TINY, "--simulate", "--run-dir", run, "--no-live"], capsys)
+    assert code == 2, out[-2000:]
+    flat = " ".join(out.split())
+    assert "which does not exist" in flat and "Traceback" not in out, out[-2000:]
