@@ -74,3 +74,25 @@ def test_dangling_symlink_run_dir_is_exit_2_naming_it(tmp_path, monkeypatch, cap
     assert code == 2, out[-2000:]
     flat = " ".join(out.split())
     assert "which does not exist" in flat and "Traceback" not in out, out[-2000:]
+
+
+@pytest.mark.parametrize("entry", ['{"cpu": {"device": "cpu", "matmul_tflops": {"fp32": {"128": "fast"}}}}',
+                                   '{"cpu": "garbage"}', "not json at all"])
+def test_damaged_machine_rates_are_exit_2_naming_the_file(tmp_path, monkeypatch, capsys, entry):
+    import json
+
+    from saturn.profiler.machine_probe import RATES_FILE
+
+    store = tmp_path / "store"
+    store.mkdir()
+    good = {"device": "cpu", "matmul_tflops": {"fp32": {"128": 0.02}}, "mem_gbps": 5.0, "h2d_gbps": 2.5,
+            "interconnect_gbps": 1.2, "host_adam_params_per_s": 2e7, "launch_us": 5.0}
+    bad = {**good, "mem_gbps": float("nan")}
+    for text in (entry, json.dumps({"cpu-a": good, "cpu-b": bad})):
+        (store / RATES_FILE).write_text(text)
+        monkeypatch.setenv("SATURN_PROFILES", str(store))
+        code, out, _ = saturn_cli(["plan", TINY], capsys)
+        flat = " ".join(out.split())
+        assert code == 2 and RATES_FILE in flat and "damaged machine rates" in flat, out[-2000:]
+        assert "Traceback" not in out
+        assert (store / RATES_FILE).read_text() == text  # not rewritten, nothing dropped
