@@ -96,3 +96,38 @@ def test_damaged_machine_rates_are_exit_2_naming_the_file(tmp_path, monkeypatch,
         assert code == 2 and RATES_FILE in flat and "damaged machine rates" in flat, out[-2000:]
         assert "Traceback" not in out
         assert (store / RATES_FILE).read_text() == text  # not rewritten, nothing dropped
+
+
+def test_plan_writes_nothing_into_a_seed_directory(tmp_path, monkeypatch, capsys):
+    """#31 item 5: the store and the seed rows in one directory: `saturn plan` probed this machine
+    and wrote machine-rates.json and its lock into the seed rows."""
+    import shutil
+
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    shutil.copy(ROOT / "profiles" / "sample-cpu.csv", seeds / "sample-cpu.csv")
+    before = sorted(p.name for p in seeds.iterdir())
+    monkeypatch.setenv("SATURN_PROFILES", str(seeds))
+    monkeypatch.setenv("SATURN_SEED_PROFILES", str(seeds))
+    code, out, _ = saturn_cli(["plan", TINY], capsys)
+    assert code == 0, out[-2000:]
+    assert sorted(p.name for p in seeds.iterdir()) == before
+
+
+def test_machine_rates_merge_keeps_what_it_does_not_know(tmp_path):
+    """#31 item 5: a new probe is merged into the file as stored: another machine's entry keeps
+    the fields this version does not know (they were dropped by a round trip through MachineRates)."""
+    import json
+
+    from saturn.prior.cost_model import MachineRates
+    from saturn.prior.machine import RATES_FILE, load_or_probe
+    from saturn.profiler.hardware import Hardware
+
+    other = {"device": "H200", "matmul_tflops": {"bf16": {"4096": 700.0}}, "mem_gbps": 4000.0, "h2d_gbps": 50.0,
+             "interconnect_gbps": 400.0, "host_adam_params_per_s": 2e8, "launch_us": 5.0,
+             "nvlink_sharp_gbps": 900.0}
+    (tmp_path / RATES_FILE).write_text(json.dumps({"H200|141.0|nvlink|2.x|8": other}))
+    mine = MachineRates("cpu", {"fp32": {128: 0.02}}, 5.0, 2.5, 1.2, 2e7, 5.0)
+    assert load_or_probe(Hardware("cpu", 4.0, "none", "2.x", 1), tmp_path, prober=lambda hw, **k: mine) == mine
+    data = json.loads((tmp_path / RATES_FILE).read_text())
+    assert data["H200|141.0|nvlink|2.x|8"] == other and len(data) == 2

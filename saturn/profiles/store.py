@@ -82,8 +82,10 @@ def uses_seeds(directory: Optional[PathLike] = None) -> bool:
     return directory is None and not os.environ.get(ENV)
 
 
-def _is_seed(directory: Path) -> bool:
-    d = directory.resolve()
+def is_seed_dir(directory: PathLike) -> bool:
+    """`directory` holds read-only seed rows (the checkout's profiles/ or $SATURN_SEED_PROFILES):
+    Saturn writes nothing there, neither profile rows nor its machine rates."""
+    d = Path(directory).resolve()
     seeds = seed_dir()
     return d == REPO_PROFILES.resolve() or (seeds is not None and d == seeds.resolve())
 
@@ -91,7 +93,7 @@ def _is_seed(directory: Path) -> bool:
 def check_writable_store(directory: Optional[PathLike] = None) -> Path:
     """The store directory to write, refused (SaturnError) when it is a seed directory."""
     d = Path(directory) if directory else default_dir()
-    if _is_seed(d):
+    if is_seed_dir(d):
         raise SaturnError(f"profile store {d} holds read-only seed rows (shipped with Saturn); measurements "
                           f"go to a user directory: set ${ENV} or pass another store directory "
                           f"(default {_user_default()})")
