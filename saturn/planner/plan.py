@@ -210,8 +210,19 @@ def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None, techniques
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise SaturnError(f"{where}: not a Saturn plan ({type(exc).__name__}: {exc}); write it with "
                           "`saturn plan W.yaml --json FILE`") from None
+    match_plan(plan, jobs, cluster, techniques, where)
+    return plan
+
+
+def match_plan(plan: Plan, jobs: Any, cluster: Any = None, techniques: Any = None, where: str = "plan") -> None:
+    """`read_plan`'s workload check, for a plan from any door (a file, or a Plan handed to the API):
+    SaturnError (exit 2) naming every mismatch."""
+    from saturn.errors import SaturnError
+
     names = [str(getattr(j, "name", j)) for j in jobs]
-    planned = [a.job for a in plan.assignments]
+    from saturn.planner.sharp_option import members_of
+
+    planned = [m for a in plan.assignments for m in (members_of(a.job) or [a.job])]  # a SHARP group: its members
     foreign = sorted(set(planned) - set(names))
     missing = sorted(set(names) - set(planned))
     twice = sorted({j for j in planned if planned.count(j) > 1})
@@ -242,7 +253,6 @@ def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None, techniques
     if problems:
         raise SaturnError(f"{where} does not match this workload: {'; '.join(problems)}. Make the plan for this "
                           "workload with `saturn plan W.yaml --json FILE`, or leave --plan out")
-    return plan
 
 
 def _provenance_summary(assignments: list) -> dict:
