@@ -113,13 +113,12 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         raise typer.Exit(1)
 
 
-def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
+def _print_summary(console, run_dir: Path, live: bool = False) -> None:
     from rich.table import Table
 
-    from saturn.executor.journal import mark_dead_jobs
     from saturn.executor.report import fmt_s, summarize
 
-    s = summarize(run_dir) if live is None else mark_dead_jobs(summarize(run_dir), live)
+    s = summarize(run_dir)  # jobs of a dead executor shown dead (the one liveness check)
     t = Table(title=f"run {run_dir}")
     for col in ("job", "status", "steps", "technique", "GPUs", "tries", "loss", "planned", "actual", "error"):
         t.add_column(col)
@@ -141,8 +140,9 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
     console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
                   f"GPU allocation {100 * util:.0f}%, " if util is not None else "",
                   f"plan versions {s['plan_versions']}, switches {s['switches']}")
-    if live is not None:
-        console.print(f"executor: {live['state']}" + (f" -- {live['detail']}" if live.get("detail") else ""))
+    if live:
+        ex = s["executor"]
+        console.print(f"executor: {ex['state']}" + (f" -- {ex['detail']}" if ex.get("detail") else ""))
 
 
 def status_command(
@@ -151,14 +151,14 @@ def status_command(
 ) -> None:
     """Where a run stands (works while it runs)."""
     from saturn.cli.common import console
-    from saturn.executor.journal import mark_dead_jobs, run_liveness
+    from saturn.executor.journal import run_liveness
     from saturn.executor.report import summarize
 
-    live = run_liveness(run_dir)  # dead vs running executor (pid / heartbeat)
+    run_liveness(run_dir)  # not a run directory: a JournalError naming it
     if json_out:
-        print(json.dumps(mark_dead_jobs(summarize(run_dir), live), indent=2, default=str))
+        print(json.dumps(summarize(run_dir), indent=2, default=str))
         return
-    _print_summary(console, run_dir, live)
+    _print_summary(console, run_dir, live=True)
 
 
 def report_command(

@@ -42,7 +42,6 @@ from saturn.executor.state import (
     Segment,
     option_key,
 )
-from saturn.runtime.process import pid_alive
 
 JOURNAL_FILE = "journal.sqlite"
 HEARTBEAT_FILE = "heartbeat"
@@ -173,8 +172,9 @@ def executor_liveness(run_dir: Union[str, Path], journal: Journal) -> dict[str, 
     """{"state": "running" | "dead" | "finished", pid, host, heartbeat_age_s, detail}.
 
     Finished = the journal's last run event is run_finished/run_stopped. Otherwise the executor is
-    running when its pid is alive on this host (and is a Python process), or, on another host, when
-    the heartbeat is fresh; else it is dead and the run can be resumed."""
+    running when, on this host, a process holds the run directory's lock (a reused pid does not
+    count), or, on another host, when the heartbeat is fresh; else it is dead and the run can be
+    resumed."""
     ex = journal.get_meta("executor") or {}
     pid, host = ex.get("pid"), ex.get("host")
     p = Path(run_dir) / HEARTBEAT_FILE
@@ -187,7 +187,7 @@ def executor_liveness(run_dir: Union[str, Path], journal: Journal) -> dict[str, 
     if last in ("run_finished", "run_stopped"):
         return {**out, "state": "finished" if last == "run_finished" else "stopped", "detail": ""}
     if host == socket.gethostname() and pid:
-        alive = _pid_is_python(int(pid))
+        alive = _holds_run_lock(run_dir)
     else:
         alive = age is not None and age < HEARTBEAT_STALE_S
     if alive:
@@ -219,18 +219,16 @@ def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[st
     return summary
 
 
-def _pid_is_python(pid: int) -> bool:
-    if not pid_alive(pid):
-        return False
+def _holds_run_lock(run_dir: Union[str, Path]) -> bool:
+    """On this host, an executor runs the directory exactly while it holds its lock (run_lock.py):
+    the kernel frees it when the process dies, whatever became of the pid since."""
+    from saturn.executor.run_lock import RunLockedError, check_not_locked
+
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-    except OSError:
+        check_not_locked(run_dir)
+    except RunLockedError:
         return True
-    return b"python" in cmd or b"saturn" in cmd
+    return False
 
 
 def open_journal(run_dir: Union[str, Path, None]) -> Journal:
