@@ -110,11 +110,18 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     if not simulate:
         stages.append("measure_in_run")
         measurer = _measurer(raw, wl, table, unmeasured, from_store=from_store, store_dir=store_dir,
-                             run_id=path.name, notes=notes)
+                             run_id=_run_id(path), notes=notes)
     for n in notes:
         say(n)
     timings["prepare_s"] = time.perf_counter() - t0
     return PreparedRun(wl, table, path, plan, measurer, stages, timings, notes)
+
+
+def _run_id(path: Path) -> str:
+    """The run's name in its measured rows' `source` ("run:<id>"): the resolved directory's name
+    (`--run-dir .` named it "", so the rows said "run:")."""
+    full = path.resolve()
+    return full.name or str(full)
 
 
 def _profiles(wl: Any, profiles: Any, *, simulate: bool, store_dir: Optional[PathLike],

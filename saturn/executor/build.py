@@ -187,6 +187,8 @@ def build_executor(jobs: Any, cluster: Any, profiles: Any, *, options: RunOption
         ex = executor_cls(jobs, cluster, profiles, backend, run_dir=options.run_dir,
                           config=config or options.executor_config(), plan=plan, display=display)
         ex.measurer = measurer
+        if measurer is not None and options.run_dir is not None:  # a resumed run measures on (resume_executor)
+            ex.journal.set_meta("measurer", measurer.to_meta())
         return ex
     except BaseException:
         inner.shutdown()
@@ -211,7 +213,19 @@ def resume_executor(run_dir: Union[str, Path], *, checkpoint_every: int = defaul
     run_dir = Path(run_dir)
     factory = resume_backend_factory(run_dir, checkpoint_every=checkpoint_every)
     if factory is not None:
-        return RayExecutor.resume(run_dir, factory, config=config, display=display)
-    return Executor.resume(run_dir, lambda off: ProcessBackend(run_dir, clock_offset=off, device_type=device_type,
-                                                                checkpoint_every=checkpoint_every),
-                           config=config, display=display)
+        ex = RayExecutor.resume(run_dir, factory, config=config, display=display)
+    else:
+        ex = Executor.resume(run_dir, lambda off: ProcessBackend(run_dir, clock_offset=off, device_type=device_type,
+                                                                  checkpoint_every=checkpoint_every),
+                             config=config, display=display)
+    try:
+        meta = ex.journal.get_meta("measurer")
+        if meta:  # the run measured what nobody measured: so does its resumed executor (before any launch)
+            from saturn.profiles.inrun import RunMeasurer
+
+            ex.measurer = RunMeasurer.from_meta(meta, [d for _, k, d in ex.journal.events() if k == "measured"])
+    except BaseException:
+        ex.backend.shutdown()
+        ex.close()
+        raise
+    return ex
