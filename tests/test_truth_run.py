@@ -164,3 +164,41 @@ def test_status_and_report_agree_a_killed_run_is_dead(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["jobs"][0]["status"] == "dead"
     row = next(line for line in report_out.splitlines() if line.strip().startswith("│ a"))
     assert "dead" in row and "running" not in row, report_out
+
+
+def test_sigint_after_every_job_ended_does_not_say_resume(tmp_path, monkeypatch, capsys):
+    """#31 item 8: SIGINT during the final drain of a completed, durable job said to `--resume`
+    (and the journal said 'stopped'): the stop came when nothing was left to stop."""
+    import signal
+
+    import saturn.executor.build as build
+    from tests.cli_runner import saturn_cli
+
+    real = build.simulated_backend
+
+    def signalling(*a, **k):
+        be = real(*a, **k)
+        poll = be.poll
+
+        def poll_then_sigint():
+            evs = poll()
+            if any(getattr(e, "kind", "") == "finished" for e in evs):
+                os.kill(os.getpid(), signal.SIGINT)  # while the executor settles the job's end
+            return evs
+        be.poll = poll_then_sigint
+        return be
+
+    monkeypatch.setattr(build, "simulated_backend", signalling)
+    w = tmp_path / "w.yaml"
+    w.write_text("name: s\ncluster: {devices: cpu, slots: 1}\n"
+                 "jobs: [{name: a, model: gpt2-tiny, steps: 5, batch_size: 2, seq_len: 8, precision: fp32}]\n")
+    t = tmp_path / "t.csv"
+    t.write_text("job,technique,knobs,gpus,step_time_s,startup_s,feasible,gpu_type\na,ddp,{},1,0.1,1.0,True,cpu\n")
+    rd = tmp_path / "run"
+    code, out, _ = saturn_cli(["run", w, "--profiles", t, "--simulate", "--no-live", "--run-dir", rd], capsys)
+    assert code == 0 and "--resume" not in out and "nothing to resume" in out, out[-2000:]
+    j = Journal(rd / "journal.sqlite")
+    try:
+        assert executor_liveness(rd, j)["state"] == "finished"
+    finally:
+        j.close()

@@ -104,9 +104,12 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         ex.backend.shutdown()
         ex.close()  # the run directory's lock: another executor may resume it now
     _print_summary(console, run_dir)
-    if stop["n"]:
+    if stop["n"] and not ex.state.done():
         console.print(f"stopped: running jobs were checkpointed; continue with `saturn run --resume {run_dir}`")
         raise typer.Exit(130)
+    if stop["n"]:  # the signal came during the final drains: they were waited for, nothing is left
+        console.print("interrupted after every job had ended (their final checkpoints are written): "
+                      "nothing to resume")
     failed = [r.name for r in ex.results.values() if r.status == "failed"]
     if failed:  # (each one's cause and log path are in the summary above)
         console.print(f"[red]failed jobs:[/] {', '.join(failed)}")
