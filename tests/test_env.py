@@ -131,3 +131,54 @@ def test_machine_rates_merge_keeps_what_it_does_not_know(tmp_path):
     assert load_or_probe(Hardware("cpu", 4.0, "none", "2.x", 1), tmp_path, prober=lambda hw, **k: mine) == mine
     data = json.loads((tmp_path / RATES_FILE).read_text())
     assert data["H200|141.0|nvlink|2.x|8"] == other and len(data) == 2
+
+
+def _enospc(path) -> OSError:
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@pytest.mark.parametrize("where", ["run_dir", "journal", "plan_file"])
+def test_full_disk_while_creating_the_run_is_exit_2_naming_the_path(tmp_path, monkeypatch, capsys, where):
+    """#31 item 9: ENOSPC while the run directory, its journal or its first files are created was
+    a traceback (OSError / sqlite3.OperationalError), or blamed the journal as damaged."""
+    import sqlite3
+
+    import saturn.executor.journal as journal
+
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+    rd = tmp_path / "run"
+    if where == "run_dir":
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *a, **k):
+            if self == rd:
+                raise _enospc(self)
+            return real_mkdir(self, *a, **k)
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        named = str(rd)
+    elif where == "journal":
+        real_connect = sqlite3.connect
+
+        def connect(path, *a, **k):
+            if str(path).startswith(str(rd)):
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_connect(path, *a, **k)
+        monkeypatch.setattr(journal.sqlite3, "connect", connect)
+        named = str(rd / "journal.sqlite")
+    else:
+        real_write = Path.write_text
+
+        def write_text(self, *a, **k):
+            if self.parent == rd / "plans":
+                raise _enospc(self)
+            return real_write(self, *a, **k)
+        monkeypatch.setattr(Path, "write_text", write_text)
+        named = str(rd / "plans" / "plan-v1.json")
+    code, out, _ = saturn_cli(["run", TINY, "--simulate", "--no-live", "--run-dir", rd], capsys)
+    flat = " ".join(out.split())
+    assert code == 2, out[-2000:]
+    assert named in flat and ("No space left on device" in flat or "disk is full" in flat), out[-2000:]
+    assert "Traceback" not in out and "not a readable" not in flat and "corrupt" not in flat, out[-2000:]

@@ -68,6 +68,12 @@ def _damaged(path: Path, what: str) -> JournalError:
         f"under {path.parent / 'jobs'}/*/ckpt are not used by a new run.")
 
 
+def _not_created(path: Path, exc: BaseException) -> JournalError:
+    why = getattr(exc, "strerror", None) or str(exc)
+    return JournalError(f"run journal {path}: cannot be created ({why}); free space on its disk (or pick a "
+                        "writable --run-dir) and start the run again")
+
+
 class Journal:
     """Append-only event log. `path=None` keeps it in memory (simulations, benchmarks)."""
 
@@ -75,7 +81,10 @@ class Journal:
         self.path = None if path is None else Path(path)
         existed = self.path is not None and self.path.exists()
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _not_created(self.path, exc) from None
             if existed and self.path.stat().st_size == 0 and not Path(str(self.path) + "-wal").exists():
                 raise _damaged(self.path, "is empty (0 bytes; the run was cut before it was written)")
         try:
@@ -87,6 +96,10 @@ class Journal:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+        except sqlite3.OperationalError as exc:
+            if existed or self.path is None:
+                raise _damaged(self.path or Path(":memory:"), f"is not a readable SQLite database ({exc})") from exc
+            raise _not_created(self.path, exc) from None  # a new journal: the disk, not the file
         except sqlite3.DatabaseError as exc:
             raise _damaged(self.path or Path(":memory:"), f"is not a readable SQLite database ({exc})") from exc
 
