@@ -182,3 +182,48 @@ def test_full_disk_while_creating_the_run_is_exit_2_naming_the_path(tmp_path, mo
     assert code == 2, out[-2000:]
     assert named in flat and ("No space left on device" in flat or "disk is full" in flat), out[-2000:]
     assert "Traceback" not in out and "not a readable" not in flat and "corrupt" not in flat, out[-2000:]
+
+
+def _saturn_env_reads() -> list[str]:
+    """`os.environ.get("SATURN_...")`, `os.getenv(...)` and `os.environ["SATURN_..."]` reads (by
+    literal or by a module constant) anywhere under saturn/ but saturn/env.py."""
+    import ast
+
+    out = []
+    for path in sorted((ROOT / "saturn").rglob("*.py")):
+        if path == ROOT / "saturn" / "env.py":
+            continue
+        tree = ast.parse(path.read_text())
+        consts = {t.id: n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                  and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                  for t in n.targets if isinstance(t, ast.Name)}
+
+        def name_of(node, consts=consts):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                return node.value
+            return consts.get(node.id) if isinstance(node, ast.Name) else None
+
+        for n in ast.walk(tree):
+            key = None
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.args and (
+                    (n.func.attr == "get" and ast.unparse(n.func.value) == "os.environ")
+                    or ast.unparse(n.func) == "os.getenv"):
+                key = name_of(n.args[0])
+            elif isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Load) and ast.unparse(n.value) == "os.environ":
+                key = name_of(n.slice)
+            if key and key.startswith("SATURN_"):
+                out.append(f"{path.relative_to(ROOT)}:{n.lineno} {key}")
+    return out
+
+
+def test_every_saturn_variable_is_read_through_saturn_env():
+    """#31 item 9: SATURN_* variables read directly (and so never checked) outside saturn/env.py."""
+    assert _saturn_env_reads() == []
+
+
+def test_spilling_compile_is_checked_like_a_flag(monkeypatch, capsys):
+    monkeypatch.setenv("SATURN_SPILLING_COMPILE", "maybe")
+    code, out, _ = saturn_cli(["validate", TINY], capsys)
+    assert code == 2 and "SATURN_SPILLING_COMPILE" in out and "Traceback" not in out, out[-2000:]
+    monkeypatch.setenv("SATURN_SPILLING_COMPILE", "no")
+    assert env.spilling_compile() is False

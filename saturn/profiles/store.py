@@ -60,8 +60,9 @@ def default_dir() -> Path:
     """Where measurements go and are read from: $SATURN_PROFILES, else
     $XDG_CACHE_HOME/saturn/profiles, else ~/.cache/saturn/profiles (a user directory, so that an
     installed package or a checkout is never written by a run)."""
-    env = os.environ.get(ENV)
-    return Path(env).expanduser() if env else _user_default()
+    from saturn.env import profiles_dir
+
+    return profiles_dir() or _user_default()
 
 
 def seed_dir() -> Optional[Path]:
@@ -79,7 +80,9 @@ def seed_dir() -> Optional[Path]:
 def uses_seeds(directory: Optional[PathLike] = None) -> bool:
     """Whether the store `directory` (None: the default) reads the seed rows: only the user's
     default store does; $SATURN_PROFILES or an explicit directory is the whole store."""
-    return directory is None and not os.environ.get(ENV)
+    from saturn.env import profiles_dir
+
+    return directory is None and profiles_dir() is None
 
 
 def is_seed_dir(directory: PathLike) -> bool:
