@@ -73,6 +73,10 @@ def _jobs_of(jobs: Any) -> list[JobInfo]:
 
 
 class Executor(EventHandling, Replanning, Launching):
+    """One run: its state, journal and backend, and the loop over them. Its parts (handling events,
+    re-planning, launching) are classes of their own modules so that each reads on its own; they
+    share this object's attributes, set here."""
+
     def __init__(self, jobs: Any, cluster: Any, profiles: pd.DataFrame, backend: Backend, *,
                  run_dir: Union[str, Path, None] = None, config: Optional[ExecutorConfig] = None,
                  plan: Union[dict, Any, None] = None, display: Any = None, run_lock: Optional[RunLock] = None,
@@ -125,7 +129,6 @@ class Executor(EventHandling, Replanning, Launching):
                 self.close()
             raise
         self._next_replan = self.backend.now() + self.cfg.interval_s
-
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
