@@ -16,7 +16,8 @@ from saturn.parse import canonical_knobs, num
 from saturn.spec import Job
 from saturn.techniques import get_technique, register, technique_names
 from saturn.techniques.base import Technique
-from saturn.techniques.knobs import knob, knob_dataclass, knob_infos, validate_knobs
+from saturn.techniques.knobs import knob, knob_dataclass, knob_infos
+from saturn.techniques.registry import validate_knobs
 
 
 def _job(**kw):
@@ -71,7 +72,7 @@ def test_yaml_knobs_bad_field_exits_2_with_the_field_named(tmp_path):
 
 
 def test_pinned_knobs_reach_the_profiler_candidates_and_the_signature():
-    from saturn.profiler.session import cell_for as _cell
+    from saturn.profiler.cells import cell_for as _cell
 
     plain, pinned = _job(), _job(knobs={"ddp": {"bucket_cap_mb": 50}})
     assert plain.signature != pinned.signature  # pinned rows never mix with unpinned ones

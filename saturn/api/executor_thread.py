@@ -20,7 +20,7 @@ from saturn.api.futures import JobReport
 log = logging.getLogger("saturn.api")
 
 
-class _Tap:
+class Tap:
     """Wraps a backend: records every progress/finished loss per job (the executor's state only
     keeps the latest), optionally rewriting simulated losses."""
 
@@ -48,7 +48,7 @@ class _Tap:
         return evs
 
 
-def _paced_simulated_backend(step_time: Callable, startup: Callable, speed: float, **kw: Any) -> Any:
+def paced_simulated_backend(step_time: Callable, startup: Callable, speed: float, **kw: Any) -> Any:
     """A SimulatedBackend whose virtual clock follows the wall clock x `speed`, so that a client
     polling in real time (an HPO loop) sees jobs progress instead of finishing at once."""
     from saturn.executor.backends import SimulatedBackend
