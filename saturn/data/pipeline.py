@@ -70,6 +70,7 @@ class PipelineStats:
     samples: int
     wait_s: float  # time the consumer spent blocked in get(): the data-wait phase
     stages: dict[str, StageStats] = field(default_factory=dict)
+    cores: dict[str, float] = field(default_factory=dict)  # per stage: busy seconds / wall = cores held
 
     @property
     def samples_per_s(self) -> float:
@@ -164,6 +165,7 @@ class Pipeline:
         self._collate_q = queues[-1]
         self.pools.append(_Pool(self, collate, self._collate_q, self._batch_done))
         self.stage_names = [p.stage.name for p in self.pools]
+        self.batch_stages = frozenset({collate.name})  # whose items are batches, not samples
         for p in self.pools:
             p.resize(p.target)
         self._feeder = threading.Thread(target=self._feed, daemon=True, name="saturn-data-feeder")
@@ -182,6 +184,10 @@ class Pipeline:
     @property
     def prefetch(self) -> int:
         return self._prefetch
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
 
     def set_prefetch(self, depth: int) -> None:
         with self._cv:
@@ -272,6 +278,7 @@ class Pipeline:
             self._got = self._got_samples = 0
             self._wait_s, self._t_stats = 0.0, now
         s.stages = {p.stage.name: p.take() for p in self.pools}
+        s.cores = {n: round(st.busy_s / s.wall_s, 3) if s.wall_s > 0 else 0.0 for n, st in s.stages.items()}
         return s
 
     def close(self) -> None:
