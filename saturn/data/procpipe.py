@@ -40,6 +40,7 @@ batches in the same order.
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import threading
 import time
@@ -69,16 +70,30 @@ def stack_shared(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(fns: list, conn_in: Any, conn_out: Any) -> None:
-    """Worker process main: batches in, shared-memory batches out, until a stop mark or EOF."""
+    """Worker process main: batches in, shared-memory batches out, until a stop mark or EOF.
+
+    After a stop mark it says goodbye and stays until the pipeline says "exit": the batches it
+    sent are shared by file descriptor (torch's default strategy), fetched from this process when
+    the pipeline unpickles them, so it must not exit before the pipeline has read them all. It
+    cannot count on EOF (forked siblings hold copies of its pipe), so it also watches its parent,
+    as DataLoader's workers do, and exits when the parent is gone."""
     torch.set_num_threads(1)  # the pool is the parallelism; intra-op threads would oversubscribe
+    parent = os.getppid()
     conn_out.send(("ready",))
     while True:
         try:
+            if not conn_in.poll(1.0):
+                if os.getppid() != parent:
+                    return
+                continue
             msg = conn_in.recv()
         except (EOFError, OSError):  # the pipeline's process is gone
             return
-        if msg is None:
+        if msg == "exit":
             return
+        if msg is None:
+            conn_out.send(("bye",))
+            continue
         b, indices = msg
         c0 = time.process_time()
         busy = [0.0] * (len(fns) + 1)
@@ -123,6 +138,7 @@ class _Worker:
         w_out.close()
         self.ready = self.retiring = False
         self.held: list[int] = []  # batches sent to it, not yet returned
+        self.broken: str | None = None  # why its channel could not be read (it is then killed)
 
     def send(self, msg: Any) -> bool:
         try:
@@ -134,6 +150,10 @@ class _Worker:
     def close(self) -> None:
         for c in (self.tx, self.rx):
             c.close()
+
+    def release(self) -> None:
+        """Its goodbye was read, so every batch it sent was: let it exit."""
+        self.send("exit")
 
 
 class ProcPipeline:
@@ -164,7 +184,7 @@ class ProcPipeline:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.deaths: list[str] = []  # causes, in order
-        self.resizes = 0  # worker processes started or retired by set_workers (not replacements)
+        self.started = self.retired = 0  # worker processes started (replacements included) / retired
         self.worker_cpu_s = 0.0  # CPU seconds the workers spent, all time (ingest accounting)
         self._items, self._busy = 0, [0.0] * len(self.names)
         self._wait_s, self._got, self._got_samples = 0.0, 0, 0
@@ -211,7 +231,7 @@ class ProcPipeline:
             self._fail(e)
         finally:
             for w in self._pool:
-                w.send(None)
+                w.release()  # a worker exits after the batch in hand (what is in flight is dropped)
             deadline = time.monotonic() + 5
             for w in self._pool:
                 w.proc.join(max(0.0, deadline - time.monotonic()))
@@ -226,13 +246,14 @@ class ProcPipeline:
             target = self._target
         for _ in range(target - len(active)):
             self._pool.append(_Worker(self._ctx, self.fns))
+            self.started += 1
         if len(active) > target:
             # retire the ones that hold least (not yet started first): a stop mark queued behind
             # what each already holds, so those batches still come back
             for w in sorted(active, key=lambda w: (w.ready, len(w.held)))[: len(active) - target]:
                 w.retiring = True
                 w.send(None)
-                self.resizes += 1
+                self.retired += 1
 
     def _feed(self) -> None:
         with self._cv:
@@ -269,10 +290,18 @@ class ProcPipeline:
     def _receive(self, w: _Worker) -> bool:
         try:
             msg = w.rx.recv()
-        except (EOFError, OSError):
+        except EOFError:
+            return False
+        except Exception as e:  # noqa: BLE001 - a torn message, or a batch whose sender died
+            w.broken = f"a batch it sent could not be read ({type(e).__name__}: {e})"
+            if w.proc.exitcode is None:  # alive, its channel out of step: stopped, what it held re-issued
+                w.broken += "; the pipeline killed it"
+                w.proc.kill()
             return False
         if msg[0] == "ready":
             w.ready = True
+        elif msg[0] == "bye":
+            w.release()
         elif msg[0] == "err":
             _, b, text, tb = msg
             raise RuntimeError(f"data pipeline worker failed on batch {b}: {text}\n{tb}")
@@ -294,7 +323,7 @@ class ProcPipeline:
         w.close()
         if w.retiring and not w.held:
             return
-        cause = exit_cause(w.proc.exitcode)
+        cause = exit_cause(w.proc.exitcode) + (f"; {w.broken}" if w.broken else "")
         self.deaths.append(f"pid {w.proc.pid} {cause}")
         self._pending.extendleft(sorted(w.held, reverse=True))  # re-issued first, in order
         if len(self.deaths) > self.max_deaths:
