@@ -77,7 +77,8 @@ class PipelineDataset(torch.utils.data.Dataset):
         self.tuner = tuner
         self.processes = bool(processes)
         self.ledger_path = str(ledger) if ledger else None
-        self.job = job or f"pid{os.getpid()}"
+        self.job = job or f"pid{os.getpid()}"  # its name in the ledger
+        self._named = job is not None
         self._ledger: CoreLedger | None = None
         self.job_dir: str | None = None
         self._pipe: Pipeline | ProcPipeline | None = None
@@ -97,7 +98,8 @@ class PipelineDataset(torch.utils.data.Dataset):
         """Where the tuner logs its decisions (the executor's job directory); the job then shares
         the node's cores through the node's ledger."""
         self.job_dir = job_dir
-        self.job = f"{job_dir}#{os.getpid()}"  # one entry per training process (rank) of the job
+        if not self._named:
+            self.job = f"{job_dir}#{os.getpid()}"  # one entry per training process (rank) of the job
         self.ledger_path = self.ledger_path or str(ledger_path())
 
     @property
@@ -105,23 +107,33 @@ class PipelineDataset(torch.utils.data.Dataset):
         """CPU seconds this dataset's worker processes spent (the ingest rate counts them)."""
         return self._pipe.worker_cpu_s if isinstance(self._pipe, ProcPipeline) else 0.0
 
-    def pipeline(self, first_batch: int, indices: Any, batch_size: int) -> Pipeline | ProcPipeline:
+    def pipeline(self, first_batch: int, indices: Any, batch_size: int,
+                 size: int | None = None) -> Pipeline | ProcPipeline:
+        """size: the process pool's starting size (this job's share of the node, when it has one)."""
         stages = self.source.stages(self.workers)
         if self.processes:
-            n = self.workers.get(POOL_STAGE) or self.cores or sum(st.workers for st in stages)
+            n = size or self.workers.get(POOL_STAGE) or self.cores or sum(st.workers for st in stages)
             return ProcPipeline([st.fn for st in stages], [st.name for st in stages], indices, workers=n,
                                 prefetch=self.prefetch, first_batch=first_batch, pin=self.pin)
         collate = Stage("collate", collate_pairs(self.pin), self.workers.get("collate", 1))
         return Pipeline(stages, collate, indices, prefetch=self.prefetch, first_batch=first_batch)
 
+    def _share(self) -> int | None:
+        """This job's share of the node's cores, joining the node's ledger on first use (tuned
+        pipelines with a ledger only): what it wants is its `cores` (the planner's share)."""
+        if not (self.tune and self.ledger_path):
+            return None
+        if self._ledger is None:
+            want = self.cores or max(2, sum(self.workers.values()))
+            self._ledger = CoreLedger(self.ledger_path, _usable_cores())
+            return self._ledger.register(self.job, want)
+        return self._ledger.share(self.job, 1)
+
     def _start_tuner(self, per: int) -> None:
         assert self._pipe is not None
         budget: Any = self.cores or max(len(self._pipe.stage_names), sum(self._pipe.workers.values()))
         report = None
-        if self.ledger_path:
-            if self._ledger is None:
-                self._ledger = CoreLedger(self.ledger_path, _usable_cores())
-                self._ledger.register(self.job, int(budget))
+        if self._ledger is not None:
             led, job = self._ledger, self.job
             budget, report = (lambda: led.share(job, 1)), (lambda w: led.report(job, w))
         log = os.path.join(self.job_dir, LOG_FILE) if self.job_dir else None
@@ -141,7 +153,7 @@ class PipelineDataset(torch.utils.data.Dataset):
                 # by the position differs from one epoch to the next
                 return [b * batch_size + rank * per + k for k in range(per)]
 
-            self._pipe, self._key = self.pipeline(step, indices, batch_size), key
+            self._pipe, self._key = self.pipeline(step, indices, batch_size, size=self._share()), key
             if self.tune:
                 self._start_tuner(per)
         batch = self._pipe.get()
