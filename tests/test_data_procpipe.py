@@ -192,3 +192,17 @@ def test_tuner_resizes_a_running_process_pool(source):
         st = p.take_stats()
         assert set(st.cores) == {"read", "decode", "augment", "collate"}
         assert StageStats is type(st.stages[POOL_STAGE])
+
+
+def test_ingest_rate_counts_the_worker_processes_cpu(source):
+    """The profile row's ingest rate (samples per core-second, what the planner's core constraint
+    divides by) must not drop the CPU its pipeline spends in worker processes."""
+    from saturn.profiler.ingest import measure_dataset
+
+    threads = measure_dataset(PipelineDataset(source, pin=False), BS, seconds=0.6)
+    procs = PipelineDataset(source, pin=False, processes=True, cores=2)
+    try:
+        with_procs = measure_dataset(procs, BS, seconds=0.6)
+    finally:
+        procs.shutdown()
+    assert with_procs["samples_per_core_s"] < 1.5 * threads["samples_per_core_s"]
