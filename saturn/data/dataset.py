@@ -75,7 +75,10 @@ class PipelineDataset(torch.utils.data.Dataset):
             raise ValueError(f"data.kwargs.tuner: unknown tuner {tuner!r}; allowed: {list(TUNERS)} "
                              "(hill is the default)")
         self.tuner = tuner
-        self.processes = bool(processes)
+        if not isinstance(processes, bool):
+            raise ValueError(f"data.kwargs.processes: expected true or false, got {processes!r} (true: the "
+                             "stages run in worker processes; the pool's size is the job's `cores`)")
+        self.processes = processes
         self.ledger_path = str(ledger) if ledger else None
         self.job = job or f"pid{os.getpid()}"  # its name in the ledger
         self._named = job is not None

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
-from saturn.data.pipeline import PipelineStats, StageStats
+from saturn.data.pipeline import Delivery, PipelineStats, StageStats
 
 POOL_STAGE = "workers"  # the one tunable stage of a process pipeline: its worker processes
 _POLL_S = 0.02
@@ -156,7 +156,7 @@ class _Worker:
         self.send("exit")
 
 
-class ProcPipeline:
+class ProcPipeline(Delivery):
     """Batches `first_batch, first_batch + 1, ...` of `batch_indices(b)` through the per-sample
     `fns` (the source's stage functions, in order; `stage_names` names them) in `workers` processes.
     The interface is Pipeline's (get, workers/set_workers, prefetch/set_prefetch, take_stats, close)."""
@@ -168,28 +168,19 @@ class ProcPipeline:
                  first_batch: int = 0, num_batches: int | None = None, pin: bool = False, max_deaths: int = 3):
         self.fns, self.names = list(fns), [*stage_names, "collate"]
         self.batch_indices = batch_indices
-        self.next_batch = first_batch
-        self.end = None if num_batches is None else first_batch + num_batches
+        self._init_delivery(first_batch, num_batches, prefetch)
         self.pin = bool(pin) and torch.cuda.is_available()
         self.max_deaths = int(max_deaths)
         self.stage_names = [POOL_STAGE]
         self._target = max(1, int(workers))
-        self._prefetch = max(1, int(prefetch))
         self._ctx = tmp.get_context("fork")
         self._pool: list[_Worker] = []
         self._pending: collections.deque[int] = collections.deque()
         self._fed = first_batch
-        self._ready: dict[int, Any] = {}
-        self._cv = threading.Condition()
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
         self.deaths: list[str] = []  # causes, in order
         self.started = self.retired = 0  # worker processes started (replacements included) / retired
         self.worker_cpu_s = 0.0  # CPU seconds the workers spent, all time (ingest accounting)
         self._items, self._busy = 0, [0.0] * len(self.names)
-        self._wait_s, self._got, self._got_samples = 0.0, 0, 0
-        self.last_wait_s = 0.0
-        self._t_stats = time.perf_counter()
         self._engine = threading.Thread(target=self._run, daemon=True, name="saturn-data-procs")
         self._engine.start()
 
@@ -202,18 +193,6 @@ class ProcPipeline:
         if POOL_STAGE in workers:
             with self._cv:
                 self._target = max(1, int(workers[POOL_STAGE]))
-
-    @property
-    def prefetch(self) -> int:
-        return self._prefetch
-
-    def set_prefetch(self, depth: int) -> None:
-        with self._cv:
-            self._prefetch = max(1, int(depth))
-
-    @property
-    def closed(self) -> bool:
-        return self._stop.is_set()
 
     def live_workers(self) -> list[int]:
         """Pids of the worker processes not retiring (tests kill one of them)."""
@@ -339,55 +318,19 @@ class ProcPipeline:
             self._cv.notify_all()
 
     # -------------------------------------------------------------------------------- consumer
-    def get(self) -> Any:
-        """The next batch in order; the time spent blocked here is the step's data wait."""
-        if self.end is not None and self.next_batch >= self.end:
-            raise StopIteration
-        t0 = time.perf_counter()
-        with self._cv:
-            while self.next_batch not in self._ready:
-                if self._error is not None:
-                    raise self._error
-                if self._stop.is_set():
-                    raise RuntimeError("the data pipeline was closed")
-                self._cv.wait(_POLL_S * 5)
-            batch = self._ready.pop(self.next_batch)
-            self.next_batch += 1
-            self.last_wait_s = time.perf_counter() - t0
-            self._wait_s += self.last_wait_s
-            self._got += 1
-            self._got_samples += len(batch[0])
-        return batch
-
-    def __iter__(self) -> ProcPipeline:
-        return self
-
-    def __next__(self) -> Any:
-        return self.get()
-
     def take_stats(self) -> PipelineStats:
         """Counters since the previous call (then reset). The pool is one tunable stage (its items
         are samples, its busy time the workers' summed); `cores` splits that busy time by stage."""
-        now = time.perf_counter()
         with self._cv:
-            wall = now - self._t_stats
-            s = PipelineStats(wall, self._got, self._got_samples, self._wait_s)
+            s = self._take_consumer_stats()
+            wall = s.wall_s
             s.stages = {POOL_STAGE: StageStats(self._items, sum(self._busy), self._target)}
             s.cores = {n: round(b / wall, 3) if wall > 0 else 0.0 for n, b in zip(self.names, self._busy)}
-            self._got = self._got_samples = self._items = 0
-            self._busy = [0.0] * len(self.names)
-            self._wait_s, self._t_stats = 0.0, now
+            self._items, self._busy = 0, [0.0] * len(self.names)
         return s
 
     def close(self) -> None:
-        self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
+        """Stop, and wait (up to 10 s) for the engine to stop the workers."""
+        super().close()
         if threading.current_thread() is not self._engine:
             self._engine.join(timeout=10)
-
-    def __enter__(self) -> ProcPipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
