@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 _POLL_S = 0.02  # how often an idle worker checks whether its pool shrank or the pipeline stopped
 
@@ -73,6 +73,28 @@ class PipelineStats:
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class Tunable(Protocol):
+    """What a tuner reads and sets: Pipeline, procpipe.ProcPipeline, simpipe.ModelPipe."""
+
+    stage_names: list[str]
+    batch_stages: frozenset[str]  # stages whose items are batches, not samples
+
+    @property
+    def workers(self) -> dict[str, int]: ...
+
+    def set_workers(self, workers: dict[str, int]) -> None: ...
+
+    @property
+    def prefetch(self) -> int: ...
+
+    def set_prefetch(self, depth: int) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def take_stats(self) -> PipelineStats: ...
 
 
 class Delivery:

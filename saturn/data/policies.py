@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from saturn.data.pipeline import Pipeline
+from saturn.data.pipeline import Tunable
 from saturn.data.tuner import PipelineTuner
 from saturn.data.tuner_rl import RLTuner
 
 TUNERS: dict[str, type[PipelineTuner]] = {"hill": PipelineTuner, "rl": RLTuner}
 
 
-def make_tuner(kind: str, pipe: Pipeline, **kwargs: Any) -> PipelineTuner:
+def make_tuner(kind: str, pipe: Tunable, **kwargs: Any) -> PipelineTuner:
     """The tuner policy named by the `tuner` knob (`hill` or `rl`), same constructor arguments."""
     if kind not in TUNERS:
         raise ValueError(f"data.kwargs.tuner: unknown tuner {kind!r}; allowed: {list(TUNERS)} (hill is the default)")

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from saturn.data.pipeline import Pipeline, PipelineStats
+from saturn.data.pipeline import PipelineStats, Tunable
 
 LOG_FILE = "data_tuner.jsonl"
 
@@ -52,7 +52,7 @@ LOG_FILE = "data_tuner.jsonl"
 class PipelineTuner:
     name = "hill"
 
-    def __init__(self, pipe: Pipeline, *, budget: int | Callable[[], int], batch_size: int,
+    def __init__(self, pipe: Tunable, *, budget: int | Callable[[], int], batch_size: int,
                  window_s: float = 1.0, tolerance: float = 0.05, log_path: str | None = None,
                  min_wait_frac: float = 0.02, max_prefetch: int = 16,
                  report: Callable[[float], Any] | None = None):
