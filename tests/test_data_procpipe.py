@@ -206,3 +206,21 @@ def test_ingest_rate_counts_the_worker_processes_cpu(source):
     finally:
         procs.shutdown()
     assert with_procs["samples_per_core_s"] < 1.5 * threads["samples_per_core_s"]
+
+
+def test_a_stop_request_ends_a_worker_even_where_the_trainer_catches_sigterm(source):
+    """Training processes catch SIGTERM to stop gracefully; their forked data workers must not
+    inherit that (a worker that swallows SIGTERM outlives a stopped job)."""
+    old = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        with _procs(source, 1) as p:
+            p.get()
+            pid = p.live_workers()[0]
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while not p.deaths and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert p.deaths and "SIGTERM" in p.deaths[0]
+            assert p.get() is not None  # replaced: batches keep coming
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -78,6 +78,10 @@ def _worker(fns: list, conn_in: Any, conn_out: Any) -> None:
     cannot count on EOF (forked siblings hold copies of its pipe), so it also watches its parent,
     as DataLoader's workers do, and exits when the parent is gone."""
     torch.set_num_threads(1)  # the pool is the parallelism; intra-op threads would oversubscribe
+    # the training process's handlers were inherited by the fork: a stop request (SIGTERM) ends a
+    # worker at once, and Ctrl-C is the training process's to handle (it then stops the pool)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     conn_out.send(("ready",))
     while True:
