@@ -22,7 +22,8 @@ and tracks which batches each worker holds, so
 - shrinking sends a retiring worker a stop mark behind what it already holds: it finishes those
   batches, then exits -- no batch lost, none computed twice;
 - a worker that dies (any signal, the kernel's OOM kill included) has its batches re-issued and is
-  replaced; after `max_deaths` deaths the pipeline fails with the exit cause (never a hang).
+  replaced; more than `max_deaths` deaths within `death_window_s` (a crash that repeats, e.g. a
+  sample that kills its decoder) fail the pipeline with the exit cause -- never a hang.
 
 Why whole batches per task, all stages in one worker (as DataLoader does) rather than one process
 pool per stage: handing every sample between stage processes costs a shared-memory segment per
@@ -169,12 +170,14 @@ class ProcPipeline(Delivery):
 
     def __init__(self, fns: Sequence[Callable[[Any, int], Any]], stage_names: Sequence[str],
                  batch_indices: Callable[[int], list[int]], *, workers: int, prefetch: int = 2,
-                 first_batch: int = 0, num_batches: int | None = None, pin: bool = False, max_deaths: int = 3):
+                 first_batch: int = 0, num_batches: int | None = None, pin: bool = False, max_deaths: int = 3,
+                 death_window_s: float = 600.0):
         self.fns, self.names = list(fns), [*stage_names, "collate"]
         self.batch_indices = batch_indices
         self._init_delivery(first_batch, num_batches, prefetch)
         self.pin = bool(pin) and torch.cuda.is_available()
-        self.max_deaths = int(max_deaths)
+        self.max_deaths, self.death_window_s = int(max_deaths), float(death_window_s)
+        self._death_times: collections.deque[float] = collections.deque()
         self.stage_names = [POOL_STAGE]
         self._target = max(1, int(workers))
         self._ctx = tmp.get_context("fork")
@@ -309,9 +312,14 @@ class ProcPipeline(Delivery):
         cause = exit_cause(w.proc.exitcode) + (f"; {w.broken}" if w.broken else "")
         self.deaths.append(f"pid {w.proc.pid} {cause}")
         self._pending.extendleft(sorted(w.held, reverse=True))  # re-issued first, in order
-        if len(self.deaths) > self.max_deaths:
-            raise RuntimeError(f"data pipeline: {len(self.deaths)} worker processes died (last: pid "
-                               f"{w.proc.pid} {cause}); giving up after max_deaths={self.max_deaths}")
+        now = time.monotonic()
+        self._death_times.append(now)
+        while self._death_times[0] < now - self.death_window_s:
+            self._death_times.popleft()
+        if len(self._death_times) > self.max_deaths:
+            raise RuntimeError(f"data pipeline: {len(self._death_times)} worker processes died within "
+                               f"{self.death_window_s:g} s (last: pid {w.proc.pid} {cause}); giving up "
+                               f"after max_deaths={self.max_deaths}")
         # a live replacement comes from _resize (the active count is now below the target)
 
     def _fail(self, e: BaseException) -> None:
