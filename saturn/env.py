@@ -143,8 +143,8 @@ def warm_preload(name: str) -> list[str]:
 
 
 def test_slow_drains() -> str:
-    """SATURN_TEST_SLOWDRAINSAIN_S: "SECONDS[:FROM_STEP]" slows checkpoint drains down (tests)."""
-    return _raw("SATURN_TEST_SLOWDRAINSAIN_S") or ""
+    """SATURN_TEST_SLOW_DRAIN_S: "SECONDS[:FROM_STEP]" slows checkpoint drains down (tests)."""
+    return _raw("SATURN_TEST_SLOW_DRAIN_S") or ""
 
 
 def check_environment() -> None:
