@@ -137,6 +137,12 @@ def staging_ledger() -> Optional[Path]:
     return None if v is None else Path(v)
 
 
+def data_ledger() -> Optional[Path]:
+    """SATURN_DATA_LEDGER: another input-pipeline core ledger file (tests)."""
+    v = _raw("SATURN_DATA_LEDGER")
+    return None if v is None else Path(v)
+
+
 def warm_preload(name: str) -> list[str]:
     """The warm workers' preload list (`module[:function]`, comma-separated) in variable `name`."""
     return [e.strip() for e in (_raw(name) or "").split(",") if e.strip()]
