@@ -50,15 +50,20 @@ def staging_budget_gb() -> Optional[float]:
     return number("SATURN_STAGING_BUDGET_GB")
 
 
-def warm() -> Optional[bool]:
-    """SATURN_WARM: 0/false/no/off/cold forces cold worker launches; 1/true/yes/on/warm or unset: warm."""
-    v = _raw("SATURN_WARM")
+def switch(name: str, on: str = "", off: str = "") -> Optional[bool]:
+    """The variable as on/off (None when unset or empty); anything else is refused naming it."""
+    v = _raw(name)
     if v is None:
         return None
     if v.lower() in _OFF + _ON:
         return v.lower() in _ON
-    raise SaturnError(f"$SATURN_WARM={v!r}: must be one of {', '.join(_ON)} (warm workers) or "
-                      f"{', '.join(_OFF)} (cold launches); fix or unset it")
+    raise SaturnError(f"${name}={v!r}: must be one of {', '.join(_ON)}{on} or {', '.join(_OFF)}{off}; "
+                      "fix or unset it")
+
+
+def warm() -> Optional[bool]:
+    """SATURN_WARM: 0/false/no/off/cold forces cold worker launches; 1/true/yes/on/warm or unset: warm."""
+    return switch("SATURN_WARM", " (warm workers)", " (cold launches)")
 
 
 def seed_profiles() -> tuple[bool, Optional[Path]]:
@@ -110,13 +115,7 @@ def torch_threads() -> int:
 
 def spilling_compile() -> Optional[bool]:
     """SATURN_SPILLING_COMPILE: compile spilling's state kernel (None: unset, the engine decides)."""
-    v = _raw("SATURN_SPILLING_COMPILE")
-    if v is None:
-        return None
-    if v.lower() in _OFF + _ON:
-        return v.lower() in _ON
-    raise SaturnError(f"$SATURN_SPILLING_COMPILE={v!r}: must be one of {', '.join(_ON)} or {', '.join(_OFF)}; "
-                      "fix or unset it")
+    return switch("SATURN_SPILLING_COMPILE")
 
 
 # Set by Saturn for the processes it starts (not user settings): read here all the same, so every
