@@ -5,10 +5,10 @@ is built or launched, and they never import torch. A fused group stacks its memb
 and runs one batched forward/backward for all of them (`saturn.fused.engine`), so everything that
 shapes a step's tensors must be equal across members: the model architecture (resolved zoo config
 or factory + kwargs), local weights file, batch size, sequence length, dataset spec (each
-member still reads its own samples: synthetic data is seeded by the job's seed) and precision. The optimizer *class* must be equal too
-(each member steps its own optimizer of that class: see the engine); everything else the
-optimizer takes (lr, weight decay, betas, eps, momentum...) and the seed may differ -- that is
-what a sweep varies.
+member still reads its own samples: synthetic data is seeded by the job's seed) and precision.
+The optimizer *class* must be equal too (each member steps its own optimizer of that class: see
+the engine); everything else the optimizer takes (lr, weight decay, betas, eps, momentum...)
+and the seed may differ -- that is what a sweep varies.
 
 Refused with a reason (`FusionRefusal`, a `SpecError`: the CLI's exit 2):
 * members whose shapes differ, as above (the first differing field is named, with both values);

@@ -20,7 +20,8 @@ STEPS = 6
 # member stepped with another's hyperparameters or data is off by > 1e-3 after one step
 LOSS_TOL = 5e-6
 # parameters: Adam divides by sqrt(v), so an element whose gradient is ~0 can turn a 1-ulp gradient
-# difference into a visible step (measured max 1.2e-4 on vit-tiny, mean <= 4e-8); a step at a wrong lr moves elements by >= 1e-3
+# difference into a visible step (measured max 1.2e-4 on vit-tiny, mean <= 4e-8); a step at a
+# wrong lr moves elements by >= 1e-3
 PARAM_MAX, PARAM_MEAN = 5e-4, 2e-7
 
 
