@@ -114,3 +114,13 @@ def _label(field: str) -> str:
 def _short(v: Any) -> str:
     text = json.dumps(v, sort_keys=True, default=str)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def shapes(jobs: Sequence[Any]) -> list[list[Any]]:
+    """`jobs` partitioned into fusable shapes (equal `shape_key`, no own refusal), in order; a job
+    that cannot be fused at all is left out."""
+    out: dict[str, list[Any]] = {}
+    for job in jobs:
+        if not _own_refusal(job):
+            out.setdefault(json.dumps(shape_key(job), sort_keys=True, default=str), []).append(job)
+    return list(out.values())
