@@ -124,6 +124,11 @@ def main(spec_path: str) -> int:
     _die_with_parent()
     with open(spec_path) as f:
         spec = json.load(f)
+    if spec.get("kind") == "fused":  # a fused group attempt (saturn.fused.runner)
+        from saturn.fused.runner import run_fused_attempt
+
+        run_fused_attempt(spec)
+        return 0
     if "members" in spec:  # a SHARP group attempt (saturn.executor.sharp_dispatch)
         from saturn.sharp.runner import run_group_attempt
 

@@ -41,10 +41,11 @@ from typing import Any, Optional
 import pandas as pd
 
 from saturn.executor.state import PENDING, RUNNING
-from saturn.planner import sharp_option
+from saturn.planner import fused_option, sharp_option
 from saturn.planner.plan import Assignment
 
 TECHNIQUE = sharp_option.TECHNIQUE
+GROUP_TECHNIQUES = (TECHNIQUE, fused_option.TECHNIQUE)  # fused groups (saturn.fused) run the same way
 
 
 def runs_groups(backend: Any) -> bool:
@@ -56,7 +57,21 @@ def runs_groups(backend: Any) -> bool:
 
 def group_of(knobs: Any) -> Optional[str]:
     g = (knobs or {}).get("group") if isinstance(knobs, dict) else None
-    return str(g) if g and sharp_option.is_group(str(g)) else None
+    return str(g) if g and (sharp_option.is_group(str(g)) or fused_option.is_group(str(g))) else None
+
+
+def members_of(group: str) -> list[str]:
+    return fused_option.members_of(group) if fused_option.is_group(group) else sharp_option.members_of(group)
+
+
+def technique_of(group: str) -> str:
+    return fused_option.TECHNIQUE if fused_option.is_group(group) else TECHNIQUE
+
+
+def _may_join(js: Any, group: str) -> bool:
+    """SHARP trains members with the spilling engine; a fused group is its own single-device
+    technique, so only jobs that allow any technique join one."""
+    return _may_spill(js) if not fused_option.is_group(group) else not js.info.techniques
 
 
 def _may_spill(js: Any) -> bool:
@@ -68,15 +83,16 @@ def _may_spill(js: Any) -> bool:
 def _ensure_member_rows(ex: Any, group: str) -> None:
     """Journal the derived per-member rows of `group` once (see the module docstring)."""
     rows = []
-    members = sharp_option.members_of(group)
+    members, tech = members_of(group), technique_of(group)
+    per_member = 1 if tech != TECHNIQUE else len(members)  # a fused member steps with every group step
     for o in ex.est.rows.get(group, []):
         knobs = json.dumps({**json.loads(o.knobs), "group": group}, sort_keys=True)
         for m in members:
-            if any(r.technique == TECHNIQUE and r.knobs == knobs and r.gpus == o.gpus
+            if any(r.technique == tech and r.knobs == knobs and r.gpus == o.gpus
                    for r in ex.est.rows.get(m, [])):
                 continue
-            rows.append({"job": m, "technique": TECHNIQUE, "knobs": knobs, "gpus": o.gpus,
-                         "step_time_s": o.step_time_s * len(members), "startup_s": o.startup_s,
+            rows.append({"job": m, "technique": tech, "knobs": knobs, "gpus": o.gpus,
+                         "step_time_s": o.step_time_s * per_member, "startup_s": o.startup_s,
                          "feasible": True, "gpu_type": o.gpu_type,
                          "source": f"derived from {group}"})
     if rows:
@@ -119,7 +135,7 @@ def _merge_fixed(fixed: list[Any]) -> list[Any]:
 def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: Any) -> Any:
     """`solve_fn(jobs, ex.nodes, table, **kw)` with the SHARP groups that can run here offered
     as options; the result has every group expanded into its members (module docstring)."""
-    groups = [g for g in ex.est.rows if sharp_option.is_group(g)] if runs_groups(ex.backend) else []
+    groups = [g for g in ex.est.rows if group_of({"group": g})] if runs_groups(ex.backend) else []
     if not groups:
         return solve_fn(jobs, ex.nodes, table, _groups=False, **kw)
     running = _running_groups(ex)
@@ -131,12 +147,12 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
         fixed = [a for a in held_gpus(ex.state, ex.est, ex.now) if a.job in held]
     jobs = [j for j in jobs if j.name not in held]
     names = {j.name for j in jobs}
-    table = table[~table["job"].isin(held) & (table["technique"] != TECHNIQUE)]
+    table = table[~table["job"].isin(held) & ~table["technique"].isin(GROUP_TECHNIQUES)]
     rows = []
     for g in groups:
-        members = sharp_option.members_of(g)
+        members = members_of(g)
         states = [ex.state.jobs.get(m) for m in members]
-        if not all(js is not None and js.status == PENDING and js.name in names and _may_spill(js)
+        if not all(js is not None and js.status == PENDING and js.name in names and _may_join(js, g)
                    for js in states):
             continue
         _ensure_member_rows(ex, g)
@@ -160,9 +176,9 @@ def expand(assignments: list[Any]) -> list[Assignment]:
 
     out = []
     for a in assignments:
-        if sharp_option.is_group(a.job) and not is_checkpoint(a):
+        if group_of({"group": a.job}) and not is_checkpoint(a):
             knobs = {**a.knobs, "group": a.job}
-            out += [dataclasses.replace(a, job=m, knobs=dict(knobs)) for m in sharp_option.members_of(a.job)]
+            out += [dataclasses.replace(a, job=m, knobs=dict(knobs)) for m in members_of(a.job)]
         else:
             out.append(a)
     return out
@@ -174,13 +190,13 @@ def launch(ex: Any, assignment: dict) -> bool:
     group = group_of(assignment.get("knobs"))
     if group is None:
         return False
-    members = [ex.state.jobs[m] for m in sharp_option.members_of(group)
+    members = [ex.state.jobs[m] for m in members_of(group)
                if m in ex.state.jobs and ex.state.jobs[m].status == PENDING
                and ex.state.jobs[m].remaining_steps > 0]
     if not members:
         return True
     for js in members:
-        ex.emit("launch", job=js.name, technique=TECHNIQUE, knobs=dict(assignment.get("knobs") or {}),
+        ex.emit("launch", job=js.name, technique=technique_of(group), knobs=dict(assignment.get("knobs") or {}),
                 node=assignment["node"], gpus=list(assignment["gpus"]), start_step=js.committed_step,
                 group=group)
     pid = launch_process(ex.backend, group, members, assignment)
@@ -192,8 +208,11 @@ def launch(ex: Any, assignment: dict) -> bool:
 
 def launch_process(backend: Any, group: str, members: list[Any], assignment: dict) -> int:
     """Start the group's runner process and register it once per member with the process
-    backend (its per-job polling, stopping and result reading then apply unchanged)."""
+    backend (its per-job polling, stopping and result reading then apply unchanged). A fused
+    member is registered with its own handle (`saturn.fused.attempt.MemberAttempt`): it finishes
+    when its result file appears and stops alone (a leave file), while the group trains on."""
     from saturn.executor.backends import _Proc, spawn_runner
+    from saturn.fused.attempt import MemberAttempt
 
     spec_members, procs = [], []
     for js in members:
@@ -203,11 +222,15 @@ def launch_process(backend: Any, group: str, members: list[Any], assignment: dic
         res, prog = d / f"result-{attempt}.json", d / "progress.jsonl"
         if res.exists():
             res.unlink()
+        leave = d / f"leave-{attempt}"
+        if leave.exists():
+            leave.unlink()
         spec_members.append({"job": js.info.spec, "attempt": attempt, "start_step": js.committed_step,
                              "checkpoint_dir": str(d / "ckpt"), "progress_path": str(prog),
-                             "result_path": str(res)})
+                             "result_path": str(res), "leave_path": str(leave)})
         procs.append((js.name, attempt, d, prog, res, prog.stat().st_size if prog.exists() else 0))
-    spec = {"group": group, "members": spec_members, "knobs": assignment.get("knobs") or {},
+    spec = {"group": group, "kind": technique_of(group), "members": spec_members,
+            "knobs": assignment.get("knobs") or {},
             "gpus": [int(g) for g in assignment["gpus"]], "device_type": backend.device_type,
             "checkpoint_every": backend.checkpoint_every, "grace_s": backend.grace_s}
     first = backend.job_dir(members[0].name)
@@ -216,6 +239,8 @@ def launch_process(backend: Any, group: str, members: list[Any], assignment: dic
     tmp.write_text(json.dumps(spec, indent=1))
     os.replace(tmp, spec_path)
     p = spawn_runner(spec_path, first / "runner.txt", backend.extra_env)
-    for name, attempt, d, prog, res, offset in procs:
-        backend.procs[name] = _Proc(p, name, attempt, d, prog, res, offset)
+    fused = fused_option.is_group(group)
+    for (name, attempt, d, prog, res, offset), m in zip(procs, spec_members):
+        handle = MemberAttempt(p, m["result_path"], m["leave_path"]) if fused else p
+        backend.procs[name] = _Proc(handle, name, attempt, d, prog, res, offset)
     return p.pid

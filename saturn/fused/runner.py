@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -61,7 +61,8 @@ class FusedRun:
                  metrics_paths: Optional[dict[str, str]] = None, checkpoint_every: int = 0,
                  readback_every: int = READBACK_EVERY, knobs: Optional[dict[str, Any]] = None,
                  max_grad_norm: Optional[dict[str, float]] = None,
-                 line_extra: Optional[dict[str, dict[str, Any]]] = None):
+                 line_extra: Optional[dict[str, dict[str, Any]]] = None,
+                 on_leave: Optional[Callable[[str, dict[str, Any]], None]] = None):
         if readback_every < 1:
             raise ValueError(f"readback_every must be >= 1, got {readback_every}")
         self.knobs = dict(knobs or {})
@@ -80,6 +81,7 @@ class FusedRun:
         for name, meta in self.engine.resumed.items():
             self.slots[name].step = int(meta["step"])
             self.slots[name].checkpoint = resume[name]
+        self.on_leave = on_leave  # called with (name, result) as each member leaves
         self._leaving: set[str] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -130,8 +132,11 @@ class FusedRun:
                 if n in self.engine.names:
                     s = self.slots[n]
                     s.checkpoint = self._save(s)
-        return {n: {"status": s.status, "step": s.step, "checkpoint": s.checkpoint,
-                    "losses": s.losses} for n, s in self.slots.items()}
+        return {n: self.result(n) for n in self.slots}
+
+    def result(self, name: str) -> dict[str, Any]:
+        s = self.slots[name]
+        return {"status": s.status, "step": s.step, "checkpoint": s.checkpoint, "losses": s.losses}
 
     def _checkpoint_due(self, s: Slot) -> bool:
         return bool(self.checkpoint_every and s.ckpt_dir and s.step % self.checkpoint_every == 0
@@ -174,8 +179,85 @@ class FusedRun:
         self.engine.remove(name)
         with self._lock:
             self._leaving.discard(name)
+        if self.on_leave is not None:
+            self.on_leave(name, self.result(name))
 
 
-def stop_file(job_dir: str, attempt: int) -> str:
-    """The file whose appearance makes one member of a running fused attempt leave it."""
-    return os.path.join(job_dir, f"leave-{attempt}")
+# ------------------------------------------------------------------ the executor's group attempt
+def write_result(path: str, result: dict[str, Any]) -> None:
+    """A member's result file, atomically (the executor reads it as the member's attempt result)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_fused_attempt(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One attempt of a fused group in this (runner) process, for `saturn.executor.job_runner`.
+    Spec: group, members [{job, attempt, start_step, checkpoint_dir, progress_path, result_path,
+    leave_path}], knobs, gpus, device_type, checkpoint_every. Each member's result file is written
+    when it leaves (so the executor sees it finish while the others train); a member leaves when
+    its `leave_path` appears (a per-job stop); SIGTERM checkpoints every member."""
+    import signal
+    import sys
+
+    cpu = spec.get("device_type") == "cpu"
+    gpus = [int(g) for g in spec.get("gpus") or [0]]
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if cpu else ",".join(str(g) for g in gpus[:1])
+    members = {m["job"]["name"]: m for m in spec["members"]}
+    written: dict[str, dict[str, Any]] = {}
+    run: Optional[FusedRun] = None
+    stop = threading.Event()
+
+    def on_leave(name: str, result: dict[str, Any]) -> None:
+        written[name] = {**result, "reason": "", "group": spec.get("group")}
+        write_result(members[name]["result_path"], written[name])
+
+    def watch() -> None:  # per-member leave files, and SIGTERM
+        while not stop.wait(0.1):
+            if run is None:
+                continue
+            for name, m in members.items():
+                if name not in written and os.path.exists(m["leave_path"]):
+                    run.leave(name)
+        if run is not None:
+            run.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        from saturn.spec.schema import Job
+
+        device = "cpu" if cpu or not torch.cuda.is_available() else "cuda:0"
+        if device == "cpu":
+            torch.set_num_threads(max(1, len(gpus)))
+        run = FusedRun([Job.model_validate(m["job"]) for m in members.values()], device=device,
+                       ckpt_dirs={n: m["checkpoint_dir"] for n, m in members.items()},
+                       metrics_paths={n: m["progress_path"] for n, m in members.items()},
+                       checkpoint_every=int(spec.get("checkpoint_every") or 0),
+                       knobs={k: v for k, v in (spec.get("knobs") or {}).items() if k != "group"},
+                       line_extra={n: {"attempt": m.get("attempt")} for n, m in members.items()},
+                       on_leave=on_leave)
+        if stop.is_set():
+            run.stop()
+        run.run()
+    except BaseException as exc:  # noqa: BLE001 - report per member, never hang the executor
+        import traceback
+
+        sys.stderr.write(traceback.format_exc())
+        reason = f"fused group {spec.get('group')}: {type(exc).__name__}: {exc}"[:2000]
+        for name, m in members.items():
+            if name in written:
+                continue
+            job = m["job"]
+            path = ckpt.latest_checkpoint(m["checkpoint_dir"], ckpt.Owner.of(job)) \
+                if os.path.isdir(m["checkpoint_dir"]) else None
+            step = int(ckpt.read_meta(path)["step"]) if path else int(m["start_step"])
+            written[name] = {"status": "failed", "step": step, "checkpoint": path, "losses": [],
+                             "reason": reason, "group": spec.get("group")}
+            write_result(m["result_path"], written[name])
+    finally:
+        stop.set()
+    return written
