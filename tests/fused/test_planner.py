@@ -53,3 +53,13 @@ def test_jobs_of_different_shapes_never_share_a_group():
     jobs = [job("a"), job("b", seed=1, optimizer={"lr": 3e-3}), job("v", model="vit-tiny"),
             job("p", precision="bf16"), job("d", model={"name": "gpt2-tiny", "overrides": {"dropout": 0.1}})]
     assert [[j.name for j in s] for s in shapes(jobs)] == [["a", "b"], ["v"], ["p"]]
+
+
+def test_profile_rows_measure_per_shape_and_estimate_other_widths():
+    from saturn.fused.profile import profile_rows
+
+    jobs = [job("a"), job("b", seed=1, optimizer={"lr": 3e-3}), job("c", seed=2), job("v", model="vit-tiny")]
+    rows = profile_rows(jobs, measure_widths=(1, 2), offer_widths=(2, 3), steps=1, warmup=0)
+    assert [r["job"] for r in rows] == ["fused:a+b", "fused:a+b+c"]  # the lone ViT gets no group
+    assert rows[0]["source"] == "measured" and rows[1]["source"] == "estimated from widths [1, 2]"
+    assert all(r["technique"] == "fused" and r["step_time_s"] > 0 for r in rows)
