@@ -194,8 +194,8 @@ class FusedEngine:
         job0 = self.members[0].job
         with training.autocast(job0, self.device.type):
             losses = self._vloss(self.params, self.buffers, x, y)
-        scaled = [m.scaler.scale(losses[k]) for k, m in enumerate(self.members)] \
-            if self.members[0].scaler is not None else None
+        scalers = [m.scaler for m in self.members if m.scaler is not None]  # fp16: all or none
+        scaled = [s.scale(losses[k]) for k, s in enumerate(scalers)]
         (torch.stack(scaled).sum() if scaled else losses.sum()).backward()
         names = list(self.params)
         for k, m in enumerate(self.members):
