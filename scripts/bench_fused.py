@@ -168,9 +168,9 @@ def main() -> int:
                 continue
             try:
                 fam["solo"][job.name] = {"status": "ok", **solo(job, a)}
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 fam["solo"][job.name] = {"status": "oom"}
-            _free()
+            _free()  # outside the except block: its traceback holds the model until it ends
             benchlib.write_json(name, out)
         for k in a.widths:
             members = jobs[:k]
@@ -179,14 +179,15 @@ def main() -> int:
                 continue
             if torch.cuda.is_available() and a.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+            res = None
             try:
                 res = fused(members, a)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 fam["fused"][str(k)] = {"status": "oom"}
-                _free()
+            _free()  # outside the except block: its traceback holds the group until it ends
+            if res is None:
                 benchlib.write_json(name, out)
                 continue
-            _free()
             fam["fused"][str(k)] = _summary(res, members, fam["solo"], a)
             step_s = res["time_s"] / a.steps
             out["profile_rows"].append(fused_option.group_row(
