@@ -36,6 +36,7 @@ import dataclasses
 import json
 import math
 import os
+import weakref
 from typing import Any, Optional
 
 import pandas as pd
@@ -45,6 +46,7 @@ from saturn.planner import fused_option, sharp_option
 from saturn.planner.plan import Assignment
 
 TECHNIQUE = sharp_option.TECHNIQUE
+_WARNED: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()  # refused groups
 GROUP_TECHNIQUES = (TECHNIQUE, fused_option.TECHNIQUE)  # fused groups (saturn.fused) run the same way
 
 
@@ -80,6 +82,22 @@ def _may_spill(js: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------ planning
+def _fused_refusal(ex: Any, group: str, states: list[Any]) -> str:
+    """Why a profiled fused group cannot run (`saturn.fused.grouping`), journaled once as a
+    warning on its first member; '' when it can."""
+    from saturn.fused.grouping import refusal
+    from saturn.spec.schema import Job
+
+    if any(js.info.spec is None for js in states):  # no full spec (simulated jobs): the runner checks
+        return ""
+    why = refusal([Job.model_validate(js.info.spec) for js in states])
+    warned = _WARNED.setdefault(ex, set())
+    if why and group not in warned:
+        warned.add(group)
+        ex.emit("warning", job=states[0].name, text=f"fused group {group} is not offered: {why}")
+    return why
+
+
 def _ensure_member_rows(ex: Any, group: str) -> None:
     """Journal the derived per-member rows of `group` once (see the module docstring)."""
     rows = []
@@ -154,6 +172,8 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
         states = [ex.state.jobs.get(m) for m in members]
         if not all(js is not None and js.status == PENDING and js.name in names and _may_join(js, g)
                    for js in states):
+            continue
+        if fused_option.is_group(g) and _fused_refusal(ex, g, states):
             continue
         _ensure_member_rows(ex, g)
         # observed / profiled speed of the members scales the group row as it scales their own

@@ -81,3 +81,22 @@ def test_fused_group_runs_as_one_attempt_and_a_cancelled_member_leaves_alone(tmp
         assert ck and read_meta(ck)["step"] == js.committed_step
         steps = [r["step"] for r in _lines(d / "progress.jsonl") if "checkpoint" not in r]
         assert steps == list(range(1, js.committed_step + 1))
+
+
+def test_a_profiled_group_of_different_shapes_is_not_offered_and_says_why(tmp_path):
+    from saturn.executor import Executor, ExecutorConfig, ProcessBackend
+    from saturn.spec import load_workload
+
+    w, p = _files(tmp_path)
+    w.write_text(WORKLOAD.replace("{name: c, steps: 12, seed: 2,", "{name: c, steps: 12, seed: 2, batch_size: 8,"))
+    wl = load_workload(w)
+    rd = tmp_path / "run"
+    ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p),
+                  ProcessBackend(rd, device_type="cpu", warm=False), run_dir=rd,
+                  config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0, poll_s=0.1))
+    try:
+        assert not any(a["knobs"].get("group") for a in ex.state.plan["assignments"])
+        texts = [d.get("text", "") for _, kind, d in ex.journal.events() if kind == "warning"]
+        assert any("fused group fused:a+b+c is not offered" in t and "batch_size (4 vs 8)" in t for t in texts)
+    finally:
+        ex.backend.shutdown()
