@@ -7,8 +7,9 @@ read-back boundaries), technique-neutral checkpoints in each member's own direct
 meta (job, technique, knobs, loss), resume from the member's newest checkpoint -- so an executor
 runs a group in one process and each member looks like a solo job to status and report.
 
-Members leave the group between steps, at the next read-back boundary (at most `readback_every`
-steps, or ~2 s, later), without stopping the others:
+Members leave (and waiting jobs of the same shape join: `FusedRun.join`, a refill) between steps,
+at the next read-back boundary (at most `readback_every` steps, or ~2 s, later), without
+stopping the others:
 * a member that reaches its end step checkpoints and leaves ("completed");
 * `FusedRun.leave(name)` (a cancelled or pruned job: `Orchestrator.cancel`, Optuna, Tune; the
   executor's per-member stop file, see `run_fused_attempt`) checkpoints it and leaves
@@ -83,6 +84,7 @@ class FusedRun:
             self.slots[name].checkpoint = resume[name]
         self.on_leave = on_leave  # called with (name, result) as each member leaves
         self._leaving: set[str] = set()
+        self._joining: list[tuple[Any, Optional[int], Optional[str], Optional[str], dict[str, Any]]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
@@ -95,6 +97,30 @@ class FusedRun:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def join(self, job: Any, *, end_step: Optional[int] = None, ckpt_dir: Optional[str] = None,
+             metrics_path: Optional[str] = None, extra: Optional[dict[str, Any]] = None) -> None:
+        """A waiting job of the group's shape takes a free slot at the next boundary (resumed from
+        its newest checkpoint in `ckpt_dir`, if any); refused now if it cannot fuse with them."""
+        from saturn.fused.grouping import check_group
+
+        if job.name in self.slots:
+            raise ValueError(f"job {job.name!r} is already a member of this fused group")
+        check_group([next(iter(self.slots.values())).job, job])
+        with self._lock:
+            self._joining.append((job, end_step, ckpt_dir, metrics_path, dict(extra or {})))
+
+    def _admit(self) -> None:
+        with self._lock:
+            joining, self._joining = self._joining, []
+        for job, end_step, d, mp, extra in joining:
+            end = int(end_step or job.total_steps)
+            path = ckpt.latest_checkpoint(d, ckpt.Owner.of(job, end)) if d else None
+            slot = Slot(job, end, ckpt_dir=d, extra=extra, writer=step_io.MetricsWriter(mp), checkpoint=path)
+            self.engine.add(job, path)
+            if path:
+                slot.step = int(ckpt.read_meta(path)["step"])
+            self.slots[job.name] = slot
 
     # ---------------------------------------------------------------------------------- loop
     def run(self) -> dict[str, dict[str, Any]]:
@@ -128,6 +154,8 @@ class FusedRun:
             if self._stop.is_set():
                 for n in list(self.engine.names):
                     self._retire(n, "interrupted")
+            elif self._joining:
+                self._admit()
             for n in due:
                 if n in self.engine.names:
                     s = self.slots[n]

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
+from saturn.fused.grouping import FusionRefusal
 from saturn.fused.runner import FusedRun
 from saturn.techniques import checkpoint as ckpt
 from saturn.techniques import training
@@ -79,3 +81,29 @@ def test_member_checkpoint_resumes_solo_and_in_another_group(tmp_path):
     assert max(abs(x[1] - r) for x, r in zip(again["a"]["losses"], ref[3:])) <= LOSS_TOL
     assert again["d"]["losses"][0][0] == 0
     assert torch.isfinite(torch.tensor([x[1] for x in again["d"]["losses"]])).all()
+
+
+def test_a_waiting_job_refills_a_freed_slot(tmp_path):
+    full = _run(tmp_path / "full", _jobs()[:2]).run()
+    run = _run(tmp_path / "refill", _jobs()[:2])
+    newcomer = job("n", seed=7, optimizer={"lr": 4e-3})
+    step = run.engine.step
+    calls = []
+
+    def step_and_swap(steps):  # b is pruned during its second step; n waits for its slot
+        calls.append(list(run.engine.names))
+        if len(calls) == 2:
+            run.leave("b")
+            run.join(newcomer, ckpt_dir=str(tmp_path / "n" / "ckpt"))
+        return step(steps)
+
+    run.engine.step = step_and_swap
+    res = run.run()
+    assert calls[:3] == [["a", "b"], ["a", "b"], ["a", "n"]]
+    assert res["a"]["losses"] == full["a"]["losses"]  # a is unchanged by the swap, bit for bit
+    ref, _ = solo(newcomer)
+    assert [s for s, _ in res["n"]["losses"]] == list(range(STEPS))
+    assert max(abs(x[1] - r) for x, r in zip(res["n"]["losses"], ref)) <= LOSS_TOL
+    assert res["n"]["status"] == "completed" and ckpt.read_meta(res["n"]["checkpoint"])["step"] == STEPS
+    with pytest.raises(FusionRefusal, match="batch_size"):
+        run.join(job("x", batch_size=8))
