@@ -120,10 +120,9 @@ class FusedEngine:
             for p in m.model.parameters():
                 p.data = p.detach().clone()
                 p.grad = None
-            for mod in m.model.modules():
-                for bname, b in list(mod._buffers.items()):
-                    if b is not None:
-                        mod._buffers[bname] = b.clone()
+            for n, b in list(m.model.named_buffers()):
+                owner, _, leaf = n.rpartition(".")
+                setattr(m.model.get_submodule(owner), leaf, b.clone())  # a registered buffer stays one
         if self.members:
             self._restack()
         else:
@@ -159,7 +158,7 @@ class FusedEngine:
                     p.data = self.params[n][k]
                 for n in bufs[0]:
                     owner, _, leaf = n.rpartition(".")
-                    m.model.get_submodule(owner)._buffers[leaf] = self.buffers[n][k]
+                    setattr(m.model.get_submodule(owner), leaf, self.buffers[n][k])
 
     # ------------------------------------------------------------------------------ a step
     def _loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],

@@ -35,3 +35,21 @@ def mlp_net() -> SequentialModel:
     return SequentialModel([nn.Embedding(256, 16), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 256)], None,
                            lambda out, y: nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()),
                            SimpleNamespace(vocab_size=256))
+
+
+class _Scaled(nn.Module):
+    """A module with a constant buffer (read, never written): fuses fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+        self.register_buffer("scale", torch.full((16,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.scale
+
+
+def buffered_net() -> SequentialModel:
+    return SequentialModel([nn.Embedding(256, 16), _Scaled(), nn.Linear(16, 256)], None,
+                           lambda out, y: nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()),
+                           SimpleNamespace(vocab_size=256))

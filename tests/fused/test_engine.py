@@ -112,12 +112,15 @@ def test_user_models_that_do_not_vmap_are_refused(factory, why):
         FusedEngine([j, job("w", seed=1, model={"factory": factory})])
 
 
-def test_user_model_that_vmaps_matches_solo():
-    jobs = [job("u", model={"factory": "tests.fused.models:mlp_net"}),
-            job("w", seed=1, optimizer={"lr": 3e-3}, model={"factory": "tests.fused.models:mlp_net"})]
+@pytest.mark.parametrize("factory", ["tests.fused.models:mlp_net", "tests.fused.models:buffered_net"])
+def test_user_model_that_vmaps_matches_solo(factory):
+    jobs = [job("u", model={"factory": factory}),
+            job("w", seed=1, optimizer={"lr": 3e-3}, model={"factory": factory})]
     assert vmap_refusal(jobs[0]) == ""
     engine = FusedEngine(jobs)
     fused = [engine.step([s, s]).tolist() for s in range(STEPS)]
     for k, j in enumerate(jobs):
         ref, _ = solo(j)
         assert max(abs(a - row[k]) for a, row in zip(ref, fused)) <= LOSS_TOL
+    gone = engine.remove("u")  # a leaving member keeps its values (and buffers) in its own storage
+    assert all(b.data_ptr() != t.data_ptr() for b, t in zip(gone.model.buffers(), engine.buffers.values()))
