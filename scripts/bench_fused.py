@@ -25,7 +25,8 @@ member over all warmup + timed steps (fp32 CPU: ~1 ulp per step; bf16 GPUs: diff
 for batched and single matmuls, reported, no target). An OOM at some K is recorded as such.
 Writes benchmarks/fused.json (GPU) or benchmarks/fused_cpu.json (--quick) after every
 measurement, plus the measured groups as planner profile rows (`saturn.planner.fused_option`),
-and the BENCHMARKS.md section at the end.
+and the BENCHMARKS.md section at the end. Ops that vmap ran member by member (no batching rule,
+PyTorch's "performance drop" warning) are listed per measurement (`vmap_fallbacks`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import sys
 import time
+import warnings
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -129,17 +132,21 @@ def fused(jobs: list[Job], a: argparse.Namespace) -> dict[str, Any]:
 
     engine = FusedEngine(jobs, a.device)
     losses, t0 = [], 0.0
-    for s in range(a.warmup + a.steps):
-        if s == a.warmup:
-            _sync(a.device)
-            t0 = time.perf_counter()
-        losses.append(engine.step([s] * len(jobs)))
-    _sync(a.device)
+    with warnings.catch_warnings(record=True) as caught:  # vmap's per-op fallbacks, named
+        warnings.simplefilter("always")
+        for s in range(a.warmup + a.steps):
+            if s == a.warmup:
+                _sync(a.device)
+                t0 = time.perf_counter()
+            losses.append(engine.step([s] * len(jobs)))
+        _sync(a.device)
     elapsed = time.perf_counter() - t0
+    fallbacks = sorted({m.group(1) for w in caught
+                        if (m := re.search(r"batching rule for (\S+?)\.", str(w.message)))})
     peak = torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else None
     rows = torch.stack(losses).tolist()
     return {"time_s": elapsed, "losses": [[r[k] for r in rows] for k in range(len(jobs))],
-            "peak_mem_gb": peak}
+            "peak_mem_gb": peak, "vmap_fallbacks": fallbacks}
 
 
 def main() -> int:
@@ -212,7 +219,9 @@ def _summary(res: dict[str, Any], members: list[Job], solos: dict[str, Any],
                          "step_time_s": round(res["time_s"] / a.steps, 5),
                          "throughput_member_steps_per_s": round(member_steps / res["time_s"], 3),
                          "peak_mem_gb": None if res["peak_mem_gb"] is None else round(res["peak_mem_gb"], 2),
-                         "max_abs_loss_diff": {}}
+                         "max_abs_loss_diff": {},
+                         # ops vmap ran one member at a time (no batching rule): where fusion gains less
+                         "vmap_fallbacks": res["vmap_fallbacks"]}
     ok = [solos.get(j.name, {}) for j in members]
     if all(s.get("status") == "ok" for s in ok):
         seq = sum(s["time_s"] for s in ok)
