@@ -1,4 +1,11 @@
-"""SHARP groups in the executor: plan them, launch one attempt per group, report per member.
+"""SHARP and fused groups in the executor: plan them, launch one attempt per group, report per member.
+
+Fused groups (`fused:a+b`, `saturn.fused`: same-shape jobs as one vmapped model on one device)
+take the same path as SHARP groups below, with three differences: a member steps once per group
+step (its derived row's step time is the group's, not N times it), only jobs that allow any
+technique join one, and a group whose members cannot fuse (`saturn.fused.grouping`) is not offered
+(a journaled warning names the field). Each fused member is registered with its own handle
+(`saturn.fused.attempt.MemberAttempt`), so it finishes, or is stopped (cancel, prune), alone.
 
 Why a module of its own: the executor's state, policy and backends are per job, and a SHARP
 group (`saturn.sharp`: several spilled models trained by one pool of workers) is several jobs

@@ -17,7 +17,11 @@ gradients). That is the solo code path, run K times over slices of the stacked t
 foreach kernels on CUDA, as solo): a member's update, and its optimizer state, are exactly its
 solo run's given the same gradients, and its checkpoint is written by the solo
 `checkpoint.save_checkpoint(model, optimizer)` -- the technique-neutral format, which any
-technique resumes, and which `add` loads into any other group.
+technique resumes, and which `add` loads into any other group. Why not one vectorised AdamW
+over the stacked [K, ...] tensors with [K, 1, ...] hyperparameter tensors: it would be one
+elementwise kernel per parameter tensor and stage (no foreach), more launches than K foreach
+steps, whose kernel count is set by the bytes they cover (multi-tensor chunks), not by how many
+calls they are split into; the K calls cost only their Python overhead (well under a ms each).
 
 Fidelity: the batched forward/backward is not bit-for-bit the solo one. vmap's rule for
 `F.linear` runs a batched matmul and then adds the bias, where solo `addmm` accumulates onto the
