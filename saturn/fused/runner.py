@@ -144,7 +144,7 @@ class FusedRun:
             if not (len(pending) >= self.readback_every or due or ending or leaving
                     or self._stop.is_set() or time.perf_counter() - t_block > 2.0):
                 continue
-            t_block = self._boundary(pending, t_block)
+            self._boundary(pending, t_block)
             pending = []
             for n in ending:
                 self._retire(n, "completed")
@@ -160,6 +160,7 @@ class FusedRun:
                 if n in self.engine.names:
                     s = self.slots[n]
                     s.checkpoint = self._save(s)
+            t_block = time.perf_counter()  # saves, leaves and joins are not steps: not timed as one
         return {n: self.result(n) for n in self.slots}
 
     def result(self, name: str) -> dict[str, Any]:
@@ -170,7 +171,7 @@ class FusedRun:
         return bool(self.checkpoint_every and s.ckpt_dir and s.step % self.checkpoint_every == 0
                     and s.step < s.end_step)
 
-    def _boundary(self, pending: list[tuple[list[str], list[int], torch.Tensor]], t_block: float) -> float:
+    def _boundary(self, pending: list[tuple[list[str], list[int], torch.Tensor]], t_block: float) -> None:
         """Read the block's losses back (the one host sync), write every member's lines."""
         values = torch.cat([losses for _, _, losses in pending]).tolist() if pending else []
         now, wall = time.perf_counter(), time.time()
@@ -184,7 +185,6 @@ class FusedRun:
                 i += 1
         for slot in self.slots.values():
             slot.writer.flush()
-        return now
 
     def _save(self, s: Slot) -> Optional[str]:
         if not s.ckpt_dir:
