@@ -58,18 +58,19 @@ QUICK = {"gpt2-small": ("gpt2-tiny", "synthetic-tokens", 8, 64),
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--widths", default="1,2,4,8", help="comma-separated group widths K")
+    p.add_argument("--widths", default=None, help="comma-separated group widths K (default 1,2,4,8; "
+                   "--quick: 1,2,4)")
     p.add_argument("--families", default="gpt2-small,vit-base")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; --quick: 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --quick: 1)")
     p.add_argument("--budget-s", type=float, default=220.0,
                    help="stop starting new measurements after this many seconds (default 220)")
     p.add_argument("--quick", action="store_true", help="CPU, tiny models, K = 1,2,4 (fused_cpu.json)")
     a = p.parse_args()
     a.device = "cpu" if a.quick else "cuda"
-    if a.quick:
-        a.widths, a.steps, a.warmup = "1,2,4", 3, 1
-    elif not torch.cuda.is_available():
+    defaults = ("1,2,4", 3, 1) if a.quick else ("1,2,4,8", 20, 5)
+    a.widths, a.steps, a.warmup = (d if v is None else v for v, d in zip((a.widths, a.steps, a.warmup), defaults))
+    if not a.quick and not torch.cuda.is_available():
         p.error("no CUDA device; use --quick for the CPU run")
     try:
         a.widths = sorted({int(k) for k in a.widths.split(",")})
