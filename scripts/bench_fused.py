@@ -197,6 +197,9 @@ def main() -> int:
                 benchlib.write_json(name, out)
                 continue
             fam["fused"][str(k)] = _summary(res, members, fam["solo"], a)
+            r = fam["fused"][str(k)]
+            print(f"{family} K={k}: {r['step_time_s']} s/group step, speedup {r.get('speedup')}, "
+                  f"t={time.perf_counter() - t_start:.0f}s", flush=True)
             step_s = res["time_s"] / a.steps
             out["profile_rows"].append(fused_option.group_row(
                 [j.name for j in members], step_s, gpu_type=_gpu_type(a), peak_mem_gb=res["peak_mem_gb"]))
