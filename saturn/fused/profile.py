@@ -36,16 +36,47 @@ def measure(jobs: Sequence[Any], device: Any = "cpu", *, steps: int = 3, warmup:
 
 
 def profile_rows(jobs: Sequence[Any], device: Any = "cpu", *, measure_widths: Sequence[int] = (1, 2, 4),
-                 offer_widths: Sequence[int] = (2, 4, 8), steps: int = 3, warmup: int = 1,
+                 offer_widths: Optional[Sequence[int]] = None, steps: int = 3, warmup: int = 1,
                  gpu_type: Optional[str] = None) -> list[dict[str, Any]]:
     """Planner rows for fused groups of `jobs`: per shape (`grouping.shapes`), the widths in
-    `measure_widths` are measured on its first jobs, the widths in `offer_widths` offered as
-    consecutive groups of its jobs (measured or estimated step times)."""
+    `measure_widths` are measured on its first jobs, the widths in `offer_widths` (default: 2, 4,
+    8 and the whole shape, up to 8) offered as consecutive groups of its jobs (measured or
+    estimated step times)."""
     rows: list[dict[str, Any]] = []
     for group in shapes(list(jobs)):
         if len(group) < 2:
             continue
         measured = {k: measure(group[:k], device, steps=steps, warmup=warmup)
                     for k in sorted(set(measure_widths)) if 1 <= k <= len(group)}
-        rows += fused_option.width_rows([j.name for j in group], measured, offer_widths, gpu_type=gpu_type)
+        offer = offer_widths if offer_widths is not None else sorted({2, 4, 8, min(len(group), 8)})
+        rows += fused_option.width_rows([j.name for j in group], measured, offer, gpu_type=gpu_type)
     return rows
+
+
+def main(spec_path: str, out_path: str) -> int:
+    """`python -m saturn.fused.profile SPEC OUT` (see `saturn.fused.measure`): rows as JSON, atomically."""
+    import json
+    import os
+    import socket
+
+    from saturn.spec.schema import Job
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    device = spec.get("device", "auto")
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    gpu_type = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    rows = profile_rows([Job.model_validate(j) for j in spec["jobs"]], device, gpu_type=gpu_type)
+    host = socket.gethostname()
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump([{**r, "host": host} for r in rows], f)
+    os.replace(tmp, out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1], sys.argv[2]))

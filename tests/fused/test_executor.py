@@ -100,3 +100,31 @@ def test_a_profiled_group_of_different_shapes_is_not_offered_and_says_why(tmp_pa
         assert any("fused group fused:a+b+c is not offered" in t and "batch_size (4 vs 8)" in t for t in texts)
     finally:
         ex.backend.shutdown()
+
+
+@pytest.mark.slow
+def test_run_fuse_measures_groups_before_the_plan(tmp_path, monkeypatch):
+    """`saturn run --fuse` (prepare_run(fuse=True)): the fusable shape is measured in a separate
+    process and its group rows (measured here, or estimated from measured widths) join the table."""
+    from saturn.api.run_stages import prepare_run
+    from saturn.planner.provenance import MEASURED_HERE, classify
+
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+    w = tmp_path / "w.yaml"
+    w.write_text("""name: tiny-fuse
+cluster: {devices: cpu, slots: 1}
+defaults: {seq_len: 16, batch_size: 4, precision: fp32, model: gpt2-tiny, steps: 4}
+jobs:
+  - {name: a, seed: 0}
+  - {name: b, seed: 1, optimizer: {name: adamw, lr: 0.003}}
+  - {name: c, seed: 2, optimizer: {name: adamw, lr: 0.002}}
+  - {name: v, model: vit-tiny, data: synthetic-images}
+""")
+    prep = prepare_run(w, run_dir=tmp_path / "run", fuse=True, say=lambda s: None)
+    assert "fused_groups" in prep.stages
+    rows = prep.table[prep.table["technique"] == "fused"].to_dict("records")
+    assert sorted(r["job"] for r in rows) == ["fused:a+b", "fused:a+b+c"]  # never with the ViT job
+    by = {r["job"]: r for r in rows}
+    assert classify(by["fused:a+b"]) == MEASURED_HERE and by["fused:a+b"]["step_time_s"] > 0
+    assert by["fused:a+b+c"]["source"].startswith("estimated from widths")
+    assert any("fused groups measured" in n for n in prep.notes)
