@@ -109,7 +109,7 @@ def _free() -> None:
 
 def solo(job: Job, a: argparse.Namespace) -> dict[str, Any]:
     """One member alone: the plain single-device step; losses of every step, timed steps' time."""
-    from saturn.techniques import training
+    from saturn.training import loop as training
     from saturn.zoo.data import batch_for_step, made_on_device
 
     model = training.build_model(job, a.device)

@@ -56,7 +56,7 @@ class _Ctx:
 
 
 def test_training_logs_data_wait_and_tuner_decisions(tmp_path):
-    from saturn.techniques.training import Trainable, build_dataset, train
+    from saturn.training.loop import Trainable, build_dataset, train
 
     job = _job(tmp_path, tune=True, cores=4, window_s=0.05)
     ds = build_dataset(job, SimpleNamespace(config=SimpleNamespace(image_size=32, channels=3, num_classes=10)))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from saturn.process import pid_alive
+from saturn.runtime.process import pid_alive
 
 
 def fair_shares(capacity: int, wants: dict[str, int]) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """What a run directory says about input pipelines: data-wait per job and the tuner's decisions.
 
 Read from the files the job writes into its directory (RUN/jobs/JOB/): `metrics.jsonl` (one line
-per step with `step_time_s` and `data_wait_s`, see saturn.techniques.training) and
+per step with `step_time_s` and `data_wait_s`, see saturn.training.loop) and
 `data_tuner.jsonl` (one line per tuner decision, see saturn.data.tuner). `saturn report` prints it;
 the goodput breakdown can take `data_wait_s` as the data-wait phase.
 """

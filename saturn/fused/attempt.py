@@ -15,6 +15,11 @@ import time
 from typing import Any, Optional
 
 
+def leave_path(result_path: str, attempt: int) -> str:
+    """The leave file of a member's attempt, beside its result file."""
+    return os.path.join(os.path.dirname(str(result_path)), f"leave-{attempt}")
+
+
 class MemberAttempt:
     """Popen-like handle of one fused member (see the module docstring)."""
 

@@ -1,7 +1,7 @@
 """The fused engine: K jobs of one shape trained as one batched model on one device.
 
 How (horizontal fusion, as in HFTA / Hydro, on PyTorch's own tools): every member builds its own
-model exactly as its solo run does (`training.build_model`: the seeded init rule of
+model exactly as its solo run does (`saturn.training.loop.build_model`: the seeded init rule of
 `saturn.zoo.init`), then the members' parameters are stacked along a new leading dimension
 (one [K, ...] tensor per parameter) and each member's module is re-pointed at its slice of the
 stack, so a member's `nn.Parameter`s *are* views of the group's storage. A step runs the model
@@ -46,8 +46,8 @@ from torch.func import functional_call, vmap
 
 from saturn.fused.grouping import FusionRefusal, check_group
 from saturn.fused.vmap_check import vmap_refusal
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import training
+from saturn.training import checkpoint as ckpt
+from saturn.training import loop as training
 from saturn.zoo.data import batch_for_step, made_on_device
 
 

@@ -1,7 +1,7 @@
 """Run a fused group as several jobs: each member keeps its own metrics, checkpoints and result.
 
 Why a module of its own: `FusedEngine` knows stacked tensors; this is the boundary to the rest of
-Saturn, written to the contract of `saturn.techniques.training.train` per member -- one metrics
+Saturn, written to the contract of `saturn.training.loop.train` per member -- one metrics
 line per step ({"step": next step, "loss", "step_time_s", "data_wait_s", "wall"}, fsync'd at
 read-back boundaries), technique-neutral checkpoints in each member's own directory with the solo
 meta (job, technique, knobs, loss), resume from the member's newest checkpoint -- so an executor
@@ -31,8 +31,8 @@ import torch
 
 from saturn.fused.engine import FusedEngine
 from saturn.fused.grouping import TECHNIQUE
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import step_io
+from saturn.training import catalog as ckpt
+from saturn.training import step_io
 
 READBACK_EVERY = 10
 

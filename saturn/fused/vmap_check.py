@@ -37,7 +37,7 @@ def vmap_refusal(job: Any) -> str:
     (their layers are known to vmap); user factories are also run under vmap once."""
     from torch.func import functional_call, stack_module_state, vmap
 
-    from saturn.techniques import training
+    from saturn.training import loop as training
     from saturn.zoo.data import batch_for_step
 
     model = training.build_model(job, "meta" if job.model.name else "cpu")

@@ -12,7 +12,7 @@ from saturn.fused.engine import FusedEngine
 from saturn.fused.grouping import FusionRefusal, check_group, refusal
 from saturn.fused.vmap_check import vmap_refusal
 from saturn.spec.schema import Job
-from saturn.techniques import training
+from saturn.training import loop as training
 from saturn.zoo.data import batch_for_step
 
 STEPS = 6

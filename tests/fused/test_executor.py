@@ -45,7 +45,7 @@ def _lines(path: Path):
 def test_fused_group_runs_as_one_attempt_and_a_cancelled_member_leaves_alone(tmp_path):
     from saturn.executor import Executor, ExecutorConfig, ProcessBackend
     from saturn.spec import load_workload
-    from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+    from saturn.training.catalog import latest_checkpoint, read_meta
 
     w, p = _files(tmp_path)
     wl = load_workload(w)

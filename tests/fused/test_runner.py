@@ -11,8 +11,8 @@ import torch
 
 from saturn.fused.grouping import FusionRefusal
 from saturn.fused.runner import FusedRun
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import training
+from saturn.training import checkpoint as ckpt
+from saturn.training import loop as training
 from saturn.zoo.data import batch_for_step
 from tests.fused.test_engine import LOSS_TOL, STEPS, job, solo
 
