@@ -139,7 +139,8 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
     for w in s.get("warnings") or []:
         console.print(f"[yellow]warning:[/] job {w['job']}: {w['text']}", highlight=False, soft_wrap=True)
     for g, members in (s.get("sharp_groups") or {}).items():
-        console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
+        kind = "fused group" if str(g).startswith("fused:") else "SHARP group"
+        console.print(f"{kind} {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]
     console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
                   f"GPU allocation {100 * util:.0f}%, " if util is not None else "",

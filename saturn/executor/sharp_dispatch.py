@@ -153,6 +153,14 @@ def _merge_fixed(fixed: list[Any]) -> list[Any]:
         else:
             merged[name] = dataclasses.replace(a, job=name, knobs=dict(a.knobs))
             out.append(merged[name])
+    # a member that left (finished, cancelled) saves inside the group's process, on the group's
+    # GPUs: while the group still runs, its checkpoint hold is part of the group's hold
+    for name, hold in list(merged.items()):
+        group = group_of({"group": name}) if not name.endswith(CHECKPOINT_SUFFIX) else None
+        ck = merged.get(f"{group}{CHECKPOINT_SUFFIX}") if group else None
+        if ck is not None:
+            hold.end_s = max(hold.end_s, ck.end_s)
+            out.remove(ck)
     return out
 
 

@@ -6,6 +6,7 @@ checkpoint written) while the others finish, and a member that ends early leaves
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def test_fused_group_runs_as_one_attempt_and_a_cancelled_member_leaves_alone(tmp
                   config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0, poll_s=0.1))
     assert all(a["knobs"].get("group") == GROUP for a in ex.state.plan["assignments"])
     cancelled, deadline = False, time.monotonic() + 240
+    failed_replans: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: failed_replans.append(r.getMessage()) if "re-plan" in r.getMessage() else None
+    logging.getLogger("saturn").addHandler(handler)
     try:
         while ex.step():
             assert time.monotonic() < deadline, "run took too long"
@@ -65,7 +70,10 @@ def test_fused_group_runs_as_one_attempt_and_a_cancelled_member_leaves_alone(tmp
             ex.backend.wait(0.1)
     finally:
         ex.backend.shutdown()
+        logging.getLogger("saturn").removeHandler(handler)
     assert cancelled
+    # re-plans while the group runs keep it fixed on its GPU, the leaving member's save included
+    assert not failed_replans, failed_replans
     jobs = ex.state.jobs
     assert len({js.segments[0].pid for js in jobs.values()}) == 1  # one runner process for the group
     assert jobs["a"].status == "completed" and jobs["a"].committed_step == 40
@@ -81,6 +89,11 @@ def test_fused_group_runs_as_one_attempt_and_a_cancelled_member_leaves_alone(tmp
         assert ck and read_meta(ck)["step"] == js.committed_step
         steps = [r["step"] for r in _lines(d / "progress.jsonl") if "checkpoint" not in r]
         assert steps == list(range(1, js.committed_step + 1))
+    from saturn.executor.report import summarize
+
+    rep = summarize(rd)
+    assert {j["job"]: j["group"] for j in rep["jobs"]} == {"a": GROUP, "b": GROUP, "c": GROUP}
+    assert 0 < rep["gpu_allocation"] <= 1.0  # the group holds its one GPU once, not once per member
 
 
 def test_a_profiled_group_of_different_shapes_is_not_offered_and_says_why(tmp_path):
