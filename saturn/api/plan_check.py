@@ -52,7 +52,7 @@ def as_checked_plan(plan: Any, wl: Any, where: str) -> Any:
 
 
 def _assignment_problems(a: Any, wl: Any) -> list[str]:
-    from saturn.planner.sharp_option import members_of
+    from saturn.planner.plan import group_members
     from saturn.profiler.cells import allowed_techniques, gpu_counts
 
     jobs = {j.name: j for j in wl.jobs}
@@ -61,8 +61,7 @@ def _assignment_problems(a: Any, wl: Any) -> list[str]:
     twice = sorted({g for g in gpus if gpus.count(g) > 1})
     if twice:
         out.append(f"job {a.job!r}: field `gpus` {gpus} names device(s) {twice} more than once; give each device once")
-    members = members_of(a.job)
-    if members:  # a SHARP group: its members' own rows were checked by the planner; devices only
+    if group_members(a.job):  # a SHARP or fused group: its rows came from the planner; devices only
         return out
     job = jobs.get(a.job)
     if job is None:  # named by match_plan

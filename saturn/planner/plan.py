@@ -220,9 +220,7 @@ def match_plan(plan: Plan, jobs: Any, cluster: Any = None, techniques: Any = Non
     from saturn.errors import SaturnError
 
     names = [str(getattr(j, "name", j)) for j in jobs]
-    from saturn.planner.sharp_option import members_of
-
-    planned = [m for a in plan.assignments for m in (members_of(a.job) or [a.job])]  # a SHARP group: its members
+    planned = [m for a in plan.assignments for m in (group_members(a.job) or [a.job])]  # a group: its members
     foreign = sorted(set(planned) - set(names))
     missing = sorted(set(names) - set(planned))
     twice = sorted({j for j in planned if planned.count(j) > 1})
@@ -245,14 +243,21 @@ def match_plan(plan: Plan, jobs: Any, cluster: Any = None, techniques: Any = Non
                 problems.append(f"job {a.job} is planned on GPUs {a.gpus} of node {a.node}, which has {nodes[a.node]}")
                 break
     if techniques is not None:
-        unknown = sorted({a.technique for a in plan.assignments
-                          if a.technique not in techniques and ":" not in a.technique})
+        unknown = sorted({a.technique for a in plan.assignments if a.technique not in techniques
+                          and ":" not in a.technique and not group_members(a.job)})
         if unknown:
             problems.append(f"it uses unregistered technique(s) {', '.join(unknown)} (registered: "
                             f"{', '.join(sorted(techniques))})")
     if problems:
         raise SaturnError(f"{where} does not match this workload: {'; '.join(problems)}. Make the plan for this "
                           "workload with `saturn plan W.yaml --json FILE`, or leave --plan out")
+
+
+def group_members(name: str) -> list[str]:
+    """The member jobs of a SHARP or fused group's pseudo-job name ([] for a plain job)."""
+    from saturn.planner import fused_option, sharp_option
+
+    return sharp_option.members_of(name) or fused_option.members_of(name)
 
 
 def _provenance_summary(assignments: list) -> dict:
