@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import pandas as pd
 
 from saturn.errors import SaturnError
+from saturn.numerics import numerics_conflict
 from saturn.paths import check_writable_dir
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
 from saturn.profiler.ingest import ingest_columns
@@ -290,6 +291,8 @@ def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
         conflicts = getattr(tech, "knob_conflicts", None)
         if conflicts is not None:  # the job's policy (e.g. precision fp32) forbids some settings
             cands = [c for c in cands if not conflicts(job, c)]
+        numerics = getattr(job, "numerics", "exact")  # exact: nothing that rounds state (saturn.numerics)
+        cands = [c for c in cands if not numerics_conflict(numerics, name, c)]
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)
@@ -332,6 +335,7 @@ def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware
         "status": status, "feasible": ok,
         "step_time_s": step,
         "peak_mem_gb": _f(outcome.get("peak_mem_gb")),
+        "host_peak_gb": _f(outcome.get("host_peak_gb")),  # the job's host peak (profiles.host_memory)
         "startup_s": None if launch is None else round(launch + ckpt, 4),  # what the planner adds
         "launch_s": launch,
         "worker_start_s": cold,

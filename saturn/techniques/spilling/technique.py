@@ -23,14 +23,20 @@ SPLIT_FRACTIONS = (0.4,)  # gpu_state_fraction candidates the profiler measures
 
 
 def knob_conflicts(job: Any, knobs: dict[str, Any]) -> str:
-    """Why the job's own settings forbid this knob setting ('' = allowed): precision fp32 is the
-    user asking for fp32 arithmetic, so optimizer state may not be rounded to bf16; bf16 state
+    """Why the job's own settings forbid this knob setting ('' = allowed): numerics exact (the
+    default, saturn.numerics) and precision fp32 are the user asking for fp32 optimizer state,
+    so it may not be rounded to bf16; bf16 state
     is Adam(W)-only; the split optimizer splits the host optimizer, so needs optimizer_on cpu."""
+    from saturn.numerics import numerics_conflict
+
     k = {**DEFAULT_KNOBS, **(knobs or {})}
     if k["optimizer_state"] == "bf16":
         if job.precision == "fp32":
             return ("optimizer_state bf16 rounds Adam's moments to bf16, which precision fp32 "
                     "forbids; use precision bf16 or optimizer_state fp32")
+        numerics = numerics_conflict(getattr(job, "numerics", "exact"), "spilling", k)
+        if numerics:
+            return numerics
         if job.optimizer.name not in ("adam", "adamw"):
             return f"optimizer_state bf16 applies to adam and adamw, not {job.optimizer.name}"
         if k["optimizer_on"] != "cpu":
