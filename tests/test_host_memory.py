@@ -82,6 +82,9 @@ def test_measured_host_oom_row_is_infeasible_naming_host_memory():
 
     with pytest.raises(InfeasibleError, match="host out of memory \\(measured\\)"):
         build_options(normalize_jobs({"a": 10}), [NodeSpec("n0", 1)], pd.DataFrame([row]))
+    from saturn.profiles.store import failure_applies
+
+    assert failure_applies(row, "any inputs")  # a memory outcome: not retried unchanged
 
 
 def test_prior_host_estimate_per_technique_and_knob():

@@ -4,6 +4,8 @@ under low-memory the planner weighs them; contradictions are spec errors naming 
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -67,3 +69,24 @@ def test_planner_never_picks_a_rounding_option_under_exact():
     p = plan(jobs, [NodeSpec("n0", 2)], _rows(), time_limit_s=3)
     assert p.by_job()["e"].knobs == {"optimizer_state": "fp32"}
     assert p.by_job()["l"].knobs == {"optimizer_state": "bf16"}  # faster, and allowed
+
+
+def test_prior_low_memory_fits_a_host_that_exact_does_not(tmp_path, capsys, monkeypatch):
+    """gpt-6.7b on one H100 whose host has 80 GB (issue 33's case): fp32 moments do not fit the
+    host, bf16 moments do. low-memory plans spilling with bf16 state; exact cannot plan and says
+    host memory is why."""
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+
+    def workload(numerics: str) -> str:
+        y = tmp_path / f"{numerics}.yaml"
+        y.write_text("name: g\ncluster:\n  nodes: [{name: n0, gpus: 1, gpu_memory_gb: 80, gpu_type: H100, "
+                     "host_memory_gb: 80}]\njobs:\n  - {name: big, model: gpt-6.7b, batch_size: 4, seq_len: 512, "
+                     f"steps: 8, techniques: [spilling], numerics: {numerics}}}\n")
+        return str(y)
+
+    code, out, _ = saturn_cli(["plan", workload("low-memory"), "--time-limit", "3", "--json", "-"], capsys)
+    assert code == 0, out
+    (a,) = json.loads(out[out.index("{"):out.rindex("}") + 1])["assignments"]
+    assert a["technique"] == "spilling" and a["knobs"]["optimizer_state"] == "bf16" and a["host_mem_gb"] <= 80
+    code, out, _ = saturn_cli(["plan", workload("exact"), "--time-limit", "3"], capsys)
+    assert code == 2 and "host memory" in out, out

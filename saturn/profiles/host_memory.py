@@ -59,16 +59,33 @@ def moment_bytes(knobs: Mapping[str, Any]) -> int:
     return {"bf16": 4, "int8": 2, "8bit": 2}.get(state, 8)
 
 
-def spilling_bytes_per_param(knobs: Mapping[str, Any], wire_bytes: int) -> float:
-    """What the spilling engine holds per parameter at model size on the host: fp32 master
-    weights, an fp32 gradient buffer and Adam's moments, plus a wire copy of the weights and of
-    the gradients when the wire dtype differs from fp32 (bf16 jobs on CUDA). With the optimizer
-    on the GPU the state streams from the host too (fp32, pinned)."""
+LEAN_SHARD_FRACTION = 1 / 16  # the spilling engine's largest auto-sized shard (spilling/pool.py)
+
+
+def spilling_bytes_per_param(knobs: Mapping[str, Any]) -> float:
+    """What the spilling engine holds per parameter at model size on the host: with the
+    optimizer on the host (lean, spilling/pool.py) fp32 master weights and Adam's moments only;
+    with the optimizer on the GPU also an fp32 gradient buffer and fp32 state streamed with it."""
     k = dict(knobs or {})
-    cast = 2 * wire_bytes if wire_bytes != 4 else 0
     if str(k.get("optimizer_on", "cpu")).lower() == "gpu":
         return 4 + 4 + 8
-    return 4 + 4 + moment_bytes(k) + cast
+    return 4 + moment_bytes(k)
+
+
+def spilling_shard_buffers(shape: Any, knobs: Mapping[str, Any], wire_bytes: int) -> float:
+    """Bytes of the reusable buffers of the shards in flight (lean engine): `prefetch + 1` wire
+    copies (only when the wire dtype is not fp32), two gradient landing buffers, one fp32
+    scratch for torch's AdamW (fp32 moments with a cast wire), each the size of the largest shard."""
+    k = dict(knobs or {})
+    if str(k.get("optimizer_on", "cpu")).lower() == "gpu":
+        return 0.0
+    P, L = float(shape.params), max(1, int(shape.n_layer)) + 2
+    layers = int(k.get("shard_layers") or 0)
+    shard = layers * P / L if layers else max(P / L, P * LEAN_SHARD_FRACTION)
+    cast = wire_bytes != 4
+    per = ((1 + int(k.get("prefetch", 1) or 0)) * wire_bytes if cast else 0) + 2 * wire_bytes
+    per += 4 if cast and moment_bytes(k) == 8 else 0
+    return shard * per * PINNED_SLACK
 
 
 def host_bytes(shape: Any, technique: str, knobs: Mapping[str, Any], gpus: int,
@@ -86,7 +103,8 @@ def host_bytes(shape: Any, technique: str, knobs: Mapping[str, Any], gpus: int,
     if technique == "spilling":
         elem = 2 if getattr(shape, "precision", "bf16") in ("bf16", "fp16") and dev == "cuda" else 4
         wire = 4 if str(k.get("wire_dtype") or "").lower() == "fp32" else elem
-        parts["master_and_state"] = spilling_bytes_per_param(k, wire) * P * (0 if dev == "cpu" else 1)
+        parts["master_and_state"] = spilling_bytes_per_param(k) * P * (0 if dev == "cpu" else 1)
+        parts["shard_buffers"] = spilling_shard_buffers(shape, k, wire)
         if _on(k.get("offload_activations")):
             parts["activations"] = 2 * elem * shape.d_model * shape.tokens * L
     elif technique == "fsdp" and _on(k.get("cpu_offload")):
