@@ -191,7 +191,7 @@ def saturn_run(name: str, model: dict[str, Any], numerics: str, steps: int, time
 
 def with_prior(r: dict[str, Any], model: dict[str, Any], batch: int, seq: int, device: str) -> dict[str, Any]:
     """The prior's host-memory estimate of the option measured, beside its measured peak."""
-    from saturn.profiler.prior_rows import shape_of
+    from saturn.prior.shapes import shape_of
     from saturn.profiles.host_memory import host_bytes
 
     shape = shape_of(model["name"], model.get("overrides"), batch, seq, "bf16")

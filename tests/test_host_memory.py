@@ -88,7 +88,7 @@ def test_measured_host_oom_row_is_infeasible_naming_host_memory():
 
 
 def test_prior_host_estimate_per_technique_and_knob():
-    from saturn.profiler.prior_rows import shape_of
+    from saturn.prior.shapes import shape_of
 
     s = shape_of("gpt-6.7b", None, 4, 512, "bf16")
     fp32 = host_bytes(s, "spilling", {}, 1)

@@ -150,7 +150,7 @@ def test_choose_device_shards_takes_a_prefix_that_fits():
 
 
 def test_profiler_candidates_and_precision_policy():
-    from saturn.profiler.session import cell_for
+    from saturn.profiler.cells import cell_for
 
     t = get_technique("spilling")
     assert not any(c.get("optimizer_state") == "bf16" for c in t.candidates(_job(), 1))  # numerics: exact

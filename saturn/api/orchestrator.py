@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import pandas as pd
 
-from saturn.api.executor_thread import ExecutorThread, _paced_simulated_backend, _Tap
+from saturn.api.executor_thread import ExecutorThread, Tap, paced_simulated_backend
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
 from saturn.api.intake import JobIntake
 from saturn.executor import build, defaults
@@ -63,8 +63,18 @@ class Orchestrator(JobIntake, ExecutorThread):
                  resume: bool = False, profile_in_background: bool = True, profile_limits: Optional[dict] = None,
                  on_profile: Optional[Callable[[dict], None]] = None, profiler: Optional[Callable[..., Any]] = None):
         from saturn.planner.objectives import check_objective
+        from saturn.ranges import check_args, check_path_arg
         from saturn.spec import Cluster
 
+        check_args("Orchestrator", interval_s=interval_s, time_limit_s=time_limit_s, max_retries=max_retries,
+                   sim_speed=sim_speed,  # checkpoint_every 0 (the online default) is "no periodic save"
+                   checkpoint_every=None if checkpoint_every == 0 else checkpoint_every)
+        for name, value in (("run_dir", run_dir), ("store_dir", store_dir)):
+            check_path_arg("Orchestrator", name, value)
+        check_path_arg("Orchestrator", "profiles", profiles, table=True)
+        from saturn.env import check_environment
+
+        check_environment()
         objective = check_objective(objective)
         if cluster is None:
             cluster = Cluster.local()
@@ -107,7 +117,7 @@ class Orchestrator(JobIntake, ExecutorThread):
         if isinstance(backend, str):
             if backend in ("simulate", "simulated", "sim"):
                 self.simulated = True
-                be = _paced_simulated_backend(self._sim_step_time, self._sim_startup, float(sim_speed),
+                be = paced_simulated_backend(self._sim_step_time, self._sim_startup, float(sim_speed),
                                               checkpoint_s=0.5)
                 poll = 0.05
             elif backend in ("auto", "process", "ray"):
@@ -139,7 +149,7 @@ class Orchestrator(JobIntake, ExecutorThread):
             if resume and be is not None and self.simulated:
                 raise OrchestratorError("resume=True continues a real run; simulated runs are not resumable")
             self._ex = build.build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
-                                      wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
+                                      wrap=lambda inner: Tap(inner, self._on_loss, tap_loss))
         if config is None:
             self._ex.cfg.objective = objective
         self.backend = self._ex.backend
@@ -158,7 +168,7 @@ class Orchestrator(JobIntake, ExecutorThread):
 
         ex = resume_executor(self.run_dir, checkpoint_every=opts.checkpoint_every, device_type=opts.device_type,
                              config=config)
-        ex.backend = _Tap(ex.backend, self._on_loss, tap_loss)
+        ex.backend = Tap(ex.backend, self._on_loss, tap_loss)
         for name, js in ex.state.jobs.items():
             fut = JobFuture(self, name)
             fut._accepted = True

@@ -130,9 +130,9 @@ def cores_ok(assignments: Sequence[Any], nodes: Sequence[Any], fixed: Sequence[A
 
 def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
                   fixed_slots: Sequence[tuple[int, float, int]] = (), resource: Resource = CORES) -> int:
-    """Add the per-node, per-slot capacity rows of `resource` to a HiGHS model built by milp._build.
+    """Add the per-node, per-slot capacity rows of `resource` to a HiGHS model built by milp_model.
 
-    blocks: milp._Block (job, option, group = node index, dur, col0, n_starts); fixed_slots:
+    blocks: milp_model.Block (job, option, group = node index, dur, col0, n_starts); fixed_slots:
     (node index, amount, slots held from 0) of running jobs. Returns the number of rows added.
     """
     import highspy
@@ -169,8 +169,8 @@ def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
 
 def slot_seed(seed: Sequence[Any], opt_key: Any, nodes_idx: dict[str, int], nodes: Sequence[Any], dur_of: dict,
               reserved: Sequence[Any] = (), fixed_use: Sequence[tuple[int, Any, int]] = ()) -> tuple[dict, int]:
-    """milp._slot_seed with RESOURCES too: replay the seed plan in slot time (GPU count, cores and
-    host memory per slot), so the warm start -- and the horizon T derived from it -- is feasible
+    """slot_replay.slot_seed with RESOURCES too: replay the seed plan in slot time (GPU count, cores
+    and host memory per slot), so the warm start -- and the horizon T derived from it -- is feasible
     for the capacity rows. fixed_use: (node index, a running Assignment, slots held from 0).
     Returns (job -> (option key, start slot), makespan in slots)."""
     gpu_use: list[dict[int, int]] = [{} for _ in nodes]

@@ -24,7 +24,6 @@ from typing import Any
 
 from saturn.planner.cores import cores_needed
 
-INGEST_COLUMNS = ("ingest_samples_per_core_s", "cpu_cores")
 _cache: dict[str, float] = {}
 
 

@@ -91,7 +91,7 @@ def spilling_shard_buffers(shape: Any, knobs: Mapping[str, Any], wire_bytes: int
 def host_bytes(shape: Any, technique: str, knobs: Mapping[str, Any], gpus: int,
                device: str = "cuda") -> HostEstimate:
     """The prior's host memory for one option (see the module docstring). `shape` is a
-    `saturn.profiles.prior.ModelShape` (params, n_layer, ...); `device` 'cuda' or 'cpu' (CPU
+    `saturn.prior.cost_model.ModelShape` (params, n_layer, ...); `device` 'cuda' or 'cpu' (CPU
     slots: the "device" memory is host memory too, so the model's own states count here)."""
     k = dict(knobs or {})
     g = max(1, int(gpus))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from saturn.errors import SpecError
 from saturn.spec import limits as L
-from saturn.spec.schema import Cluster, Job, Workload, _name_or_factory
+from saturn.spec.schema import Cluster, Job, Workload, name_or_factory
 
 TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
@@ -158,7 +158,7 @@ def _normalize(d: dict) -> dict:
     d = copy.deepcopy(d)
     for key in ("model", "data"):
         if key in d:
-            d[key] = _name_or_factory(d[key])
+            d[key] = name_or_factory(d[key])
     return d
 
 
@@ -187,7 +187,7 @@ def _set_path(d: dict, path: list[str], value: Any) -> None:
         if not isinstance(d, dict):
             raise ValueError(f"sweep key {'.'.join(path)!r}: {'.'.join(path[:i + 1])} is {d!r}, not a mapping, so "
                              "the sweep cannot set a field inside it")
-    d[path[-1]] = _name_or_factory(value) if path == ["model"] or path == ["data"] else value
+    d[path[-1]] = name_or_factory(value) if path == ["model"] or path == ["data"] else value
 
 
 def _slug(value: Any) -> str:
@@ -314,6 +314,9 @@ def _join(where: str, problems: list[str]) -> str:
 
 
 def _read(source: Union[str, os.PathLike]) -> tuple[str, str]:
+    if not isinstance(source, (str, os.PathLike)):
+        raise SpecError(f"load_workload(source): give a YAML file path or YAML text, not "
+                        f"{type(source).__name__} ({source!r:.60})")
     if isinstance(source, str) and ("\n" in source or ": " in source):
         return source, "<yaml>"
     path = Path(source)

@@ -66,7 +66,7 @@ def host_bytes_needed(job: Any, device_type: str = "cuda",
     with the optimizer on the host fp32 masters + Adam's moments (2 bytes per moment with
     `optimizer_state: bf16`) and the reusable buffers of the shards in flight; with the
     optimizer on the GPU also an fp32 gradient buffer and fp32 state."""
-    from saturn.profiler.prior_rows import shape_of
+    from saturn.prior.shapes import shape_of
     from saturn.profiles.host_memory import spilling_bytes_per_param, spilling_shard_buffers
     from saturn.zoo import param_count
 

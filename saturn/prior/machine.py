@@ -1,6 +1,6 @@
 """Measure this machine's rates once (a few seconds) and keep them in the profile store.
 
-Why: the prior (`saturn.profiles.prior`) turns FLOPs and bytes into seconds; the rates it needs
+Why: the prior (`saturn.prior.cost_model`) turns FLOPs and bytes into seconds; the rates it needs
 (matmul per dtype, device memory, host link, interconnect, host optimizer, launch latency) differ
 between machines far more than the models' arithmetic does. They are probed once per hardware
 and cached in `<store>/machine-rates.json`, keyed by the hardware key (GPU type, memory,
@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -23,8 +24,9 @@ from typing import Any, Callable, Optional, Union
 
 from filelock import FileLock
 
+from saturn.errors import SaturnError
+from saturn.prior.cost_model import MachineRates, datasheet_rates
 from saturn.profiler.hardware import Hardware
-from saturn.profiles.prior import MachineRates, datasheet_rates
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +121,9 @@ def probe_isolated(hw: Hardware, cpu_threads: Optional[int] = None, timeout_s: f
     import sys
     from dataclasses import asdict
 
-    import saturn
-
-    root = str(Path(saturn.__file__).resolve().parents[1])  # this saturn, wherever the caller runs
+    root = str(Path(__file__).resolve().parents[2])  # this saturn's checkout, wherever the caller runs
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, "-m", "saturn.profiler.machine_probe", json.dumps(asdict(hw))],
+    out = subprocess.run([sys.executable, "-m", "saturn.prior.machine", json.dumps(asdict(hw))],
                          capture_output=True, text=True, timeout=timeout_s, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"the machine probe failed (exit {out.returncode}): {out.stderr.strip()[-500:]}")
@@ -140,10 +140,30 @@ def cached_rates(store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineR
         return {}
     p = _path(store_dir)
     try:
-        data = json.loads(p.read_text())
-        return {k: MachineRates.from_dict(v) for k, v in data.items()}
-    except (OSError, ValueError, TypeError, KeyError):
+        text = p.read_text()
+    except (FileNotFoundError, NotADirectoryError):
         return {}
+    except OSError as exc:
+        raise SaturnError(f"{p}: cannot be read ({exc.strerror or exc}); fix its permissions or delete it "
+                          "(the machine is probed again)") from None
+    try:
+        return {str(k): _checked(MachineRates.from_dict(v)) for k, v in json.loads(text).items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # never silently dropped (and rewritten without another machine's rates): named, for the user
+        raise SaturnError(f"{p}: damaged machine rates ({type(exc).__name__}: {exc}); fix the entry or delete "
+                          "the file (this machine is probed again; other machines' rates are lost)") from None
+
+
+def _checked(r: MachineRates) -> MachineRates:
+    """Every rate a finite number > 0 (a NaN or negative rate would make every option infeasible)."""
+    for name in ("mem_gbps", "h2d_gbps", "interconnect_gbps", "host_adam_params_per_s", "launch_us"):
+        v = getattr(r, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, not {v!r}")
+    for dtype, table in r.matmul_tflops.items():
+        if not all(0 < t < math.inf for t in table.values()):
+            raise ValueError(f"matmul_tflops[{dtype!r}] must hold finite numbers > 0")
+    return r
 
 
 def load_or_probe(hw: Hardware, store_dir: Union[str, os.PathLike], cpu_threads: Optional[int] = None,
