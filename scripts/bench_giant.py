@@ -57,7 +57,7 @@ import benchlib  # noqa: E402
 from bench_spilling import run_worker, stream_triad  # noqa: E402
 
 ORDER = ("probes", "saturn-6.7b", "deepspeed-6.7b", "saturn-13b", "cap7")
-TIMEOUTS = {"saturn-6.7b": 330, "deepspeed-6.7b": 200, "saturn-13b": 420, "cap7": 150}
+TIMEOUTS = {"saturn-6.7b": 330, "deepspeed-6.7b": 200, "saturn-13b": 390, "cap7": 240}  # cap7: both halves
 GB = 1e9
 
 
@@ -235,7 +235,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="giant-work-"))
     log_dir = (out_dir or bench_dir) / "giant-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    timeouts = {**TIMEOUTS, **({k: 240 for k in TIMEOUTS} if quick else {}), **json.loads(a.timeouts)}
+    timeouts = {**TIMEOUTS, **({k: 300 for k in TIMEOUTS} if quick else {}), **json.loads(a.timeouts)}
     tiny = {"name": "gpt2-tiny", "overrides": {"n_layer": 4}}
     m67 = tiny if quick else {"name": "gpt-6.7b"}
     m13 = {"name": "gpt2-tiny", "overrides": {"n_layer": 6}} if quick else {"name": "gpt-13b"}
@@ -277,15 +277,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         "deepspeed-6.7b": lambda t: deepspeed("gpt-6.7b", batch, None, t),
         "saturn-13b": lambda t: with_prior(saturn_run("saturn-13b", m13, "low-memory", max(2, a.steps - 2), t, work,
                                                       quick, batch, seq), m13, batch, seq, "cpu" if quick else "cuda"),
-        "cap7": lambda t: {
+        "cap7": lambda t: {  # t covers both: half each
             "spilling": run_worker("spilling", {**cuda_spec, "device": "cpu" if quick else "cuda",
                                                 "model": tiny["name"] if quick else "gpt-2.7b",
                                                 "overrides": tiny["overrides"] if quick else {},
                                                 "batch_size": batch if quick else 8, "seq_len": seq,
                                                 "cap_gb": None if quick else 7.0,
                                                 "variants": {"fp32-state": {"shard_layers": 1} if quick
-                                                             else {"gpu_budget_gb": 6.3}}}, t, str(log_dir)),
-            **({} if quick else {"deepspeed": deepspeed("gpt-2.7b", 8, 7.0, t)})},
+                                                             else {"gpu_budget_gb": 6.3}}}, t / 2, str(log_dir)),
+            **({} if quick else {"deepspeed": deepspeed("gpt-2.7b", 8, 7.0, t / 2)})},
     }
     t_start = time.perf_counter()
     say(f"{benchlib.command()} -- {benchlib.machine()}")
