@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from saturn.executor import Executor, ExecutorConfig, estimates, planner_inputs
-from saturn.executor.backends import SimulatedBackend
+from saturn.executor.backends.simulated import SimulatedBackend
 
 # profiled on a warm worker: launch 1 s; starting a worker 10 s; full save 5 s, staging 0.5 s
 ROWS = [{"job": j, "technique": "ddp", "knobs": "{}", "gpus": 1, "step_time_s": 0.1, "feasible": True,

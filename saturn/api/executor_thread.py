@@ -51,7 +51,7 @@ class Tap:
 def paced_simulated_backend(step_time: Callable, startup: Callable, speed: float, **kw: Any) -> Any:
     """A SimulatedBackend whose virtual clock follows the wall clock x `speed`, so that a client
     polling in real time (an HPO loop) sees jobs progress instead of finishing at once."""
-    from saturn.executor.backends import SimulatedBackend
+    from saturn.executor.backends.simulated import SimulatedBackend
 
     class PacedSimulatedBackend(SimulatedBackend):
         def __init__(self) -> None:

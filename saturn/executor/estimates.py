@@ -64,7 +64,7 @@ class LaunchFacts:
         (`worker_starts`, (node, gpu) -> seconds left); cold: every launch also starts its
         processes (`worker_start_s`).
     drains_behind: a one-GPU job's final save blocks only for its staging; the write goes on
-        after the job has left its GPU (saturn.techniques.checkpoint).
+        after the job has left its GPU (saturn.training.checkpoint).
     staging_budget_gb / node_gpus: the node's host staging budget, shared by its GPUs. A job
         whose checkpoint needs more than one GPU's share cannot count on it (every GPU may drain
         at once): its save is planned at its full, blocking cost."""

@@ -14,7 +14,8 @@ import os
 from typing import Any, Callable, Optional
 
 from saturn.errors import SaturnError
-from saturn.executor.backends import BackendEvent, latest_checkpoint_step
+from saturn.executor.backends.base import BackendEvent
+from saturn.executor.backends.process import latest_checkpoint_step
 from saturn.executor.config import ExecutorConfig
 from saturn.executor.estimates import Estimator, profile_records
 from saturn.executor.journal import Journal, apply_event

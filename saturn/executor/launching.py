@@ -30,14 +30,14 @@ class Launching:
 
     def _check_checkpoints(self, js: Any) -> None:
         """Report (once each) checkpoints in the job's directory that its runner will skip: another
-        job's, another definition's, past the job's end, or damaged (saturn.techniques.checkpoint)."""
+        job's, another definition's, past the job's end, or damaged (saturn.training.checkpoint)."""
         if self.run_dir is None or js.info.spec is None:
             return
         d = self.job_dir(js.name) / "ckpt"
         if not d.is_dir():
             return
         try:
-            from saturn.techniques.checkpoint import Owner, refused_checkpoints
+            from saturn.training.catalog import Owner, refused_checkpoints
         except ImportError:  # torch-less installs: the runners still check
             return
         for path, why in refused_checkpoints(str(d), Owner.of(js.info.spec, js.info.total_steps)):

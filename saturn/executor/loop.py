@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional, Union
 import pandas as pd
 
 from saturn.executor import resume as resume_mod
-from saturn.executor.backends import Backend
+from saturn.executor.backends.base import Backend
 from saturn.executor.config import ExecutorConfig, ExecutorError
 from saturn.executor.estimates import Estimator, profile_records
 from saturn.executor.events import EventHandling

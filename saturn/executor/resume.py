@@ -10,8 +10,6 @@ drains that were cut are decided from what was published, and only then is the r
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,11 +17,13 @@ from typing import Any, Optional, Union
 
 import pandas as pd
 
-from saturn.executor.backends import latest_checkpoint_step
+from saturn.executor.backends.process import latest_checkpoint_step
 from saturn.executor.config import ExecutorConfig, ExecutorError
 from saturn.executor.journal import Journal, JournalError, record_executor, replay
 from saturn.executor.run_lock import RunLock
 from saturn.executor.state import ACTIVE, FINISHING
+from saturn.runtime.job_runner import RUNNER_MARKER
+from saturn.runtime.process import kill_stale
 
 
 def resume_run(cls: Any, run_dir: Union[str, Path], backend_factory, *, config: Optional[ExecutorConfig] = None,
@@ -62,7 +62,7 @@ def _resume_locked(cls: Any, run_dir: Path, path: Path, lock: RunLock, backend_f
     for js in list(state.jobs.values()):
         seg = js.current
         if js.status in ACTIVE and seg is not None:
-            _kill_stale(seg.pid)
+            kill_stale(seg.pid, RUNNER_MARKER)  # a runner that outlived its executor
             ex._check_checkpoints(js)
             step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt", js.info.spec,
                                                 js.info.total_steps) if ex.run_dir else (None, None)
@@ -82,18 +82,3 @@ def _resume_locked(cls: Any, run_dir: Path, path: Path, lock: RunLock, backend_f
         ex.replan("resume", force=True)
     return ex
 
-
-def _kill_stale(pid: Optional[int]) -> None:
-    """SIGKILL a job runner this run started, if it outlived its executor (it normally dies with it)."""
-    if not pid:
-        return
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
-    except OSError:
-        return
-    if b"saturn.executor.job_runner" in cmd:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass

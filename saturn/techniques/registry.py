@@ -19,8 +19,10 @@ from saturn.errors import SpecError
 from saturn.techniques.base import Technique
 from saturn.techniques.knobs import knob_help
 
-_PLUMBING = {"base", "registry", "common", "worker", "launch", "checkpoint", "training", "knobs", "warm",
-             "warm_worker"}
+_PLUMBING = {"base", "registry", "common", "knobs"}
+# What a warm worker imports before its first job (handed to `saturn.runtime.warm.WarmPool`, which
+# knows no technique): the job schema, the training loop, and every built-in technique module.
+WARM_PRELOAD = ("saturn.spec.schema", "saturn.training.loop", "saturn.techniques.registry:technique_names")
 _REGISTRY: dict[str, Type[Technique]] = {}
 _discovered = False
 _PACKAGE_DIR = Path(__file__).parent  # saturn/techniques: its modules are the built-ins
