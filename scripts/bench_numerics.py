@@ -51,7 +51,7 @@ def plain_curve(make_optimizer: Callable[[Any], Any], steps: int) -> list[float]
     """The reference loop: the same seeded model and batches as bench_spilling_parity.curve."""
     import torch
 
-    from saturn.techniques import training
+    from saturn.training import loop as training
     from saturn.zoo.data import batch_for_step
 
     job = _job(steps)

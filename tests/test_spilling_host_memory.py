@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from saturn.spec.schema import Job
-from saturn.techniques import training
 from saturn.techniques.spilling import SpillingEngine, engine_kwargs
+from saturn.training import loop as training
 from saturn.zoo.data import batch_for_step
 
 MODEL = {"name": "gpt2-tiny", "overrides": {"n_layer": 32, "n_embd": 64, "n_head": 2}}
