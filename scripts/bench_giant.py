@@ -6,7 +6,9 @@ GPU (one H100 80 GB / H200, a host with 128 GiB and 16 cores), in two calls of a
     python scripts/bench_giant.py --only probes,saturn-6.7b,deepspeed-6.7b --out-dir $OUT
     python scripts/bench_giant.py --only probes,saturn-13b,cap7 --out-dir $OUT
 
-(`--only` merges into the benchmarks/giant.json an earlier call wrote; no `--only` = all.)
+(`--only` merges into the benchmarks/giant.json an earlier call wrote: between calls on a fresh
+device copy, put the first call's $OUT/giant.json there; no `--only` = all. `--from-json FILE`
+re-renders the BENCHMARKS.md section from a recorded giant.json with its command, machine, date.)
 
 Measured, each in its own subprocess with a timeout, its process tree's resident memory sampled
 every 0.5 s (pinned host memory is resident, so it is counted):
@@ -59,6 +61,7 @@ from bench_spilling import run_worker, stream_triad  # noqa: E402
 ORDER = ("probes", "saturn-6.7b", "deepspeed-6.7b", "saturn-13b", "cap7")
 TIMEOUTS = {"saturn-6.7b": 330, "deepspeed-6.7b": 200, "saturn-13b": 390, "cap7": 240}  # cap7: both halves
 GB = 1e9
+TITLE = "Giants on one GPU: host memory, spilling vs DeepSpeed offload"
 
 
 # ------------------------------------------------------------------------------ memory sampling
@@ -213,6 +216,8 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--timeouts", default="{}", help=f"JSON per-measurement timeouts (default {TIMEOUTS})")
     p.add_argument("--out-dir", default=None, help="also write the JSON and logs here ($OUT)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run with tiny models (writes no BENCHMARKS.md)")
+    p.add_argument("--from-json", default=None, help="re-render the BENCHMARKS.md section (and benchmarks/giant.json) "
+                   "from a recorded giant.json (a GPU run's $OUT copy), with that run's command, machine and date")
     a = p.parse_args(argv)
     bad = [w for w in a.only.split(",") if w and w not in ORDER]
     if bad:
@@ -228,6 +233,13 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     a = parse(argv)
+    if a.from_json:
+        report = json.loads(Path(a.from_json).read_text())
+        report["summary"] = summarize(report.get("results") or {})
+        benchlib.atomic_write(os.path.join(ROOT, "benchmarks", "giant.json"), json.dumps(report, indent=2) + "\n")
+        benchlib.write_section("giant", TITLE, markdown(report), recorded=report)
+        print(f"wrote benchmarks/giant.json and the giant section of BENCHMARKS.md from {a.from_json}")
+        return 0
     quick = a.quick
     out_dir = Path(a.out_dir or tempfile.mkdtemp(prefix="bench-giant-")) if quick or a.out_dir else None
     bench_dir = out_dir if quick else Path(ROOT) / "benchmarks"
@@ -312,7 +324,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if quick:
         print(f"--quick: wrote {out_dir}/giant.json (BENCHMARKS.md untouched)")
         return 0
-    benchlib.write_section("giant", "Giants on one GPU: host memory, spilling vs DeepSpeed offload", md)
+    benchlib.write_section("giant", TITLE, md, recorded=report)
     return 0
 
 
