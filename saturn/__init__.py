@@ -3,6 +3,7 @@
     import saturn
     wl = saturn.load_workload("configs/examples/tiny-cpu.yaml")
     saturn.profile(wl); p = saturn.plan(wl); results = saturn.run(wl, run_dir="runs/x")
+    df = saturn.results("runs/x")     # one row per job, swept hyperparameters as columns
     with saturn.Orchestrator(wl.cluster, run_dir="runs/hpo") as orch:   # online (HPO)
         fut = orch.submit(job); fut.metrics(); orch.cancel(job); fut.result()
 
@@ -28,4 +29,8 @@ def __getattr__(name: str):
         from saturn import api
 
         return getattr(api, name)
+    if name == "results":  # a run's results table (saturn.analysis), pandas only
+        from saturn.analysis import results
+
+        return results
     raise AttributeError(f"module 'saturn' has no attribute {name!r}")

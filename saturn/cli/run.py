@@ -187,6 +187,8 @@ def report_command(
 
     print_phases(console, s)
     console.print(f"phases chart: {phases_chart(run_dir, Path(out).with_name('phases.png'))}")
+    console.print(f"per-job results (hyperparameters, final and best loss, checkpoints; sort, CSV, JSON): "
+                  f"saturn results {run_dir}", highlight=False, soft_wrap=True)
     if json_out is not None:
         write_json(s, json_out)
 
