@@ -48,7 +48,15 @@ def hyperparameters(specs: dict[str, Optional[dict]]) -> dict[str, dict[str, Any
     return {job: {k: f.get(k) for k in differ} for job, f in flat.items()}
 
 
-def _losses(path: Path) -> list[tuple[int, float]]:
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """{dotted name: shown name}: its last part (`lr`) where no other key ends the same way, else
+    the whole dotted name (`model.name`, `data.name`)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+
+
+def step_losses(path: Path) -> list[tuple[int, float]]:
+    """[(0-based step, loss)] of a metrics.jsonl, each step once (its last record), in order."""
     recs, _ = jsonl_records(path, required=("step",))
     by_step: dict[int, float] = {}
     for r in recs:
@@ -74,7 +82,7 @@ def results(run_dir: PathLike) -> pd.DataFrame:
     hp = hyperparameters({name: js.info.spec for name, js in state.jobs.items()})
     rows = []
     for name, js in state.jobs.items():
-        losses = _losses(run_dir / "jobs" / name / "metrics.jsonl")
+        losses = step_losses(run_dir / "jobs" / name / "metrics.jsonl")
         spans = [((s.ended_at if s.ended_at is not None else last_t) - s.launched_at, len(s.gpus))
                  for s in js.segments]
         last = js.segments[-1] if js.segments else None

@@ -65,6 +65,7 @@ RANGES: dict[str, Range] = {
     "--noise": Range(0.0, 3.0),  # sigma of a log-normal: 3 is already a factor of 20 per sigma
     "--seed": Range(0, 2**32 - 1, integer=True),
     "--budget-min": Range(0.0, 7 * 24 * 60.0, "minutes", lo_open=True),
+    "--progress-every": Range(0.1, DAY_S, "seconds"),
 }
 DEVICES = ("auto", "cuda", "cpu")
 

@@ -64,11 +64,11 @@ def render(df: Any) -> Any:
     unambiguous, checkpoints by their step directory; the CSV/JSON have the full values)."""
     from rich.table import Table
 
+    from saturn.analysis.table import short_keys
     from saturn.fmt import duration, short_names
 
     hp = list(df.attrs.get("hyperparameters") or [])
-    last = [h.rsplit(".", 1)[-1] for h in hp]
-    heads = [s if last.count(s) == 1 else h for h, s in zip(hp, last)]
+    heads = list(short_keys(hp).values())
     names = short_names(df["job"])
     t = Table(title=f"results of {df.attrs.get('run_dir', '')} (* = best)", title_justify="left")
     t.add_column("job", no_wrap=True, min_width=max([len(n) for n in names.values()] + [3]) + 2)

@@ -8,12 +8,12 @@ Everything is derived from the journal alone, so `saturn status DIR` works while
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from saturn.executor.journal import JOURNAL_FILE, Journal, replay
 from saturn.executor.state import RunState
+from saturn.fmt import duration
 
 
 def load_run(run_dir: Union[str, Path]) -> tuple[RunState, Journal]:
@@ -211,8 +211,8 @@ def print_phases(console: Any, s: dict[str, Any]) -> None:
         t.add_column(col)
     for r in s.get("phases", []):
         p, a = r["planned"], r["actual"] or {}
-        t.add_row(r["job"], *[f"{fmt_s(p.get(k))} / {fmt_s(a.get(k))}" for k in PHASES],
-                  f"{fmt_s(r.get('planned_drain_s'))} / {fmt_s(r.get('drain_s'))}",
+        t.add_row(r["job"], *[f"{duration(p.get(k))} / {duration(a.get(k))}" for k in PHASES],
+                  f"{duration(r.get('planned_drain_s'))} / {duration(r.get('drain_s'))}",
                   ", ".join(r["planned_sources"]) or "measured")
     console.print(t)
     g = s.get("goodput")
@@ -314,11 +314,3 @@ def segment_spans(seg: Any, last_t: float) -> list[tuple]:
     return out
 
 
-def fmt_s(x: Optional[float]) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if x >= 3600:
-        return f"{x / 3600:.1f}h"
-    if x >= 60:
-        return f"{x / 60:.1f}m"
-    return f"{x:.1f}s"
