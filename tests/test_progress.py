@@ -113,3 +113,15 @@ def test_log_to_checks_the_tracker_before_any_work(capsys):
         if importlib.util.find_spec(lib) is None:
             code, out, _ = saturn_cli(["run", tiny, "--simulate", "--log-to", lib], capsys)
             assert code == 2 and f"pip install {lib}" in out
+
+
+def test_gpu_cluster_workload_on_a_machine_without_those_gpus_is_refused(capsys, monkeypatch):
+    import torch
+
+    from tests.cli_runner import saturn_cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    sweep = Path(__file__).resolve().parents[1] / "configs/examples/gpt2-sweep.yaml"
+    code, out, t = saturn_cli(["run", sweep, "--run-dir", Path(tempfile.mkdtemp()) / "r"], capsys)
+    assert code == 2 and "--simulate" in out and "devices: cpu" in out and "0 CUDA GPU" in out, out
+    assert t < 30

@@ -158,7 +158,8 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
 
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
-                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s))
+                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s),
+                       device_type=device_type)
     display = None
     if live and not simulate:
         from rich.console import Console

@@ -79,7 +79,7 @@ def run_command(
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        run_dir=run_dir, time_limit_s=time_limit, plan=plan, run_dir_flag="--run-dir",
                        run_dir_hint="continue it with --resume {run_dir} or pick another --run-dir",
-                       say=lambda s: console.print(s, highlight=False))
+                       say=lambda s: console.print(s, highlight=False), device_type=device_type)
     display = _display(console, prep.run_dir, simulate=simulate, **show)
     ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval,
                         introspect=not no_introspect, time_limit_s=time_limit, max_retries=max_retries,
