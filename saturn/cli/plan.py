@@ -53,7 +53,7 @@ def plan_command(
         return
     t = Table(title=f"Saturn plan for {wl.name} ({len(wl.jobs)} jobs)")
     cores = any(a.cpu_cores for a in p.assignments)  # input-pipeline cores (saturn.planner.cores)
-    for col in ("job", "technique", "knobs", "node", "GPUs", *(("CPU cores",) if cores else ()), "start", "end",
+    for col in ("job", "technique", "knobs", "node", "GPU ids", *(("CPU cores",) if cores else ()), "start", "end",
                 "numbers"):
         t.add_column(col, justify="right" if col in ("start", "end") else "left")
     rows = sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job))
