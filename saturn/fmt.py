@@ -42,3 +42,13 @@ def short_names(names: Iterable[str], max_len: int = 28) -> dict[str, str]:
     if cut < 2:
         return {n: n for n in names}
     return {n: "…" + n[cut:] for n in names}
+
+
+def compact_table(title: str = "", **kw: Any) -> Any:
+    """A rich Table that fits a 100-column terminal: a rule under the header instead of a box, one
+    space between columns (every column drawn with a box costs three characters more)."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title or None, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False,
+                 title_justify="left", **kw)

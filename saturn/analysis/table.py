@@ -70,13 +70,14 @@ def results(run_dir: PathLike) -> pd.DataFrame:
     """One row per job of the run in `run_dir`: `job`, its swept hyperparameters, then
     RESULT_COLUMNS (`gpus` = the GPU count of its last attempt; `wall_s` = seconds its attempts
     held devices; `gpu_s` = that times their GPU counts). `df.attrs` has `hyperparameters` (the
-    swept columns) and `best` (the best job's name, or None)."""
+    swept columns), `best` (the best job's name, or None) and `cpu_slots` (`gpus` counts CPU slots)."""
     from saturn.executor.report import load_run
 
     run_dir = Path(run_dir)
     state, journal = load_run(run_dir)
     try:
         last_t = max([t for t, _, _ in journal.events()] + [0.0])
+        nodes = journal.get_meta("nodes") or []
     finally:
         journal.close()
     hp = hyperparameters({name: js.info.spec for name, js in state.jobs.items()})
@@ -99,7 +100,8 @@ def results(run_dir: PathLike) -> pd.DataFrame:
     best = best_job(df)
     if best is not None:
         df.loc[df["job"] == best, "best"] = True
-    df.attrs.update(hyperparameters=swept, best=best, run_dir=str(run_dir))
+    cpu = bool(nodes) and all(str(n.get("gpu_type", "")).lower() == "cpu" for n in nodes)
+    df.attrs.update(hyperparameters=swept, best=best, run_dir=str(run_dir), cpu_slots=cpu)
     return df
 
 

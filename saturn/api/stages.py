@@ -197,7 +197,8 @@ def start_executor(prep: Any, *, display: Any = None, simulate: bool = False,
     ex = build_executor(wl.jobs, wl.cluster, prep.table, options=opts, plan=prep.plan, display=display,
                         measurer=prep.measurer)
     if prep.run_dir is not None:
-        ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes)})
+        ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes),
+                                       "simulated": bool(simulate)})
     return ex
 
 

@@ -55,7 +55,7 @@ def plan_command(
     cores = any(a.cpu_cores for a in p.assignments)  # input-pipeline cores (saturn.planner.cores)
     for col in ("job", "technique", "knobs", "node", "GPU ids", *(("CPU cores",) if cores else ()), "start", "end",
                 "numbers"):
-        t.add_column(col, justify="right" if col in ("start", "end") else "left")
+        t.add_column(col, justify="right" if col in ("start", "end") else "left", no_wrap=col == "job")
     rows = sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job))
     for a in rows[:TABLE_MAX_ROWS]:
         knobs = ", ".join(f"{k}={v}" for k, v in a.knobs.items())

@@ -48,7 +48,7 @@ def results_command(
         write_text(text + "\n", json_out)
     if csv_out is not None:
         write_text(df.to_csv(index=False), csv_out)
-    console.print(render(df), highlight=False)
+    console.print(render(df, console.width), highlight=False)
     best = df.attrs.get("best")
     if best is not None:
         row = df[df["job"] == best].iloc[0]
@@ -59,27 +59,32 @@ def results_command(
             console.print(f"wrote {out}", highlight=False)
 
 
-def render(df: Any) -> Any:
-    """The rich table (fits ~100 columns: hyperparameters under their last name when that is
-    unambiguous, checkpoints by their step directory; the CSV/JSON have the full values)."""
-    from rich.table import Table
-
+def render(df: Any, width: int = 100) -> Any:
+    """The rich table: hyperparameters under their last name when that is unambiguous, job names
+    without their shared prefix, checkpoints by their step directory; narrower than 140 columns,
+    GPU time and checkpoint are left to the CSV/JSON and the `best:` line."""
     from saturn.analysis.table import short_keys
-    from saturn.fmt import duration, short_names
+    from saturn.fmt import compact_table, duration, short_names
 
     hp = list(df.attrs.get("hyperparameters") or [])
     heads = list(short_keys(hp).values())
-    names = short_names(df["job"])
-    t = Table(title=f"results of {df.attrs.get('run_dir', '')} (* = best)", title_justify="left")
+    names = short_names(df["job"], max_len=24)
+    wide = width >= 140
+    t = compact_table(f"results of {df.attrs.get('run_dir', '')} (* = best)")
     t.add_column("job", no_wrap=True, min_width=max([len(n) for n in names.values()] + [3]) + 2)
     for h in heads:
         t.add_column(h, no_wrap=True)
-    for col in ("status", "steps", "final loss", "best loss", "wall", "GPU time", "technique", "GPUs", "checkpoint"):
-        t.add_column(col, justify="right" if col not in ("status", "technique", "checkpoint") else "left")
+    word = "slot" if df.attrs.get("cpu_slots") else "GPU"
+    cols = ["status", "steps", "final loss", "best loss", "wall", *([f"{word} time"] if wide else []), "technique",
+            f"{word}s", *(["checkpoint"] if wide else [])]
+    for col in cols:
+        t.add_column(col, no_wrap=True, justify="left" if col in ("status", "technique", "checkpoint") else "right")
     for r in df.to_dict("records"):
         ck = r["checkpoint"]
-        t.add_row(("* " if r["best"] else "  ") + names[r["job"]], *[_num(r[h]) for h in hp], r["status"],
-                  f"{r['steps']}/{r['total_steps']}", _num(r["final_loss"]), _num(r["best_loss"]),
-                  duration(r["wall_s"]), duration(r["gpu_s"]), r["technique"] or "-", _num(r["gpus"]),
-                  Path(ck).name if ck else "-")
+        cells = {"status": r["status"], "steps": f"{r['steps']}/{r['total_steps']}",
+                 "final loss": _num(r["final_loss"]), "best loss": _num(r["best_loss"]),
+                 "wall": duration(r["wall_s"]), f"{word} time": duration(r["gpu_s"]),
+                 "technique": r["technique"] or "-", f"{word}s": _num(r["gpus"]),
+                 "checkpoint": Path(ck).name if ck else "-"}
+        t.add_row(("* " if r["best"] else "  ") + names[r["job"]], *[_num(r[h]) for h in hp], *[cells[c] for c in cols])
     return t

@@ -148,18 +148,18 @@ def _execute(ex, display, console, run_dir: Path) -> None:
 
 
 def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
-    from rich.table import Table
-
     from saturn.executor.journal import mark_dead_jobs
     from saturn.executor.report import summarize
-    from saturn.fmt import duration
+    from saturn.fmt import compact_table, duration, short_names
 
     s = summarize(run_dir) if live is None else mark_dead_jobs(summarize(run_dir), live)
-    t = Table(title=f"run {run_dir}")
-    for col in ("job", "status", "steps", "technique", "GPUs", "tries", "loss", "planned", "actual", "error"):
-        t.add_column(col)
+    t = compact_table(f"run {run_dir}")
+    word = "slot" if s.get("cpu_slots") else "GPU"
+    names = short_names([j["job"] for j in s["jobs"]], max_len=24)  # the shared prefix goes, not the tail
+    for col in ("job", "status", "steps", "technique", f"{word}s", "tries", "loss", "planned", "actual", "error"):
+        t.add_column(col, no_wrap=True, min_width=max([len(v) for v in names.values()] + [3]) if col == "job" else None)
     for j in s["jobs"]:
-        t.add_row(j["job"], j["status"], f"{j['progress']}/{j['total_steps']}", j["technique"] or "-",
+        t.add_row(names[j["job"]], j["status"], f"{j['progress']}/{j['total_steps']}", j["technique"] or "-",
                   str(j["gpus"] or "-"), str(j["attempts"]), f"{j['loss']:.4g}" if j["loss"] is not None else "-",
                   duration(j["planned_runtime_s"]), duration(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
@@ -174,7 +174,7 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
         console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]
     console.print(f"makespan {duration(s['makespan_s'])} (planned {duration(s['planned_makespan_s'])}), "
-                  f"GPU allocation {100 * util:.0f}%, " if util is not None else "",
+                  f"{word} allocation {100 * util:.0f}%, " if util is not None else "",
                   f"plan versions {s['plan_versions']}, switches {s['switches']}")
     if live is not None:
         console.print(f"executor: {live['state']}" + (f" -- {live['detail']}" if live.get("detail") else ""))

@@ -26,7 +26,8 @@ def render(ex: Any, eta: Optional[EtaTracker] = None) -> Group:
     plan = {a["job"]: a for a in (st.plan or {}).get("assignments", [])}
     t = Table(expand=False)
     for col in ("job", "status", "technique", f"{word} ids", "step", "loss", "ETA", "planned end", "tries"):
-        t.add_column(col, justify="right" if col in ("step", "loss", "ETA", "planned end", "tries") else "left")
+        t.add_column(col, justify="right" if col in ("step", "loss", "ETA", "planned end", "tries") else "left",
+                     no_wrap=col == "job")
     for js in st.jobs.values():
         seg = js.current or (js.segments[-1] if js.segments else None)
         a = plan.get(js.name)
