@@ -21,14 +21,15 @@ __version__ = "0.1.0"
 _API = ("JobFuture", "JobReport", "Orchestrator", "OrchestratorError", "plan", "profile", "run",
         "synthetic_profiles")
 __all__ = ["Cluster", "Job", "JobFuture", "JobReport", "Node", "Orchestrator", "OrchestratorError", "SaturnError",
-           "Workload", "__version__", "load_workload", "plan", "profile", "run", "synthetic_profiles"]
+           "Workload", "__version__", "load_workload", "plan", "profile", "results", "run", "synthetic_profiles"]
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from saturn import api
+    if name in _API or name == "api":  # `saturn.api.X` works after a bare `import saturn`
+        import importlib
 
-        return getattr(api, name)
+        api = importlib.import_module("saturn.api")  # (not `from saturn import api`: that asks here again)
+        return api if name == "api" else getattr(api, name)
     if name == "results":  # a run's results table (saturn.analysis), pandas only
         from saturn.analysis import results
 

@@ -64,10 +64,12 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     """Take the stages above for `workload` (a Workload, YAML path or text); see the module
     docstring. Raises SaturnError (exit 2) before any work when a stage refuses."""
     from saturn.api.stages import _workload, load
+    from saturn.env import check_environment
     from saturn.executor.build import check_fresh_run_dir, default_run_dir
     from saturn.executor.defaults import TIME_LIMIT_S
     from saturn.paths import check_writable_dir
 
+    check_environment()  # a bad SATURN_* value: exit 2 before the run directory or journal exists
     t0 = time.perf_counter()
     stages: list[str] = []
     timings: dict[str, float] = {}

@@ -56,8 +56,13 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
     option). The trials run here, so the jobs' local files are checked first (the same
     `local_paths` stage as `run`)."""
     from saturn.api.run_stages import check_paths
+    from saturn.env import check_environment
     from saturn.profiler import profile as _profile
+    from saturn.ranges import check_args, check_path_arg
 
+    check_environment()
+    check_args("saturn.profile", budget_min=kwargs.get("budget_min"))
+    check_path_arg("saturn.profile", "store_dir", kwargs.get("store_dir"))
     kwargs.setdefault("progress", False)
     wl = load(workload)
     check_paths(wl)  # before any trial starts
@@ -129,9 +134,14 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     profiles: as in `profiles_table` (default: the store; missing profiles raise
     MissingProfilesError with the `saturn profile` command to run). kwargs go to
     `saturn.planner.plan` (mip_gap, warm_start, threads). Returns a `saturn.planner.Plan`."""
+    from saturn.env import check_environment
     from saturn.planner import plan as _plan
     from saturn.planner.provenance import annotate
+    from saturn.ranges import check_args, check_path_arg
 
+    check_environment()
+    check_args("saturn.plan", time_limit_s=time_limit_s)
+    check_path_arg("saturn.plan", "profiles", profiles, table=True)
     wl = load(workload)
     table = profiles_table(wl, profiles)
     kwargs.setdefault("objective", getattr(wl, "objective", "makespan"))  # the YAML's `objective:`
@@ -155,7 +165,13 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
     `plan`: a Plan / plan dict / JSON path to start from. `require_measured`: refuse (SaturnError)
     a plan resting on numbers nobody measured."""
     from saturn.api.run_stages import prepare_run
+    from saturn.ranges import check_args, check_path_arg
 
+    check_args("saturn.run", interval_s=interval_s, time_limit_s=time_limit_s, max_retries=max_retries,
+               checkpoint_every=checkpoint_every, noise=noise, seed=seed)
+    check_path_arg("saturn.run", "run_dir", run_dir)
+    check_path_arg("saturn.run", "store_dir", store_dir)
+    check_path_arg("saturn.run", "profiles", profiles, table=True)
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
                        say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s),
