@@ -2,9 +2,9 @@
 """Blocking time of a big checkpoint: what a save costs the training loop when it drains behind.
 
 A ~10 GB training state (fp32 weights + two AdamW moments, in 256 MB tensors, on the GPU) is saved
-the way Saturn saves a one-process job's checkpoints (`saturn.techniques.checkpoint.save_state`
+the way Saturn saves a one-process job's checkpoints (`saturn.training.checkpoint.save_state`
 inside `in_background()`): the call blocks while the state is copied into page-locked host memory
-(`saturn.techniques.staging`), then a drain thread writes, fsyncs and publishes it. Measured:
+(`saturn.runtime.staging`), then a drain thread writes, fsyncs and publishes it. Measured:
 
 * prepare_s: allocating and page-locking the staging buffer, which a job does in a background
   thread after its first step (`checkpoint.prepare_staging`; a warm worker keeps it for its next
@@ -37,7 +37,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchlib  # noqa: E402
 import torch  # noqa: E402
 
-from saturn.techniques import checkpoint as ckpt  # noqa: E402
+from saturn.runtime import drain, staging  # noqa: E402
+from saturn.training import catalog  # noqa: E402
+from saturn.training import checkpoint as ckpt  # noqa: E402
 
 CHUNK = 64 * 2**20  # fp32 elements per tensor: 256 MB
 
@@ -55,18 +57,18 @@ def make_state(gb: float, device: str) -> tuple[dict, dict]:
 
 def staged_save(d: str, step: int, model: dict, optim: dict) -> dict:
     t0 = time.perf_counter()
-    with ckpt.in_background():
+    with drain.in_background():
         path = ckpt.save_state(d, step, model, optim, {"job": "bench"})
     block = time.perf_counter() - t0
-    cost = ckpt.last_save_cost()
+    cost = drain.last_save_cost()
     t1 = time.perf_counter()
-    done = ckpt.wait_pending()
-    drain = time.perf_counter() - t1
+    done = drain.wait_pending()
+    waited = time.perf_counter() - t1
     if done != path:
         raise SystemExit(f"the background save of step {step} was not published ({done!r})")
-    meta = ckpt.check_intact(path)
+    meta = catalog.check_intact(path)
     return {"save": step, "block_s": round(block, 3), "budget_wait_s": cost.get("budget_wait_s"),
-            "drain_after_return_s": round(drain, 3), "drain_s": meta.get("drain_s")}
+            "drain_after_return_s": round(waited, 3), "drain_s": meta.get("drain_s")}
 
 
 def main() -> int:
@@ -84,10 +86,10 @@ def main() -> int:
         model, optim = make_state(a.gb, device)
         if device == "cuda":
             torch.cuda.synchronize()
-        nbytes = sum(t.numel() * t.element_size() for t in ckpt.staging.tensors_of({"m": model, "o": optim}))
+        nbytes = sum(t.numel() * t.element_size() for t in staging.tensors_of({"m": model, "o": optim}))
         t0 = time.perf_counter()  # what prepare_staging does in the background
-        area = ckpt._DR.staging_area()
-        buf, _ = area.acquire(ckpt.staging.nbytes_of({"model": model, "optim": optim}))
+        area = drain.DRAINS.staging_area()
+        buf, _ = area.acquire(staging.nbytes_of({"model": model, "optim": optim}))
         if buf is None:
             raise SystemExit("the checkpoint is bigger than the staging budget (SATURN_STAGING_BUDGET_GB)")
         area.release(buf)
@@ -99,7 +101,7 @@ def main() -> int:
             ckpt.save_state(d, a.saves + 1, model, optim, {"job": "bench"})
             sync_s = round(time.perf_counter() - t0, 3)
     finally:
-        ckpt.release_staging()
+        drain.release_staging()
         if a.dir is None:
             shutil.rmtree(root, ignore_errors=True)
     worst = max(r["block_s"] for r in rows)

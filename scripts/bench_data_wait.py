@@ -3,7 +3,7 @@
 batch that is already on the device (issue 25: "no job waits for its input").
 
 Per model, in this process on one device (the single-device `ddp` technique, bf16 on CUDA):
-  saturn  - `saturn.techniques.training.train` in trial mode: batches from the job's dataset via
+  saturn  - `saturn.training.loop.train` in trial mode: batches from the job's dataset via
             the training prefetcher (synthetic data made on the device one step ahead); median
             step period from CUDA events (host clock on CPU) and median host wait for the batch
   ready   - the same step function on one batch built beforehand on the device, N steps timed
@@ -55,7 +55,7 @@ def parse_models(text: str) -> list[tuple[str, int, int]]:
 
 
 def _ctx(device_type: str):
-    from saturn.techniques.worker import WorkerContext
+    from saturn.runtime.worker import WorkerContext
 
     return WorkerContext(rank=0, world_size=1, local_rank=0, device_type=device_type, launch_time=time.time())
 
@@ -106,14 +106,15 @@ class HostBuilt:
 def measure(name: str, batch: int, seq_len: int, steps: int, warmup: int, host_baseline: bool) -> dict:
     import torch
 
-    from saturn.techniques import ddp, training
+    from saturn.techniques import ddp
+    from saturn.training import loop
     from saturn.zoo.data import batch_for_step
 
     cuda = torch.cuda.is_available()
     ctx = _ctx("cuda" if cuda else "cpu")
     job = _job(name, batch, seq_len, "bf16" if cuda else "fp32")
     t = ddp.build(job, {}, ctx)
-    res = training.train(job, t, ctx, mode="trial", num_steps=steps, warmup=warmup)
+    res = loop.train(job, t, ctx, mode="trial", num_steps=steps, warmup=warmup)
     saturn_s, wait_s = float(res["step_time_s"]), float(res["data_wait_s"])
     ready = ready_step_s(t, batch_for_step(t.dataset, 0, batch, device=ctx.device), steps, warmup, cuda)
     out = {"model": name, "batch_size": batch, "seq_len": seq_len, "data": job.data.name, "steps": steps,
@@ -123,7 +124,7 @@ def measure(name: str, batch: int, seq_len: int, steps: int, warmup: int, host_b
            "peak_mem_gb": res.get("peak_mem_gb")}
     if host_baseline:
         t.dataset = HostBuilt(t.dataset)
-        hb = training.train(job, t, ctx, mode="trial", num_steps=max(3, steps // 3), warmup=1)
+        hb = loop.train(job, t, ctx, mode="trial", num_steps=max(3, steps // 3), warmup=1)
         out["host_built_step_s"], out["host_built_data_wait_s"] = hb["step_time_s"], hb["data_wait_s"]
     out["targets"] = {"data_wait_le_5pct": out["data_wait_share"] is not None and out["data_wait_share"] <= 0.05,
                       "within_10pct_of_ready_batch": out["vs_ready_batch"] is not None
@@ -145,7 +146,7 @@ def markdown(rows: list[dict], device: str, wall: float) -> str:
 
     host = any("host_built_step_s" in r for r in rows)
     lines = [f"One {device}, single-device training (`ddp` with 1 device, bf16 on CUDA), synthetic data. Saturn = "
-             "`training.train` trial: median step period (CUDA events) and median host wait for the batch "
+             "`saturn.training.loop.train` trial: median step period (CUDA events) and median host wait for the batch "
              "(measured); ready batch = the same step function on one batch already on the device (measured, "
              f"CUDA events around the loop)"
              + ("; host-built = the training path fed the pre-issue-25 way, each batch made sample by sample on "
@@ -177,7 +178,7 @@ def main() -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    if not cuda:  # as Saturn's CPU workers run (saturn.techniques.worker): oversubscribed OpenMP
+    if not cuda:  # as Saturn's CPU workers run (saturn.runtime.worker): oversubscribed OpenMP
         torch.set_num_threads(int(os.environ.get("SATURN_TORCH_THREADS", "1")))  # spins make timings noise
     models = parse_models(args.models or (GPU_MODELS if cuda and not args.quick else CPU_MODELS))
     steps = args.steps or (30 if cuda and not args.quick else 6)

@@ -40,14 +40,14 @@ OBJ_QUICK = [(8, [8], 2), (16, [8], 1)]
 # ----------------------------------------------------------------------------------- objectives
 def bench_objectives(suite, time_limit_s: float) -> list[dict]:
     from saturn.planner import plan, validate_plan
-    from saturn.planner.highs_util import _quiet_fd1
+    from saturn.planner.highs_util import quiet_fd1
     from saturn.planner.random_instances import random_instance
 
     out = []
     for n_jobs, nodes, seeds in suite:
         for seed in range(seeds):
             jobs, cluster, prof = random_instance(n_jobs, nodes, seed=1000 * n_jobs + 10 * len(nodes) + seed)
-            with _quiet_fd1():
+            with quiet_fd1():
                 pm = plan(jobs, cluster, prof, time_limit_s=time_limit_s)
                 t0 = time.perf_counter()
                 pc = plan(jobs, cluster, prof, time_limit_s=time_limit_s, objective="mean_completion")

@@ -5,15 +5,15 @@ One single-device trial of one job (`ddp.trial`, 1 warm-up + 2 timed steps) is l
 three ways, and `startup_s` (launch -> first training step done, as the trial measures it) and
 the wall time of the whole launch are recorded:
 
-* cold: `launch.run_workers` starts a fresh `python -m saturn.techniques.worker` (interpreter,
+* cold: `launch.run_workers` starts a fresh `python -m saturn.runtime.worker` (interpreter,
   torch and saturn imports, CUDA context, process group, model build, first step);
 * forkserver: a `multiprocessing` fork server that pre-imported torch and saturn forks one child
   per launch (no interpreter or imports; CUDA context and everything after it still per launch,
   because CUDA cannot be initialized before a fork);
-* warm: the job goes to a `saturn.techniques.warm.WarmPool` worker that already paid all of that
+* warm: the job goes to a `saturn.runtime.warm.WarmPool` worker that already paid all of that
   (after one settling job, which loads the lazily imported libraries for good).
 
-Saturn keeps the warm workers (see saturn/techniques/warm.py for why); the fork server is measured
+Saturn keeps the warm workers (see saturn/runtime/warm.py for why); the fork server is measured
 here as the alternative. Targets: warm median startup < cold median; on a GPU, warm <= 3 s
 (issue 14). Writes benchmarks/launch.json and the `launch` section of BENCHMARKS.md.
 
@@ -37,10 +37,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchlib  # noqa: E402
 
+from saturn.runtime.launch import free_port, resolve_device_type  # noqa: E402
+from saturn.runtime.routing import using_pool  # noqa: E402
+from saturn.runtime.warm import WarmPool  # noqa: E402
 from saturn.spec.schema import Job  # noqa: E402
 from saturn.techniques import get_technique  # noqa: E402
-from saturn.techniques.launch import free_port, resolve_device_type  # noqa: E402
-from saturn.techniques.warm import WarmPool, using_pool  # noqa: E402
+from saturn.techniques.registry import WARM_PRELOAD  # noqa: E402
 
 TRIAL_STEPS, WARMUP = 2, 1
 
@@ -63,7 +65,8 @@ def timed_trial(job: Job, device_type: str) -> dict:
 # ------------------------------------------------------------------------------ fork server
 def _fork_child(job_json: dict, device_type: str, port: int, launch_time: float) -> dict:
     """Runs in a child forked by the fork server: what a worker does after its imports."""
-    from saturn.techniques import training, worker
+    from saturn.runtime import worker
+    from saturn.training import loop
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), SATURN_DEVICE_TYPE=device_type)
@@ -72,14 +75,14 @@ def _fork_child(job_json: dict, device_type: str, port: int, launch_time: float)
     worker._init_process_group(ctx, 600)
     payload = {"job": job_json, "builder": "saturn.techniques.ddp:build", "knobs": {}, "mode": "trial",
                "technique": "ddp", "num_steps": TRIAL_STEPS, "warmup": WARMUP}
-    out = training.worker_entry(payload, ctx)
+    out = loop.worker_entry(payload, ctx)
     worker._shutdown()
     return {"startup_s": out["startup_s"]}
 
 
 def forkserver_trials(job: Job, device_type: str, n: int) -> list[dict]:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "saturn.techniques.training",
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "saturn.training.loop",
                                 "saturn.techniques.ddp", "saturn.spec.schema"])
     out = []
     with ctx.Pool(1, maxtasksperchild=1) as pool:  # a fresh forked child per launch
@@ -112,7 +115,7 @@ def main() -> int:
 
     cold = [timed_trial(job, device_type) for _ in range(n)]
     fork = forkserver_trials(job, device_type, n)
-    with WarmPool(device_type) as pool:
+    with WarmPool(device_type, preload=WARM_PRELOAD) as pool:
         t0 = time.time()
         pool.prestart([0])
         with using_pool(pool):

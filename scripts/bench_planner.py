@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from saturn.planner import plan, validate_plan  # noqa: E402
-from saturn.planner.milp import _quiet_fd1  # noqa: E402
+from saturn.planner.highs_util import quiet_fd1  # noqa: E402
 from saturn.planner.random_instances import random_instance  # noqa: E402
 
 # (jobs, nodes x 8 GPUs, seeds, time limit s): limits follow the targets.
@@ -276,7 +276,7 @@ def main():
     import highspy
     from benchlib import write_json, write_section
 
-    with _quiet_fd1():
+    with quiet_fd1():
         highs = f"{highspy.Highs().version()}" if hasattr(highspy.Highs, "version") else "?"
     meta = {"highs": highs, "python": f"{platform.python_implementation()} {platform.python_version()}"}
     results = run(QUICK if args.quick else SUITE)

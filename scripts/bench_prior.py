@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """How good is the prior? Its step-time error and option ranking against measured rows.
 
-Probes this machine (`saturn.profiler.machine_probe.probe`; a GPU type that is not here gets its
+Probes this machine (`saturn.prior.machine.probe`; a GPU type that is not here gets its
 datasheet figures, labelled), then estimates every measured, successful row of the profile tables
 (default: the repository's `profiles/profiles.csv`, plus every `--table`) and reports:
 
 * median |error| of step time (target <= 25%), uncalibrated and leave-one-out calibrated: the row
   being predicted is never part of its own calibration (the other rows give the anchor to the same
   model's rows of the same technique, same knobs first, else the per-(technique, device) median
-  factor, exactly as `saturn.profiler.prior_rows` uses them);
+  factor, exactly as `saturn.prior` uses them);
 * pairwise ranking accuracy: over every pair of one job's options (same signature and GPU type)
   with different measured step times, how often the estimates order them the same way;
 * median |error| of peak memory, where the row has one.
@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchlib  # noqa: E402
 
 from saturn.parse import num  # noqa: E402
-from saturn.profiler.prior_rows import anchor, calibration_ratios, measured_ok, row_shape  # noqa: E402
-from saturn.profiles.prior import Calibration, MachineRates, datasheet_rates, estimate  # noqa: E402
+from saturn.prior.calibration import anchor, calibration_ratios, measured_ok  # noqa: E402
+from saturn.prior.cost_model import Calibration, MachineRates, datasheet_rates, estimate  # noqa: E402
+from saturn.prior.shapes import row_shape  # noqa: E402
 from saturn.profiles.store import read_table  # noqa: E402
 
 DEFAULT_TABLE = ROOT / "profiles" / "profiles.csv"
@@ -61,8 +62,8 @@ def measured_rows(tables: list[Path]) -> list[dict[str, Any]]:
 
 def rates_by_type(types: set[str], store: Path) -> dict[str, MachineRates]:
     """Probed rates for the GPU type this machine has (cached in `store`), datasheet otherwise."""
+    from saturn.prior.machine import load_or_probe
     from saturn.profiler.hardware import local_hardware
-    from saturn.profiler.machine_probe import load_or_probe
 
     out: dict[str, MachineRates] = {}
     here = local_hardware()
@@ -149,11 +150,11 @@ def section(result: dict[str, Any], rates: dict[str, MachineRates], tables: list
     s = result["summary"]
     ok = s["median_abs_err_loo"] is not None and s["median_abs_err_loo"] <= s["target_median_abs_err"]
     lines = [
-        "The prior cost model (`saturn/profiles/prior.py`) against measured profile rows "
+        "The prior cost model (`saturn/prior/cost_model.py`) against measured profile rows "
         f"({', '.join(str(Path(t).relative_to(ROOT)) if Path(t).is_relative_to(ROOT) else str(t) for t in tables)}). "
         "Leave-one-out: each row's calibration (the anchor to the same model's rows of that technique, "
         "same knobs first, else the per technique × device median) comes from the other rows only. "
-        "The prior's structural constants (saturn/profiles/prior.py) were chosen while looking at the "
+        "The prior's structural constants (saturn/prior/cost_model.py) were chosen while looking at the "
         "shipped H200 rows, so for those rows the uncalibrated figure is in-sample.",
         "",
         "Machine rates used: " + "; ".join(f"{t}: {r.source}" for t, r in rates.items())
@@ -198,7 +199,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         rates = rates_by_type({str(r["gpu_type"]) for r in rows}, Path(a.store or tmp))
     shapes = {}
     for w in a.workload:
-        from saturn.profiler.prior_rows import model_shape
+        from saturn.prior.shapes import model_shape
         from saturn.spec import load_workload
 
         for job in load_workload(w).jobs:

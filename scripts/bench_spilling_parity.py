@@ -38,20 +38,20 @@ def curve(knobs: dict[str, Any], steps: int) -> tuple[list[float], list[int]]:
     import torch
 
     from saturn.spec.schema import Job
-    from saturn.techniques import training
     from saturn.techniques.spilling import SpillingEngine, engine_kwargs
+    from saturn.training import loop
     from saturn.zoo.data import batch_for_step
 
     job = Job(name="parity", model=MODEL, data="synthetic-tokens", batch_size=16, seq_len=64,
               steps=steps, precision="bf16",
               optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.01})
     torch.manual_seed(0)
-    model = training.build_model(job)
+    model = loop.build_model(job)
     # shard_layers 1 with a budget that holds about half of the model's state on the "device"
     n = sum(p.numel() for p in model.parameters())
     kw = engine_kwargs(job, {"shard_layers": 1, "gpu_budget_gb": n * 16 / 2**30, **knobs})
     eng = SpillingEngine(model, "cpu", **kw)
-    ds = training.build_dataset(job, model)
+    ds = loop.build_dataset(job, model)
     losses = [eng.train_step(*batch_for_step(ds, s, job.batch_size)) for s in range(steps)]
     eng.close()
     return losses, list(eng.device_shards)

@@ -127,10 +127,10 @@ def make_job(spec: dict[str, Any], **over: Any) -> Any:
 
 
 def batches_for(job: Any, model: Any, device: Any, n: int = 4) -> list[Any]:
-    from saturn.techniques import training
+    from saturn.training import loop
     from saturn.zoo.data import batch_for_step
 
-    ds = training.build_dataset(job, model)
+    ds = loop.build_dataset(job, model)
     out = [batch_for_step(ds, s, job.batch_size) for s in range(n)]
     if device.type == "cuda":
         out = [(x.pin_memory(), y.pin_memory()) for x, y in out]
@@ -174,13 +174,13 @@ def worker_spilling(spec: dict[str, Any], out: dict[str, Any], save: Callable[[]
     alone for each state dtype."""
     import torch
 
-    from saturn.techniques import training
     from saturn.techniques.spilling import SpillingEngine, engine_kwargs
+    from saturn.training import loop
 
     device = torch.device(spec["device"], 0) if spec["device"] == "cuda" else torch.device("cpu")
     job = make_job(spec)
     t0 = time.perf_counter()
-    model = training.build_model(job)
+    model = loop.build_model(job)
     out["build_model_s"] = round(time.perf_counter() - t0, 2)
     out["params"] = sum(p.numel() for p in model.parameters())
     batches = batches_for(job, model, device)
@@ -339,7 +339,7 @@ def worker_deepspeed(spec: dict[str, Any], out: dict[str, Any], save: Callable[[
         init_single_process_group(device)  # inside: a failure here is recorded with its cause
         import deepspeed
 
-        from saturn.techniques import training
+        from saturn.training import loop
 
         job = make_job(spec)
         t0 = time.perf_counter()
@@ -347,7 +347,7 @@ def worker_deepspeed(spec: dict[str, Any], out: dict[str, Any], save: Callable[[
 
         CPUAdamBuilder().load()  # the JIT build, outside the timed steps
         build_s = time.perf_counter() - t0
-        model = training.build_model(job)
+        model = loop.build_model(job)
         checkpoint_blocks(model)
         batches = batches_for(job, model, device)
         cfg = {"train_batch_size": job.batch_size, "train_micro_batch_size_per_gpu": job.batch_size,
@@ -401,8 +401,8 @@ def worker_fsdp2(spec: dict[str, Any], out: dict[str, Any], save: Callable[[], N
     root, bf16 mixed-precision policy, activation checkpointing), capped from the start."""
     import torch
 
+    from saturn.runtime.worker import WorkerContext
     from saturn.techniques import fsdp
-    from saturn.techniques.worker import WorkerContext
 
     device = torch.device(spec["device"], 0)
 
@@ -436,7 +436,7 @@ def worker_fairscale(spec: dict[str, Any], out: dict[str, Any], save: Callable[[
 
     import torch
 
-    from saturn.techniques import training
+    from saturn.training import loop
 
     device = torch.device(spec["device"], 0)
     cap_memory(device, spec.get("cap_gb"))
@@ -446,13 +446,13 @@ def worker_fairscale(spec: dict[str, Any], out: dict[str, Any], save: Callable[[
         from fairscale.experimental.nn.offload import OffloadModel
 
         job = make_job(spec)
-        model = training.build_model(job)
+        model = loop.build_model(job)
         batches = batches_for(job, model, device)
         slices = int(spec.get("slices") or 8)
         om = OffloadModel(model=torch.nn.Sequential(*model.layers), device=device,
                           offload_device=torch.device("cpu"), num_slices=slices,
                           checkpoint_activation=True, num_microbatches=1)
-        opt = training.build_optimizer(job, om.parameters())
+        opt = loop.build_optimizer(job, om.parameters())
 
         def step(i: int) -> None:
             x, y = batches[i % len(batches)]

@@ -38,9 +38,9 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from saturn.runtime.launch import resolve_device_type, run_workers  # noqa: E402
 from saturn.spec.schema import Job  # noqa: E402
 from saturn.techniques import get_technique  # noqa: E402
-from saturn.techniques.launch import resolve_device_type, run_workers  # noqa: E402
 
 HERE = "scripts.bench_techniques"
 

@@ -52,7 +52,7 @@ def _files(tmp_path, address):
 def test_cli_and_api_build_the_same_ray_executor(monkeypatch, tmp_path, ray_address):
     from test_build import _api, _Built, _cli, _spy
 
-    from saturn.executor.ray_backend import RayBackend, RayExecutor
+    from saturn.executor.backends.ray import RayBackend, RayExecutor
 
     w, p = _files(tmp_path, ray_address)
     seen = _spy(monkeypatch)
@@ -67,8 +67,8 @@ def test_cli_and_api_build_the_same_ray_executor(monkeypatch, tmp_path, ray_addr
 
 
 def test_api_run_of_a_ray_workload_runs_its_jobs_on_ray(tmp_path, ray_address):
+    from saturn.executor.backends.ray import ray_run_settings
     from saturn.executor.journal import Journal
-    from saturn.executor.ray_backend import ray_run_settings
     from saturn.executor.ray_cluster import discover
 
     w, p = _files(tmp_path, ray_address)
@@ -85,8 +85,8 @@ def test_api_run_of_a_ray_workload_runs_its_jobs_on_ray(tmp_path, ray_address):
 
 
 def test_orchestrator_on_a_ray_cluster_runs_submitted_jobs_on_ray(tmp_path, ray_address):
+    from saturn.executor.backends.ray import RayExecutor
     from saturn.executor.journal import Journal
-    from saturn.executor.ray_backend import RayExecutor
 
     cluster = saturn.Cluster.model_validate({"ray": {"address": ray_address, "devices": "cpu"}})
     job = saturn.Job(name="o", model="gpt2-tiny", batch_size=4, seq_len=16, steps=8, precision="fp32",

@@ -17,9 +17,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from saturn.runtime import drain
 from saturn.spec.schema import Job
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import training
+from saturn.training import catalog, loop
+from saturn.training import checkpoint as ckpt
 
 
 def tiny_job() -> Job:
@@ -33,15 +34,15 @@ def _ctx() -> SimpleNamespace:
 
 
 def _trainable(job: Job):
-    model = training.build_model(job)
-    opt = training.build_optimizer(job, model.parameters())
-    step = training.standard_step(model, model.loss, opt, job, "cpu")
-    return model, opt, training.Trainable.for_module(model, opt, step, torch.device("cpu"),
-                                                      dataset=training.build_dataset(job, model))
+    model = loop.build_model(job)
+    opt = loop.build_optimizer(job, model.parameters())
+    step = loop.standard_step(model, model.loss, opt, job, "cpu")
+    return model, opt, loop.Trainable.for_module(model, opt, step, torch.device("cpu"),
+                                                      dataset=loop.build_dataset(job, model))
 
 
 def _train(job, t, d, start, n, every=2):
-    return training.train(job, t, _ctx(), mode="run", start_step=start, num_steps=n,
+    return loop.train(job, t, _ctx(), mode="run", start_step=start, num_steps=n,
                           checkpoint_dir=str(d), checkpoint_every=every, technique="test")
 
 
@@ -62,7 +63,7 @@ def test_background_saves_publish_and_do_not_change_the_curve(reference, tmp_pat
     assert res["checkpoint"] == str(tmp_path / "step-6")  # the final save is complete on return
     assert (tmp_path / "latest").read_text().strip() == "step-6"
     assert sorted(os.listdir(tmp_path)) == ["latest", "step-4", "step-6"]
-    meta = ckpt.check_intact(str(tmp_path / "step-4"))
+    meta = catalog.check_intact(str(tmp_path / "step-4"))
     assert meta["step"] == 4 and ".metadata" in meta["files"]
 
 
@@ -101,10 +102,10 @@ def test_sigkill_during_background_save_keeps_previous_resume_point(reference, t
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert ckpt.latest_checkpoint(str(d)) == str(d / "step-2")  # step-4 was never published
+    assert catalog.latest_checkpoint(str(d)) == str(d / "step-2")  # step-4 was never published
     assert not (d / "step-4").exists()
     model, opt, t = _trainable(tiny_job().model_copy(update={"seed": 7}))  # other weights...
-    t.dataset = training.build_dataset(tiny_job(), model)  # ...same data: the load must fix them
+    t.dataset = loop.build_dataset(tiny_job(), model)  # ...same data: the load must fix them
     path, meta = ckpt.load_newest(str(d), t.load)
     assert path == str(d / "step-2") and meta["step"] == 2
     res = _train(tiny_job(), t, d, 2, 4)
@@ -129,9 +130,9 @@ def test_truncated_newest_falls_back_with_a_warning(tmp_path):
     t = _two_checkpoints(tmp_path)
     f = tmp_path / "step-4" / _data_file(tmp_path / "step-4")
     f.write_bytes(f.read_bytes()[:100])
-    with pytest.warns(ckpt.CheckpointWarning, match="truncated"):
-        assert ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-2")
-    with pytest.warns(ckpt.CheckpointWarning):
+    with pytest.warns(catalog.CheckpointWarning, match="truncated"):
+        assert catalog.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-2")
+    with pytest.warns(catalog.CheckpointWarning):
         path, meta = ckpt.load_newest(str(tmp_path), t.load)
     assert path == str(tmp_path / "step-2") and meta["step"] == 2
 
@@ -139,11 +140,11 @@ def test_truncated_newest_falls_back_with_a_warning(tmp_path):
 def test_unreadable_data_without_recorded_sizes_falls_back_on_load(tmp_path):
     """Checkpoints written before sizes were recorded: DCP's own failure triggers the fallback."""
     t = _two_checkpoints(tmp_path)
-    meta_path = tmp_path / "step-4" / ckpt.META_FILE
+    meta_path = tmp_path / "step-4" / catalog.META_FILE
     meta_path.write_text('{"step": 4}')
     (tmp_path / "step-4" / _data_file(tmp_path / "step-4")).write_bytes(b"garbage")
-    assert ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-4")  # looks intact
-    with pytest.warns(ckpt.CheckpointWarning, match="cannot be loaded"):
+    assert catalog.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-4")  # looks intact
+    with pytest.warns(catalog.CheckpointWarning, match="cannot be loaded"):
         path, meta = ckpt.load_newest(str(tmp_path), t.load)
     assert path == str(tmp_path / "step-2") and meta["step"] == 2
 
@@ -151,18 +152,18 @@ def test_unreadable_data_without_recorded_sizes_falls_back_on_load(tmp_path):
 @pytest.mark.parametrize("garbage", ["{not json", "[]", '{"step": "four"}', ""])
 def test_garbled_meta_json_is_skipped_with_a_clear_message(tmp_path, garbage):
     _two_checkpoints(tmp_path)
-    (tmp_path / "step-4" / ckpt.META_FILE).write_text(garbage)
-    with pytest.raises(ckpt.CheckpointError, match="step-4/meta.json"):
-        ckpt.read_meta(str(tmp_path / "step-4"))
-    with pytest.warns(ckpt.CheckpointWarning, match="meta.json"):
-        assert ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-2")
+    (tmp_path / "step-4" / catalog.META_FILE).write_text(garbage)
+    with pytest.raises(catalog.CheckpointError, match="step-4/meta.json"):
+        catalog.read_meta(str(tmp_path / "step-4"))
+    with pytest.warns(catalog.CheckpointWarning, match="meta.json"):
+        assert catalog.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-2")
 
 
 def test_only_checkpoint_garbled_means_start_over_not_a_traceback(tmp_path):
     model, opt, t = _trainable(tiny_job())
     ckpt.save_checkpoint(str(tmp_path), 2, model, opt, {})
-    (tmp_path / "step-2" / ckpt.META_FILE).write_bytes(b"\xff\xfe")
-    with pytest.warns(ckpt.CheckpointWarning):
+    (tmp_path / "step-2" / catalog.META_FILE).write_bytes(b"\xff\xfe")
+    with pytest.warns(catalog.CheckpointWarning):
         assert ckpt.load_newest(str(tmp_path), t.load) == (None, None)
 
 
@@ -171,19 +172,19 @@ def test_older_steps_are_deleted_only_after_latest_moves(tmp_path, monkeypatch):
     model, opt, _ = _trainable(tiny_job())
     ckpt.save_checkpoint(str(tmp_path), 2, model, opt, {}, keep=1)
 
-    real = ckpt._atomic_write
+    real = catalog.atomic_write
 
     def crash(path, text):
-        if path.endswith(ckpt.LATEST_FILE):
+        if path.endswith(catalog.LATEST_FILE):
             raise KeyboardInterrupt("killed between rename and pointer move")
         real(path, text)
 
-    monkeypatch.setattr(ckpt, "_atomic_write", crash)
+    monkeypatch.setattr(catalog, "atomic_write", crash)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(str(tmp_path), 4, model, opt, {}, keep=1)
     assert (tmp_path / "step-2").exists() and (tmp_path / "step-4").exists()
     assert (tmp_path / "latest").read_text().strip() == "step-2"
-    assert ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-2")
+    assert catalog.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-2")
 
 
 def test_failed_background_staging_falls_back_to_a_synchronous_save(tmp_path, monkeypatch):
@@ -196,15 +197,15 @@ def test_failed_background_staging_falls_back_to_a_synchronous_save(tmp_path, mo
         calls.append(1)
         raise KeyError(type)
 
-    monkeypatch.setattr(ckpt.dcp, "async_save", broken_async_save)
-    monkeypatch.setattr(ckpt._BG, "broken", False)
-    monkeypatch.setattr(ckpt, "world_size", lambda: 2)  # DCP's stager serves multi-process saves
+    monkeypatch.setattr(drain.dcp, "async_save", broken_async_save)
+    monkeypatch.setattr(drain.BACKGROUND, "broken", False)
+    monkeypatch.setattr(drain, "world_size", lambda: 2)  # DCP's stager serves multi-process saves
     model = torch.nn.Linear(3, 2)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with ckpt.in_background(), pytest.warns(ckpt.CheckpointWarning, match="synchronously"):
+    with drain.in_background(), pytest.warns(catalog.CheckpointWarning, match="synchronously"):
         path = ckpt.save_state(str(tmp_path), 2, sd, {}, {"job": "t"})
-    assert ckpt.latest_checkpoint(str(tmp_path)) == path and ckpt.read_meta(path)["step"] == 2
-    with ckpt.in_background():
+    assert catalog.latest_checkpoint(str(tmp_path)) == path and catalog.read_meta(path)["step"] == 2
+    with drain.in_background():
         path4 = ckpt.save_state(str(tmp_path), 4, sd, {}, {"job": "t"})
-    assert calls == [1] and ckpt.latest_checkpoint(str(tmp_path)) == path4
-    ckpt.wait_pending()
+    assert calls == [1] and catalog.latest_checkpoint(str(tmp_path)) == path4
+    drain.wait_pending()

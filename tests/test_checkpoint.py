@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from saturn.spec.schema import Job
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import get_technique, training
+from saturn.techniques import get_technique
+from saturn.training import catalog, loop
+from saturn.training import checkpoint as ckpt
 
 TOL = 2e-3
 
@@ -22,16 +23,16 @@ def tiny_job() -> Job:
 
 def _plain(job):
     """Single process, no process group: what the spilling technique and tools see."""
-    model = training.build_model(job)
-    opt = training.build_optimizer(job, model.parameters())
+    model = loop.build_model(job)
+    opt = loop.build_optimizer(job, model.parameters())
     return model, opt
 
 
 def _train_in_process(job, model, opt, steps, start=0):
     from saturn.zoo.data import batch_for_step
 
-    data = training.build_dataset(job, model)
-    step = training.standard_step(model, model.loss, opt, job, "cpu")
+    data = loop.build_dataset(job, model)
+    step = loop.standard_step(model, model.loss, opt, job, "cpu")
     return [float(step(*batch_for_step(data, s, job.batch_size))) for s in range(start, start + steps)]
 
 
@@ -44,7 +45,7 @@ def test_round_trip_layout_and_pruning(tmp_path):
         path = ckpt.save_checkpoint(str(tmp_path), step, model, opt, {"technique": "test"})
     assert path == str(tmp_path / "step-4")
     assert sorted(os.listdir(tmp_path)) == ["latest", "step-3", "step-4"]  # keep=2, no tmp-*
-    assert ckpt.latest_checkpoint(str(tmp_path)) == path
+    assert catalog.latest_checkpoint(str(tmp_path)) == path
     fresh, fresh_opt = _plain(job.model_copy(update={"seed": 1}))
     meta = ckpt.load_checkpoint(path, fresh, fresh_opt)
     assert meta["step"] == 4 and meta["technique"] == "test"
@@ -59,16 +60,16 @@ def test_latest_survives_crashed_save_and_stale_pointer(tmp_path):
     model, opt = _plain(job)
     ckpt.save_checkpoint(str(tmp_path), 1, model, opt, {})
     (tmp_path / "tmp-2").mkdir()  # a save that crashed half-way
-    assert ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-1")
+    assert catalog.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-1")
     (tmp_path / "latest").write_text("step-9\n")  # pointer to something gone
-    assert ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-1")
-    assert ckpt.latest_checkpoint(str(tmp_path / "nothing")) is None
+    assert catalog.latest_checkpoint(str(tmp_path)) == str(tmp_path / "step-1")
+    assert catalog.latest_checkpoint(str(tmp_path / "nothing")) is None
 
 
 def test_canonical_names(tmp_path):
     job = tiny_job()
     model, opt = _plain(job)
-    training.apply_activation_checkpointing(model)  # must not change parameter names
+    loop.apply_activation_checkpointing(model)  # must not change parameter names
     model_sd, optim_sd = ckpt.canonical_state(model, opt)
     assert "layers.1.attn.c_attn.weight" in model_sd
     assert "layers.1.attn.c_attn.weight" in optim_sd["state"]
@@ -109,7 +110,7 @@ def test_fsdp_checkpoint_loads_in_a_plain_process(reference, tmp_path):
     res = get_technique("fsdp").run(tiny_job(), 2, {}, 0, 3, str(tmp_path), device_type="cpu")
     assert res.status == "completed", res.reason
     model, opt = _plain(tiny_job())
-    meta = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)), model, opt)
+    meta = ckpt.load_checkpoint(catalog.latest_checkpoint(str(tmp_path)), model, opt)
     assert meta["step"] == 3 and meta["technique"] == "fsdp" and meta["world_size"] == 2
     assert _train_in_process(tiny_job(), model, opt, 2, start=3) == pytest.approx(reference[3:5],
                                                                                  abs=TOL)

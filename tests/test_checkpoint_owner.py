@@ -20,7 +20,7 @@ import pytest
 
 import saturn
 from saturn.api import OrchestratorError, synthetic_profiles
-from saturn.techniques.checkpoint import CheckpointWarning, Owner, latest_checkpoint, refused_checkpoints
+from saturn.training.catalog import CheckpointWarning, Owner, latest_checkpoint, refused_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -56,7 +56,7 @@ class _Ctx:
 
 
 def test_training_logs_data_wait_and_tuner_decisions(tmp_path):
-    from saturn.techniques.training import Trainable, build_dataset, train
+    from saturn.training.loop import Trainable, build_dataset, train
 
     job = _job(tmp_path, tune=True, cores=4, window_s=0.05)
     ds = build_dataset(job, SimpleNamespace(config=SimpleNamespace(image_size=32, channels=3, num_classes=10)))
@@ -82,6 +82,7 @@ def test_training_logs_data_wait_and_tuner_decisions(tmp_path):
     summary = data_summary(tmp_path / "run")
     assert summary["v"]["wait"]["steps"] == 12 and summary["v"]["tuner"]["decisions"] >= 1
     assert "data wait" in format_lines(summary)[0] and "tuner:" in format_lines(summary)[0]
+    assert "core moves kept" in format_lines(summary)[0] and "cores held per stage" in format_lines(summary)[0]
 
 
 def test_workload_yaml_uses_a_pipeline_dataset_and_node_cores(tmp_path):

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
+from saturn.runtime import drain, staging
 from saturn.spec.schema import Job
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import staging, training
+from saturn.training import catalog, loop
+from saturn.training import checkpoint as ckpt
 
 
 def tiny_job(steps: int = 6) -> Job:
@@ -27,11 +28,11 @@ def tiny_job(steps: int = 6) -> Job:
 
 
 def _trainable(job: Job):
-    model = training.build_model(job)
-    opt = training.build_optimizer(job, model.parameters())
-    step = training.standard_step(model, model.loss, opt, job, "cpu")
-    return model, opt, training.Trainable.for_module(model, opt, step, torch.device("cpu"),
-                                                      dataset=training.build_dataset(job, model))
+    model = loop.build_model(job)
+    opt = loop.build_optimizer(job, model.parameters())
+    step = loop.standard_step(model, model.loss, opt, job, "cpu")
+    return model, opt, loop.Trainable.for_module(model, opt, step, torch.device("cpu"),
+                                                      dataset=loop.build_dataset(job, model))
 
 
 def _ctx():
@@ -42,39 +43,39 @@ def _ctx():
 @pytest.fixture
 def fresh_staging(tmp_path, monkeypatch):
     """This process's drains on a private ledger (so the budget is the test's)."""
-    ckpt.set_drain_behind(False)
-    ckpt.release_staging()  # this process's buffers go back to the ledger they came from
+    drain.set_drain_behind(False)
+    drain.release_staging()  # this process's buffers go back to the ledger they came from
     monkeypatch.setenv("SATURN_STAGING_LEDGER", str(tmp_path / "ledger.json"))
-    monkeypatch.setattr(ckpt._DR, "area", None)
+    monkeypatch.setattr(drain.DRAINS, "area", None)
     yield
-    ckpt.set_drain_behind(False)
-    ckpt.release_staging()
+    drain.set_drain_behind(False)
+    drain.release_staging()
 
 
 def test_final_save_drains_behind_and_publishes_later(tmp_path, monkeypatch, fresh_staging):
     monkeypatch.setenv("SATURN_TEST_SLOW_DRAIN_S", "1.5")
-    ckpt.set_drain_behind(True)
+    drain.set_drain_behind(True)
     _, _, t = _trainable(tiny_job())
     d = tmp_path / "ckpt"
     t0 = time.perf_counter()
-    res = training.train(tiny_job(), t, _ctx(), mode="run", start_step=0, num_steps=6,
+    res = loop.train(tiny_job(), t, _ctx(), mode="run", start_step=0, num_steps=6,
                          checkpoint_dir=str(d), technique="test")
     took = time.perf_counter() - t0
     assert res["durable"] is False and res["checkpoint"] == str(d / "step-6")
-    assert ckpt.draining(str(d)) == [str(d / "step-6")]
-    assert ckpt.latest_checkpoint(str(d)) is None and took < 1.5  # returned before the write
+    assert drain.draining(str(d)) == [str(d / "step-6")]
+    assert catalog.latest_checkpoint(str(d)) is None and took < 1.5  # returned before the write
     assert res["phases"]["save_block_s"] < 1.0 and res["phases"]["steps_s"] > 0
-    assert ckpt.wait_pending() == str(d / "step-6")
-    meta = ckpt.check_intact(str(d / "step-6"))
+    assert drain.wait_pending() == str(d / "step-6")
+    meta = catalog.check_intact(str(d / "step-6"))
     assert meta["step"] == 6 and meta["drain_s"] >= 1.5 and meta["save_block_s"] < 1.0
 
 
 def test_cold_final_save_is_durable_on_return(tmp_path, fresh_staging):
     _, _, t = _trainable(tiny_job())
     d = tmp_path / "ckpt"
-    res = training.train(tiny_job(), t, _ctx(), mode="run", start_step=0, num_steps=6,
+    res = loop.train(tiny_job(), t, _ctx(), mode="run", start_step=0, num_steps=6,
                          checkpoint_dir=str(d), checkpoint_every=2, technique="test")
-    assert res["durable"] is True and ckpt.latest_checkpoint(str(d)) == str(d / "step-6")
+    assert res["durable"] is True and catalog.latest_checkpoint(str(d)) == str(d / "step-6")
 
 
 def _state(mb: float):
@@ -89,21 +90,21 @@ def test_full_staging_budget_makes_the_next_save_wait(tmp_path, monkeypatch, fre
     sd = _state(4)
     need = staging.nbytes_of({"model": sd})
     monkeypatch.setenv("SATURN_STAGING_BUDGET_GB", str(1.5 * need / 1e9))
-    with ckpt.in_background():
+    with drain.in_background():
         ckpt.save_state(str(tmp_path / "a"), 1, sd, {}, {})
-        assert ckpt.last_save_cost()["budget_wait_s"] < 0.5
+        assert drain.last_save_cost()["budget_wait_s"] < 0.5
         t0 = time.perf_counter()
         ckpt.save_state(str(tmp_path / "b"), 1, sd, {}, {})
-    waited = ckpt.last_save_cost()["budget_wait_s"]
+    waited = drain.last_save_cost()["budget_wait_s"]
     assert waited > 1.0 and time.perf_counter() - t0 >= waited
-    assert ckpt.latest_checkpoint(str(tmp_path / "a")) is not None  # its drain ended first
-    ckpt.release_staging()  # waits for the drains, gives the buffers back
+    assert catalog.latest_checkpoint(str(tmp_path / "a")) is not None  # its drain ended first
+    drain.release_staging()  # waits for the drains, gives the buffers back
     monkeypatch.setenv("SATURN_STAGING_BUDGET_GB", str(2.5 * need / 1e9))
-    monkeypatch.setattr(ckpt._DR, "area", None)
-    with ckpt.in_background():
+    monkeypatch.setattr(drain.DRAINS, "area", None)
+    with drain.in_background():
         ckpt.save_state(str(tmp_path / "c"), 1, sd, {}, {})
         ckpt.save_state(str(tmp_path / "d"), 1, sd, {}, {})
-    assert ckpt.last_save_cost()["budget_wait_s"] < 0.5
+    assert drain.last_save_cost()["budget_wait_s"] < 0.5
 
 
 def test_ledger_is_shared_and_drops_dead_processes(tmp_path):
@@ -164,7 +165,7 @@ def _events(rd):
 @pytest.mark.slow
 def test_next_job_starts_while_the_previous_checkpoint_drains(tmp_path):
     from saturn.executor.report import summarize
-    from saturn.techniques.warm import WarmPool
+    from saturn.runtime.warm import WarmPool
 
     pool = WarmPool("cpu", env={"SATURN_TEST_SLOW_DRAIN_S": "3:20"})  # final saves drain slowly
     pool.prestart([0])
@@ -186,7 +187,7 @@ def test_next_job_starts_while_the_previous_checkpoint_drains(tmp_path):
     assert max(t for t, k, _ in ev if k == "durable") <= ev[-1][0]
     for j in ("a", "b"):
         assert res[j].status == "completed" and res[j].checkpoint == str(rd / "jobs" / j / "ckpt" / "step-20")
-        assert ckpt.check_intact(res[j].checkpoint)["step"] == 20  # durable when the run returned
+        assert catalog.check_intact(res[j].checkpoint)["step"] == 20  # durable when the run returned
     jobs = {j["job"]: j for j in summarize(rd)["jobs"]}
     ph = jobs[done]["phases"]
     assert ph["drain_s"] >= 3.0 and ph["save_block_s"] < 3.0 and ph["steps_s"] > 0 and ph["launch_s"] >= 0
@@ -199,7 +200,7 @@ def test_next_job_starts_while_the_previous_checkpoint_drains(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_while_draining_resumes_from_the_last_durable_checkpoint(tmp_path):
-    from saturn.techniques.warm import WarmPool
+    from saturn.runtime.warm import WarmPool
 
     pool = WarmPool("cpu", env={"SATURN_TEST_SLOW_DRAIN_S": "60:20"})  # the final save hangs
     pool.prestart([0])
@@ -228,7 +229,7 @@ def test_sigkill_while_draining_resumes_from_the_last_durable_checkpoint(tmp_pat
     assert [s.start_step for s in a.segments] == [0, 10]
     steps = [json.loads(x)["step"] for x in (rd / "jobs" / "a" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(20))  # every logged step is there, once
-    assert ckpt.check_intact(str(rd / "jobs" / "a" / "ckpt" / "step-20"))["step"] == 20
+    assert catalog.check_intact(str(rd / "jobs" / "a" / "ckpt" / "step-20"))["step"] == 20
 
 
 @pytest.mark.parametrize("published", [True, False])
@@ -237,7 +238,7 @@ def test_resume_settles_a_job_that_was_finishing(tmp_path, published):
     the job is completed if the checkpoint was published, else it runs again from its newest
     durable one, and the journal says which."""
     from saturn.executor import Executor, ExecutorConfig
-    from saturn.executor.backends import SimulatedBackend
+    from saturn.executor.backends.simulated import SimulatedBackend
 
     rd = tmp_path / "run"
     rows = pd.DataFrame([{"job": "a", "technique": "ddp", "knobs": "{}", "gpus": 1, "step_time_s": 0.1,

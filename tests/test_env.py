@@ -81,7 +81,7 @@ def test_dangling_symlink_run_dir_is_exit_2_naming_it(tmp_path, monkeypatch, cap
 def test_damaged_machine_rates_are_exit_2_naming_the_file(tmp_path, monkeypatch, capsys, entry):
     import json
 
-    from saturn.profiler.machine_probe import RATES_FILE
+    from saturn.prior.machine import RATES_FILE
 
     store = tmp_path / "store"
     store.mkdir()

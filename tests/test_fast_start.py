@@ -92,16 +92,17 @@ def test_sharded_and_staged_builds_start_from_the_single_process_weights(name, g
     """2-process FSDP shards and pipeline stages, initialized where they live, hold exactly the
     weights of a plain single-process build (one step at lr 1e-30 leaves them unchanged)."""
     from saturn.spec.schema import Job
-    from saturn.techniques import checkpoint as ckpt
-    from saturn.techniques import get_technique, training
+    from saturn.techniques import get_technique
+    from saturn.training import catalog, loop
+    from saturn.training import checkpoint as ckpt
 
     job = Job(name="t", model="gpt2-tiny", batch_size=4, seq_len=16, steps=1, precision="fp32",
               optimizer={"name": "sgd", "lr": 1e-30})
     res = get_technique(name).run(job, gpus, {}, 0, 1, str(tmp_path), device_type="cpu")
     assert res.status == "completed", res.reason
-    want = training.build_model(job).state_dict()
-    got = training.build_model(job.model_copy(update={"seed": 9}))
-    ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)), got, None)
+    want = loop.build_model(job).state_dict()
+    got = loop.build_model(job.model_copy(update={"seed": 9}))
+    ckpt.load_checkpoint(catalog.latest_checkpoint(str(tmp_path)), got, None)
     for k, v in got.state_dict().items():
         assert torch.allclose(v, want[k], rtol=0, atol=1e-25), k
 

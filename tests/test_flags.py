@@ -126,7 +126,7 @@ def test_hypothesis_numeric_flags_exit_0_or_2_without_traceback(tmp_path_factory
                                                                  value):
     """Flags are parsed and checked for real; the work after them is stubbed (it exits 0 at once),
     so this stays fast: exit 0 iff the value is in the flag's range, else 2 naming the flag."""
-    import saturn.api.stages as stages
+    import saturn.api.workload as stages  # where `load` (the first stage after the flags) lives
 
     def reached(*a, **k):
         raise typer.Exit(0)

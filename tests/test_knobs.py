@@ -16,7 +16,8 @@ from saturn.parse import canonical_knobs, num
 from saturn.spec import Job
 from saturn.techniques import get_technique, register, technique_names
 from saturn.techniques.base import Technique
-from saturn.techniques.knobs import knob, knob_dataclass, knob_infos, validate_knobs
+from saturn.techniques.knobs import knob, knob_dataclass, knob_infos
+from saturn.techniques.registry import validate_knobs
 
 
 def _job(**kw):
@@ -71,7 +72,7 @@ def test_yaml_knobs_bad_field_exits_2_with_the_field_named(tmp_path):
 
 
 def test_pinned_knobs_reach_the_profiler_candidates_and_the_signature():
-    from saturn.profiler.session import cell_for as _cell
+    from saturn.profiler.cells import cell_for as _cell
 
     plain, pinned = _job(), _job(knobs={"ddp": {"bucket_cap_mb": 50}})
     assert plain.signature != pinned.signature  # pinned rows never mix with unpinned ones
@@ -125,14 +126,14 @@ def test_num_never_raises_and_never_returns_nan(v):
 
 
 def test_one_rule_everywhere():
-    from saturn.executor import policy
+    from saturn.executor import estimates
     from saturn.planner import inputs, options
     from saturn.profiler import search, table
     from saturn.profiles import store
 
-    assert inputs.canonical_knobs is search.canonical_knobs is policy.knobs_key is store._canon_knobs \
+    assert inputs.canonical_knobs is search.canonical_knobs is estimates.knobs_key is store._canon_knobs \
         is canonical_knobs
-    assert options._num is policy._num is table._num is num
+    assert options._num is estimates._num is table._num is num
     assert canonical_knobs(None) == canonical_knobs(float("nan")) == canonical_knobs(" ") == "{}"
     assert num("x", 2.0) == 2.0 and num(float("nan"), 3.0) == 3.0 and num("1.5") == 1.5
 

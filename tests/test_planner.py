@@ -205,7 +205,7 @@ def test_warm_start_candidate_keeps_options_and_nodes():
 
 
 def test_export_model(tmp_path):
-    from saturn.planner.milp import export_model
+    from saturn.planner.milp_bounds import export_model
 
     out = export_model(JOBS, {"n0": 4}, PROFILES, tmp_path / "m.mps")
     assert out.exists() and out.stat().st_size > 100

@@ -9,10 +9,12 @@ import time
 import pandas as pd
 import pytest
 
+from saturn.prior.calibration import calibration_ratios
+from saturn.prior.cost_model import Calibration, MachineRates, datasheet_rates, estimate
+from saturn.prior.machine import RATES_FILE, cached_rates, load_or_probe
+from saturn.prior.rows import with_prior
+from saturn.prior.shapes import shape_of
 from saturn.profiler.hardware import Hardware
-from saturn.profiler.machine_probe import RATES_FILE, cached_rates, load_or_probe
-from saturn.profiler.prior_rows import calibration_ratios, shape_of, with_prior
-from saturn.profiles.prior import Calibration, MachineRates, datasheet_rates, estimate
 from saturn.spec import load_workload
 
 H200 = datasheet_rates("H200")
@@ -91,7 +93,7 @@ def test_real_cpu_probe_in_a_child_process():
     from dataclasses import asdict
 
     hw = Hardware("cpu", 4.0, "none", "2.x", 1)
-    out = subprocess.run([sys.executable, "-m", "saturn.profiler.machine_probe", json.dumps(asdict(hw))],
+    out = subprocess.run([sys.executable, "-m", "saturn.prior.machine", json.dumps(asdict(hw))],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     r = MachineRates.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -182,7 +184,7 @@ def test_profile_orders_trials_by_value(tmp_path, monkeypatch):
         return {"status": "ok", "step_time_s": 0.01 * trial.gpus, "peak_mem_gb": 0.1, "startup_s": 0.1}
 
     monkeypatch.setattr(session, "call_trial", fake_trial)
-    monkeypatch.setattr("saturn.profiler.machine_probe.load_or_probe", lambda *a, **k: CPU_RATES)
+    monkeypatch.setattr("saturn.prior.machine.load_or_probe", lambda *a, **k: CPU_RATES)
     wl = load_workload(wl_text(techniques="[ddp, fsdp]"))
     df = profile(wl, store_dir=tmp_path / "a", progress=False)
     sigs = {j.signature for j in wl.jobs}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from saturn.profiles import store
+from saturn.profiles import checks, store
 from tests.cli_runner import saturn_cli
 
 WL = {"name": "w", "cluster": {"devices": "cpu", "slots": 2},
@@ -83,7 +83,7 @@ def test_store_rows_checked_too_and_other_workloads_rows_ignored(tmp_path, capsy
     wl = load_workload(w)
     assert set(profiles_table(wl, store_dir=d, prior=False)["technique"]) == {"ddp"}
     (d / "more.csv").write_text(head + f"{sig},warp-drive,{{}},1,0.1,1.0,0.5,True,cpu,4.0\n")
-    with pytest.raises(store.ProfileTableError, match=r"more\.csv, line 2 .*'technique': unknown technique"):
+    with pytest.raises(checks.ProfileTableError, match=r"more\.csv, line 2 .*'technique': unknown technique"):
         profiles_table(wl, store_dir=d, prior=False)
 
 
@@ -92,7 +92,7 @@ def test_peak_above_own_device_memory_is_refused_anywhere(tmp_path):
     t.write_text("signature,technique,knobs,gpus,step_time_s,peak_mem_gb,feasible,gpu_type,gpu_memory_gb\n"
                  "s,ddp,{},1,0.1,90,False,H100,80\n"  # infeasible: fine (it is why)
                  "s,ddp,{},2,0.1,90,True,H100,80\n")
-    with pytest.raises(store.ProfileTableError, match=r"line 3 .*'peak_mem_gb': 90 GB on a feasible row is above its"):
+    with pytest.raises(checks.ProfileTableError, match=r"line 3 .*'peak_mem_gb': 90 GB on a feasible row is above its"):
         store.read_table(t)
 
 
@@ -101,10 +101,10 @@ def test_larger_device_rows_of_the_same_type_are_not_refused():
     memory size too); only rows of this size, or without one, are held to it."""
     import pandas as pd
 
-    check = store.cluster_check(techniques={"ddp"}, memory_gb={"a100": 40.0}, signatures={"s"}, jobs=set())
+    check = checks.cluster_check(techniques={"ddp"}, memory_gb={"a100": 40.0}, signatures={"s"}, jobs=set())
     df = pd.DataFrame([{"signature": "s", "technique": "ddp", "gpus": 1, "step_time_s": 0.1, "peak_mem_gb": 60.0,
                         "feasible": True, "gpu_type": "A100", "gpu_memory_gb": 80.0}])
     check(df, "t", 2)
     df.loc[0, "gpu_memory_gb"] = None
-    with pytest.raises(store.ProfileTableError, match="above the 40 GB"):
+    with pytest.raises(checks.ProfileTableError, match="above the 40 GB"):
         check(df, "t", 2)

@@ -11,7 +11,8 @@ import os
 import time
 from typing import Any
 
-from saturn.techniques.base import Feasibility, RunResult, Technique, TrialResult, device_ids
+from saturn.runtime.attempt import RunResult
+from saturn.techniques.base import Feasibility, Technique, TrialResult, device_ids
 
 SLEEP_S = float(os.environ.get("SATURN_FAKE_SLEEP", "0.05"))
 

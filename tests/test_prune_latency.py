@@ -17,7 +17,7 @@ optuna = pytest.importorskip("optuna")
 from saturn.integrations.optuna import optimize  # noqa: E402
 
 pytestmark = pytest.mark.slow
-READBACK_EVERY = 10  # saturn.techniques.training: losses (and so prunes) are seen every <= 10 steps
+READBACK_EVERY = 10  # saturn.training.loop: losses (and so prunes) are seen every <= 10 steps
 BUSY_S = 6.0  # how long the stand-in re-plan holds the executor's lock
 STOP_S = 2.0  # the job's last step must end within this long after the prune (the stop does not wait)
 

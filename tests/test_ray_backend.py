@@ -87,9 +87,9 @@ def _metric_steps(path: Path):
 @pytest.mark.slow
 def test_two_nodes_node_loss_every_job_completes(tmp_path, ray_cluster):
     from saturn.executor import ExecutorConfig
+    from saturn.executor.backends.ray import RayBackend, RayExecutor
     from saturn.executor.build import resolve_cluster
     from saturn.executor.journal import Journal
-    from saturn.executor.ray_backend import RayBackend, RayExecutor
 
     c, workers = ray_cluster
     jobs = {"a": 240, "b": 240, "c": 240}

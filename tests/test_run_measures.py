@@ -102,7 +102,7 @@ def test_both_doors_take_the_same_stages(tmp_path, monkeypatch, capsys):
     """`saturn run` and `saturn.run()` go through saturn.api.run_stages.prepare_run and hand its
     result to the same executor builder (stopped here, before anything runs)."""
     import saturn
-    import saturn.api.stages as stages
+    import saturn.api.run_stages as stages
 
     taken = []
 

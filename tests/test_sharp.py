@@ -13,9 +13,9 @@ import torch
 from saturn.sharp import Progress, ShardedLRTF, SharpGroup
 from saturn.sharp.jobs import build_member
 from saturn.spec.schema import Job
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import training
 from saturn.techniques.spilling import SpillingEngine, engine_kwargs
+from saturn.training import catalog, loop
+from saturn.training import checkpoint as ckpt
 from saturn.zoo.data import batch_for_step
 
 torch.set_num_threads(1)
@@ -38,8 +38,8 @@ KNOBS = {"shard_layers": 1}
 
 
 def _solo(job: Job, steps: int = STEPS, ckpt_dir=None):
-    engine = SpillingEngine(training.build_model(job), "cpu", **engine_kwargs(job, KNOBS))
-    ds = training.build_dataset(job, engine.model)
+    engine = SpillingEngine(loop.build_model(job), "cpu", **engine_kwargs(job, KNOBS))
+    ds = loop.build_dataset(job, engine.model)
     losses = [engine.train_step(*batch_for_step(ds, s, job.batch_size)) for s in range(steps)]
     path = engine.save_checkpoint(ckpt_dir, steps, {}) if ckpt_dir else None
     return losses, engine, path
@@ -90,9 +90,9 @@ def test_sharp_losses_and_checkpoints_equal_solo_spilling(tmp_path):
         assert [s for s, _ in m.losses] == list(range(STEPS))
         assert [v for _, v in m.losses] == pytest.approx(ref, rel=1e-6, abs=1e-6)
         # the same checkpoint: load both into plain modules and compare every tensor
-        got, want = training.build_model(job), training.build_model(job)
-        opt_g = training.build_optimizer(job, got.parameters())
-        opt_w = training.build_optimizer(job, want.parameters())
+        got, want = loop.build_model(job), loop.build_model(job)
+        opt_g = loop.build_optimizer(job, got.parameters())
+        opt_w = loop.build_optimizer(job, want.parameters())
         assert ckpt.load_checkpoint(m.checkpoints[-1], got, opt_g)["step"] == STEPS
         ckpt.load_checkpoint(path, want, opt_w)
         for (k, a), (_, b) in zip(got.state_dict().items(), want.state_dict().items()):
@@ -121,11 +121,11 @@ def test_member_leaves_the_group_and_continues_under_plain_training(tmp_path):
     assert [s for s, _ in group.members["b"].losses] == list(range(STEPS))  # others go on
     # what DDP on one device runs: the plain trainer, resumed from the member's checkpoint
     job = JOBS[0]
-    model = training.build_model(job)
-    opt = training.build_optimizer(job, model.parameters())
-    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path / "a")), model, opt)["step"] == 2
-    ds = training.build_dataset(job, model)
-    step = training.standard_step(model, model.loss, opt, job, "cpu")
+    model = loop.build_model(job)
+    opt = loop.build_optimizer(job, model.parameters())
+    assert ckpt.load_checkpoint(catalog.latest_checkpoint(str(tmp_path / "a")), model, opt)["step"] == 2
+    ds = loop.build_dataset(job, model)
+    step = loop.standard_step(model, model.loss, opt, job, "cpu")
     rest = [float(step(*batch_for_step(ds, s, job.batch_size))) for s in range(2, STEPS)]
     ref, _, _ = _solo(job)
     assert [v for _, v in a.losses] + rest == pytest.approx(ref, rel=1e-5, abs=1e-5)
@@ -169,4 +169,4 @@ def test_run_group_resumes_and_stops_gracefully(tmp_path):
         import json
 
         assert [json.loads(x)["step"] for x in lines] == list(range(1, STEPS + 1))
-        assert ckpt.read_meta(rest[job.name]["checkpoint"])["technique"] == "sharp"
+        assert catalog.read_meta(rest[job.name]["checkpoint"])["technique"] == "sharp"

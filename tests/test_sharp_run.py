@@ -52,13 +52,13 @@ def _solo_losses(job, steps):
     """Solo spilling training of `job` (the reference SHARP must equal)."""
     import torch
 
-    from saturn.techniques import training
     from saturn.techniques.spilling import SpillingEngine, engine_kwargs
+    from saturn.training import loop
     from saturn.zoo.data import batch_for_step
 
     torch.set_num_threads(1)
-    engine = SpillingEngine(training.build_model(job), "cpu", **engine_kwargs(job, KNOBS))
-    ds = training.build_dataset(job, engine.model)
+    engine = SpillingEngine(loop.build_model(job), "cpu", **engine_kwargs(job, KNOBS))
+    ds = loop.build_dataset(job, engine.model)
     return [engine.train_step(*batch_for_step(ds, s, job.batch_size)) for s in range(steps)]
 
 
@@ -85,7 +85,7 @@ def test_planner_chosen_group_runs_as_one_attempt_with_solo_losses(tmp_path):
     from saturn.executor import Executor, ExecutorConfig, ProcessBackend
     from saturn.executor.report import summarize
     from saturn.spec import load_workload
-    from saturn.techniques.checkpoint import latest_checkpoint, read_meta
+    from saturn.training.catalog import latest_checkpoint, read_meta
 
     w, p = _files(tmp_path, 6, 4)
     wl = load_workload(w)

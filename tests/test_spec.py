@@ -8,7 +8,7 @@ import pytest
 from conftest import EXAMPLES, ROOT
 
 from saturn.errors import SpecError
-from saturn.spec import Cluster, Job, Node, Workload, load_workload
+from saturn.spec import Cluster, Job, Node, Workload, dump_workload, load_workload
 
 BASE = """\
 name: t
@@ -74,7 +74,7 @@ def test_signature_is_stable_across_processes():
 
 def test_yaml_round_trip():
     wl = load_workload(ROOT / "configs/examples/gpt2-sweep.yaml")
-    again = Workload.from_yaml(wl.to_yaml())
+    again = load_workload(dump_workload(wl))
     assert again == wl
 
 
@@ -83,7 +83,7 @@ def test_python_constructors():
                   jobs=[Job(name="a", model="gpt2-tiny", batch_size=4, steps=10)])
     assert wl.jobs[0].model.name == "gpt2-tiny"
     assert wl.cluster.max_gpus == 4
-    assert Workload.from_yaml(wl.to_yaml()) == wl
+    assert load_workload(dump_workload(wl)) == wl
 
 
 def test_local_cpu_cluster_resolves_to_slots():

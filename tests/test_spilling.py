@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from saturn.spec.schema import Job
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import get_technique, training
+from saturn.techniques import get_technique
 from saturn.techniques.spilling import SpillingEngine, budget_shards, engine_kwargs, packed_shards, uniform_shards
+from saturn.training import catalog, loop
+from saturn.training import checkpoint as ckpt
 from saturn.zoo.data import batch_for_step
 
 torch.set_num_threads(1)
@@ -29,10 +30,10 @@ def _job(model: str = "gpt2-tiny", **kw) -> Job:
 
 def _plain(job: Job, steps: int, model=None, optimizer=None, start: int = 0):
     """The reference: plain single-device training with the shared building blocks."""
-    model = model or training.build_model(job)
-    optimizer = optimizer or training.build_optimizer(job, model.parameters())
-    ds = training.build_dataset(job, model)
-    step = training.standard_step(model, model.loss, optimizer, job, "cpu")
+    model = model or loop.build_model(job)
+    optimizer = optimizer or loop.build_optimizer(job, model.parameters())
+    ds = loop.build_dataset(job, model)
+    step = loop.standard_step(model, model.loss, optimizer, job, "cpu")
     losses = [float(step(*batch_for_step(ds, s, job.batch_size))) for s in range(start, start + steps)]
     return losses, model, optimizer
 
@@ -40,11 +41,11 @@ def _plain(job: Job, steps: int, model=None, optimizer=None, start: int = 0):
 def _engine(job: Job, **knobs) -> SpillingEngine:
     kw = engine_kwargs(job, knobs)
     kw["cpu_fused_optimizer"] = knobs.get("cpu_fused_optimizer", True)
-    return SpillingEngine(training.build_model(job), "cpu", **kw)
+    return SpillingEngine(loop.build_model(job), "cpu", **kw)
 
 
 def _spill(engine: SpillingEngine, job: Job, steps: int, start: int = 0) -> list[float]:
-    ds = training.build_dataset(job, engine.model)
+    ds = loop.build_dataset(job, engine.model)
     return [engine.train_step(*batch_for_step(ds, s, job.batch_size))
             for s in range(start, start + steps)]
 
@@ -66,7 +67,7 @@ def test_follows_single_device_loss_curve(model, knobs):
     eng = _engine(job, cpu_fused_optimizer=False, **knobs)
     got = _spill(eng, job, 5)
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-5)
-    x0, y0 = batch_for_step(training.build_dataset(job, ref_model), 0, job.batch_size)
+    x0, y0 = batch_for_step(loop.build_dataset(job, ref_model), 0, job.batch_size)
     with torch.no_grad():  # it does learn: the first batch's loss dropped (5 steps of fresh
         assert float(ref_model.loss(ref_model(x0), y0)) < ref[0]  # batches are noise-bound)
     final = eng.model_state_dict()
@@ -94,9 +95,9 @@ def test_shard_partitions():
     eng = _engine(job, shard_layers=2)
     assert eng.ranges == [(0, 2), (2, 4)]
     # the master module is the canonical SequentialModel: names are untouched
-    assert set(eng.model_state_dict()) == set(training.build_model(job).state_dict())
+    assert set(eng.model_state_dict()) == set(loop.build_model(job).state_dict())
     with pytest.raises(ValueError):
-        SpillingEngine(training.build_model(job), "cpu", shards=[(0, 1), (2, 4)])
+        SpillingEngine(loop.build_model(job), "cpu", shards=[(0, 1), (2, 4)])
 
 
 @pytest.mark.parametrize("optimizer_on", [pytest.param("cpu", id="optimizer-on-cpu"),
@@ -107,7 +108,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, optimizer_on):
     first = _engine(job, shard_layers=1, optimizer_on=optimizer_on)
     a = _spill(first, job, 4)
     path = first.save_checkpoint(str(tmp_path), 4, {"technique": "spilling"})
-    assert ckpt.latest_checkpoint(str(tmp_path)) == path
+    assert catalog.latest_checkpoint(str(tmp_path)) == path
     second = _engine(job, shard_layers=2, optimizer_on=optimizer_on)  # other shards: still fine
     meta = second.load_checkpoint(path)
     assert meta["step"] == 4
@@ -122,8 +123,8 @@ def test_checkpoint_moves_to_and_from_plain_training(tmp_path):
     eng = _engine(job, shard_layers=1)
     a = _spill(eng, job, 4)
     path = eng.save_checkpoint(str(tmp_path / "s"), 4, {})
-    model = training.build_model(job)
-    opt = training.build_optimizer(job, model.parameters())
+    model = loop.build_model(job)
+    opt = loop.build_optimizer(job, model.parameters())
     assert ckpt.load_checkpoint(path, model, opt)["step"] == 4
     b, _, _ = _plain(job, 4, model, opt, start=4)
     assert a + b == pytest.approx(ref, rel=1e-5, abs=1e-5)
@@ -176,11 +177,11 @@ def test_trial_and_run_through_the_launcher(tmp_path):
                                    {"shard_layers": 1, "offload_activations": True}])
 def test_cuda_streams_follow_single_device(knobs):
     job = _job(model={"name": "gpt2-tiny", "overrides": {"n_layer": 6}}, precision="fp32")
-    model = training.build_model(job).cuda()
-    opt = training.build_optimizer(job, model.parameters())
-    ds = training.build_dataset(job, model)
-    step = training.standard_step(model, model.loss, opt, job, "cuda")
+    model = loop.build_model(job).cuda()
+    opt = loop.build_optimizer(job, model.parameters())
+    ds = loop.build_dataset(job, model)
+    step = loop.standard_step(model, model.loss, opt, job, "cuda")
     ref = [float(step(*(t.cuda() for t in batch_for_step(ds, s, 4)))) for s in range(5)]
-    eng = SpillingEngine(training.build_model(job), "cuda", **engine_kwargs(job, knobs))
+    eng = SpillingEngine(loop.build_model(job), "cuda", **engine_kwargs(job, knobs))
     got = [eng.train_step(*batch_for_step(ds, s, 4)) for s in range(5)]
     assert got == pytest.approx(ref, rel=1e-3, abs=1e-3)  # TF32/cuBLAS differences only

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from saturn.spec.schema import Job
-from saturn.techniques import get_technique, training
+from saturn.techniques import get_technique
 from saturn.techniques.spilling import SpillingEngine, engine_kwargs, host_bytes_needed
 from saturn.techniques.spilling.host_optimizer import cpu_adam_speed, make_optimizer
 from saturn.techniques.spilling.technique import check_host_memory
+from saturn.training import loop
 from saturn.zoo.data import batch_for_step
 
 torch.set_num_threads(1)
@@ -24,12 +25,12 @@ def _job(**kw) -> Job:
 
 
 def _run(eng: SpillingEngine, job: Job, steps: int) -> list[float]:
-    ds = training.build_dataset(job, eng.model)
+    ds = loop.build_dataset(job, eng.model)
     return [eng.train_step(*batch_for_step(ds, s, job.batch_size)) for s in range(steps)]
 
 
 def _engine(job: Job, **kw) -> SpillingEngine:
-    return SpillingEngine(training.build_model(job), "cpu",
+    return SpillingEngine(loop.build_model(job), "cpu",
                           **{**engine_kwargs(job, {"shard_layers": 1}), **kw})
 
 
@@ -82,9 +83,9 @@ def test_fused_cpu_adam_is_used_on_the_host_and_follows_the_loop():
     job = _job()
     eng = _engine(job)
     assert all(sh.optimizer.defaults.get("fused") for sh in eng.shards)
-    loop = _engine(job, cpu_fused_optimizer=False)
-    assert not any(sh.optimizer.defaults.get("fused") for sh in loop.shards)
-    assert _run(eng, job, 4) == pytest.approx(_run(loop, job, 4), rel=1e-4, abs=1e-4)
+    plain = _engine(job, cpu_fused_optimizer=False)
+    assert not any(sh.optimizer.defaults.get("fused") for sh in plain.shards)
+    assert _run(eng, job, 4) == pytest.approx(_run(plain, job, 4), rel=1e-4, abs=1e-4)
     with pytest.raises(ValueError, match="cpu_adam"):
         make_optimizer("adamw", {}, [torch.zeros(2, requires_grad=True)], True, "magic")
     speed = cpu_adam_speed(numel=10_000, steps=1)  # measured: each impl a time or a reason
@@ -110,12 +111,12 @@ def test_bf16_job_on_cuda_sends_bf16_and_follows_plain_training():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     job = _job(model={"name": "gpt2-tiny", "overrides": {"n_layer": 6}}, precision="bf16")
-    model = training.build_model(job).cuda()
-    opt = training.build_optimizer(job, model.parameters())
-    ds = training.build_dataset(job, model)
-    step = training.standard_step(model, model.loss, opt, job, "cuda")
+    model = loop.build_model(job).cuda()
+    opt = loop.build_optimizer(job, model.parameters())
+    ds = loop.build_dataset(job, model)
+    step = loop.standard_step(model, model.loss, opt, job, "cuda")
     ref = [float(step(*(t.cuda() for t in batch_for_step(ds, s, 4)))) for s in range(5)]
-    eng = SpillingEngine(training.build_model(job), "cuda",
+    eng = SpillingEngine(loop.build_model(job), "cuda",
                          **engine_kwargs(job, {"shard_layers": 1}))
     assert eng.wire_dtype == torch.bfloat16
     got = [eng.train_step(*batch_for_step(ds, s, 4)) for s in range(5)]

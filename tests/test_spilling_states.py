@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from saturn.spec.schema import Job
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import get_technique, training
+from saturn.techniques import get_technique
 from saturn.techniques.spilling import SpillingEngine, engine_kwargs
 from saturn.techniques.spilling.split import choose_device_shards
 from saturn.techniques.spilling.states import FlatAdamW, FlatSlot
+from saturn.training import checkpoint as ckpt
+from saturn.training import loop
 from saturn.zoo.data import batch_for_step
 
 torch.set_num_threads(1)
@@ -33,20 +34,20 @@ def _job(**kw) -> Job:
 
 
 def _engine(job: Job, **knobs) -> SpillingEngine:
-    return SpillingEngine(training.build_model(job), "cpu", **engine_kwargs(job, knobs))
+    return SpillingEngine(loop.build_model(job), "cpu", **engine_kwargs(job, knobs))
 
 
 def _spill(eng: SpillingEngine, job: Job, steps: int, start: int = 0) -> list[float]:
-    ds = training.build_dataset(job, eng.model)
+    ds = loop.build_dataset(job, eng.model)
     return [eng.train_step(*batch_for_step(ds, s, job.batch_size))
             for s in range(start, start + steps)]
 
 
 def _plain(job: Job, steps: int, model=None, optimizer=None, start: int = 0):
-    model = model or training.build_model(job)
-    optimizer = optimizer or training.build_optimizer(job, model.parameters())
-    ds = training.build_dataset(job, model)
-    step = training.standard_step(model, model.loss, optimizer, job, "cpu")
+    model = model or loop.build_model(job)
+    optimizer = optimizer or loop.build_optimizer(job, model.parameters())
+    ds = loop.build_dataset(job, model)
+    step = loop.standard_step(model, model.loss, optimizer, job, "cpu")
     return [float(step(*batch_for_step(ds, s, job.batch_size)))
             for s in range(start, start + steps)], model, optimizer
 
@@ -117,8 +118,8 @@ def test_new_knobs_follow_fp32_state_and_resume_under_plain_training(tmp_path, k
     # technique-neutral checkpoint: fp32 moments on disk; a plain trainer (DDP on one device)
     # resumes from it and follows the same curve as continuing with spilling
     path = eng.save_checkpoint(str(tmp_path / "ck"), 20, {})
-    model = training.build_model(job)
-    opt = training.build_optimizer(job, model.parameters())
+    model = loop.build_model(job)
+    opt = loop.build_optimizer(job, model.parameters())
     assert ckpt.load_checkpoint(path, model, opt)["step"] == 20
     states = list(opt.state.values())
     assert states and all(s["exp_avg"].dtype == torch.float32 and s["exp_avg_sq"].dtype ==
@@ -150,7 +151,7 @@ def test_choose_device_shards_takes_a_prefix_that_fits():
 
 
 def test_profiler_candidates_and_precision_policy():
-    from saturn.profiler.session import cell_for
+    from saturn.profiler.cells import cell_for
 
     t = get_technique("spilling")
     bf16 = t.candidates(_job(), 1)

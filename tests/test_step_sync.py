@@ -2,7 +2,7 @@
 
 Every call that makes the host wait for the device (Tensor.item/tolist/cpu/numpy, float()/int()/
 bool() of a tensor, torch.cuda synchronize, blocking collectives) is counted while
-`training.train` runs on CPU, tagged with the number of steps done at that moment. Such calls may
+`loop.train` runs on CPU, tagged with the number of steps done at that moment. Such calls may
 only happen at read-back boundaries (every `readback_every` steps, plus the first step and the
 end), never once per step. Calls made inside the technique's own step function are not counted:
 the loop is under test here (the fake step below never synchronizes).
@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from saturn.spec.schema import Job
-from saturn.techniques import step_io, training
+from saturn.training import loop, step_io
 
 SYNCING_TENSOR_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__",
                           "__index__")
@@ -101,7 +101,7 @@ def make_trainable(done: list, counter_box: list, loss_weight: float = 1.0):
 
     data = torch.utils.data.TensorDataset(torch.arange(64 * 8).reshape(64, 8),
                                           torch.arange(64 * 8).reshape(64, 8) % 7)
-    return training.Trainable(step_fn=step, save=lambda d, s, m: f"{d}/step-{s}",
+    return loop.Trainable(step_fn=step, save=lambda d, s, m: f"{d}/step-{s}",
                               load=lambda p: {}, device=torch.device("cpu"),
                               loss_weight=loss_weight, dataset=data)
 
@@ -116,7 +116,7 @@ def run_counted(monkeypatch, *, world=1, steps=30, every=5, **kw):
     trainable = make_trainable(ctx.done, box)
     counter = SyncCounter(monkeypatch, ctx.done, world)
     box.append(counter)
-    res = training.train(job(), trainable, ctx, mode=kw.pop("mode", "run"), num_steps=steps,
+    res = loop.train(job(), trainable, ctx, mode=kw.pop("mode", "run"), num_steps=steps,
                          readback_every=every, readback_s=1e9, **kw)
     return res, counter
 
@@ -167,10 +167,10 @@ def test_losses_read_back_are_the_step_losses(monkeypatch):
     """Deferred read-back returns exactly what each step returned, weighted per rank."""
     ctx, box = FakeCtx(), []
     eager = [float(v) for v in _eager_losses()]
-    res = training.train(job(), make_trainable(ctx.done, box), ctx, mode="run", num_steps=12,
+    res = loop.train(job(), make_trainable(ctx.done, box), ctx, mode="run", num_steps=12,
                          readback_every=4, readback_s=1e9)
     assert [v for _, v in res["losses"]] == pytest.approx(eager, rel=1e-12)
-    half = training.train(job(), make_trainable(FakeCtx().done, [], loss_weight=0.5), FakeCtx(),
+    half = loop.train(job(), make_trainable(FakeCtx().done, [], loss_weight=0.5), FakeCtx(),
                           mode="run", num_steps=12, readback_every=4, readback_s=1e9)
     assert [v for _, v in half["losses"]] == pytest.approx([v / 2 for v in eager], rel=1e-12)
 
@@ -197,7 +197,7 @@ def test_metrics_are_durable_before_each_checkpoint(tmp_path):
         return f"{d}/step-{step}"
 
     t.save = save
-    res = training.train(job(), t, ctx, mode="run", num_steps=13, checkpoint_dir=str(tmp_path),
+    res = loop.train(job(), t, ctx, mode="run", num_steps=13, checkpoint_dir=str(tmp_path),
                          checkpoint_every=4, metrics_path=str(metrics), readback_every=10,
                          readback_s=1e9)
     assert sorted(seen) == [4, 8, 12, 13]
@@ -277,11 +277,11 @@ def test_compile_knob_is_declared_and_offered():
 
 def test_compile_blocks_keeps_parameter_names():
     """Module.compile() compiles in place: checkpoints stay canonical. CPU slots run eager."""
-    model = training.build_model(job())
+    model = loop.build_model(job())
     names = list(model.state_dict())
-    assert not training.compile_blocks(model, {"compile": True}, "cpu")
-    assert not training.compile_blocks(model, {"compile": False}, "cuda")
-    assert training.compile_blocks(model, {"compile": True}, "cuda")  # compiles lazily, at call
+    assert not loop.compile_blocks(model, {"compile": True}, "cpu")
+    assert not loop.compile_blocks(model, {"compile": False}, "cuda")
+    assert loop.compile_blocks(model, {"compile": True}, "cuda")  # compiles lazily, at call
     assert all(getattr(b, "_compiled_call_impl", None) is not None for b in model.blocks())
     assert list(model.state_dict()) == names
 

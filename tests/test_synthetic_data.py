@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saturn.spec.schema import Job
-from saturn.techniques import training
+from saturn.training import loop
 from saturn.zoo import data as zd
 from saturn.zoo.data import SyntheticImages, SyntheticTokens, batch_for_step, made_on_device
 
@@ -43,7 +43,7 @@ def _trainable(dataset, seen: list, *, rank: int = 0, world: int = 1, step_s: fl
         seen.append((x.clone(), y.clone()))
         return x.float().mean()
 
-    return training.Trainable(step_fn=step, save=lambda d, s, m: f"{d}/{s}", load=lambda p: {},
+    return loop.Trainable(step_fn=step, save=lambda d, s, m: f"{d}/{s}", load=lambda p: {},
                               device=torch.device("cpu"), dp_rank=rank, dp_world=world, dataset=dataset)
 
 
@@ -53,7 +53,7 @@ def _job(batch: int = 4) -> Job:
 
 def _run(dataset, *, start: int = 0, steps: int = 6, **kw) -> tuple[list, dict]:
     seen: list = []
-    res = training.train(_job(), _trainable(dataset, seen, **kw), Ctx(), mode="run", start_step=start,
+    res = loop.train(_job(), _trainable(dataset, seen, **kw), Ctx(), mode="run", start_step=start,
                          num_steps=steps, readback_every=3)
     return seen, res
 
@@ -93,7 +93,7 @@ def test_slow_synthetic_generation_is_hidden_behind_the_step(monkeypatch):
 
     monkeypatch.setattr(SyntheticTokens, "samples", slow)
     seen = []
-    res = training.train(_job(), _trainable(ds, seen, step_s=0.05), Ctx(), mode="trial", num_steps=8,
+    res = loop.train(_job(), _trainable(ds, seen, step_s=0.05), Ctx(), mode="trial", num_steps=8,
                          warmup=2)
     assert res["data_wait_s"] < 0.01, res["data_wait_s"]
 
@@ -190,7 +190,7 @@ def test_integer_hash_arithmetic_is_exact(x, c):
 def test_synthetic_batches_made_on_the_gpu_equal_the_cpu_ones():
     """Counter-based randomness: bitwise the same data on the GPU as on the CPU; the training
     prefetcher hands out batches that live on the GPU and were never copied from the host."""
-    from saturn.techniques import step_io
+    from saturn.training import step_io
 
     dev = torch.device("cuda")
     for ds in (SyntheticTokens(50257, 64, seed=2), SyntheticImages(224, 3, 1000, seed=2)):

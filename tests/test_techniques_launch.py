@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from saturn.techniques.launch import run_workers
+from saturn.runtime.launch import run_workers
 
 HERE = "tests.test_techniques_launch"
 
@@ -82,7 +82,7 @@ def _no_workers_of(pid: int) -> bool:
     def is_worker(c: psutil.Process) -> bool:
         try:
             return (c.is_running() and c.status() != psutil.STATUS_ZOMBIE
-                    and "saturn.techniques.worker" in " ".join(c.cmdline()))
+                    and "saturn.runtime.worker" in " ".join(c.cmdline()))
         except psutil.Error:
             return False
 
@@ -125,7 +125,7 @@ def test_hang_times_out_and_leaves_nothing(tmp_path):
 
 _LAUNCHER = textwrap.dedent("""
     import json, sys
-    from saturn.techniques.launch import run_workers
+    from saturn.runtime.launch import run_workers
     res = run_workers("{target}", {{"dir": sys.argv[1]}}, [0, 1], device_type="cpu",
                       timeout_s=300, grace_s={grace})
     print("RESULT " + json.dumps(res), flush=True)

@@ -53,7 +53,7 @@ def _records(p: Path) -> list[dict]:
 
 
 def test_sigkill_at_random_moments_loses_no_logged_step_or_checkpoint(tmp_path):
-    from saturn.executor.backends import latest_checkpoint_step
+    from saturn.executor.backends.process import latest_checkpoint_step
     from saturn.executor.report import load_run
 
     w = tmp_path / "w.yaml"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from saturn.profiler.table import ProfileStore
-from saturn.profiles import store
+from saturn.profiles import checks, store
 
 
 def _row(writer: int, i: int, **kw) -> dict:
@@ -90,7 +90,7 @@ def _csv(tmp_path, rows, name="t.csv"):
 def test_invalid_table_names_file_row_and_column(tmp_path, col, value, needle):
     rows = [_row(0, 0), _row(0, 1, **{col: value}), _row(0, 2)]
     p = _csv(tmp_path, rows)
-    with pytest.raises(store.ProfileTableError) as e:
+    with pytest.raises(checks.ProfileTableError) as e:
         store.read_table(p)
     msg = str(e.value)
     assert str(p) in msg and "line 4" in msg and "data row 2" in msg and repr(col) in msg and needle in msg
@@ -103,7 +103,7 @@ def test_infeasible_rows_may_lack_step_time(tmp_path):
 
 def test_store_directory_with_bad_table_is_an_error_not_a_skip(tmp_path):
     _csv(tmp_path, [_row(0, 0, step_time_s=-1)], name="bad.csv")
-    with pytest.raises(store.ProfileTableError, match="bad.csv"):
+    with pytest.raises(checks.ProfileTableError, match="bad.csv"):
         store.load_store(tmp_path)
 
 

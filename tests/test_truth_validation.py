@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saturn.errors import SaturnError, SpecError
-from saturn.profiles import store
+from saturn.profiles import checks, store
 from saturn.spec import limits as L
 from saturn.spec import load_workload
 from tests.cli_runner import saturn_cli
@@ -198,7 +198,7 @@ def test_hypothesis_malformed_profile_tables_error_with_location_or_load(tmp_pat
         # a line break inside a cell can break the CSV's row structure itself: then the damage shows
         # (and is named) wherever the parser lands, not necessarily at the generated cell
         breaks_rows = isinstance(value, str) and ("\r" in value or "\n" in value)
-        if (isinstance(exc, store.ProfileTableError) and "cannot read" not in str(exc)
+        if (isinstance(exc, checks.ProfileTableError) and "cannot read" not in str(exc)
                 and "no column" not in str(exc) and not breaks_rows):
             assert f"line {row + 2}" in str(exc) and repr(col) in str(exc), str(exc)
     else:

@@ -11,10 +11,11 @@ import time
 import pandas as pd
 import pytest
 
+from saturn.runtime.launch import run_workers
+from saturn.runtime.routing import using_pool
+from saturn.runtime.warm import WarmPool
 from saturn.spec.schema import Job
 from saturn.techniques import get_technique
-from saturn.techniques.launch import run_workers
-from saturn.techniques.warm import WarmPool, using_pool
 
 pytestmark = pytest.mark.slow
 HERE = "tests.test_warm_workers"
@@ -172,7 +173,7 @@ def test_warm_launch_reaches_first_step_sooner_than_cold(pool):
 
 def test_gpu_worker_host_rss_gets_slack_but_gpu_memory_does_not():
     """A GPU worker is judged by its GPU memory; host RSS (allocator caches) gets >= 2 GiB slack."""
-    from saturn.techniques.warm import _MIB, WarmPool
+    from saturn.runtime.warm import _MIB, WarmPool
 
     pool = object.__new__(WarmPool)
     pool.device_type, pool.tolerance = "cuda", 256 * _MIB

@@ -19,7 +19,8 @@ and `cancel` only enqueue commands that the loop thread applies between executor
 submitted together (`submit_many`, or several `submit` calls between two steps) is planned
 together. Reads (`report`, futures) see snapshots the loop publishes after every step.
 
-Modules: stages (profile / plan / run as functions), futures (JobReport, JobFuture), orchestrator
+Modules, in stage order: workload (load: a Workload, cluster resolved), stages (profile,
+profiles_table, plan), run_stages (prepare_run, run), futures (JobReport, JobFuture), orchestrator
 (the Orchestrator: intake + executor thread + results), intake (submit / cancel, profile rows),
 executor_thread (the background loop). Executors are built by `saturn.executor.build` for every
 front door, so `saturn.run()`, `Orchestrator` and `saturn run` pick the same backend.
@@ -28,7 +29,8 @@ front door, so `saturn.run()`, `Orchestrator` and `saturn run` pick the same bac
 from typing import Any
 
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
-from saturn.api.stages import plan, profile, profiles_table, run, synthetic_profiles
+from saturn.api.run_stages import run
+from saturn.api.stages import plan, profile, profiles_table, synthetic_profiles
 
 
 def __getattr__(name: str) -> Any:

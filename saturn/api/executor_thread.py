@@ -20,7 +20,7 @@ from saturn.api.futures import JobReport
 log = logging.getLogger("saturn.api")
 
 
-class _Tap:
+class Tap:
     """Wraps a backend: records every progress/finished loss per job (the executor's state only
     keeps the latest), optionally rewriting simulated losses."""
 
@@ -48,10 +48,10 @@ class _Tap:
         return evs
 
 
-def _paced_simulated_backend(step_time: Callable, startup: Callable, speed: float, **kw: Any) -> Any:
+def paced_simulated_backend(step_time: Callable, startup: Callable, speed: float, **kw: Any) -> Any:
     """A SimulatedBackend whose virtual clock follows the wall clock x `speed`, so that a client
     polling in real time (an HPO loop) sees jobs progress instead of finishing at once."""
-    from saturn.executor.backends import SimulatedBackend
+    from saturn.executor.backends.simulated import SimulatedBackend
 
     class PacedSimulatedBackend(SimulatedBackend):
         def __init__(self) -> None:
@@ -130,7 +130,7 @@ class ExecutorThread:
 
     def _apply_measured(self, names: list, rows: Any, reason: str) -> None:
         from saturn.api.background_profiling import shape_key
-        from saturn.executor.loop import _records
+        from saturn.executor.estimates import profile_records
         from saturn.executor.state import PENDING, TERMINAL
 
         for name in names:
@@ -155,7 +155,7 @@ class ExecutorThread:
             mine = self._remember(job, mine) if job is not None else mine
             self._ex.est.rows[name] = []  # the estimate goes; infeasible options stay out
             self._ex.est.add_profiles(mine)
-            self._ex.emit("profiles", rows=_records(mine))
+            self._ex.emit("profiles", rows=profile_records(mine))
             self._profile_source[name] = "measured"
             self._ex._replan_needed = True
 

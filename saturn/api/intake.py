@@ -146,11 +146,11 @@ class JobIntake:
 
 
     def _check_paths(self, job: Any) -> None:
-        """The `local_paths` stage of every front door (saturn.api.run_stages.check_paths): a job
+        """The `local_paths` stage of every front door (saturn.api.workload.check_paths): a job
         that runs here needs its local files here (SpecError naming them, before it is queued)."""
         if self.simulated or getattr(self.cluster, "ray", None) is not None:
             return
-        from saturn.api.run_stages import check_paths
+        from saturn.api.workload import check_paths
         from saturn.spec import Workload
 
         check_paths(Workload(name=f"submit-{job.name}", cluster=self.cluster, jobs=[job]))

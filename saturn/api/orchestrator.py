@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import pandas as pd
 
-from saturn.api.executor_thread import ExecutorThread, _paced_simulated_backend, _Tap
+from saturn.api.executor_thread import ExecutorThread, Tap, paced_simulated_backend
 from saturn.api.futures import JobFuture, JobReport, OrchestratorError
 from saturn.api.intake import JobIntake
 from saturn.executor import build, defaults
@@ -117,7 +117,7 @@ class Orchestrator(JobIntake, ExecutorThread):
         if isinstance(backend, str):
             if backend in ("simulate", "simulated", "sim"):
                 self.simulated = True
-                be = _paced_simulated_backend(self._sim_step_time, self._sim_startup, float(sim_speed),
+                be = paced_simulated_backend(self._sim_step_time, self._sim_startup, float(sim_speed),
                                               checkpoint_s=0.5)
                 poll = 0.05
             elif backend in ("auto", "process", "ray"):
@@ -151,7 +151,7 @@ class Orchestrator(JobIntake, ExecutorThread):
             if resume and be is not None and self.simulated:
                 raise OrchestratorError("resume=True continues a real run; simulated runs are not resumable")
             self._ex = build.build_executor([], self.cluster, empty, options=opts, backend=be, config=config,
-                                      wrap=lambda inner: _Tap(inner, self._on_loss, tap_loss))
+                                      wrap=lambda inner: Tap(inner, self._on_loss, tap_loss))
         if config is None:
             self._ex.cfg.objective = objective
         self.backend = self._ex.backend
@@ -170,7 +170,7 @@ class Orchestrator(JobIntake, ExecutorThread):
 
         ex = resume_executor(self.run_dir, checkpoint_every=opts.checkpoint_every, device_type=opts.device_type,
                              config=config)
-        ex.backend = _Tap(ex.backend, self._on_loss, tap_loss)
+        ex.backend = Tap(ex.backend, self._on_loss, tap_loss)
         for name, js in ex.state.jobs.items():
             fut = JobFuture(self, name)
             fut._accepted = True

@@ -1,5 +1,5 @@
-"""The stages every front door takes before a run starts: `saturn run`, `saturn.run()` (and the
-`Orchestrator` for its jobs' paths and measurements).
+"""The run stage: `run(workload)` (= `saturn run`), and the stages every front door takes before
+a run starts: `saturn run`, `saturn.run()` (and the `Orchestrator` for its jobs' measurements).
 
     prep = prepare_run(workload, profiles=None, require_measured=False, run_dir=...)
     prep.stages   # ["load", "local_paths", "run_dir", "profiles", "measure_in_run"]
@@ -16,6 +16,8 @@
    `RunMeasurer` (saturn.profiles.inrun) turns the first attempt of every unmeasured option into
    its measurement; otherwise a warning names the options that stay unmeasured.
 
+Arrows point one way: `workload` (stage 1) <- `stages` (profile table, plan) <- this module.
+
 Why one function: the two doors used to differ (one re-profiled guessed options in separate
 processes before the run, the other did not); the list of stages taken is returned so a test can
 check that they no longer do.
@@ -23,6 +25,7 @@ check that they no longer do.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import pandas as pd
+
+from saturn.executor import defaults
+
+log = logging.getLogger("saturn.api")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -63,7 +70,7 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
                 device_type: str = "auto") -> PreparedRun:
     """Take the stages above for `workload` (a Workload, YAML path or text); see the module
     docstring. Raises SaturnError (exit 2) before any work when a stage refuses."""
-    from saturn.api.stages import _workload, load
+    from saturn.api.workload import as_workload, check_paths, load
     from saturn.env import check_environment
     from saturn.executor.build import check_fresh_run_dir, default_run_dir
     from saturn.executor.defaults import TIME_LIMIT_S
@@ -74,8 +81,8 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     stages: list[str] = []
     timings: dict[str, float] = {}
     notes: list[str] = []
-    raw = _workload(workload)
-    wl = load(workload)
+    raw = as_workload(workload)
+    wl = load(raw)  # parsed once: `raw` keeps the cluster as the user described it
     stages.append("load")
     timings["load_s"] = time.perf_counter() - t0
     if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
@@ -145,14 +152,6 @@ def check_gpus_here(raw: Any, device_type: str = "auto", source: Any = None) -> 
                       "running it; `--devices cpu` trains on this machine's CPU anyway.")
 
 
-def check_paths(workload: Any) -> None:
-    """The `local_paths` stage (run, profile, Orchestrator.submit): the files the jobs need
-    (weights, data) exist on this machine; a SpecError (exit 2) naming each missing one."""
-    from saturn.spec import check_local_paths
-
-    check_local_paths(workload)
-
-
 def _profiles(wl: Any, profiles: Any, *, simulate: bool, store_dir: Optional[PathLike],
               notes: list[str]) -> tuple[pd.DataFrame, bool]:
     """(per-job table, whether it comes from the profile store). Options no row covers get
@@ -218,3 +217,71 @@ def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, 
                  "attempt of each option measures it into the profile store")
     return RunMeasurer(signatures={j.name: str(j.signature) for j in wl.jobs}, table=table, hardware=hw.key(),
                        run_id=run_id, store_dir=store_dir)
+
+
+def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = None, simulate: bool = False,
+        interval_s: float = defaults.INTERVAL_S, introspect: bool = True, plan: Any = None,
+        time_limit_s: float = defaults.TIME_LIMIT_S, max_retries: int = defaults.MAX_RETRIES,
+        checkpoint_every: int = defaults.CHECKPOINT_EVERY, noise: float = 0.15, seed: int = 0,
+        device_type: str = "auto", live: bool = False, require_measured: bool = False,
+        store_dir: Optional[PathLike] = None) -> dict:
+    """Plan and execute introspectively (= `saturn run W.yaml`), through the same stages as the
+    CLI (saturn.api.run_stages.prepare_run): options nobody measured are measured by the jobs'
+    own first steps, written to the profile store and re-planned on.
+
+    Blocks until every job is done; returns {job: JobResult(status, steps, final_loss,
+    checkpoint, metrics_path, reason)}. `simulate=True` runs on a virtual clock at profiled speed
+    x log-normal noise (no training); a workload with `cluster: {ray: ...}` runs on Ray.
+    `plan`: a Plan / plan dict / JSON path to start from. `require_measured`: refuse (SaturnError)
+    a plan resting on numbers nobody measured."""
+    from saturn.ranges import check_args, check_path_arg
+
+    check_args("saturn.run", interval_s=interval_s, time_limit_s=time_limit_s, max_retries=max_retries,
+               checkpoint_every=checkpoint_every, noise=noise, seed=seed)
+    check_path_arg("saturn.run", "run_dir", run_dir)
+    check_path_arg("saturn.run", "store_dir", store_dir)
+    check_path_arg("saturn.run", "profiles", profiles, table=True)
+    prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
+                       store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
+                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s),
+                       device_type=device_type)
+    display = None
+    if live and not simulate:
+        from rich.console import Console
+
+        from saturn.executor.display import LiveDisplay
+
+        display = LiveDisplay(Console())
+    ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval_s,
+                        introspect=introspect, time_limit_s=time_limit_s, max_retries=max_retries,
+                        checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
+    try:
+        if display is not None:
+            with display:
+                return ex.run_until_done()
+        return ex.run_until_done()
+    finally:
+        ex.backend.shutdown()
+        ex.close()
+
+
+def start_executor(prep: Any, *, display: Any = None, simulate: bool = False,
+                   interval_s: float = defaults.INTERVAL_S, introspect: bool = True,
+                   time_limit_s: float = defaults.TIME_LIMIT_S, max_retries: int = defaults.MAX_RETRIES,
+                   checkpoint_every: int = defaults.CHECKPOINT_EVERY, noise: float = 0.15, seed: int = 0,
+                   device_type: str = "auto") -> Any:
+    """The executor for a PreparedRun (both doors): the stages taken and their timings go into
+    the run's journal (`saturn report` and the benchmarks read them)."""
+    from saturn.executor.build import RunOptions, build_executor
+
+    wl = prep.workload
+    opts = RunOptions(run_dir=prep.run_dir, simulate=simulate, interval_s=interval_s, introspect=introspect,
+                      time_limit_s=time_limit_s, max_retries=max_retries, checkpoint_every=checkpoint_every,
+                      noise=noise, seed=seed, device_type=device_type,
+                      objective=getattr(wl, "objective", "makespan"))
+    ex = build_executor(wl.jobs, wl.cluster, prep.table, options=opts, plan=prep.plan, display=display,
+                        measurer=prep.measurer)
+    if prep.run_dir is not None:
+        ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes),
+                                       "simulated": bool(simulate)})
+    return ex

@@ -1,9 +1,11 @@
-"""The pipeline stages as functions: `profile`, `plan`, `run` (= `saturn profile|plan|run`).
+"""The middle stages as functions: `profile` and `plan` (= `saturn profile|plan`), and
+`profiles_table`, the one place a planner table is loaded (file, DataFrame or the profile store,
+with the prior's `estimated` rows, profiling what is missing when allowed).
 
-The CLI commands are thin shells over these (arrows point one way: cli -> api -> stages), and
-`run` builds its executor with `saturn.executor.build`, the same builder as `saturn run` and the
-`Orchestrator`. `profiles_table` is the one place a planner table is loaded (file, DataFrame or
-the profile store, profiling what is missing when allowed).
+Each takes the previous stage's output: a Workload (from `saturn.api.workload.load`) -> profile
+table -> Plan. The run stage (`run`, `prepare_run`) is `saturn.api.run_stages`, which builds its
+executor with `saturn.executor.build`, the same builder as `saturn run` and the `Orchestrator`.
+Arrows point one way: cli -> api; workload <- stages <- run_stages.
 """
 
 from __future__ import annotations
@@ -15,37 +17,9 @@ from typing import Any, Iterable, Optional, Union
 
 import pandas as pd
 
-from saturn.executor import defaults
-
 log = logging.getLogger("saturn.api")
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _workload(workload: Any) -> Any:
-    from saturn.spec import Workload, load_workload
-
-    if isinstance(workload, Workload):
-        return workload
-    return load_workload(workload)
-
-
-def _with_path(wl: Any, path: Any) -> Any:
-    """Let error messages (the missing-profiles hint) quote the workload file."""
-    if isinstance(path, (str, os.PathLike)) and "\n" not in str(path):
-        try:
-            object.__setattr__(wl, "path", str(path))
-        except Exception:  # noqa: BLE001 - cosmetic (error messages quote the path)
-            pass
-    return wl
-
-
-def load(workload: Any) -> Any:
-    """The Workload for a Workload, a YAML path or YAML text, with its cluster's nodes resolved
-    (Ray clusters are discovered here, through saturn.executor.build)."""
-    from saturn.executor.build import with_resolved_cluster
-
-    return with_resolved_cluster(_with_path(_workload(workload), workload))
 
 
 def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
@@ -55,7 +29,7 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
     (store_dir, budget_min, force, exhaustive, progress=False, ...). Returns one row per (job,
     option). The trials run here, so the jobs' local files are checked first (the same
     `local_paths` stage as `run`)."""
-    from saturn.api.run_stages import check_paths
+    from saturn.api.workload import check_paths, load
     from saturn.env import check_environment
     from saturn.profiler import profile as _profile
     from saturn.ranges import check_args, check_path_arg
@@ -77,7 +51,7 @@ def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool
     profiles: None (the profile store), a path to a CSV/parquet, or a DataFrame, either per job
     (a `job` column, used as given) or in store format (matched by profile signature). With
     `prior` (the default), every option no row covers gets an `estimated` row from the prior cost
-    model (`saturn.profiler.prior_rows`), so no job is left unplanned; with `allow_profiling`,
+    model (`saturn.prior.rows`), so no job is left unplanned; with `allow_profiling`,
     jobs that would still have no row at all are profiled first."""
     from saturn.errors import MissingProfilesError
     from saturn.profiles.store import load_store, profiles_for, read_table
@@ -106,7 +80,7 @@ def profiles_table(workload: Any, profiles: Any = None, *, allow_profiling: bool
 def table_check(wl: Any) -> Any:
     """The check of profile tables against this workload's registry and cluster (#28): techniques
     registered (or named by the jobs), feasible rows within the cluster's device memory."""
-    from saturn.profiles.store import cluster_check
+    from saturn.profiles.checks import cluster_check
     from saturn.techniques.registry import technique_names
 
     names = set(technique_names())
@@ -123,7 +97,7 @@ def table_check(wl: Any) -> Any:
 def _with_prior(wl: Any, table: pd.DataFrame, store_dir: Optional[PathLike], prior: bool) -> pd.DataFrame:
     if not prior:
         return table
-    from saturn.profiler.prior_rows import with_prior
+    from saturn.prior.rows import with_prior
 
     return with_prior(wl, table, store_dir)
 
@@ -134,6 +108,7 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     profiles: as in `profiles_table` (default: the store; missing profiles raise
     MissingProfilesError with the `saturn profile` command to run). kwargs go to
     `saturn.planner.plan` (mip_gap, warm_start, threads). Returns a `saturn.planner.Plan`."""
+    from saturn.api.workload import load
     from saturn.env import check_environment
     from saturn.planner import plan as _plan
     from saturn.planner.provenance import annotate
@@ -147,75 +122,6 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     kwargs.setdefault("objective", getattr(wl, "objective", "makespan"))  # the YAML's `objective:`
     # every assignment says where its numbers came from (measured / extrapolated / simulated / guessed)
     return annotate(_plan(wl.jobs, wl.cluster, table, time_limit_s=time_limit_s, **kwargs), table)
-
-
-def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = None, simulate: bool = False,
-        interval_s: float = defaults.INTERVAL_S, introspect: bool = True, plan: Any = None,
-        time_limit_s: float = defaults.TIME_LIMIT_S, max_retries: int = defaults.MAX_RETRIES,
-        checkpoint_every: int = defaults.CHECKPOINT_EVERY, noise: float = 0.15, seed: int = 0,
-        device_type: str = "auto", live: bool = False, require_measured: bool = False,
-        store_dir: Optional[PathLike] = None) -> dict:
-    """Plan and execute introspectively (= `saturn run W.yaml`), through the same stages as the
-    CLI (saturn.api.run_stages.prepare_run): options nobody measured are measured by the jobs'
-    own first steps, written to the profile store and re-planned on.
-
-    Blocks until every job is done; returns {job: JobResult(status, steps, final_loss,
-    checkpoint, metrics_path, reason)}. `simulate=True` runs on a virtual clock at profiled speed
-    x log-normal noise (no training); a workload with `cluster: {ray: ...}` runs on Ray.
-    `plan`: a Plan / plan dict / JSON path to start from. `require_measured`: refuse (SaturnError)
-    a plan resting on numbers nobody measured."""
-    from saturn.api.run_stages import prepare_run
-    from saturn.ranges import check_args, check_path_arg
-
-    check_args("saturn.run", interval_s=interval_s, time_limit_s=time_limit_s, max_retries=max_retries,
-               checkpoint_every=checkpoint_every, noise=noise, seed=seed)
-    check_path_arg("saturn.run", "run_dir", run_dir)
-    check_path_arg("saturn.run", "store_dir", store_dir)
-    check_path_arg("saturn.run", "profiles", profiles, table=True)
-    prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
-                       store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
-                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s),
-                       device_type=device_type)
-    display = None
-    if live and not simulate:
-        from rich.console import Console
-
-        from saturn.executor.display import LiveDisplay
-
-        display = LiveDisplay(Console())
-    ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval_s,
-                        introspect=introspect, time_limit_s=time_limit_s, max_retries=max_retries,
-                        checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
-    try:
-        if display is not None:
-            with display:
-                return ex.run_until_done()
-        return ex.run_until_done()
-    finally:
-        ex.backend.shutdown()
-        ex.close()
-
-
-def start_executor(prep: Any, *, display: Any = None, simulate: bool = False,
-                   interval_s: float = defaults.INTERVAL_S, introspect: bool = True,
-                   time_limit_s: float = defaults.TIME_LIMIT_S, max_retries: int = defaults.MAX_RETRIES,
-                   checkpoint_every: int = defaults.CHECKPOINT_EVERY, noise: float = 0.15, seed: int = 0,
-                   device_type: str = "auto") -> Any:
-    """The executor for a PreparedRun (both doors): the stages taken and their timings go into
-    the run's journal (`saturn report` and the benchmarks read them)."""
-    from saturn.executor.build import RunOptions, build_executor
-
-    wl = prep.workload
-    opts = RunOptions(run_dir=prep.run_dir, simulate=simulate, interval_s=interval_s, introspect=introspect,
-                      time_limit_s=time_limit_s, max_retries=max_retries, checkpoint_every=checkpoint_every,
-                      noise=noise, seed=seed, device_type=device_type,
-                      objective=getattr(wl, "objective", "makespan"))
-    ex = build_executor(wl.jobs, wl.cluster, prep.table, options=opts, plan=prep.plan, display=display,
-                        measurer=prep.measurer)
-    if prep.run_dir is not None:
-        ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes),
-                                       "simulated": bool(simulate)})
-    return ex
 
 
 def synthetic_profiles(jobs: Iterable[Any], *, step_time_s: float = 0.05, startup_s: float = 1.0,

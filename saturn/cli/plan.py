@@ -39,7 +39,7 @@ def plan_command(
     from rich.table import Table
 
     from saturn.api import plan, profiles_table
-    from saturn.api.stages import load
+    from saturn.api.workload import load
     from saturn.cli.common import console, write_json
     from saturn.planner.provenance import GUESSES
 

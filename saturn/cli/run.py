@@ -73,8 +73,7 @@ def run_command(
         raise SaturnError("give a workload YAML (or --resume RUN_DIR)")
     if not workload.exists():
         raise SaturnError(f"workload file {workload} does not exist")
-    from saturn.api.run_stages import prepare_run
-    from saturn.api.stages import start_executor
+    from saturn.api.run_stages import prepare_run, start_executor
 
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        run_dir=run_dir, time_limit_s=time_limit, plan=plan, run_dir_flag="--run-dir",

@@ -1,7 +1,7 @@
 """What a run directory says about input pipelines: data-wait per job and the tuner's decisions.
 
 Read from the files the job writes into its directory (RUN/jobs/JOB/): `metrics.jsonl` (one line
-per step with `step_time_s` and `data_wait_s`, see saturn.techniques.training) and
+per step with `step_time_s` and `data_wait_s`, see saturn.training.loop) and
 `data_tuner.jsonl` (one line per tuner decision, see saturn.data.tuner). `saturn report` prints it;
 the goodput breakdown can take `data_wait_s` as the data-wait phase.
 """
@@ -56,7 +56,10 @@ def format_lines(summary: dict[str, Any]) -> list[str]:
         if s.get("tuner"):
             t = s["tuner"]
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(t["by_action"].items()))
-            parts.append(f"tuner: {t['decisions']} decisions ({kinds}); now workers {t['workers']}, "
-                         f"prefetch {t['prefetch']}, {t['throughput_samples_s']:.0f} samples/s")
+            cores = ", ".join(f"{k} {v:.2f}" for k, v in t.get("cores", {}).items())
+            parts.append(f"tuner: {t['decisions']} decisions ({kinds}), {t.get('moves', 0)} core moves kept; "
+                         f"now workers {t['workers']}, prefetch {t['prefetch']}, "
+                         f"{t['throughput_samples_s']:.0f} samples/s"
+                         + (f"; cores held per stage {cores} (measured)" if cores else ""))
         lines.append(f"{job}: " + "; ".join(parts))
     return lines

@@ -156,7 +156,7 @@ def make_backend(kind: str, cluster: Any, options: RunOptions, *, table: Any = N
         raise SaturnError(f"backend {kind!r} needs a run directory (journal, logs, checkpoints)")
     run_dir = Path(options.run_dir)
     if kind == "ray":
-        from saturn.executor.ray_backend import RayBackend, RayExecutor
+        from saturn.executor.backends.ray import RayBackend, RayExecutor
 
         return RayBackend(run_dir, cluster.ray, checkpoint_every=options.checkpoint_every), RayExecutor
     if kind == "process":
@@ -201,7 +201,7 @@ def build_executor(jobs: Any, cluster: Any, profiles: Any, *, options: RunOption
 
 def _executor_class_for(backend: Any) -> type:
     from saturn.executor import Executor
-    from saturn.executor.ray_backend import RayBackend, RayExecutor  # (imports Ray lazily)
+    from saturn.executor.backends.ray import RayBackend, RayExecutor  # (imports Ray lazily)
 
     return RayExecutor if isinstance(backend, RayBackend) else Executor
 
@@ -212,7 +212,7 @@ def resume_executor(run_dir: Union[str, Path], *, checkpoint_every: int = defaul
     """The executor continuing the run in `run_dir` on the backend it was started with (Ray runs
     on Ray, the others in local processes)."""
     from saturn.executor import Executor, ProcessBackend
-    from saturn.executor.ray_backend import RayExecutor, resume_backend_factory
+    from saturn.executor.backends.ray import RayExecutor, resume_backend_factory
 
     run_dir = Path(run_dir)
     factory = resume_backend_factory(run_dir, checkpoint_every=checkpoint_every)

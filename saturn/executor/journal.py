@@ -42,7 +42,7 @@ from saturn.executor.state import (
     Segment,
     option_key,
 )
-from saturn.process import pid_alive
+from saturn.runtime.process import pid_alive
 
 JOURNAL_FILE = "journal.sqlite"
 HEARTBEAT_FILE = "heartbeat"

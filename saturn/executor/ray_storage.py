@@ -13,14 +13,14 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from saturn.executor.backends import latest_checkpoint_step
+from saturn.executor.backends.process import latest_checkpoint_step
 
 
 def is_url(path: Optional[str]) -> bool:
     return bool(path) and "://" in str(path)
 
 
-def _join(root: str, *parts: str) -> str:
+def join_url(root: str, *parts: str) -> str:
     if is_url(root):
         return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
     return str(Path(root, *parts))
@@ -56,7 +56,7 @@ def latest_in_store(ckpt: str) -> tuple[Optional[int], Optional[str]]:
         if name is None:
             return None, None
         meta = json.loads(fs.cat_file(f"{root}/{name}/meta.json"))
-        return int(meta["step"]), _join(ckpt, name)
+        return int(meta["step"]), join_url(ckpt, name)
     except (OSError, ValueError, KeyError):
         return None, None
 
@@ -98,4 +98,4 @@ def upload_checkpoint(local_path: str, url: str, keep: int = 2) -> str:
                 fs.rm(f"{root}/step-{s}", recursive=True)
     except OSError:
         pass
-    return _join(url, name)
+    return join_url(url, name)

@@ -22,7 +22,7 @@ in one attempt. Everything group-specific is here, behind three hooks of the loo
   offered to the planner as a solo option.
 * Launching. When the plan's first member of a group is ready, every pending member of the
   group is launched together: one `launch` event per member, one runner process
-  (`python -m saturn.executor.job_runner` with a group spec, so it dies with the executor and
+  (`python -m saturn.runtime.job_runner` with a group spec, so it dies with the executor and
   `resume` recognises it), registered with the process backend once per member. That process
   writes each member's metrics lines, checkpoints and result file in the member's own job
   directory, exactly where a solo attempt writes them, so progress, retries (a failed group
@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any, Optional
 
 import pandas as pd
@@ -49,7 +48,7 @@ TECHNIQUE = sharp_option.TECHNIQUE
 
 def runs_groups(backend: Any) -> bool:
     """Whether this backend can run a group attempt (one process for several jobs)."""
-    from saturn.executor.backends import ProcessBackend
+    from saturn.executor.backends.process import ProcessBackend
 
     return isinstance(backend, ProcessBackend)
 
@@ -97,7 +96,7 @@ def _running_groups(ex: Any) -> dict[str, list[Any]]:
 def _merge_fixed(fixed: list[Any]) -> list[Any]:
     """Members of one group hold the same GPUs: one fixed assignment per group (and per group
     checkpoint), as the planner requires distinct holders per GPU."""
-    from saturn.executor.policy import CHECKPOINT_SUFFIX, is_checkpoint
+    from saturn.executor.planner_inputs import CHECKPOINT_SUFFIX, is_checkpoint
 
     out: list[Assignment] = []
     merged: dict[str, Assignment] = {}
@@ -126,7 +125,7 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
     held = {js.name for lst in running.values() for js in lst}
     fixed = kw.pop("fixed", None)
     if fixed is None and held:  # the free re-plan: a running group stays where it runs
-        from saturn.executor.policy import held_gpus
+        from saturn.executor.planner_inputs import held_gpus
 
         fixed = [a for a in held_gpus(ex.state, ex.est, ex.now) if a.job in held]
     jobs = [j for j in jobs if j.name not in held]
@@ -156,7 +155,7 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
 
 def expand(assignments: list[Any]) -> list[Assignment]:
     """Group assignments as one per member (group checkpoint holds are kept as they are)."""
-    from saturn.executor.policy import is_checkpoint
+    from saturn.executor.planner_inputs import is_checkpoint
 
     out = []
     for a in assignments:
@@ -183,39 +182,8 @@ def launch(ex: Any, assignment: dict) -> bool:
         ex.emit("launch", job=js.name, technique=TECHNIQUE, knobs=dict(assignment.get("knobs") or {}),
                 node=assignment["node"], gpus=list(assignment["gpus"]), start_step=js.committed_step,
                 group=group)
-    pid = launch_process(ex.backend, group, members, assignment)
+    pid = ex.backend.launch_group(group, members, assignment)
     for js in members:
         js.current.pid = pid
         ex.emit("spawned", job=js.name, pid=pid)
     return True
-
-
-def launch_process(backend: Any, group: str, members: list[Any], assignment: dict) -> int:
-    """Start the group's runner process and register it once per member with the process
-    backend (its per-job polling, stopping and result reading then apply unchanged)."""
-    from saturn.executor.backends import _Proc, spawn_runner
-
-    spec_members, procs = [], []
-    for js in members:
-        d = backend.job_dir(js.name)
-        d.mkdir(parents=True, exist_ok=True)
-        attempt = js.attempts
-        res, prog = d / f"result-{attempt}.json", d / "progress.jsonl"
-        if res.exists():
-            res.unlink()
-        spec_members.append({"job": js.info.spec, "attempt": attempt, "start_step": js.committed_step,
-                             "checkpoint_dir": str(d / "ckpt"), "progress_path": str(prog),
-                             "result_path": str(res)})
-        procs.append((js.name, attempt, d, prog, res, prog.stat().st_size if prog.exists() else 0))
-    spec = {"group": group, "members": spec_members, "knobs": assignment.get("knobs") or {},
-            "gpus": [int(g) for g in assignment["gpus"]], "device_type": backend.device_type,
-            "checkpoint_every": backend.checkpoint_every, "grace_s": backend.grace_s}
-    first = backend.job_dir(members[0].name)
-    spec_path = first / f"group-attempt-{members[0].attempts}.json"
-    tmp = spec_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec, indent=1))
-    os.replace(tmp, spec_path)
-    p = spawn_runner(spec_path, first / "runner.txt", backend.extra_env)
-    for name, attempt, d, prog, res, offset in procs:
-        backend.procs[name] = _Proc(p, name, attempt, d, prog, res, offset)
-    return p.pid

@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 from saturn.api import JobReport, Orchestrator
@@ -77,7 +76,7 @@ def _job_of(trial: Any, made: Any, orch: Orchestrator) -> Any:
     return job
 
 
-def _aligned(metrics: Sequence[tuple[int, float]], last: int, every: int, done: bool) -> list[tuple[int, float]]:
+def aligned_reports(metrics: Sequence[tuple[int, float]], last: int, every: int, done: bool) -> list[tuple[int, float]]:
     """Intermediate values to report after step `last`: one per multiple of `every` (so that
     pruners compare trials at the same steps; a step without its own value takes the newest one
     before it), plus the final step once the job is done."""
@@ -99,8 +98,8 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
              n_trials: Optional[int] = None, timeout: Optional[float] = None, n_jobs: Optional[int] = None,
              catch: Union[type, tuple] = (), callbacks: Optional[list[Callable[[Any, Any], None]]] = None, *,
              objective: Optional[Callable[[JobReport], Union[float, Sequence[float]]]] = None,
-             report_every: int = 1, poll_s: float = 0.25, wait_for_batch: bool = False, profiles: Any = None,
-             **deprecated: Any) -> dict[int, JobReport]:
+             report_every: int = 1, poll_s: float = 0.25, wait_for_batch: bool = False,
+             profiles: Any = None) -> dict[int, JobReport]:
     """Run trials of `study` as Saturn jobs on `orchestrator`, like `study.optimize(func, ...)`;
     returns {trial number: JobReport} (trials whose objective returned a value have no report).
 
@@ -111,7 +110,7 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
     n_trials / timeout: stop asking after this many trials / seconds (running trials finish);
         both None: until interrupted, as in Optuna.
     n_jobs: trials in flight at once (default: twice the cluster's GPUs), asked together so the
-        planner sees them together. (`batch_size` is its deprecated name.)
+        planner sees them together.
     catch: exception types that fail a trial without stopping the study (objective, value, submit).
     callbacks: called as cb(study, frozen_trial) after each trial is told, as in Optuna.
     objective(report) -> value(s) told to Optuna (default: the job's final loss).
@@ -123,17 +122,6 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
     """
     optuna = _optuna()
     TrialState = optuna.trial.TrialState
-    for old, new in (("batch_size", "n_jobs"), ("timeout_s", "timeout")):
-        if old in deprecated:
-            warnings.warn(f"optimize(..., {old}=) is deprecated; use {new}= (Optuna's name)", FutureWarning,
-                          stacklevel=2)
-            val = deprecated.pop(old)
-            if new == "n_jobs" and n_jobs is None:
-                n_jobs = val
-            elif new == "timeout" and timeout is None:
-                timeout = val
-    if deprecated:
-        raise TypeError(f"optimize() got unexpected keyword argument(s): {', '.join(sorted(deprecated))}")
     catch = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
     if n_jobs is None or n_jobs < 1:
         nodes = getattr(orchestrator.cluster, "nodes", None) or []
@@ -250,7 +238,7 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
                 rep = fut.report()
                 new_loss = False
                 if not multi and rep.metrics:
-                    for step, loss in _aligned(rep.metrics, ent["last"], report_every, done):
+                    for step, loss in aligned_reports(rep.metrics, ent["last"], report_every, done):
                         trial.report(loss, step)
                         ent["last"] = step
                         new_loss = True

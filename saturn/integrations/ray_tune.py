@@ -142,13 +142,6 @@ def _get_actor(name: str) -> Any:
                           "before tuner.fit()") from None
 
 
-def _trainable_base() -> Any:
-    _ray()
-    from ray import tune
-
-    return tune.Trainable
-
-
 class _Missing:  # placeholder base when Ray is not installed, so the module imports
     pass
 

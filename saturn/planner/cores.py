@@ -100,7 +100,7 @@ def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
                   fixed_slots: Sequence[tuple[int, float, int]] = ()) -> int:
     """Add the per-node, per-slot core capacity rows to a HiGHS model built by milp._build.
 
-    blocks: milp._Block (job, option, group = node index, dur, col0, n_starts); fixed_slots:
+    blocks: milp_model.Block (job, option, group = node index, dur, col0, n_starts); fixed_slots:
     (node index, cores, slots held from 0) of running jobs. Returns the number of rows added.
     """
     import highspy
@@ -137,7 +137,7 @@ def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
 
 def slot_seed(seed: Sequence[Any], opt_key: Any, nodes_idx: dict[str, int], nodes: Sequence[Any], dur_of: dict,
               reserved: Sequence[Any] = (), fixed_cores: Sequence[tuple[int, float, int]] = ()) -> tuple[dict, int]:
-    """milp._slot_seed with core capacity too: replay the seed plan in slot time (GPU count and
+    """slot_replay.slot_seed with core capacity too: replay the seed plan in slot time (GPU count and
     cores per slot), so the warm start -- and the horizon T derived from it -- is feasible for the
     core rows. Returns (job -> (option key, start slot), makespan in slots)."""
     gpu_use: list[dict[int, int]] = [{} for _ in nodes]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 
 @contextmanager
-def _quiet_fd1():
+def quiet_fd1():
     """HiGHS prints a banner to C stdout when constructed; keep it out of CLI output."""
     try:
         fd = os.dup(1)
@@ -32,7 +32,7 @@ def _quiet_fd1():
 def new_highs():
     import highspy
 
-    with _quiet_fd1():
+    with quiet_fd1():
         h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     return h

@@ -138,7 +138,7 @@ def gpu_type_matches(profile_type: Any, node: NodeSpec) -> bool:
 
 
 # ------------------------------------------------------------------ the job duration model
-# Periodic checkpoints are background saves (saturn.techniques.checkpoint.in_background): only
+# Periodic checkpoints are background saves (saturn.runtime.drain.in_background): only
 # their staging into host memory blocks the steps. When a profile did not measure that part, it
 # is estimated as this fraction of a full save (device->host copy vs. write + fsync).
 BACKGROUND_SAVE_FRACTION = 0.1

@@ -1,6 +1,6 @@
 """The relaxed time-indexed model (a valid makespan lower bound) and model export.
 
-Both reuse `milp._build`; they differ from the planner's rounded model only in how durations map
+Both reuse `milp_model.build_model`; they differ from the planner's rounded model only in how durations map
 to slots (down here, up there) and in what the solution is used for.
 """
 
@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 
 from saturn.planner.highs_util import highs_for, new_highs
 from saturn.planner.inputs import NodeSpec
-from saturn.planner.milp import MAX_NONZEROS_PER_S, _build, okey
+from saturn.planner.milp_model import MAX_NONZEROS_PER_S, build_model, okey
 from saturn.planner.options import JobOptions
 from saturn.planner.plan import Assignment
 from saturn.planner.slot_replay import match_option, reserved_slots, slot_seed
@@ -66,7 +66,7 @@ def slot_lower_bound(
                    for a in fixed if a.node in group_of]
     reserved = reserved_slots(fixed_slots, len(groups), T) if fixed_slots else None
     max_nonzeros = min(max_nonzeros, int(MAX_NONZEROS_PER_S * max(0.0, time_limit_s - (time.perf_counter() - t0))))
-    model = _build(jobs, opts, groups, T, dur, endc, last, lb_slots, max_nonzeros, reserved)
+    model = build_model(jobs, opts, groups, T, dur, endc, last, lb_slots, max_nonzeros, reserved)
     if model is None:
         return None
     stop = None
@@ -118,7 +118,7 @@ def export_model(jobs, cluster, profiles, path, *, slots: int = 40):
     T = max(slots, seed_ms)
     last = {k: T - d for k, d in dur.items()}
     lb = math.ceil(lower_bound(options, nodes) / delta - 1e-6)
-    model = _build(list(opts), opts, [(n.gpus, n) for n in nodes], T, dur, dur, last, lb, 50_000_000)
+    model = build_model(list(opts), opts, [(n.gpus, n) for n in nodes], T, dur, dur, last, lb, 50_000_000)
     assert model is not None  # (no size limit short of 50M nonzeros)
     h = new_highs()
     h.passModel(model.lp)

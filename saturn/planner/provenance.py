@@ -1,5 +1,5 @@
 """Where each planned number came from: measured here / measured elsewhere / estimated (the
-prior cost model, `saturn.profiles.prior`) / extrapolated / simulated / guessed / unlabelled.
+prior cost model, `saturn.prior.cost_model`) / extrapolated / simulated / guessed / unlabelled.
 
 Why: a plan built on extrapolated sample rows looks exactly like one built on measurements, and a
 user acting on it (buying GPU hours, choosing a technique) must be told. The profile row an

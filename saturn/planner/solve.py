@@ -26,7 +26,7 @@ For them SolverInfo.status/gap refer to that objective and its own lower bound
 (Plan.objective_lower_bound); Plan.lower_bound_s stays the makespan bound.
 
 `time_limit_s` is the wall-clock budget of the whole call (inputs, bounds, heuristics, MILP,
-validation): every stage gets a deadline, HiGHS is interrupted at it (see milp._highs_for), and a
+validation): every stage gets a deadline, HiGHS is interrupted at it (see highs_util.highs_for), and a
 margin is kept for building and validating the result.
 
 `fixed` (keyword-only): assignments of jobs already running when the executor re-plans (start_s=0,

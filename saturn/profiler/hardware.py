@@ -107,7 +107,7 @@ def gpu_device_visible() -> bool:
 
 def local_hardware(cpu_slots: Optional[int] = None, cpu_memory_gb: float = 4.0) -> Hardware:
     """This machine's hardware. With `cpu_slots` (or without CUDA) CPU slots are the 'GPUs'."""
-    from saturn.spec.schema import _short_gpu_name  # one naming rule for spec and profiles
+    from saturn.spec.schema import short_gpu_name  # one naming rule for spec and profiles
 
     try:
         import torch
@@ -120,7 +120,7 @@ def local_hardware(cpu_slots: Optional[int] = None, cpu_memory_gb: float = 4.0) 
     import torch
 
     props = torch.cuda.get_device_properties(0)
-    return Hardware(_short_gpu_name(props.name), round(props.total_memory / 2**30, 1),
+    return Hardware(short_gpu_name(props.name), round(props.total_memory / 2**30, 1),
                     detect_interconnect(), torch_version(), torch.cuda.device_count())
 
 

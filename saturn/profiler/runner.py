@@ -2,7 +2,7 @@
 
 Each trial gets concrete device ids from the free pool and runs in its own thread; a technique's
 `trial()` runs its steps in worker processes (by default the warm workers of
-`saturn.techniques.warm.shared_pool`, one long-lived process per device that is replaced after a
+`saturn.runtime.warm.shared_pool`, one long-lived process per device that is replaced after a
 failure), so threads are enough to overlap trials. With `isolation="process"` the `trial()` call
 itself also runs in a fresh process (for techniques that train in-process), which a timeout can kill.
 
@@ -13,7 +13,6 @@ timeout all become an outcome dict with status 'failed' or 'timeout' and a reaso
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from saturn.profiler.search import Search, SearchStuck, Skip, TrialSpec
+from saturn.runtime.process import call_in_process
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,13 @@ def call_trial(technique: Any, job: Any, devices: list[int], trial: TrialSpec,
     launch workers (`launch.run_workers`) run the trial on the process-wide warm pool, so a trial
     pays no interpreter/import/CUDA start-up, and the pool's workers go on to run the jobs of a
     `saturn run` in the same process (warm=False or SATURN_WARM=0: cold processes)."""
-    from saturn.techniques.warm import shared_pool, using_pool, warm_enabled
+    from saturn.runtime.routing import using_pool
+    from saturn.runtime.warm import shared_pool, warm_enabled
+    from saturn.techniques.registry import WARM_PRELOAD
 
     use = warm if warm is not None else warm_enabled()
     try:
-        with using_pool(shared_pool() if use else None):
+        with using_pool(shared_pool(preload=WARM_PRELOAD) if use else None):
             result = technique.trial(job, devices, trial.knobs_dict, trial.steps, timeout_s)
         return outcome_of(result)
     except MemoryError as exc:
@@ -91,50 +93,15 @@ def _technique(name: str) -> Any:
     return get_technique(name)
 
 
-def _child(technique_name: str, job: Any, devices: list[int], trial: TrialSpec, timeout_s: float,
-           conn: Any) -> None:
-    try:
-        out = call_trial(_technique(technique_name), job, devices, trial, timeout_s, warm=False)
-    except BaseException as exc:  # noqa: BLE001
-        out = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    try:
-        conn.send(out)
-    finally:
-        conn.close()
+def _trial(technique_name: str, job: Any, devices: list[int], trial: TrialSpec,
+           timeout_s: float) -> Outcome:
+    return call_trial(_technique(technique_name), job, devices, trial, timeout_s, warm=False)
 
 
 def call_trial_in_process(technique_name: str, job: Any, devices: list[int], trial: TrialSpec,
                           timeout_s: float, grace_s: float = 10.0) -> Outcome:
     """Run the `trial()` call in a fresh spawned process; kill it after timeout + grace."""
-    ctx = multiprocessing.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(technique_name, job, devices, trial, timeout_s, send),
-                       daemon=True)
-    start = time.monotonic()
-    try:
-        proc.start()
-    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable job from a user plug-in
-        return {"status": "failed", "reason": f"could not start the trial process: {exc}"}
-    send.close()
-    try:
-        if recv.poll(timeout_s + grace_s):
-            try:
-                return recv.recv()
-            except EOFError:
-                pass
-            proc.join(5)
-            return {"status": "failed", "reason": f"trial process died (exit code {proc.exitcode})"}
-        if proc.is_alive():
-            return {"status": "timeout",
-                    "reason": f"no result after {time.monotonic() - start:.0f}s (limit {timeout_s:.0f}s);"
-                              " the trial process was killed"}
-        proc.join(5)
-        return {"status": "failed", "reason": f"trial process died (exit code {proc.exitcode})"}
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-        recv.close()
+    return call_in_process(_trial, (technique_name, job, devices, trial, timeout_s), timeout_s, grace_s)
 
 
 def pick_devices(free: list[int], n: int) -> list[int]:

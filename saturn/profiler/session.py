@@ -20,6 +20,7 @@ import pandas as pd
 
 from saturn.errors import SaturnError
 from saturn.paths import check_writable_dir
+from saturn.profiler.cells import allowed_techniques, cell_for, gpu_counts, job_signature
 from saturn.profiler.hardware import Hardware, hardware_for_cluster
 from saturn.profiler.ingest import ingest_columns
 from saturn.profiler.runner import Runner, call_trial, call_trial_in_process
@@ -56,29 +57,6 @@ class ProfileReport:
         from dataclasses import asdict
 
         return asdict(self)
-
-
-def job_signature(job: Any) -> str:
-    return str(job.signature)
-
-
-def gpu_counts(job: Any, max_gpus: int) -> list[int]:
-    """The job's allowed counts, or 1, 2, 4, ... up to the largest node."""
-    if getattr(job, "gpus", None):
-        return sorted(set(int(g) for g in job.gpus))
-    out, g = [], 1
-    while g <= max_gpus:
-        out.append(g)
-        g *= 2
-    return out
-
-
-def allowed_techniques(job: Any) -> list[str]:
-    if getattr(job, "techniques", None):
-        return list(job.techniques)
-    from saturn.techniques.registry import technique_names
-
-    return technique_names()
 
 
 def _load(workload: Any) -> Any:
@@ -155,7 +133,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
                 cell = cell_for(tech, name, rep, sig, g)
                 cells.append(cell)
                 if cell.infeasible_reason is not None:
-                    static_rows.append(_row(rep, sig, name, g, "{}", hw, {
+                    static_rows.append(trial_row(rep, sig, name, g, "{}", hw, {
                         "status": "infeasible", "reason": cell.infeasible_reason}, 0, False, 0.0))
 
     # 2. what the store already knows
@@ -199,7 +177,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
         return call_trial(techniques[name], job, ids, trial, timeout)
 
     def on_result(trial: TrialSpec, outcome: dict[str, Any], ids: list[int], wall: float) -> None:
-        row = _row(rep_job[trial.signature], trial.signature, trial.technique, trial.gpus,
+        row = trial_row(rep_job[trial.signature], trial.signature, trial.technique, trial.gpus,
                    trial.knobs, hw, outcome, trial.steps, trial.short, wall, warmup_steps)
         store.upsert([row])
 
@@ -230,8 +208,8 @@ def _trial_priors(workload: Any, cells: list[CellInput], rep_job: dict[str, Any]
                   hw: Hardware, store_dir: Any, *, steps: int, warmup_steps: int) -> Optional[dict]:
     """The prior for the value rule (None when it cannot be had: the search then measures the
     old way, every option the ladder and tiers allow)."""
-    from saturn.profiler.machine_probe import load_or_probe
-    from saturn.profiler.prior_rows import trial_priors
+    from saturn.prior.machine import load_or_probe
+    from saturn.prior.rows import trial_priors
 
     try:
         threads = max(1, (os.cpu_count() or 1) // max(1, hw.gpus)) if hw.gpu_type == "cpu" else None
@@ -277,35 +255,7 @@ def _union(lists) -> list[str]:
     return out
 
 
-def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
-    try:
-        feas = tech.feasible(job, g)
-        if not feas:
-            return CellInput(sig, name, g, infeasible_reason=getattr(feas, "reason", "") or
-                             f"{name} is not feasible on {g} GPUs")
-    except Exception as exc:  # noqa: BLE001
-        return CellInput(sig, name, g, infeasible_reason=f"feasible() raised {type(exc).__name__}: {exc}")
-    try:
-        cands = _pinned(tech.candidates(job, g) or [], (getattr(job, "knobs", None) or {}).get(name))
-        conflicts = getattr(tech, "knob_conflicts", None)
-        if conflicts is not None:  # the job's policy (e.g. precision fp32) forbids some settings
-            cands = [c for c in cands if not conflicts(job, c)]
-    except Exception as exc:  # noqa: BLE001
-        return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
-    return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)
-
-
-def _pinned(cands: list, pinned: Any) -> list[dict]:
-    """The candidates with the job's pinned knobs (YAML `knobs:`) laid over them, duplicates dropped."""
-    out: list[dict] = []
-    for c in cands:
-        c = {**dict(c), **(pinned or {})}
-        if c not in out:
-            out.append(c)
-    return out
-
-
-def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware,
+def trial_row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware,
          outcome: dict[str, Any], steps: int, short: bool, wall: float,
          warmup_steps: int = 2) -> dict[str, Any]:
     status = str(outcome.get("status", "failed"))

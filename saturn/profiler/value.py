@@ -3,7 +3,7 @@
 Why: a newcomer's first `saturn profile` spent 474 s measuring options for a run whose training
 took about 100 s, many of them options the arithmetic says cannot win (spilling and ZeRO-3 for a
 model that trains with DDP on one GPU at a third of their step time). With the prior's estimate
-of every option (`saturn.profiles.prior`), the search measures, breadth first:
+of every option (`saturn.prior.cost_model`), the search measures, breadth first:
 
 1. the likeliest winner of every job (signature): the option with the least estimated GPU-time
    per step among those expected to fit, so every job has one measured option early;

@@ -14,16 +14,15 @@ def build_member(job: Any, knobs: Optional[dict[str, Any]], device: Any, *, end_
                  step_time_s: Optional[float] = None, **engine_extra: Any) -> Member:
     """A member for `job`, resumed from the newest checkpoint in `ckpt_dir` if there is one.
     `step_time_s` (the job's profiled spilling step time) seeds the scheduler's estimate."""
-    from saturn.techniques import checkpoint as ckpt
-    from saturn.techniques import training
     from saturn.techniques.spilling import SpillingEngine, engine_kwargs
+    from saturn.training import catalog, loop
 
-    model = training.build_model(job)
-    dataset = training.build_dataset(job, model)
+    model = loop.build_model(job)
+    dataset = loop.build_dataset(job, model)
     engine = SpillingEngine(model, device, **{**engine_kwargs(job, knobs or {}), **engine_extra})
     rng = engine.rng_state()  # right after the seeded build, as in a solo run
     start = 0
-    latest = ckpt.latest_checkpoint(ckpt_dir, ckpt.Owner.of(job, end_step)) if ckpt_dir else None
+    latest = catalog.latest_checkpoint(ckpt_dir, catalog.Owner.of(job, end_step)) if ckpt_dir else None
     if latest:
         start = int(engine.load_checkpoint(latest)["step"])
     tasks = len(engine.tasks())
@@ -31,4 +30,4 @@ def build_member(job: Any, knobs: Optional[dict[str, Any]], device: Any, *, end_
                   start_step=start, end_step=end_step, ckpt_dir=ckpt_dir,
                   checkpoint_every=checkpoint_every, rng=rng,
                   task_time_s=(step_time_s / tasks) if step_time_s else 1.0,
-                  meta={"job": job.name, "definition": ckpt.Owner.of(job, end_step).definition})
+                  meta={"job": job.name, "definition": catalog.Owner.of(job, end_step).definition})

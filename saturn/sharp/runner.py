@@ -2,11 +2,11 @@
 graceful stop.
 
 Why a module of its own: `SharpGroup` knows members and workers; this is the boundary to the
-rest of Saturn, written to the same contract as `saturn.techniques.training.train` per member
+rest of Saturn, written to the same contract as `saturn.training.loop.train` per member
 (one metrics line per step `{"step": next step, "loss", "step_time_s", "wall"}`, technique-neutral
 checkpoints in each job's own directory with the same meta, resume from the newest one), so an
 executor runs a group by calling `run_group` in one runner process per group
-(`run_group_attempt`, which `python -m saturn.executor.job_runner GROUP_SPEC.json` calls; the
+(`run_group_attempt`, which `python -m saturn.runtime.job_runner GROUP_SPEC.json` calls; the
 executor side is `saturn.executor.sharp_dispatch`).
 """
 
@@ -106,7 +106,7 @@ def run_group(jobs: list[Any], *, checkpoint_root: Optional[str] = None,
 
 
 def _newest(ckpt_dir: str, default_step: int, member: dict[str, Any]) -> tuple[int, Optional[str]]:
-    from saturn.techniques.checkpoint import Owner, latest_checkpoint, read_meta
+    from saturn.training.catalog import Owner, latest_checkpoint, read_meta
 
     try:
         path = latest_checkpoint(ckpt_dir, Owner.of(member["job"], member.get("end_step")))

@@ -62,13 +62,6 @@ def check_job_count(n: int, where: str) -> None:
                          "split the sweep into several workloads or sample it with an HPO integration")
 
 
-def check_name(v: str, what: str = "name") -> str:
-    if len(v) > MAX_NAME_LEN:
-        raise ValueError(f"{len(v)} characters is over MAX_NAME_LEN = {MAX_NAME_LEN} ({what}s become "
-                         "file names); shorten it")
-    return v
-
-
 def check_finite_number(v: Any, what: str, *, positive: bool = False, limit: float = math.inf) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return

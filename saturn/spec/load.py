@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from saturn.errors import SpecError
 from saturn.spec import limits as L
-from saturn.spec.schema import Cluster, Job, Workload, _name_or_factory, known_max_gpus
+from saturn.spec.schema import Cluster, Job, Workload, known_max_gpus, name_or_factory
 
 TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
@@ -164,7 +164,7 @@ def _normalize(d: dict) -> dict:
     d = copy.deepcopy(d)
     for key in ("model", "data"):
         if key in d:
-            d[key] = _name_or_factory(d[key])
+            d[key] = name_or_factory(d[key])
     return d
 
 
@@ -193,7 +193,7 @@ def _set_path(d: dict, path: list[str], value: Any) -> None:
         if not isinstance(d, dict):
             raise ValueError(f"sweep key {'.'.join(path)!r}: {'.'.join(path[:i + 1])} is {d!r}, not a mapping, so "
                              "the sweep cannot set a field inside it")
-    d[path[-1]] = _name_or_factory(value) if path == ["model"] or path == ["data"] else value
+    d[path[-1]] = name_or_factory(value) if path == ["model"] or path == ["data"] else value
 
 
 def _slug(value: Any) -> str:

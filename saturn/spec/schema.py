@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from saturn.spec import limits as L
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _number_not_bool(v: Any) -> Any:
@@ -44,7 +42,7 @@ class ModelSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, v: Any) -> Any:
-        return _name_or_factory(v)
+        return name_or_factory(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -76,7 +74,7 @@ class DataSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, v: Any) -> Any:
-        return _name_or_factory(v)
+        return name_or_factory(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -183,8 +181,7 @@ class Job(_Strict):
         if not self.knobs:
             return self
         from saturn.errors import SpecError
-        from saturn.techniques.knobs import validate_knobs
-        from saturn.techniques.registry import technique_names
+        from saturn.techniques.registry import technique_names, validate_knobs
 
         known = technique_names()
         for tech, values in self.knobs.items():
@@ -344,7 +341,6 @@ def _auto_devices() -> Literal["cuda", "cpu"]:
 
 
 def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
-    import os
     import socket
 
     devices = _auto_devices() if devices == "auto" else devices
@@ -361,12 +357,12 @@ def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
         props = torch.cuda.get_device_properties(0)
         return Node(name=socket.gethostname(), gpus=torch.cuda.device_count(),
                     gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                    gpu_type=_short_gpu_name(props.name))
+                    gpu_type=short_gpu_name(props.name))
     n = slots or max(1, min(4, (os.cpu_count() or 2) // 2))
     return Node(name="localhost", gpus=n, gpu_memory_gb=4.0, gpu_type="cpu")
 
 
-def _short_gpu_name(name: str) -> str:
+def short_gpu_name(name: str) -> str:
     """'NVIDIA H200' -> 'H200', so profiles match across driver naming variants."""
     for token in name.replace("-", " ").split():
         if any(c.isdigit() for c in token) and token[0].isalpha():
@@ -374,7 +370,7 @@ def _short_gpu_name(name: str) -> str:
     return name
 
 
-def _name_or_factory(v: Any) -> Any:
+def name_or_factory(v: Any) -> Any:
     """`gpt2-small` means {name: gpt2-small}; `pkg.mod:fn` means {factory: pkg.mod:fn}."""
     if isinstance(v, str):
         return {"factory": v} if ":" in v else {"name": v}
@@ -417,15 +413,3 @@ class Workload(_Strict):
             if j.name == name:
                 return j
         raise KeyError(name)
-
-    # YAML round trip lives in saturn.spec.load; these are conveniences.
-    @classmethod
-    def from_yaml(cls, source: Union[str, "os.PathLike[str]"]) -> "Workload":
-        from saturn.spec.load import load_workload
-
-        return load_workload(source)
-
-    def to_yaml(self) -> str:
-        from saturn.spec.load import dump_workload
-
-        return dump_workload(self)

@@ -11,6 +11,8 @@ import abc
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional, Sequence, Union
 
+from saturn.runtime.attempt import RunResult
+
 Devices = Union[int, Sequence[int]]  # a count (feasible/candidates) or concrete device ids
 
 
@@ -46,22 +48,6 @@ class TrialResult:
     @property
     def feasible(self) -> bool:
         return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class RunResult:
-    """Outcome of `Technique.run`: where training stopped and where its checkpoint is."""
-
-    status: str  # "completed" | "interrupted" | "failed" | "oom"
-    step: int  # next step to run (== start_step + steps actually done)
-    checkpoint: Optional[str] = None
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    reason: str = ""
-    durable: bool = True  # False: `checkpoint` is still being written by a warm worker's drain
-    phases: dict[str, float] = field(default_factory=dict)  # launch_s, steps_s, *_block_s (training.train)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

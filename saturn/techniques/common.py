@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional
 
-from saturn.techniques.base import Devices, Feasibility, RunResult, Technique, TrialResult, device_ids
-from saturn.techniques.launch import resolve_device_type, run_workers
+from saturn.runtime.attempt import RunResult
+from saturn.runtime.launch import resolve_device_type, run_workers
+from saturn.techniques.base import Devices, Feasibility, Technique, TrialResult, device_ids
 
 _RUN_FOREVER_S = 30 * 24 * 3600.0
 
@@ -53,7 +54,7 @@ class LaunchedTechnique(Technique):
         payload = self._payload(job, knobs, mode, **payload_kw)
         if kwargs.get("readback_every"):
             payload["readback_every"] = int(kwargs["readback_every"])
-        res = run_workers("saturn.techniques.training:worker_entry", payload, ids,
+        res = run_workers("saturn.training.loop:worker_entry", payload, ids,
                           device_type=dtype, timeout_s=timeout_s, log_path=kwargs.get("log_path"),
                           env=self.worker_env(dtype, knobs), grace_s=kwargs.get("grace_s", 60.0),
                           stop_event=kwargs.get("stop_event"))
@@ -98,7 +99,7 @@ def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str,
                owner: Optional[tuple[Any, int]] = None) -> RunResult:
     """A launch result as a RunResult; after a failure, `step`/`checkpoint` point at the newest
     checkpoint on disk of the job (owner: (job, total steps)) -- what a relaunch would resume from."""
-    from saturn.techniques.checkpoint import Owner, latest_checkpoint, read_meta
+    from saturn.training.catalog import Owner, latest_checkpoint, read_meta
 
     status = res.get("status", "failed")
     if status in ("completed", "interrupted"):

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 import torch
 
-from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
 from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+from saturn.training import loop
 
 
 @knob_dataclass
@@ -45,25 +45,25 @@ class DDP(LaunchedTechnique):
         return out + ([{**base, "compile": True}] if has_blocks(job) else [])
 
 
-def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
+def build(job: Any, knobs: dict[str, Any], ctx: Any) -> loop.Trainable:
     """Worker side: seeded model on this rank's device, wrapped in DDP when world > 1."""
     from torch.nn.parallel import DistributedDataParallel
 
     device, world = ctx.device, ctx.world_size
-    model = training.build_model(job, device)  # allocated and initialized on the device
-    dataset = training.build_dataset(job, model)
+    model = loop.build_model(job, device)  # allocated and initialized on the device
+    dataset = loop.build_dataset(job, model)
     if knobs.get("activation_checkpointing"):
-        training.apply_activation_checkpointing(model)
-    training.compile_blocks(model, knobs, ctx.device_type)
+        loop.apply_activation_checkpointing(model)
+    loop.compile_blocks(model, knobs, ctx.device_type)
     wrapped: torch.nn.Module = model
     if world > 1:
         wrapped = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             bucket_cap_mb=float(knobs.get("bucket_cap_mb", 25)))
         _compression_hook(wrapped, knobs.get("grad_compression", "none"))
-    optimizer = training.build_optimizer(job, model.parameters())
-    step = training.standard_step(wrapped, model.loss, optimizer, job, ctx.device_type)
-    return training.Trainable.for_module(wrapped, optimizer, step, device, dp_rank=ctx.rank,
+    optimizer = loop.build_optimizer(job, model.parameters())
+    step = loop.standard_step(wrapped, model.loss, optimizer, job, ctx.device_type)
+    return loop.Trainable.for_module(wrapped, optimizer, step, device, dp_rank=ctx.rank,
                                          dp_world=world, loss_weight=1.0 / world, dataset=dataset)
 
 

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import torch
 
-from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
 from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+from saturn.training import loop
 
 
 @knob_dataclass
@@ -53,23 +53,23 @@ class FSDP(LaunchedTechnique):
         return out + ([{**base, "compile": True}] if has_blocks(job) else [])
 
 
-def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
+def build(job: Any, knobs: dict[str, Any], ctx: Any) -> loop.Trainable:
     """Worker side: seeded CPU model, fully_shard per block then root, optimizer on the shards."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    dtype = training.autocast_dtype(job, ctx.device_type)
+    dtype = loop.autocast_dtype(job, ctx.device_type)
     use_policy = knobs.get("mixed_precision") == "policy" and dtype is not None
     offload = bool(knobs.get("cpu_offload")) and ctx.device_type == "cuda"
     from saturn.zoo.init import materialize
 
-    model = training.build_model(job, "meta")  # sharded first, then only this rank's shard is made
-    dataset = training.build_dataset(job, model)
+    model = loop.build_model(job, "meta")  # sharded first, then only this rank's shard is made
+    dataset = loop.build_dataset(job, model)
     if not offload:
         materialize(model, ctx.device, job.seed)  # no-op for meta zoo models; moves factory ones
     if knobs.get("activation_checkpointing"):
-        training.apply_activation_checkpointing(model)
-    training.compile_blocks(model, knobs, ctx.device_type)  # before fully_shard, as torchtitan does
+        loop.apply_activation_checkpointing(model)
+    loop.compile_blocks(model, knobs, ctx.device_type)  # before fully_shard, as torchtitan does
     kw: dict[str, Any] = {"mesh": init_device_mesh(ctx.device_type, (ctx.world_size,)),
                           "reshard_after_forward": bool(knobs.get("reshard_after_forward", True))}
     if use_policy:
@@ -80,9 +80,9 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
         fully_shard(block, **kw)
     fully_shard(model, **kw)
     materialize(model, "cpu" if offload else ctx.device, job.seed, gen_device=ctx.device)
-    optimizer = training.build_optimizer(job, model.parameters())
+    optimizer = loop.build_optimizer(job, model.parameters())
     step_job = job.model_copy(update={"precision": "fp32"}) if use_policy else job
-    step = training.standard_step(model, model.loss, optimizer, step_job, ctx.device_type)
-    return training.Trainable.for_module(model, optimizer, step, ctx.device, dp_rank=ctx.rank,
+    step = loop.standard_step(model, model.loss, optimizer, step_job, ctx.device_type)
+    return loop.Trainable.for_module(model, optimizer, step, ctx.device, dp_rank=ctx.rank,
                                          dp_world=ctx.world_size, loss_weight=1.0 / ctx.world_size,
                                          dataset=dataset)

@@ -11,7 +11,7 @@
         knob_type = DDPKnobs            # `knobs` (name -> help) is derived from it
 
 Adding a knob is one field line. The dataclass gives the knob's type, default, range/choices and
-help; `saturn techniques` lists them, `validate_knobs` checks a YAML `knobs:` entry with the
+help; `saturn techniques` lists them, `registry.validate_knobs` checks a YAML `knobs:` entry with the
 offending field named, and every candidate a technique proposes must pass it (tests check). The
 text form stored in profile tables is `canonical_knobs` (saturn.parse), shared by the profiler,
 the planner and the executor. Pydantic does the validation (strict: `"true"` is not a bool).
@@ -21,14 +21,14 @@ Pure: no torch, so listing and validating knobs is cheap.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from saturn.parse import canonical_knobs
 
-__all__ = ["KnobInfo", "canonical_knobs", "knob", "knob_dataclass", "knob_help", "knob_infos", "validate_knobs"]
+__all__ = ["KnobInfo", "canonical_knobs", "knob", "knob_dataclass", "knob_help", "knob_infos"]
 
 _CONFIG = ConfigDict(extra="forbid", strict=True)
 
@@ -82,40 +82,6 @@ def knob_infos(knob_type: Optional[type]) -> list[KnobInfo]:
 def knob_help(knob_type: Optional[type]) -> dict[str, str]:
     """{knob: help}: the `Technique.knobs` mapping, derived from the dataclass."""
     return {k.name: k.help for k in knob_infos(knob_type)}
-
-
-def validate_knobs(technique: str, knobs: Mapping[str, Any], knob_type: Optional[type] = None,
-                   where: str = "knobs") -> dict[str, Any]:
-    """Check `knobs` (some or all of the technique's knobs) and return them as given.
-
-    Raises ValueError naming the offending field (`where.technique.knob`), the problem and the
-    allowed knobs, so the spec loader turns it into an exit-2 message. `knob_type` defaults to the
-    registered technique's."""
-    if knob_type is None:
-        from saturn.techniques.registry import get_technique
-
-        knob_type = getattr(get_technique(technique), "knob_type", None)
-    if not isinstance(knobs, Mapping):
-        raise ValueError(f"{where}.{technique}: must be a mapping of knob: value, not {knobs!r}")
-    if knob_type is None:
-        if knobs:
-            raise ValueError(f"{where}.{technique}: technique {technique!r} declares no knobs")
-        return {}
-    allowed = ", ".join(knob_help(knob_type))
-    try:
-        knob_type(**{str(k): v for k, v in knobs.items()})
-    except ValidationError as exc:
-        problems: dict[str, list[str]] = {}  # knob -> messages (a union reports one per branch)
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-                msg = f"unknown knob (allowed: {allowed})"
-            else:
-                msg = f"{err['msg']} (got {knobs.get(field, err.get('input'))!r})"
-            if msg not in problems.setdefault(field, []):
-                problems[field].append(msg)
-        raise ValueError("; ".join(f"{where}.{technique}.{f}: {' or '.join(m)}" for f, m in problems.items())) from None
-    return dict(knobs)
 
 
 def defaults(knob_type: type) -> dict[str, Any]:

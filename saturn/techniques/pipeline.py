@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 import torch
 from torch import nn
 
-from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique
 from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+from saturn.training import loop
 
 if TYPE_CHECKING:
     from saturn.zoo.models import SequentialModel
@@ -126,38 +126,38 @@ def _stage_range(model: SequentialModel, knobs: dict[str, Any], rank: int, world
     return range(starts[rank], ends[rank])
 
 
-def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
+def build(job: Any, knobs: dict[str, Any], ctx: Any) -> loop.Trainable:
     """Worker side: this rank's stage of the seeded model, a PipelineStage and its schedule."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
     rank, world, device = ctx.rank, ctx.world_size, ctx.device
     from saturn.zoo.init import materialize
 
-    model = training.build_model(job, "meta")  # allocate only this stage's layers
-    dataset = training.build_dataset(job, model)
+    model = loop.build_model(job, "meta")  # allocate only this stage's layers
+    dataset = loop.build_dataset(job, model)
     mine = _stage_range(model, knobs, rank, world)
     for i in range(len(model.layers)):
         if i not in mine:
             model.layers[i] = nn.Identity()
     materialize(model, device, job.seed)
     if knobs.get("activation_checkpointing"):
-        training.apply_activation_checkpointing(model)
+        loop.apply_activation_checkpointing(model)
     stage = PipelineStage(model, stage_index=rank, num_stages=world, device=device)
     sched_cls = Schedule1F1B if knobs.get("schedule", "1f1b") == "1f1b" else ScheduleGPipe
     n_micro = int(knobs.get("n_microbatches") or _micro_choices(job.batch_size, world)[0])
     schedule = sched_cls(stage, n_microbatches=n_micro, loss_fn=model.loss)
-    optimizer = training.build_optimizer(job, model.parameters())
+    optimizer = loop.build_optimizer(job, model.parameters())
     first, last = rank == 0, rank == world - 1
 
     def step(x: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
         losses: list[torch.Tensor] = []
-        with training.autocast(job, ctx.device_type):
+        with loop.autocast(job, ctx.device_type):
             args = (x,) if first else ()
             kwargs: dict[str, Any] = {"target": y, "losses": losses} if last else {}
             schedule.step(*args, **kwargs)
         optimizer.step()
         return torch.stack(losses).mean().detach() if last else None
 
-    return training.Trainable.for_module(model, optimizer, step, device, dp_rank=0, dp_world=1,
+    return loop.Trainable.for_module(model, optimizer, step, device, dp_rank=0, dp_world=1,
                                          loss_weight=1.0 if last else 0.0, dataset=dataset)

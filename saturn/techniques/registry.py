@@ -10,15 +10,22 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from typing import Type
+from pathlib import Path
+from typing import Any, Mapping, Optional, Type
+
+from pydantic import ValidationError
 
 from saturn.errors import SpecError
 from saturn.techniques.base import Technique
+from saturn.techniques.knobs import knob_help
 
-_PLUMBING = {"base", "registry", "common", "worker", "launch", "checkpoint", "training", "knobs", "warm",
-             "warm_worker"}
+_PLUMBING = {"base", "registry", "common", "knobs"}
+# What a warm worker imports before its first job (handed to `saturn.runtime.warm.WarmPool`, which
+# knows no technique): the job schema, the training loop, and every built-in technique module.
+WARM_PRELOAD = ("saturn.spec.schema", "saturn.training.loop", "saturn.techniques.registry:technique_names")
 _REGISTRY: dict[str, Type[Technique]] = {}
 _discovered = False
+_PACKAGE_DIR = Path(__file__).parent  # saturn/techniques: its modules are the built-ins
 
 
 def register(cls: Type[Technique]) -> Type[Technique]:
@@ -37,8 +44,6 @@ def register(cls: Type[Technique]) -> Type[Technique]:
                         f"give {cls.__module__}.{cls.__qualname__} another `name`")
     knob_type = getattr(cls, "knob_type", None)
     if knob_type is not None and "knobs" not in vars(cls):
-        from saturn.techniques.knobs import knob_help
-
         cls.knobs = knob_help(knob_type)
     _REGISTRY[name] = cls
     return cls
@@ -48,11 +53,9 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import saturn.techniques as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
+    for mod in pkgutil.iter_modules([str(_PACKAGE_DIR)]):
         if mod.name not in _PLUMBING and not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+            importlib.import_module(f"{__package__}.{mod.name}")
     _discovered = True
 
 
@@ -68,12 +71,9 @@ def technique_names() -> list[str]:
 @functools.lru_cache(maxsize=None)
 def _declared_names() -> tuple[str, ...]:
     import ast
-    from pathlib import Path
-
-    import saturn.techniques as pkg
 
     names = []
-    root = Path(pkg.__path__[0])
+    root = _PACKAGE_DIR
     for path in sorted(root.rglob("*.py")):
         if path.parent == root and (path.stem in _PLUMBING or path.stem.startswith("_")):
             continue
@@ -110,3 +110,35 @@ def get_technique(name: str) -> Technique:
         register(cls)
         return cls()
     raise SpecError(f"unknown technique {name!r}; registered: {technique_names()}")
+
+
+def validate_knobs(technique: str, knobs: Mapping[str, Any], knob_type: Optional[type] = None,
+                   where: str = "knobs") -> dict[str, Any]:
+    """Check `knobs` (some or all of the technique's knobs) and return them as given.
+
+    Raises ValueError naming the offending field (`where.technique.knob`), the problem and the
+    allowed knobs, so the spec loader turns it into an exit-2 message. `knob_type` defaults to the
+    registered technique's."""
+    if knob_type is None:
+        knob_type = getattr(get_technique(technique), "knob_type", None)
+    if not isinstance(knobs, Mapping):
+        raise ValueError(f"{where}.{technique}: must be a mapping of knob: value, not {knobs!r}")
+    if knob_type is None:
+        if knobs:
+            raise ValueError(f"{where}.{technique}: technique {technique!r} declares no knobs")
+        return {}
+    allowed = ", ".join(knob_help(knob_type))
+    try:
+        knob_type(**{str(k): v for k, v in knobs.items()})
+    except ValidationError as exc:
+        problems: dict[str, list[str]] = {}  # knob -> messages (a union reports one per branch)
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+                msg = f"unknown knob (allowed: {allowed})"
+            else:
+                msg = f"{err['msg']} (got {knobs.get(field, err.get('input'))!r})"
+            if msg not in problems.setdefault(field, []):
+                problems[field].append(msg)
+        raise ValueError("; ".join(f"{where}.{technique}.{f}: {' or '.join(m)}" for f, m in problems.items())) from None
+    return dict(knobs)

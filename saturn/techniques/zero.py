@@ -17,12 +17,12 @@ from typing import Any, Optional
 
 import torch
 
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import training
 from saturn.techniques.base import Feasibility
 from saturn.techniques.common import LaunchedTechnique, dp_feasible
 from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
+from saturn.training import checkpoint as ckpt
+from saturn.training import loop
 
 
 @knob_dataclass
@@ -73,7 +73,7 @@ def ds_config(job: Any, knobs: dict[str, Any], world: int, device_type: str) -> 
         if stage != 3:
             raise ValueError("offload_param needs ZeRO stage 3")
         zero["offload_param"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
-    dtype = training.autocast_dtype(job, device_type)
+    dtype = loop.autocast_dtype(job, device_type)
     return {"train_batch_size": job.batch_size, "train_micro_batch_size_per_gpu": micro,
             "gradient_accumulation_steps": per_rank // micro, "zero_optimization": zero,
             "bf16": {"enabled": dtype == torch.bfloat16},
@@ -83,17 +83,17 @@ def ds_config(job: Any, knobs: dict[str, Any], world: int, device_type: str) -> 
             "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
 
 
-def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
+def build(job: Any, knobs: dict[str, Any], ctx: Any) -> loop.Trainable:
     """Worker side: seeded model and the job's torch optimizer wrapped in a DeepSpeed engine."""
     import deepspeed
 
-    model = training.build_model(job, ctx.device)
-    dataset = training.build_dataset(job, model)
+    model = loop.build_model(job, ctx.device)
+    dataset = loop.build_dataset(job, model)
     config = ds_config(job, knobs, ctx.world_size, ctx.device_type)
-    optimizer = training.build_optimizer(job, model.parameters())
+    optimizer = loop.build_optimizer(job, model.parameters())
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     micro = config["train_micro_batch_size_per_gpu"]
-    dtype = training.autocast_dtype(job, ctx.device_type)
+    dtype = loop.autocast_dtype(job, ctx.device_type)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         losses = []
@@ -106,7 +106,7 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> training.Trainable:
             losses.append(loss.detach().float())
         return torch.stack(losses).mean()
 
-    return training.Trainable(step_fn=step, save=lambda d, s, meta: save(engine, job, d, s, meta),
+    return loop.Trainable(step_fn=step, save=lambda d, s, meta: save(engine, job, d, s, meta),
                               load=lambda path: load(engine, job, path), device=ctx.device,
                               dp_rank=ctx.rank, dp_world=ctx.world_size,
                               loss_weight=1.0 / ctx.world_size, dataset=dataset)
@@ -120,7 +120,7 @@ def _state_keys(job: Any) -> tuple[str, ...]:
 
 
 def _param_groups(job: Any, fqns: list[str]) -> list[dict[str, Any]]:
-    defaults = training.build_optimizer(job, [torch.nn.Parameter(torch.zeros(1))]).param_groups[0]
+    defaults = loop.build_optimizer(job, [torch.nn.Parameter(torch.zeros(1))]).param_groups[0]
     return [{**{k: v for k, v in defaults.items() if k != "params"}, "params": fqns}]
 
 

@@ -25,7 +25,7 @@ tasks i+1..i+prefetch are already being copied in; a shard is kept (not evicted 
 again) when it is among the next prefetch+1 tasks, which e.g. keeps shard S-2 across the head
 instead of copying it twice. With the CUDA caching allocator, evicting = dropping references.
 
-Checkpoints are technique-neutral (see `saturn.techniques.checkpoint`): the master module *is*
+Checkpoints are technique-neutral (see `saturn.training.checkpoint`): the master module *is*
 the plain `SequentialModel` (its parameters are views into the flat host buffers), so its state
 dict has the canonical `layers.N....` names, and the per-shard optimizer states are merged into
 one state keyed by parameter FQN.
@@ -431,15 +431,15 @@ class SpillingEngine:
         self._pin_state()
 
     def save_checkpoint(self, ckpt_dir: str, step: int, meta: dict[str, Any]) -> str:
-        """Technique-neutral checkpoint (see saturn.techniques.checkpoint) of model + optimizer."""
-        from saturn.techniques import checkpoint as ckpt
+        """Technique-neutral checkpoint (see saturn.training.checkpoint) of model + optimizer."""
+        from saturn.training import checkpoint as ckpt
 
         return ckpt.save_state(ckpt_dir, step, self.model_state_dict(copy=False),
                                self.optim_state_dict(copy=False), meta)
 
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         """Load any technique's canonical checkpoint in place; returns its meta (`step`...)."""
-        from saturn.techniques import checkpoint as ckpt
+        from saturn.training import checkpoint as ckpt
 
         self.materialize_optim_state()
         model_sd = self.model_state_dict(copy=False)

@@ -97,13 +97,13 @@ def check_host_memory(job: Any, device_type: str, available: Optional[int],
 
 
 def build(job: Any, knobs: dict[str, Any], ctx: Any) -> Any:
-    """Worker side (training.worker_entry): the seeded model as a SpillingEngine on ctx.device.
+    """Worker side (saturn.training.loop.worker_entry): the seeded model as a SpillingEngine on ctx.device.
     The host-memory check runs here, on the node that runs the job, before anything is
     allocated (the planning host's memory says nothing about it)."""
     import torch
 
-    from saturn.techniques import training
     from saturn.techniques.spilling.engine import SpillingEngine
+    from saturn.training import loop
 
     conflict = knob_conflicts(job, knobs)
     if conflict:
@@ -111,14 +111,14 @@ def build(job: Any, knobs: dict[str, Any], ctx: Any) -> Any:
     feas = check_host_memory(job, ctx.device.type, node_host_memory_bytes(), knobs)
     if not feas:
         raise MemoryError(f"spilling: {feas.reason}")
-    model = training.build_model(job)
-    dataset = training.build_dataset(job, model)
+    model = loop.build_model(job)
+    dataset = loop.build_dataset(job, model)
     engine = SpillingEngine(model, ctx.device, **engine_kwargs(job, knobs))
 
     def step(x: Any, y: Any) -> Any:
         return torch.tensor(engine.train_step(x, y))
 
-    return training.Trainable(step_fn=step, save=engine.save_checkpoint,
+    return loop.Trainable(step_fn=step, save=engine.save_checkpoint,
                               load=engine.load_checkpoint, device=ctx.device, dataset=dataset)
 
 

@@ -6,7 +6,7 @@ techniques: which samples a step reads (the data position is the step number, se
 `saturn.zoo.data`), the seeded model init, warm-up and timing, loss reporting, peak memory, and
 graceful stop (SIGTERM -> finish the steps up to the next read-back boundary -> checkpoint ->
 status "interrupted"). The step path never synchronizes the host with the device; see
-`saturn.techniques.step_io` for the read-back boundaries that replace per-step `.item()`.
+`saturn.training.step_io` for the read-back boundaries that replace per-step `.item()`.
 
     trainable = Trainable.for_module(model, optimizer, step_fn, dp_rank=r, dp_world=w)
     result = train(job, trainable, ctx, mode="run", start_step=0, num_steps=100,
@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
-from saturn.techniques import checkpoint as ckpt
-from saturn.techniques import step_io
+from saturn.runtime import drain
+from saturn.training import catalog, step_io
+from saturn.training import checkpoint as ckpt
 
 if TYPE_CHECKING:
     from saturn.zoo.models import SequentialModel
@@ -67,7 +69,7 @@ class Trainable:
     @classmethod
     def for_module(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn,
                    device: torch.device, **kw: Any) -> "Trainable":
-        from saturn.techniques import staging
+        from saturn.runtime import staging
 
         return cls(step_fn=step_fn,
                    save=lambda d, s, meta: ckpt.save_checkpoint(d, s, model, optimizer, meta),
@@ -196,7 +198,7 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     checkpoint is still draining). Runs also return `phases` (launch_s: launch -> loop start,
     steps_s, checkpoint_block_s: periodic saves' blocking time, save_block_s: the final save's).
 
-    The step path never waits for the device (see `saturn.techniques.step_io`): losses, times and
+    The step path never waits for the device (see `saturn.training.step_io`): losses, times and
     the stop request are read back at boundaries only, after the first step, then every
     `readback_every` steps (fewer when that would exceed ~`readback_s` seconds), at every
     checkpoint step and at the end. A stop request (SIGTERM) is agreed at the next boundary, so
@@ -243,8 +245,8 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
             wall, block = time.time(), clock.read()
             if first_step is None:
                 first_step, startup = time.perf_counter() - t_start, time.time() - ctx.launch_time
-                if run and checkpoint_dir and trainable.state_bytes is not None and ckpt.world_size() == 1:
-                    ckpt.prepare_staging(trainable.state_bytes())  # ready by the first save
+                if run and checkpoint_dir and trainable.state_bytes is not None and drain.world_size() == 1:
+                    drain.prepare_staging(trainable.state_bytes())  # ready by the first save
             _record(values, block, wall, losses, times, writer, waits)
             writer.flush()  # before any checkpoint of these steps
             if run and ctx.rank == 0 and values:  # the job's log (log.txt): losses at each boundary
@@ -257,7 +259,7 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
                 break
             if ckpt_due:
                 t_save = time.perf_counter()
-                with ckpt.in_background():  # staged now, written + published while steps run
+                with drain.in_background():  # staged now, written + published while steps run
                     _save(trainable, checkpoint_dir, step, job, technique, knobs, losses[-1][1])
                 periodic_block += time.perf_counter() - t_save
     finally:
@@ -266,13 +268,13 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     loop_s = time.perf_counter() - t_start
     # The final save: in a warm worker, a completed single-process run only stages it and
     # returns (durable: False); the worker drains it while it takes the next job.
-    behind = bool(run and checkpoint_dir and not stopped and ckpt.drains_behind()
-                  and ckpt.world_size() == 1)
+    behind = bool(run and checkpoint_dir and not stopped and drain.drains_behind()
+                  and drain.world_size() == 1)
     t_save = time.perf_counter()
-    with ckpt.in_background() if behind else contextlib.nullcontext():
+    with drain.in_background() if behind else contextlib.nullcontext():
         path = _save(trainable, checkpoint_dir, step, job, technique, knobs,
                      losses[-1][1] if losses else None) if run else None
-    durable = not (behind and path in ckpt.draining(checkpoint_dir))
+    durable = not (behind and path in drain.draining(checkpoint_dir))
     phases = {"launch_s": round(launch_s, 4), "steps_s": round(loop_s - periodic_block, 4),
               "checkpoint_block_s": round(periodic_block, 4),
               "save_block_s": round(time.perf_counter() - t_save, 4) if path else 0.0}
@@ -303,18 +305,18 @@ def _measure_checkpoint(t: Trainable, job: Any, ctx: Any, technique: str,
                            f"{job.name}-{ctx.launch_time!r}")  # same path on every rank
     try:
         t0 = time.perf_counter()
-        with ckpt.in_background():
+        with drain.in_background():
             _save(t, scratch, 0, job, technique, knobs, None)
         staged = time.perf_counter() - t0
-        staged_bytes = ckpt.last_save_cost().get("bytes") if ckpt.world_size() == 1 else None
-        if ckpt.wait_pending() is None:
+        staged_bytes = drain.last_save_cost().get("bytes") if drain.world_size() == 1 else None
+        if drain.wait_pending() is None:
             return {}
         full = time.perf_counter() - t0
         if dist.is_initialized():
             dist.barrier()
         return {"checkpoint_s": round(full, 4), "checkpoint_stage_s": round(staged, 4),
                 **({"checkpoint_gb": round(staged_bytes / 1e9, 4)} if staged_bytes else {})}
-    except (Exception, ckpt.CheckpointException):  # noqa: BLE001 - steps first; the save is a bonus
+    except (Exception, CheckpointException):  # noqa: BLE001 - steps first; the save is a bonus
         return {}
     finally:
         if ctx.rank == 0:  # (again at exit: DCP's writer thread may recreate an empty tmp dir)
@@ -388,7 +390,7 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     end = start + num
     ckpt_dir = payload.get("checkpoint_dir") if mode == "run" else None
     # skips damaged ones and other jobs' (or past-the-end) ones, with a warning
-    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load, ckpt.Owner.of(job, end) if mode == "run" else None)
+    resumed, meta = ckpt.load_newest(ckpt_dir, trainable.load, catalog.Owner.of(job, end) if mode == "run" else None)
     if resumed and meta is not None:
         start = int(meta["step"])
     if mode == "run" and start >= end:
@@ -403,4 +405,4 @@ def worker_entry(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
                      readback_every=int(payload.get("readback_every", READBACK_EVERY)),
                      measure_checkpoint=bool(payload.get("measure_checkpoint", True)))
     finally:  # a periodic save in flight completes even if a step raised; staging is freed
-        ckpt.release_staging()
+        drain.release_staging()

@@ -1,6 +1,6 @@
 """Run a plan across the nodes of a Ray cluster: `RayBackend` + `RayExecutor`.
 
-    from saturn.executor.ray_backend import RayBackend, RayExecutor
+    from saturn.executor.backends.ray import RayBackend, RayExecutor
     cluster = resolve_cluster(workload.cluster)      # saturn.executor.build: nodes from Ray
     backend = RayBackend(run_dir, cluster.ray, checkpoint_every=200)
     ex = RayExecutor(workload.jobs, cluster, profiles, backend, run_dir=run_dir)
@@ -8,10 +8,10 @@
 
 How it works
 * Warm (default; `warm=False` or SATURN_WARM=0 for cold): one long-lived agent actor per node
-  (`ray_actor._NodeAgent`, `num_cpus=0`, pinned with `NodeAffinitySchedulingStrategy(node_id,
+  (`ray_actor.NodeAgent`, `num_cpus=0`, pinned with `NodeAffinitySchedulingStrategy(node_id,
   soft=False)`) holds a warm worker per device of that node and runs each attempt there in a thread
   (`job_runner.WarmAttempt`), as `ProcessBackend` does locally. Cold: one actor per attempt
-  (`ray_actor._JobAttempt`) runs the very same `python -m saturn.executor.job_runner SPEC.json`
+  (`ray_actor.JobAttempt`) runs the very same `python -m saturn.runtime.job_runner SPEC.json`
   child as `ProcessBackend`. Either way the attempt runs on the plan's device ids of that node
   (mapped through the node's `CUDA_VISIBLE_DEVICES` if the raylet has one). Ray does not allocate
   the GPUs: Saturn's plan does (the actor asks for 0 GPUs so that Ray leaves `CUDA_VISIBLE_DEVICES`
@@ -40,7 +40,6 @@ applies cluster changes reported by the backend; `Executor.resume` works through
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -51,11 +50,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Union
 
-from saturn.executor.backends import BackendEvent, WallClock
+from saturn.executor.backends.attempts import attempt_for
+from saturn.executor.backends.base import BackendEvent
+from saturn.executor.backends.process import WallClock
+from saturn.executor.backends.ray_actor import AgentAttempt, actor_cls
 from saturn.executor.loop import Executor
-from saturn.executor.ray_actor import _actor_cls, _AgentAttempt, _JobAttempt, _NodeAgent  # noqa: F401
-from saturn.executor.ray_storage import _join, download_latest, is_url, latest_in_store, upload_checkpoint  # noqa: F401
+from saturn.executor.ray_storage import is_url, join_url, latest_in_store
 from saturn.executor.state import ACTIVE, JobState
+from saturn.runtime.attempt import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class RayBackend(WallClock):
                  grace_s: float = 60.0, extra_env: Optional[dict] = None, refresh_s: float = 1.0,
                  scratch_dir: Optional[str] = None, warm: Optional[bool] = None):
         from saturn.executor.ray_cluster import connect, devices_of
-        from saturn.techniques.warm import warm_enabled
+        from saturn.runtime.warm import warm_enabled
 
         spec = SimpleNamespace(address=ray, checkpoint_root=None, devices="auto", slots=None,
                                gpu_memory_gb=None) if isinstance(ray, (str, type(None))) else ray
@@ -95,7 +97,7 @@ class RayBackend(WallClock):
         self.run_dir = Path(run_dir)
         self.ray = connect(spec.address)
         root = checkpoint_root or getattr(spec, "checkpoint_root", None)
-        self.store_root = _join(root, self.run_dir.name) if root else str(self.run_dir.resolve())
+        self.store_root = join_url(root, self.run_dir.name) if root else str(self.run_dir.resolve())
         self.checkpoint_every = checkpoint_every
         self.grace_s = grace_s
         self.extra_env = dict(extra_env or {})
@@ -146,29 +148,21 @@ class RayBackend(WallClock):
 
     # ---------------------------------------------------------------------------- Backend API
     def checkpoint_location(self, job: str) -> str:
-        return _join(self.store_root, "jobs", job, "ckpt") if is_url(self.store_root) else \
+        return join_url(self.store_root, "jobs", job, "ckpt") if is_url(self.store_root) else \
             str(Path(self.store_root) / "jobs" / job / "ckpt")
 
     def launch(self, job: JobState, assignment: dict, start_step: int, attempt: int) -> Optional[int]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        if job.info.spec is None:
-            raise ValueError(f"job {job.name}: no job spec to run (simulation-only job)")
         d = self.job_dir(job.name)
         d.mkdir(parents=True, exist_ok=True)
         node = assignment["node"]
         ckpt = self.checkpoint_location(job.name)
         scratch = os.path.join(self.scratch, job.name, f"attempt-{attempt}")
-        spec = {
-            "job": job.info.spec, "technique": assignment["technique"],
-            "knobs": assignment.get("knobs") or {}, "gpus": [int(g) for g in assignment["gpus"]],
-            "start_step": int(start_step), "num_steps": int(job.info.total_steps - start_step),
-            "checkpoint_dir": ckpt, "device_type": self.device_type,
-            "log_path": os.path.join(scratch, "log.txt"), "progress_path": os.path.join(scratch, "progress.jsonl"),
-            "result_path": os.path.join(scratch, "result.json"), "checkpoint_every": self.checkpoint_every,
-            "attempt": attempt, "grace_s": self.grace_s, "env": self.extra_env,
-        }
-        (d / f"attempt-{attempt}.json").write_text(json.dumps(dict(spec, node=node), indent=1))
+        att = attempt_for(job, assignment, start_step, attempt, files_dir=scratch, checkpoint_dir=ckpt,
+                          device_type=self.device_type, checkpoint_every=self.checkpoint_every,
+                          grace_s=self.grace_s, env=self.extra_env)
+        att.write(d / f"attempt-{attempt}.json")
         node_id = self.node_ids().get(node)
         placeholder = _Att(job.name, attempt, node, node_id or "", ckpt, int(start_step), None, d / "log.txt")
         if node_id is None or node_id not in self._alive_ids:
@@ -179,14 +173,14 @@ class RayBackend(WallClock):
         affinity = NodeAffinitySchedulingStrategy(node_id, soft=False)
         if self.warm:
             if node_id not in self.agents:  # one long-lived agent per node: warm workers per device
-                self.agents[node_id] = _actor_cls("agent").options(scheduling_strategy=affinity).remote(
+                self.agents[node_id] = actor_cls("agent").options(scheduling_strategy=affinity).remote(
                     self.device_type, self.extra_env)
             key = f"{job.name}#{attempt}"
-            self.agents[node_id].start.remote(key, spec, ckpt, scratch)
-            placeholder.actor = _AgentAttempt(self.agents[node_id], key)
+            self.agents[node_id].start.remote(key, att, ckpt, scratch)
+            placeholder.actor = AgentAttempt(self.agents[node_id], key)
         else:
-            placeholder.actor = _actor_cls().options(scheduling_strategy=affinity, name=None).remote(
-                spec, ckpt, scratch)
+            placeholder.actor = actor_cls().options(scheduling_strategy=affinity, name=None).remote(
+                att, ckpt, scratch)
         self.atts[job.name] = placeholder
         return None
 
@@ -223,7 +217,7 @@ class RayBackend(WallClock):
     def _actor_error(self, att: _Att, exc: Exception) -> None:
         from ray.exceptions import RayActorError
 
-        if isinstance(att.actor, _AgentAttempt) and isinstance(exc, RayActorError):
+        if isinstance(att.actor, AgentAttempt) and isinstance(exc, RayActorError):
             self.agents.pop(att.node_id, None)  # the node's agent died: the next launch starts one
         self._refresh(force=True)  # is its node gone?
         if att.job not in self.atts:
@@ -259,13 +253,10 @@ class RayBackend(WallClock):
                 "finished", att.job, now, step=step if step is not None else -1, status="failed", checkpoint=ckpt,
                 reason=f"job runner exited with code {p.get('code')} on node {att.node}: {att.log_tail[-1500:]}"))
             return
-        losses = res.get("losses") or []
-        reason = res.get("reason", "")
-        if res.get("status") in ("failed", "oom"):
-            reason = (reason + "\n" + att.log_tail[-1500:]).strip()
-        self._queued.append(BackendEvent("finished", att.job, now, step=int(res.get("step", 0)),
-                                         status=res.get("status", "failed"), checkpoint=res.get("checkpoint"),
-                                         reason=reason, loss=float(losses[-1][1]) if losses else None, losses=losses))
+        result = RunResult.from_dict(res)
+        if result.status in ("failed", "oom"):
+            result.reason = (result.reason + "\n" + att.log_tail[-1500:]).strip()
+        self._queued.append(BackendEvent.finished(att.job, now, result))
 
     def _end(self, att: _Att, status: str, reason: str) -> None:
         """The attempt is gone without a result: report the newest checkpoint on shared storage."""
@@ -291,7 +282,7 @@ class RayBackend(WallClock):
     def _kill_actor(self, att: _Att, graceful: bool = True) -> None:
         import ray
 
-        if isinstance(att.actor, _AgentAttempt):  # the attempt only: the agent keeps its warm workers
+        if isinstance(att.actor, AgentAttempt):  # the attempt only: the agent keeps its warm workers
             try:
                 ray.get(att.actor.kill.remote(), timeout=20 if graceful else 5)
             except Exception:  # noqa: BLE001 - the agent or its node may be gone

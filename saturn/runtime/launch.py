@@ -1,11 +1,11 @@
 """Run a technique's worker function in a fresh set of processes, one per device (cold), or on
-the warm workers of the calling thread's `saturn.techniques.warm.WarmPool` (`using_pool`).
+the warm workers of the calling thread's `saturn.runtime.warm.WarmPool` (`routing.using_pool`).
 
 Why fresh processes: every trial and every run must start from a clean CUDA context and process
 group (an OOM or a NCCL hang poisons the process), and the executor must be able to stop, time out
 and relaunch a job with another technique or GPU count without leaking GPUs, ports or orphans.
 
-    result = run_workers("saturn.techniques.training:worker_entry", payload, devices=[0, 1],
+    result = run_workers("saturn.training.loop:worker_entry", payload, devices=[0, 1],
                          timeout_s=600, log_path="runs/job/log.txt")
 
 `result` is always a dict with a `status`:
@@ -13,7 +13,7 @@ and relaunch a job with another technique or GPU count without leaking GPUs, por
   * on failure, {"status": "oom" | "failed" | "timeout" | "interrupted", "reason", "log_tail"}
     (an "interrupted" run whose rank 0 still wrote its result returns that result instead).
 
-Each worker is `python -m saturn.techniques.worker <rundir>`: it reads `<rundir>/payload.json`,
+Each worker is `python -m saturn.runtime.worker <rundir>`: it reads `<rundir>/payload.json`,
 initializes the process group (nccl on GPUs, gloo on CPU "slots"), calls `target(payload, ctx)`
 (`ctx` is a `worker.WorkerContext`) and writes `<rundir>/result-<rank>.json`.
 
@@ -37,10 +37,10 @@ import threading
 import time
 from typing import Any, Optional, Protocol, Sequence
 
-# Log text that means the job ran out of (GPU or host) memory, as opposed to a bug.
-OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
-               "DefaultCPUAllocator: can't allocate memory", "std::bad_alloc")
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from saturn.runtime.process import kill_and_reap, log_tail, signal_group, with_repo_on_path
+from saturn.runtime.routing import current_abort, current_pool
+from saturn.runtime.warm_handle import WarmUnavailable
+from saturn.runtime.worker import OOM_MARKERS, write_payload
 
 
 def resolve_device_type(device_type: str = "auto") -> str:
@@ -74,24 +74,21 @@ def run_workers(target: str, payload: dict[str, Any], devices: list[int], *,
     launch (start-up included). Never raises for worker failures: see the module docstring.
     """
     device_type = resolve_device_type(device_type)
-    from saturn.techniques import warm
-
-    pool = warm.current_pool()
+    pool = current_pool()
     if pool is not None and pool.device_type == device_type:
-        try:  # the calling thread asked for warm workers (see saturn.techniques.warm)
+        try:  # the calling thread asked for warm workers (see saturn.runtime.warm)
             return pool.run(target, payload, devices, timeout_s=timeout_s, log_path=log_path, env=env,
-                            grace_s=grace_s, stop_event=stop_event, abort_event=warm.current_abort())
-        except warm.WarmUnavailable as exc:
+                            grace_s=grace_s, stop_event=stop_event, abort_event=current_abort())
+        except WarmUnavailable as exc:
             print(f"saturn: warm workers unavailable ({exc}); launching cold", file=sys.stderr)
     rundir = tempfile.mkdtemp(prefix="saturn-launch-")
     try:
-        with open(os.path.join(rundir, "payload.json"), "w") as f:
-            json.dump({"target": target, "payload": payload}, f)
+        write_payload(rundir, target, payload)
         procs = _spawn(rundir, devices, device_type, env or {})
         outcome, culprit = _supervise(procs, timeout_s, grace_s, stop_event)
-        result = _collect(rundir, procs, outcome, culprit)
+        result = collect(rundir, procs, outcome, culprit)
         if log_path:
-            _write_log(rundir, len(procs), log_path)
+            write_log(rundir, len(procs), log_path)
         return result
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
@@ -104,7 +101,7 @@ def _worker_env(rank: int, world: int, port: int, devices: list[int], device_typ
                LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                SATURN_DEVICE_TYPE=device_type, SATURN_LAUNCH_TIME=repr(time.time()),
                PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
+    with_repo_on_path(env)
     if device_type == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
     else:  # CPU slots: one thread each, so N workers do not fight over the cores
@@ -122,25 +119,25 @@ def _spawn(rundir: str, devices: list[int], device_type: str,
         for rank in range(world):
             log = open(os.path.join(rundir, f"log-{rank}.txt"), "wb")
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "saturn.techniques.worker", rundir],
+                [sys.executable, "-m", "saturn.runtime.worker", rundir],
                 env=_worker_env(rank, world, port, devices, device_type, extra),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=os.getcwd()))
             log.close()
     except BaseException:
-        _kill_all(procs)
+        kill_and_reap(procs)
         raise
     return procs
 
 
-class _Signals:
+class Signals:
     """Turn SIGTERM/SIGINT to the launcher into a flag while workers run (main thread only)."""
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Signals":
+    def __enter__(self) -> "Signals":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -160,7 +157,7 @@ def _supervise(procs: list[subprocess.Popen], timeout_s: float, grace_s: float,
     The first rank to fail is the culprit: its peers fail after it (connection closed)."""
     deadline = time.monotonic() + timeout_s
     try:
-        with _Signals() as sigs:
+        with Signals() as sigs:
             while True:
                 codes = [p.poll() for p in procs]
                 if all(c == 0 for c in codes):
@@ -170,21 +167,21 @@ def _supervise(procs: list[subprocess.Popen], timeout_s: float, grace_s: float,
                     _wait_or_kill(procs, min(grace_s, 5.0))  # peers usually hang in a collective
                     return "failed", bad[0]
                 if time.monotonic() > deadline:
-                    _kill_all(procs)
+                    kill_and_reap(procs)
                     return "timeout", 0
                 if sigs.received is not None or (stop_event is not None and stop_event.is_set()):
                     _terminate_gracefully(procs, grace_s)
                     return "interrupted", 0
                 time.sleep(0.05)
     finally:
-        _kill_all(procs)  # no-op when they all exited; covers exceptions in this thread
+        kill_and_reap(procs)  # no-op when they all exited; covers exceptions in this thread
 
 
 def _terminate_gracefully(procs: list[subprocess.Popen], grace_s: float) -> None:
     """SIGTERM every worker (they checkpoint and exit), then SIGKILL what is left after grace_s."""
     for p in procs:
         if p.poll() is None:
-            _signal_group(p, signal.SIGTERM)
+            signal_group(p.pid, signal.SIGTERM)
     _wait_or_kill(procs, grace_s)
 
 
@@ -192,35 +189,17 @@ def _wait_or_kill(procs: list[subprocess.Popen], grace_s: float) -> None:
     end = time.monotonic() + grace_s
     while time.monotonic() < end and any(p.poll() is None for p in procs):
         time.sleep(0.05)
-    _kill_all(procs)
+    kill_and_reap(procs)
 
 
-def _kill_all(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL each worker's whole process group and reap it (no zombies, ports released)."""
-    for p in procs:
-        _signal_group(p, signal.SIGKILL)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)  # pgid == pid: start_new_session
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _Exit(Protocol):
-    """What `_collect` reads of a worker: a `Popen`, or `warm._Exited` for a warm worker."""
+class Exit(Protocol):
+    """What `collect` reads of a worker: a `Popen`, or `warm_handle.Exited` for a warm worker."""
 
     @property
     def returncode(self) -> Optional[int]: ...
 
 
-def _collect(rundir: str, procs: Sequence[_Exit], outcome: str,
+def collect(rundir: str, procs: Sequence[Exit], outcome: str,
              culprit: int) -> dict[str, Any]:
     """Rank 0's result, or a structured failure (OOM is told apart from other failures)."""
     results = [_read_json(os.path.join(rundir, f"result-{r}.json")) for r in range(len(procs))]
@@ -246,7 +225,7 @@ _PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "remote w
               "NCCL communicator was aborted", "Broken pipe", "ProcessGroupGloo")
 
 
-def _root_cause(procs: Sequence[_Exit], results: list[Optional[dict]], culprit: int) -> int:
+def _root_cause(procs: Sequence[Exit], results: list[Optional[dict]], culprit: int) -> int:
     """The rank that failed for its own reason: the first to exit non-zero, unless its error only
     says that a peer went away (ranks failing within one poll interval look simultaneous)."""
     failed = [culprit] + [r for r, p in enumerate(procs) if r != culprit and p.returncode not in
@@ -273,18 +252,7 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
         return None
 
 
-def log_tail(path: "str | os.PathLike", n: int = 4000) -> str:
-    """The last `n` bytes of a log file as text ('' when it does not exist yet)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _write_log(rundir: str, world: int, log_path: str) -> None:
+def write_log(rundir: str, world: int, log_path: str) -> None:
     """All ranks' output in one file, rank by rank (appended: a job's relaunches share a log)."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     with open(log_path, "ab") as out:

@@ -4,13 +4,13 @@ Why: measuring every (model, technique, GPU count, knobs) costs more than many r
 (issue 24), and a job must never be left unplanned because a trial was skipped. The prior turns a
 model's FLOPs and bytes (parameters, activations, optimizer state, communication volume) into
 seconds with the machine's rates (matmul throughput per dtype, device memory, host link,
-interconnect, host optimizer throughput; `saturn.profiler.machine_probe` measures them once per
+interconnect, host optimizer throughput; `saturn.prior.machine` measures them once per
 machine) and predicts peak memory, which decides feasibility. Every measured row calibrates it: a
 multiplicative correction per (technique, device kind), the median of measured / estimated.
 
 The numbers are *estimates* (provenance `estimated`): the planner may use them, the profiler uses
 them to order trials, and the executor measures an estimated option on its first attempt.
-Pure Python (the planner side never imports torch); shapes come from `saturn.profiler.prior_rows`.
+Pure Python (the planner side never imports torch); shapes come from `saturn.prior.shapes`.
 
 The structural constants below (bytes per activation, kernels per layer, hook launches) are the
 usual transformer accounting (Korthikanti et al. 2022 for activations, 6 x params FLOPs per token)

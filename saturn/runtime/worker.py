@@ -1,4 +1,4 @@
-"""The worker process started by `launch.run_workers`: `python -m saturn.techniques.worker RUNDIR`.
+"""The worker process started by `launch.run_workers`: `python -m saturn.runtime.worker RUNDIR`.
 
 It sets up what every technique needs (process group, device, thread count, a SIGTERM flag), then
 calls the target named in RUNDIR/payload.json and writes RUNDIR/result-<rank>.json. An exception
@@ -8,7 +8,6 @@ out-of-memory configuration (a profiling outcome) from a bug.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import os
@@ -19,6 +18,12 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
+
+from saturn.runtime.process import die_with_parent
+
+# Log text that means the job ran out of (GPU or host) memory, as opposed to a bug.
+OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+               "DefaultCPUAllocator: can't allocate memory", "std::bad_alloc")
 
 
 @dataclass
@@ -46,22 +51,14 @@ class WorkerContext:
         self._stop[0] = True
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the launcher dies, so a killed launcher leaves no orphans."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _context() -> WorkerContext:
+def context_from_env() -> WorkerContext:
     return WorkerContext(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                          local_rank=int(os.environ["LOCAL_RANK"]),
                          device_type=os.environ.get("SATURN_DEVICE_TYPE", "cpu"),
                          launch_time=float(os.environ.get("SATURN_LAUNCH_TIME", time.time())))
 
 
-def _init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
+def init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
     import torch
     import torch.distributed as dist
 
@@ -74,52 +71,61 @@ def _init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
 
 
-def _resolve(path: str) -> Callable[..., Any]:
+def resolve_target(path: str) -> Callable[..., Any]:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     import torch
-
-    from saturn.techniques.launch import OOM_MARKERS
 
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(
         m in str(exc) for m in OOM_MARKERS)
 
 
-def _write_result(rundir: str, rank: int, result: dict[str, Any]) -> None:
+def write_result(rundir: str, rank: int, result: dict[str, Any]) -> None:
     path = os.path.join(rundir, f"result-{rank}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(result, f)
     os.replace(path + ".tmp", path)
 
 
-def main(rundir: str) -> int:
-    _die_with_parent()
-    ctx = _context()
-    signal.signal(signal.SIGTERM, ctx.request_stop)
-    signal.signal(signal.SIGINT, ctx.request_stop)
+def write_payload(rundir: str, target: str, payload: dict[str, Any]) -> None:
+    """What every rank of a launch runs (cold or warm): `target(payload, ctx)`."""
+    with open(os.path.join(rundir, "payload.json"), "w") as f:
+        json.dump({"target": target, "payload": payload}, f)
+
+
+def read_payload(rundir: str) -> tuple[str, dict[str, Any]]:
+    """(target, payload) of the launch in `rundir` (see `write_payload`)."""
     with open(os.path.join(rundir, "payload.json")) as f:
         spec = json.load(f)
-    payload = spec["payload"]
+    return spec["target"], spec["payload"]
+
+
+def main(rundir: str) -> int:
+    die_with_parent()
+    ctx = context_from_env()
+    signal.signal(signal.SIGTERM, ctx.request_stop)
+    signal.signal(signal.SIGINT, ctx.request_stop)
+    target, payload = read_payload(rundir)
     code = 0
     try:
-        _init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
-        result = _resolve(spec["target"])(payload, ctx)
+        init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
+        result = resolve_target(target)(payload, ctx)
         result = dict(result or {})
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
         traceback.print_exc()
-        status = "oom" if _is_oom(exc) else "failed"
+        status = "oom" if is_oom(exc) else "failed"
         result, code = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000]}, 1
-    _write_result(rundir, ctx.rank, result)
+    write_result(rundir, ctx.rank, result)
     sys.stdout.flush()
     if code == 0:
-        _shutdown()
+        shutdown_group()
     return code
 
 
-def _shutdown() -> None:
+def shutdown_group() -> None:
     """Destroy the process group so NCCL/gloo release their resources before exit."""
     try:
         import torch.distributed as dist

@@ -12,9 +12,7 @@ workload's jobs by signature, or zoo models named in the row's `model` column).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import statistics
 from typing import Any, Callable, Iterable, Optional, Union
@@ -24,130 +22,33 @@ import pandas as pd
 from saturn.parse import canonical_knobs
 from saturn.parse import num as _num
 from saturn.planner.provenance import is_measured
-from saturn.profiles.prior import Calibration, Estimate, MachineRates, ModelShape, estimate, launch_extra_s
+from saturn.prior.calibration import anchor, calibration_ratios
+from saturn.prior.cost_model import (
+    Calibration,
+    Estimate,
+    MachineRates,
+    ModelShape,
+    datasheet_rates,
+    estimate,
+    launch_extra_s,
+)
+from saturn.prior.shapes import model_shape
+from saturn.profiler.cells import allowed_techniques, cell_for, gpu_counts
+from saturn.profiler.table import checkpoint_cost_s
+from saturn.profiler.value import PriorGuess
 
 log = logging.getLogger(__name__)
 
-MODELLED_TECHNIQUES = ("ddp", "fsdp", "zero", "pipeline", "spilling")  # what saturn.profiles.prior models
+MODELLED_TECHNIQUES = ("ddp", "fsdp", "zero", "pipeline", "spilling")  # what saturn.prior.cost_model models
 ESTIMATED_SOURCE = "estimated"  # the row's `source` starts with it (saturn.planner.provenance)
 DEFAULT_LAUNCH_S = {"cpu": 1.0}
 DEFAULT_GPU_LAUNCH_S = 10.0
-_shape_cache: dict[str, Optional[ModelShape]] = {}
 
 
-# ---------------------------------------------------------------------------------- shapes
-def shape_of(model_name: Optional[str], overrides: Optional[dict], batch_size: int, seq_len: int,
-             precision: str, label: str = "") -> Optional[ModelShape]:
-    """The shape of a zoo model (None for names the zoo does not know)."""
-    from saturn.zoo import model_config
-    from saturn.zoo.configs import GPTConfig  # torch-free: planning never imports torch
-
-    if not model_name:
-        return None
-    try:
-        cfg = model_config(model_name, dict(overrides or {}))
-    except (ValueError, TypeError):
-        return None
-    d, L = cfg.n_embd, cfg.n_layer
-    if isinstance(cfg, GPTConfig):
-        return ModelShape(cfg.params(), L * 12 * d * d + cfg.vocab_size * d, L, d, int(seq_len), int(batch_size),
-                          cfg.vocab_size, True, 12 * L + 6, precision, label or model_name)
-    patch = cfg.channels * cfg.patch_size ** 2 * d
-    return ModelShape(cfg.params(), L * 12 * d * d + cfg.num_classes * d + patch, L, d, cfg.n_patches + 1,
-                      int(batch_size), cfg.num_classes, False, 12 * L + 8, precision, label or model_name)
-
-
-def _factory_shape(job: Any) -> Optional[ModelShape]:
-    """A user factory's model built on the meta device: parameters and blocks, tokens = seq_len."""
-    import torch
-
-    from saturn.zoo import build_model
-
-    with torch.device("meta"):
-        model = build_model(job.model, device="meta")
-    params = sum(p.numel() for p in model.parameters())
-    blocks = model.blocks() or list(model.layers)
-    L = max(1, len(blocks))
-    d = max(1, int(math.sqrt(max(params, 1) / (12 * L))))
-    return ModelShape(int(params), int(params), L, d, int(job.seq_len), int(job.batch_size), 1, True,
-                      sum(1 for _ in model.parameters()), job.precision, job.model.label())
-
-
-def model_shape(job: Any) -> Optional[ModelShape]:
-    """The prior's view of a job (cached per signature); None when it cannot be shaped."""
-    sig = str(job.signature)
-    if sig not in _shape_cache:
-        try:
-            shape = (shape_of(job.model.name, job.model.overrides, job.batch_size, job.seq_len, job.precision)
-                     if job.model.name else _factory_shape(job))
-        except Exception as exc:  # noqa: BLE001 - a model the prior cannot shape just has no estimate
-            log.info("the prior cannot shape %s: %s", job.model.label(), exc)
-            shape = None
-        _shape_cache[sig] = shape
-    return _shape_cache[sig]
-
-
-def row_shape(row: dict, by_signature: dict[str, ModelShape]) -> Optional[ModelShape]:
-    """A stored row's shape: this workload's job with its signature, else the zoo model it names."""
-    sig = str(row.get("signature"))
-    if sig in by_signature:
-        return by_signature[sig]
-    name = row.get("model")
-    if not isinstance(name, str) or not name:
-        return None
-    b, s = _num(row.get("batch_size"), math.nan), _num(row.get("seq_len"), 512.0)
-    if not math.isfinite(b):
-        return None
-    prec = row.get("precision") if isinstance(row.get("precision"), str) else "bf16"
-    return shape_of(name, None, int(b), int(s), str(prec))
-
-
-# ---------------------------------------------------------------------------- calibration
-def measured_ok(row: dict) -> bool:
-    """A measured row with a usable step time (the rows that calibrate the prior)."""
-    return is_measured(row) and _ok(row)
-
-
-def _ok(row: dict) -> bool:
-    st = row.get("status")
-    feasible = row.get("feasible")
-    if isinstance(feasible, str):
-        feasible = feasible.strip().lower() in ("true", "1", "yes")
-    good = (st is None or (isinstance(st, float) and st != st) or str(st) == "ok") and bool(feasible)
-    return good and _num(row.get("step_time_s"), math.nan) > 0
-
-
-def _knobs(row: dict) -> dict:
-    try:
-        return json.loads(canonical_knobs(row.get("knobs")))
-    except ValueError:
-        return {}
-
-
-def calibration_ratios(rows: Iterable[dict], shapes: dict[str, ModelShape],
-                       rates_for_type: Callable[[str], MachineRates]) -> list[tuple[str, str, float, dict]]:
-    """(technique, device kind, measured / uncalibrated estimate, row) for each usable measured row."""
-    out = []
-    for r in rows:
-        if not measured_ok(r):
-            continue
-        shape = row_shape(r, shapes)
-        kind = str(r.get("gpu_type") or "")
-        if shape is None or not kind:
-            continue
-        est = estimate(shape, str(r["technique"]), _knobs(r), int(r["gpus"]), rates_for_type(kind),
-                       _num(r.get("gpu_memory_gb"), 1e9))
-        if est.step_time_s > 0:
-            out.append((str(r["technique"]), kind, float(r["step_time_s"]) / est.step_time_s, r))
-    return out
-
-
-# ------------------------------------------------------------------------------ the rows
 def _cells(job: Any, max_gpus: int, needed: Callable[[str], bool] = lambda name: True) -> list[tuple[str, Any]]:
     """(technique name, technique) for the job's allowed techniques the prior models (the
     built-ins: what a user technique does per step is unknown, so it gets no estimate) and that
     are `needed` (a technique object is loaded only then: loading one imports torch)."""
-    from saturn.profiler.session import allowed_techniques
     from saturn.techniques.registry import get_technique
 
     out = []
@@ -193,8 +94,6 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
     """Store-format rows (`source` = 'estimated: ...') for every (signature, technique, GPU count,
     GPU type) of `workload` that `table` has no row for; every candidate knob setting is
     estimated and the best one kept (see `best_estimate`)."""
-    from saturn.profiler.session import cell_for, gpu_counts
-    from saturn.profiler.table import checkpoint_cost_s
 
     nodes = list(workload.cluster.resolved().nodes or [])
     max_node = max(n.gpus for n in nodes)
@@ -264,45 +163,18 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
     return out
 
 
-def _compatible(row_knobs: dict, knobs: Optional[dict]) -> bool:
-    """The row's knob setting agrees with `knobs` on every knob both name (None: any)."""
-    return knobs is None or all(str(knobs[k]).lower() == str(v).lower() for k, v in row_knobs.items() if k in knobs)
-
-
-def anchor(rows: list[dict], sig: str, technique: str, gpu_type: str, shape: ModelShape,
-           rates: MachineRates, knobs: Optional[dict] = None) -> Optional[tuple[float, str]]:
-    """The factor that makes the prior agree with this signature's own rows of this technique and
-    knob setting (`knobs`; rows that name fewer knobs match on those) on this GPU type, measured or
-    sample, e.g. at another GPU count: an estimate never contradicts its neighbours. None when
-    there are none."""
-    ratios = []
-    for r in rows:
-        if (str(r.get("signature")) == sig and str(r.get("technique")) == technique
-                and str(r.get("gpu_type") or "").lower() == gpu_type.lower() and _ok(r)
-                and _compatible(_knobs(r), knobs)):
-            est = estimate(shape, technique, _knobs(r), int(r["gpus"]), rates, _num(r.get("gpu_memory_gb"), 1e9))
-            if est.step_time_s > 0:
-                ratios.append(float(r["step_time_s"]) / est.step_time_s)
-    if not ratios:
-        return None
-    f = float(statistics.median(ratios))
-    return f, f"x{f:.3g} anchored to {len(ratios)} row(s) of this model with {technique} and these knobs"
-
-
 def _rates_any(rates: dict[str, MachineRates], gpu_type: str) -> MachineRates:
     for k, v in rates.items():
         if k.lower() == gpu_type.lower():
             return v
-    from saturn.profiles.prior import datasheet_rates
-
     return datasheet_rates(gpu_type)
 
 
 def rates_for_workload(workload: Any, store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineRates]:
     """Machine rates per GPU type of the workload's cluster: probed once here when this machine
     is that hardware (CPU slots included), else cached or datasheet figures."""
+    from saturn.prior.machine import rates_for
     from saturn.profiler.hardware import gpu_device_visible, hardware_for_cluster, local_hardware
-    from saturn.profiler.machine_probe import rates_for
 
     nodes = list(workload.cluster.resolved().nodes or [])
     types = sorted({str(n.gpu_type) for n in nodes})
@@ -339,9 +211,6 @@ def trial_priors(workload: Any, cells: Iterable[Any], rep_jobs: dict[str, Any], 
     """The prior's guess for every trial of `cells` (`saturn.profiler.search.CellInput`), keyed
     like `TrialSpec.key`, for the profiler's value rule (`saturn.profiler.value`). Cells of
     techniques the prior does not model get none (they are searched the old way)."""
-    from saturn.profiler.table import checkpoint_cost_s
-    from saturn.profiler.value import PriorGuess
-
     shapes = {sig: s for sig, j in rep_jobs.items() if (s := model_shape(j)) is not None}
     records = table.to_dict("records") if len(table) else []
     calib = Calibration.fit((t, k, r) for t, k, r, _ in calibration_ratios(records, shapes, lambda _t: rates))

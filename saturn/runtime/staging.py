@@ -1,7 +1,7 @@
 """Host staging memory for background checkpoint saves, budgeted per node.
 
 Why: a background save blocks training only while the state is copied into host memory; the
-bytes drain to storage behind (see `saturn.techniques.checkpoint`), possibly after the job ended
+bytes drain to storage behind (see `saturn.training.checkpoint`), possibly after the job ended
 (warm workers). On a GPU the copy goes into *pinned* memory: the device-to-host copy runs at DMA
 speed, and pinning is slower than copying, so buffers are kept and reused save after save. Pinned
 memory cannot be swapped, so every process of a node draws on one budget:
@@ -34,7 +34,7 @@ from typing import Any, Optional
 import torch
 from filelock import FileLock
 
-from saturn.process import pid_alive
+from saturn.runtime.process import pid_alive
 
 _ALIGN = 64  # every tensor starts at a 64-byte offset (any dtype's alignment)
 _GIB = 2**30

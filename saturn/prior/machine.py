@@ -1,6 +1,6 @@
 """Measure this machine's rates once (a few seconds) and keep them in the profile store.
 
-Why: the prior (`saturn.profiles.prior`) turns FLOPs and bytes into seconds; the rates it needs
+Why: the prior (`saturn.prior.cost_model`) turns FLOPs and bytes into seconds; the rates it needs
 (matmul per dtype, device memory, host link, interconnect, host optimizer, launch latency) differ
 between machines far more than the models' arithmetic does. They are probed once per hardware
 and cached in `<store>/machine-rates.json`, keyed by the hardware key (GPU type, memory,
@@ -25,8 +25,8 @@ from typing import Any, Callable, Optional, Union
 from filelock import FileLock
 
 from saturn.errors import SaturnError
+from saturn.prior.cost_model import MachineRates, datasheet_rates
 from saturn.profiler.hardware import Hardware
-from saturn.profiles.prior import MachineRates, datasheet_rates
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,9 @@ def probe_isolated(hw: Hardware, cpu_threads: Optional[int] = None, timeout_s: f
     import sys
     from dataclasses import asdict
 
-    import saturn
-
-    root = str(Path(saturn.__file__).resolve().parents[1])  # this saturn, wherever the caller runs
+    root = str(Path(__file__).resolve().parents[2])  # this saturn's checkout, wherever the caller runs
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, "-m", "saturn.profiler.machine_probe", json.dumps(asdict(hw))],
+    out = subprocess.run([sys.executable, "-m", "saturn.prior.machine", json.dumps(asdict(hw))],
                          capture_output=True, text=True, timeout=timeout_s, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"the machine probe failed (exit {out.returncode}): {out.stderr.strip()[-500:]}")

@@ -2,11 +2,11 @@
 
 Why: on a real GPU a cold launch pays the interpreter, the torch/deepspeed imports and the CUDA
 context for every trial and every job attempt (13-35 s per launch in issue 14), more than many jobs
-spend training. A `WarmPool` keeps one `saturn.techniques.warm_worker` per slot (a GPU, or a CPU
+spend training. A `WarmPool` keeps one `saturn.runtime.warm_worker` per slot (a GPU, or a CPU
 slot) that has paid all of that once. `launch.run_workers` uses the pool of the calling thread:
 
     pool = WarmPool("cpu")
-    with using_pool(pool):                       # every run_workers() in this thread goes warm
+    with using_pool(pool):                       # (saturn.runtime.routing) run_workers() here goes warm
         technique.run(job, [0, 1], knobs, 0, 100, "ckpt")
     pool.pids()                                  # {0: 4711, 1: 4712}: the same processes next job
 
@@ -22,7 +22,7 @@ launcher (`launch.run_workers`), and `WarmUnavailable` (a worker that cannot sta
 makes `run_workers` fall back to a cold launch.
 
 Draining: a worker writes a finished job's staged checkpoint in the background while it takes
-the next job (see `saturn.techniques.warm_worker`). The pool follows each drain from the worker's
+the next job (see `saturn.runtime.warm_worker`). The pool follows each drain from the worker's
 "draining"/"drained" reports: `drain_state(path)` is "draining", "durable" or "lost" (the worker
 died, or the write failed). A worker that must be replaced while it drains is retired instead of
 killed: it finishes its drains and exits, and a fresh worker takes the slot meanwhile.
@@ -31,64 +31,31 @@ killed: it finishes its drains and exits, and a fresh worker takes the slot mean
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional, Sequence
 
-from saturn.techniques import launch
+from saturn.runtime import launch
+from saturn.runtime.process import with_repo_on_path
+from saturn.runtime.routing import current_env
+from saturn.runtime.warm_handle import PRELOAD_ENV, Exited, Spawner, WarmUnavailable, WarmWorker
+from saturn.runtime.worker import write_payload
 
 log = logging.getLogger(__name__)
 _MIB = 2**20
-
-
-class WarmUnavailable(RuntimeError):
-    """No warm worker can take this job now (the caller launches cold instead)."""
-
-
-# ------------------------------------------------------------------ the calling thread's pool
-_local = threading.local()
-
-
-def current_pool() -> Optional["WarmPool"]:
-    return getattr(_local, "pool", None)
-
-
-def current_abort() -> Optional[threading.Event]:
-    return getattr(_local, "abort", None)
-
-
-def current_env() -> dict[str, str]:
-    return getattr(_local, "env", None) or {}
-
-
-@contextlib.contextmanager
-def using_pool(pool: Optional["WarmPool"], abort: Optional[threading.Event] = None,
-               env: Optional[dict[str, str]] = None) -> Iterator[None]:
-    """Route `run_workers` calls made in this thread to `pool` (None: cold). Setting `abort`
-    SIGKILLs the running job's workers (they are replaced); stop_event stays the graceful stop.
-    `env`: extra environment for these jobs (what a cold runner would have inherited)."""
-    old = (current_pool(), current_abort(), current_env())
-    _local.pool, _local.abort, _local.env = pool, abort, dict(env or {})
-    try:
-        yield
-    finally:
-        _local.pool, _local.abort, _local.env = old
 
 
 _shared: Optional["WarmPool"] = None
 _shared_lock = threading.Lock()
 
 
-def shared_pool(device_type: str = "auto") -> "WarmPool":
+def shared_pool(device_type: str = "auto", preload: Sequence[str] = ()) -> "WarmPool":
     """The process-wide pool (profiler trials and executor jobs share it, so workers warmed by
     `saturn profile` run the jobs of `saturn run` in the same process). Shut down at exit."""
     global _shared
@@ -97,7 +64,7 @@ def shared_pool(device_type: str = "auto") -> "WarmPool":
         if _shared is None or _shared.closed or _shared.device_type != dtype:
             if _shared is not None:
                 _shared.shutdown()
-            _shared = WarmPool(dtype)
+            _shared = WarmPool(dtype, preload=preload)
         return _shared
 
 
@@ -107,134 +74,6 @@ def warm_enabled(default: bool = True) -> bool:
 
     v = warm()
     return default if v is None else v
-
-
-# ------------------------------------------------------------------------------- one worker
-class _Spawner:
-    """Starts workers from one long-lived thread: PR_SET_PDEATHSIG fires when the *thread* that
-    forked the child ends, so workers spawned from a short-lived job thread would die with it."""
-
-    def __init__(self) -> None:
-        self._q: "queue.Queue[tuple[Callable[[], Any], queue.Queue]]" = queue.Queue()
-        threading.Thread(target=self._loop, name="saturn-warm-spawner", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            fn, out = self._q.get()
-            try:
-                out.put((True, fn()))
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                out.put((False, exc))
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        out: queue.Queue = queue.Queue()
-        self._q.put((fn, out))
-        ok, value = out.get()
-        if not ok:
-            raise value
-        return value
-
-
-class WarmWorker:
-    """Handle of one warm worker process: commands go to its stdin, replies (JSON lines) come on
-    a pipe read by a thread into `replies`."""
-
-    def __init__(self, slot: int, device_type: str, env: dict[str, str], log_path: str,
-                 spawner: _Spawner):
-        self.slot, self.device_type = slot, device_type
-        self.replies: "queue.Queue[dict]" = queue.Queue()
-        self.ready: Optional[dict] = None
-        self.baseline: dict[str, float] = {}
-        self.jobs = 0
-        self.busy = False
-        self.replied = True  # answered its last job (alive and idle: safe to retire gracefully)
-        self.spawned_at = time.monotonic()
-        self.start_s: Optional[float] = None  # spawn -> ready, measured
-        self.draining: set[str] = set()  # checkpoint paths this worker is still writing
-        self.drains: dict[str, dict] = {}  # path -> its "drained" report
-        self.on_drain: Optional[Callable[["WarmWorker", dict], None]] = None
-        r, w = os.pipe()
-        try:
-            with open(log_path, "ab") as out:
-                self.popen = spawner.call(lambda: subprocess.Popen(
-                    [sys.executable, "-m", "saturn.techniques.warm_worker", str(slot), device_type, str(w)],
-                    env=env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                    pass_fds=(w,), start_new_session=True, cwd=os.getcwd()))
-        finally:
-            os.close(w)
-        self.pid = self.popen.pid
-        threading.Thread(target=self._read, args=(r,), name=f"warm-{slot}-replies", daemon=True).start()
-
-    def _read(self, fd: int) -> None:
-        with os.fdopen(fd) as f:
-            for line in f:
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if msg.get("event") in ("draining", "drained"):
-                    self._drain_report(msg)
-                else:
-                    self.replies.put(msg)
-        lost = sorted(self.draining)
-        self.draining.clear()
-        for path in lost:  # died (or was killed) before these were written
-            self._drain_report({"event": "drained", "path": path, "ok": False,
-                                "error": f"warm worker {self.pid} (slot {self.slot}) exited while "
-                                         "writing it"})
-        self.replies.put({"event": "eof"})
-
-    def _drain_report(self, msg: dict) -> None:
-        path = str(msg.get("path"))
-        if msg["event"] == "draining":
-            self.draining.add(path)
-        else:
-            self.draining.discard(path)
-            self.drains[path] = msg
-        if self.on_drain is not None:
-            self.on_drain(self, msg)
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self.popen.poll()
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def wait_ready(self, timeout_s: float) -> None:
-        if self.ready is not None:
-            return
-        try:
-            msg = self.replies.get(timeout=timeout_s)
-        except queue.Empty:
-            raise WarmUnavailable(f"warm worker for slot {self.slot} not ready after {timeout_s:.0f}s") from None
-        if msg.get("event") != "ready":
-            raise WarmUnavailable(f"warm worker for slot {self.slot} died while starting "
-                                  f"(exit code {self.popen.wait(timeout=10)})")
-        self.ready, self.baseline = msg, dict(msg.get("mem") or {})
-        self.start_s = time.monotonic() - self.spawned_at
-
-    def send(self, cmd: dict[str, Any]) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write((json.dumps(cmd) + "\n").encode())
-        self.popen.stdin.flush()
-
-    def signal(self, sig: int) -> None:
-        try:
-            os.kill(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def kill(self) -> None:
-        """SIGKILL the worker and anything it started (its own session), then reap it."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 # --------------------------------------------------------------------------------- the pool
@@ -247,11 +86,13 @@ class WarmPool:
         job, which loads the CUDA/cuBLAS/NCCL libraries for good) before the worker is replaced.
     max_jobs: replace a worker after that many jobs anyway (bounds slow leaks; 0 = never).
     drain_behind: a job's final checkpoint is written after it returns, while the worker takes
-        the next job (its result says `durable: False`; see `drain_state`)."""
+        the next job (its result says `durable: False`; see `drain_state`).
+    preload: modules ("module", or "module:function" to call) every worker imports before it is
+        ready, beyond torch: what the caller's jobs will import (the runtime knows no technique)."""
 
     def __init__(self, device_type: str = "auto", *, env: Optional[dict[str, str]] = None,
                  start_timeout_s: float = 300.0, mem_tolerance_mb: Optional[float] = None,
-                 max_jobs: int = 200, drain_behind: bool = True):
+                 max_jobs: int = 200, drain_behind: bool = True, preload: Sequence[str] = ()):
         self.device_type = launch.resolve_device_type(device_type)
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
@@ -259,6 +100,7 @@ class WarmPool:
                                (256 if self.device_type == "cuda" else 1024)) * _MIB
         self.max_jobs = max_jobs
         self.drain_behind = drain_behind  # False: a job's final save is durable when it returns
+        self.preload = tuple(preload)
         self.closed = False
         self.replaced = 0  # workers killed and restarted (failures, leaks, hangs)
         self._workers: dict[int, WarmWorker] = {}
@@ -266,14 +108,16 @@ class WarmPool:
         self._drain_states: dict[str, dict] = {}  # checkpoint path -> {"state", "error", ...}
         self.drain_timeout_s = 3600.0  # at shutdown, how long draining workers are waited for
         self._lock = threading.Lock()
-        self._spawner = _Spawner()
+        self._spawner = Spawner()
         self._dir = tempfile.mkdtemp(prefix="saturn-warm-")
 
     # ------------------------------------------------------------------ workers by slot
     def _env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (launch._REPO_ROOT, env.get("PYTHONPATH")) if p)
+        with_repo_on_path(env)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.preload:
+            env[PRELOAD_ENV] = ",".join(self.preload)
         if self.device_type == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
         else:
@@ -446,8 +290,7 @@ class WarmPool:
         for w in ws:
             w.replied = False
         try:
-            with open(os.path.join(rundir, "payload.json"), "w") as f:
-                json.dump({"target": target, "payload": payload}, f)
+            write_payload(rundir, target, payload)
             port = launch.free_port()
             for rank, w in enumerate(ws):
                 w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,
@@ -456,11 +299,11 @@ class WarmPool:
             outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event)
             if outcome in ("done", "interrupted") and all(c == 0 for c in codes):
                 keep = [self._clean(w, m) for w, m in zip(ws, mems)]  # a graceful stop keeps them too
-            procs = [_Exited(c) for c in codes]
-            result = launch._collect(rundir, procs, outcome, culprit)
+            procs = [Exited(c) for c in codes]
+            result = launch.collect(rundir, procs, outcome, culprit)
             result["worker_start_s"] = round(worker_start_s, 4)
             if log_path:
-                launch._write_log(rundir, len(ws), log_path)
+                launch.write_log(rundir, len(ws), log_path)
             return result
         finally:
             self._release(ws, keep)
@@ -477,7 +320,7 @@ class WarmPool:
         deadline = time.monotonic() + timeout_s
         first_bad: Optional[int] = None
         bad_since = stop_since = None
-        with launch._Signals() as sigs:
+        with launch.Signals() as sigs:
             while any(c is None for c in codes):
                 for r, w in enumerate(ws):
                     if codes[r] is not None:
@@ -547,13 +390,6 @@ class WarmPool:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
-
-
-class _Exited:
-    """What `launch._collect` reads of a process: its return code."""
-
-    def __init__(self, code: Optional[int]):
-        self.returncode = code
 
 
 def _shutdown_shared() -> None:

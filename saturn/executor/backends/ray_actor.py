@@ -1,7 +1,7 @@
-"""What runs on a Ray node: one attempt of one job (`_JobAttempt`), in its own actor (cold) or
-in the node's long-lived agent actor (`_NodeAgent`, warm: one warm worker per GPU of the node).
+"""What runs on a Ray node: one attempt of one job (`JobAttempt`), in its own actor (cold) or
+in the node's long-lived agent actor (`NodeAgent`, warm: one warm worker per GPU of the node).
 
-Cold: one actor per attempt runs `python -m saturn.executor.job_runner SPEC.json` as a child
+Cold: one actor per attempt runs `python -m saturn.runtime.job_runner SPEC.json ENTRY` as a child
 process, exactly as `ProcessBackend` does. Warm (the default where the technique trains through
 `launch.run_workers`): the node's agent runs the attempt in a thread (`job_runner.WarmAttempt`) on
 its `WarmPool`, so successive attempts and jobs on that node do not pay interpreter, imports and
@@ -14,57 +14,54 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
-from saturn.executor.backends import kill_session, latest_checkpoint_step, stop_attempt
-from saturn.executor.job_runner import WarmAttempt, is_warm_capable
+from saturn.executor.backends.process import latest_checkpoint_step
+from saturn.executor.backends.runner import ENTRY as RUNNER_ENTRY
+from saturn.executor.backends.runner import is_warm_capable, run_attempt
 from saturn.executor.ray_storage import download_latest, is_url, upload_checkpoint
+from saturn.runtime.attempt import Attempt, RunResult
+from saturn.runtime.job_runner import WarmAttempt, kill_session, spawn_runner, stop_attempt
 
 _LOG_CHUNK = 64 * 1024  # log bytes returned per poll, per file
 
 
-class _JobAttempt:
+class JobAttempt:
     """Body of the Ray actor that runs one attempt of one job on its node (see module doc)."""
 
-    def __init__(self, spec: dict, store: str, scratch: str, pool: Any = None):
-        self.spec, self.store, self.scratch = dict(spec), store, scratch
+    def __init__(self, att: Attempt, store: str, scratch: str, pool: Any = None):
+        self.store, self.scratch = store, scratch
         self.url = is_url(store)
         os.makedirs(scratch, exist_ok=True)
         self.offsets = {"progress": 0, "log": 0, "runner": 0}
-        if self.url:
-            self.spec["checkpoint_dir"] = os.path.join(scratch, "ckpt")
-            download_latest(store, self.spec["checkpoint_dir"])
+        if self.url:  # this node's copy of the checkpoints in shared storage
+            att = att.with_(checkpoint_dir=os.path.join(scratch, "ckpt"))
+            download_latest(store, att.checkpoint_dir)
         else:
-            os.makedirs(self.spec["checkpoint_dir"], exist_ok=True)
+            os.makedirs(att.checkpoint_dir, exist_ok=True)
         self.uploaded: dict[str, str] = {}
         self.done_payload: Optional[dict] = None
-        self.spec["gpus"] = self._physical(self.spec["gpus"])
+        self.att_env = dict(att.env)
+        self.att = att = att.with_(gpus=self._physical(att), env={})
         spec_path = os.path.join(scratch, "spec.json")
-        with open(spec_path, "w") as f:
-            json.dump(self.spec, f, indent=1)
-        extra = self.spec.pop("env", None) or {}
-        if pool is not None and is_warm_capable(self.spec["technique"]):
-            self.popen: Any = WarmAttempt(self.spec, pool, extra, runner_log=os.path.join(scratch, "runner.txt"))
+        att.write(spec_path)
+        runner_log = os.path.join(scratch, "runner.txt")
+        if pool is not None and is_warm_capable(att.technique):
+            self.popen: Any = WarmAttempt(partial(run_attempt, att, runner_log=runner_log), pool, self.att_env,
+                                          name=f"attempt-{att.attempt}")
             return
-        env = dict(os.environ)
-        env.pop("CUDA_VISIBLE_DEVICES", None)  # launch.py sets it from the (physical) device ids
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        env.update(extra)
-        with open(os.path.join(scratch, "runner.txt"), "ab") as out:
-            self.popen = subprocess.Popen([sys.executable, "-m", "saturn.executor.job_runner", spec_path],
-                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, env=env)
+        # launch.py sets CUDA_VISIBLE_DEVICES from the (physical) device ids
+        self.popen = spawn_runner(spec_path, runner_log, self.att_env, RUNNER_ENTRY, unset=("CUDA_VISIBLE_DEVICES",))
 
-    def _physical(self, gpus: list) -> list:
+    @staticmethod
+    def _physical(att: Attempt) -> list:
         vis = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        if self.spec.get("device_type") != "cuda" or not vis.strip():
-            return [int(g) for g in gpus]
+        if att.device_type != "cuda" or not vis.strip():
+            return [int(g) for g in att.gpus]
         ids = [v.strip() for v in vis.split(",") if v.strip()]
-        return [int(ids[int(g)]) if ids[int(g)].isdigit() else int(g) for g in gpus]
+        return [int(ids[int(g)]) if ids[int(g)].isdigit() else int(g) for g in att.gpus]
 
     def info(self) -> dict:
         import ray
@@ -97,19 +94,19 @@ class _JobAttempt:
             return self.done_payload
         code = self.popen.poll()
         recs = []
-        for line in self._read_new("progress", self.spec["progress_path"], True).splitlines():
+        for line in self._read_new("progress", self.att.progress_path, True).splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("attempt", self.spec["attempt"]) != self.spec["attempt"]:
+            if rec.get("attempt", self.att.attempt) != self.att.attempt:
                 continue
             if rec.get("checkpoint"):
                 rec["checkpoint"] = self._ckpt_out(rec["checkpoint"])
                 if rec["checkpoint"] is None:
                     continue
             recs.append(rec)
-        logs = {"log": self._read_new("log", self.spec["log_path"], False).decode("utf-8", "replace"),
+        logs = {"log": self._read_new("log", self.att.log_path, False).decode("utf-8", "replace"),
                 "runner": self._read_new("runner", os.path.join(self.scratch, "runner.txt"), False)
                 .decode("utf-8", "replace")}
         out = {"records": recs, "logs": logs, "done": False, "code": code, "result": None, "fallback": None}
@@ -117,21 +114,17 @@ class _JobAttempt:
             return out
         if any(len(v) >= _LOG_CHUNK for v in logs.values()):
             return out  # drain the logs first
-        try:
-            with open(self.spec["result_path"]) as f:
-                res = json.load(f)
-        except (OSError, ValueError):
-            res = None
+        result = RunResult.read(self.att.result_path)
+        res = result.to_dict() if result is not None else None
         if res is not None:
             res["checkpoint"] = self._ckpt_out(res.get("checkpoint"))
         else:
-            step, path = latest_checkpoint_step(Path(self.spec["checkpoint_dir"]), self.spec["job"],
-                                                int(self.spec["start_step"]) + int(self.spec["num_steps"]))
+            step, path = latest_checkpoint_step(Path(self.att.checkpoint_dir), self.att.job, self.att.end_step)
             out["fallback"] = [step, self._ckpt_out(path)]
         out.update(done=True, result=res)
         self.done_payload = dict(out, records=[], logs={"log": "", "runner": ""})
         if self.url:
-            shutil.rmtree(self.spec["checkpoint_dir"], ignore_errors=True)
+            shutil.rmtree(self.att.checkpoint_dir, ignore_errors=True)
         return out
 
     def stop(self) -> None:
@@ -141,20 +134,21 @@ class _JobAttempt:
         kill_session(self.popen)
 
 
-class _NodeAgent:
+class NodeAgent:
     """Body of the long-lived Ray actor of one node in warm mode: a `WarmPool` of the node's
-    devices, and the attempts running on it by key (the driver's `_AgentAttempt` handles)."""
+    devices, and the attempts running on it by key (the driver's `AgentAttempt` handles)."""
 
     def __init__(self, device_type: str, env: Optional[dict] = None):
-        from saturn.techniques.warm import WarmPool
+        from saturn.runtime.warm import WarmPool
+        from saturn.techniques.registry import WARM_PRELOAD
 
         # final saves are written before an attempt returns: the driver uploads and reports a
         # checkpoint as soon as the attempt ends (no "finishing" state on Ray yet)
-        self.pool = WarmPool(device_type, env=env, drain_behind=False)
-        self.atts: dict[str, _JobAttempt] = {}
+        self.pool = WarmPool(device_type, env=env, drain_behind=False, preload=WARM_PRELOAD)
+        self.atts: dict[str, JobAttempt] = {}
 
-    def start(self, key: str, spec: dict, store: str, scratch: str) -> None:
-        self.atts[key] = _JobAttempt(spec, store, scratch, pool=self.pool)
+    def start(self, key: str, att: Attempt, store: str, scratch: str) -> None:
+        self.atts[key] = JobAttempt(att, store, scratch, pool=self.pool)
 
     def poll(self, key: str) -> dict:
         return self.atts[key].poll()
@@ -188,8 +182,8 @@ class _Remote:
         return self.method.remote(self.key, *args)
 
 
-class _AgentAttempt:
-    """Driver-side handle of a warm attempt: looks like a `_JobAttempt` actor handle (poll, stop,
+class AgentAttempt:
+    """Driver-side handle of a warm attempt: looks like a `JobAttempt` actor handle (poll, stop,
     kill), but the attempt lives in its node's agent, which a kill must not end."""
 
     def __init__(self, agent: Any, key: str):
@@ -201,11 +195,11 @@ class _AgentAttempt:
 _ACTOR_CLS: dict[str, Any] = {}
 
 
-def _actor_cls(kind: str = "attempt"):
-    """The Ray actor class of `_JobAttempt` ("attempt") or `_NodeAgent` ("agent")."""
+def actor_cls(kind: str = "attempt"):
+    """The Ray actor class of `JobAttempt` ("attempt") or `NodeAgent` ("agent")."""
     if kind not in _ACTOR_CLS:
         import ray
 
-        body = _JobAttempt if kind == "attempt" else _NodeAgent
+        body = JobAttempt if kind == "attempt" else NodeAgent
         _ACTOR_CLS[kind] = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)(body)
     return _ACTOR_CLS[kind]

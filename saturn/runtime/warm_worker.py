@@ -1,8 +1,8 @@
-"""A warm worker: `python -m saturn.techniques.warm_worker SLOT DEVICE_TYPE REPLY_FD`.
+"""A warm worker: `python -m saturn.runtime.warm_worker SLOT DEVICE_TYPE REPLY_FD`.
 
-One long-lived process per device slot (see `saturn.techniques.warm`). It pays the interpreter
+One long-lived process per device slot (see `saturn.runtime.warm`). It pays the interpreter
 start, the torch/saturn imports and (on a GPU) the CUDA context once, then runs job after job:
-each command line on stdin is one job rank, run exactly as `saturn.techniques.worker` would run it
+each command line on stdin is one job rank, run exactly as `saturn.runtime.worker` would run it
 in a fresh process (same `WorkerContext`, same target, same result file), with its own process
 group (fresh rendezvous port, destroyed after the job) and its output redirected to the job's log.
 
@@ -12,7 +12,7 @@ bytes after `empty_cache`, and the device's used memory; CPU: resident set size)
 not clean is killed and replaced by the pool; a worker that dies (crash, SIGKILL, OOM killer) is
 simply replaced. SIGTERM during a job = "finish the step, checkpoint, stop" (as in the cold path).
 
-Checkpoints drain behind (`checkpoint.set_drain_behind`): a completed job's final save returns
+Checkpoints drain behind (`drain.set_drain_behind`): a completed job's final save returns
 once staged, and this process writes, fsyncs and publishes it in a background thread while it
 runs the next job. It tells the pool on REPLY_FD ({"event": "draining"|"drained", "path", ...}),
 leaves the staging buffers out of its memory check, and on "exit" finishes every drain first.
@@ -30,11 +30,15 @@ import time
 import traceback
 from typing import Any, Optional
 
-from saturn.techniques import worker as cold
+from saturn.runtime import drain
+from saturn.runtime import worker as cold
+from saturn.runtime.process import die_with_parent
+from saturn.runtime.warm_handle import PRELOAD_ENV
 
-# What a worker imports before it says "ready" (the cost warm execution avoids per job).
-PRELOAD = ("torch", "torch.distributed", "torch.distributed.checkpoint", "saturn.spec.schema",
-           "saturn.techniques.training", "saturn.techniques.registry")
+# What every worker imports before it says "ready" (the cost warm execution avoids per job); the
+# pool hands it more in SATURN_WARM_PRELOAD ("module" or "module:function" to call, comma-separated:
+# the callers know what their jobs import, e.g. the technique registry).
+PRELOAD = ("torch", "torch.distributed", "torch.distributed.checkpoint")
 
 
 def _preload(device_type: str) -> None:
@@ -42,12 +46,14 @@ def _preload(device_type: str) -> None:
 
     for mod in PRELOAD:
         importlib.import_module(mod)
-    from saturn.techniques.registry import technique_names
-
-    try:
-        technique_names()  # imports every built-in technique module
-    except Exception:  # noqa: BLE001 - an optional technique's import error shows in its own job
-        pass
+    for entry in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
+        module, _, fn = entry.strip().partition(":")
+        try:
+            loaded = importlib.import_module(module)
+            if fn:
+                getattr(loaded, fn)()  # e.g. technique_names(): imports every built-in technique
+        except Exception:  # noqa: BLE001 - an optional module's import error shows in its own job
+            pass
     import torch
 
     if device_type == "cuda":
@@ -61,10 +67,8 @@ def memory_now(device_type: str) -> dict[str, float]:
 
     import torch
 
-    from saturn.techniques.checkpoint import staged_bytes
-
     rss = float(_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    out = {"rss": max(0.0, rss - staged_bytes())}  # drains' staging buffers are budgeted, not leaks
+    out = {"rss": max(0.0, rss - drain.staged_bytes())}  # drains' staging buffers are budgeted, not leaks
     if device_type == "cuda":
         out["allocated"] = float(torch.cuda.memory_allocated())
         out["reserved"] = float(torch.cuda.memory_reserved())
@@ -83,7 +87,7 @@ def _rss_bytes() -> Optional[int]:
 
 def _cleanup(device_type: str) -> None:
     """Drop everything a job left behind that the next job must not see."""
-    cold._shutdown()  # destroy the process group (NCCL/gloo resources)
+    cold.shutdown_group()  # destroy the process group (NCCL/gloo resources)
     if "torch._dynamo" in sys.modules:
         sys.modules["torch._dynamo"].reset()
     gc.collect()
@@ -137,26 +141,24 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
     out_fd, err_fd = os.dup(1), os.dup(2)
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log_fd, 1), os.dup2(log_fd, 2)
-    from saturn.techniques import checkpoint
+    from saturn.runtime import drain
 
-    checkpoint.set_drain_behind(bool(cmd.get("drain_behind", True)))
+    drain.set_drain_behind(bool(cmd.get("drain_behind", True)))
     ctx = cold.WorkerContext(rank=rank, world_size=int(cmd["world"]), local_rank=0,
                              device_type=device_type, launch_time=float(cmd["launch_time"]))
     _Job.ctx = ctx
     ok = False
     try:
-        with open(os.path.join(rundir, "payload.json")) as f:
-            spec = json.load(f)
-        payload = spec["payload"]
+        target, payload = cold.read_payload(rundir)
         try:
-            cold._init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
-            result = dict(cold._resolve(spec["target"])(payload, ctx) or {})
+            cold.init_process_group(ctx, float(payload.get("collective_timeout_s", 600)))
+            result = dict(cold.resolve_target(target)(payload, ctx) or {})
             ok = True
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
             traceback.print_exc()
-            status = "oom" if cold._is_oom(exc) else "failed"
+            status = "oom" if cold.is_oom(exc) else "failed"
             result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000]}
-        cold._write_result(rundir, rank, result)
+        cold.write_result(rundir, rank, result)
     finally:
         _Job.ctx = None
         sys.stdout.flush(), sys.stderr.flush()
@@ -183,7 +185,7 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
 
 
 def main(slot: str, device_type: str, reply_fd: int) -> int:
-    cold._die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGTERM, _Job.on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the executor, which stops jobs
     reply = os.fdopen(reply_fd, "w", buffering=1)
@@ -196,10 +198,9 @@ def main(slot: str, device_type: str, reply_fd: int) -> int:
     t0 = time.time()
     _preload(device_type)
     _cleanup(device_type)
-    from saturn.techniques import checkpoint
 
-    checkpoint.set_drain_behind(True)
-    checkpoint.set_drain_listener(send)
+    drain.set_drain_behind(True)
+    drain.set_drain_listener(send)
     send({"event": "ready", "pid": os.getpid(), "slot": slot, "import_s": round(time.time() - t0, 3),
           "mem": memory_now(device_type)})
     for line in sys.stdin:
@@ -209,7 +210,7 @@ def main(slot: str, device_type: str, reply_fd: int) -> int:
         if cmd.get("op") == "exit":
             break
         send(run_one(cmd, device_type))
-    checkpoint.wait_pending()  # every result this worker staged is durable before it exits
+    drain.wait_pending()  # every result this worker staged is durable before it exits
     return 0
 
 
