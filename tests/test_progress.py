@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import saturn
-from saturn.api.run_stages import prepare_run
-from saturn.api.stages import start_executor
+from saturn.api.run_stages import prepare_run, start_executor
 from saturn.executor.progress import EtaTracker, ProgressLines
 from saturn.executor.state import ACTIVE
 from saturn.fmt import duration, short_names
