@@ -61,11 +61,10 @@ def run_command(
 
     if not simulate:
         flags.check_devices_here(device_type)
-    show = {"live": live, "every_s": progress_every, "log_to": log_to}
     if resume is not None:
         if simulate:
             raise SaturnError("--resume continues a real run; simulated runs are not resumable")
-        display = _display(console, resume, simulate=False, **show)
+        display = _display(console, resume, simulate=False, live=live, every_s=progress_every, log_to=log_to)
         ex = resume_executor(resume, checkpoint_every=checkpoint_every, device_type=device_type, display=display)
         _execute(ex, display, console, resume)
         return
@@ -79,7 +78,7 @@ def run_command(
                        run_dir=run_dir, time_limit_s=time_limit, plan=plan, run_dir_flag="--run-dir",
                        run_dir_hint="continue it with --resume {run_dir} or pick another --run-dir",
                        say=lambda s: console.print(s, highlight=False), device_type=device_type)
-    display = _display(console, prep.run_dir, simulate=simulate, **show)
+    display = _display(console, prep.run_dir, simulate=simulate, live=live, every_s=progress_every, log_to=log_to)
     ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval,
                         introspect=not no_introspect, time_limit_s=time_limit, max_retries=max_retries,
                         checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
