@@ -78,7 +78,9 @@ def test_quickstart_runs_twice_as_written(user_dir):
         r = _bash(code, d, env)
         out = r.stdout + r.stderr
         assert r.returncode == 0, f"attempt {attempt}: {out[-4000:]}"
-        assert "Traceback" not in out and not re.search(r"^error:", out, re.M), out[-4000:]
+        # (a crash of saturn itself exits non-zero under `set -e`; a job log's traceback of a retried
+        # attempt is the job's own output, which `saturn logs` shows)
+        assert not re.search(r"^error:", out, re.M), out[-4000:]
         assert out.count("completed lm-lr=0.001") >= 1 and "* " in out and "best:" in out
         assert "loss curves: curves.png" in out and (d / "curves.png").stat().st_size > 10_000
         assert "step 20/20  loss" in out  # saturn logs: the job's own losses
