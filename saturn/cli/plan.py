@@ -53,17 +53,21 @@ def plan_command(
         return
     t = Table(title=f"Saturn plan for {wl.name} ({len(wl.jobs)} jobs)")
     cores = any(a.cpu_cores for a in p.assignments)  # input-pipeline cores (saturn.planner.cores)
-    for col in ("job", "technique", "knobs", "node", "GPU ids", *(("CPU cores",) if cores else ()), "start", "end",
-                "numbers"):
+    host = any(a.host_mem_gb for a in p.assignments)  # host memory (saturn.profiles.host_memory)
+    for col in ("job", "technique", "knobs", "node", "GPU ids", *(("CPU cores",) if cores else ()),
+                *(("host GB",) if host else ()), "start", "end", "numbers"):
         t.add_column(col, justify="right" if col in ("start", "end") else "left", no_wrap=col == "job")
     rows = sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job))
     for a in rows[:TABLE_MAX_ROWS]:
         knobs = ", ".join(f"{k}={v}" for k, v in a.knobs.items())
         guess = a.provenance in GUESSES
         t.add_row(a.job, a.technique, knobs, a.node, ",".join(map(str, a.gpus)),
-                  *((f"{a.cpu_cores:g}",) if cores else ()), duration(a.start_s), duration(a.end_s),
+                  *((f"{a.cpu_cores:g}",) if cores else ()), *((f"{a.host_mem_gb:.1f}",) if host else ()),
+                  duration(a.start_s), duration(a.end_s),
                   f"[bold yellow]GUESS: {a.provenance}[/]" if guess else (a.provenance or "-"))
     console.print(t)
+    for job, why in sorted(p.ruled_out.items())[:TABLE_MAX_ROWS]:  # host memory (issue 33)
+        console.print(f"  {job}: ruled out: " + "; ".join(why[:4]), highlight=False)
     if len(rows) > TABLE_MAX_ROWS:
         console.print(f"... and {len(rows) - TABLE_MAX_ROWS:,} more assignments (the first {TABLE_MAX_ROWS} by start "
                       "time are shown; --json writes them all)")

@@ -325,7 +325,7 @@ def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
     stored = row.get("inputs_hash")
     stored = stored if isinstance(stored, str) else ""
     if not stored:
-        return status == "oom"
+        return status in ("oom", "host_oom")  # memory outcomes (host_oom: profiles.host_memory)
     return stored == job_inputs
 
 

@@ -134,6 +134,8 @@ class Job(_Strict):
     techniques: Optional[list[str]] = None  # None: every registered technique
     gpus: Optional[list[Annotated[int, NotBool]]] = None  # None: 1, 2, 4, ... up to the largest node
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # exact: fp32 master weights + moments (plain AdamW) | low-memory: options that round them (saturn.numerics)
+    numerics: Literal["exact", "low-memory"] = "exact"
     seed: Annotated[int, NotBool] = Field(default=0, ge=0, le=L.MAX_SEED)
     knobs: Optional[dict[str, dict[str, Any]]] = None  # technique -> knob values to pin (saturn techniques)
     # priority under `objective: weighted_completion`
@@ -199,6 +201,18 @@ class Job(_Strict):
                 conflict = get_technique(tech).knob_conflicts(self, dict(values))
                 if conflict:
                     raise ValueError(f"knobs.{tech}: {conflict}")
+            from saturn.numerics import numerics_conflict
+
+            conflict = numerics_conflict(self.numerics, tech, dict(values))
+            if conflict:
+                raise ValueError(f"knobs.{tech}: {conflict}")
+        return self
+
+    @model_validator(mode="after")
+    def _numerics(self) -> "Job":
+        if self.numerics == "low-memory" and self.precision == "fp32":
+            raise ValueError("numerics: low-memory lets Saturn round optimizer state and gradients to bf16, which "
+                             "precision: fp32 forbids; use numerics: exact or precision: bf16")
         return self
 
     @model_validator(mode="after")
@@ -239,6 +253,8 @@ class Node(_Strict):
     gpu_memory_gb: Annotated[float, NotBool] = Field(default=80.0, gt=0, le=1e5, allow_inf_nan=False)
     gpu_type: str = "H200"
     cpu_cores: Annotated[Optional[int], NotBool] = Field(default=None, gt=0)  # input pipelines (saturn.data)
+    # host RAM its jobs share (saturn.profiles.host_memory); None = not planned (local nodes: probed)
+    host_memory_gb: Annotated[Optional[float], NotBool] = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
 
 
 class RaySpec(_Strict):
@@ -343,6 +359,8 @@ def _auto_devices() -> Literal["cuda", "cpu"]:
 def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
     import socket
 
+    from saturn.profiles.host_memory import node_host_memory_gb
+
     devices = _auto_devices() if devices == "auto" else devices
     if devices == "cuda":
         import torch
@@ -357,9 +375,9 @@ def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
         props = torch.cuda.get_device_properties(0)
         return Node(name=socket.gethostname(), gpus=torch.cuda.device_count(),
                     gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                    gpu_type=short_gpu_name(props.name))
+                    gpu_type=short_gpu_name(props.name), host_memory_gb=node_host_memory_gb())
     n = slots or max(1, min(4, (os.cpu_count() or 2) // 2))
-    return Node(name="localhost", gpus=n, gpu_memory_gb=4.0, gpu_type="cpu")
+    return Node(name="localhost", gpus=n, gpu_memory_gb=4.0, gpu_type="cpu", host_memory_gb=node_host_memory_gb())
 
 
 def short_gpu_name(name: str) -> str:
