@@ -314,14 +314,17 @@ def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
     """Whether a stored row still speaks for a job whose inputs hash is `job_inputs`: measurements
     and static infeasibility always do; a failed / timed-out trial only while the inputs it ran
     with (factory module contents, spec structure) are unchanged -- else the option is tried
-    again; an OOM row without a recorded hash (older stores) is kept."""
+    again. An OOM row without a recorded hash is kept only from a hand-made table: Saturn's own
+    measurements (profiler, `run:`) before #31 called failures OOM from words in a log and wrote
+    no hash, so they are measured again."""
     status = str(row.get("status") or "").strip().lower()
     if status in ("", "ok", "infeasible", "nan", "none"):
         return True
     stored = row.get("inputs_hash")
     stored = stored if isinstance(stored, str) else ""
     if not stored:
-        return status == "oom"
+        src = str(row.get("source") or "").strip().lower()
+        return status == "oom" and not (src == "profiler" or src.startswith("run:"))
     return stored == job_inputs
 
 
