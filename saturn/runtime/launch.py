@@ -211,12 +211,12 @@ def collect(rundir: str, procs: Sequence[Exit], outcome: str, culprit: int,
     """Rank 0's result, or a structured failure whose status and reason come from typed signals:
     the exception type a rank wrote, else how the rank died (`causes.Death`)."""
     results = [_read_json(os.path.join(rundir, f"result-{r}.json")) for r in range(len(procs))]
-    peak = {"host_peak_gb": watch.peak_gb()} if watch is not None else {}
     if outcome == "done" and results[0] is not None:
         results[0].setdefault("status", "ok")
-        return {**peak, **results[0]}
+        return results[0]
     if outcome == "interrupted" and results[0] is not None:
-        return {**peak, **results[0]}
+        return results[0]
+    peak = {"host_peak_gb": watch.peak_gb()} if watch is not None else {}
     bad = _root_cause(procs, results, culprit)
     tail = log_tail(os.path.join(rundir, f"log-{bad}.txt"))
     typed = [str((r or {}).get("status")) for r in results]
