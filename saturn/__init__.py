@@ -24,8 +24,9 @@ __all__ = ["Cluster", "Job", "JobFuture", "JobReport", "Node", "Orchestrator", "
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from saturn import api
+    if name in _API or name == "api":  # `saturn.api.X` works after a bare `import saturn`
+        import importlib
 
-        return getattr(api, name)
+        api = importlib.import_module("saturn.api")  # (not `from saturn import api`: that asks here again)
+        return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'saturn' has no attribute {name!r}")

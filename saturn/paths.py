@@ -47,6 +47,9 @@ def check_writable_dir(directory: PathLike, what: str, hint: str = "pick a writa
         raise SaturnError(f"{what} {d}: exists and is not a directory; {hint}")
     anc = d
     while not anc.exists() and anc != anc.parent:
+        if anc.is_symlink():  # a dangling link: mkdir would fail on it (FileExistsError) mid-run
+            raise SaturnError(f"{what} {d}: {anc} is a link to {os.readlink(anc)}, which does not exist; "
+                              f"remove the link or create its target; {hint}")
         anc = anc.parent
     if not anc.is_dir():
         raise SaturnError(f"{what} {d}: {anc} is a file, so the directory cannot be created there; {hint}")

@@ -146,7 +146,7 @@ def markdown(rows: list[dict], device: str, wall: float) -> str:
 
     host = any("host_built_step_s" in r for r in rows)
     lines = [f"One {device}, single-device training (`ddp` with 1 device, bf16 on CUDA), synthetic data. Saturn = "
-             "`loop.train` trial: median step period (CUDA events) and median host wait for the batch "
+             "`saturn.training.loop.train` trial: median step period (CUDA events) and median host wait for the batch "
              "(measured); ready batch = the same step function on one batch already on the device (measured, "
              f"CUDA events around the loop)"
              + ("; host-built = the training path fed the pre-issue-25 way, each batch made sample by sample on "

@@ -37,7 +37,7 @@ from saturn.planner.random_instances import random_instance  # noqa: E402
 
 
 def make_case(seed: int, n_jobs: int, nodes: list[int], err: float, stop_frac: float, sigma: float):
-    from saturn.executor.policy import knobs_key
+    from saturn.parse import canonical_knobs as knobs_key
 
     jobs, cluster, prof = random_instance(n_jobs, nodes, seed=seed)
     rng = random.Random(10_000 + seed)
@@ -56,7 +56,7 @@ def make_case(seed: int, n_jobs: int, nodes: list[int], err: float, stop_frac: f
 
 
 def backend(true_step, stop_after, startup, checkpoint_s):
-    from saturn.executor.policy import knobs_key
+    from saturn.parse import canonical_knobs as knobs_key
 
     def st(j, t, g, k):
         return true_step[(j, t, g, knobs_key(k))]
@@ -85,7 +85,7 @@ def baseline_plans(jobs, cluster, prof):
 
 
 def run_seed(seed, args):
-    from saturn.executor.policy import knobs_key
+    from saturn.parse import canonical_knobs as knobs_key
 
     case = make_case(seed, args.jobs, args.gpus, args.err, args.stop_frac, args.sigma)
     jobs, cluster, prof, true_step, stop_after, startup = case

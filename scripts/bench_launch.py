@@ -42,6 +42,7 @@ from saturn.runtime.routing import using_pool  # noqa: E402
 from saturn.runtime.warm import WarmPool  # noqa: E402
 from saturn.spec.schema import Job  # noqa: E402
 from saturn.techniques import get_technique  # noqa: E402
+from saturn.techniques.registry import WARM_PRELOAD  # noqa: E402
 
 TRIAL_STEPS, WARMUP = 2, 1
 
@@ -114,7 +115,7 @@ def main() -> int:
 
     cold = [timed_trial(job, device_type) for _ in range(n)]
     fork = forkserver_trials(job, device_type, n)
-    with WarmPool(device_type) as pool:
+    with WarmPool(device_type, preload=WARM_PRELOAD) as pool:
         t0 = time.time()
         pool.prestart([0])
         with using_pool(pool):

@@ -11,6 +11,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the default profile store is a user directory ($XDG_CACHE_HOME/saturn/profiles): one per test
 # session, so tests neither read nor fill the developer's own store
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="saturn-test-cache-"))
+# input pipelines share a node's cores through a ledger file (saturn.data.ledger): one per test
+# session, so tests never trade cores with another session's (or a real job's) pipelines
+os.environ.setdefault("SATURN_DATA_LEDGER", os.path.join(tempfile.mkdtemp(prefix="saturn-test-ledger-"), "cores.json"))
 
 
 @pytest.fixture

@@ -199,7 +199,7 @@ def test_failed_background_staging_falls_back_to_a_synchronous_save(tmp_path, mo
 
     monkeypatch.setattr(drain.dcp, "async_save", broken_async_save)
     monkeypatch.setattr(drain.BACKGROUND, "broken", False)
-    monkeypatch.setattr(ckpt, "world_size", lambda: 2)  # DCP's stager serves multi-process saves
+    monkeypatch.setattr(drain, "world_size", lambda: 2)  # DCP's stager serves multi-process saves
     model = torch.nn.Linear(3, 2)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with drain.in_background(), pytest.warns(catalog.CheckpointWarning, match="synchronously"):

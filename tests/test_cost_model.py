@@ -158,7 +158,7 @@ def test_profile_row_splits_a_trials_wall_into_phases():
     """wall = S + (warm-up + timed - 1) t + save + D: the measured save is its own column, not
     part of launch_s; teardown is what is left."""
     from saturn.profiler.hardware import Hardware
-    from saturn.profiler.session import _row
+    from saturn.profiler.session import trial_row
     from saturn.spec.schema import Job
 
     job = Job(name="j", model="gpt2-tiny", batch_size=4, seq_len=16, steps=10)
@@ -166,12 +166,12 @@ def test_profile_row_splits_a_trials_wall_into_phases():
     out = {"status": "ok", "step_time_s": 0.5, "startup_s": 8.0, "peak_mem_gb": 1.0,
            "checkpoint_s": 3.0, "checkpoint_stage_s": 0.4}
     # S = 8, 2 warm-up + 4 timed steps -> 5 more steps = 2.5 s, save 3 s, teardown 1.5 s
-    r = _row(job, "sig", "ddp", 1, "{}", hw, out, steps=4, short=False, wall=15.0, warmup_steps=2)
+    r = trial_row(job, "sig", "ddp", 1, "{}", hw, out, steps=4, short=False, wall=15.0, warmup_steps=2)
     assert r["checkpoint_s"] == 3.0 and r["checkpoint_source"] == "measured"
     assert r["checkpoint_stage_s"] == 0.4
     assert r["teardown_s"] == pytest.approx(1.5)
     assert r["launch_s"] == pytest.approx(15.0 - 3.0 - 6 * 0.5)  # S - t + D = 7.5 + 1.5
     assert r["startup_s"] == pytest.approx(r["launch_s"] + 3.0)
-    est = _row(job, "sig", "ddp", 1, "{}", hw, {**out, "checkpoint_s": None}, steps=4,
+    est = trial_row(job, "sig", "ddp", 1, "{}", hw, {**out, "checkpoint_s": None}, steps=4,
                short=False, wall=12.0, warmup_steps=2)
     assert est["checkpoint_source"] == "estimated" and est["checkpoint_s"] > 0

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from saturn.executor import Executor, ExecutorConfig, SimulatedBackend, policy
+from saturn.executor import Executor, ExecutorConfig, SimulatedBackend, candidates, launching, planner_inputs
 from saturn.executor.journal import Journal, replay
 from saturn.executor.state import JobInfo, JobState, RunState
 
@@ -49,18 +49,18 @@ def test_ready_to_launch_follows_plan_order_on_shared_gpus():
         {"job": "a", "technique": "ddp", "knobs": {}, "node": "n", "gpus": [0], "start_s": 0, "end_s": 10},
         {"job": "b", "technique": "ddp", "knobs": {}, "node": "n", "gpus": [0, 1], "start_s": 10, "end_s": 20},
         {"job": "c", "technique": "ddp", "knobs": {}, "node": "n", "gpus": [1], "start_s": 0, "end_s": 30}]}
-    assert [a["job"] for a in policy.ready_to_launch(plan, st)] == ["a", "c"]
+    assert [a["job"] for a in launching.ready_to_launch(plan, st)] == ["a", "c"]
     st.jobs["a"].status = "completed"
     st.jobs["c"].status = "completed"
-    assert [a["job"] for a in policy.ready_to_launch(plan, st)] == ["b"]
+    assert [a["job"] for a in launching.ready_to_launch(plan, st)] == ["b"]
 
 
 def test_choose_plan_margin():
-    cur = policy.Retimed([], 100.0)
-    better = policy.Retimed([], 97.0, switches=["x"])
-    assert not policy.choose_plan(cur, [better], min_gain_frac=0.05).adopt
-    assert policy.choose_plan(cur, [better], min_gain_frac=0.02).adopt
-    assert policy.choose_plan(None, [better]).adopt  # no valid current plan: adopt the best
+    cur = candidates.Retimed([], 100.0)
+    better = candidates.Retimed([], 97.0, switches=["x"])
+    assert not candidates.choose_plan(cur, [better], min_gain_frac=0.05).adopt
+    assert candidates.choose_plan(cur, [better], min_gain_frac=0.02).adopt
+    assert candidates.choose_plan(None, [better]).adopt  # no valid current plan: adopt the best
 
 
 def test_static_run_matches_plan_when_estimates_are_exact():
@@ -238,30 +238,30 @@ def _running_abc(checkpoint_s=2.0):
 def test_retime_pins_running_jobs_and_blocks_moved_jobs_gpus_for_their_checkpoint():
     ex, be = _running_abc()
     now, st, est = be.now(), ex.state, ex.est
-    held = {a.job: a for a in policy.held_gpus(st, est, now)}
+    held = {a.job: a for a in planner_inputs.held_gpus(st, est, now)}
     assert set(held) == {"a", "b"}
     assert (held["a"].gpus, held["b"].gpus) == ([0], [1])
     assert held["a"].end_s == pytest.approx(90, abs=1.5) and held["b"].end_s == pytest.approx(40, abs=1.5)
 
-    keep = policy.retime(st, est, now, {"n": 2}, [policy.Choice("c", "ddp", {}, 1, "n")], "keep")
-    by = {a["job"]: a for a in keep.assignments}
-    assert keep.switches == [] and by["a"]["gpus"] == [0] and by["b"]["gpus"] == [1]
-    assert by["c"]["start_s"] == pytest.approx(by["b"]["end_s"]) and by["c"]["gpus"] == [1]
+    keep = candidates.retime(st, est, now, {"n": 2}, [candidates.PlannedOption("c", "ddp", {}, 1, "n")], "keep")
+    by = {a.job: a for a in keep.assignments}
+    assert keep.switches == [] and by["a"].gpus == [0] and by["b"].gpus == [1]
+    assert by["c"].start_s == pytest.approx(by["b"].end_s) and by["c"].gpus == [1]
     assert keep.makespan_s == pytest.approx(held["a"].end_s)
 
     # a moves to fsdp x2: its GPU 0 is held for its checkpoint, then it needs both GPUs (after b)
-    moved = policy.retime(st, est, now, {"n": 2}, [policy.Choice("a", "fsdp", {}, 2, "n"),
-                                                   policy.Choice("c", "ddp", {}, 1, "n")], "move")
-    by = {a["job"]: a for a in moved.assignments}
+    moved = candidates.retime(st, est, now, {"n": 2}, [candidates.PlannedOption("a", "fsdp", {}, 2, "n"),
+                                                       candidates.PlannedOption("c", "ddp", {}, 1, "n")], "move")
+    by = {a.job: a for a in moved.assignments}
     assert moved.switches == ["a"] and set(by) == {"a", "b", "c"}  # no checkpoint pseudo-job in the plan
     ck = est.checkpoint_cost(st.jobs["a"])
-    assert by["a"]["gpus"] == [0, 1] and by["a"]["start_s"] >= max(ck, by["b"]["end_s"]) - 1e-9
-    assert by["a"]["end_s"] - by["a"]["start_s"] == pytest.approx(st.jobs["a"].live_remaining_steps * 0.5, rel=1e-6)
+    assert by["a"].gpus == [0, 1] and by["a"].start_s >= max(ck, by["b"].end_s) - 1e-9
+    assert by["a"].end_s - by["a"].start_s == pytest.approx(st.jobs["a"].live_remaining_steps * 0.5, rel=1e-6)
     # c backfills GPU 0 once a's checkpoint is done, before a restarts on both GPUs
-    assert by["c"]["gpus"] == [0] and by["c"]["start_s"] == pytest.approx(ck)
-    assert by["c"]["end_s"] <= by["a"]["start_s"] + 1e-9 and moved.makespan_s == pytest.approx(by["a"]["end_s"])
+    assert by["c"].gpus == [0] and by["c"].start_s == pytest.approx(ck)
+    assert by["c"].end_s <= by["a"].start_s + 1e-9 and moved.makespan_s == pytest.approx(by["a"].end_s)
     # a plan that cannot be placed (3 GPUs on a 2-GPU node) is no candidate
-    assert policy.retime(st, est, now, {"n": 2}, [policy.Choice("c", "ddp", {}, 3, "n")]) is None
+    assert candidates.retime(st, est, now, {"n": 2}, [candidates.PlannedOption("c", "ddp", {}, 3, "n")]) is None
 
 
 def test_no_move_candidate_is_planned_around_the_running_jobs():
@@ -269,17 +269,17 @@ def test_no_move_candidate_is_planned_around_the_running_jobs():
 
     ex, be = _running_abc()
     now, st, est = be.now(), ex.state, ex.est
-    jobs, tab, fixed = policy.planner_inputs_around_running(st, est, now)
+    jobs, tab, fixed = planner_inputs.planner_inputs_around_running(st, est, now)
     assert [j.name for j in jobs] == ["c"] and {a.job for a in fixed} == {"a", "b"}
     p = plan(jobs, {"n": 2}, tab, fixed=fixed, time_limit_s=0.5)
     validate_plan(p, jobs, {"n": 2}, tab, fixed=fixed)
-    cand = policy.retimed_from_plan(p, "replan-keep-running")
-    by = {a["job"]: a for a in cand.assignments}
+    cand = candidates.retimed_from_plan(p, "replan-keep-running")
+    by = {a.job: a for a in cand.assignments}
     f = {a.job: a for a in fixed}
     for name in ("a", "b"):  # running jobs kept exactly: option, GPUs, remaining time
-        assert (by[name]["technique"], by[name]["gpus"], by[name]["start_s"]) == ("ddp", f[name].gpus, 0.0)
-        assert by[name]["end_s"] == pytest.approx(f[name].end_s)
-    assert by["c"]["gpus"] == [1] and by["c"]["start_s"] == pytest.approx(f["b"].end_s)
+        assert (by[name].technique, by[name].gpus, by[name].start_s) == ("ddp", f[name].gpus, 0.0)
+        assert by[name].end_s == pytest.approx(f[name].end_s)
+    assert by["c"].gpus == [1] and by["c"].start_s == pytest.approx(f["b"].end_s)
     assert cand.switches == [] and cand.makespan_s == pytest.approx(f["a"].end_s)
     # the executor's re-plan has it among its candidates: the best is never worse
     dec = ex.replan("test")
@@ -297,17 +297,17 @@ def test_stopping_job_holds_its_gpus_for_the_checkpoint_as_a_fixed_pseudo_job():
     be.stop("a")
     be.wait(1.0)
     now = be.now()
-    held = {a.job: a for a in policy.held_gpus(st, est, now)}
-    assert set(held) == {"a@checkpoint", "b"} and policy.is_checkpoint(held["a@checkpoint"])
+    held = {a.job: a for a in planner_inputs.held_gpus(st, est, now)}
+    assert set(held) == {"a@checkpoint", "b"} and planner_inputs.is_checkpoint(held["a@checkpoint"])
     assert held["a@checkpoint"].gpus == [0] and held["a@checkpoint"].end_s == pytest.approx(3.0)
-    jobs, tab, fixed = policy.planner_inputs_around_running(st, est, now)
+    jobs, tab, fixed = planner_inputs.planner_inputs_around_running(st, est, now)
     assert {j.name for j in jobs} == {"a", "c"}
     p = plan(jobs, {"n": 2}, tab, fixed=fixed, time_limit_s=0.5)
     assert any(a.job == "a@checkpoint" for a in p.assignments)
-    cand = policy.retimed_from_plan(p, "x")
-    assert {a["job"] for a in cand.assignments} == {"a", "b", "c"}
+    cand = candidates.retimed_from_plan(p, "x")
+    assert {a.job for a in cand.assignments} == {"a", "b", "c"}
     for a in cand.assignments:
-        if a["job"] != "b" and 0 in a["gpus"]:
-            assert a["start_s"] >= 3.0 - 1e-9  # GPU 0 is free only once a has checkpointed
-    a = next(x for x in cand.assignments if x["job"] == "a")
-    assert a["end_s"] - a["start_s"] >= 3.0 + st.jobs["a"].remaining_steps * 0.5 - 1e-6  # checkpoint left + work
+        if a.job != "b" and 0 in a.gpus:
+            assert a.start_s >= 3.0 - 1e-9  # GPU 0 is free only once a has checkpointed
+    a = next(x for x in cand.assignments if x.job == "a")
+    assert a.end_s - a.start_s >= 3.0 + st.jobs["a"].remaining_steps * 0.5 - 1e-6  # checkpoint left + work

@@ -126,14 +126,14 @@ def test_num_never_raises_and_never_returns_nan(v):
 
 
 def test_one_rule_everywhere():
-    from saturn.executor import policy
+    from saturn.executor import estimates
     from saturn.planner import inputs, options
     from saturn.profiler import search, table
     from saturn.profiles import store
 
-    assert inputs.canonical_knobs is search.canonical_knobs is policy.knobs_key is store._canon_knobs \
+    assert inputs.canonical_knobs is search.canonical_knobs is estimates.knobs_key is store._canon_knobs \
         is canonical_knobs
-    assert options._num is policy._num is table._num is num
+    assert options._num is estimates._num is table._num is num
     assert canonical_knobs(None) == canonical_knobs(float("nan")) == canonical_knobs(" ") == "{}"
     assert num("x", 2.0) == 2.0 and num(float("nan"), 3.0) == 3.0 and num("1.5") == 1.5
 

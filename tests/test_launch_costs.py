@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from saturn.executor import Executor, ExecutorConfig, policy
+from saturn.executor import Executor, ExecutorConfig, estimates, planner_inputs
 from saturn.executor.backends.simulated import SimulatedBackend
 
 # profiled on a warm worker: launch 1 s; starting a worker 10 s; full save 5 s, staging 0.5 s
@@ -57,8 +57,8 @@ def test_cold_launches_pay_the_process_start_and_the_whole_final_save():
 
 
 def test_multi_gpu_final_saves_stay_synchronous_in_the_plan():
-    est = policy.Estimator(pd.DataFrame([{**ROWS[0], "gpus": 2}]))
-    est.launch = policy.LaunchFacts(warm=True, drains_behind=True)
+    est = estimates.Estimator(pd.DataFrame([{**ROWS[0], "gpus": 2}]))
+    est.launch = estimates.LaunchFacts(warm=True, drains_behind=True)
     (row,) = est.rows["a"]
     assert est.final_save_s(row) == 5.0 and est.fixed_cost(row) == pytest.approx(6.0)
 
@@ -68,16 +68,16 @@ def test_a_checkpoint_over_its_share_of_the_staging_budget_is_planned_blocking()
     (final and periodic) are planned at their full cost; a 2 GB one drains behind."""
     big = [{**r, "checkpoint_gb": 4.0} for r in ROWS]
     facts = {"warm": True, "drains_behind": True, "staging_budget_gb": 6.0, "node_gpus": 2}
-    est = policy.Estimator(pd.DataFrame(big), checkpoint_every=20)
-    est.launch = policy.LaunchFacts(**facts)
+    est = estimates.Estimator(pd.DataFrame(big), checkpoint_every=20)
+    est.launch = estimates.LaunchFacts(**facts)
     (row,) = est.rows["a"]
     assert est.over_budget(row) and est.final_save_s(row) == 5.0
-    est.launch = policy.LaunchFacts(**{**facts, "staging_budget_gb": 8.0})
+    est.launch = estimates.LaunchFacts(**{**facts, "staging_budget_gb": 8.0})
     assert not est.over_budget(row) and est.final_save_s(row) == 0.5
-    est.launch = policy.LaunchFacts(**facts)
+    est.launch = estimates.LaunchFacts(**facts)
     from saturn.executor.state import JobInfo, JobState, RunState
 
     st = RunState(jobs={"a": JobState(info=JobInfo("a", 100))})
-    _, table = policy.planner_jobs_and_profiles(st, est, 0.0)
+    _, table = planner_inputs.planner_jobs_and_profiles(st, est, 0.0)
     r = table.iloc[0]
     assert r["checkpoint_s"] == 5.0 and r["checkpoint_stage_s"] == 5.0  # periodic ones block too

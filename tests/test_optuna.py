@@ -129,10 +129,10 @@ def test_exception_cancels_in_flight_jobs():
 
 
 def test_intermediate_values_are_aligned_to_report_every():
-    from saturn.integrations.optuna import _aligned
+    from saturn.integrations.optuna import aligned_reports
 
     m = [(3, 1.0), (7, 2.0), (12, 3.0)]
-    assert _aligned(m, 0, 5, False) == [(5, 1.0), (10, 2.0)]
-    assert _aligned(m, 10, 5, True) == [(12, 3.0)]
-    assert _aligned([(1, 1.0), (2, 2.0)], 0, 1, True) == [(1, 1.0), (2, 2.0)]
-    assert _aligned([(6, 1.0)], 0, 5, False) == []
+    assert aligned_reports(m, 0, 5, False) == [(5, 1.0), (10, 2.0)]
+    assert aligned_reports(m, 10, 5, True) == [(12, 3.0)]
+    assert aligned_reports([(1, 1.0), (2, 2.0)], 0, 1, True) == [(1, 1.0), (2, 2.0)]
+    assert aligned_reports([(6, 1.0)], 0, 5, False) == []

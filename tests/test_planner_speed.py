@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from saturn.planner import plan, validate_plan
-from saturn.planner.greedy import _allotment_scores, allot
+from saturn.planner.greedy import allot, allotment_scores
 from saturn.planner.inputs import normalize_cluster, normalize_jobs
 from saturn.planner.lower_bound import allotment_bound, allotment_bound_reference
 from saturn.planner.options import build_options
@@ -129,4 +129,4 @@ def test_vectorized_allotment_bound_and_targets_equal_their_definitions(n, nodes
     for c in cands:
         ch = allot(options, c)
         want.append(max(max(o.runtime_s for o in ch.values()), sum(o.area for o in ch.values()) / total))
-    assert _allotment_scores(options, cands, total) == pytest.approx(want, rel=1e-9)
+    assert allotment_scores(options, cands, total) == pytest.approx(want, rel=1e-9)

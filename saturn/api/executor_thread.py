@@ -130,7 +130,7 @@ class ExecutorThread:
 
     def _apply_measured(self, names: list, rows: Any, reason: str) -> None:
         from saturn.api.background_profiling import shape_key
-        from saturn.executor.loop import _records
+        from saturn.executor.estimates import profile_records
         from saturn.executor.state import PENDING, TERMINAL
 
         for name in names:
@@ -155,7 +155,7 @@ class ExecutorThread:
             mine = self._remember(job, mine) if job is not None else mine
             self._ex.est.rows[name] = []  # the estimate goes; infeasible options stay out
             self._ex.est.add_profiles(mine)
-            self._ex.emit("profiles", rows=_records(mine))
+            self._ex.emit("profiles", rows=profile_records(mine))
             self._profile_source[name] = "measured"
             self._ex._replan_needed = True
 

@@ -63,8 +63,18 @@ class Orchestrator(JobIntake, ExecutorThread):
                  resume: bool = False, profile_in_background: bool = True, profile_limits: Optional[dict] = None,
                  on_profile: Optional[Callable[[dict], None]] = None, profiler: Optional[Callable[..., Any]] = None):
         from saturn.planner.objectives import check_objective
+        from saturn.ranges import check_args, check_path_arg
         from saturn.spec import Cluster
 
+        check_args("Orchestrator", interval_s=interval_s, time_limit_s=time_limit_s, max_retries=max_retries,
+                   sim_speed=sim_speed,  # checkpoint_every 0 (the online default) is "no periodic save"
+                   checkpoint_every=None if checkpoint_every == 0 else checkpoint_every)
+        for name, value in (("run_dir", run_dir), ("store_dir", store_dir)):
+            check_path_arg("Orchestrator", name, value)
+        check_path_arg("Orchestrator", "profiles", profiles, table=True)
+        from saturn.env import check_environment
+
+        check_environment()
         objective = check_objective(objective)
         if cluster is None:
             cluster = Cluster.local()

@@ -70,10 +70,12 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     """Take the stages above for `workload` (a Workload, YAML path or text); see the module
     docstring. Raises SaturnError (exit 2) before any work when a stage refuses."""
     from saturn.api.workload import as_workload, check_paths, load
+    from saturn.env import check_environment
     from saturn.executor.build import check_fresh_run_dir, default_run_dir
     from saturn.executor.defaults import TIME_LIMIT_S
     from saturn.paths import check_writable_dir
 
+    check_environment()  # a bad SATURN_* value: exit 2 before the run directory or journal exists
     t0 = time.perf_counter()
     stages: list[str] = []
     timings: dict[str, float] = {}
@@ -208,6 +210,13 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
     x log-normal noise (no training); a workload with `cluster: {ray: ...}` runs on Ray.
     `plan`: a Plan / plan dict / JSON path to start from. `require_measured`: refuse (SaturnError)
     a plan resting on numbers nobody measured."""
+    from saturn.ranges import check_args, check_path_arg
+
+    check_args("saturn.run", interval_s=interval_s, time_limit_s=time_limit_s, max_retries=max_retries,
+               checkpoint_every=checkpoint_every, noise=noise, seed=seed)
+    check_path_arg("saturn.run", "run_dir", run_dir)
+    check_path_arg("saturn.run", "store_dir", store_dir)
+    check_path_arg("saturn.run", "profiles", profiles, table=True)
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
                        say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s))

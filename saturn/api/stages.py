@@ -30,8 +30,13 @@ def profile(workload: Any, **kwargs: Any) -> pd.DataFrame:
     option). The trials run here, so the jobs' local files are checked first (the same
     `local_paths` stage as `run`)."""
     from saturn.api.workload import check_paths, load
+    from saturn.env import check_environment
     from saturn.profiler import profile as _profile
+    from saturn.ranges import check_args, check_path_arg
 
+    check_environment()
+    check_args("saturn.profile", budget_min=kwargs.get("budget_min"))
+    check_path_arg("saturn.profile", "store_dir", kwargs.get("store_dir"))
     kwargs.setdefault("progress", False)
     wl = load(workload)
     check_paths(wl)  # before any trial starts
@@ -104,9 +109,14 @@ def plan(workload: Any, profiles: Any = None, *, time_limit_s: float = 30.0, **k
     MissingProfilesError with the `saturn profile` command to run). kwargs go to
     `saturn.planner.plan` (mip_gap, warm_start, threads). Returns a `saturn.planner.Plan`."""
     from saturn.api.workload import load
+    from saturn.env import check_environment
     from saturn.planner import plan as _plan
     from saturn.planner.provenance import annotate
+    from saturn.ranges import check_args, check_path_arg
 
+    check_environment()
+    check_args("saturn.plan", time_limit_s=time_limit_s)
+    check_path_arg("saturn.plan", "profiles", profiles, table=True)
     wl = load(workload)
     table = profiles_table(wl, profiles)
     kwargs.setdefault("objective", getattr(wl, "objective", "makespan"))  # the YAML's `objective:`

@@ -4,14 +4,12 @@ Why one place: a flag is user input like a spec field. A NaN time limit, a negat
 `--json` into a missing directory must be refused at once, with exit 2 and one line naming the flag
 and what it accepts -- never a traceback an hour into a run, never a silent default. Commands
 declare their flags with `number`, `choice`, `output_file` and `run_dir`, which attach the check as
-the option's callback; the ranges live in `RANGES`, so the help text, the check and the tests read
-the same numbers.
+the option's callback; the ranges live in `saturn.ranges.RANGES` (shared with the Python API), so
+the help text, the check and the tests read the same numbers.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -19,53 +17,8 @@ import typer
 
 from saturn import paths
 from saturn.errors import SaturnError
+from saturn.ranges import RANGES
 
-
-@dataclass(frozen=True)
-class Range:
-    """Closed range [lo, hi] of a numeric flag (lo excluded when `lo_open`), finite values only."""
-
-    lo: float
-    hi: float
-    unit: str = ""
-    integer: bool = False
-    lo_open: bool = False
-
-    def describe(self) -> str:
-        kind = "a whole number" if self.integer else "a finite number"
-        unit = f" of {self.unit}" if self.unit else ""
-        lo = f"> {_fmt(self.lo)}" if self.lo_open else f">= {_fmt(self.lo)}"
-        return f"{kind}{unit} {lo} and <= {_fmt(self.hi)}"
-
-    def contains(self, value: float) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        if self.integer and value != int(value):
-            return False
-        return (value > self.lo if self.lo_open else value >= self.lo) and value <= self.hi
-
-    def check(self, flag: str, value: Any) -> Any:
-        if value is None or self.contains(value):
-            return value
-        raise SaturnError(f"{flag} must be {self.describe()} (got {value!r})")
-
-
-def _fmt(x: float) -> str:
-    return f"{int(x):,}" if x == int(x) else f"{x:g}"
-
-
-DAY_S = 86_400.0
-RANGES: dict[str, Range] = {
-    "--time-limit": Range(0.1, DAY_S, "seconds"),
-    "--interval": Range(1.0, 7 * DAY_S, "seconds"),
-    "--max-retries": Range(0, 1000, integer=True),
-    "--checkpoint-every": Range(1, 10**9, "steps", integer=True),
-    "--noise": Range(0.0, 3.0),  # sigma of a log-normal: 3 is already a factor of 20 per sigma
-    "--seed": Range(0, 2**32 - 1, integer=True),
-    "--budget-min": Range(0.0, 7 * 24 * 60.0, "minutes", lo_open=True),
-}
 DEVICES = ("auto", "cuda", "cpu")
 
 

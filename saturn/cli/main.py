@@ -32,6 +32,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     setup_logging(verbose)
+    from saturn.env import check_environment
+
+    check_environment()  # every SATURN_* variable, like a flag: exit 2 naming it before any work
 
 
 app.command("validate")(validate_command)

@@ -17,7 +17,7 @@ from saturn.executor.state import RunState
 
 
 def load_run(run_dir: Union[str, Path]) -> tuple[RunState, Journal]:
-    from saturn.executor.loop import ExecutorError
+    from saturn.executor.config import ExecutorError
 
     path = Path(run_dir) / JOURNAL_FILE
     if not path.exists():

@@ -96,7 +96,7 @@ def _running_groups(ex: Any) -> dict[str, list[Any]]:
 def _merge_fixed(fixed: list[Any]) -> list[Any]:
     """Members of one group hold the same GPUs: one fixed assignment per group (and per group
     checkpoint), as the planner requires distinct holders per GPU."""
-    from saturn.executor.policy import CHECKPOINT_SUFFIX, is_checkpoint
+    from saturn.executor.planner_inputs import CHECKPOINT_SUFFIX, is_checkpoint
 
     out: list[Assignment] = []
     merged: dict[str, Assignment] = {}
@@ -125,7 +125,7 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
     held = {js.name for lst in running.values() for js in lst}
     fixed = kw.pop("fixed", None)
     if fixed is None and held:  # the free re-plan: a running group stays where it runs
-        from saturn.executor.policy import held_gpus
+        from saturn.executor.planner_inputs import held_gpus
 
         fixed = [a for a in held_gpus(ex.state, ex.est, ex.now) if a.job in held]
     jobs = [j for j in jobs if j.name not in held]
@@ -155,7 +155,7 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
 
 def expand(assignments: list[Any]) -> list[Assignment]:
     """Group assignments as one per member (group checkpoint holds are kept as they are)."""
-    from saturn.executor.policy import is_checkpoint
+    from saturn.executor.planner_inputs import is_checkpoint
 
     out = []
     for a in assignments:

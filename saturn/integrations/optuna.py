@@ -76,7 +76,7 @@ def _job_of(trial: Any, made: Any, orch: Orchestrator) -> Any:
     return job
 
 
-def _aligned(metrics: Sequence[tuple[int, float]], last: int, every: int, done: bool) -> list[tuple[int, float]]:
+def aligned_reports(metrics: Sequence[tuple[int, float]], last: int, every: int, done: bool) -> list[tuple[int, float]]:
     """Intermediate values to report after step `last`: one per multiple of `every` (so that
     pruners compare trials at the same steps; a step without its own value takes the newest one
     before it), plus the final step once the job is done."""
@@ -238,7 +238,7 @@ def optimize(study: Any, func: Callable[[Any], Any], orchestrator: Orchestrator,
                 rep = fut.report()
                 new_loss = False
                 if not multi and rep.metrics:
-                    for step, loss in _aligned(rep.metrics, ent["last"], report_every, done):
+                    for step, loss in aligned_reports(rep.metrics, ent["last"], report_every, done):
                         trial.report(loss, step)
                         ent["last"] = step
                         new_loss = True

@@ -52,7 +52,7 @@ def allotment_targets(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpe
     if len(cands) * len(options) > max_evals:
         cands = [cands[i] for i in np.unique(np.linspace(0, len(cands) - 1, max(8, max_evals // len(options)))
                                              .round().astype(int))]
-    scored = sorted(zip(_allotment_scores(options, cands, total), cands))
+    scored = sorted(zip(allotment_scores(options, cands, total), cands))
     best = scored[0][0]
     picks = [c for _, c in scored[:k]]
     # Slightly longer targets free GPU-area, which list scheduling can use to fill gaps.
@@ -60,7 +60,7 @@ def allotment_targets(options: Mapping[str, JobOptions], nodes: Sequence[NodeSpe
     return sorted(set(picks))
 
 
-def _allotment_scores(options: Mapping[str, JobOptions], cands: Sequence[float], total: int) -> list[float]:
+def allotment_scores(options: Mapping[str, JobOptions], cands: Sequence[float], total: int) -> list[float]:
     """max(longest chosen runtime, chosen area / GPUs) of `allot(options, c)` for each c."""
     K = max(len(jo.options) for jo in options.values())
     R = np.full((len(options), K), np.inf)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -23,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 
 from filelock import FileLock
 
+from saturn.errors import SaturnError
 from saturn.prior.cost_model import MachineRates, datasheet_rates
 from saturn.profiler.hardware import Hardware
 
@@ -138,10 +140,30 @@ def cached_rates(store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineR
         return {}
     p = _path(store_dir)
     try:
-        data = json.loads(p.read_text())
-        return {k: MachineRates.from_dict(v) for k, v in data.items()}
-    except (OSError, ValueError, TypeError, KeyError):
+        text = p.read_text()
+    except (FileNotFoundError, NotADirectoryError):
         return {}
+    except OSError as exc:
+        raise SaturnError(f"{p}: cannot be read ({exc.strerror or exc}); fix its permissions or delete it "
+                          "(the machine is probed again)") from None
+    try:
+        return {str(k): _checked(MachineRates.from_dict(v)) for k, v in json.loads(text).items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # never silently dropped (and rewritten without another machine's rates): named, for the user
+        raise SaturnError(f"{p}: damaged machine rates ({type(exc).__name__}: {exc}); fix the entry or delete "
+                          "the file (this machine is probed again; other machines' rates are lost)") from None
+
+
+def _checked(r: MachineRates) -> MachineRates:
+    """Every rate a finite number > 0 (a NaN or negative rate would make every option infeasible)."""
+    for name in ("mem_gbps", "h2d_gbps", "interconnect_gbps", "host_adam_params_per_s", "launch_us"):
+        v = getattr(r, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, not {v!r}")
+    for dtype, table in r.matmul_tflops.items():
+        if not all(0 < t < math.inf for t in table.values()):
+            raise ValueError(f"matmul_tflops[{dtype!r}] must hold finite numbers > 0")
+    return r
 
 
 def load_or_probe(hw: Hardware, store_dir: Union[str, os.PathLike], cpu_threads: Optional[int] = None,

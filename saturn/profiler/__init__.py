@@ -6,6 +6,7 @@
 
 Modules: `search` (which trials can still win: pure), `runner` (devices, threads, timeouts),
 `table` (row columns, the store adapter, the runtime estimate), `hardware` (the hardware key),
+`cells` (a job's options: techniques, GPU counts, candidate knobs; shared with `saturn.prior`),
 `session` (`profile()` tying them together). Names are imported lazily, so a trial process that
 imports `saturn.profiler.runner` does not pay for pandas.
 """

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from saturn.profiler.search import Search, Skip, TrialSpec
+from saturn.profiler.search import Search, SearchStuck, Skip, TrialSpec
 from saturn.runtime.causes import error_type, status_of_exception
 from saturn.runtime.process import call_in_process
 
@@ -206,6 +206,10 @@ class Runner:
                     self.on_progress(self, search)
                 if search.done() and not any(not r.abandoned for r in self._running.values()):
                     break
+                stuck = search.stuck()
+                if stuck:  # no result can ever come: waiting would poll forever
+                    raise SearchStuck("internal error: the profiler's search has nothing ready or running "
+                                      f"but is not done; stuck cells: {'; '.join(stuck)}")
                 # 4. wait for a trial to finish (or the next deadline)
                 try:
                     rid, outcome = self._events.get(timeout=self.poll_s)

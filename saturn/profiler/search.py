@@ -14,10 +14,9 @@ settings the technique proposes. Trying everything is slow, so the search skips 
   infeasible and at least one of them ran out of memory (a slower, leaner setting cannot beat a
   plain one that fits, and does not cure a crash).
 * **Short checks.** Spilling (and any technique named in `short_check`) waits until the plain
-  techniques of the same signature and GPU count are measured. If one of them fits (at this or a
-  smaller GPU count), spilling gets only a short check: its first knob setting, `short_steps`
-  timed steps. Otherwise it is the only way to run the model and gets the full treatment.
-
+  techniques of the same signature and GPU count are measured, unless the prior names it the
+  likeliest winner. If a plain one fits (at this or a smaller GPU count), spilling gets only a short
+  check: its first knob setting, `short_steps` timed steps; otherwise the full treatment.
 * **Value (with a prior).** Given the prior's estimate of every trial (`prior=`), the GPU ladder
   gives way to `saturn.profiler.value`: first the likeliest winner of every signature, so every
   job has one measured option before any job gets a second; then only trials that could pay for
@@ -95,6 +94,10 @@ class CellInput:
     gpus: int
     candidates: list[dict[str, Any]] = field(default_factory=list)
     infeasible_reason: Optional[str] = None  # the technique's static `feasible()` said no
+
+
+class SearchStuck(RuntimeError):
+    """A bug: nothing ready or running, cells left; raised rather than waiting for no result."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,13 @@ class Search:
         return not self._pending and not self._running and all(
             c.state in ("resolved", "pruned") for c in self._cells.values())
 
+    def stuck(self) -> list[str]:
+        """The cells left when nothing is ready or running and the search is not done (else []):
+        a bug in these rules (tests/test_profiler_search_ends.py drives random searches to check)."""
+        return [] if self.done() or self._pending or self._running else [
+            f"{sig} {tech}x{g} ({c.state}" + (f", holding {len(c.held)} setting(s)" if c.held else "") + ")"
+            for (sig, tech, g), c in self._cells.items() if c.state not in ("resolved", "pruned")]
+
     def remaining_estimate(self) -> int:
         """Trials still to run, counting one setting per tier for cells not opened yet."""
         n = len(self._pending) + len(self._running) + sum(len(c.held) for c in self._cells.values())
@@ -308,12 +318,9 @@ class Search:
         counts = self._ladders[(sig, tech)]
         i = counts.index(g)
         if cell.has_prior:  # the value rule decides which counts are worth it
-            lead = self._current_leader(sig)
-            if cell.short_check and not (lead is not None and lead[1:3] == (tech, g)):
-                siblings = [c for (s, t, n), c in self._cells.items()
-                            if s == sig and n == g and not c.short_check]
-                if any(c.state in ("waiting", "open") for c in siblings):
-                    return False
+            lead = self._current_leader(sig)  # a trial key: (signature, technique, knobs, gpus)
+            if cell.short_check and not (lead is not None and (lead[1], lead[3]) == (tech, g)):
+                return not self._plain_unresolved(cell)
             return True
         if i >= 2:
             a, b = self._cells[(sig, tech, counts[i - 2])], self._cells[(sig, tech, counts[i - 1])]
@@ -328,12 +335,13 @@ class Search:
                 verdict = self._flattened(tech, a, b)
                 if verdict:
                     return verdict
-        if cell.short_check:
-            siblings = [c for (s, t, n), c in self._cells.items()
-                        if s == sig and n == g and not c.short_check]
-            if any(c.state in ("waiting", "open") for c in siblings):
-                return False
-        return True
+        return not (cell.short_check and self._plain_unresolved(cell))
+
+    def _plain_unresolved(self, cell: _Cell) -> bool:
+        """A plain technique of the cell's signature and GPU count is not resolved yet."""
+        sig, _, g = cell.key
+        return any(c.state in ("waiting", "open") for (s, _t, n), c in self._cells.items()
+                   if s == sig and n == g and not c.short_check)
 
     def _flattened(self, tech: str, a: _Cell, b: _Cell) -> Optional[str]:
         """Why counts above b's are not worth trying, or None."""

@@ -133,7 +133,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
                 cell = cell_for(tech, name, rep, sig, g)
                 cells.append(cell)
                 if cell.infeasible_reason is not None:
-                    static_rows.append(_row(rep, sig, name, g, "{}", hw, {
+                    static_rows.append(trial_row(rep, sig, name, g, "{}", hw, {
                         "status": "infeasible", "reason": cell.infeasible_reason}, 0, False, 0.0))
 
     # 2. what the store already knows
@@ -177,7 +177,7 @@ def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,
         return call_trial(techniques[name], job, ids, trial, timeout)
 
     def on_result(trial: TrialSpec, outcome: dict[str, Any], ids: list[int], wall: float) -> None:
-        row = _row(rep_job[trial.signature], trial.signature, trial.technique, trial.gpus,
+        row = trial_row(rep_job[trial.signature], trial.signature, trial.technique, trial.gpus,
                    trial.knobs, hw, outcome, trial.steps, trial.short, wall, warmup_steps)
         store.upsert([row])
 
@@ -255,7 +255,7 @@ def _union(lists) -> list[str]:
     return out
 
 
-def _row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware,
+def trial_row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Hardware,
          outcome: dict[str, Any], steps: int, short: bool, wall: float,
          warmup_steps: int = 2) -> dict[str, Any]:
     status = str(outcome.get("status", "failed"))

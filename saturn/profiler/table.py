@@ -25,7 +25,6 @@ VALUE_COLUMNS = ("status", "feasible", "step_time_s", "peak_mem_gb", "startup_s"
                  "teardown_s", "steps", "short", "reason", "trial_s", "measured_at", "source", "model",
                  "batch_size", "seq_len", "precision")
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
-STATUSES = ("ok", "oom", "failed", "timeout", "infeasible")
 # The checkpoint at the end of a job (torch.distributed.checkpoint, weights + AdamW state in fp32 =
 # 12 bytes per parameter): a fixed cost (DCP planning, metadata, rename) plus bytes / bandwidth.
 # Fitted on one H100 run (gpt2-small/medium, DDP and spilling: 3.9-6.6 s measured); override with

@@ -68,9 +68,11 @@ def seed_dir() -> Optional[Path]:
     """The read-only seed tables read under the user's default store (not under $SATURN_PROFILES
     or an explicit directory, which are the whole store): $SATURN_SEED_PROFILES ("" or "none": no
     seeds), else the repository's profiles/ when Saturn runs from a checkout."""
-    env = os.environ.get(SEED_ENV)
-    if env is not None:
-        return None if env.strip().lower() in ("", "0", "none", "off") else Path(env).expanduser()
+    from saturn.env import seed_profiles
+
+    given, path = seed_profiles()
+    if given:
+        return path
     return REPO_PROFILES if REPO_PROFILES.is_dir() else None
 
 

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from saturn.errors import SaturnError
+
 HOST_MEMORY_ENV = "SATURN_NODE_HOST_MEMORY_GB"
 NEAR_LIMIT = 0.9  # last sampled resident / limit at or above which a SIGKILL reads as an OOM kill
 SAMPLE_EVERY_S = 0.5
@@ -95,17 +97,10 @@ def _read_int(path: str) -> Optional[int]:
 
 
 def host_memory_env() -> Optional[float]:
-    """SATURN_NODE_HOST_MEMORY_GB in GiB (None when unset); ValueError naming it when malformed."""
-    raw = os.environ.get(HOST_MEMORY_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        gb = float(raw)
-    except ValueError:
-        raise ValueError(f"{HOST_MEMORY_ENV} must be a number of GiB, got {raw!r}") from None
-    if not (gb > 0 and gb < float("inf")):
-        raise ValueError(f"{HOST_MEMORY_ENV} must be a positive number of GiB, got {raw!r}")
-    return gb
+    """SATURN_NODE_HOST_MEMORY_GB in GiB (None when unset; checked like a flag by saturn.env)."""
+    from saturn.env import number
+
+    return number(HOST_MEMORY_ENV, lo_open=True)
 
 
 def host_limit_bytes() -> Optional[int]:
@@ -214,7 +209,7 @@ class MemoryWatch:
         self.kills_at_start = oom_kill_count()
         try:
             self.limit = host_limit_bytes()
-        except ValueError:  # a malformed override: checked where Saturn starts; judge without it
+        except SaturnError:  # a malformed override: refused where Saturn starts; judge without it
             self.limit = None
         self._next = 0.0
 

@@ -13,7 +13,7 @@ files are written, fsynced and published behind, off the training loop's critica
   flight per process, its collectives on their own gloo group (created once per process group),
   never the training group.
 `wait_pending()` waits for every save in flight. A test may slow drains down with
-SATURN_TEST_SLOWDRAINSAIN_S (see `test_drain_delay`). The checkpoint format itself (what a save
+SATURN_TEST_SLOW_DRAIN_S (see `test_drain_delay`). The checkpoint format itself (what a save
 writes, how a load reshards) is `saturn.training.checkpoint`; publishing is
 `saturn.training.catalog.publish`.
 """
@@ -330,13 +330,13 @@ def _drain(host: dict[str, Any], buf: Any, tmp: str, final: str, ckpt_dir: str, 
         del host
         DRAINS.staging_area().release(buf)
         DRAINS.notify({"event": "drained", "path": final, "ok": ok, "error": error,
-                    "drain_s": round(time.perf_counter() - t0, 6)})
+                       "drain_s": round(time.perf_counter() - t0, 6)})
 
 
 def test_drain_delay(step: int) -> float:
-    """SATURN_TEST_SLOWDRAINSAIN_S="SECONDS" or "SECONDS:FROM_STEP": tests slow drains down (all, or
+    """SATURN_TEST_SLOW_DRAIN_S="SECONDS" or "SECONDS:FROM_STEP": tests slow drains down (all, or
     those of checkpoints at step >= FROM_STEP) to watch what happens while one is written."""
-    raw = os.environ.get("SATURN_TEST_SLOWDRAINSAIN_S", "").strip()
+    raw = os.environ.get("SATURN_TEST_SLOW_DRAIN_S", "").strip()
     if not raw:
         return 0.0
     secs, _, from_step = raw.partition(":")

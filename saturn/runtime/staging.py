@@ -52,14 +52,10 @@ _warned: set[str] = set()  # ledger entries already warned about (once per proce
 
 def budget_bytes() -> int:
     """The node's staging budget: SATURN_STAGING_BUDGET_GB, else half of MemTotal."""
-    env = os.environ.get("SATURN_STAGING_BUDGET_GB", "").strip()
-    if env:
-        try:
-            gb = float(env)
-        except ValueError:
-            raise ValueError(f"SATURN_STAGING_BUDGET_GB must be a number of GB, got {env!r}") from None
-        if gb < 0:
-            raise ValueError(f"SATURN_STAGING_BUDGET_GB must be >= 0, got {env!r}")
+    from saturn.env import staging_budget_gb  # checked before the run starts (check_environment)
+
+    gb = staging_budget_gb()
+    if gb is not None:
         return int(gb * 1e9)
     try:
         with open("/proc/meminfo") as f:

@@ -71,8 +71,10 @@ def shared_pool(device_type: str = "auto", preload: Sequence[str] = ()) -> "Warm
 
 def warm_enabled(default: bool = True) -> bool:
     """SATURN_WARM=0 forces cold launches everywhere (debugging, or a library that leaks)."""
-    v = os.environ.get("SATURN_WARM", "").strip().lower()
-    return default if not v else v not in ("0", "false", "no", "off", "cold")
+    from saturn.env import warm
+
+    v = warm()
+    return default if v is None else v
 
 
 # --------------------------------------------------------------------------------- the pool

@@ -27,6 +27,11 @@ KNOWN_ARGUMENTS = {
             "fused"),
 }
 
+# their types, checked at validation (torch would raise only when the job's optimizer is built, or
+# treat a string such as "maybe" as true); foreach/fused also take None (torch decides)
+FLAG_ARGUMENTS = ("amsgrad", "maximize", "capturable", "differentiable", "nesterov", "foreach", "fused")
+NUMBER_ARGUMENTS = ("eps", "weight_decay", "momentum", "dampening")
+
 
 def optimizer_arguments(name: str) -> list[str]:
     """Keyword arguments torch.optim.<class> accepts (besides `params`)."""
@@ -70,6 +75,11 @@ def _check_optimizer(opt: Any) -> None:
         raise ValueError(f"optimizer.{unknown[0]}: torch.optim.{cls} takes no argument {unknown[0]!r}; its "
                          f"arguments: {', '.join(a for a in allowed if a != 'lr')} (or pick another optimizer "
                          "`name`: adamw, adam, sgd)")
+    for k, v in extra.items():
+        if k in FLAG_ARGUMENTS and not (isinstance(v, bool) or (v is None and k in ("foreach", "fused"))):
+            raise ValueError(f"optimizer.{k}: {v!r} must be true or false")
+        if k in NUMBER_ARGUMENTS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf):
+            raise ValueError(f"optimizer.{k}: {v!r} must be a finite number >= 0")
     if "betas" in extra:
         b = extra["betas"]
         ok = (isinstance(b, (list, tuple)) and len(b) == 2

@@ -314,6 +314,9 @@ def _join(where: str, problems: list[str]) -> str:
 
 
 def _read(source: Union[str, os.PathLike]) -> tuple[str, str]:
+    if not isinstance(source, (str, os.PathLike)):
+        raise SpecError(f"load_workload(source): give a YAML file path or YAML text, not "
+                        f"{type(source).__name__} ({source!r:.60})")
     if isinstance(source, str) and ("\n" in source or ": " in source):
         return source, "<yaml>"
     path = Path(source)

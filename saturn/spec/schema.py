@@ -15,8 +15,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from saturn.spec import limits as L
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
 
 def _number_not_bool(v: Any) -> Any:
     """`steps: true` would be read as 1 step (pydantic's lax mode casts booleans to numbers)."""

@@ -97,7 +97,7 @@ def check_host_memory(job: Any, device_type: str, available: Optional[int],
 
 
 def build(job: Any, knobs: dict[str, Any], ctx: Any) -> Any:
-    """Worker side (loop.worker_entry): the seeded model as a SpillingEngine on ctx.device.
+    """Worker side (saturn.training.loop.worker_entry): the seeded model as a SpillingEngine on ctx.device.
     The host-memory check runs here, on the node that runs the job, before anything is
     allocated (the planning host's memory says nothing about it)."""
     import torch
