@@ -156,7 +156,7 @@ def test_host_oom_kill_is_reported_recorded_and_not_retried(tmp_path):
     `saturn run`, `status`, `report` and error.txt -- never as a timeout."""
     from saturn.executor.journal import open_journal
     from saturn.profiler.hardware import hardware_for_cluster
-    from saturn.profiles.store import upsert_rows
+    from saturn.profiles.store import load_store, lookup, upsert_rows
     from saturn.spec import load_workload
 
     w = tmp_path / "w.yaml"
@@ -192,3 +192,34 @@ def test_host_oom_kill_is_reported_recorded_and_not_retried(tmp_path):
     assert sorted(bad["technique"]) == ["ddp", "fsdp"], store.to_dict("records")
     assert (bad["host_peak_gb"] > 0.05).all() and (bad["inputs_hash"].astype(str).str.len() >= 8).all()
     assert not bad["feasible"].astype(bool).any()
+    # the next plan sees both options infeasible (the earlier ok rows are superseded), not retried
+    rows, _ = lookup(wl.jobs, wl.cluster, load_store(tmp_path / "store"))
+    assert len(rows) == 2 and not rows["feasible"].astype(bool).any(), rows.to_dict("records")
+    assert set(rows["status"]) == {"host_oom"}
+
+
+def test_a_newer_memory_failure_supersedes_the_options_ok_row_but_not_other_knobs():
+    """After a host OOM the option is infeasible for the next plan (an unchanged option is never
+    retried), while another knob setting of the technique stays plannable."""
+    from saturn.profiles.store import lookup
+    from saturn.spec.schema import Cluster, Job
+    from saturn.spec.signature import inputs_hash
+
+    job = Job(name="j", model="gpt2-tiny", batch_size=4, seq_len=16, steps=5, precision="fp32", gpus=[1])
+    hw = {"gpu_type": "cpu", "gpu_memory_gb": 0, "interconnect": "none", "torch_version": "x"}
+    base = {"signature": str(job.signature), "gpus": 1, **hw, "startup_s": 1.0}
+    table = pd.DataFrame([
+        {**base, "technique": "spilling", "knobs": '{"optimizer_state":"fp32"}', "status": "ok", "feasible": True,
+         "step_time_s": 1.0, "measured_at": "2026-01-01T00:00:00+0000", "inputs_hash": ""},
+        {**base, "technique": "spilling", "knobs": '{"optimizer_state":"bf16"}', "status": "ok", "feasible": True,
+         "step_time_s": 1.2, "measured_at": "2026-01-01T00:00:00+0000", "inputs_hash": ""},
+        {**base, "technique": "spilling", "knobs": '{"optimizer_state":"fp32"}', "status": "host_oom",
+         "feasible": False, "step_time_s": None, "measured_at": "2026-01-02T00:00:00+0000",
+         "inputs_hash": inputs_hash(job), "host_peak_gb": 125.0, "host_memory_gb": 128.0,
+         "reason": "host out of memory: killed at 125.0 GB resident, the node has 128.0 GB"}])
+    cluster = Cluster(devices="cpu", slots=1)
+    rows, _ = lookup([job], cluster, table)
+    assert len(rows) == 1 and bool(rows.iloc[0]["feasible"]), rows.to_dict("records")
+    assert "bf16" in rows.iloc[0]["knobs"]  # the leaner setting is planned; fp32 is not retried
+    rows, _ = lookup([job], cluster, table[table["knobs"].str.contains("fp32")])
+    assert list(rows["status"]) == ["host_oom"], rows.to_dict("records")

@@ -303,7 +303,7 @@ def lookup(jobs: Iterable[Any], cluster: Any,
             missing += [(job.name, k) for k in allowed if k <= cap and k not in have and (job.name, k) not in missing]
             if not len(g):
                 continue
-        g = _prefer_measured(g)
+        g = _prefer_measured(_memory_failures_win(g))
         g = g.sort_values(["feasible", "step_time_s"], ascending=[False, True])
         g = g.drop_duplicates(subset=["technique", "gpus", "gpu_type"], keep="first").copy()
         g.insert(0, "job", job.name)
@@ -328,6 +328,29 @@ def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
         src = str(row.get("source") or "").strip().lower()
         return status == "oom" and not (src == "profiler" or src.startswith("run:"))
     return stored == job_inputs
+
+
+def _memory_failures_win(g: pd.DataFrame) -> pd.DataFrame:
+    """An option that ran out of memory (device "oom", or "host_oom": killed by the kernel) after
+    it was measured fine is no longer plannable: its earlier feasible row of the same (technique,
+    knobs, GPUs, GPU type) is dropped, so an unchanged option is never retried (#33). Other knobs
+    of the technique (e.g. leaner optimizer state) stay. Only failure rows that apply to the job's
+    inputs reach here (`failure_applies`)."""
+    if "status" not in g.columns or not len(g):
+        return g
+    status = g["status"].astype(str).str.lower()
+    mem = g[status.isin(["oom", "host_oom"])]
+    if not len(mem):
+        return g
+    when = pd.to_datetime(g.get("measured_at"), utc=True, errors="coerce", format="mixed") \
+        if "measured_at" in g.columns else pd.Series(pd.NaT, index=g.index)
+    key = g[["technique", "knobs", "gpus", "gpu_type"]].astype(str).apply(tuple, axis=1)
+    drop = pd.Series(False, index=g.index)
+    for i in mem.index:
+        t = when.get(i)
+        older = when.isna() | (when <= t) if pd.notna(t) else pd.Series(True, index=g.index)
+        drop |= (key == key[i]) & (status == "ok") & older
+    return g[~drop]
 
 
 def _prefer_measured(g: pd.DataFrame) -> pd.DataFrame:
