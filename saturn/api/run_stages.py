@@ -204,9 +204,19 @@ def _refuse_unmeasured(wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, t
 
 def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, *, from_store: bool,
               store_dir: Optional[PathLike], run_id: str, notes: list[str]) -> Any:
-    """A RunMeasurer when the run can measure here what nobody measured; else a warning."""
+    """A RunMeasurer when the run can measure here what nobody measured, or (all measured) to
+    record an attempt that ran out of memory here (#33); else a warning."""
+    from saturn.spec.signature import inputs_hash
+
     if not len(unmeasured):
-        return None
+        if not from_store or _described(raw):
+            return None
+        from saturn.profiler.hardware import hardware_for_cluster
+        from saturn.profiles.inrun import RunMeasurer
+
+        return RunMeasurer(signatures={j.name: str(j.signature) for j in wl.jobs}, table=table,
+                           hardware=hardware_for_cluster(wl.cluster).key(), run_id=run_id, store_dir=store_dir,
+                           inputs={j.name: inputs_hash(j) for j in wl.jobs})
     opts = "; ".join(sorted({f"{r['job']} ({r['technique']} on {int(r['gpus'])} GPU(s))"
                              for r in unmeasured.to_dict("records")}))
     if not from_store:
@@ -228,7 +238,7 @@ def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, 
     notes.append(f"measuring as it runs: {len(jobs)} job(s) start on options nobody measured; the first "
                  "attempt of each option measures it into the profile store")
     return RunMeasurer(signatures={j.name: str(j.signature) for j in wl.jobs}, table=table, hardware=hw.key(),
-                       run_id=run_id, store_dir=store_dir)
+                       run_id=run_id, store_dir=store_dir, inputs={j.name: inputs_hash(j) for j in wl.jobs})
 
 
 def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = None, simulate: bool = False,
