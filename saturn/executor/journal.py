@@ -317,6 +317,8 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
             js.reason = d.get("reason", "cancelled")
     elif kind == "infeasible" and js is not None:
         js.infeasible.add(option_key(d["technique"], int(d["gpus"])))
+        if d.get("reason"):
+            js.infeasible_why[option_key(d["technique"], int(d["gpus"]))] = str(d["reason"])
     elif kind == "job_failed" and js is not None:
         js.status = FAILED
         js.reason = d.get("reason", "")

@@ -6,8 +6,8 @@ a user directory: `$SATURN_PROFILES`, else `$XDG_CACHE_HOME/saturn/profiles` (el
 `~/.cache/saturn/profiles`), or an explicit path; every `*.csv` and `*.parquet` under it is loaded
 (so a sample table and measured tables can sit side by side). It is never the installed package
 nor the repository's tracked `profiles/`: those shipped tables are *seed rows*, read under the
-user's default store (not under `$SATURN_PROFILES` or an explicit path, which are the whole store;
-`$SATURN_SEED_PROFILES` names another seed directory, or "none") and never written
+user's default store (`$SATURN_PROFILES` included; not under an explicit path, which is the whole
+store; `$SATURN_SEED_PROFILES` names another seed directory, or "none") and never written
 -- a writer pointed at them is refused, so a checkout's tracked files never change under a run.
 
 Rows are keyed by the job's *profile signature* (jobs differing only in learning rate share one),
@@ -66,8 +66,8 @@ def default_dir() -> Path:
 
 
 def seed_dir() -> Optional[Path]:
-    """The read-only seed tables read under the user's default store (not under $SATURN_PROFILES
-    or an explicit directory, which are the whole store): $SATURN_SEED_PROFILES ("" or "none": no
+    """The read-only seed tables read under the user's default store ($SATURN_PROFILES included;
+    not under an explicit directory, which is the whole store): $SATURN_SEED_PROFILES ("" or "none": no
     seeds), else the repository's profiles/ when Saturn runs from a checkout."""
     from saturn.env import seed_profiles
 
@@ -78,11 +78,11 @@ def seed_dir() -> Optional[Path]:
 
 
 def uses_seeds(directory: Optional[PathLike] = None) -> bool:
-    """Whether the store `directory` (None: the default) reads the seed rows: only the user's
-    default store does; $SATURN_PROFILES or an explicit directory is the whole store."""
-    from saturn.env import profiles_dir
-
-    return directory is None and profiles_dir() is None
+    """Whether the store `directory` (None: the default) reads the seed rows: the default store
+    does, $SATURN_PROFILES included (a user who moves the store keeps the rows measured on real
+    hardware that ship with Saturn; $SATURN_SEED_PROFILES=none turns them off); an explicit
+    directory (`--store`, `store_dir=`) is the whole store."""
+    return directory is None
 
 
 def is_seed_dir(directory: PathLike) -> bool:
@@ -308,7 +308,7 @@ def lookup(jobs: Iterable[Any], cluster: Any,
             missing += [(job.name, k) for k in allowed if k <= cap and k not in have and (job.name, k) not in missing]
             if not len(g):
                 continue
-        g = _prefer_measured(g)
+        g = _prefer_measured(_memory_failures_win(g))
         g = g.sort_values(["feasible", "step_time_s"], ascending=[False, True])
         g = g.drop_duplicates(subset=["technique", "gpus", "gpu_type"], keep="first").copy()
         g.insert(0, "job", job.name)
@@ -321,15 +321,43 @@ def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
     """Whether a stored row still speaks for a job whose inputs hash is `job_inputs`: measurements
     and static infeasibility always do; a failed / timed-out trial only while the inputs it ran
     with (factory module contents, spec structure) are unchanged -- else the option is tried
-    again; an OOM row without a recorded hash (older stores) is kept."""
+    again. An OOM row without a recorded hash is kept only from a hand-made table: Saturn's own
+    measurements (profiler, `run:`) before #31 called failures OOM from words in a log and wrote
+    no hash, so they are measured again."""
     status = str(row.get("status") or "").strip().lower()
     if status in ("", "ok", "infeasible", "nan", "none"):
         return True
     stored = row.get("inputs_hash")
     stored = stored if isinstance(stored, str) else ""
     if not stored:
-        return status in ("oom", "host_oom")  # memory outcomes (host_oom: profiles.host_memory)
+        src = str(row.get("source") or "").strip().lower()
+        # a host_oom row (profiles.host_memory.host_oom_row) holds for its host size whatever the
+        # inputs; a hashless oom row from the profiler or a run predates inputs_hash: not trusted
+        return status == "host_oom" or (status == "oom" and not (src == "profiler" or src.startswith("run:")))
     return stored == job_inputs
+
+
+def _memory_failures_win(g: pd.DataFrame) -> pd.DataFrame:
+    """An option that ran out of memory (device "oom", or "host_oom": killed by the kernel) after
+    it was measured fine is no longer plannable: its earlier feasible row of the same (technique,
+    knobs, GPUs, GPU type) is dropped, so an unchanged option is never retried (#33). Other knobs
+    of the technique (e.g. leaner optimizer state) stay. Only failure rows that apply to the job's
+    inputs reach here (`failure_applies`)."""
+    if "status" not in g.columns or not len(g):
+        return g
+    status = g["status"].astype(str).str.lower()
+    mem = g[status.isin(["oom", "host_oom"])]
+    if not len(mem):
+        return g
+    when = pd.to_datetime(g.get("measured_at"), utc=True, errors="coerce", format="mixed") \
+        if "measured_at" in g.columns else pd.Series(pd.NaT, index=g.index)
+    key = g[["technique", "knobs", "gpus", "gpu_type"]].astype(str).apply(tuple, axis=1)
+    drop = pd.Series(False, index=g.index)
+    for i in mem.index:
+        t = when.get(i)
+        older = when.isna() | (when <= t) if pd.notna(t) else pd.Series(True, index=g.index)
+        drop |= (key == key[i]) & (status == "ok") & older
+    return g[~drop]
 
 
 def _prefer_measured(g: pd.DataFrame) -> pd.DataFrame:

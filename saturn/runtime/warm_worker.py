@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 from saturn.runtime import drain
 from saturn.runtime import worker as cold
+from saturn.runtime.causes import exception_result
 from saturn.runtime.process import die_with_parent
 from saturn.runtime.warm_handle import PRELOAD_ENV
 
@@ -158,8 +159,7 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
             ok = True
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
             traceback.print_exc()
-            status = "oom" if cold.is_oom(exc) else "failed"
-            result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000]}
+            result = exception_result(exc)
         cold.write_result(rundir, rank, result)
     finally:
         _Job.ctx = None

@@ -141,6 +141,14 @@ class Job(_Strict):
     # priority under `objective: weighted_completion`
     weight: Annotated[float, NotBool] = Field(default=1.0, gt=0, le=L.MAX_WEIGHT, allow_inf_nan=False)
 
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_count_list(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):  # `gpus: 3`: say what the field holds
+            raise ValueError(f"must be a list of the GPU counts Saturn may give the job (not GPU ids): "
+                             f"`gpus: [{v}]` for exactly {v}, or e.g. `gpus: [1, 2, 4]` to let the planner choose")
+        return v
+
     @field_validator("gpus")
     @classmethod
     def _gpu_counts(cls, v: Optional[list[int]]) -> Optional[list[int]]:
@@ -329,7 +337,7 @@ class Cluster(_Strict):
         return max(n.gpus for n in self.resolved().nodes or [])
 
 
-def _known_max_gpus(cluster: Cluster) -> Optional[int]:
+def known_max_gpus(cluster: Cluster) -> Optional[int]:
     """The largest node's GPU count when the spec states it (nodes, or CPU slots); None when it is
     only known after detection (local GPUs, Ray)."""
     if cluster.nodes:
@@ -411,7 +419,7 @@ class Workload(_Strict):
         if dup:
             raise ValueError(f"job names must be unique; repeated: {dup} (rename them, or let the "
                              "sweep name them)")
-        cap = _known_max_gpus(self.cluster)
+        cap = known_max_gpus(self.cluster)
         over = [f"{j.name} (gpus {j.gpus})" for j in self.jobs if cap is not None and j.gpus and max(j.gpus) > cap]
         if over:
             raise ValueError(f"job(s) {', '.join(over)} need more GPUs than the cluster's largest node has "

@@ -250,6 +250,9 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
                     drain.prepare_staging(trainable.state_bytes())  # ready by the first save
             _record(values, block, wall, losses, times, writer, waits)
             writer.flush()  # before any checkpoint of these steps
+            if run and ctx.rank == 0 and values:  # the job's log (log.txt): losses at each boundary
+                print(f"step {step}/{start_step + total}  loss {losses[-1][1]:.4g}  "
+                      f"{sum(block) / max(1, len(block)):.3g} s/step", flush=True)
             boundary = done + max(1, agreed)
             planned = step_io.next_interval(times[1:] or times, readback_every, readback_s)
             if run and stop:
