@@ -117,6 +117,32 @@ class RunMeasurer:
         for k, v in more.base.items():
             self.base.setdefault(k, v)
 
+    def to_meta(self) -> dict[str, Any]:
+        """What a resumed run needs to measure on (`from_meta`): kept in the run's journal, so a
+        run killed before its first measurement still measures after `saturn run --resume`."""
+        import json
+
+        rows = list(self.base.values())  # one row per option (each with its `job`)
+        return {"signatures": self.signatures, "hardware": self.hardware, "source": self.source,
+                "store_dir": None if self.store_dir is None else str(self.store_dir),
+                "min_steps": self.min_steps, "skip_steps": self.skip_steps,
+                "rows": json.loads(pd.DataFrame(rows).to_json(orient="records"))}
+
+    @classmethod
+    def from_meta(cls, d: Mapping[str, Any], measured: Iterable[Mapping[str, Any]] = ()) -> "RunMeasurer":
+        """The measurer of a resumed run; `measured`: the journal's `measured` events (options an
+        earlier executor of this run measured are not measured again)."""
+        m = cls(signatures=d["signatures"], table=pd.DataFrame(d.get("rows") or []), hardware=d["hardware"],
+                run_id="-", store_dir=d.get("store_dir"), min_steps=int(d.get("min_steps", MIN_STEPS)),
+                skip_steps=int(d.get("skip_steps", SKIP_STEPS)))
+        m.source = str(d["source"])
+        for e in measured:
+            if e.get("stored", True):
+                step = finite_or_none(e.get("step_time_s"))
+                key = (str(e["signature"]), str(e["technique"]), canonical_knobs(e.get("knobs")), int(e["gpus"]))
+                m.measured[key] = step if e.get("feasible") and step is not None else math.inf
+        return m
+
     def pending(self) -> list[tuple[str, str, str, int]]:
         """Unmeasured options no attempt of this run has measured yet."""
         return sorted(k for k in self.unmeasured if k not in self.measured)

@@ -60,8 +60,9 @@ def default_dir() -> Path:
     """Where measurements go and are read from: $SATURN_PROFILES, else
     $XDG_CACHE_HOME/saturn/profiles, else ~/.cache/saturn/profiles (a user directory, so that an
     installed package or a checkout is never written by a run)."""
-    env = os.environ.get(ENV)
-    return Path(env).expanduser() if env else _user_default()
+    from saturn.env import profiles_dir
+
+    return profiles_dir() or _user_default()
 
 
 def seed_dir() -> Optional[Path]:
@@ -84,8 +85,10 @@ def uses_seeds(directory: Optional[PathLike] = None) -> bool:
     return directory is None
 
 
-def _is_seed(directory: Path) -> bool:
-    d = directory.resolve()
+def is_seed_dir(directory: PathLike) -> bool:
+    """`directory` holds read-only seed rows (the checkout's profiles/ or $SATURN_SEED_PROFILES):
+    Saturn writes nothing there, neither profile rows nor its machine rates."""
+    d = Path(directory).resolve()
     seeds = seed_dir()
     return d == REPO_PROFILES.resolve() or (seeds is not None and d == seeds.resolve())
 
@@ -93,7 +96,7 @@ def _is_seed(directory: Path) -> bool:
 def check_writable_store(directory: Optional[PathLike] = None) -> Path:
     """The store directory to write, refused (SaturnError) when it is a seed directory."""
     d = Path(directory) if directory else default_dir()
-    if _is_seed(d):
+    if is_seed_dir(d):
         raise SaturnError(f"profile store {d} holds read-only seed rows (shipped with Saturn); measurements "
                           f"go to a user directory: set ${ENV} or pass another store directory "
                           f"(default {_user_default()})")

@@ -69,8 +69,9 @@ def budget_bytes() -> int:
 
 def ledger_path() -> Path:
     """One ledger per node and user (SATURN_STAGING_LEDGER overrides: tests)."""
-    env = os.environ.get("SATURN_STAGING_LEDGER")
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"saturn-staging-{os.getuid()}.json"
+    from saturn.env import staging_ledger
+
+    return staging_ledger() or Path(tempfile.gettempdir()) / f"saturn-staging-{os.getuid()}.json"
 
 
 class Ledger:

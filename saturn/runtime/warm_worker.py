@@ -47,8 +47,10 @@ def _preload(device_type: str) -> None:
 
     for mod in PRELOAD:
         importlib.import_module(mod)
-    for entry in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
-        module, _, fn = entry.strip().partition(":")
+    from saturn.env import warm_preload
+
+    for entry in warm_preload(PRELOAD_ENV):
+        module, _, fn = entry.partition(":")
         try:
             loaded = importlib.import_module(module)
             if fn:

@@ -50,10 +50,13 @@ class WorkerContext:
 
 
 def context_from_env() -> WorkerContext:
+    from saturn import env
+
+    launched = env.launch_time()
     return WorkerContext(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                          local_rank=int(os.environ["LOCAL_RANK"]),
-                         device_type=os.environ.get("SATURN_DEVICE_TYPE", "cpu"),
-                         launch_time=float(os.environ.get("SATURN_LAUNCH_TIME", time.time())))
+                         device_type=env.worker_device_type() or "cpu",
+                         launch_time=time.time() if launched is None else launched)
 
 
 def init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
@@ -65,7 +68,9 @@ def init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
         dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s),
                                 device_id=torch.device("cuda", ctx.local_rank))
     else:
-        torch.set_num_threads(int(os.environ.get("SATURN_TORCH_THREADS", "1")))
+        from saturn.env import torch_threads
+
+        torch.set_num_threads(torch_threads())
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
 
 
