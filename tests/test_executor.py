@@ -182,11 +182,12 @@ def test_cli_simulate_status_report(tmp_path, capsys):
     rd = tmp_path / "run"
     run_command(workload=w, plan=None, interval=20.0, run_dir=rd, resume=None, simulate=True, profiles=p,
                 no_introspect=False, time_limit=0.5, max_retries=2, checkpoint_every=10, noise=0.3, seed=1,
-                device_type="cpu", live=False)
+                device_type="cpu", live=False, progress_every=10.0, log_to=None,
+                require_measured=False, fuse=False)
     capsys.readouterr()
     status_command(run_dir=rd, json_out=True)
     assert json.loads(capsys.readouterr().out)["done"]
-    report_command(run_dir=rd, gantt=None, json_out=tmp_path / "r.json")
+    report_command(run_dir=rd, gantt=None, json_out=tmp_path / "r.json", curves=None)
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["done"] and {j["status"] for j in r["jobs"]} == {"completed"}
     assert (rd / "gantt.png").exists()

@@ -32,7 +32,7 @@ def host_ratios(rows: Iterable[dict], shapes: dict[str, ModelShape]) -> list[tup
     for r in rows:
         peak = measured_peak_gb(r)
         shape = row_shape(r, shapes) if peak is not None and is_measured(r) else None
-        if shape is None:
+        if shape is None or peak is None:
             continue
         dev = device_of(str(r.get("gpu_type") or ""))
         est = host_bytes(shape, str(r["technique"]), row_knobs(r), int(r["gpus"]), dev)

@@ -70,7 +70,7 @@ def exception_result(exc: BaseException) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- host memory
 def _cgroup_dirs() -> list[str]:
     """This process's memory cgroup directories (v2 unified, v1 memory controller)."""
-    out = []
+    out: list[str] = []
     try:
         with open("/proc/self/cgroup") as f:
             lines = f.read().splitlines()
