@@ -4,9 +4,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "configs" / "examples").glob("*.yaml"))
-
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the default profile store is a user directory ($XDG_CACHE_HOME/saturn/profiles): one per test
 # session, so tests neither read nor fill the developer's own store

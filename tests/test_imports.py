@@ -13,7 +13,8 @@ import ast
 from pathlib import Path
 from typing import Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
+
 PENDING = ("saturn.data", "saturn.techniques", "saturn.executor")
 
 
