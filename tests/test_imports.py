@@ -15,7 +15,7 @@ from typing import Iterator
 
 from tests.helpers.paths import ROOT
 
-PENDING = ("saturn.data", "saturn.techniques", "saturn.executor")
+PENDING = ("saturn.data",)
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
