@@ -8,6 +8,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the default profile store is a user directory ($XDG_CACHE_HOME/saturn/profiles): one per test
 # session, so tests neither read nor fill the developer's own store
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="saturn-test-cache-"))
+# the staging ledger (saturn.runtime.staging) is one file per node and user, shared by every Saturn
+# process there: one per test session, so a test's saves never wait on, or read entries written
+# by, another session's (or another checkout's) processes
+os.environ.setdefault("SATURN_STAGING_LEDGER", os.path.join(tempfile.mkdtemp(prefix="saturn-test-staging-"),
+                                                            "ledger.json"))
 
 
 @pytest.fixture

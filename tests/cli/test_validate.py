@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from saturn.errors import SaturnError, SpecError
 from saturn.profiles import checks, store
 from saturn.spec import limits as L
-from saturn.spec import load_workload
+from saturn.techniques.checks import load_workload
 from tests.helpers.cli import saturn_cli
 
 BASE = {"name": "w", "cluster": {"nodes": [{"name": "n0", "gpus": 4, "gpu_type": "H200", "gpu_memory_gb": 141}]},

@@ -24,7 +24,7 @@ defaults: {seq_len: 16, batch_size: 4, precision: fp32}
 jobs:
   - {name: lm, model: gpt2-tiny, steps: %d, techniques: [ddp, fsdp],
      data: {factory: "tests.helpers.slow_data:slow_tokens", kwargs: {vocab_size: 256, delay_s: 0.025}}}
-  - {name: vis, model: gpt2-tiny, data: synthetic-tokens, steps: %d, techniques: [ddp], gpus: [1]}
+  - {name: vis, model: gpt2-tiny, data: %s, steps: %d, techniques: [ddp], gpus: [1]}
 """
 # vis is profiled 10x too slow, so the plan runs lm on one slot beside it; when vis ends early the
 # re-plan moves lm to fsdp on both slots. lm's data loading dominates its step (25 ms a sample), so
@@ -34,9 +34,9 @@ PROFILES = [("lm", "ddp", 1, 0.1, 3.0), ("lm", "fsdp", 2, 0.05, 3.0), ("vis", "d
 
 
 
-def _files(tmp_path, lm_steps, vis_steps):
+def _files(tmp_path, lm_steps, vis_steps, vis_data="synthetic-tokens"):
     w = tmp_path / "w.yaml"
-    w.write_text(WORKLOAD % (lm_steps, vis_steps))
+    w.write_text(WORKLOAD % (lm_steps, vis_data, vis_steps))
     p = tmp_path / "p.csv"
     pd.DataFrame([{"job": j, "technique": t, "knobs": "{}", "gpus": g, "step_time_s": s, "startup_s": su,
                    "feasible": True} for j, t, g, s, su in PROFILES]).to_csv(p, index=False)
@@ -77,13 +77,20 @@ def test_killed_worker_is_retried_and_replan_switches_technique(tmp_path):
     from saturn.executor import Executor, ExecutorConfig, ProcessBackend
     from saturn.spec import load_workload
 
-    w, p = _files(tmp_path, 300, 30)
+    # vis may end only once lm's retry is running: its data stops after 20 samples (5 steps) until
+    # the test opens the gate. Without it the test raced vis against lm's kill and cold restart:
+    # when vis ended while lm waited for its retry, that retry was planned on fsdp from the start
+    # (a fresh launch, not a switch) and state.switches stayed 0 on a loaded machine.
+    gate = tmp_path / "vis-may-end"
+    vis_data = ('{factory: "tests.helpers.slow_data:slow_tokens", '
+                f'kwargs: {{vocab_size: 256, delay_s: 0.0, gate: "{gate}", gate_after: 20}}}}')
+    w, p = _files(tmp_path, 300, 30, vis_data)
     wl = load_workload(w)
     rd = tmp_path / "run"
     backend = ProcessBackend(rd, device_type="cpu", checkpoint_every=10, warm=False)  # cold; warm: test_warm_workers.py
     ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p), backend,
                   run_dir=rd, config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0, poll_s=0.2))
-    killed = False
+    killed, killed_pid, killed_step = False, None, 0
     deadline = time.monotonic() + 240
     try:
         while ex.step():
@@ -92,7 +99,11 @@ def test_killed_worker_is_retried_and_replan_switches_technique(tmp_path):
                 workers = psutil.Process(lm.current.pid).children(recursive=True)
                 assert workers
                 workers[0].kill()  # SIGKILL one worker of lm: the attempt fails, lm is retried
-                killed = True
+                killed, killed_pid, killed_step = True, lm.current.pid, lm.committed_step
+            if (killed and not gate.exists() and lm.status == "running" and lm.current.pid != killed_pid
+                    and lm.committed_step > killed_step):  # the retry trains (past its first save): vis may end
+                assert ex.state.jobs["vis"].status == "running"
+                gate.touch()
             assert time.monotonic() < deadline, "run took too long"
             ex.backend.wait(0.2)
     finally:

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from saturn.errors import SpecError
-from saturn.spec import Cluster, Job, Node, Workload, dump_workload, load_workload
+from saturn.spec import Cluster, Job, Node, Workload, dump_workload
+from saturn.techniques.checks import load_workload
 from tests.helpers.paths import EXAMPLES, ROOT
 
 BASE = """\

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saturn.errors import SpecError
 from saturn.spec.schema import Job
 from saturn.techniques import get_technique
+from saturn.techniques.checks import check_job
 from saturn.techniques.spilling import SpillingEngine, engine_kwargs
 from saturn.techniques.spilling.split import choose_device_shards
 from saturn.techniques.spilling.states import FlatAdamW, FlatSlot
@@ -167,8 +169,8 @@ def test_profiler_candidates_and_precision_policy():
     assert not any(c.get("optimizer_state") == "bf16"
                    for c in t.candidates(_job(optimizer={"name": "sgd", "lr": 0.1}), 1))
     # pinned bf16 state on an fp32 job: refused up front, the field named
-    with pytest.raises(ValueError, match=r"knobs\.spilling: optimizer_state bf16 .*precision fp32"):
-        _job(precision="fp32", knobs={"spilling": {"optimizer_state": "bf16"}})
+    with pytest.raises(SpecError, match=r"knobs\.spilling: optimizer_state bf16 .*precision fp32"):
+        check_job(_job(precision="fp32", knobs={"spilling": {"optimizer_state": "bf16"}}))
     # pinned on a bf16 job: every candidate the profiler measures carries it
     pinned = _job(knobs={"spilling": {"optimizer_state": "bf16"}})
     cell = cell_for(t, "spilling", pinned, pinned.signature, 1)
