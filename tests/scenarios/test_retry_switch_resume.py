@@ -22,8 +22,7 @@ WORKLOAD = """name: tiny-exec
 cluster: {devices: cpu, slots: 2}
 defaults: {seq_len: 16, batch_size: 4, precision: fp32}
 jobs:
-  - {name: lm, model: gpt2-tiny, steps: %d, techniques: [ddp, fsdp],
-     data: {factory: "tests.helpers.slow_data:slow_tokens", kwargs: {vocab_size: 256, delay_s: 0.025}}}
+  - {name: lm, model: gpt2-tiny, steps: %d, techniques: [ddp, fsdp], data: %s}
   - {name: vis, model: gpt2-tiny, data: %s, steps: %d, techniques: [ddp], gpus: [1]}
 """
 # vis is profiled 10x too slow, so the plan runs lm on one slot beside it; when vis ends early the
@@ -31,15 +30,16 @@ jobs:
 # two data-parallel ranks, each loading half the batch, really are about twice as fast: the
 # executor sees the same speeds the profile claims, and the switch pays for real.
 PROFILES = [("lm", "ddp", 1, 0.1, 3.0), ("lm", "fsdp", 2, 0.05, 3.0), ("vis", "ddp", 1, 1.0, 3.0)]
+LM_DATA = '{factory: "tests.helpers.slow_data:slow_tokens", kwargs: {vocab_size: 256, delay_s: 0.025}}'
 
 
 
-def _files(tmp_path, lm_steps, vis_steps, vis_data="synthetic-tokens"):
+def _files(tmp_path, lm_steps, vis_steps, lm_data=LM_DATA, vis_data="synthetic-tokens", profiles=PROFILES):
     w = tmp_path / "w.yaml"
-    w.write_text(WORKLOAD % (lm_steps, vis_data, vis_steps))
+    w.write_text(WORKLOAD % (lm_steps, lm_data, vis_data, vis_steps))
     p = tmp_path / "p.csv"
     pd.DataFrame([{"job": j, "technique": t, "knobs": "{}", "gpus": g, "step_time_s": s, "startup_s": su,
-                   "feasible": True} for j, t, g, s, su in PROFILES]).to_csv(p, index=False)
+                   "feasible": True} for j, t, g, s, su in profiles]).to_csv(p, index=False)
     return w, p
 
 
@@ -77,33 +77,42 @@ def test_killed_worker_is_retried_and_replan_switches_technique(tmp_path):
     from saturn.executor import Executor, ExecutorConfig, ProcessBackend
     from saturn.spec import load_workload
 
-    # vis may end only once lm's retry is running: its data stops after 20 samples (5 steps) until
-    # the test opens the gate. Without it the test raced vis against lm's kill and cold restart:
-    # when vis ended while lm waited for its retry, that retry was planned on fsdp from the start
-    # (a fresh launch, not a switch) and state.switches stayed 0 on a loaded machine.
+    # The order is the test's, not the machine's: vis may end only once lm trains (its data stops
+    # after 8 samples until the test opens the gate), so the re-plan at vis's end moves a running lm
+    # to fsdp (a switch); then one worker of lm's fsdp attempt is killed and lm is retried. The test
+    # used to race vis's end against lm's kill and cold restart: on a loaded machine vis ended (or
+    # was estimated to end) while lm waited for its retry, the retry was planned on fsdp as a fresh
+    # launch, not a switch, and state.switches stayed 0.
+    # A switch pays only if the time it saves exceeds lm's restart, which the executor takes from
+    # lm's measured launch (3 s idle, 20 s and more on a loaded 2-core machine): on one device lm
+    # loads a sample in 0.1 s (0.4 s a step), on two in 12.5 ms (25 ms a step), so moving 280 steps
+    # saves ~100 s, more than any restart; vis is profiled long enough that lm starts on ddp.
     gate = tmp_path / "vis-may-end"
+    lm_data = ('{factory: "tests.helpers.slow_data:slow_tokens", '
+               'kwargs: {vocab_size: 256, delay_s: 0.0125, solo_delay_s: 0.1}}')
     vis_data = ('{factory: "tests.helpers.slow_data:slow_tokens", '
-                f'kwargs: {{vocab_size: 256, delay_s: 0.0, gate: "{gate}", gate_after: 20}}}}')
-    w, p = _files(tmp_path, 300, 30, vis_data)
+                f'kwargs: {{vocab_size: 256, delay_s: 0.0, gate: "{gate}", gate_after: 8}}}}')
+    profiles = [("lm", "ddp", 1, 0.4, 3.0), ("lm", "fsdp", 2, 0.025, 3.0), ("vis", "ddp", 1, 5.0, 3.0)]
+    w, p = _files(tmp_path, 300, 30, lm_data, vis_data, profiles)
     wl = load_workload(w)
     rd = tmp_path / "run"
     backend = ProcessBackend(rd, device_type="cpu", checkpoint_every=10, warm=False)  # cold; warm: test_warm_workers.py
     ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p), backend,
                   run_dir=rd, config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0, poll_s=0.2))
-    killed, killed_pid, killed_step = False, None, 0
+    killed = False
     deadline = time.monotonic() + 240
     try:
         while ex.step():
             lm = ex.state.jobs["lm"]
-            if not killed and lm.status == "running" and lm.committed_step >= 10 and lm.current.pid:
+            if not gate.exists() and lm.committed_step >= 10:
+                assert ex.state.jobs["vis"].status == "running" and ex.state.switches == 0
+                gate.touch()  # lm has trained on ddp beside vis to a checkpoint: vis may end now
+            if (not killed and ex.state.switches and lm.status == "running" and lm.current.pid
+                    and lm.current.technique == "fsdp" and lm.committed_step > lm.current.start_step):
                 workers = psutil.Process(lm.current.pid).children(recursive=True)
                 assert workers
-                workers[0].kill()  # SIGKILL one worker of lm: the attempt fails, lm is retried
-                killed, killed_pid, killed_step = True, lm.current.pid, lm.committed_step
-            if (killed and not gate.exists() and lm.status == "running" and lm.current.pid != killed_pid
-                    and lm.committed_step > killed_step):  # the retry trains (past its first save): vis may end
-                assert ex.state.jobs["vis"].status == "running"
-                gate.touch()
+                workers[0].kill()  # SIGKILL one worker of lm's fsdp attempt: it fails, lm is retried
+                killed = True
             assert time.monotonic() < deadline, "run took too long"
             ex.backend.wait(0.2)
     finally:
