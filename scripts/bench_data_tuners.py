@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from saturn.data.pipeline import Pipeline, Stage  # noqa: E402
+from saturn.data.policies import make_tuner  # noqa: E402
 from saturn.data.simpipe import ModelPipe  # noqa: E402
-from saturn.data.tuner import make_tuner  # noqa: E402
 
 BATCH = 8
 SAMPLE_STAGES = ("read", "decode", "augment")

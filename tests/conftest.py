@@ -13,6 +13,9 @@ os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="saturn-test-cac
 # by, another session's (or another checkout's) processes
 os.environ.setdefault("SATURN_STAGING_LEDGER", os.path.join(tempfile.mkdtemp(prefix="saturn-test-staging-"),
                                                             "ledger.json"))
+# input pipelines share a node's cores through a ledger file (saturn.data.ledger): one per test
+# session, so tests never trade cores with another session's (or a real job's) pipelines
+os.environ.setdefault("SATURN_DATA_LEDGER", os.path.join(tempfile.mkdtemp(prefix="saturn-test-ledger-"), "cores.json"))
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ a run starts: `saturn run`, `saturn.run()` (and the `Orchestrator` for its jobs'
 6. `measure_in_run`: when the rows come from this machine's store and the jobs run here, a
    `RunMeasurer` (saturn.profiles.inrun) turns the first attempt of every unmeasured option into
    its measurement; otherwise a warning names the options that stay unmeasured.
+7. `fused_groups` (`fuse=True`, `saturn run --fuse`): jobs of one shape are measured fused at a
+   few widths in a separate process (`saturn.fused.measure`) and the group rows join the table.
 
 Arrows point one way: `workload` (stage 1) <- `stages` (profile table, plan) <- this module.
 
@@ -66,7 +68,8 @@ def _described(raw: Any) -> bool:
 def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, require_measured: bool = False,
                 store_dir: Optional[PathLike] = None, run_dir: Optional[PathLike] = None,
                 time_limit_s: Optional[float] = None, plan: Any = None, run_dir_hint: str = "",
-                run_dir_flag: str = "run_dir", say: Callable[[str], None] = print) -> PreparedRun:
+                run_dir_flag: str = "run_dir", say: Callable[[str], None] = print,
+                fuse: bool = False) -> PreparedRun:
     """Take the stages above for `workload` (a Workload, YAML path or text); see the module
     docstring. Raises SaturnError (exit 2) before any work when a stage refuses."""
     from saturn.api.workload import as_workload, check_paths, load
@@ -112,6 +115,16 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
         stages.append("measure_in_run")
         measurer = _measurer(raw, wl, table, unmeasured, from_store=from_store, store_dir=store_dir,
                              run_id=path.name, notes=notes)
+    if fuse and not simulate:  # measured group rows join the table as planner options (saturn.fused)
+        from saturn.fused.measure import measure_groups
+
+        t2 = time.perf_counter()
+        rows, note = measure_groups(wl, path / "fused")
+        if rows:
+            table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        notes.append(note)
+        stages.append("fused_groups")
+        timings["fused_groups_s"] = time.perf_counter() - t2
     for n in notes:
         say(n)
     timings["prepare_s"] = time.perf_counter() - t0

@@ -46,6 +46,9 @@ def run_command(
     require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on numbers nobody "
                                           "measured (estimated, extrapolated, simulated, guessed); by default "
                                           "the jobs' own first steps measure them when they run here."),
+    fuse: bool = typer.Option(False, "--fuse", help="Also measure jobs of one shape (that differ only in "
+                              "optimizer settings and seed) trained fused as one model, a few group widths, "
+                              "and let the planner choose fused groups where they pay (saturn.fused)."),
 ) -> None:
     """Plan and execute: options nobody measured are measured by the jobs' own first steps (into
     the profile store); re-plan as real progress comes in, switch jobs between techniques/GPU
@@ -72,7 +75,7 @@ def run_command(
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        run_dir=run_dir, time_limit_s=time_limit, plan=plan, run_dir_flag="--run-dir",
                        run_dir_hint="continue it with --resume {run_dir} or pick another --run-dir",
-                       say=lambda s: console.print(s, highlight=False))
+                       say=lambda s: console.print(s, highlight=False), fuse=fuse)
     display = LiveDisplay(console) if live and not simulate else None
     ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval,
                         introspect=not no_introspect, time_limit_s=time_limit, max_retries=max_retries,
@@ -136,7 +139,8 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
     for w in s.get("warnings") or []:
         console.print(f"[yellow]warning:[/] job {w['job']}: {w['text']}", highlight=False, soft_wrap=True)
     for g, members in (s.get("sharp_groups") or {}).items():
-        console.print(f"SHARP group {g}: {', '.join(members)} trained together, one attempt per launch")
+        kind = "fused group" if str(g).startswith("fused:") else "SHARP group"
+        console.print(f"{kind} {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]
     console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
                   f"GPU allocation {100 * util:.0f}%, " if util is not None else "",

@@ -86,13 +86,16 @@ def default_cores() -> int:
 def with_defaults(source: Any, pipe: dict[str, Any]) -> dict[str, Any]:
     """The pipeline settings of a workload's `data.kwargs`, with what it leaves out filled in so
     the input runs ahead of the step from the first batch: the tuner on, this process's share of
-    the cores (`default_cores`) split over the stages from the start, a prefetch depth of 4."""
+    the cores (`default_cores`) split over the stages from the start, a prefetch depth of 4, and
+    the stages in worker processes when that share is 2 cores or more (GIL-holding decode and
+    augment code scales over processes, not threads; one core gains nothing from the hop)."""
     from saturn.data.tuner import initial_workers
 
     out = dict(pipe)
     out.setdefault("tune", True)
     out.setdefault("prefetch", DEFAULT_PREFETCH)
     out["cores"] = int(out.get("cores") or default_cores())
+    out.setdefault("processes", out["cores"] >= 2)
     if not out.get("workers"):
         out["workers"] = initial_workers(source, out["cores"])
     return out

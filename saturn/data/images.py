@@ -80,7 +80,7 @@ class ImageFiles:
     out_size: side of the augmented square crop; heavy: extra augmentation work (a blur pass per
     sample), to make a pipeline CPU-bound on fast machines."""
 
-    offload_stages = ("decode", "augment")  # CPU-heavy: worth a process when `processes` > 0
+    offload_stages = ("decode", "augment")  # CPU-heavy: the starting split of threads favours them
 
     def __init__(self, directory: os.PathLike | str, *, out_size: int = 32, seed: int = 0, heavy: int = 0):
         self.dir = Path(directory)

@@ -19,9 +19,8 @@ never changes what is trained.
 
 Workers are threads, so resizing a pool is cheap (the tuner does it every second or so). Stages
 whose code releases the GIL (file reads, zlib, large numpy/torch kernels) scale on threads alone;
-a stage marked `offload` runs its function in a process pool given to the pipeline (procs.py), its
-threads only waiting on the result, so GIL-holding stages scale over cores too while the tuner
-keeps controlling how many of its items are in flight.
+GIL-holding stages (JPEG decode, augmentation in Python) scale over cores in procpipe.py's worker
+processes instead, which share `Delivery` (the in-order consumer side) with this pipeline.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 _POLL_S = 0.02  # how often an idle worker checks whether its pool shrank or the pipeline stopped
 
@@ -44,7 +43,6 @@ class Stage:
     name: str
     fn: Callable[[Any, int], Any]
     workers: int = 1
-    offload: bool = False  # run fn in the pipeline's process pool (GIL-holding stages; see procs.py)
 
 
 @dataclass
@@ -70,10 +68,110 @@ class PipelineStats:
     samples: int
     wait_s: float  # time the consumer spent blocked in get(): the data-wait phase
     stages: dict[str, StageStats] = field(default_factory=dict)
+    cores: dict[str, float] = field(default_factory=dict)  # per stage: busy seconds / wall = cores held
 
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class Tunable(Protocol):
+    """What a tuner reads and sets: Pipeline, procpipe.ProcPipeline, simpipe.ModelPipe."""
+
+    stage_names: list[str]
+    batch_stages: frozenset[str]  # stages whose items are batches, not samples
+
+    @property
+    def workers(self) -> dict[str, int]: ...
+
+    def set_workers(self, workers: dict[str, int]) -> None: ...
+
+    @property
+    def prefetch(self) -> int: ...
+
+    def set_prefetch(self, depth: int) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def take_stats(self) -> PipelineStats: ...
+
+
+class Delivery:
+    """The consumer side every pipeline shares (this module's thread stages, procpipe's worker
+    processes): finished batches wait in `_ready` until their turn, `get()` hands them out in batch
+    order and times how long it blocked (the step's data wait), `take_stats()` reads the window."""
+
+    def _init_delivery(self, first_batch: int, num_batches: int | None, prefetch: int) -> None:
+        self._prefetch = max(1, int(prefetch))  # batches in flight ahead of the consumer
+        self.next_batch = first_batch  # the next batch get() returns
+        self.end = None if num_batches is None else first_batch + num_batches  # None: endless
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._cv = threading.Condition()
+        self._ready: dict[int, Any] = {}  # batch -> finished batch, awaiting delivery
+        self._wait_s, self._got, self._got_samples = 0.0, 0, 0
+        self.last_wait_s = 0.0  # how long the latest get() blocked
+        self._t_stats = time.perf_counter()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def prefetch(self) -> int:
+        return self._prefetch
+
+    def set_prefetch(self, depth: int) -> None:
+        with self._cv:
+            self._prefetch = max(1, int(depth))
+            self._cv.notify_all()
+
+    def get(self) -> Any:
+        """The next batch in order; the time spent blocked here is the step's data wait."""
+        if self.end is not None and self.next_batch >= self.end:
+            raise StopIteration
+        t0 = time.perf_counter()
+        with self._cv:
+            while self.next_batch not in self._ready:
+                if self._error is not None:
+                    raise self._error
+                if self._stop.is_set():
+                    raise RuntimeError("the data pipeline was closed")
+                self._cv.wait(_POLL_S * 5)
+            batch = self._ready.pop(self.next_batch)
+            self.next_batch += 1
+            self._cv.notify_all()
+            self.last_wait_s = time.perf_counter() - t0
+            self._wait_s += self.last_wait_s
+            self._got += 1
+            self._got_samples += _batch_len(batch)
+        return batch
+
+    def __iter__(self) -> Delivery:
+        return self
+
+    def __next__(self) -> Any:
+        return self.get()
+
+    def _take_consumer_stats(self) -> PipelineStats:
+        """The consumer's counters since the previous call (then reset); the caller holds `_cv`."""
+        now = time.perf_counter()
+        s = PipelineStats(now - self._t_stats, self._got, self._got_samples, self._wait_s)
+        self._got = self._got_samples = 0
+        self._wait_s, self._t_stats = 0.0, now
+        return s
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+
+    def __enter__(self) -> Delivery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Pool:
@@ -107,10 +205,7 @@ class _Pool:
                 continue
             t0 = time.perf_counter()
             try:
-                if self.stage.offload and self.pipe.executor is not None:
-                    result = self.pipe.executor.submit(self.stage.fn, item, index).result()
-                else:
-                    result = self.stage.fn(item, index)
+                result = self.stage.fn(item, index)
             except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
                 self.pipe._fail(e, self.stage.name, index)
                 return
@@ -127,30 +222,19 @@ class _Pool:
         return s
 
 
-class Pipeline:
+class Pipeline(Delivery):
     """Batches `first_batch, first_batch + 1, ...` of `batch_indices(b)` (the sample indices of batch b)
     through `stages` and `collate`. Use as an iterator or call `get()`; `close()` stops the threads."""
 
     def __init__(self, stages: Sequence[Stage], collate: Stage, batch_indices: Callable[[int], list[int]],
-                 *, prefetch: int = 2, first_batch: int = 0, num_batches: int | None = None,
-                 executor: Any = None):
+                 *, prefetch: int = 2, first_batch: int = 0, num_batches: int | None = None):
         if not stages:
             raise ValueError("a pipeline needs at least one per-sample stage")
         self.batch_indices = batch_indices
-        self.executor = executor  # a process pool for offloaded stages (owned by the caller)
-        self.next_batch = first_batch  # the next batch get() returns
-        self.end = None if num_batches is None else first_batch + num_batches
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._cv = threading.Condition()
-        self._prefetch = max(1, int(prefetch))
+        self._init_delivery(first_batch, num_batches, prefetch)
         self._fed_batches = first_batch  # batches whose samples the feeder has issued
         self._samples: dict[int, dict[int, Any]] = {}  # batch -> {position: sample}, awaiting collation
         self._need: dict[int, int] = {}  # batch -> number of samples
-        self._ready: dict[int, Any] = {}  # batch -> collated batch, awaiting delivery
-        self._wait_s, self._got, self._got_samples = 0.0, 0, 0
-        self.last_wait_s = 0.0  # how long the latest get() blocked
-        self._t_stats = time.perf_counter()
         self._pos: dict[int, tuple[int, int]] = {}  # sample slot id -> (batch, position)
         self._slot = 0
         queues: list[queue.Queue[Any]] = [queue.Queue() for _ in range(len(stages) + 1)]
@@ -164,6 +248,7 @@ class Pipeline:
         self._collate_q = queues[-1]
         self.pools.append(_Pool(self, collate, self._collate_q, self._batch_done))
         self.stage_names = [p.stage.name for p in self.pools]
+        self.batch_stages = frozenset({collate.name})  # whose items are batches, not samples
         for p in self.pools:
             p.resize(p.target)
         self._feeder = threading.Thread(target=self._feed, daemon=True, name="saturn-data-feeder")
@@ -178,15 +263,6 @@ class Pipeline:
         for p in self.pools:
             if p.stage.name in workers:
                 p.resize(workers[p.stage.name])
-
-    @property
-    def prefetch(self) -> int:
-        return self._prefetch
-
-    def set_prefetch(self, depth: int) -> None:
-        with self._cv:
-            self._prefetch = max(1, int(depth))
-            self._cv.notify_all()
 
     # ------------------------------------------------------------------------------- internals
     def _feed(self) -> None:
@@ -237,53 +313,14 @@ class Pipeline:
             self._cv.notify_all()
 
     # -------------------------------------------------------------------------------- consumer
-    def get(self) -> Any:
-        """The next batch in order; the time spent blocked here is the step's data wait."""
-        if self.end is not None and self.next_batch >= self.end:
-            raise StopIteration
-        t0 = time.perf_counter()
-        with self._cv:
-            while self.next_batch not in self._ready:
-                if self._error is not None:
-                    raise self._error
-                if self._stop.is_set():
-                    raise RuntimeError("the data pipeline was closed")
-                self._cv.wait(_POLL_S * 5)
-            batch = self._ready.pop(self.next_batch)
-            self.next_batch += 1
-            self._cv.notify_all()
-            self.last_wait_s = time.perf_counter() - t0
-            self._wait_s += self.last_wait_s
-            self._got += 1
-            self._got_samples += _batch_len(batch)
-        return batch
-
-    def __iter__(self) -> Pipeline:
-        return self
-
-    def __next__(self) -> Any:
-        return self.get()
-
     def take_stats(self) -> PipelineStats:
         """Counters since the previous call (then reset): what one tuning window saw."""
-        now = time.perf_counter()
         with self._cv:
-            s = PipelineStats(now - self._t_stats, self._got, self._got_samples, self._wait_s)
-            self._got = self._got_samples = 0
-            self._wait_s, self._t_stats = 0.0, now
+            s = self._take_consumer_stats()
         s.stages = {p.stage.name: p.take() for p in self.pools}
+        s.cores = {n: round(st.busy_s / s.wall_s, 3) if s.wall_s > 0 else 0.0 for n, st in s.stages.items()}
         return s
 
-    def close(self) -> None:
-        self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _batch_len(batch: Any) -> int:

@@ -56,7 +56,10 @@ def format_lines(summary: dict[str, Any]) -> list[str]:
         if s.get("tuner"):
             t = s["tuner"]
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(t["by_action"].items()))
-            parts.append(f"tuner: {t['decisions']} decisions ({kinds}); now workers {t['workers']}, "
-                         f"prefetch {t['prefetch']}, {t['throughput_samples_s']:.0f} samples/s")
+            cores = ", ".join(f"{k} {v:.2f}" for k, v in t.get("cores", {}).items())
+            parts.append(f"tuner: {t['decisions']} decisions ({kinds}), {t.get('moves', 0)} core moves kept; "
+                         f"now workers {t['workers']}, prefetch {t['prefetch']}, "
+                         f"{t['throughput_samples_s']:.0f} samples/s"
+                         + (f"; cores held per stage {cores} (measured)" if cores else ""))
         lines.append(f"{job}: " + "; ".join(parts))
     return lines

@@ -10,8 +10,6 @@ convergence counted in windows, separately from a real pipeline's measurement no
 
 from __future__ import annotations
 
-import threading
-
 from saturn.data.pipeline import PipelineStats, StageStats
 
 
@@ -22,7 +20,8 @@ class ModelPipe:
         self.batch_size = int(batch_size)
         self._w = {n: max(1, int(workers.get(n, 1))) for n in self.stage_names}
         self.prefetch = int(prefetch)
-        self._stop = threading.Event()  # what PipelineTuner's thread loop checks
+        self.batch_stages = frozenset(self.stage_names[-1:])  # the last stage's items are batches
+        self.closed = False  # what PipelineTuner's thread loop checks
 
     @property
     def workers(self) -> dict[str, int]:
@@ -35,7 +34,7 @@ class ModelPipe:
         self.prefetch = max(1, int(depth))
 
     def _per(self, name: str) -> int:
-        return self.batch_size if name == self.stage_names[-1] else 1
+        return self.batch_size if name in self.batch_stages else 1
 
     def capacity(self, workers: dict[str, int] | None = None) -> float:
         """Samples per second the slowest stage sustains (the pipeline's throughput)."""

@@ -10,10 +10,13 @@ shaping and nothing to ship. Every move is a trial: if the next window's through
 than `tolerance`, the move is reverted (and not retried for a while), so a bad estimate costs one
 window, never a run.
 
-Co-located jobs: `budget()` (e.g. `CoreLedger.share`) is polled every window; when a job starts or
-ends on the node the budget changes and workers are taken from the stages with the most slack, or
-given to the bottleneck. Prefetch grows while the consumer still waits although the stages could
-keep up (bursty stages), and shrinks back when the consumer never waits (memory).
+Co-located jobs: `budget()` (e.g. `CoreLedger.share`) is polled every window and `report(wait)`
+(e.g. `CoreLedger.report`) told the window's data-wait fraction; when a job starts or ends on the
+node, or the ledger moves a core from a job whose GPU does not wait to one whose GPU does, the
+budget changes and workers are taken from the stages with the most slack, or given to the
+bottleneck (for a process pipeline, procpipe.py: processes started or retired while batches
+flow). Prefetch grows while the consumer still waits although the stages could keep up (bursty
+stages), and shrinks back when the consumer never waits (memory).
 
 Every decision is one JSON line in `log_path` (the job directory's data_tuner.jsonl), which
 `saturn report` summarizes.
@@ -21,8 +24,9 @@ Every decision is one JSON line in `log_path` (the job directory's data_tuner.js
 Two policies share this loop, its observations and its guard rails (trial moves reverted when the
 next window is slower, tabu for reverted moves, the core budget): `hill` (this class, the default)
 and `rl` (saturn.data.tuner_rl.RLTuner, an InTune-style Q-learning agent). `make_tuner(kind, ...)`
-picks one; the workload knob is `data.kwargs.tuner: hill | rl`. Why hill is the default (measured by
-scripts/bench_data_tuners.py, BENCHMARKS.md "Input-pipeline tuners", CPU, simulated stage costs):
+(saturn.data.policies) picks one; the workload knob is `data.kwargs.tuner: hill | rl`. Why hill
+is the default (measured by scripts/bench_data_tuners.py, BENCHMARKS.md "Input-pipeline tuners",
+CPU, simulated stage costs):
 it reached 90% of the best static split in 1-3 s (2-4 windows) with 0 reverts in every scenario
 (slow stage, bottleneck shift, budget 10 -> 6) and held 99-100% of it; the agent needed 3.5-5 s and
 3-5 reverts per phase, and on the capacity model (no noise, 30 seeds) 7-20 of 30 runs settled short
@@ -40,20 +44,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from saturn.data.pipeline import Pipeline, PipelineStats
+from saturn.data.pipeline import PipelineStats, Tunable
 
 LOG_FILE = "data_tuner.jsonl"
-TUNERS = ("hill", "rl")
 
 
 class PipelineTuner:
     name = "hill"
 
-    def __init__(self, pipe: Pipeline, *, budget: int | Callable[[], int], batch_size: int,
+    def __init__(self, pipe: Tunable, *, budget: int | Callable[[], int], batch_size: int,
                  window_s: float = 1.0, tolerance: float = 0.05, log_path: str | None = None,
-                 min_wait_frac: float = 0.02, max_prefetch: int = 16):
+                 min_wait_frac: float = 0.02, max_prefetch: int = 16,
+                 report: Callable[[float], Any] | None = None):
         self.pipe, self.batch_size = pipe, int(batch_size)
         self._budget = budget if callable(budget) else (lambda b=int(budget): b)
+        self._report = report  # told each window's wait fraction (the node's ledger moves cores on it)
+        self.cores: dict[str, float] = {}  # the latest window's cores held per stage (measured)
         self.window_s, self.tolerance = float(window_s), float(tolerance)
         self.log_path = log_path
         self.min_wait_frac, self.max_prefetch = min_wait_frac, max_prefetch
@@ -80,7 +86,7 @@ class PipelineTuner:
     def _loop(self) -> None:
         self.pipe.take_stats()
         while not self._stop.wait(self.window_s):
-            if self.pipe._stop.is_set():
+            if self.pipe.closed:
                 return
             self.step(self.pipe.take_stats())
 
@@ -90,7 +96,7 @@ class PipelineTuner:
         w = self.pipe.workers
         out = {}
         for name, r in self.rates.items():
-            per = self.batch_size if name == self.pipe.stage_names[-1] else 1  # collate: batches
+            per = self.batch_size if name in self.pipe.batch_stages else 1  # collate: batches
             out[name] = w[name] * r * per
         return out
 
@@ -106,6 +112,9 @@ class PipelineTuner:
         self._observe(s)
         thr = s.samples_per_s
         wait_frac = s.wait_s / s.wall_s if s.wall_s > 0 else 0.0
+        self.cores = dict(s.cores)
+        if self._report is not None:
+            self._report(wait_frac)
         self.tabu = {k: v - 1 for k, v in self.tabu.items() if v > 1}
         self._on_window(thr, wait_frac)
         if self.pending is not None:
@@ -145,7 +154,7 @@ class PipelineTuner:
         """Budget in proportion to per-item cost (largest remainder), at least 1 per stage."""
         before = dict(self.pipe.workers)
         names = self.pipe.stage_names
-        cost = {n: 1.0 / (self.rates[n] * (self.batch_size if n == names[-1] else 1)) for n in names}
+        cost = {n: 1.0 / (self.rates[n] * (self.batch_size if n in self.pipe.batch_stages else 1)) for n in names}
         tot = sum(cost.values())
         share = {n: budget * cost[n] / tot for n in names}
         alloc = {n: max(1, int(math.floor(share[n]))) for n in names}
@@ -201,7 +210,7 @@ class PipelineTuner:
         rec = {"time": time.time(), "window": self.windows, "tuner": self.name, "action": action,
                "workers": dict(self.pipe.workers),
                "prefetch": self.pipe.prefetch, "throughput_samples_s": round(thr, 2),
-               "wait_frac": round(wait_frac, 4), "reason": reason}
+               "wait_frac": round(wait_frac, 4), "cores": self.cores, "reason": reason}
         if before is not None:
             rec["workers_before"] = before
         self.history.append(rec)
@@ -220,17 +229,6 @@ def initial_workers(source: Any, cores: int) -> dict[str, int]:
     heavy = [n for n in names if n in getattr(source, "offload_stages", ())] or names
     per = max(1, (int(cores) - (len(names) + 1 - len(heavy))) // len(heavy))
     return {**{n: (per if n in heavy else 1) for n in names}, "collate": 1}
-
-
-def make_tuner(kind: str, pipe: Pipeline, **kwargs: Any) -> PipelineTuner:
-    """The tuner policy named by the `tuner` knob (`hill` or `rl`), same constructor arguments."""
-    if kind == "hill":
-        return PipelineTuner(pipe, **kwargs)
-    if kind == "rl":
-        from saturn.data.tuner_rl import RLTuner
-
-        return RLTuner(pipe, **kwargs)
-    raise ValueError(f"data.kwargs.tuner: unknown tuner {kind!r}; allowed: {list(TUNERS)} (hill is the default)")
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -257,5 +255,7 @@ def summarize_log(path: str | Path) -> dict[str, Any] | None:
     for r in recs:
         kinds[r["action"]] = kinds.get(r["action"], 0) + 1
     last = recs[-1]
-    return {"decisions": len(recs), "by_action": kinds, "workers": last["workers"], "prefetch": last["prefetch"],
+    moves = sum(kinds.get(k, 0) for k in ("move", "budget")) - kinds.get("revert", 0)
+    return {"decisions": len(recs), "by_action": kinds, "moves": moves, "workers": last["workers"],
+            "cores": last.get("cores", {}), "prefetch": last["prefetch"],
             "throughput_samples_s": last["throughput_samples_s"], "wait_frac": last["wait_frac"]}

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from saturn.data.pipeline import Pipeline
+from saturn.data.pipeline import Tunable
 from saturn.data.tuner import PipelineTuner
 
 # feature layout: one block per action kind (a one-hot over kinds times that kind's features)
@@ -51,7 +51,7 @@ N_FEATURES = 12
 class RLTuner(PipelineTuner):
     name = "rl"
 
-    def __init__(self, pipe: Pipeline, *, alpha: float = 0.5, gamma: float = 0.5, eps0: float = 0.5,
+    def __init__(self, pipe: Tunable, *, alpha: float = 0.5, gamma: float = 0.5, eps0: float = 0.5,
                  eps_min: float = 0.03, eps_decay: float = 0.85, move_cost: float = 0.0, seed: int = 0,
                  **kwargs: Any):
         super().__init__(pipe, **kwargs)

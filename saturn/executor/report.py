@@ -37,13 +37,21 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
     last_t = max([t for t, _, _ in journal.events()] + [0.0])
     jobs: list[dict[str, Any]] = []
     busy = 0.0
+    held: dict[tuple, tuple[float, float]] = {}  # group attempts: (group, pid, GPUs) -> (launch, end)
     end_all = 0.0
     for js in state.jobs.values():
         segs = js.segments
         start = min((s.launched_at for s in segs), default=None)
         end = max((s.ended_at if s.ended_at is not None else last_t for s in segs), default=None)
         for s in segs:
-            busy += ((s.ended_at if s.ended_at is not None else last_t) - s.launched_at) * len(s.gpus)
+            seg_end = s.ended_at if s.ended_at is not None else last_t
+            group = (s.knobs or {}).get("group")
+            if group:  # a group attempt (one runner pid) holds its GPUs once, first launch to last end
+                key = (group, s.pid, tuple(s.gpus))
+                t0, t1 = held.get(key, (s.launched_at, seg_end))
+                held[key] = (min(t0, s.launched_at), max(t1, seg_end))
+            else:
+                busy += (seg_end - s.launched_at) * len(s.gpus)
         durable = max((s.durable_at for s in segs if s.durable_at is not None), default=None)
         if end is not None:  # the run ends when its last result is durable (drains behind)
             end_all = max(end_all, end, durable or 0.0, last_t if js.status == "finishing" else 0.0)
@@ -63,10 +71,11 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                      "cause": failure_cause(js.reason) if js.status == "failed" else "",
                      "log": js.log if js.log and Path(js.log).exists() else _existing_log(run_dir, js.name),
                      "group": next((s.knobs["group"] for s in reversed(segs) if s.knobs.get("group")), None)})
-    groups: dict[str, list[str]] = {}  # SHARP groups the members ran in (saturn.executor.sharp_dispatch)
+    groups: dict[str, list[str]] = {}  # SHARP / fused groups the members ran in (saturn.executor.sharp_dispatch)
     for j in jobs:
         if j["group"]:
             groups.setdefault(j["group"], []).append(j["job"])
+    busy += sum((end - launched) * len(gpus) for (_, _, gpus), (launched, end) in held.items())
     makespan = end_all
     return {"run_dir": str(run_dir), "jobs": jobs, "makespan_s": makespan,
             "planned_makespan_s": first.get("makespan_s"),

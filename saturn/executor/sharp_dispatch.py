@@ -1,4 +1,11 @@
-"""SHARP groups in the executor: plan them, launch one attempt per group, report per member.
+"""SHARP and fused groups in the executor: plan them, launch one attempt per group, report per member.
+
+Fused groups (`fused:a+b`, `saturn.fused`: same-shape jobs as one vmapped model on one device)
+take the same path as SHARP groups below, with three differences: a member steps once per group
+step (its derived row's step time is the group's, not N times it), only jobs that allow any
+technique join one, and a group whose members cannot fuse (`saturn.fused.grouping`) is not offered
+(a journaled warning names the field). Each fused member is registered with its own handle
+(`saturn.fused.attempt.MemberAttempt`), so it finishes, or is stopped (cancel, prune), alone.
 
 Why a module of its own: the executor's state, policy and backends are per job, and a SHARP
 group (`saturn.sharp`: several spilled models trained by one pool of workers) is several jobs
@@ -35,15 +42,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import weakref
 from typing import Any, Optional
 
 import pandas as pd
 
 from saturn.executor.state import PENDING, RUNNING
-from saturn.planner import sharp_option
+from saturn.planner import fused_option, sharp_option
 from saturn.planner.plan import Assignment
 
 TECHNIQUE = sharp_option.TECHNIQUE
+_WARNED: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()  # refused groups
+GROUP_TECHNIQUES = (TECHNIQUE, fused_option.TECHNIQUE)  # fused groups (saturn.fused) run the same way
 
 
 def runs_groups(backend: Any) -> bool:
@@ -55,7 +65,21 @@ def runs_groups(backend: Any) -> bool:
 
 def group_of(knobs: Any) -> Optional[str]:
     g = (knobs or {}).get("group") if isinstance(knobs, dict) else None
-    return str(g) if g and sharp_option.is_group(str(g)) else None
+    return str(g) if g and (sharp_option.is_group(str(g)) or fused_option.is_group(str(g))) else None
+
+
+def members_of(group: str) -> list[str]:
+    return fused_option.members_of(group) if fused_option.is_group(group) else sharp_option.members_of(group)
+
+
+def technique_of(group: str) -> str:
+    return fused_option.TECHNIQUE if fused_option.is_group(group) else TECHNIQUE
+
+
+def _may_join(js: Any, group: str) -> bool:
+    """SHARP trains members with the spilling engine; a fused group is its own single-device
+    technique, so only jobs that allow any technique join one."""
+    return _may_spill(js) if not fused_option.is_group(group) else not js.info.techniques
 
 
 def _may_spill(js: Any) -> bool:
@@ -64,18 +88,35 @@ def _may_spill(js: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------ planning
+def _fused_refusal(ex: Any, group: str, states: list[Any]) -> str:
+    """Why a profiled fused group cannot run (`saturn.fused.grouping`), journaled once as a
+    warning on its first member; '' when it can."""
+    from saturn.fused.grouping import refusal
+    from saturn.spec.schema import Job
+
+    if any(js.info.spec is None for js in states):  # no full spec (simulated jobs): the runner checks
+        return ""
+    why = refusal([Job.model_validate(js.info.spec) for js in states])
+    warned = _WARNED.setdefault(ex, set())
+    if why and group not in warned:
+        warned.add(group)
+        ex.emit("warning", job=states[0].name, text=f"fused group {group} is not offered: {why}")
+    return why
+
+
 def _ensure_member_rows(ex: Any, group: str) -> None:
     """Journal the derived per-member rows of `group` once (see the module docstring)."""
     rows = []
-    members = sharp_option.members_of(group)
+    members, tech = members_of(group), technique_of(group)
+    per_member = 1 if tech != TECHNIQUE else len(members)  # a fused member steps with every group step
     for o in ex.est.rows.get(group, []):
         knobs = json.dumps({**json.loads(o.knobs), "group": group}, sort_keys=True)
         for m in members:
-            if any(r.technique == TECHNIQUE and r.knobs == knobs and r.gpus == o.gpus
+            if any(r.technique == tech and r.knobs == knobs and r.gpus == o.gpus
                    for r in ex.est.rows.get(m, [])):
                 continue
-            rows.append({"job": m, "technique": TECHNIQUE, "knobs": knobs, "gpus": o.gpus,
-                         "step_time_s": o.step_time_s * len(members), "startup_s": o.startup_s,
+            rows.append({"job": m, "technique": tech, "knobs": knobs, "gpus": o.gpus,
+                         "step_time_s": o.step_time_s * per_member, "startup_s": o.startup_s,
                          "feasible": True, "gpu_type": o.gpu_type,
                          "source": f"derived from {group}"})
     if rows:
@@ -112,13 +153,21 @@ def _merge_fixed(fixed: list[Any]) -> list[Any]:
         else:
             merged[name] = dataclasses.replace(a, job=name, knobs=dict(a.knobs))
             out.append(merged[name])
+    # a member that left (finished, cancelled) saves inside the group's process, on the group's
+    # GPUs: while the group still runs, its checkpoint hold is part of the group's hold
+    for name, hold in list(merged.items()):
+        group = group_of({"group": name}) if not name.endswith(CHECKPOINT_SUFFIX) else None
+        ck = merged.get(f"{group}{CHECKPOINT_SUFFIX}") if group else None
+        if ck is not None:
+            hold.end_s = max(hold.end_s, ck.end_s)
+            out.remove(ck)
     return out
 
 
 def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: Any) -> Any:
     """`solve_fn(jobs, ex.nodes, table, **kw)` with the SHARP groups that can run here offered
     as options; the result has every group expanded into its members (module docstring)."""
-    groups = [g for g in ex.est.rows if sharp_option.is_group(g)] if runs_groups(ex.backend) else []
+    groups = [g for g in ex.est.rows if group_of({"group": g})] if runs_groups(ex.backend) else []
     if not groups:
         return solve_fn(jobs, ex.nodes, table, _groups=False, **kw)
     running = _running_groups(ex)
@@ -130,13 +179,15 @@ def solve(ex: Any, solve_fn: Any, jobs: list[Any], table: pd.DataFrame, **kw: An
         fixed = [a for a in held_gpus(ex.state, ex.est, ex.now) if a.job in held]
     jobs = [j for j in jobs if j.name not in held]
     names = {j.name for j in jobs}
-    table = table[~table["job"].isin(held) & (table["technique"] != TECHNIQUE)]
+    table = table[~table["job"].isin(held) & ~table["technique"].isin(GROUP_TECHNIQUES)]
     rows = []
     for g in groups:
-        members = sharp_option.members_of(g)
+        members = members_of(g)
         states = [ex.state.jobs.get(m) for m in members]
-        if not all(js is not None and js.status == PENDING and js.name in names and _may_spill(js)
+        if not all(js is not None and js.status == PENDING and js.name in names and _may_join(js, g)
                    for js in states):
+            continue
+        if fused_option.is_group(g) and _fused_refusal(ex, g, states):
             continue
         _ensure_member_rows(ex, g)
         # observed / profiled speed of the members scales the group row as it scales their own
@@ -159,9 +210,9 @@ def expand(assignments: list[Any]) -> list[Assignment]:
 
     out = []
     for a in assignments:
-        if sharp_option.is_group(a.job) and not is_checkpoint(a):
+        if group_of({"group": a.job}) and not is_checkpoint(a):
             knobs = {**a.knobs, "group": a.job}
-            out += [dataclasses.replace(a, job=m, knobs=dict(knobs)) for m in sharp_option.members_of(a.job)]
+            out += [dataclasses.replace(a, job=m, knobs=dict(knobs)) for m in members_of(a.job)]
         else:
             out.append(a)
     return out
@@ -173,13 +224,13 @@ def launch(ex: Any, assignment: dict) -> bool:
     group = group_of(assignment.get("knobs"))
     if group is None:
         return False
-    members = [ex.state.jobs[m] for m in sharp_option.members_of(group)
+    members = [ex.state.jobs[m] for m in members_of(group)
                if m in ex.state.jobs and ex.state.jobs[m].status == PENDING
                and ex.state.jobs[m].remaining_steps > 0]
     if not members:
         return True
     for js in members:
-        ex.emit("launch", job=js.name, technique=TECHNIQUE, knobs=dict(assignment.get("knobs") or {}),
+        ex.emit("launch", job=js.name, technique=technique_of(group), knobs=dict(assignment.get("knobs") or {}),
                 node=assignment["node"], gpus=list(assignment["gpus"]), start_step=js.committed_step,
                 group=group)
     pid = ex.backend.launch_group(group, members, assignment)

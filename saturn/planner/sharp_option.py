@@ -83,12 +83,15 @@ def plan_with_groups(plan_fn: Callable[..., Any], jobs: Any, cluster: Any,
                      profiles: pd.DataFrame, *, time_limit_s: float = 30, fixed: Any = None,
                      **kw: Any) -> Any:
     """The best of: `plan_fn` on the workload as it is, and on each variant where a profiled
-    SHARP group replaces its members. `plan_fn` is `saturn.planner.solve.plan`; it is called
+    SHARP group, or fused groups (`fused_option.variants`), replace their members. `plan_fn`
+    is `saturn.planner.solve.plan`; it is called
     with `_groups=False` so that it does not come back here."""
     specs = normalize_jobs(jobs)
     fixed_names = {str(a["job"] if isinstance(a, dict) else a.job) for a in (fixed or [])}
-    variants = _variants(specs, profiles, fixed_names)
-    solo_rows = profiles[~profiles["job"].astype(str).map(is_group)]
+    from saturn.planner import fused_option  # fused groups are offered the same way
+
+    variants = _variants(specs, profiles, fixed_names) + fused_option.variants(specs, profiles, fixed_names)
+    solo_rows = profiles[~profiles["job"].astype(str).map(lambda j: is_group(j) or fused_option.is_group(j))]
     share = time_limit_s / (1 + len(variants))
     best = plan_fn(specs, cluster, solo_rows, time_limit_s=share, fixed=fixed, _groups=False, **kw)
     for _group, variant in variants:

@@ -79,9 +79,9 @@ def plan(
 
     Returns within about `time_limit_s` seconds of wall time (the whole call), sooner when the
     remaining gap is worth less than the time left (`early_stop`, see planner/search.py)."""
-    from saturn.planner import sharp_option  # SHARP group options (profiled multi-job rows)
+    from saturn.planner import fused_option, sharp_option  # group options (profiled multi-job rows)
 
-    if _groups and sharp_option.has_groups(profiles):
+    if _groups and (sharp_option.has_groups(profiles) or fused_option.has_groups(profiles)):
         return sharp_option.plan_with_groups(plan, jobs, cluster, profiles, time_limit_s=time_limit_s,
                                              mip_gap=mip_gap, warm_start=warm_start, threads=threads,
                                              slots=slots, fixed=fixed, objective=objective, early_stop=early_stop)

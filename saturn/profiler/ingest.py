@@ -4,8 +4,9 @@ The planner needs to know how many cores keep a job's GPUs busy: the GPUs consum
 batch_size / step_time_s samples per second, one core makes `samples_per_core_s`, so the job
 needs ceil(ratio) cores (`saturn.planner.cores.cores_needed`). The rate is measured, not guessed:
 the job's real dataset produces batches for `seconds` and we divide the samples made by the
-process CPU time it took (`time.process_time`, all threads), which is the cost per core whatever
-parallelism the pipeline happened to use. It is measured once per dataset (data spec, sequence
+process CPU time it took (`time.process_time`, all threads, plus the CPU time of the pipeline's
+worker processes, `worker_cpu_s`), which is the cost per core whatever parallelism the pipeline
+happened to use. It is measured once per dataset (data spec, sequence
 length, model shape, batch size) and added to every profile row of the job as two additive columns:
 
     ingest_samples_per_core_s   measured rate (NaN in old profile stores: planned as 0 cores)
@@ -38,12 +39,15 @@ def measure_dataset(dataset: Any, batch_size: int, *, seconds: float = 1.5, max_
     for b in range(warmup_batches):  # pipeline start-up, file cache
         batch_for_step(dataset, b, batch_size)
     samples, step = 0, warmup_batches
-    w0, c0 = time.perf_counter(), time.process_time()
+    def cpu_now() -> float:  # this process and its pipeline's worker processes
+        return time.process_time() + float(getattr(dataset, "worker_cpu_s", 0.0))
+
+    w0, c0 = time.perf_counter(), cpu_now()
     while time.perf_counter() - w0 < seconds and step - warmup_batches < max_batches:
         x, _ = batch_for_step(dataset, step, batch_size)
         samples += int(x.shape[0])
         step += 1
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - w0, cpu_now() - c0
     close = getattr(dataset, "close", None)
     if close is not None:
         close()

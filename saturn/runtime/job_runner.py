@@ -99,7 +99,7 @@ def stop_attempt(handle: Any) -> None:
     """Graceful stop (checkpoint and exit): SIGTERM to a runner process, the stop event of a warm one."""
     if handle.poll() is not None:
         return
-    if isinstance(handle, WarmAttempt):
+    if isinstance(handle, WarmAttempt) or getattr(handle, "stops_alone", False):  # warm, fused member
         handle.terminate()
         return
     try:

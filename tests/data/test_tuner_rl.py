@@ -15,8 +15,9 @@ import torch
 from saturn.data import ImageFiles, PipelineDataset, make_image_files
 from saturn.data.dataset import collate_pairs
 from saturn.data.pipeline import Pipeline, Stage
+from saturn.data.policies import make_tuner
 from saturn.data.simpipe import ModelPipe
-from saturn.data.tuner import PipelineTuner, make_tuner
+from saturn.data.tuner import PipelineTuner
 from saturn.data.tuner_rl import RLTuner
 
 BATCH = 4

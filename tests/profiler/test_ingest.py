@@ -82,6 +82,7 @@ def test_training_logs_data_wait_and_tuner_decisions(tmp_path):
     summary = data_summary(tmp_path / "run")
     assert summary["v"]["wait"]["steps"] == 12 and summary["v"]["tuner"]["decisions"] >= 1
     assert "data wait" in format_lines(summary)[0] and "tuner:" in format_lines(summary)[0]
+    assert "core moves kept" in format_lines(summary)[0] and "cores held per stage" in format_lines(summary)[0]
 
 
 def test_workload_yaml_uses_a_pipeline_dataset_and_node_cores(tmp_path):

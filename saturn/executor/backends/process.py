@@ -149,9 +149,22 @@ class ProcessBackend(WallClock):
 
     def launch_group(self, group: str, members: list[JobState], assignment: dict) -> int:
         """Start a SHARP group's runner process (`saturn.sharp.runner.run_group_attempt`) and follow
-        it once per member (per-job polling, stopping and result reading then apply unchanged)."""
+        it once per member (per-job polling, stopping and result reading then apply unchanged).
+        A fused group (`saturn.fused.runner.run_fused_attempt`) is followed per member through its
+        own handle (`saturn.fused.attempt.MemberAttempt`): a member finishes when its result file
+        appears and stops alone (its leave file), while the group trains on."""
+        from saturn.fused.attempt import MemberAttempt, leave_path
+        from saturn.fused.grouping import is_group as is_fused
+
+        fused = is_fused(group)
         atts = [self._attempt(js, assignment, js.committed_step, js.attempts) for js in members]
-        spec = {"group": group, "members": [a.to_dict() for a in atts], "knobs": assignment.get("knobs") or {},
+        specs = [a.to_dict() for a in atts]
+        if fused:
+            for m in specs:
+                m["leave_path"] = leave_path(m["result_path"], m["attempt"])
+                Path(m["leave_path"]).unlink(missing_ok=True)
+        spec = {"group": group, "kind": "fused" if fused else "sharp", "members": specs,
+                "knobs": assignment.get("knobs") or {},
                 "gpus": [int(g) for g in assignment["gpus"]], "device_type": self.device_type,
                 "checkpoint_every": self.checkpoint_every, "grace_s": self.grace_s}
         first = self.job_dir(members[0].name)
@@ -160,8 +173,8 @@ class ProcessBackend(WallClock):
         tmp.write_text(json.dumps(spec, indent=1))
         os.replace(tmp, spec_path)
         p = spawn_runner(spec_path, first / "runner.txt", self.extra_env, RUNNER_ENTRY)
-        for att in atts:
-            self._follow(p, att, owned=False)
+        for att, m in zip(atts, specs):
+            self._follow(MemberAttempt(p, att.result_path, m["leave_path"]) if fused else p, att, owned=False)
         return p.pid
 
     def stop(self, job: str) -> None:

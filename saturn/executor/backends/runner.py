@@ -33,7 +33,12 @@ ENTRY = "saturn.executor.backends.runner:run_spec"  # what spawn_runner's runner
 
 
 def run_spec(spec: dict[str, Any]) -> None:
-    """The runner process's work: a SHARP group attempt, or one job's attempt."""
+    """The runner process's work: a SHARP or fused group attempt, or one job's attempt."""
+    if spec.get("kind") == "fused":  # a fused group attempt (saturn.fused.runner)
+        from saturn.fused.runner import run_fused_attempt
+
+        run_fused_attempt(spec)
+        return
     if "members" in spec:  # a SHARP group attempt (saturn.executor.sharp_dispatch)
         from saturn.sharp.runner import run_group_attempt
 
