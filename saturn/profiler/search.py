@@ -24,7 +24,7 @@ settings the technique proposes. Trying everything is slow, so the search skips 
   prior has no estimate for (user techniques) follow the rules above.
 
 No processes, clocks or files here: `Search` is fed results and answers `ready()`, so it is unit
-tested with synthetic outcomes (tests/test_profiler_search.py).
+tested with synthetic outcomes (tests/profiler/test_search.py).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class Search:
 
     def stuck(self) -> list[str]:
         """The cells left when nothing is ready or running and the search is not done (else []):
-        a bug in these rules (tests/test_profiler_search_ends.py drives random searches to check)."""
+        a bug in these rules (tests/profiler/test_search_ends.py drives random searches to check)."""
         return [] if self.done() or self._pending or self._running else [
             f"{sig} {tech}x{g} ({c.state}" + (f", holding {len(c.held)} setting(s)" if c.held else "") + ")"
             for (sig, tech, g), c in self._cells.items() if c.state not in ("resolved", "pruned")]
