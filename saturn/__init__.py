@@ -3,6 +3,7 @@
     import saturn
     wl = saturn.load_workload("configs/examples/tiny-cpu.yaml")
     saturn.profile(wl); p = saturn.plan(wl); results = saturn.run(wl, run_dir="runs/x")
+    df = saturn.results("runs/x")     # one row per job, swept hyperparameters as columns
     with saturn.Orchestrator(wl.cluster, run_dir="runs/hpo") as orch:   # online (HPO)
         fut = orch.submit(job); fut.metrics(); orch.cancel(job); fut.result()
 
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 _API = ("JobFuture", "JobReport", "Orchestrator", "OrchestratorError", "plan", "profile", "run",
         "synthetic_profiles")
 __all__ = ["Cluster", "Job", "JobFuture", "JobReport", "Node", "Orchestrator", "OrchestratorError", "SaturnError",
-           "Workload", "__version__", "load_workload", "plan", "profile", "run", "synthetic_profiles"]
+           "Workload", "__version__", "load_workload", "plan", "profile", "results", "run", "synthetic_profiles"]
 
 
 def __getattr__(name: str):
@@ -33,4 +34,8 @@ def __getattr__(name: str):
 
         api = importlib.import_module("saturn.api")  # (not `from saturn import api`: that asks here again)
         return api if name == "api" else getattr(api, name)
+    if name == "results":  # a run's results table (saturn.analysis), pandas only
+        from saturn.analysis import results
+
+        return results
     raise AttributeError(f"module 'saturn' has no attribute {name!r}")

@@ -58,6 +58,7 @@ RANGES: dict[str, Range] = {
     "--noise": Range(0.0, 3.0),  # sigma of a log-normal: 3 is already a factor of 20 per sigma
     "--seed": Range(0, 2**32 - 1, integer=True),
     "--budget-min": Range(0.0, 7 * 24 * 60.0, "minutes", lo_open=True),
+    "--progress-every": Range(0.1, DAY_S, "seconds"),
 }
 # the Python API's keyword arguments -> the flag whose range they share (sim_speed has no flag)
 API_ARGS: dict[str, str] = {"time_limit_s": "--time-limit", "interval_s": "--interval",

@@ -126,7 +126,7 @@ def run_saturn(b: Bench, wl_path: Path) -> None:
         if p.exists():
             shutil.rmtree(p)
     store.mkdir()
-    env = dict(os.environ, SATURN_PROFILES=str(store))
+    env = dict(os.environ, SATURN_PROFILES=str(store), SATURN_SEED_PROFILES="none")  # empty: no shipped rows
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(benchlib.ROOT), env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "saturn", "run", str(wl_path), "--run-dir", str(run_dir), "--no-live"]
     if b.args.quick:

@@ -240,7 +240,7 @@ def run_worker(name: str, spec: dict[str, Any], timeout: float, log_dir: str) ->
     if name == "deepspeed":
         env["TORCH_CUDA_ARCH_LIST"] = "9.0"  # DeepSpeed's JIT parser fails on "9.0a"
     t0 = time.perf_counter()
-    status, reason = "ok", ""
+    status, reason, rc = "ok", "", None
     with open(log, "w") as lf:
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name,
                                  "--spec", spec_path], stdout=lf, stderr=subprocess.STDOUT,
@@ -271,7 +271,8 @@ def run_worker(name: str, spec: dict[str, Any], timeout: float, log_dir: str) ->
             pass
     if status == "ok" and not out.get("done"):
         status, reason = "failed", f"worker ended without finishing (see {log})"
-    out.update(status=status, wall_s=round(time.perf_counter() - t0, 1), log=log)
+    out.update(status=status, wall_s=round(time.perf_counter() - t0, 1), log=log,
+               returncode=rc)  # typed: -9 = killed by SIGKILL (bench_giant tells a host OOM from it)
     if reason:
         out["reason"] = reason
     return out

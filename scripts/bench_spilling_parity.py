@@ -34,7 +34,7 @@ SETTINGS = {"fp32-state (reference)": {},
 MODEL = {"name": "gpt2-tiny", "overrides": {"n_layer": 4, "n_embd": 256, "n_head": 4}}
 
 
-def curve(knobs: dict[str, Any], steps: int) -> tuple[list[float], list[int]]:
+def curve(knobs: dict[str, Any], steps: int, batch_size: int = 16, seq_len: int = 64) -> tuple[list[float], list[int]]:
     import torch
 
     from saturn.spec.schema import Job
@@ -42,7 +42,7 @@ def curve(knobs: dict[str, Any], steps: int) -> tuple[list[float], list[int]]:
     from saturn.training import loop
     from saturn.zoo.data import batch_for_step
 
-    job = Job(name="parity", model=MODEL, data="synthetic-tokens", batch_size=16, seq_len=64,
+    job = Job(name="parity", model=MODEL, data="synthetic-tokens", batch_size=batch_size, seq_len=seq_len,
               steps=steps, precision="bf16",
               optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.01})
     torch.manual_seed(0)

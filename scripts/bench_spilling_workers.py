@@ -158,13 +158,15 @@ def host_bytes_per_param(state: str, wire_bf16: bool) -> int:
     """Host memory bytes one host-stepped parameter's optimizer step must read + write.
 
     fp32 state (torch fused AdamW): param, grad, exp_avg, exp_avg_sq read (16) + param and both
-    moments written (12); with a bf16 wire, the gradient upcast before (2 read + 4 write) and the
-    wire refresh after (4 read + 2 write). bf16 state (one fused pass): fp32 param read + write
-    (8), gradient read (2 bf16 / 4 fp32), both bf16 moments read + write (8), bf16 wire written
-    (2)."""
+    moments written (12); with a bf16 wire, the gradient upcast before (2 read + 4 write). bf16
+    state (one fused pass): fp32 param read + write (8), gradient read (2 bf16 / 4 fp32), both
+    bf16 moments read + write (8)."""
+    # lean engine (spilling/pool.py): a bf16 wire copy is cast from the masters at each send,
+    # twice per step (forward and backward: 2 x (4 read + 2 write)); no refresh after the step
+    sends = 12 if wire_bf16 else 0
     if state == "bf16":
-        return 8 + (2 if wire_bf16 else 4) + 8 + (2 if wire_bf16 else 0)
-    return 28 + (12 if wire_bf16 else 0)
+        return 8 + (2 if wire_bf16 else 4) + 8 + sends
+    return 28 + (6 if wire_bf16 else 0) + sends
 
 
 # ------------------------------------------------------------------------------ spilling
@@ -264,7 +266,12 @@ def host_optimizer_alone(eng: Any) -> dict[str, Any]:
 
     def once() -> None:
         for sh in shards:
-            if getattr(sh.optimizer, "fuses_wire", False):
+            if sh.pool is not None:  # lean: as the optimizer thread steps it (pool.py)
+                sh.grad_landing()
+                sh.land_grads()
+                sh.optimizer.step()
+                sh.done_grads()
+            elif getattr(sh.optimizer, "fuses_wire", False):
                 sh.optimizer.step()
             else:
                 sh.land_grads()
@@ -299,25 +306,29 @@ def transfer_bound(eng: Any, spec: dict[str, Any], device: Any) -> dict[str, Any
     streamed = [k for k in range(len(eng.shards)) if k not in eng.device_shards]
     uses = [k for k, _ in eng.tasks() if k in streamed]
     uses = [k for i, k in enumerate(uses) if k not in uses[max(0, i - 2):i]]
-    dev = {k: [torch.empty_like(f, device=device) for f in eng.shards[k].sendable()]
-           for k in set(uses)}
-    in_b = sum(f.numel() * f.element_size() for k in uses for f in eng.shards[k].sendable())
-    out_b = sum(f.numel() * f.element_size() for k in streamed
-                for f in eng.shards[k].grad_landing())
+    def host(k: int) -> list[Any]:  # pinned buffers shaped as what crosses the link for shard k
+        sh = eng.shards[k]
+        return [torch.empty(g.total, dtype=g.wire, pin_memory=device.type == "cuda") for g in sh.groups]
+
+    bufs = {k: host(k) for k in set(uses) | set(streamed)}
+    dev = {k: [torch.empty_like(f, device=device) for f in bufs[k]] for k in bufs}
+    in_b = sum(f.numel() * f.element_size() for k in uses for f in bufs[k])
+    out_b = sum(f.numel() * f.element_size() for k in streamed for f in bufs[k])
 
     def h2d() -> None:
         for k in uses:
-            for d, h in zip(dev[k], eng.shards[k].sendable()):
+            for d, h in zip(dev[k], bufs[k]):
                 d.copy_(h, non_blocking=True)
 
     def d2h() -> None:
         for k in streamed:
-            for d, h in zip(dev[k], eng.shards[k].grad_landing()):
+            for d, h in zip(dev[k], bufs[k]):
                 h.copy_(d, non_blocking=True)
 
     t_in = timed(lambda i: h2d(), spec["steps"], 1, device)["step_time_s"]
     t_out = timed(lambda i: d2h(), spec["steps"], 1, device)["step_time_s"]
     dev.clear()
+    bufs.clear()
     return {"status": "ok", "step_time_s": t_in + t_out, "h2d_s": t_in, "d2h_s": t_out,
             "gb_in": in_b / 2**30, "gb_out": out_b / 2**30, "copies_in": len(uses),
             "h2d_gb_s": in_b / 1e9 / t_in, "d2h_gb_s": out_b / 1e9 / t_out}

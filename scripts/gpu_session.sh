@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# One H200 session's benchmarks, in order of importance, each under its own time limit, started
-# detached so it outlives one device call (see BENCHMARKS.md, "How the GPU numbers were taken"):
+# One GPU session's benchmarks (one H100/H200, 16 cores, 128 GiB host), in order of importance, each
+# under its own time limit, started detached so it outlives one device call:
 #
 #   setsid nohup bash scripts/gpu_session.sh /tmp/res > /tmp/res.log 2>&1 &
 #
-# Results: RES/session.log (one line per step: name, start, rc, end), RES/<step>.log, and the
-# benchmarks/ JSON files and BENCHMARKS.md sections each script writes in the checkout.
-# Needs .whl/: wheels for the packages the GPU image lacks (highspy, pydantic, pydantic-core,
-# annotated-types, typing-inspection, deepspeed and fairscale built with DS_BUILD_OPS=0, hjson), made
-# here with `pip download` / `pip wheel` for Python 3.12 manylinux x86_64; installed with pip --target.
+# It runs from a private copy of the checkout (/tmp/work): the device copies the working tree anew
+# at every call, which would overwrite what a step writes into the checkout. Results: RES/session.log
+# (one line per step: name, start, rc, end), RES/<step>.log, RES/<step>/ (each script's --out-dir or
+# --json) and RES/tree/ (benchmarks/ and BENCHMARKS.md as the scripts left them).
+# Needs .whl/: wheels for the packages the GPU image lacks (../shared/device/build-wheels.sh).
+# DEADLINE_S (default 1380): no step starts after this many seconds from the session's start;
+# HARD_S (default 1560): every step's time limit is cut so that it ends by then.
 set -u
 RES=${1:-/tmp/res}
+DEADLINE_S=${DEADLINE_S:-1380}
+HARD_S=${HARD_S:-1560}
 mkdir -p "$RES"
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_CUDA_ARCH_LIST=9.0
+T0=$(date +%s)
+rm -rf /tmp/work && cp -r "$(dirname "$0")/.." /tmp/work && cd /tmp/work || exit 1
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_CUDA_ARCH_LIST=9.0 SATURN_SEED_PROFILES=none
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >> "$RES/session.log" 2>&1
@@ -22,27 +27,29 @@ export PYTHONPATH=/tmp/site:$PWD
 
 step() {  # step NAME LIMIT_S CMD...
   local name=$1 limit=$2; shift 2
+  local now; now=$(date +%s)
+  if [ $((now - T0 + 30)) -gt "$DEADLINE_S" ]; then
+    echo "== $name skipped: the session's deadline (${DEADLINE_S}s) has passed" >> "$RES/session.log"
+    return
+  fi
+  [ $((T0 + HARD_S - now)) -lt "$limit" ] && limit=$((T0 + HARD_S - now))
   echo "== $name start $(date +%T) limit ${limit}s: $*" >> "$RES/session.log"
-  timeout --kill-after=10 "$limit" "$@" > "$RES/$name.log" 2>&1
+  timeout --kill-after=15 "$limit" "$@" > "$RES/$name.log" 2>&1
   echo "== $name rc=$? end $(date +%T)" >> "$RES/session.log"
-  # the device copies the working tree anew at every call: keep what this step wrote outside it
   mkdir -p "$RES/tree" && cp -r benchmarks BENCHMARKS.md "$RES/tree/" 2>/dev/null
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g; \
+  cat /sys/fs/cgroup/memory.max 2>/dev/null; \
   python3 -c 'import torch; print(torch.__version__, torch.cuda.is_available())'; } > "$RES/machine.txt" 2>&1
 
-# Issues 24 + 25: Saturn from an empty store vs the plain-loop reference, one run.
-step e2e 780 python3 scripts/bench_e2e.py --gpus 1 --workdir /tmp/e2e --copy-to "$RES/e2e"
-# Issue 25: blocking time of a 10 GB checkpoint; data wait per zoo model.
-step checkpoint 100 python3 scripts/bench_checkpoint.py
-step data_wait 120 python3 scripts/bench_data_wait.py
-# Issue 26: spilling vs its floor and vs DeepSpeed / FSDP2 offload; SHARP.
-step spilling 480 python3 scripts/bench_spilling.py --budget-s 450 --out-dir "$RES/spilling"
-# Issue 25: the staged data pipeline vs DataLoader defaults on 16 cores.
-step data 200 python3 scripts/bench_data.py --tuners hill
-# Issue 24: the prior against the rows this session measured.
-step prior 90 python3 scripts/bench_prior.py --table /tmp/e2e/store/profiles.csv \
-  --workload /tmp/e2e/workload.yaml --store /tmp/e2e/store
+# Issue 33: gpt-6.7b from an empty store (default numerics) and DeepSpeed ZeRO-3 offload on it.
+step giant-a 620 python3 scripts/bench_giant.py --only probes,saturn-6.7b,deepspeed-6.7b --out-dir "$RES/giant"
+# Issue 35: input pipelines vs DataLoader (defaults, hand-tuned grid, naive) for 1, 2, 4 jobs.
+step data 260 python3 scripts/bench_data.py --budget-s 230 --json "$RES/data.json"
+# Issue 36: K fused GPT-2 small / ViT-base vs K jobs one after another.
+step fused 240 python3 scripts/bench_fused.py --budget-s 200
+# Issue 33: gpt-13b with numerics: low-memory; gpt-2.7b at a 7 GB cap vs DeepSpeed offload.
+step giant-b 660 python3 scripts/bench_giant.py --only saturn-13b,cap7 --out-dir "$RES/giant"
 tar czf "$RES/bench.tgz" benchmarks BENCHMARKS.md 2>/dev/null
 echo "== done $(date +%T)" >> "$RES/session.log"

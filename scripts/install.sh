@@ -10,6 +10,6 @@ PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q --upgrade pip setuptools wheel
 pip install -q -c constraints.txt torch
-pip install -q -c constraints.txt -e ".[dev,ray,hpo]"
+pip install -q -c constraints.txt -e ".[dev,ray,hpo,track]"
 pip install -q -c constraints.txt --no-build-isolation "deepspeed>=0.14" "fairscale>=0.4.13"
 echo "installed: $(saturn --version 2>/dev/null || python -c 'import saturn; print("saturn", saturn.__version__)')"

@@ -122,7 +122,9 @@ class Orchestrator(JobIntake, ExecutorThread):
                 poll = 0.05
             elif backend in ("auto", "process", "ray"):
                 if self.run_dir is None:
-                    raise OrchestratorError(f"backend={backend!r} needs a run_dir (journal, logs, checkpoints)")
+                    if resume:
+                        raise OrchestratorError("resume=True needs the run_dir of the run to continue")
+                    self.run_dir = build.default_run_dir("orchestrator")  # new each time: runs/orchestrator-<time>
                 check_not_locked(self.run_dir)  # a live executor on it: refused, naming its pid
                 if (self.run_dir / "journal.sqlite").exists() and not resume:
                     raise OrchestratorError(f"{self.run_dir} already holds a run; continue it with "

@@ -69,7 +69,7 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
                 store_dir: Optional[PathLike] = None, run_dir: Optional[PathLike] = None,
                 time_limit_s: Optional[float] = None, plan: Any = None, run_dir_hint: str = "",
                 run_dir_flag: str = "run_dir", say: Callable[[str], None] = print,
-                fuse: bool = False) -> PreparedRun:
+                device_type: str = "auto", fuse: bool = False) -> PreparedRun:
     """Take the stages above for `workload` (a Workload, YAML path or text); see the module
     docstring. Raises SaturnError (exit 2) before any work when a stage refuses."""
     from saturn.api.workload import as_workload, check_paths, load
@@ -88,6 +88,7 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     stages.append("load")
     timings["load_s"] = time.perf_counter() - t0
     if not simulate and wl.cluster.ray is None:  # the jobs run here: their files must be here
+        check_gpus_here(raw, device_type, workload)
         check_paths(wl)
         stages.append("local_paths")
     # the run directory and a plan file are checked before any work (measuring, planning)
@@ -129,6 +130,38 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
         say(n)
     timings["prepare_s"] = time.perf_counter() - t0
     return PreparedRun(wl, table, path, plan, measurer, stages, timings, notes)
+
+
+def check_gpus_here(raw: Any, device_type: str = "auto", source: Any = None) -> None:
+    """A workload whose cluster names GPU nodes trains here only where those GPUs are: otherwise
+    `saturn run` would train (say) GPT-2 medium on a laptop's CPU for hours. A SaturnError (exit 2)
+    naming the ways to try it here; `--devices cpu` (device_type="cpu") trains on the CPU anyway."""
+    c = raw.cluster
+    if not getattr(c, "nodes", None) or c.ray is not None or device_type == "cpu" or c.devices == "cpu":
+        return
+    gpu_nodes = [n for n in c.nodes if str(n.gpu_type).lower() != "cpu"]
+    if not gpu_nodes:
+        return
+    need = max(n.gpus for n in gpu_nodes)
+    try:
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        have = 0
+    if have >= need:
+        return
+    from saturn.errors import SaturnError
+
+    named = isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source)
+    path = str(source) if named else "WORKLOAD.yaml"
+    nodes = ", ".join(f"{n.name}: {n.gpus}x {n.gpu_type}" for n in gpu_nodes[:4])
+    nodes += " ..." if len(gpu_nodes) > 4 else ""
+    raise SaturnError(f"{path}: its cluster describes GPU nodes ({nodes}) but this machine has {have} CUDA GPU(s), "
+                      f"so the jobs cannot run here as planned. To try it here: `saturn run {path} --simulate` "
+                      "(a virtual clock at profiled speed, no training), or a cluster of CPU slots in the YAML "
+                      "(`cluster: {devices: cpu, slots: 2}`); `saturn plan` plans for the described cluster without "
+                      "running it; `--devices cpu` trains on this machine's CPU anyway.")
 
 
 def _profiles(wl: Any, profiles: Any, *, simulate: bool, store_dir: Optional[PathLike],
@@ -222,7 +255,8 @@ def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = No
     check_path_arg("saturn.run", "profiles", profiles, table=True)
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        store_dir=store_dir, run_dir=run_dir, time_limit_s=time_limit_s, plan=plan,
-                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s))
+                       say=lambda s: log.log(logging.WARNING if s.startswith("WARNING") else logging.INFO, "%s", s),
+                       device_type=device_type)
     display = None
     if live and not simulate:
         from rich.console import Console
@@ -260,5 +294,6 @@ def start_executor(prep: Any, *, display: Any = None, simulate: bool = False,
     ex = build_executor(wl.jobs, wl.cluster, prep.table, options=opts, plan=prep.plan, display=display,
                         measurer=prep.measurer)
     if prep.run_dir is not None:
-        ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes)})
+        ex.journal.set_meta("stages", {"stages": list(prep.stages), **prep.timings, "notes": list(prep.notes),
+                                       "simulated": bool(simulate)})
     return ex

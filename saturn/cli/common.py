@@ -35,8 +35,17 @@ def write_json(data: Any, path: Path | str) -> None:
     if str(path) == "-":
         print(text)
         return
+    write_text(text + "\n", path)
+
+
+def write_text(text: str, path: Path | str) -> None:
+    """Write-then-rename with the permissions a plain `open(path, "w")` gives (the user's umask:
+    mkstemp's private 0600 would hide a results file from the user's group)."""
     path = Path(path)  # its directory exists: checked with the flag (saturn.cli.flags), never created here
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
+        f.write(text)
     os.replace(tmp, path)

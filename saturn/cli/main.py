@@ -7,8 +7,10 @@ import sys
 import typer
 
 from saturn.cli.common import err_console, setup_logging
+from saturn.cli.logs import logs_command
 from saturn.cli.plan import plan_command
 from saturn.cli.profile import profile_command
+from saturn.cli.results import results_command
 from saturn.cli.run import report_command, run_command, status_command
 from saturn.cli.techniques import techniques_command
 from saturn.cli.validate import validate_command
@@ -43,6 +45,8 @@ app.command("plan")(plan_command)
 app.command("run")(run_command)
 app.command("status")(status_command)
 app.command("report")(report_command)
+app.command("results")(results_command)
+app.command("logs")(logs_command)
 app.command("techniques")(techniques_command)
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from saturn.cli import flags
+from saturn.fmt import duration
 
 BASELINE_LABELS = {
     "whole_node": "whole node, sequential",
@@ -19,12 +20,6 @@ BASELINE_LABELS = {
 
 
 TABLE_MAX_ROWS = 200  # a table of 10,000 rows takes rich a minute to lay out and nobody reads it
-
-
-def _fmt_s(s: float) -> str:
-    h, rem = divmod(int(round(s)), 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 def plan_command(
@@ -58,44 +53,48 @@ def plan_command(
         return
     t = Table(title=f"Saturn plan for {wl.name} ({len(wl.jobs)} jobs)")
     cores = any(a.cpu_cores for a in p.assignments)  # input-pipeline cores (saturn.planner.cores)
-    for col in ("job", "technique", "knobs", "node", "GPUs", *(("CPU cores",) if cores else ()), "start", "end",
-                "numbers"):
-        t.add_column(col, justify="right" if col in ("start", "end") else "left")
+    host = any(a.host_mem_gb for a in p.assignments)  # host memory (saturn.profiles.host_memory)
+    for col in ("job", "technique", "knobs", "node", "GPU ids", *(("CPU cores",) if cores else ()),
+                *(("host GB",) if host else ()), "start", "end", "numbers"):
+        t.add_column(col, justify="right" if col in ("start", "end") else "left", no_wrap=col == "job")
     rows = sorted(p.assignments, key=lambda a: (a.start_s, a.node, a.job))
     for a in rows[:TABLE_MAX_ROWS]:
         knobs = ", ".join(f"{k}={v}" for k, v in a.knobs.items())
         guess = a.provenance in GUESSES
         t.add_row(a.job, a.technique, knobs, a.node, ",".join(map(str, a.gpus)),
-                  *((f"{a.cpu_cores:g}",) if cores else ()), _fmt_s(a.start_s), _fmt_s(a.end_s),
+                  *((f"{a.cpu_cores:g}",) if cores else ()), *((f"{a.host_mem_gb:.1f}",) if host else ()),
+                  duration(a.start_s), duration(a.end_s),
                   f"[bold yellow]GUESS: {a.provenance}[/]" if guess else (a.provenance or "-"))
     console.print(t)
+    for job, why in sorted(p.ruled_out.items())[:TABLE_MAX_ROWS]:  # host memory (issue 33)
+        console.print(f"  {job}: ruled out: " + "; ".join(why[:4]), highlight=False)
     if len(rows) > TABLE_MAX_ROWS:
         console.print(f"... and {len(rows) - TABLE_MAX_ROWS:,} more assignments (the first {TABLE_MAX_ROWS} by start "
                       "time are shown; --json writes them all)")
     _warn_guesses(p, workload)
     ms, lb = p.makespan_s, p.lower_bound_s
-    console.print(f"[bold]makespan[/] {_fmt_s(ms)} ({ms:,.0f} s)   lower bound {_fmt_s(lb)} ({lb:,.0f} s)   "
+    console.print(f"[bold]makespan[/] {duration(ms)} ({ms:,.0f} s)   lower bound {duration(lb)} ({lb:,.0f} s)   "
                   f"ratio {ms / lb:.3f}" if lb > 0 else f"makespan {ms:,.0f} s")
     s = p.solver
     console.print(f"solver: {s.status}, certified gap {s.gap:.1%}, {s.time_s:.1f} s (best plan from {s.source})")
     if s.stop:
         console.print(f"  {s.stop}", highlight=False)
     for name, v in sorted(p.baselines.items(), key=lambda kv: kv[1]):
-        console.print(f"  vs {BASELINE_LABELS.get(name, name):34s} {_fmt_s(v):>9s}  "
+        console.print(f"  vs {BASELINE_LABELS.get(name, name):34s} {duration(v):>9s}  "
                       f"Saturn {1 - ms / v:6.1%} shorter ({v / ms:.2f}x)")
     if p.objective != "makespan":  # completion objectives (#16): value, own bound, baselines
         v, olb = p.objective_value or 0.0, p.objective_lower_bound or 0.0
-        console.print(f"[bold]{p.objective}[/] {_fmt_s(v)} (bound {_fmt_s(olb)}; the solver status refers to it)")
+        console.print(f"[bold]{p.objective}[/] {duration(v)} (bound {duration(olb)}; the solver status refers to it)")
         for name, bv in sorted(p.objective_baselines.items(), key=lambda kv: kv[1]):
             label = BASELINE_LABELS.get(name, name)
-            console.print(f"  {p.objective} of {label:34s} {_fmt_s(bv):>9s} ({bv / max(v, 1e-9):.2f}x)")
+            console.print(f"  {p.objective} of {label:34s} {duration(bv):>9s} ({bv / max(v, 1e-9):.2f}x)")
     if json_out is not None:
         write_json(p.to_dict(), json_out)
         console.print(f"plan written to {json_out}")
     if gantt is not None:
         from saturn.planner.gantt import save_gantt
 
-        save_gantt(p, cluster, gantt, title=f"{wl.name}: makespan {_fmt_s(ms)} (bound {_fmt_s(lb)})")
+        save_gantt(p, cluster, gantt, title=f"{wl.name}: makespan {duration(ms)} (bound {duration(lb)})")
         console.print(f"Gantt chart written to {gantt}")
 
 

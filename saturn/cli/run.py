@@ -3,7 +3,7 @@
     saturn run WORKLOAD.yaml [--plan plan.json] [--interval S] [--run-dir DIR] [--simulate]
     saturn run --resume DIR
     saturn status DIR
-    saturn report DIR [--gantt gantt.png]
+    saturn report DIR [--gantt gantt.png] [--curves curves.png]
 """
 
 from __future__ import annotations
@@ -42,7 +42,13 @@ def run_command(
     noise: float = flags.number(0.15, "--noise", help="--simulate: sigma of the log-normal step-time noise"),
     seed: int = flags.number(0, "--seed", help="--simulate: noise seed"),
     device_type: str = flags.choice("auto", "--devices", flags.DEVICES, help="auto | cuda | cpu"),
-    live: bool = typer.Option(True, "--live/--no-live", help="Live table while running."),
+    live: bool = typer.Option(True, "--live/--no-live", help="Show progress: a live table in a terminal, plain "
+                              "lines (one per event, a status line every --progress-every s) otherwise."),
+    progress_every: float = flags.number(10.0, "--progress-every",
+                                         help="Output not a terminal: seconds between two status lines"),
+    log_to: Optional[str] = typer.Option(None, "--log-to", callback=lambda v: _check_log_to(v),
+                                         help="Stream per-step losses to a tracker: tensorboard:DIR, "
+                                              "mlflow[:TRACKING_URI] or wandb[:PROJECT]."),
     require_measured: bool = typer.Option(False, "--require-measured", help="Refuse to run on numbers nobody "
                                           "measured (estimated, extrapolated, simulated, guessed); by default "
                                           "the jobs' own first steps measure them when they run here."),
@@ -55,14 +61,13 @@ def run_command(
     counts from their checkpoints when it pays, retry crashed jobs."""
     from saturn.cli.common import console
     from saturn.executor.build import resume_executor
-    from saturn.executor.display import LiveDisplay
 
     if not simulate:
         flags.check_devices_here(device_type)
     if resume is not None:
         if simulate:
             raise SaturnError("--resume continues a real run; simulated runs are not resumable")
-        display = LiveDisplay(console) if live else None
+        display = _display(console, resume, simulate=False, live=live, every_s=progress_every, log_to=log_to)
         ex = resume_executor(resume, checkpoint_every=checkpoint_every, device_type=device_type, display=display)
         _execute(ex, display, console, resume)
         return
@@ -75,13 +80,40 @@ def run_command(
     prep = prepare_run(workload, profiles, simulate=simulate, require_measured=require_measured,
                        run_dir=run_dir, time_limit_s=time_limit, plan=plan, run_dir_flag="--run-dir",
                        run_dir_hint="continue it with --resume {run_dir} or pick another --run-dir",
-                       say=lambda s: console.print(s, highlight=False), fuse=fuse)
-    display = LiveDisplay(console) if live and not simulate else None
+                       say=lambda s: console.print(s, highlight=False), device_type=device_type, fuse=fuse)
+    display = _display(console, prep.run_dir, simulate=simulate, live=live, every_s=progress_every, log_to=log_to)
     ex = start_executor(prep, display=display, simulate=simulate, interval_s=interval,
                         introspect=not no_introspect, time_limit_s=time_limit, max_retries=max_retries,
                         checkpoint_every=checkpoint_every, noise=noise, seed=seed, device_type=device_type)
     run_dir = prep.run_dir
     _execute(ex, display, console, run_dir)
+
+
+def _check_log_to(value: Optional[str]) -> Optional[str]:
+    from saturn.analysis.trackers import check_log_to
+
+    return check_log_to(value)
+
+
+def _display(console, run_dir: Path, *, simulate: bool, live: bool, every_s: float, log_to: Optional[str]):
+    """A live table in a terminal (real runs), plain progress lines otherwise (log files, pipes,
+    simulations), plus the tracker follower of --log-to."""
+    import sys
+
+    from saturn.executor.display import LiveDisplay
+    from saturn.executor.progress import Displays, ProgressLines
+
+    shown = None
+    if live:
+        shown = (LiveDisplay(console) if sys.stdout.isatty() and not simulate else
+                 ProgressLines(lambda s: console.print(s, highlight=False, markup=False, soft_wrap=True),
+                               every_s=every_s))
+    follower = None
+    if log_to:
+        from saturn.analysis.trackers import MetricsFollower, open_tracker
+
+        follower = MetricsFollower(run_dir, [open_tracker(log_to, Path(run_dir).name)])
+    return Displays(shown, follower) if shown or follower else None
 
 
 def _execute(ex, display, console, run_dir: Path) -> None:
@@ -117,19 +149,20 @@ def _execute(ex, display, console, run_dir: Path) -> None:
 
 
 def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
-    from rich.table import Table
-
     from saturn.executor.journal import mark_dead_jobs
-    from saturn.executor.report import fmt_s, summarize
+    from saturn.executor.report import summarize
+    from saturn.fmt import compact_table, duration, short_names
 
     s = summarize(run_dir) if live is None else mark_dead_jobs(summarize(run_dir), live)
-    t = Table(title=f"run {run_dir}")
-    for col in ("job", "status", "steps", "technique", "GPUs", "tries", "loss", "planned", "actual", "error"):
-        t.add_column(col)
+    t = compact_table(f"run {run_dir}")
+    word = "slot" if s.get("cpu_slots") else "GPU"
+    names = short_names([j["job"] for j in s["jobs"]], max_len=24)  # the shared prefix goes, not the tail
+    for col in ("job", "status", "steps", "technique", f"{word}s", "tries", "loss", "planned", "actual", "error"):
+        t.add_column(col, no_wrap=True, min_width=max([len(v) for v in names.values()] + [3]) if col == "job" else None)
     for j in s["jobs"]:
-        t.add_row(j["job"], j["status"], f"{j['progress']}/{j['total_steps']}", j["technique"] or "-",
+        t.add_row(names[j["job"]], j["status"], f"{j['progress']}/{j['total_steps']}", j["technique"] or "-",
                   str(j["gpus"] or "-"), str(j["attempts"]), f"{j['loss']:.4g}" if j["loss"] is not None else "-",
-                  fmt_s(j["planned_runtime_s"]), fmt_s(j["actual_runtime_s"]),
+                  duration(j["planned_runtime_s"]), duration(j["actual_runtime_s"]),
                   f"{100 * j['prediction_error']:+.0f}%" if j["prediction_error"] is not None else "-")
     console.print(t)
     for j in s["jobs"]:
@@ -142,8 +175,8 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
         kind = "fused group" if str(g).startswith("fused:") else "SHARP group"
         console.print(f"{kind} {g}: {', '.join(members)} trained together, one attempt per launch")
     util = s["gpu_allocation"]
-    console.print(f"makespan {fmt_s(s['makespan_s'])} (planned {fmt_s(s['planned_makespan_s'])}), "
-                  f"GPU allocation {100 * util:.0f}%, " if util is not None else "",
+    console.print(f"makespan {duration(s['makespan_s'])} (planned {duration(s['planned_makespan_s'])}), "
+                  f"{word} allocation {100 * util:.0f}%, " if util is not None else "",
                   f"plan versions {s['plan_versions']}, switches {s['switches']}")
     if live is not None:
         console.print(f"executor: {live['state']}" + (f" -- {live['detail']}" if live.get("detail") else ""))
@@ -169,8 +202,10 @@ def report_command(
     run_dir: Path = typer.Argument(..., help="Run directory of `saturn run`."),
     gantt: Optional[Path] = flags.output_file("--gantt", help="Plan-vs-actual Gantt PNG (default RUN_DIR/gantt.png)."),
     json_out: Optional[Path] = flags.output_file("--json", help="Write the report as JSON to this file."),
+    curves: Optional[Path] = flags.output_file("--curves", help="Loss curves PNG: loss vs step and vs run "
+                                               "time, one colour per job, labelled by its hyperparameters."),
 ) -> None:
-    """Plan vs actual: Gantt chart, per-job runtime and prediction error per phase, goodput."""
+    """Plan vs actual: Gantt chart, per-job runtime and prediction error per phase, goodput; loss curves."""
     from saturn.cli.common import console, write_json
     from saturn.executor.report import gantt as draw
     from saturn.executor.report import summarize
@@ -190,6 +225,12 @@ def report_command(
 
     print_phases(console, s)
     console.print(f"phases chart: {phases_chart(run_dir, Path(out).with_name('phases.png'))}")
+    if curves is not None:
+        from saturn.analysis.curves import draw_curves
+
+        console.print(f"loss curves: {draw_curves(run_dir, curves)}", highlight=False)
+    console.print(f"per-job results (hyperparameters, final and best loss, checkpoints; sort, CSV, JSON): "
+                  f"saturn results {run_dir}", highlight=False, soft_wrap=True)
     if json_out is not None:
         write_json(s, json_out)
 

@@ -67,8 +67,14 @@ class RunOptions:
 
 
 def default_run_dir(name: str) -> Path:
-    """runs/<workload>-<YYYYmmdd-HHMMSS>: where a run goes when no run directory is given."""
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<workload>-<YYYYmmdd-HHMMSS>: where a run goes when no run directory is given; new
+    each time (`-2`, `-3`... when a run of this second already took it)."""
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def resolve_cluster(cluster: Any) -> Any:

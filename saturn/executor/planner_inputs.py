@@ -103,13 +103,15 @@ def held_gpus(state: RunState, est: Estimator, now: float, moved: Iterable[str] 
     (see `is_checkpoint`), which is not launched and is dropped from the plans the executor keeps."""
     moved = set(moved)
     out = []
+    # a running job keeps the host memory its plan gave it (saturn.planner.cores.HOST_MEMORY)
+    host = {a.get("job"): float(a.get("host_mem_gb") or 0.0) for a in (state.plan or {}).get("assignments", [])}
     for js in state.jobs.values():
         seg = js.current
         if js.status not in ACTIVE or seg is None:
             continue
         if js.status == RUNNING and js.name not in moved:
             out.append(Assignment(js.name, seg.technique, dict(seg.knobs), seg.node, list(seg.gpus), 0.0,
-                                  max(est.remaining_s(js, now), 1e-6)))
+                                  max(est.remaining_s(js, now), 1e-6), host_mem_gb=host.get(js.name, 0.0)))
         else:
             left = checkpoint_left(js, est, now)
             if left > 1e-9:

@@ -8,12 +8,12 @@ Everything is derived from the journal alone, so `saturn status DIR` works while
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from saturn.executor.journal import JOURNAL_FILE, Journal, replay
 from saturn.executor.state import RunState
+from saturn.fmt import duration
 
 
 def load_run(run_dir: Union[str, Path]) -> tuple[RunState, Journal]:
@@ -87,6 +87,9 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "gpu_allocation": busy / (makespan * total_gpus) if makespan > 0 else None,
             "gpu_utilization": busy / (makespan * total_gpus) if makespan > 0 else None,  # old name
             "device_utilization": journal.get_meta("device_utilization"),
+            # CPU slots are called slots; a simulated run ran nothing on a device
+            "cpu_slots": bool(nodes) and all(str(n.get("gpu_type", "")).lower() == "cpu" for n in nodes),
+            "simulated": bool((journal.get_meta("stages") or {}).get("simulated")),
             "done": state.done(), "total_gpus": total_gpus, "sharp_groups": groups,
             # what the executor warned about (skipped checkpoints, bogus steps): the run's own output
             "warnings": [{"job": d.get("job"), "text": d.get("text", "")} for _, kind, d in journal.events()
@@ -213,15 +216,17 @@ def phase_summary(state: RunState, plan: dict, makespan: float, total_gpus: int,
 
 def print_phases(console: Any, s: dict[str, Any]) -> None:
     """The per-phase table (planned / actual seconds) and the goodput line."""
-    from rich.table import Table
+    from saturn.fmt import compact_table, short_names
 
-    t = Table(title="where the time went (planned / actual)")
-    for col in ("job", "launch", "training steps", "saves + teardown", "draining (GPU free)", "plan rests on"):
-        t.add_column(col)
+    t = compact_table("where the time went (planned / actual)")
+    names = short_names([r["job"] for r in s.get("phases", [])], max_len=24)
+    for col in ("job", "launch", "training steps", "saves + teardown", "draining (free)", "plan rests on"):
+        t.add_column(col, no_wrap=col == "job", min_width=max([len(v) for v in names.values()] + [3])
+                     if col == "job" else None)
     for r in s.get("phases", []):
         p, a = r["planned"], r["actual"] or {}
-        t.add_row(r["job"], *[f"{fmt_s(p.get(k))} / {fmt_s(a.get(k))}" for k in PHASES],
-                  f"{fmt_s(r.get('planned_drain_s'))} / {fmt_s(r.get('drain_s'))}",
+        t.add_row(names[r["job"]], *[f"{duration(p.get(k))} / {duration(a.get(k))}" for k in PHASES],
+                  f"{duration(r.get('planned_drain_s'))} / {duration(r.get('drain_s'))}",
                   ", ".join(r["planned_sources"]) or "measured")
     console.print(t)
     g = s.get("goodput")
@@ -229,9 +234,13 @@ def print_phases(console: Any, s: dict[str, Any]) -> None:
     console.print(f"goodput {100 * g:.0f}% of GPU time in training steps{note}" if g is not None
                   else "goodput: no progress reports yet")
     du = s.get("device_utilization")
+    if s.get("simulated"):
+        console.print("device utilization: none (a simulated run: nothing ran on a device)")
+        return
+    word = "slot" if s.get("cpu_slots") else "GPU"
     console.print(f"device utilization (measured) {100 * float(du):.0f}%" if du is not None else
-                  "device utilization: not reported (needs NVML on the GPU nodes; GPU allocation "
-                  "above is the time GPUs were held by jobs)")
+                  f"device utilization: not reported (needs NVML on the GPU nodes; {word} allocation "
+                  f"above is the time {word}s were held by jobs)")
 
 
 def phases_chart(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
@@ -290,7 +299,8 @@ def gantt(run_dir: Union[str, Path], out: Union[str, Path]) -> Path:
     spans = [[sp for a in plans[0]["plan"]["assignments"] for sp in plan_spans(a, t0)] if plans else [],
              [sp for js in state.jobs.values() for s in js.segments for sp in segment_spans(s, last_t)]]
     for ax, (title, bars), sp in zip(axes, panels, spans):
-        draw_bars(ax, bars, rows, colors, min_label_frac=0.0)
+        draw_bars(ax, bars, rows, colors, min_label_frac=0.0,
+                  device="slot" if all(str(n.get("gpu_type", "")).lower() == "cpu" for n in nodes) else "GPU")
         draw_phases(ax, sp, rows)
         ax.set_title(title)
     # failed jobs (some never ran an attempt, so have no bar): named with their cause under the chart
@@ -323,11 +333,3 @@ def segment_spans(seg: Any, last_t: float) -> list[tuple]:
     return out
 
 
-def fmt_s(x: Optional[float]) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if x >= 3600:
-        return f"{x / 3600:.1f}h"
-    if x >= 60:
-        return f"{x / 60:.1f}m"
-    return f"{x:.1f}s"

@@ -46,7 +46,8 @@ def _groups_sequential(options: Mapping[str, JobOptions], nodes: Sequence[NodeSp
     # the earlier group), so a heap per shape replaces a scan over every group for every job.
     shapes: dict[tuple, list] = {}
     for gi, (free, n, ids) in enumerate(groups):
-        shapes.setdefault((n.gpus, n.gpu_type, getattr(n, "cpu_cores", None), len(ids)), []).append((free, gi))
+        shapes.setdefault((n.gpus, n.gpu_type, getattr(n, "cpu_cores", None), getattr(n, "host_memory_gb", None),
+                           len(ids)), []).append((free, gi))
     heaps = list(shapes.values())
     for h in heaps:
         heapq.heapify(h)

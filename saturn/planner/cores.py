@@ -13,6 +13,11 @@ Three places enforce it, all through this module so that the solver core changes
 `core_violations` checks a finished plan (the planner drops candidates that break it). A node
 without `cpu_cores`, or an option with 0 cores (no ingestion measured), is unconstrained, so old
 profiles and clusters plan exactly as before.
+
+Host memory (issue 33) is the same kind of capacity: each node's `host_memory_gb`, each option's
+`host_mem_gb` (its measured or estimated host peak, saturn.profiles.host_memory), shared by the
+jobs a node runs at once. Each capacity is a `Resource`; the rows, timelines and checks below
+take one (CORES by default) and `RESOURCES` lists every one the planner enforces.
 """
 
 from __future__ import annotations
@@ -20,9 +25,34 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A per-node capacity shared by the jobs running on it at once: what an option (or an
+    Assignment) needs is its `need_attr`, what a node has its `capacity_attr` (None/0 = not
+    planned)."""
+
+    name: str
+    unit: str
+    need_attr: str
+    capacity_attr: str
+
+    def need(self, o: Any) -> float:
+        return float(getattr(o, self.need_attr, 0) or 0)
+
+    def capacity(self, n: Any) -> Optional[float]:
+        c = getattr(n, self.capacity_attr, None)
+        return float(c) if c else None
+
+
+CORES = Resource("CPU cores", "cores", "cpu_cores", "cpu_cores")
+HOST_MEMORY = Resource("host memory", "GB", "host_mem_gb", "host_memory_gb")
+RESOURCES = (CORES, HOST_MEMORY)
 
 
 def cores_needed(batch_size: float, step_time_s: float, samples_per_core_s: float) -> int:
@@ -42,13 +72,14 @@ def node_cores(n: Any) -> int | None:
 
 
 def constrained(nodes: Sequence[Any]) -> bool:
-    return any(node_cores(n) for n in nodes)
+    """Whether any node plans any of RESOURCES."""
+    return any(r.capacity(n) for n in nodes for r in RESOURCES)
 
 
 class CoreTimeline:
     """Core use of one node over time (piecewise constant); answers "are c cores free in [t, t+d)"."""
 
-    def __init__(self, capacity: int | None):
+    def __init__(self, capacity: float | None):
         self.capacity = capacity
         self.intervals: list[tuple[float, float, float]] = []  # (start, end, cores), sorted by start
 
@@ -71,13 +102,13 @@ class CoreTimeline:
 
 
 def core_violations(assignments: Sequence[Any], nodes: Sequence[Any], cores_of: dict[str, float],
-                    fixed: Sequence[Any] = ()) -> list[str]:
-    """Every (node, time) where the jobs running at once need more cores than the node has."""
-    cap = {n.name: node_cores(n) for n in nodes}
+                    fixed: Sequence[Any] = (), resource: Resource = CORES) -> list[str]:
+    """Every (node, time) where the jobs running at once need more of `resource` than the node has."""
+    cap = {n.name: resource.capacity(n) for n in nodes}
     out = []
     by_node: dict[str, list] = {}
     for a in list(fixed) + list(assignments):
-        c = cores_of.get(a.job, float(getattr(a, "cpu_cores", 0) or 0))
+        c = cores_of.get(a.job, resource.need(a))
         if c > 0 and cap.get(a.node):
             by_node.setdefault(a.node, []).append((a.start_s, a.end_s, c, a.job))
     for node, iv in by_node.items():
@@ -88,27 +119,28 @@ def core_violations(assignments: Sequence[Any], nodes: Sequence[Any], cores_of: 
             used = sum(c for _, c in running)
             if used > limit + 1e-9:
                 out.append(f"node {node} at t={s:.0f}s: jobs {sorted(j for j, _ in running)} need {used:g} "
-                           f"cores, the node has {limit}")
+                           f"{resource.unit} of {resource.name}, the node has {limit:g}")
     return sorted(set(out))
 
 
 def cores_ok(assignments: Sequence[Any], nodes: Sequence[Any], fixed: Sequence[Any] = ()) -> bool:
-    return not constrained(nodes) or not core_violations(assignments, nodes, {}, fixed)
+    """No node over any of RESOURCES at any time."""
+    return not constrained(nodes) or not any(core_violations(assignments, nodes, {}, fixed, r) for r in RESOURCES)
 
 
 def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
-                  fixed_slots: Sequence[tuple[int, float, int]] = ()) -> int:
-    """Add the per-node, per-slot core capacity rows to a HiGHS model built by milp._build.
+                  fixed_slots: Sequence[tuple[int, float, int]] = (), resource: Resource = CORES) -> int:
+    """Add the per-node, per-slot capacity rows of `resource` to a HiGHS model built by milp_model.
 
     blocks: milp_model.Block (job, option, group = node index, dur, col0, n_starts); fixed_slots:
-    (node index, cores, slots held from 0) of running jobs. Returns the number of rows added.
+    (node index, amount, slots held from 0) of running jobs. Returns the number of rows added.
     """
     import highspy
 
     entries: dict[tuple[int, int], list[tuple[int, float]]] = {}
     for b in blocks:
-        c = option_cores(b.option)
-        if c <= 0 or not node_cores(nodes[b.group]):
+        c = resource.need(b.option)
+        if c <= 0 or not resource.capacity(nodes[b.group]):
             continue
         for s in range(b.n_starts):
             for t in range(s, min(T, s + b.dur)):
@@ -126,8 +158,8 @@ def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
             index.append(col)
             value.append(c)
         starts.append(len(index))
-        node_cap = node_cores(nodes[k[0]])
-        assert node_cap is not None  # entries hold only nodes with a core capacity
+        node_cap = resource.capacity(nodes[k[0]])
+        assert node_cap is not None  # entries hold only nodes with a capacity
         upper.append(max(0.0, node_cap - reserved.get(k, 0.0)))
     inf = highspy.kHighsInf
     h.addRows(len(keys), np.full(len(keys), -inf), np.asarray(upper, float), len(index),
@@ -136,31 +168,36 @@ def add_core_rows(h: Any, blocks: Sequence[Any], nodes: Sequence[Any], T: int,
 
 
 def slot_seed(seed: Sequence[Any], opt_key: Any, nodes_idx: dict[str, int], nodes: Sequence[Any], dur_of: dict,
-              reserved: Sequence[Any] = (), fixed_cores: Sequence[tuple[int, float, int]] = ()) -> tuple[dict, int]:
-    """slot_replay.slot_seed with core capacity too: replay the seed plan in slot time (GPU count and
-    cores per slot), so the warm start -- and the horizon T derived from it -- is feasible for the
-    core rows. Returns (job -> (option key, start slot), makespan in slots)."""
+              reserved: Sequence[Any] = (), fixed_use: Sequence[tuple[int, Any, int]] = ()) -> tuple[dict, int]:
+    """slot_replay.slot_seed with RESOURCES too: replay the seed plan in slot time (GPU count, cores
+    and host memory per slot), so the warm start -- and the horizon T derived from it -- is feasible
+    for the capacity rows. fixed_use: (node index, a running Assignment, slots held from 0).
+    Returns (job -> (option key, start slot), makespan in slots)."""
     gpu_use: list[dict[int, int]] = [{} for _ in nodes]
-    core_use: list[dict[int, float]] = [{} for _ in nodes]
+    use: list[list[dict[int, float]]] = [[{} for _ in nodes] for _ in RESOURCES]
     for n, r in enumerate(reserved or []):
         for t, g in enumerate(r):
             if g:
                 gpu_use[n][t] = int(g)
-    for n, c, k in fixed_cores:
-        for t in range(k):
-            core_use[n][t] = core_use[n].get(t, 0.0) + c
+    for n, a, k in fixed_use:
+        for ri, res in enumerate(RESOURCES):
+            for t in range(k):
+                use[ri][n][t] = use[ri][n].get(t, 0.0) + res.need(a)
     out, ms = {}, 0
     for a in sorted(seed, key=lambda a: (a.start_s, a.job)):
         key, n = opt_key(a), nodes_idx[a.node]
-        d, g, c = dur_of[key], len(a.gpus), float(a.cpu_cores or 0)
-        cap_c = node_cores(nodes[n]) or float("inf")
+        d, g = dur_of[key], len(a.gpus)
+        need = [res.need(a) for res in RESOURCES]
+        caps = [res.capacity(nodes[n]) or float("inf") for res in RESOURCES]
         s = 0
-        while any(gpu_use[n].get(t, 0) + g > nodes[n].gpus or core_use[n].get(t, 0.0) + c > cap_c + 1e-9
+        while any(gpu_use[n].get(t, 0) + g > nodes[n].gpus
+                  or any(use[ri][n].get(t, 0.0) + need[ri] > caps[ri] + 1e-9 for ri in range(len(RESOURCES)))
                   for t in range(s, s + d)):
             s += 1
         for t in range(s, s + d):
             gpu_use[n][t] = gpu_use[n].get(t, 0) + g
-            core_use[n][t] = core_use[n].get(t, 0.0) + c
+            for ri in range(len(RESOURCES)):
+                use[ri][n][t] = use[ri][n].get(t, 0.0) + need[ri]
         out[a.job] = (key, s)
         ms = max(ms, s + d)
     return out, ms

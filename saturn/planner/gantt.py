@@ -16,7 +16,7 @@ Bar = tuple  # (job, node, gpu ids, start_s, end_s, label)
 
 
 def draw_bars(ax: Any, bars: Sequence[Bar], rows: Sequence[tuple[str, int]], colors: dict,
-              min_label_frac: float = 0.04) -> None:
+              min_label_frac: float = 0.04, device: str = "GPU") -> None:
     """One row per (node, GPU), one bar per job on each of its GPUs, labelled once in the middle.
 
     Shared by `saturn plan --gantt` (a plan) and `saturn report` (plan vs actual attempts)."""
@@ -31,7 +31,7 @@ def draw_bars(ax: Any, bars: Sequence[Bar], rows: Sequence[tuple[str, int]], col
             ax.text(start + (end - start) / 2, mid, f"{job}\n{label}", ha="center", va="center",
                     fontsize=7, clip_on=True)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{n} GPU{g}" for n, g in rows], fontsize=8)
+    ax.set_yticklabels([f"{n} {device} {g}" for n, g in rows], fontsize=8)
     ax.invert_yaxis()
 
 
@@ -137,7 +137,9 @@ def save_gantt(plan: Union[Plan, dict], cluster: Any, path: Union[str, Path], ti
     fig, ax = plt.subplots(figsize=(12, max(2.5, 0.35 * len(rows) + 1.5)))
     bars = [(a.job, a.node, a.gpus, a.start_s, a.start_s + a.duration_s,
              f"{a.technique}×{len(a.gpus)}") for a in p.assignments]
-    draw_bars(ax, bars, rows, job_colors(a.job for a in p.assignments))
+    nodes = normalize_cluster(cluster)
+    cpu = bool(nodes) and all(str(getattr(n, "gpu_type", "")).lower() == "cpu" for n in nodes)
+    draw_bars(ax, bars, rows, job_colors(a.job for a in p.assignments), device="slot" if cpu else "GPU")
     draw_phases(ax, [sp for a in p.assignments for sp in plan_spans(a)], rows)
     ax.set_xlabel("time (s)")
     ax.axvline(p.makespan_s, color="red", linestyle="--", linewidth=1)

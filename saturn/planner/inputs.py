@@ -31,6 +31,7 @@ class JobSpec:
     signature: Optional[str] = None
     weight: float = 1.0  # priority for the weighted_completion objective (see planner/objectives.py)
     checkpoint_every: int = 0  # periodic checkpoints every N steps (0: only the final one)
+    numerics: str = "exact"  # exact | low-memory: which options it may use (saturn.numerics)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class NodeSpec:
     gpu_type: Optional[str] = None
     gpu_memory_gb: Optional[float] = None
     cpu_cores: Optional[int] = None  # CPU cores for input pipelines (None = not planned)
+    host_memory_gb: Optional[float] = None  # host RAM shared by its jobs (None = not planned)
 
 
 def _opt_set(value: Any, cast) -> Optional[frozenset]:
@@ -76,6 +78,7 @@ def normalize_jobs(jobs: Any) -> list[JobSpec]:
                     signature=getattr(job, "signature", None),
                     weight=float(getattr(job, "weight", None) or 1.0),
                     checkpoint_every=int(getattr(job, "checkpoint_every", 0) or 0),
+                    numerics=str(getattr(job, "numerics", None) or "exact"),
                 )
             )
     dupes = sorted(n for n, k in Counter(j.name for j in out).items() if k > 1)
@@ -114,6 +117,7 @@ def normalize_cluster(cluster: Any) -> list[NodeSpec]:
                     gpu_type=str(gtype) if gtype is not None else None,
                     gpu_memory_gb=float(mem) if mem is not None else None,
                     cpu_cores=int(getattr(node, "cpu_cores", None) or 0) or None,
+                    host_memory_gb=float(getattr(node, "host_memory_gb", None) or 0) or None,
                 )
             )
     if not out:

@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from saturn.planner.cores import add_core_rows, constrained
+from saturn.planner.cores import RESOURCES, add_core_rows, constrained
 from saturn.planner.cores import slot_seed as core_slot_seed
 from saturn.planner.highs_util import highs_for
 from saturn.planner.inputs import NodeSpec
@@ -103,10 +103,10 @@ def solve_time_indexed(
     seed_slots, seed_ms = slot_seed(seed, lambda a: okey(match_option(opts[a.job], a)), node_idx,
                                     [n.gpus for n in nodes], dur,
                                      reserved0)
-    if constrained(nodes):  # CPU cores too (saturn.planner.cores): a seed that fits the core rows
-        fixed_cores = [(node_idx[a.node], a.cpu_cores, n) for a, (_, _, n) in zip(fixed, fixed_slots)]
+    if constrained(nodes):  # cores, host memory too (saturn.planner.cores): a seed that fits their rows
+        fixed_use = [(node_idx[a.node], a, n) for a, (_, _, n) in zip(fixed, fixed_slots)]
         seed_slots, seed_ms = core_slot_seed(seed, lambda a: okey(match_option(opts[a.job], a)), node_idx, nodes, dur,
-                                             reserved0, fixed_cores)
+                                             reserved0, fixed_use)
     T = max(slots, seed_ms, T0)
     last = {k: T - d for k, d in dur.items()}
     lb_slots = math.ceil(lower_bound_s / delta - 1e-6) if lower_bound_s > 0 else 0
@@ -119,8 +119,9 @@ def solve_time_indexed(
     if model is None:
         return MilpResult("too_large", None, time.perf_counter() - t0, None, delta, 0)
     h = highs_for(model, time_limit_s - (time.perf_counter() - t0), mip_gap, threads)
-    add_core_rows(h, model.blocks, nodes, T,
-                  [(node_idx[a.node], a.cpu_cores, n) for a, (_, _, n) in zip(fixed, fixed_slots)])
+    for res in RESOURCES:  # per-node capacities beside GPUs: CPU cores, host memory
+        add_core_rows(h, model.blocks, nodes, T,
+                      [(node_idx[a.node], res.need(a), n) for a, (_, _, n) in zip(fixed, fixed_slots)], res)
 
     x0 = np.zeros(model.n_cols)
     where = {(b.job, okey(b.option), b.group): b for b in model.blocks}

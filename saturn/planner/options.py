@@ -20,6 +20,8 @@ from typing import Optional, Union
 import pandas as pd
 
 from saturn.errors import InfeasibleError, MissingProfilesError, SaturnError
+from saturn.numerics import CHANGES as NUMERICS_KNOBS
+from saturn.numerics import numerics_conflict
 from saturn.parse import num as _num
 from saturn.planner.inputs import (
     JobSpec,
@@ -51,6 +53,7 @@ class Option:
     gpu_type: Optional[str] = None
     phases: tuple = ()  # ((phase, seconds, source), ...): where runtime_s comes from
     cpu_cores: float = 0.0  # input-pipeline cores it needs (0 = not measured: unconstrained)
+    host_mem_gb: float = 0.0  # host memory of the job on its node (0 = not known: unconstrained)
 
     @property
     def area(self) -> float:
@@ -63,7 +66,8 @@ class Option:
 
     def fits(self, node: NodeSpec) -> bool:
         return (self.gpus <= node.gpus and gpu_type_matches(self.gpu_type, node)
-                and self.cpu_cores <= (getattr(node, "cpu_cores", None) or float("inf")))
+                and self.cpu_cores <= (getattr(node, "cpu_cores", None) or float("inf"))
+                and self.host_mem_gb <= (getattr(node, "host_memory_gb", None) or float("inf")))
 
 
 @dataclass
@@ -71,6 +75,7 @@ class JobOptions:
     job: JobSpec
     by_size: list[Option] = field(default_factory=list)  # fastest per (gpus, gpu_type)
     options: list[Option] = field(default_factory=list)  # Pareto front over (gpus, runtime)
+    ruled_out: list[str] = field(default_factory=list)  # options ruled out for host memory, why
 
     def fitting(self, node: NodeSpec) -> list[Option]:
         return [o for o in self.options if o.fits(node)]
@@ -99,6 +104,16 @@ def check_profile_columns(profiles: pd.DataFrame) -> None:
         )
 
 
+def row_host_gb(r: dict) -> float:
+    """A row's host memory for its job: the measured peak, else the prior's estimate, else 0
+    (not known: unconstrained). Columns from saturn.profiles.host_memory."""
+    peak = _num(r.get("host_peak_gb"), math.nan)
+    if peak > 0:
+        return float(peak)
+    est = _num(r.get("host_mem_gb"), math.nan)
+    return float(est) if est > 0 else 0.0
+
+
 def rows_to_options(job: JobSpec, rows: Union[pd.DataFrame, list[dict]]) -> list[Option]:
     """All feasible, allowed rows of one job (a DataFrame or its records) as Options (no pruning)."""
     out = []
@@ -109,6 +124,9 @@ def rows_to_options(job: JobSpec, rows: Union[pd.DataFrame, list[dict]]) -> list
         if job.techniques is not None and tech not in job.techniques:
             continue
         if job.gpus is not None and gpus not in job.gpus:
+            continue
+        knobs = _knobs_text(r.get("knobs"))
+        if tech in NUMERICS_KNOBS and numerics_conflict(job.numerics, tech, json.loads(knobs)):  # saturn.numerics
             continue
         step = _num(r["step_time_s"], math.nan)
         if not (step >= 0 and math.isfinite(step)) or gpus < 1:
@@ -123,7 +141,7 @@ def rows_to_options(job: JobSpec, rows: Union[pd.DataFrame, list[dict]]) -> list
             Option(
                 job=job.name,
                 technique=tech,
-                knobs=_knobs_text(r.get("knobs")),
+                knobs=knobs,
                 gpus=gpus,
                 runtime_s=runtime,
                 step_time_s=step,
@@ -132,6 +150,7 @@ def rows_to_options(job: JobSpec, rows: Union[pd.DataFrame, list[dict]]) -> list
                 gpu_type=None if r.get("gpu_type") is None or pd.isna(r.get("gpu_type")) else str(r["gpu_type"]),
                 phases=tuple((k, round(v, 6), src) for k, (v, src) in phases.items()),
                 cpu_cores=_num(r.get("cpu_cores"), 0.0),  # additive column (saturn.profiler.ingest)
+                host_mem_gb=row_host_gb(r),
             )
         )
     return out
@@ -189,7 +208,8 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
     out: dict[str, JobOptions] = {}
     problems = []
     max_gpus = max(n.gpus for n in nodes)
-    shapes = list({(n.gpus, n.gpu_type, getattr(n, "cpu_cores", None)): n for n in nodes}.values())
+    shapes = list({(n.gpus, n.gpu_type, getattr(n, "cpu_cores", None), getattr(n, "host_memory_gb", None)): n
+                   for n in nodes}.values())
     for job in jobs:
         feasible = rows_to_options(job, groups[job.name])
         fitting = [o for o in feasible if any(o.fits(n) for n in shapes)]
@@ -201,6 +221,10 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
             problems.append(f"job {job.name!r} has no feasible option" + _allowed_note(job) + ": "
                             + why_infeasible(job, groups[job.name]))
             continue
+        host = _host_memory_note(feasible, shapes)
+        if not fitting and host:
+            problems.append(f"job {job.name!r} has no option that fits a node's host memory: {host}")
+            continue
         if not fitting:
             need = min(o.gpus for o in feasible)
             problems.append(
@@ -208,10 +232,38 @@ def build_options(jobs: list[JobSpec], nodes: list[NodeSpec], profiles: pd.DataF
                 f"has {max_gpus}; allow a technique that fits fewer GPUs (e.g. spilling) or add a bigger node"
             )
             continue
-        out[job.name] = JobOptions(job=job, by_size=fastest_per_size(fitting), options=pareto(fitting))
+        out[job.name] = JobOptions(job=job, by_size=fastest_per_size(fitting), options=pareto(fitting),
+                                   ruled_out=host_ruled_out(job, groups[job.name], feasible, shapes))
     if problems:
         raise InfeasibleError("cannot plan: " + "; ".join(problems))
     return out
+
+
+def host_ruled_out(job: JobSpec, rows: list[dict], feasible: list[Option], shapes: list[NodeSpec]) -> list[str]:
+    """The job's options ruled out by host memory, each with its reason (issue 33): rows the
+    prior or a measurement marked infeasible for host memory, and options over a node's
+    `host_memory_gb`. Shown by `saturn plan` (table and --json) beside the chosen option."""
+    out = []
+    for r in rows:
+        cause = _cause(r)
+        if "host memory" in cause and not _is_true(r.get("feasible")) and (
+                job.techniques is None or str(r.get("technique")) in job.techniques):
+            out.append(f"{r.get('technique')}x{r.get('gpus')} {_knobs_text(r.get('knobs'))}: {cause}")
+    note = _host_memory_note(feasible, shapes)
+    return sorted(set(out)) + ([note] if note else [])
+
+
+def _host_memory_note(feasible: list[Option], shapes: list[NodeSpec]) -> str:
+    """Why options that fit a node's GPUs do not fit it: their host memory ('' if none)."""
+    parts = []
+    for o in feasible:
+        for n in shapes:
+            cap = getattr(n, "host_memory_gb", None)
+            if cap and o.gpus <= n.gpus and gpu_type_matches(o.gpu_type, n) and o.host_mem_gb > cap:
+                parts.append(f"{o.technique}x{o.gpus} needs {o.host_mem_gb:.1f} GB of host memory, node {n.name} "
+                             f"has {cap:g} GB (host_memory_gb)")
+                break
+    return "; ".join(sorted(set(parts))[:6])
 
 
 def rows_by_job(profiles: pd.DataFrame) -> dict[str, list[dict]]:
@@ -234,6 +286,8 @@ def _cause(r: dict) -> str:
         what = "estimated infeasible (not measured)"
     elif status == "oom":
         what = "out of memory (measured)"
+    elif status == "host_oom":  # saturn.profiles.host_memory.host_oom_row
+        what = "host out of memory (measured)"
     elif status == "timeout":
         what = "timed out (measured)"
     elif status == "failed":

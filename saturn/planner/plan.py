@@ -42,6 +42,7 @@ class Assignment:
     start_s: float
     end_s: float
     cpu_cores: float = 0.0  # input-pipeline cores planned for the job (0 = not planned)
+    host_mem_gb: float = 0.0  # host memory planned for the job on its node (0 = not planned)
     # where the row this decision rests on came from (saturn.planner.provenance): "measured here",
     # "measured elsewhere", "extrapolated", "simulated", "guessed" or "unlabelled"; None = not known yet
     provenance: Optional[str] = None
@@ -63,6 +64,7 @@ class Assignment:
             "end_s": float(self.end_s),
             **({"phases": self.phases} if self.phases else {}),
             **({"cpu_cores": float(self.cpu_cores)} if self.cpu_cores else {}),
+            **({"host_mem_gb": float(self.host_mem_gb)} if self.host_mem_gb else {}),
         }
         if self.provenance is not None:
             d["provenance"] = self.provenance
@@ -84,6 +86,7 @@ class Assignment:
             end_s=float(d["end_s"]),
             phases=dict(d.get("phases") or {}),
             cpu_cores=float(d.get("cpu_cores") or 0.0),
+            host_mem_gb=float(d.get("host_mem_gb") or 0.0),
             provenance=d.get("provenance"),
             source=d.get("source"),
         )
@@ -120,6 +123,8 @@ class Plan:
     objective_value: Optional[float] = None
     objective_lower_bound: Optional[float] = None
     objective_baselines: dict[str, float] = field(default_factory=dict)
+    # job -> its options ruled out by host memory, each with the reason (issue 33)
+    ruled_out: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def makespan_s(self) -> float:
@@ -151,6 +156,7 @@ class Plan:
             **self._objective_dict(),
             **({"provenance": _provenance_summary(self.assignments)}
                if any(a.provenance is not None for a in self.assignments) else {}),
+            **({"ruled_out": {j: list(v) for j, v in self.ruled_out.items()}} if self.ruled_out else {}),
         }
 
     def _objective_dict(self) -> dict:
@@ -174,6 +180,7 @@ class Plan:
             objective_value=(d.get("objective") or {}).get("value_s"),
             objective_lower_bound=(d.get("objective") or {}).get("lower_bound_s"),
             objective_baselines=dict((d.get("objective") or {}).get("baselines") or {}),
+            ruled_out={str(j): [str(x) for x in v] for j, v in (d.get("ruled_out") or {}).items()},
         )
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:

@@ -15,7 +15,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from saturn.planner.cores import CoreTimeline
+from saturn.planner.cores import CoreTimeline, constrained
 from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import Option
 from saturn.planner.plan import Assignment
@@ -30,6 +30,7 @@ class NodeTimeline:
         self.ends: list[list[float]] = [[] for _ in range(node.gpus)]
         self.events: list[float] = [0.0]  # sorted distinct end times: the only useful start times
         self.cores = CoreTimeline(getattr(node, "cpu_cores", None))  # saturn.planner.cores
+        self.host = CoreTimeline(getattr(node, "host_memory_gb", None))  # host memory, GB
 
     def _free_gap(self, gpu: int, t: float, d: float) -> Optional[float]:
         """If `gpu` is free during [t, t+d), return how long it had been idle before t."""
@@ -41,8 +42,9 @@ class NodeTimeline:
             return t - ends[k - 1]
         return None
 
-    def earliest(self, gpus: int, duration: float, release: float = 0.0, cores: float = 0.0) -> tuple[float, list[int]]:
-        """Earliest start >= release with `gpus` GPUs free for `duration`, and which GPUs.
+    def earliest(self, gpus: int, duration: float, release: float = 0.0, cores: float = 0.0,
+                 host_gb: float = 0.0) -> tuple[float, list[int]]:
+        """Earliest start >= release with `gpus` GPUs (and `cores`, `host_gb`) free for `duration`.
 
         Among the free GPUs we take those idle the shortest time before the start (best fit),
         which keeps long idle gaps whole for later jobs.
@@ -57,14 +59,16 @@ class NodeTimeline:
                 gap = self._free_gap(g, t, duration)
                 if gap is not None:
                     free.append((gap, g))
-            if len(free) >= gpus and self.cores.fits(t, duration, cores):
+            if len(free) >= gpus and self.cores.fits(t, duration, cores) and self.host.fits(t, duration, host_gb):
                 free.sort()
                 return t, sorted(g for _, g in free[:gpus])
         raise AssertionError("unreachable: after the last event every GPU is free")
 
-    def place(self, start: float, duration: float, gpu_ids: Iterable[int], cores: float = 0.0) -> None:
+    def place(self, start: float, duration: float, gpu_ids: Iterable[int], cores: float = 0.0,
+              host_gb: float = 0.0) -> None:
         end = start + duration
         self.cores.place(start, duration, cores)
+        self.host.place(start, duration, host_gb)
         for g in gpu_ids:
             k = bisect_left(self.starts[g], start)
             self.starts[g].insert(k, start)
@@ -94,13 +98,15 @@ class AppendTimeline:
         ids = sorted((g for g in range(self.node.gpus) if self.free[g] <= t), key=lambda g: (-self.free[g], g))
         return sorted(ids[:gpus])
 
-    def earliest(self, gpus: int, duration: float, release: float = 0.0, cores: float = 0.0) -> tuple[float, list[int]]:
+    def earliest(self, gpus: int, duration: float, release: float = 0.0, cores: float = 0.0,
+                 host_gb: float = 0.0) -> tuple[float, list[int]]:
         if gpus > self.node.gpus:
             raise ValueError(f"{gpus} GPUs do not fit node {self.node.name}")
         t = self.start(gpus, release)
         return t, self.ids_at(t, gpus)
 
-    def place(self, start: float, duration: float, gpu_ids: Iterable[int], cores: float = 0.0) -> None:
+    def place(self, start: float, duration: float, gpu_ids: Iterable[int], cores: float = 0.0,
+              host_gb: float = 0.0) -> None:
         for g in gpu_ids:
             self.free[g] = max(self.free[g], start + duration)
         self.sorted_free = sorted(self.free)
@@ -129,6 +135,7 @@ def make_assignment(opt: Option, node: str, start: float, gpu_ids: list[int]) ->
         end_s=start + opt.runtime_s,
         phases={k: {"s": v, "source": src} for k, v, src in opt.phases},
         cpu_cores=getattr(opt, "cpu_cores", 0.0),
+        host_mem_gb=getattr(opt, "host_mem_gb", 0.0),
     )
 
 
@@ -140,22 +147,22 @@ class Scheduler:
 
     def __init__(self, nodes: Sequence[NodeSpec], fixed: Sequence[Assignment] = (), backfill: bool = True):
         self.nodes = list(nodes)
-        timeline = NodeTimeline if backfill or any(getattr(n, "cpu_cores", None) for n in self.nodes) \
-            else AppendTimeline  # CPU-core limits need NodeTimeline's core bookkeeping
+        timeline = NodeTimeline if backfill or constrained(self.nodes) \
+            else AppendTimeline  # core / host-memory limits need NodeTimeline's bookkeeping
         self.timelines: dict[str, Any] = {n.name: timeline(n) for n in self.nodes}
         self.append = timeline is AppendTimeline
         self._fits: dict[tuple, list[NodeSpec]] = {}  # (gpus, gpu type, cores) -> nodes it fits
         self.assignments: list[Assignment] = []
         for a in fixed:
             if a.node in self.timelines:
-                self.timelines[a.node].place(a.start_s, a.duration_s, a.gpus, a.cpu_cores)
+                self.timelines[a.node].place(a.start_s, a.duration_s, a.gpus, a.cpu_cores, a.host_mem_gb)
 
     def candidates(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
         """(finish, start, node, gpu ids) for each node the option fits (or just `node`)."""
         for n in self.nodes:
             if (node is not None and n.name != node) or not opt.fits(n):
                 continue
-            t, ids = self.timelines[n.name].earliest(opt.gpus, opt.runtime_s, release, opt.cpu_cores)
+            t, ids = self.timelines[n.name].earliest(opt.gpus, opt.runtime_s, release, opt.cpu_cores, opt.host_mem_gb)
             yield t + opt.runtime_s, t, n, ids
 
     def best_place(self, opt: Option, node: Optional[str] = None, release: float = 0.0):
@@ -173,7 +180,7 @@ class Scheduler:
 
     def _best_append(self, opt: Option, node: Optional[str], release: float):
         """best_place for AppendTimelines: start times are O(1) per node, GPU ids only for the winner."""
-        key = (opt.gpus, opt.gpu_type, opt.cpu_cores)
+        key = (opt.gpus, opt.gpu_type, opt.cpu_cores, opt.host_mem_gb)
         fit = self._fits.get(key)
         if fit is None:
             fit = self._fits[key] = [n for n in self.nodes if opt.fits(n)]
@@ -191,7 +198,7 @@ class Scheduler:
         return t, n, self.timelines[n.name].ids_at(t, opt.gpus)
 
     def place(self, opt: Option, start: float, node: NodeSpec, ids: list[int]) -> Assignment:
-        self.timelines[node.name].place(start, opt.runtime_s, ids, opt.cpu_cores)
+        self.timelines[node.name].place(start, opt.runtime_s, ids, opt.cpu_cores, opt.host_mem_gb)
         a = make_assignment(opt, node.name, start, ids)
         self.assignments.append(a)
         return a

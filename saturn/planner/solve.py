@@ -162,6 +162,7 @@ def plan(
         lower_bound_s=lb if obj.is_makespan else min(mk_lb, max(makespan(best), fixed_end)),
         solver=_solver_info(ms(best), lb, mip_gap, milp_runs, time.perf_counter() - t0, source, stop),
         baselines={k: max(makespan(v), fixed_end) for k, v in base.items() if cores_ok(v, nodes, pinned)},
+        ruled_out={j: jo.ruled_out for j, jo in options.items() if jo.ruled_out},
         **completion,
     )
     validate_plan(result, job_specs, nodes, profiles, fixed=pinned)
@@ -202,7 +203,7 @@ def normalize_fixed(fixed: Optional[Sequence[Union[Assignment, dict]]], nodes: S
         if any(b.job == a.job for b in out):
             problems.append(f"{a.job}: fixed twice")
         out.append(Assignment(a.job, a.technique, dict(a.knobs), a.node, [int(g) for g in a.gpus], 0.0, float(a.end_s),
-                              a.cpu_cores))
+                              a.cpu_cores, getattr(a, "host_mem_gb", 0.0)))
     if problems:
         raise SaturnError("bad fixed (running) assignments:\n  " + "\n  ".join(problems))
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Optional, Union
 
 import pandas as pd
@@ -32,10 +33,12 @@ from saturn.prior.cost_model import (
     estimate,
     launch_extra_s,
 )
+from saturn.prior.host_rows import fill_host_memory, host_gb_of, host_ratios
 from saturn.prior.shapes import model_shape
 from saturn.profiler.cells import allowed_techniques, cell_for, gpu_counts
 from saturn.profiler.table import checkpoint_cost_s
 from saturn.profiler.value import PriorGuess
+from saturn.profiles.host_memory import HostCalibration
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +79,26 @@ def _launch_s(records: list[dict], technique: str, gpu_type: str) -> float:
 
 def best_estimate(shape: ModelShape, technique: str, candidates: list[dict], gpus: int, rates: MachineRates,
                   gpu_memory_gb: float, factor_for: Callable[[dict], tuple[float, str]], steps: float = 1.0,
-                  compute_factor: Optional[float] = None) -> tuple[dict, Estimate, str]:
+                  compute_factor: Optional[float] = None, host_gb: Optional[Callable[[dict], float]] = None,
+                  host_memory_gb: Optional[float] = None) -> tuple[dict, Estimate, str]:
     """The candidate the prior expects to finish `steps` steps soonest (its start-up included)
-    among those that fit (else the leanest one), its estimate and what its calibration rests on."""
+    among those that fit (else the leanest one), its estimate and what its calibration rests on.
+    With `host_gb` (a candidate's host memory) and the node's `host_memory_gb`, a candidate over
+    the node's host memory does not fit either (its reason says so)."""
     ests = []
     for c in candidates:
         f, why = factor_for(c)
-        ests.append((c, estimate(shape, technique, c, gpus, rates, gpu_memory_gb, f, compute_factor), why))
+        est = estimate(shape, technique, c, gpus, rates, gpu_memory_gb, f, compute_factor)
+        if est.feasible and host_gb is not None and host_memory_gb and host_gb(c) > host_memory_gb:
+            est = replace(est, feasible=False, reason=f"estimated host memory {host_gb(c):.1f} GB > the node's "
+                                                      f"{host_memory_gb:g} GB (host_memory_gb)")
+        ests.append((c, est, why))
     fits = [e for e in ests if e[1].feasible]
     if fits:
         return min(fits, key=lambda e: steps * e[1].step_time_s + launch_extra_s(e[0]))
+    hosts = [e for e in ests if e[1].reason.startswith("estimated host memory")]
+    if hosts and host_gb is not None:  # every one that fits the GPU is over the host: the leanest there
+        return min(hosts, key=lambda e: host_gb(e[0]))
     return min(ests, key=lambda e: e[1].peak_mem_gb)
 
 
@@ -98,14 +111,18 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
     nodes = list(workload.cluster.resolved().nodes or [])
     max_node = max(n.gpus for n in nodes)
     types: dict[str, float] = {}
+    host_cap: dict[str, Optional[float]] = {}  # largest host memory per GPU type (None: not planned)
     for n in nodes:
         types[str(n.gpu_type)] = max(types.get(str(n.gpu_type), 0.0), float(n.gpu_memory_gb))
+        h, prev = getattr(n, "host_memory_gb", None), host_cap.get(str(n.gpu_type), 0.0)
+        host_cap[str(n.gpu_type)] = None if (not h or prev is None) else max(prev, float(h))
     records = table.to_dict("records") if len(table) else []
     covered = {(str(r.get("signature")), str(r.get("technique")), int(r.get("gpus") or 0),
                 str(r.get("gpu_type") or "").lower()) for r in records}
     shapes = {str(j.signature): s for j in workload.jobs if (s := model_shape(j)) is not None}
     calib = Calibration.fit((t, k, r) for t, k, r, _ in calibration_ratios(
         records, shapes, lambda t: rates.get(t) or _rates_any(rates, t)))
+    host_calib = HostCalibration.fit(host_ratios(records, shapes))
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for job in workload.jobs:
@@ -145,9 +162,11 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
                                     "reason": cell.infeasible_reason or "the technique proposed no knob settings",
                                     "source": f"{ESTIMATED_SOURCE}: not measured; the technique rules it out"})
                         continue
+                    host_gb = host_gb_of(shape, name, g, gtype, host_calib)
                     knobs, est, why = best_estimate(shape, name, cell.candidates, g, r8, mem, factor_for,
                                                     steps=max(j.total_steps for j in sig_jobs),
-                                                    compute_factor=calib.compute_factor(gtype))
+                                                    compute_factor=calib.compute_factor(gtype), host_gb=host_gb,
+                                                    host_memory_gb=host_cap.get(gtype))
                     start = launch + launch_extra_s(knobs)
                     why += " (floored at the device's own work)" if est.floored else ""
                     src = (f"{ESTIMATED_SOURCE}: prior cost model, {why}; rates {r8.source}"
@@ -156,6 +175,7 @@ def estimated_options(workload: Any, table: pd.DataFrame, rates: dict[str, Machi
                                 "status": "ok" if est.feasible else "infeasible", "feasible": est.feasible,
                                 "step_time_s": est.step_time_s if est.feasible else None,
                                 "peak_mem_gb": est.peak_mem_gb, "reason": est.reason,
+                                "host_mem_gb": host_gb(knobs),
                                 "launch_s": round(start, 3), "checkpoint_s": ckpt,
                                 "checkpoint_source": "estimated",
                                 "startup_s": round(start + ckpt, 3) if est.feasible else None,
@@ -198,6 +218,7 @@ def with_prior(workload: Any, table: pd.DataFrame, store_dir: Union[str, os.Path
 
     if rates is None:
         rates = rates_for_workload(workload, store_dir if store_dir is not None else default_dir())
+    table = fill_host_memory(table, workload)  # every row's host memory (issue 33)
     rows = estimated_options(workload, table, rates)
     if not rows:
         return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saturn.numerics import numerics_conflict
 from saturn.profiler.search import CellInput
 
 
@@ -49,6 +50,8 @@ def cell_for(tech: Any, name: str, job: Any, sig: str, g: int) -> CellInput:
         conflicts = getattr(tech, "knob_conflicts", None)
         if conflicts is not None:  # the job's policy (e.g. precision fp32) forbids some settings
             cands = [c for c in cands if not conflicts(job, c)]
+        numerics = getattr(job, "numerics", "exact")  # exact: nothing that rounds state (saturn.numerics)
+        cands = [c for c in cands if not numerics_conflict(numerics, name, c)]
     except Exception as exc:  # noqa: BLE001
         return CellInput(sig, name, g, infeasible_reason=f"candidates() raised {type(exc).__name__}: {exc}")
     return CellInput(sig, name, g, candidates=cands)  # [] = nothing to try (reported as skipped)

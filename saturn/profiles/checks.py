@@ -18,13 +18,15 @@ from saturn.errors import SaturnError
 from saturn.parse import finite_or_none
 
 NUMBER_COLUMNS = ("step_time_s", "peak_mem_gb", "startup_s", "launch_s", "worker_start_s", "checkpoint_s",
-                  "checkpoint_gb", "first_step_s", "trial_s", "gpu_memory_gb")
+                  "checkpoint_gb", "first_step_s", "trial_s", "gpu_memory_gb", "host_peak_gb", "host_mem_gb",
+                  "host_memory_gb")  # host memory: measured peak, estimate, the node's (profiles.host_memory)
 # Limits far beyond any real measurement and far below what breaks the planner (a 1e299 s step gave
 # a plan with no makespan): a value past one is a damaged or hand-edited row, refused by name.
 MAX_STEP_TIME_S = 86_400.0  # one optimizer step: a day
 MAX_FIXED_S = 7 * 86_400.0  # start-up, launch, checkpoint, trial: a week
 MAX_MEMORY_GB = 100_000.0  # peak or device memory of one GPU: 100 TB
-LIMITS = {"step_time_s": MAX_STEP_TIME_S, "peak_mem_gb": MAX_MEMORY_GB, "gpu_memory_gb": MAX_MEMORY_GB}
+LIMITS = {"step_time_s": MAX_STEP_TIME_S, "peak_mem_gb": MAX_MEMORY_GB, "gpu_memory_gb": MAX_MEMORY_GB,
+          "host_peak_gb": MAX_MEMORY_GB, "host_mem_gb": MAX_MEMORY_GB, "host_memory_gb": MAX_MEMORY_GB}
 BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "1.0": True,
              "0.0": False}
 

@@ -6,8 +6,8 @@ a user directory: `$SATURN_PROFILES`, else `$XDG_CACHE_HOME/saturn/profiles` (el
 `~/.cache/saturn/profiles`), or an explicit path; every `*.csv` and `*.parquet` under it is loaded
 (so a sample table and measured tables can sit side by side). It is never the installed package
 nor the repository's tracked `profiles/`: those shipped tables are *seed rows*, read under the
-user's default store (not under `$SATURN_PROFILES` or an explicit path, which are the whole store;
-`$SATURN_SEED_PROFILES` names another seed directory, or "none") and never written
+user's default store (`$SATURN_PROFILES` included; not under an explicit path, which is the whole
+store; `$SATURN_SEED_PROFILES` names another seed directory, or "none") and never written
 -- a writer pointed at them is refused, so a checkout's tracked files never change under a run.
 
 Rows are keyed by the job's *profile signature* (jobs differing only in learning rate share one),
@@ -65,8 +65,8 @@ def default_dir() -> Path:
 
 
 def seed_dir() -> Optional[Path]:
-    """The read-only seed tables read under the user's default store (not under $SATURN_PROFILES
-    or an explicit directory, which are the whole store): $SATURN_SEED_PROFILES ("" or "none": no
+    """The read-only seed tables read under the user's default store ($SATURN_PROFILES included;
+    not under an explicit directory, which is the whole store): $SATURN_SEED_PROFILES ("" or "none": no
     seeds), else the repository's profiles/ when Saturn runs from a checkout."""
     from saturn.env import seed_profiles
 
@@ -77,9 +77,11 @@ def seed_dir() -> Optional[Path]:
 
 
 def uses_seeds(directory: Optional[PathLike] = None) -> bool:
-    """Whether the store `directory` (None: the default) reads the seed rows: only the user's
-    default store does; $SATURN_PROFILES or an explicit directory is the whole store."""
-    return directory is None and not os.environ.get(ENV)
+    """Whether the store `directory` (None: the default) reads the seed rows: the default store
+    does, $SATURN_PROFILES included (a user who moves the store keeps the rows measured on real
+    hardware that ship with Saturn; $SATURN_SEED_PROFILES=none turns them off); an explicit
+    directory (`--store`, `store_dir=`) is the whole store."""
+    return directory is None
 
 
 def _is_seed(directory: Path) -> bool:
@@ -323,7 +325,7 @@ def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
     stored = row.get("inputs_hash")
     stored = stored if isinstance(stored, str) else ""
     if not stored:
-        return status == "oom"
+        return status in ("oom", "host_oom")  # memory outcomes (host_oom: profiles.host_memory)
     return stored == job_inputs
 
 

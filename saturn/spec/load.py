@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from saturn.errors import SpecError
 from saturn.spec import limits as L
-from saturn.spec.schema import Cluster, Job, Workload, name_or_factory
+from saturn.spec.schema import Cluster, Job, Workload, known_max_gpus, name_or_factory
 
 TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
@@ -86,6 +86,12 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
             problems += [_fmt({"loc": loc, "msg": msg, "type": "value_error", "input": got}, origin, lines, Job, head)
                          for loc, msg, got in job_check(j)]
         built.append(j)
+    cap = known_max_gpus(cluster) if cluster is not None else None
+    for j, origin in zip(built, origins):  # here, not in Workload's check: the job's own YAML line
+        if j is not None and cap is not None and j.gpus and max(j.gpus) > cap:
+            line = _at(origin + ("gpus",), lines) or _at(("defaults", "gpus"), lines) or _at(origin, lines)
+            problems.append(f"{_path(origin)} (job {j.name!r}).gpus: {j.gpus} needs more GPUs than the cluster's "
+                            f"largest node has ({cap}); lower `gpus` or add a larger node{line}")
     if problems:
         raise SpecError(_join(where, _dedupe(problems)))
     try:

@@ -136,10 +136,20 @@ class Job(_Strict):
     techniques: Optional[list[str]] = None
     gpus: Optional[list[Annotated[int, NotBool]]] = None  # None: 1, 2, 4, ... up to the largest node
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # exact: fp32 master weights + moments (plain AdamW) | low-memory: options that round them (saturn.numerics)
+    numerics: Literal["exact", "low-memory"] = "exact"
     seed: Annotated[int, NotBool] = Field(default=0, ge=0, le=L.MAX_SEED)
     knobs: Optional[dict[str, dict[str, Any]]] = None  # technique -> knob values to pin (saturn techniques)
     # priority under `objective: weighted_completion`
     weight: Annotated[float, NotBool] = Field(default=1.0, gt=0, le=L.MAX_WEIGHT, allow_inf_nan=False)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_count_list(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):  # `gpus: 3`: say what the field holds
+            raise ValueError(f"must be a list of the GPU counts Saturn may give the job (not GPU ids): "
+                             f"`gpus: [{v}]` for exactly {v}, or e.g. `gpus: [1, 2, 4]` to let the planner choose")
+        return v
 
     @field_validator("gpus")
     @classmethod
@@ -151,6 +161,13 @@ class Job(_Strict):
         if max(v) > 1024:
             raise ValueError("GPU counts above 1024 per job are over the planner's limit (1024)")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _numerics(self) -> "Job":
+        if self.numerics == "low-memory" and self.precision == "fp32":
+            raise ValueError("numerics: low-memory lets Saturn round optimizer state and gradients to bf16, which "
+                             "precision: fp32 forbids; use numerics: exact or precision: bf16")
+        return self
 
     @model_validator(mode="after")
     def _length(self) -> "Job":
@@ -190,6 +207,8 @@ class Node(_Strict):
     gpu_memory_gb: Annotated[float, NotBool] = Field(default=80.0, gt=0, le=1e5, allow_inf_nan=False)
     gpu_type: str = "H200"
     cpu_cores: Annotated[Optional[int], NotBool] = Field(default=None, gt=0)  # input pipelines (saturn.data)
+    # host RAM its jobs share (saturn.profiles.host_memory); None = not planned (local nodes: probed)
+    host_memory_gb: Annotated[Optional[float], NotBool] = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
 
 
 class RaySpec(_Strict):
@@ -272,7 +291,7 @@ class Cluster(_Strict):
         return max(n.gpus for n in self.resolved().nodes or [])
 
 
-def _known_max_gpus(cluster: Cluster) -> Optional[int]:
+def known_max_gpus(cluster: Cluster) -> Optional[int]:
     """The largest node's GPU count when the spec states it (nodes, or CPU slots); None when it is
     only known after detection (local GPUs, Ray)."""
     if cluster.nodes:
@@ -294,6 +313,8 @@ def _auto_devices() -> Literal["cuda", "cpu"]:
 def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
     import socket
 
+    from saturn.profiles.host_memory import node_host_memory_gb
+
     devices = _auto_devices() if devices == "auto" else devices
     if devices == "cuda":
         import torch
@@ -308,9 +329,9 @@ def _detect_local_node(devices: str, slots: Optional[int]) -> Node:
         props = torch.cuda.get_device_properties(0)
         return Node(name=socket.gethostname(), gpus=torch.cuda.device_count(),
                     gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                    gpu_type=short_gpu_name(props.name))
+                    gpu_type=short_gpu_name(props.name), host_memory_gb=node_host_memory_gb())
     n = slots or max(1, min(4, (os.cpu_count() or 2) // 2))
-    return Node(name="localhost", gpus=n, gpu_memory_gb=4.0, gpu_type="cpu")
+    return Node(name="localhost", gpus=n, gpu_memory_gb=4.0, gpu_type="cpu", host_memory_gb=node_host_memory_gb())
 
 
 def short_gpu_name(name: str) -> str:
@@ -352,7 +373,7 @@ class Workload(_Strict):
         if dup:
             raise ValueError(f"job names must be unique; repeated: {dup} (rename them, or let the "
                              "sweep name them)")
-        cap = _known_max_gpus(self.cluster)
+        cap = known_max_gpus(self.cluster)
         over = [f"{j.name} (gpus {j.gpus})" for j in self.jobs if cap is not None and j.gpus and max(j.gpus) > cap]
         if over:
             raise ValueError(f"job(s) {', '.join(over)} need more GPUs than the cluster's largest node has "

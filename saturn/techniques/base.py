@@ -44,6 +44,7 @@ class TrialResult:
     checkpoint_stage_s: Optional[float] = None  # its blocking part as a background save
     worker_start_s: Optional[float] = None  # the part of startup_s spent starting a warm worker
     checkpoint_gb: Optional[float] = None  # host staging a background save of this job needs
+    host_peak_gb: Optional[float] = None  # the job's host peak, all ranks (saturn.profiles.host_memory)
 
     @property
     def feasible(self) -> bool:

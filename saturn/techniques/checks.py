@@ -13,6 +13,7 @@ import os
 from typing import Any, Union
 
 from saturn.errors import SpecError
+from saturn.numerics import numerics_conflict
 from saturn.spec import limits as L
 from saturn.spec.load import load_workload as load_spec
 from saturn.spec.schema import Job, Workload
@@ -45,6 +46,9 @@ def job_problems(job: Job) -> list[tuple[tuple, str, Any]]:
             conflict = get_technique(tech).knob_conflicts(job, dict(values))
             if conflict:
                 return [((), f"knobs.{tech}: {conflict}", None)]
+        conflict = numerics_conflict(job.numerics, tech, dict(values))
+        if conflict:
+            return [((), f"knobs.{tech}: {conflict}", None)]
     return []
 
 

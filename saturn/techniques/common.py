@@ -92,7 +92,8 @@ def trial_result(res: dict[str, Any]) -> TrialResult:
                        reason=res.get("reason", ""), step_times=list(res.get("step_times") or []),
                        checkpoint_s=res.get("checkpoint_s"),
                        checkpoint_stage_s=res.get("checkpoint_stage_s"),
-                       worker_start_s=res.get("worker_start_s"), checkpoint_gb=res.get("checkpoint_gb"))
+                       worker_start_s=res.get("worker_start_s"), checkpoint_gb=res.get("checkpoint_gb"),
+                       host_peak_gb=res.get("host_peak_gb"))
 
 
 def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str,

@@ -249,6 +249,9 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
                     drain.prepare_staging(trainable.state_bytes())  # ready by the first save
             _record(values, block, wall, losses, times, writer, waits)
             writer.flush()  # before any checkpoint of these steps
+            if run and ctx.rank == 0 and values:  # the job's log (log.txt): losses at each boundary
+                print(f"step {step}/{start_step + total}  loss {losses[-1][1]:.4g}  "
+                      f"{sum(block) / max(1, len(block)):.3g} s/step", flush=True)
             boundary = done + max(1, agreed)
             planned = step_io.next_interval(times[1:] or times, readback_every, readback_s)
             if run and stop:
@@ -282,7 +285,7 @@ def train(job: Any, trainable: Trainable, ctx: Any, *, mode: str = "run", start_
     status = "ok" if mode == "trial" else ("interrupted" if stopped else "completed")
     return {"status": status, "step": step, "checkpoint": path, "losses": losses,
             "step_times": timed, "step_time_s": statistics.median(timed) if timed else None,
-            "peak_mem_gb": _peak_mem_gb(ctx), "startup_s": startup,
+            "peak_mem_gb": _peak_mem_gb(ctx), "host_peak_gb": _host_peak_gb(ctx), "startup_s": startup,
             "first_step_s": round(first_step, 6) if first_step is not None else None,
             "data_wait_s": statistics.median(timed_waits) if timed_waits else None, **ckpt_cost,
             **({"durable": durable, "phases": phases} if run else {})}
@@ -368,6 +371,16 @@ def _peak_mem_gb(ctx: Any) -> float:
     buf = torch.tensor([gb], dtype=torch.float64, device=ctx.device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return round(float(buf[0]), 4)
+
+
+def _host_peak_gb(ctx: Any) -> float:
+    """The job's host peak (saturn.profiles.host_memory): the sum over its ranks, which share a node."""
+    from saturn.profiles.host_memory import process_tree_peak_gb
+
+    buf = torch.tensor([process_tree_peak_gb()], dtype=torch.float64, device=ctx.device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(buf)
     return round(float(buf[0]), 4)
 
 

@@ -50,6 +50,7 @@ GPT_CONFIGS = {
     "gpt2-xl": GPTConfig(n_layer=48, n_embd=1600, n_head=25),
     "gpt-2.7b": GPTConfig(n_layer=32, n_embd=2560, n_head=32, n_positions=2048),
     "gpt-6.7b": GPTConfig(n_layer=32, n_embd=4096, n_head=32, n_positions=2048),
+    "gpt-13b": GPTConfig(n_layer=40, n_embd=5120, n_head=40, n_positions=2048),
 }
 
 

@@ -95,7 +95,7 @@ def test_boundary_values_run(wl, tmp_path, capsys):
 # hypothesis: every numeric flag of every command, drawn from the values users get wrong
 NUMERIC_FLAGS = [("plan", "--time-limit"), ("run", "--interval"), ("run", "--time-limit"),
                  ("run", "--max-retries"), ("run", "--checkpoint-every"), ("run", "--noise"), ("run", "--seed"),
-                 ("profile", "--budget-min")]
+                 ("run", "--progress-every"), ("profile", "--budget-min")]
 NASTY = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf, -1, 0, -0.0, 1e308, -1e308, 10**23, 1e-300, 2**32, 0.5]),
     st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**25, 10**25))

@@ -65,7 +65,7 @@ def _cli(w, p, run_dir, simulate):
 
     run_command(workload=w, plan=None, interval=60.0, run_dir=run_dir, resume=None, simulate=simulate, profiles=p,
                 no_introspect=False, time_limit=2.0, max_retries=2, checkpoint_every=200, noise=0.15, seed=0,
-                device_type="auto", live=False, require_measured=False)
+                device_type="auto", live=False, progress_every=10.0, log_to=None, require_measured=False)
 
 
 def _api(w, p, run_dir, simulate):

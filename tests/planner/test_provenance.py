@@ -116,8 +116,8 @@ def test_run_require_measured_refuses_guesses(tmp_path, capsys):
     w = _wl(tmp_path)
     t = tmp_path / "t.csv"
     _table().to_csv(t, index=False)
-    code, out, err = _cli(["run", str(w), "--profiles", str(t), "--require-measured", "--no-live",
-                           "--run-dir", str(tmp_path / "r"), "--time-limit", "2"], capsys)
+    code, out, err = _cli(["run", str(w), "--profiles", str(t), "--require-measured", "--no-live",  # (an H200
+                           "--run-dir", str(tmp_path / "r"), "--time-limit", "2", "--devices", "cpu"], capsys)  # node)
     assert code == 2 and "--require-measured" in err and "b (" in err, out + err
     assert not (tmp_path / "r").exists()
 

@@ -132,6 +132,7 @@ def test_plan_plans_a_job_whose_every_option_the_budget_skipped(tmp_path, monkey
     path.write_text(wl_text())
     store = tmp_path / "store"
     monkeypatch.setenv("SATURN_PROFILES", str(store))
+    monkeypatch.setenv("SATURN_SEED_PROFILES", "none")  # an empty store: no shipped rows
     df = profile(load_workload(path), store_dir=store, progress=False, budget_min=1e-9)
     rep = df.attrs["report"]
     assert rep["trials_run"] == 0 and rep["budget_hit"]

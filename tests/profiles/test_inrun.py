@@ -82,6 +82,7 @@ def test_run_completes_a_job_the_budget_skipped_measuring_it_on_its_first_attemp
                    "step_time_s": 0.05, "startup_s": 1.0, "feasible": True, "gpu_type": "cpu",
                    "gpu_memory_gb": 4.0, "source": "profiler"}]).to_csv(store / "profiles.csv", index=False)
     monkeypatch.setenv("SATURN_PROFILES", str(store))
+    monkeypatch.setenv("SATURN_SEED_PROFILES", "none")  # an empty store: no shipped rows
     monkeypatch.setenv("SATURN_WARM", "0")  # cold attempts: no process-wide warm pool left to later tests
     # no periodic save: 12 steps under the default checkpoint_every (200); 0 is refused, as the
     # CLI refuses --checkpoint-every 0 (its range is 1-1e9 steps, README "Every flag is checked")
@@ -116,6 +117,7 @@ def test_both_doors_take_the_same_stages(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(stages, "start_executor", spy)
     monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "empty-store"))
+    monkeypatch.setenv("SATURN_SEED_PROFILES", "none")  # an empty store: no shipped rows
     w = _workload(tmp_path)
     with pytest.raises(Stop):
         saturn.run(str(w), run_dir=tmp_path / "a")
@@ -169,6 +171,8 @@ def test_every_door_checks_the_jobs_local_files_first(tmp_path, monkeypatch):
     from saturn.errors import SaturnError
 
     monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+
+    monkeypatch.setenv("SATURN_SEED_PROFILES", "none")  # an empty store: no shipped rows
     missing = tmp_path / "nowhere.txt"
     job = {"name": "t", "model": "gpt2-tiny", "data": {"name": "text-file", "path": str(missing)},
            "batch_size": 2, "seq_len": 8, "steps": 5}

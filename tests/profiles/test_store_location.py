@@ -53,9 +53,10 @@ def test_seed_rows_are_read_under_the_default_store_and_never_written(tmp_path, 
     with pytest.raises(SaturnError, match="read-only seed rows"):
         store.upsert_rows([ROW])
     assert _digest(seeds) == before
-    # $SATURN_PROFILES (or an explicit directory) is the whole store: no seeds mixed in
+    # $SATURN_PROFILES keeps the seed rows (#34: the shipped measurements must not drop out);
+    # an explicit directory is the whole store
     monkeypatch.setenv(store.ENV, str(tmp_path / "mine"))
-    assert len(store.load_store()) == 0 and len(store.load_store(tmp_path / "mine")) == 0
+    assert len(store.load_store()) == len(shipped) and len(store.load_store(tmp_path / "mine")) == 0
     monkeypatch.delenv(store.ENV)
     monkeypatch.setenv(store.SEED_ENV, "none")
     assert len(store.load_store()) == 1  # only the user's measurement

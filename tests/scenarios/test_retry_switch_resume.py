@@ -96,7 +96,7 @@ def test_killed_worker_is_retried_and_replan_switches_technique(tmp_path):
     w, p = _files(tmp_path, 300, 30, lm_data, vis_data, profiles)
     wl = load_workload(w)
     rd = tmp_path / "run"
-    backend = ProcessBackend(rd, device_type="cpu", checkpoint_every=10, warm=False)  # cold; warm: tests/runtime/test_warm.py
+    backend = ProcessBackend(rd, device_type="cpu", checkpoint_every=10, warm=False)  # cold (warm: runtime/)
     ex = Executor(wl.jobs, wl.cluster.resolved(), pd.read_csv(p), backend,
                   run_dir=rd, config=ExecutorConfig(interval_s=1e9, time_limit_s=1.0, poll_s=0.2))
     killed = False

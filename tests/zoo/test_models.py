@@ -39,13 +39,16 @@ def test_every_zoo_model_trains_one_step_at_tiny_size(name):
     assert sum(p.numel() for p in model.parameters()) == cfg.params()
 
 
-@pytest.mark.parametrize("name", ["gpt2-xl", "gpt-6.7b", "vit-huge"])
+@pytest.mark.parametrize("name", ["gpt2-xl", "gpt-6.7b", "gpt-13b", "vit-huge"])
 def test_full_size_params_without_allocating(name):
     spec = ModelSpec(name=name)
     model = build_model(spec, device="meta")
     assert sum(p.numel() for p in model.parameters()) == param_count(spec)
     if name == "gpt-6.7b":
         assert 6.5e9 < param_count(spec) < 7.0e9
+    if name == "gpt-13b":  # 40 layers, d_model 5120, 40 heads (issue 33)
+        assert model.config.n_layer == 40 and model.config.n_embd == 5120 and model.config.n_head == 40
+        assert 12.5e9 < param_count(spec) < 13.5e9
 
 
 def test_hf_gpt2_weights_load_from_local_dir(tmp_path):
@@ -132,4 +135,4 @@ def test_synthetic_tokens_are_learnable():
 
 def test_gpt_configs_cover_the_family():
     assert {"gpt2-tiny", "gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-2.7b",
-            "gpt-6.7b"} <= set(GPT_CONFIGS)
+            "gpt-6.7b", "gpt-13b"} <= set(GPT_CONFIGS)

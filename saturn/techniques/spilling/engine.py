@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 from saturn.techniques.spilling import host_optimizer as hopt
 from saturn.techniques.spilling import shards as shp
 from saturn.techniques.spilling import split as spl
+from saturn.techniques.spilling.pool import ShardPool, lean_shard_cap
 from saturn.techniques.spilling.states import FlatAdamW, FlatSlot, warm_compiled_kernel
 from saturn.techniques.spilling.step_state import StepState
 from saturn.techniques.spilling.transfer import Resident, Transfers
@@ -104,13 +105,13 @@ class SpillingEngine:
         self.cuda = self.device.type == "cuda"
         self.pin = self.cuda if pin_memory is None else pin_memory
         self.autocast_dtype = ({"bf16": torch.bfloat16}.get(precision) if self.cuda else None)
-        self.wire_dtype = _wire_dtype(wire_dtype, self.autocast_dtype, optimizer_on)
+        self.wire_dtype = shp.wire_dtype_for(wire_dtype, self.autocast_dtype, optimizer_on)
         if self.wire_dtype is not None and self.autocast_dtype is None:
             self.autocast_dtype = self.wire_dtype  # bf16 asked for explicitly (e.g. on the CPU)
         self.uses_rng = uses_rng(model)
 
         layers = list(model.layers)
-        budget = gpu_budget_gb * 2**30 if gpu_budget_gb else _default_budget(self.device)
+        budget = gpu_budget_gb * 2**30 if gpu_budget_gb else shp.default_budget(self.device)
         stream_budget = budget * (1.0 - gpu_state_fraction)  # the rest holds device shards
         if shards is None:
             if shard_layers and shard_layers > 0:
@@ -138,9 +139,12 @@ class SpillingEngine:
                     [sum(p.numel() for p in layer.parameters()) for layer in layers],
                     reserve, optimizer_state, plan)
                     if gpu_state_fraction else plan(0, len(layers)))
+                if optimizer_on == "cpu":  # lean host buffers are sized for the largest shard
+                    shards = lean_shard_cap(shards, layers)
         self.ranges = shp.check_ranges(shards, len(layers))
         shp.check_no_cross_shard_ties(layers)
-        self.shards = shp.build_shards(layers, self.ranges, self.pin, self.wire_dtype)
+        lean = optimizer_on == "cpu"  # only masters + optimizer state at model size (pool.py)
+        self.shards = shp.build_shards(layers, self.ranges, self.pin, self.wire_dtype, lean)
         kw = dict(optimizer_kwargs or {})
         self.device_shards: list[int] = (spl.choose_device_shards(
             [sum(p.numel() for p in sh.params) for sh in self.shards],
@@ -154,7 +158,7 @@ class SpillingEngine:
         for k, sh in enumerate(self.shards):
             if k in self.device_shards:
                 continue  # its optimizer is built on the device below
-            if optimizer_state == "bf16":
+            if optimizer_state == "bf16":  # lean: gradient source set per step (land_grads)
                 slots = [FlatSlot(h, wg if wg is not None else hg, wf, g.index, g.numels, g.shapes)
                          for g, h, hg, wf, wg in zip(sh.groups, sh.host_flat, sh.host_grad,
                                                      sh.wire_flat, sh.wire_grad)]
@@ -166,6 +170,11 @@ class SpillingEngine:
         self._on_device: dict[int, Resident] = {
             k: spl.make_device_shard(self.shards[k], self.device, optimizer, kw, optimizer_state,
                                      hopt.make_optimizer) for k in self.device_shards}
+        streamed = [sh for k, sh in enumerate(self.shards) if k not in self.device_shards]
+        self.pool = (ShardPool(streamed, prefetch, self.pin, scratch=optimizer_state != "bf16")
+                     if lean and streamed else None)  # the bf16-state kernel reads bf16 gradients
+        for sh in streamed:
+            sh.pool = self.pool
         self.transfers = Transfers(self.shards, self.device, self.pin)
         self.streams = self.transfers.streams
         self.host_optimizer = hopt.HostOptimizer(self.shards, self.streams, async_optimizer)
@@ -456,28 +465,3 @@ def uses_rng(model: Any) -> bool:
     cfg = getattr(model, "config", None)
     return bool(getattr(cfg, "dropout", 0.0)) or any(
         isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
-
-
-def _wire_dtype(name: Optional[str], autocast_dtype: Any, optimizer_on: str) -> Any:
-    import torch
-
-    table = {"fp32": None, "bf16": torch.bfloat16}
-    if name is not None:
-        if name not in table:
-            raise ValueError(f"wire_dtype must be one of {sorted(table)}, got {name!r}")
-        if name == "bf16" and optimizer_on == "gpu":
-            raise ValueError("wire_dtype bf16 needs optimizer_on cpu (the GPU step needs the "
-                             "fp32 masters on the device)")
-        return table[name]
-    return autocast_dtype if optimizer_on == "cpu" else None
-
-
-def _default_budget(device: Any) -> float:
-    """Bytes the engine may plan for: 90% of the device memory left (a nominal 4 GiB on CPU)."""
-    import torch
-
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        frac = float(os.environ.get("SATURN_GPU_MEMORY_FRACTION", "1") or 1)
-        return 0.9 * min(free, total * frac)
-    return 4.0 * 2**30

@@ -134,7 +134,13 @@ class HostOptimizer:
         self.streams.host_wait(grads_landed)
         t1 = time.perf_counter()
         sh = self.shards[k]
-        if getattr(sh.optimizer, "fuses_wire", False):  # one pass reads/writes the wire copies
+        if sh.pool is not None:  # lean: gradients in a reusable landing buffer (pool.py)
+            try:
+                sh.land_grads()
+                sh.optimizer.step()
+            finally:
+                sh.done_grads()
+        elif getattr(sh.optimizer, "fuses_wire", False):  # one pass reads/writes the wire copies
             sh.optimizer.step()
         else:
             sh.land_grads()
@@ -229,8 +235,9 @@ def materialize_optim_state(shards: list[Any]) -> None:
         lrs = [g["lr"] for g in opt.param_groups]
         for g in opt.param_groups:
             g["lr"] = 0.0
-        saved = [hg.clone() for hg in sh.host_grad]
-        for hg in sh.host_grad:
+        kept = [hg for hg in sh.host_grad if hg is not None]  # lean shards have none
+        saved = [hg.clone() for hg in kept]
+        for hg in kept:
             hg.zero_()
         no_grad = [p for p in sh.params if p.grad is None]  # split-optimizer device shards
         for p in no_grad:
@@ -239,7 +246,7 @@ def materialize_optim_state(shards: list[Any]) -> None:
             opt.step()
         for p in no_grad:
             p.grad = None
-        for hg, sv in zip(sh.host_grad, saved):
+        for hg, sv in zip(kept, saved):
             hg.copy_(sv)
         for g, lr in zip(opt.param_groups, lrs):
             g["lr"] = lr

@@ -12,6 +12,7 @@ means one copy per shard per direction instead of one per tensor.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, cast
 
@@ -74,6 +75,16 @@ def activation_estimate(model: Any, batch_size: int, seq_len: int, precision: st
     acts[0] = tokens * d * 12
     acts[-1] = tokens * d * 12 + tokens * head_out * 16  # logits (bf16 + fp32) and their grads
     return acts, tokens * d * 4
+
+
+def cap_shards(ranges: Sequence[tuple[int, int]], layer_numels: Sequence[int],
+               cap: float) -> list[tuple[int, int]]:
+    """Split shards holding more than `cap` parameters (a layer larger than that stays whole):
+    lean shards' host buffers are sized for the largest shard (pool.py)."""
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        out.extend((a + s, b + s) for a, b in packed_shards(layer_numels[s:e], cap))
+    return out
 
 
 def check_ranges(ranges: Sequence[tuple[int, int]], n_layers: int) -> list[tuple[int, int]]:
@@ -161,32 +172,87 @@ class Shard:
     written: Any = None  # event: last D2H write-back of the master params (GPU-optimizer mode)
     nbytes: int = 0  # master parameter bytes
     wire_bytes: int = 0  # bytes that cross the link per copy of this shard
+    pool: Any = None  # lean shards (optimizer on the host): the engine's shared ShardPool (pool.py)
+    landing: list[Any] = field(default_factory=list)  # lean: (slot, buffer) per group, grads in flight
+    wire_slots: list[int] = field(default_factory=list)  # lean: wire slots of the copy being sent
 
     def sendable(self) -> list[Any]:
-        """Per group, the host buffer a copy-in reads (the compute-dtype copy when there is one)."""
-        return [w if w is not None else h for w, h in zip(self.wire_flat, self.host_flat)]
+        """Per group, the host buffer a copy-in reads: the master itself when no cast is needed,
+        else the compute-dtype copy (lean: made now from the masters into a reusable wire buffer;
+        `sent` hands it back)."""
+        if self.pool is None:
+            return [w if w is not None else h for w, h in zip(self.wire_flat, self.host_flat)]
+        out = []
+        for g, h in zip(self.groups, self.host_flat):
+            if not g.cast:
+                out.append(h)
+                continue
+            i, w = self.pool.wire.acquire(g.total, g.wire)
+            w.copy_(h)
+            self.wire_slots.append(i)
+            out.append(w)
+        return out
+
+    def sent(self, event: Any) -> None:
+        """The copy that read `sendable()`'s wire buffers is issued (done when `event` is)."""
+        for i in self.wire_slots:
+            self.pool.wire.release(i, event)
+        self.wire_slots = []
 
     def grad_landing(self) -> list[Any]:
-        """Per group, the host buffer the device's gradients are copied into."""
-        return [w if w is not None else h for w, h in zip(self.wire_grad, self.host_grad)]
+        """Per group, the host buffer the device's gradients are copied into (lean: a reusable
+        landing buffer, held until `done_grads`)."""
+        if self.pool is None:
+            return [w if w is not None else h for w, h in zip(self.wire_grad, self.host_grad)]
+        if not self.landing:
+            self.landing = [self.pool.landing.acquire(g.total, g.wire) for g in self.groups]
+        return [b for _, b in self.landing]
 
     def refresh_wire(self) -> None:
-        """After an optimizer step: cast the new fp32 masters into the compute-dtype copy."""
+        """After an optimizer step: cast the new fp32 masters into the compute-dtype copy (lean
+        shards have none: `sendable` casts when sending)."""
         for w, h in zip(self.wire_flat, self.host_flat):
             if w is not None:
                 w.copy_(h)
 
     def land_grads(self) -> None:
-        """Before an optimizer step: upcast the compute-dtype gradients into the fp32 `.grad`."""
-        for w, h in zip(self.wire_grad, self.host_grad):
-            if w is not None:
-                h.copy_(w)
+        """Before an optimizer step: the landed gradients become the optimizer's. Lean: the
+        parameters' `.grad` (or the flat kernel's gradient source) point into the landing
+        buffers, upcast into the pool's fp32 scratch first where torch's AdamW needs fp32."""
+        if self.pool is None:
+            for w, h in zip(self.wire_grad, self.host_grad):
+                if w is not None:
+                    h.copy_(w)
+            return
+        flat_kernel = getattr(self.optimizer, "fuses_wire", False)
+        for gi, (g, (_, land)) in enumerate(zip(self.groups, self.landing)):
+            if flat_kernel:  # reads any gradient dtype in its one pass
+                self.optimizer.slots[gi].grad = land
+                continue
+            src = land
+            if g.cast:
+                src = self.pool.scratch[:g.total]
+                src.copy_(land)
+            for i, view in zip(g.index, g.views(src)):
+                self.params[i].grad = view
+
+    def done_grads(self) -> None:
+        """After a lean shard's optimizer step: its landing buffers go back to the pool."""
+        for p in self.params:
+            p.grad = None
+        for s in getattr(self.optimizer, "slots", None) or []:
+            s.grad = None
+        for i, _ in self.landing:
+            self.pool.landing.release(i)
+        self.landing = []
 
 
 def build_shards(layers: Sequence[Any], ranges: Sequence[tuple[int, int]], pin: bool,
-                 wire_dtype: Any = None) -> list[Shard]:
+                 wire_dtype: Any = None, lean: bool = False) -> list[Shard]:
     """Re-point the layers' parameters into per-shard flat host buffers (the caller's module
-    becomes the master copy) and allocate gradient and compute-dtype buffers."""
+    becomes the master copy) and allocate gradient and compute-dtype buffers -- unless `lean`
+    (the optimizer on the host): then only the masters exist at model size, and the shards in
+    flight share reusable buffers (`pool.ShardPool`, set by the engine)."""
     import torch
     from torch import nn
 
@@ -204,14 +270,20 @@ def build_shards(layers: Sequence[Any], ranges: Sequence[tuple[int, int]], pin: 
         wire_grad: list[Any] = []
         for g in groups:
             flat = torch.empty(g.total, dtype=g.dtype, pin_memory=pin)
-            grad = torch.zeros(g.total, dtype=g.dtype, pin_memory=pin)
-            for i, view, gview in zip(g.index, g.views(flat), g.views(grad)):
+            grad = None if lean else torch.zeros(g.total, dtype=g.dtype, pin_memory=pin)
+            for i, view in zip(g.index, g.views(flat)):
                 view.copy_(params[i].detach())
                 params[i].data = view
-                params[i].grad = gview
+                params[i].grad = None
+            if grad is not None:
+                for i, gview in zip(g.index, g.views(grad)):
+                    params[i].grad = gview
             host_flat.append(flat)
             host_grad.append(grad)
-            if g.cast:
+            if lean:
+                wire_flat.append(None)
+                wire_grad.append(None)
+            elif g.cast:
                 wire_flat.append(flat.to(g.wire).pin_memory() if pin else flat.to(g.wire))
                 wire_grad.append(torch.zeros(g.total, dtype=g.wire, pin_memory=pin))
             else:
@@ -224,3 +296,28 @@ def build_shards(layers: Sequence[Any], ranges: Sequence[tuple[int, int]], pin: 
                          wire_flat, wire_grad, [n for n, _ in bnamed], [b for _, b in bnamed],
                          nbytes=nbytes, wire_bytes=wire_bytes))
     return out
+
+
+def wire_dtype_for(name: Optional[str], autocast_dtype: Any, optimizer_on: str) -> Any:
+    import torch
+
+    table = {"fp32": None, "bf16": torch.bfloat16}
+    if name is not None:
+        if name not in table:
+            raise ValueError(f"wire_dtype must be one of {sorted(table)}, got {name!r}")
+        if name == "bf16" and optimizer_on == "gpu":
+            raise ValueError("wire_dtype bf16 needs optimizer_on cpu (the GPU step needs the "
+                             "fp32 masters on the device)")
+        return table[name]
+    return autocast_dtype if optimizer_on == "cpu" else None
+
+
+def default_budget(device: Any) -> float:
+    """Bytes the engine may plan for: 90% of the device memory left (a nominal 4 GiB on CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        frac = float(os.environ.get("SATURN_GPU_MEMORY_FRACTION", "1") or 1)
+        return 0.9 * min(free, total * frac)
+    return 4.0 * 2**30

@@ -23,14 +23,20 @@ SPLIT_FRACTIONS = (0.4,)  # gpu_state_fraction candidates the profiler measures
 
 
 def knob_conflicts(job: Any, knobs: dict[str, Any]) -> str:
-    """Why the job's own settings forbid this knob setting ('' = allowed): precision fp32 is the
-    user asking for fp32 arithmetic, so optimizer state may not be rounded to bf16; bf16 state
+    """Why the job's own settings forbid this knob setting ('' = allowed): numerics exact (the
+    default, saturn.numerics) and precision fp32 are the user asking for fp32 optimizer state,
+    so it may not be rounded to bf16; bf16 state
     is Adam(W)-only; the split optimizer splits the host optimizer, so needs optimizer_on cpu."""
+    from saturn.numerics import numerics_conflict
+
     k = {**DEFAULT_KNOBS, **(knobs or {})}
     if k["optimizer_state"] == "bf16":
         if job.precision == "fp32":
             return ("optimizer_state bf16 rounds Adam's moments to bf16, which precision fp32 "
                     "forbids; use precision bf16 or optimizer_state fp32")
+        numerics = numerics_conflict(getattr(job, "numerics", "exact"), "spilling", k)
+        if numerics:
+            return numerics
         if job.optimizer.name not in ("adam", "adamw"):
             return f"optimizer_state bf16 applies to adam and adamw, not {job.optimizer.name}"
         if k["optimizer_on"] != "cpu":
@@ -56,19 +62,25 @@ def engine_kwargs(job: Any, knobs: dict[str, Any]) -> dict[str, Any]:
 
 def host_bytes_needed(job: Any, device_type: str = "cuda",
                       knobs: Optional[dict[str, Any]] = None) -> Optional[int]:
-    """Host memory spilling holds for a job: fp32 master parameters + fp32 gradients + optimizer
-    state (2 bytes per moment with `optimizer_state: bf16`), plus the bf16 wire copies of
-    parameters and gradients for bf16 jobs on CUDA. An upper bound with a split optimizer
-    (its device shards' host copies are kept for checkpoints)."""
+    """Host memory spilling holds for a job: the prior's count (saturn.profiles.host_memory):
+    with the optimizer on the host fp32 masters + Adam's moments (2 bytes per moment with
+    `optimizer_state: bf16`) and the reusable buffers of the shards in flight; with the
+    optimizer on the GPU also an fp32 gradient buffer and fp32 state."""
+    from saturn.prior.shapes import shape_of
+    from saturn.profiles.host_memory import spilling_bytes_per_param, spilling_shard_buffers
     from saturn.zoo import param_count
 
     n = param_count(job.model)
     if n is None:
         return None
-    moments = {"sgd": 1, "adam": 2, "adamw": 2}.get(job.optimizer.name, 2)
-    per_moment = 2 if (knobs or {}).get("optimizer_state") == "bf16" else 4
-    wire = 4 if (job.precision == "bf16" and device_type == "cuda") else 0
-    return n * (4 * 2 + per_moment * moments + wire)
+    k = {**DEFAULT_KNOBS, **(knobs or {})}
+    if job.optimizer.name == "sgd":  # one moment (momentum) instead of two
+        k = {**k, "optimizer_state": "bf16"}
+    wire = 2 if (job.precision == "bf16" and device_type == "cuda" and k.get("wire_dtype") != "fp32") else 4
+    shape = shape_of(job.model.name, job.model.overrides, job.batch_size, job.seq_len, job.precision) \
+        if job.model.name else None
+    buffers = spilling_shard_buffers(shape, k, wire) if shape is not None else 0.0
+    return int(n * spilling_bytes_per_param(k) + buffers)
 
 
 def node_host_memory_bytes() -> Optional[int]:
@@ -91,8 +103,8 @@ def check_host_memory(job: Any, device_type: str, available: Optional[int],
     need = host_bytes_needed(job, device_type, knobs)
     if need is None or available is None or need <= 0.9 * available:
         return Feasibility(True)
-    return Feasibility(False, f"needs ~{need / 2**30:.1f} GiB of host memory for parameters, "
-                              f"gradients and optimizer state; the node running it has "
+    return Feasibility(False, f"needs ~{need / 2**30:.1f} GiB of host memory for master weights, "
+                              f"optimizer state and the shards in flight; the node running it has "
                               f"{available / 2**30:.1f} GiB available")
 
 

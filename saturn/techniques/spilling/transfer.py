@@ -122,6 +122,8 @@ class Transfers:
             bufs = [b.to(self.device, non_blocking=True) if st.cuda else b.clone()
                     for b in sh.buffers]
             ready = st.event(st.h2d)
+        if sh.pool is not None:
+            sh.sent(ready)  # lean: its wire buffers are reusable once this copy is done
         self.copies_in += 1
         views: list[Any] = [None] * len(sh.params)
         for g, flat in zip(sh.groups, flats):
