@@ -68,10 +68,11 @@ def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         out = fn()
     except Exception as exc:  # noqa: BLE001
-        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-        traceback.print_exc()
-        out = {"status": "oom" if oom else "failed",
-               "reason": f"{type(exc).__name__}: {exc}"[:600]}
+        from saturn.runtime.causes import exception_result
+
+        traceback.print_exc()  # the cause from the exception's type, never its words (#31)
+        out = exception_result(exc)
+        out["reason"] = out["reason"][:600]
     out["measured_in_s"] = round(time.perf_counter() - t0, 2)  # build included; not a result
     gc.collect()
     if torch.cuda.is_available():

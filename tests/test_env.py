@@ -7,6 +7,8 @@ was silently ignored. Now each is exit 2 naming the variable and the fix, and no
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from saturn import env
@@ -94,3 +96,134 @@ def test_damaged_machine_rates_are_exit_2_naming_the_file(tmp_path, monkeypatch,
         assert code == 2 and RATES_FILE in flat and "damaged machine rates" in flat, out[-2000:]
         assert "Traceback" not in out
         assert (store / RATES_FILE).read_text() == text  # not rewritten, nothing dropped
+
+
+def test_plan_writes_nothing_into_a_seed_directory(tmp_path, monkeypatch, capsys):
+    """#31 item 5: the store and the seed rows in one directory: `saturn plan` probed this machine
+    and wrote machine-rates.json and its lock into the seed rows."""
+    import shutil
+
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    shutil.copy(ROOT / "profiles" / "sample-cpu.csv", seeds / "sample-cpu.csv")
+    before = sorted(p.name for p in seeds.iterdir())
+    monkeypatch.setenv("SATURN_PROFILES", str(seeds))
+    monkeypatch.setenv("SATURN_SEED_PROFILES", str(seeds))
+    code, out, _ = saturn_cli(["plan", TINY], capsys)
+    assert code == 0, out[-2000:]
+    assert sorted(p.name for p in seeds.iterdir()) == before
+
+
+def test_machine_rates_merge_keeps_what_it_does_not_know(tmp_path):
+    """#31 item 5: a new probe is merged into the file as stored: another machine's entry keeps
+    the fields this version does not know (they were dropped by a round trip through MachineRates)."""
+    import json
+
+    from saturn.prior.cost_model import MachineRates
+    from saturn.prior.machine import RATES_FILE, load_or_probe
+    from saturn.profiler.hardware import Hardware
+
+    other = {"device": "H200", "matmul_tflops": {"bf16": {"4096": 700.0}}, "mem_gbps": 4000.0, "h2d_gbps": 50.0,
+             "interconnect_gbps": 400.0, "host_adam_params_per_s": 2e8, "launch_us": 5.0,
+             "nvlink_sharp_gbps": 900.0}
+    (tmp_path / RATES_FILE).write_text(json.dumps({"H200|141.0|nvlink|2.x|8": other}))
+    mine = MachineRates("cpu", {"fp32": {128: 0.02}}, 5.0, 2.5, 1.2, 2e7, 5.0)
+    assert load_or_probe(Hardware("cpu", 4.0, "none", "2.x", 1), tmp_path, prober=lambda hw, **k: mine) == mine
+    data = json.loads((tmp_path / RATES_FILE).read_text())
+    assert data["H200|141.0|nvlink|2.x|8"] == other and len(data) == 2
+
+
+def _enospc(path) -> OSError:
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@pytest.mark.parametrize("where", ["run_dir", "journal", "plan_file"])
+def test_full_disk_while_creating_the_run_is_exit_2_naming_the_path(tmp_path, monkeypatch, capsys, where):
+    """#31 item 9: ENOSPC while the run directory, its journal or its first files are created was
+    a traceback (OSError / sqlite3.OperationalError), or blamed the journal as damaged."""
+    import sqlite3
+
+    import saturn.executor.journal as journal
+
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+    rd = tmp_path / "run"
+    if where == "run_dir":
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *a, **k):
+            if self == rd:
+                raise _enospc(self)
+            return real_mkdir(self, *a, **k)
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        named = str(rd)
+    elif where == "journal":
+        real_connect = sqlite3.connect
+
+        def connect(path, *a, **k):
+            if str(path).startswith(str(rd)):
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_connect(path, *a, **k)
+        monkeypatch.setattr(journal.sqlite3, "connect", connect)
+        named = str(rd / "journal.sqlite")
+    else:
+        real_write = Path.write_text
+
+        def write_text(self, *a, **k):
+            if self.parent == rd / "plans":
+                raise _enospc(self)
+            return real_write(self, *a, **k)
+        monkeypatch.setattr(Path, "write_text", write_text)
+        named = str(rd / "plans" / "plan-v1.json")
+    code, out, _ = saturn_cli(["run", TINY, "--simulate", "--no-live", "--run-dir", rd], capsys)
+    flat = " ".join(out.split())
+    assert code == 2, out[-2000:]
+    assert named in flat and ("No space left on device" in flat or "disk is full" in flat), out[-2000:]
+    assert "Traceback" not in out and "not a readable" not in flat and "corrupt" not in flat, out[-2000:]
+
+
+def _saturn_env_reads() -> list[str]:
+    """`os.environ.get("SATURN_...")`, `os.getenv(...)` and `os.environ["SATURN_..."]` reads (by
+    literal or by a module constant) anywhere under saturn/ but saturn/env.py."""
+    import ast
+
+    out = []
+    for path in sorted((ROOT / "saturn").rglob("*.py")):
+        if path == ROOT / "saturn" / "env.py":
+            continue
+        tree = ast.parse(path.read_text())
+        consts = {t.id: n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                  and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                  for t in n.targets if isinstance(t, ast.Name)}
+
+        def name_of(node, consts=consts):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                return node.value
+            return consts.get(node.id) if isinstance(node, ast.Name) else None
+
+        for n in ast.walk(tree):
+            key = None
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.args and (
+                    (n.func.attr == "get" and ast.unparse(n.func.value) == "os.environ")
+                    or ast.unparse(n.func) == "os.getenv"):
+                key = name_of(n.args[0])
+            elif isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Load) and ast.unparse(n.value) == "os.environ":
+                key = name_of(n.slice)
+            if key and key.startswith("SATURN_"):
+                out.append(f"{path.relative_to(ROOT)}:{n.lineno} {key}")
+    return out
+
+
+def test_every_saturn_variable_is_read_through_saturn_env():
+    """#31 item 9: SATURN_* variables read directly (and so never checked) outside saturn/env.py."""
+    assert _saturn_env_reads() == []
+
+
+def test_spilling_compile_is_checked_like_a_flag(monkeypatch, capsys):
+    monkeypatch.setenv("SATURN_SPILLING_COMPILE", "maybe")
+    code, out, _ = saturn_cli(["validate", TINY], capsys)
+    assert code == 2 and "SATURN_SPILLING_COMPILE" in out and "Traceback" not in out, out[-2000:]
+    monkeypatch.setenv("SATURN_SPILLING_COMPILE", "no")
+    assert env.spilling_compile() is False

@@ -80,7 +80,8 @@ def test_measured_host_oom_row_is_infeasible_naming_host_memory():
     from saturn.errors import InfeasibleError
     from saturn.planner.inputs import normalize_jobs
 
-    with pytest.raises(InfeasibleError, match="host out of memory \\(measured\\)"):
+    with pytest.raises(InfeasibleError,
+                       match="host out of memory \\(measured: killed at 125.3 GB resident, the node has 123.6 GB\\)"):
         build_options(normalize_jobs({"a": 10}), [NodeSpec("n0", 1)], pd.DataFrame([row]))
     from saturn.profiles.store import failure_applies
 

@@ -6,8 +6,9 @@ a run starts: `saturn run`, `saturn.run()` (and the `Orchestrator` for its jobs'
 
 1. `load`: the workload, its cluster resolved (local devices probed, Ray discovered).
 2. `local_paths`: the files the jobs need exist here (runs that execute here only).
-3. `run_dir`: a fresh, writable run directory (default runs/<workload>-<time>); a plan file
-   (`plan_file`) is read and matched to the workload.
+3. `run_dir`: a fresh, writable run directory (default runs/<workload>-<time>); a plan (a file or
+   one handed in) is read and checked against every job's constraints (`plan_check`,
+   saturn.api.plan_check).
 4. `profiles`: the per-job table from the store (or the given table); every option no row covers
    gets an `estimated` row from the prior cost model (never a separate trial process).
 5. `require_measured` (with --require-measured): refuse a plan that rests on numbers nobody
@@ -96,13 +97,11 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     check_fresh_run_dir(path, run_dir_hint.format(run_dir=path))
     check_writable_dir(path, run_dir_flag)
     stages.append("run_dir")
-    if isinstance(plan, (str, os.PathLike)):
-        from saturn.planner.plan import read_plan
-        from saturn.techniques.registry import technique_names
+    if plan is not None:  # a plan file or a plan handed in: checked against every job's constraints
+        from saturn.api.plan_check import as_checked_plan
 
-        known = set(technique_names()).union(*(j.techniques or () for j in wl.jobs))
-        plan = read_plan(Path(plan), wl.jobs, wl.cluster, techniques=known)
-        stages.append("plan_file")
+        plan = as_checked_plan(plan, wl, f"--plan {plan}" if isinstance(plan, (str, os.PathLike)) else "plan")
+        stages.append("plan_check")
     t1 = time.perf_counter()
     table, from_store = _profiles(wl, profiles, simulate=simulate, store_dir=store_dir, notes=notes)
     stages.append("profiles")
@@ -115,7 +114,7 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
     if not simulate:
         stages.append("measure_in_run")
         measurer = _measurer(raw, wl, table, unmeasured, from_store=from_store, store_dir=store_dir,
-                             run_id=path.name, notes=notes)
+                             run_id=_run_id(path), notes=notes)
     if fuse and not simulate:  # measured group rows join the table as planner options (saturn.fused)
         from saturn.fused.measure import measure_groups
 
@@ -130,6 +129,13 @@ def prepare_run(workload: Any, profiles: Any = None, *, simulate: bool = False, 
         say(n)
     timings["prepare_s"] = time.perf_counter() - t0
     return PreparedRun(wl, table, path, plan, measurer, stages, timings, notes)
+
+
+def _run_id(path: Path) -> str:
+    """The run's name in its measured rows' `source` ("run:<id>"): the resolved directory's name
+    (`--run-dir .` named it "", so the rows said "run:")."""
+    full = path.resolve()
+    return full.name or str(full)
 
 
 def check_gpus_here(raw: Any, device_type: str = "auto", source: Any = None) -> None:
@@ -204,9 +210,19 @@ def _refuse_unmeasured(wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, t
 
 def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, *, from_store: bool,
               store_dir: Optional[PathLike], run_id: str, notes: list[str]) -> Any:
-    """A RunMeasurer when the run can measure here what nobody measured; else a warning."""
+    """A RunMeasurer when the run can measure here what nobody measured, or (all measured) to
+    record an attempt that ran out of memory here (#33); else a warning."""
+    from saturn.spec.signature import inputs_hash
+
     if not len(unmeasured):
-        return None
+        if not from_store or _described(raw):
+            return None
+        from saturn.profiler.hardware import hardware_for_cluster
+        from saturn.profiles.inrun import RunMeasurer
+
+        return RunMeasurer(signatures={j.name: str(j.signature) for j in wl.jobs}, table=table,
+                           hardware=hardware_for_cluster(wl.cluster).key(), run_id=run_id, store_dir=store_dir,
+                           inputs={j.name: inputs_hash(j) for j in wl.jobs})
     opts = "; ".join(sorted({f"{r['job']} ({r['technique']} on {int(r['gpus'])} GPU(s))"
                              for r in unmeasured.to_dict("records")}))
     if not from_store:
@@ -228,7 +244,7 @@ def _measurer(raw: Any, wl: Any, table: pd.DataFrame, unmeasured: pd.DataFrame, 
     notes.append(f"measuring as it runs: {len(jobs)} job(s) start on options nobody measured; the first "
                  "attempt of each option measures it into the profile store")
     return RunMeasurer(signatures={j.name: str(j.signature) for j in wl.jobs}, table=table, hardware=hw.key(),
-                       run_id=run_id, store_dir=store_dir)
+                       run_id=run_id, store_dir=store_dir, inputs={j.name: inputs_hash(j) for j in wl.jobs})
 
 
 def run(workload: Any, *, profiles: Any = None, run_dir: Optional[PathLike] = None, simulate: bool = False,

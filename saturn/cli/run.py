@@ -139,21 +139,23 @@ def _execute(ex, display, console, run_dir: Path) -> None:
         ex.backend.shutdown()
         ex.close()  # the run directory's lock: another executor may resume it now
     _print_summary(console, run_dir)
-    if stop["n"]:
+    if stop["n"] and not ex.state.done():
         console.print(f"stopped: running jobs were checkpointed; continue with `saturn run --resume {run_dir}`")
         raise typer.Exit(130)
+    if stop["n"]:  # the signal came during the final drains: they were waited for, nothing is left
+        console.print("interrupted after every job had ended (their final checkpoints are written): "
+                      "nothing to resume")
     failed = [r.name for r in ex.results.values() if r.status == "failed"]
     if failed:  # (each one's cause and log path are in the summary above)
         console.print(f"[red]failed jobs:[/] {', '.join(failed)}")
         raise typer.Exit(1)
 
 
-def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
-    from saturn.executor.journal import mark_dead_jobs
+def _print_summary(console, run_dir: Path, live: bool = False) -> None:
     from saturn.executor.report import summarize
     from saturn.fmt import compact_table, duration, short_names
 
-    s = summarize(run_dir) if live is None else mark_dead_jobs(summarize(run_dir), live)
+    s = summarize(run_dir)  # jobs of a dead executor shown dead (the one liveness check)
     t = compact_table(f"run {run_dir}")
     word = "slot" if s.get("cpu_slots") else "GPU"
     names = short_names([j["job"] for j in s["jobs"]], max_len=24)  # the shared prefix goes, not the tail
@@ -178,8 +180,9 @@ def _print_summary(console, run_dir: Path, live: Optional[dict] = None) -> None:
     console.print(f"makespan {duration(s['makespan_s'])} (planned {duration(s['planned_makespan_s'])}), "
                   f"{word} allocation {100 * util:.0f}%, " if util is not None else "",
                   f"plan versions {s['plan_versions']}, switches {s['switches']}")
-    if live is not None:
-        console.print(f"executor: {live['state']}" + (f" -- {live['detail']}" if live.get("detail") else ""))
+    if live:
+        ex = s["executor"]
+        console.print(f"executor: {ex['state']}" + (f" -- {ex['detail']}" if ex.get("detail") else ""))
 
 
 def status_command(
@@ -188,14 +191,14 @@ def status_command(
 ) -> None:
     """Where a run stands (works while it runs)."""
     from saturn.cli.common import console
-    from saturn.executor.journal import mark_dead_jobs, run_liveness
+    from saturn.executor.journal import run_liveness
     from saturn.executor.report import summarize
 
-    live = run_liveness(run_dir)  # dead vs running executor (pid / heartbeat)
+    run_liveness(run_dir)  # not a run directory: a JournalError naming it
     if json_out:
-        print(json.dumps(mark_dead_jobs(summarize(run_dir), live), indent=2, default=str))
+        print(json.dumps(summarize(run_dir), indent=2, default=str))
         return
-    _print_summary(console, run_dir, live)
+    _print_summary(console, run_dir, live=True)
 
 
 def report_command(

@@ -133,5 +133,6 @@ def ledger_path() -> Path:
     """One core ledger per node and user (SATURN_DATA_LEDGER overrides: tests)."""
     import tempfile
 
-    env = os.environ.get("SATURN_DATA_LEDGER")
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"saturn-data-cores-{os.getuid()}.json"
+    from saturn.env import data_ledger
+
+    return data_ledger() or Path(tempfile.gettempdir()) / f"saturn-data-cores-{os.getuid()}.json"

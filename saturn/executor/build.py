@@ -19,9 +19,11 @@ Cluster discovery lives here (and in `saturn.executor.ray_cluster`), not in the 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,13 +192,40 @@ def build_executor(jobs: Any, cluster: Any, profiles: Any, *, options: RunOption
     if wrap is not None:
         backend = wrap(backend)
     try:
-        ex = executor_cls(jobs, cluster, profiles, backend, run_dir=options.run_dir,
-                          config=config or options.executor_config(), plan=plan, display=display)
+        try:
+            ex = executor_cls(jobs, cluster, profiles, backend, run_dir=options.run_dir,
+                              config=config or options.executor_config(), plan=plan, display=display)
+        except (OSError, sqlite3.OperationalError) as exc:
+            err = unwritable_run_dir(options.run_dir, exc)
+            if err is exc:
+                raise
+            raise err from None
         ex.measurer = measurer
+        if measurer is not None and options.run_dir is not None:  # a resumed run measures on (resume_executor)
+            ex.journal.set_meta("measurer", measurer.to_meta())
         return ex
     except BaseException:
         inner.shutdown()
         raise
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def unwritable_run_dir(run_dir: Any, exc: BaseException) -> BaseException:
+    """A full (or read-only) disk while the executor creates its run directory, journal or plan
+    files: a SaturnError (exit 2) naming the path, instead of a traceback. Anything else is
+    returned as it is (a bug, re-raised)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        if "full" not in str(exc) and "readonly" not in str(exc):
+            return exc
+        where, why = Path(run_dir or ".") / "journal.sqlite", str(exc)
+    elif isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        where, why = exc.filename or run_dir, exc.strerror or str(exc)
+    else:
+        return exc
+    return SaturnError(f"run directory {run_dir}: {where} cannot be written ({why}); free space on its disk "
+                       "(or pick a writable --run-dir) and start the run again with a new --run-dir")
 
 
 def _executor_class_for(backend: Any) -> type:
@@ -217,7 +246,19 @@ def resume_executor(run_dir: Union[str, Path], *, checkpoint_every: int = defaul
     run_dir = Path(run_dir)
     factory = resume_backend_factory(run_dir, checkpoint_every=checkpoint_every)
     if factory is not None:
-        return RayExecutor.resume(run_dir, factory, config=config, display=display)
-    return Executor.resume(run_dir, lambda off: ProcessBackend(run_dir, clock_offset=off, device_type=device_type,
-                                                                checkpoint_every=checkpoint_every),
-                           config=config, display=display)
+        ex = RayExecutor.resume(run_dir, factory, config=config, display=display)
+    else:
+        ex = Executor.resume(run_dir, lambda off: ProcessBackend(run_dir, clock_offset=off, device_type=device_type,
+                                                                  checkpoint_every=checkpoint_every),
+                             config=config, display=display)
+    try:
+        meta = ex.journal.get_meta("measurer")
+        if meta:  # the run measured what nobody measured: so does its resumed executor (before any launch)
+            from saturn.profiles.inrun import RunMeasurer
+
+            ex.measurer = RunMeasurer.from_meta(meta, [d for _, k, d in ex.journal.events() if k == "measured"])
+    except BaseException:
+        ex.backend.shutdown()
+        ex.close()
+        raise
+    return ex

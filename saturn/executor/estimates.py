@@ -156,13 +156,16 @@ class Estimator:
         allowed = [o for o in self.rows.get(js.name, []) if (not info.techniques or o.technique in info.techniques)
                    and (not info.gpus or o.gpus in info.gpus)]
         parts = []
-        if js.infeasible:
-            parts.append("ran out of memory at run time (OOM) with " + ", ".join(
-                k.replace("|", "×") for k in sorted(js.infeasible)))
+        oom = sorted(k for k in js.infeasible if not js.infeasible_why.get(k))
+        if oom:  # recorded without a cause: a device OOM (the loop's "oom" status)
+            parts.append("ran out of memory at run time (OOM) with " + ", ".join(k.replace("|", "×") for k in oom))
+        parts += [f"{k.replace('|', '×')}: {js.infeasible_why[k][:500]}" for k in sorted(js.infeasible)
+                  if js.infeasible_why.get(k)]
         refused = {k: v for k, v in self.refused.get(js.name, {}).items()
                    if (not info.techniques or k[0] in info.techniques) and (not info.gpus or k[1] in info.gpus)}
         for (tech, g), (status, why) in sorted(refused.items()):
-            label = {"oom": "out of memory (OOM) when profiled", "failed": "failed when profiled",
+            label = {"oom": "out of memory (OOM) when profiled", "host_oom": "killed for host memory when measured",
+                     "failed": "failed when profiled",
                      "timeout": "timed out when profiled"}.get(status, "infeasible")
             parts.append(f"{tech}×{g}: {label}" + (f": {why.strip()}" if why.strip() else ""))
         if not allowed and not refused and not js.infeasible:

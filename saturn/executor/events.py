@@ -99,9 +99,11 @@ class EventHandling:
         if self.metrics is not None:
             self.metrics.settle(js.name, js.segments)  # steps past its checkpoint: superseded
         if self.measurer is not None:
-            self._measured(lambda: self.measurer.on_end(ev.job, str(ev.status), ev.reason or ""))
-        if ev.status == "oom" and seg is not None:
-            self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus))
+            self._measured(lambda: self.measurer.on_end(ev.job, str(ev.status), ev.reason or "",
+                                                        host_peak_gb=ev.host_peak_gb, host_limit_gb=ev.host_limit_gb))
+        if ev.status in ("oom", "host_oom") and seg is not None:  # a host OOM says so (causes.Death)
+            why = ev.reason.splitlines()[0] if ev.status == "host_oom" and ev.reason else ""
+            self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus), reason=why)
             self.replan_needed = True
         elif ev.status == "failed" and js.status == PENDING:
             if js.failures > self.cfg.max_retries:
@@ -141,7 +143,7 @@ class EventHandling:
                     continue
                 # a crash drops the option only where another is left (else retries decide)
                 if m.stored or any(option_key(o.technique, o.gpus) != key for o in self.est.options(other)):
-                    self.emit("infeasible", job=name, technique=m.technique, gpus=m.gpus)
+                    self.emit("infeasible", job=name, technique=m.technique, gpus=m.gpus, reason=m.reason)
         if m.first or not m.feasible:
             self.replan_needed = True
 

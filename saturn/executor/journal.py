@@ -42,7 +42,6 @@ from saturn.executor.state import (
     Segment,
     option_key,
 )
-from saturn.runtime.process import pid_alive
 
 JOURNAL_FILE = "journal.sqlite"
 HEARTBEAT_FILE = "heartbeat"
@@ -69,6 +68,12 @@ def _damaged(path: Path, what: str) -> JournalError:
         f"under {path.parent / 'jobs'}/*/ckpt are not used by a new run.")
 
 
+def _not_created(path: Path, exc: BaseException) -> JournalError:
+    why = getattr(exc, "strerror", None) or str(exc)
+    return JournalError(f"run journal {path}: cannot be created ({why}); free space on its disk (or pick a "
+                        "writable --run-dir) and start the run again")
+
+
 class Journal:
     """Append-only event log. `path=None` keeps it in memory (simulations, benchmarks)."""
 
@@ -76,7 +81,10 @@ class Journal:
         self.path = None if path is None else Path(path)
         existed = self.path is not None and self.path.exists()
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _not_created(self.path, exc) from None
             if existed and self.path.stat().st_size == 0 and not Path(str(self.path) + "-wal").exists():
                 raise _damaged(self.path, "is empty (0 bytes; the run was cut before it was written)")
         try:
@@ -88,6 +96,10 @@ class Journal:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+        except sqlite3.OperationalError as exc:
+            if existed or self.path is None:
+                raise _damaged(self.path or Path(":memory:"), f"is not a readable SQLite database ({exc})") from exc
+            raise _not_created(self.path, exc) from None  # a new journal: the disk, not the file
         except sqlite3.DatabaseError as exc:
             raise _damaged(self.path or Path(":memory:"), f"is not a readable SQLite database ({exc})") from exc
 
@@ -173,8 +185,9 @@ def executor_liveness(run_dir: Union[str, Path], journal: Journal) -> dict[str, 
     """{"state": "running" | "dead" | "finished", pid, host, heartbeat_age_s, detail}.
 
     Finished = the journal's last run event is run_finished/run_stopped. Otherwise the executor is
-    running when its pid is alive on this host (and is a Python process), or, on another host, when
-    the heartbeat is fresh; else it is dead and the run can be resumed."""
+    running when, on this host, a process holds the run directory's lock (a reused pid does not
+    count), or, on another host, when the heartbeat is fresh; else it is dead and the run can be
+    resumed."""
     ex = journal.get_meta("executor") or {}
     pid, host = ex.get("pid"), ex.get("host")
     p = Path(run_dir) / HEARTBEAT_FILE
@@ -187,7 +200,7 @@ def executor_liveness(run_dir: Union[str, Path], journal: Journal) -> dict[str, 
     if last in ("run_finished", "run_stopped"):
         return {**out, "state": "finished" if last == "run_finished" else "stopped", "detail": ""}
     if host == socket.gethostname() and pid:
-        alive = _pid_is_python(int(pid))
+        alive = _holds_run_lock(run_dir)
     else:
         alive = age is not None and age < HEARTBEAT_STALE_S
     if alive:
@@ -219,18 +232,16 @@ def mark_dead_jobs(summary: dict[str, Any], liveness: dict[str, Any]) -> dict[st
     return summary
 
 
-def _pid_is_python(pid: int) -> bool:
-    if not pid_alive(pid):
-        return False
+def _holds_run_lock(run_dir: Union[str, Path]) -> bool:
+    """On this host, an executor runs the directory exactly while it holds its lock (run_lock.py):
+    the kernel frees it when the process dies, whatever became of the pid since."""
+    from saturn.executor.run_lock import RunLockedError, check_not_locked
+
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-    except OSError:
+        check_not_locked(run_dir)
+    except RunLockedError:
         return True
-    return b"python" in cmd or b"saturn" in cmd
+    return False
 
 
 def open_journal(run_dir: Union[str, Path, None]) -> Journal:
@@ -306,6 +317,8 @@ def apply_event(state: RunState, t: float, kind: str, d: dict[str, Any]) -> None
             js.reason = d.get("reason", "cancelled")
     elif kind == "infeasible" and js is not None:
         js.infeasible.add(option_key(d["technique"], int(d["gpus"])))
+        if d.get("reason"):
+            js.infeasible_why[option_key(d["technique"], int(d["gpus"]))] = str(d["reason"])
     elif kind == "job_failed" and js is not None:
         js.status = FAILED
         js.reason = d.get("reason", "")

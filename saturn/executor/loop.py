@@ -252,7 +252,9 @@ class Executor(EventHandling, Replanning, Launching):
             now = self.backend.now()
             timeout = self._next_replan - now if self.cfg.introspect else math.inf
             self.backend.wait(max(0.0, min(timeout, self.cfg.poll_s)))
-        self.emit("run_finished" if self._shutdown is None else "run_stopped", reason=self._shutdown or "")
+        # a stop that came when every job was already done (during the final drains) stopped nothing
+        stopped = self._shutdown is not None and not self.state.done()
+        self.emit("run_stopped" if stopped else "run_finished", reason=self._shutdown or "")
         return self.results
 
     # --------------------------------------------------------------------------------- internals

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from saturn.executor.journal import JOURNAL_FILE, Journal, replay
+from saturn.executor.journal import JOURNAL_FILE, Journal, executor_liveness, mark_dead_jobs, replay
 from saturn.executor.state import RunState
 from saturn.fmt import duration
 
@@ -77,7 +77,9 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             groups.setdefault(j["group"], []).append(j["job"])
     busy += sum((end - launched) * len(gpus) for (_, _, gpus), (launched, end) in held.items())
     makespan = end_all
-    return {"run_dir": str(run_dir), "jobs": jobs, "makespan_s": makespan,
+    # one source of truth for liveness: `saturn status` and `saturn report` both show a job of a
+    # dead executor as dead (journal.executor_liveness), never as running
+    return mark_dead_jobs({"run_dir": str(run_dir), "jobs": jobs, "makespan_s": makespan,
             "planned_makespan_s": first.get("makespan_s"),
             # results durable: after the last planned drain (saves that drain behind)
             "planned_durable_s": first.get("durable_s", first.get("makespan_s")),
@@ -95,7 +97,7 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
             "warnings": [{"job": d.get("job"), "text": d.get("text", "")} for _, kind, d in journal.events()
                          if kind == "warning"] + _damaged_metrics(run_dir, state),
             "data": _data_summary(run_dir),  # data-wait phase + input tuner decisions (saturn.data)
-            **phase_summary(state, first, makespan, total_gpus, last_t)}
+            **phase_summary(state, first, makespan, total_gpus, last_t)}, executor_liveness(run_dir, journal))
 
 
 def failure_cause(reason: str) -> str:

@@ -85,7 +85,8 @@ class JobState:
     observed: dict[str, tuple[float, int]] = field(default_factory=dict)
     startup_obs: list[float] = field(default_factory=list)  # launch -> first step, measured
     checkpoint_obs: list[float] = field(default_factory=list)  # stop request -> exit, measured
-    infeasible: set[str] = field(default_factory=set)  # "technique|gpus" found OOM at run time
+    infeasible: set[str] = field(default_factory=set)  # "technique|gpus" ruled out at run time
+    infeasible_why: dict[str, str] = field(default_factory=dict)  # ... and the typed cause of each
     stop_reason: str = ""  # why a stop was requested: "switch" | "cancel" | "shutdown"
     early_stopped: bool = False  # completed before total_steps (e.g. stopped by an HPO algorithm)
     pending_checkpoint: Optional[str] = None  # finishing: the final checkpoint being written

@@ -275,6 +275,14 @@ def rows_by_job(profiles: pd.DataFrame) -> dict[str, list[dict]]:
     return out
 
 
+def _num_or_none(v: object) -> "float | None":
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and f > 0 else None
+
+
 def _cause(r: dict) -> str:
     """One row's true cause: out of memory / crashed / timed out / ruled out / estimated, with the
     row's own reason (which carries the log path when the profiler kept one)."""
@@ -286,8 +294,10 @@ def _cause(r: dict) -> str:
         what = "estimated infeasible (not measured)"
     elif status == "oom":
         what = "out of memory (measured)"
-    elif status == "host_oom":  # saturn.profiles.host_memory.host_oom_row
-        what = "host out of memory (measured)"
+    elif status == "host_oom":  # the worker was killed by the kernel for host memory (#33)
+        peak, node = _num_or_none(r.get("host_peak_gb")), _num_or_none(r.get("host_memory_gb"))
+        what = "host out of memory (measured" + (f": killed at {peak:.1f} GB resident" if peak else "") + \
+            (f", the node has {node:.1f} GB" if node else "") + ")"
     elif status == "timeout":
         what = "timed out (measured)"
     elif status == "failed":

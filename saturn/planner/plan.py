@@ -217,8 +217,17 @@ def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None, techniques
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise SaturnError(f"{where}: not a Saturn plan ({type(exc).__name__}: {exc}); write it with "
                           "`saturn plan W.yaml --json FILE`") from None
+    match_plan(plan, jobs, cluster, techniques, where)
+    return plan
+
+
+def match_plan(plan: Plan, jobs: Any, cluster: Any = None, techniques: Any = None, where: str = "plan") -> None:
+    """`read_plan`'s workload check, for a plan from any door (a file, or a Plan handed to the API):
+    SaturnError (exit 2) naming every mismatch."""
+    from saturn.errors import SaturnError
+
     names = [str(getattr(j, "name", j)) for j in jobs]
-    planned = [a.job for a in plan.assignments]
+    planned = [m for a in plan.assignments for m in (group_members(a.job) or [a.job])]  # a group: its members
     foreign = sorted(set(planned) - set(names))
     missing = sorted(set(names) - set(planned))
     twice = sorted({j for j in planned if planned.count(j) > 1})
@@ -241,15 +250,21 @@ def read_plan(path: Union[str, Path], jobs: Any, cluster: Any = None, techniques
                 problems.append(f"job {a.job} is planned on GPUs {a.gpus} of node {a.node}, which has {nodes[a.node]}")
                 break
     if techniques is not None:
-        unknown = sorted({a.technique for a in plan.assignments
-                          if a.technique not in techniques and ":" not in a.technique})
+        unknown = sorted({a.technique for a in plan.assignments if a.technique not in techniques
+                          and ":" not in a.technique and not group_members(a.job)})
         if unknown:
             problems.append(f"it uses unregistered technique(s) {', '.join(unknown)} (registered: "
                             f"{', '.join(sorted(techniques))})")
     if problems:
         raise SaturnError(f"{where} does not match this workload: {'; '.join(problems)}. Make the plan for this "
                           "workload with `saturn plan W.yaml --json FILE`, or leave --plan out")
-    return plan
+
+
+def group_members(name: str) -> list[str]:
+    """The member jobs of a SHARP or fused group's pseudo-job name ([] for a plain job)."""
+    from saturn.planner import fused_option, sharp_option
+
+    return sharp_option.members_of(name) or fused_option.members_of(name)
 
 
 def _provenance_summary(assignments: list) -> dict:

@@ -27,6 +27,7 @@ from filelock import FileLock
 from saturn.errors import SaturnError
 from saturn.prior.cost_model import MachineRates, datasheet_rates
 from saturn.profiler.hardware import Hardware
+from saturn.profiles.store import is_seed_dir
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,9 @@ def _path(store_dir: Union[str, os.PathLike]) -> Path:
     return Path(store_dir) / RATES_FILE
 
 
-def cached_rates(store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineRates]:
-    """Every probed hardware in the store's rates file (empty when there is none or it is bad)."""
-    if store_dir is None:
-        return {}
-    p = _path(store_dir)
+def _entries(p: Path) -> dict[str, Any]:
+    """The rates file's entries as stored ({} when there is none); unreadable or not a JSON object:
+    a SaturnError naming the file."""
     try:
         text = p.read_text()
     except (FileNotFoundError, NotADirectoryError):
@@ -147,7 +146,22 @@ def cached_rates(store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineR
         raise SaturnError(f"{p}: cannot be read ({exc.strerror or exc}); fix its permissions or delete it "
                           "(the machine is probed again)") from None
     try:
-        return {str(k): _checked(MachineRates.from_dict(v)) for k, v in json.loads(text).items()}
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object of hardware -> rates, not {type(data).__name__}")
+    except ValueError as exc:
+        raise SaturnError(f"{p}: damaged machine rates ({type(exc).__name__}: {exc}); fix the entry or delete "
+                          "the file (this machine is probed again; other machines' rates are lost)") from None
+    return data
+
+
+def cached_rates(store_dir: Union[str, os.PathLike, None]) -> dict[str, MachineRates]:
+    """Every probed hardware in the store's rates file (empty when there is none)."""
+    if store_dir is None:
+        return {}
+    p = _path(store_dir)
+    try:
+        return {str(k): _checked(MachineRates.from_dict(v)) for k, v in _entries(p).items()}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         # never silently dropped (and rewritten without another machine's rates): named, for the user
         raise SaturnError(f"{p}: damaged machine rates ({type(exc).__name__}: {exc}); fix the entry or delete "
@@ -174,10 +188,15 @@ def load_or_probe(hw: Hardware, store_dir: Union[str, os.PathLike], cpu_threads:
     if key in have:
         return have[key]
     rates = prober(hw, cpu_threads=cpu_threads)
+    if is_seed_dir(store_dir):  # Saturn writes nothing into the read-only seed rows
+        log.warning("machine rates of %s not cached: the profile store %s is a seed directory (read-only); "
+                    "set $SATURN_PROFILES to a directory of your own to keep them", key, store_dir)
+        return rates
     p = _path(store_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(p.with_name(f".{p.name}.lock")), timeout=60):
-        data = {k: v.to_dict() for k, v in cached_rates(store_dir).items()}
+        cached_rates(store_dir)  # a damaged file is named, never rewritten
+        data = _entries(p)  # merged as stored: fields this version does not know are kept
         data[key] = rates.to_dict()
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:

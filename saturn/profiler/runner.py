@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from saturn.profiler.search import Search, SearchStuck, Skip, TrialSpec
+from saturn.runtime.causes import error_type, status_of_exception
 from saturn.runtime.process import call_in_process
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def outcome_of(result: Any) -> Outcome:
     else:
         return {"status": "failed", "reason": f"trial() returned {type(result).__name__}, "
                                               "not a TrialResult"}
-    if out.get("status") not in ("ok", "oom", "failed", "timeout"):
+    if out.get("status") not in ("ok", "oom", "host_oom", "failed", "timeout"):
         return {"status": "failed", "reason": f"trial() returned unknown status {out.get('status')!r}"}
     if out["status"] == "ok":
         step = out.get("step_time_s")
@@ -70,14 +71,11 @@ def call_trial(technique: Any, job: Any, devices: list[int], trial: TrialSpec,
         with using_pool(shared_pool(preload=WARM_PRELOAD) if use else None):
             result = technique.trial(job, devices, trial.knobs_dict, trial.steps, timeout_s)
         return outcome_of(result)
-    except MemoryError as exc:
-        return {"status": "oom", "reason": f"MemoryError: {exc}"}
     except Exception as exc:  # noqa: BLE001 - a broken technique is a result, not a crash
         tb = traceback.format_exc(limit=3).strip().splitlines()
-        msg = str(exc)
-        oom = "out of memory" in msg.lower()
-        return {"status": "oom" if oom else "failed",
-                "reason": f"trial() raised {type(exc).__name__}: {msg[:300]}"
+        # the cause from the exception's type (saturn.runtime.causes), never from its words
+        return {"status": status_of_exception(exc), "error_type": error_type(exc),
+                "reason": f"trial() raised {type(exc).__name__}: {str(exc)[:300]}"
                           + (f" ({tb[-2].strip()[:200]})" if len(tb) >= 2 else "")}
 
 

@@ -40,6 +40,7 @@ from saturn.profiler.value import DEFAULT_ERROR_BAND, PriorGuess, correction, le
 SHORT_CHECK_TECHNIQUES = frozenset({"spilling"})
 OK = "ok"
 OOM = "oom"
+HOST_OOM = "host_oom"  # killed by the kernel for host memory: a leaner setting may fit, as for OOM
 FAILED = "failed"
 SKIPPED = "skipped"  # a knob setting the value rule decided not to measure
 
@@ -391,7 +392,7 @@ class Search:
             return False
         tried = [cell.results[k][0] for t, k in cell.plan if t <= cell.tier and k in cell.results]
         later = [t for t in tiers if t > cell.tier]
-        if OK in tried or not later or OOM not in tried:
+        if OK in tried or not later or not ({OOM, HOST_OOM} & set(tried)):
             if later:
                 why = ("a leaner setting is not needed: a plainer one fits" if OK in tried else
                        "leaner settings do not help: the plainer ones failed without running out "

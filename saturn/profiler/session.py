@@ -282,7 +282,10 @@ def trial_row(job: Any, sig: str, technique: str, gpus: int, knobs: str, hw: Har
         "status": status, "feasible": ok,
         "step_time_s": step,
         "peak_mem_gb": _f(outcome.get("peak_mem_gb")),
-        "host_peak_gb": _f(outcome.get("host_peak_gb")),  # the job's host peak (profiles.host_memory)
+        # the workers' host memory, sampled (saturn.runtime.causes); a host_oom row also says what
+        # the node allowed: the option is infeasible on a host of that size
+        "host_peak_gb": _f(outcome.get("host_peak_gb")),
+        **({"host_memory_gb": _f(outcome.get("host_limit_gb"))} if status == "host_oom" else {}),
         "startup_s": None if launch is None else round(launch + ckpt, 4),  # what the planner adds
         "launch_s": launch,
         "worker_start_s": cold,

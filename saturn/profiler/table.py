@@ -94,10 +94,13 @@ def checkpoint_cost_s(job: Any, gpu_type: Optional[str] = None) -> float:
     except Exception:  # noqa: BLE001 - an estimate must never fail the profile
         params = None
     default = CPU_CHECKPOINT_FIXED_S if str(gpu_type).lower() == "cpu" else DEFAULT_CHECKPOINT_FIXED_S
-    fixed = _num(os.environ.get("SATURN_CHECKPOINT_FIXED_S"), default)
+    from saturn import env
+
+    fixed = env.checkpoint_fixed_s()
+    fixed = default if fixed is None else fixed
     if not params:
         return fixed
-    gbps = _num(os.environ.get("SATURN_CHECKPOINT_GBPS"), DEFAULT_CHECKPOINT_GBPS) or DEFAULT_CHECKPOINT_GBPS
+    gbps = env.checkpoint_gbps() or DEFAULT_CHECKPOINT_GBPS
     return round(fixed + params * CHECKPOINT_BYTES_PER_PARAM / (gbps * 1e9), 3)
 
 

@@ -8,10 +8,13 @@ its attempt reports; after `MIN_STEPS` steps past the first `SKIP_STEPS` (lazy i
 compilation), the median goes to the profile store as a measured row (`source` "run:<run id>",
 this host), and the executor gives the same row to every job of that signature in the run (they
 use the measurement) and re-plans. When the attempt ends, the row is refined from all its steps.
-An attempt that runs out of memory writes an infeasible row (reason "out of memory") instead, and
-the executor drops the option for every job of the signature; one that crashes before its first
-measurement drops it for this run only (where the jobs have another option), so a wrong estimate
-costs one attempt, never the job.
+An attempt that runs out of memory -- on the device (status "oom", CUDA's OutOfMemoryError) or on
+the host (status "host_oom": killed by the kernel, with `host_peak_gb`, the process tree's sampled
+peak, and `host_memory_gb`, what the node allowed) -- writes an infeasible row instead, measured or
+not before, and the executor drops the option for every job of the signature; the row carries the
+job's `inputs_hash`, so a change of inputs measures it again, and an unchanged option is never
+retried from scratch. One that crashes before its first measurement drops it for this run only
+(where the jobs have another option), so a wrong estimate costs one attempt, never the job.
 
 The executor knows nothing of the store: it calls `on_steps` / `on_end` and gets a `Measurement`
 (or None) back. Pure pandas here; the hardware key comes from the caller.
@@ -68,6 +71,7 @@ class _Attempt:
     seen: set = field(default_factory=set)
     written: bool = False
     launch_s: Optional[float] = None
+    measures: bool = True  # an unmeasured option: its steps are measured (else only an OOM is recorded)
 
 
 class RunMeasurer:
@@ -76,13 +80,15 @@ class RunMeasurer:
     signatures: job name -> profile signature. table: the per-job table the run started with (a
     `job` column; `source`, `host` as stored). hardware: the store key columns of this machine
     (gpu_type, gpu_memory_gb, interconnect, torch_version). store_dir: where rows go (None: the
-    default store)."""
+    default store). inputs: job name -> `saturn.spec.signature.inputs_hash` (failure rows carry it)."""
 
     def __init__(self, *, signatures: Mapping[str, str], table: pd.DataFrame, hardware: Mapping[str, Any],
-                 run_id: str, store_dir: Any = None, min_steps: int = MIN_STEPS, skip_steps: int = SKIP_STEPS):
+                 run_id: str, store_dir: Any = None, min_steps: int = MIN_STEPS, skip_steps: int = SKIP_STEPS,
+                 inputs: Optional[Mapping[str, str]] = None):
         from saturn.planner.provenance import nobody_measured
 
         self.signatures = dict(signatures)
+        self.inputs = dict(inputs or {})
         self.hardware = dict(hardware)
         self.source = f"{RUN_SOURCE}:{run_id}"
         self.store_dir = store_dir
@@ -101,13 +107,41 @@ class RunMeasurer:
         self.measured: dict[tuple[str, str, str, int], float] = {}  # key -> step time (this run)
         self._attempts: dict[str, _Attempt] = {}
 
-    def add_jobs(self, signatures: Mapping[str, str], table: pd.DataFrame) -> None:
+    def add_jobs(self, signatures: Mapping[str, str], table: pd.DataFrame,
+                 inputs: Optional[Mapping[str, str]] = None) -> None:
         """Jobs submitted while running (the Orchestrator): their signatures and rows."""
         more = RunMeasurer(signatures=signatures, table=table, hardware=self.hardware, run_id="-")
         self.signatures.update(signatures)
+        self.inputs.update(inputs or {})
         self.unmeasured |= {k for k in more.unmeasured if k not in self.measured}
         for k, v in more.base.items():
             self.base.setdefault(k, v)
+
+    def to_meta(self) -> dict[str, Any]:
+        """What a resumed run needs to measure on (`from_meta`): kept in the run's journal, so a
+        run killed before its first measurement still measures after `saturn run --resume`."""
+        import json
+
+        rows = list(self.base.values())  # one row per option (each with its `job`)
+        return {"signatures": self.signatures, "hardware": self.hardware, "source": self.source,
+                "store_dir": None if self.store_dir is None else str(self.store_dir),
+                "min_steps": self.min_steps, "skip_steps": self.skip_steps,
+                "rows": json.loads(pd.DataFrame(rows).to_json(orient="records"))}
+
+    @classmethod
+    def from_meta(cls, d: Mapping[str, Any], measured: Iterable[Mapping[str, Any]] = ()) -> "RunMeasurer":
+        """The measurer of a resumed run; `measured`: the journal's `measured` events (options an
+        earlier executor of this run measured are not measured again)."""
+        m = cls(signatures=d["signatures"], table=pd.DataFrame(d.get("rows") or []), hardware=d["hardware"],
+                run_id="-", store_dir=d.get("store_dir"), min_steps=int(d.get("min_steps", MIN_STEPS)),
+                skip_steps=int(d.get("skip_steps", SKIP_STEPS)))
+        m.source = str(d["source"])
+        for e in measured:
+            if e.get("stored", True):
+                step = finite_or_none(e.get("step_time_s"))
+                key = (str(e["signature"]), str(e["technique"]), canonical_knobs(e.get("knobs")), int(e["gpus"]))
+                m.measured[key] = step if e.get("feasible") and step is not None else math.inf
+        return m
 
     def pending(self) -> list[tuple[str, str, str, int]]:
         """Unmeasured options no attempt of this run has measured yet."""
@@ -119,13 +153,15 @@ class RunMeasurer:
         return None if sig is None else (sig, str(technique), canonical_knobs(knobs), int(gpus))
 
     def on_launch(self, job: str, technique: str, knobs: Any, gpus: int, start_step: int) -> bool:
-        """An attempt started; True when it measures an unmeasured option."""
+        """An attempt started; True when it measures an unmeasured option (every attempt is
+        followed, so one that runs out of memory is recorded either way)."""
         key = self._key(job, technique, knobs, gpus)
         self._attempts.pop(job, None)
-        if key is None or key not in self.unmeasured or key in self.measured:
-            return False  # measured (before the run, or by an attempt of this run): use it
-        self._attempts[job] = _Attempt(job, key[1], key[2], key[3], int(start_step))
-        return True
+        if key is None:
+            return False
+        measures = key in self.unmeasured and key not in self.measured  # else measured: use it
+        self._attempts[job] = _Attempt(job, key[1], key[2], key[3], int(start_step), measures=measures)
+        return measures
 
     def on_steps(self, job: str, steps: Iterable[tuple[int, float]],
                  launch_s: Optional[float] = None) -> Optional[Measurement]:
@@ -133,7 +169,7 @@ class RunMeasurer:
         a Measurement once enough steps are in (once per attempt; `on_end` refines it).
         launch_s: the attempt's measured launch -> first step, when known."""
         a = self._attempts.get(job)
-        if a is None:
+        if a is None or not a.measures:
             return None
         if launch_s is not None and math.isfinite(launch_s):
             a.launch_s = float(launch_s)
@@ -147,14 +183,22 @@ class RunMeasurer:
         a.written = True
         return self._write(a, feasible=True)
 
-    def on_end(self, job: str, status: str, reason: str = "") -> Optional[Measurement]:
-        """The attempt ended: refine its row from every timed step, or record an out-of-memory."""
+    def on_end(self, job: str, status: str, reason: str = "", *, host_peak_gb: Optional[float] = None,
+               host_limit_gb: Optional[float] = None) -> Optional[Measurement]:
+        """The attempt ended: refine its row from every timed step, or record an out-of-memory
+        (status "oom": the device's; "host_oom": the host's, with its measured peak and limit)."""
         a = self._attempts.pop(job, None)
         if a is None:
             return None
+        first = reason.strip().splitlines()[0][:300] if reason.strip() else ""
         if status == "oom":
-            return self._write(a, feasible=False, reason=f"out of memory ({reason[-300:]})" if reason
-                               else "out of memory")
+            return self._write(a, feasible=False, reason=f"out of memory ({first})" if first else "out of memory")
+        if status == "host_oom":
+            return self._write(a, feasible=False, status="host_oom", reason=first or "host out of memory",
+                               host={"host_peak_gb": finite_or_none(host_peak_gb),
+                                     "host_memory_gb": finite_or_none(host_limit_gb)})
+        if not a.measures:
+            return None
         if status in ("failed", "lost") and not a.written:
             # the option nobody measured crashed before its first measurement: no job of the
             # signature is planned on it again in this run (the store keeps no verdict: a crash
@@ -189,7 +233,8 @@ class RunMeasurer:
                                   f"{key[1]} on {key[3]} GPU(s)"})
         return out
 
-    def _write(self, a: _Attempt, *, feasible: bool, reason: str = "") -> Measurement:
+    def _write(self, a: _Attempt, *, feasible: bool, reason: str = "", status: str = "oom",
+               host: Optional[dict] = None) -> Measurement:
         from saturn.profiles.store import upsert_rows
 
         sig = self.signatures[a.job]
@@ -202,7 +247,9 @@ class RunMeasurer:
         # the planner's start-up = launch + final save (as the profiler writes it)
         startup = a.launch_s + (ckpt or 0.0) if a.launch_s is not None else finite_or_none(base.get("startup_s"))
         row = {"signature": sig, "technique": a.technique, "knobs": a.knobs, "gpus": a.gpus, **self.hardware,
-               "status": "ok" if feasible else "oom", "feasible": feasible, "step_time_s": step,
+               "status": "ok" if feasible else status, "feasible": feasible, "step_time_s": step,
+               # what a failure depended on: a change of inputs measures the option again
+               "inputs_hash": "" if feasible else self.inputs.get(a.job, ""), **(host or {}),
                "peak_mem_gb": None, "startup_s": startup, "launch_s": launch, "checkpoint_s": ckpt,
                "checkpoint_source": "estimated" if ckpt is not None else None,
                "steps": len(a.times), "reason": reason, "source": self.source,

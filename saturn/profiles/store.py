@@ -60,8 +60,9 @@ def default_dir() -> Path:
     """Where measurements go and are read from: $SATURN_PROFILES, else
     $XDG_CACHE_HOME/saturn/profiles, else ~/.cache/saturn/profiles (a user directory, so that an
     installed package or a checkout is never written by a run)."""
-    env = os.environ.get(ENV)
-    return Path(env).expanduser() if env else _user_default()
+    from saturn.env import profiles_dir
+
+    return profiles_dir() or _user_default()
 
 
 def seed_dir() -> Optional[Path]:
@@ -84,8 +85,10 @@ def uses_seeds(directory: Optional[PathLike] = None) -> bool:
     return directory is None
 
 
-def _is_seed(directory: Path) -> bool:
-    d = directory.resolve()
+def is_seed_dir(directory: PathLike) -> bool:
+    """`directory` holds read-only seed rows (the checkout's profiles/ or $SATURN_SEED_PROFILES):
+    Saturn writes nothing there, neither profile rows nor its machine rates."""
+    d = Path(directory).resolve()
     seeds = seed_dir()
     return d == REPO_PROFILES.resolve() or (seeds is not None and d == seeds.resolve())
 
@@ -93,7 +96,7 @@ def _is_seed(directory: Path) -> bool:
 def check_writable_store(directory: Optional[PathLike] = None) -> Path:
     """The store directory to write, refused (SaturnError) when it is a seed directory."""
     d = Path(directory) if directory else default_dir()
-    if _is_seed(d):
+    if is_seed_dir(d):
         raise SaturnError(f"profile store {d} holds read-only seed rows (shipped with Saturn); measurements "
                           f"go to a user directory: set ${ENV} or pass another store directory "
                           f"(default {_user_default()})")
@@ -305,7 +308,7 @@ def lookup(jobs: Iterable[Any], cluster: Any,
             missing += [(job.name, k) for k in allowed if k <= cap and k not in have and (job.name, k) not in missing]
             if not len(g):
                 continue
-        g = _prefer_measured(g)
+        g = _prefer_measured(_memory_failures_win(g))
         g = g.sort_values(["feasible", "step_time_s"], ascending=[False, True])
         g = g.drop_duplicates(subset=["technique", "gpus", "gpu_type"], keep="first").copy()
         g.insert(0, "job", job.name)
@@ -318,15 +321,43 @@ def failure_applies(row: Mapping[str, Any], job_inputs: str) -> bool:
     """Whether a stored row still speaks for a job whose inputs hash is `job_inputs`: measurements
     and static infeasibility always do; a failed / timed-out trial only while the inputs it ran
     with (factory module contents, spec structure) are unchanged -- else the option is tried
-    again; an OOM row without a recorded hash (older stores) is kept."""
+    again. An OOM row without a recorded hash is kept only from a hand-made table: Saturn's own
+    measurements (profiler, `run:`) before #31 called failures OOM from words in a log and wrote
+    no hash, so they are measured again."""
     status = str(row.get("status") or "").strip().lower()
     if status in ("", "ok", "infeasible", "nan", "none"):
         return True
     stored = row.get("inputs_hash")
     stored = stored if isinstance(stored, str) else ""
     if not stored:
-        return status in ("oom", "host_oom")  # memory outcomes (host_oom: profiles.host_memory)
+        src = str(row.get("source") or "").strip().lower()
+        # a host_oom row (profiles.host_memory.host_oom_row) holds for its host size whatever the
+        # inputs; a hashless oom row from the profiler or a run predates inputs_hash: not trusted
+        return status == "host_oom" or (status == "oom" and not (src == "profiler" or src.startswith("run:")))
     return stored == job_inputs
+
+
+def _memory_failures_win(g: pd.DataFrame) -> pd.DataFrame:
+    """An option that ran out of memory (device "oom", or "host_oom": killed by the kernel) after
+    it was measured fine is no longer plannable: its earlier feasible row of the same (technique,
+    knobs, GPUs, GPU type) is dropped, so an unchanged option is never retried (#33). Other knobs
+    of the technique (e.g. leaner optimizer state) stay. Only failure rows that apply to the job's
+    inputs reach here (`failure_applies`)."""
+    if "status" not in g.columns or not len(g):
+        return g
+    status = g["status"].astype(str).str.lower()
+    mem = g[status.isin(["oom", "host_oom"])]
+    if not len(mem):
+        return g
+    when = pd.to_datetime(g.get("measured_at"), utc=True, errors="coerce", format="mixed") \
+        if "measured_at" in g.columns else pd.Series(pd.NaT, index=g.index)
+    key = g[["technique", "knobs", "gpus", "gpu_type"]].astype(str).apply(tuple, axis=1)
+    drop = pd.Series(False, index=g.index)
+    for i in mem.index:
+        t = when.get(i)
+        older = when.isna() | (when <= t) if pd.notna(t) else pd.Series(True, index=g.index)
+        drop |= (key == key[i]) & (status == "ok") & older
+    return g[~drop]
 
 
 def _prefer_measured(g: pd.DataFrame) -> pd.DataFrame:

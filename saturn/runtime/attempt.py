@@ -63,13 +63,19 @@ class Attempt:
 class RunResult:
     """Outcome of an attempt (`Technique.run`): where training stopped and where its checkpoint is."""
 
-    status: str  # "completed" | "interrupted" | "failed" | "oom"
+    status: str  # "completed" | "interrupted" | "failed" | "oom" (device) | "host_oom" (host)
     step: int  # next step to run (== start_step + steps actually done)
     checkpoint: Optional[str] = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     reason: str = ""
     durable: bool = True  # False: `checkpoint` is still being written by a warm worker's drain
     phases: dict[str, float] = field(default_factory=dict)  # launch_s, steps_s, *_block_s (training loop)
+    # the typed cause of a failure (saturn.runtime.causes): the exception's type, or the signal
+    # that killed a worker, and the host memory its process tree was seen at vs the node's limit
+    error_type: str = ""
+    signal: Optional[int] = None
+    host_peak_gb: Optional[float] = None
+    host_limit_gb: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +85,9 @@ class RunResult:
         return cls(status=str(d.get("status", "failed")), step=int(d.get("step", 0)),
                    checkpoint=d.get("checkpoint"), losses=list(d.get("losses") or []),
                    reason=str(d.get("reason", "")), durable=bool(d.get("durable", True)),
-                   phases=dict(d.get("phases") or {}))
+                   phases=dict(d.get("phases") or {}), error_type=str(d.get("error_type") or ""),
+                   signal=_opt_int(d.get("signal")), host_peak_gb=_opt_float(d.get("host_peak_gb")),
+                   host_limit_gb=_opt_float(d.get("host_limit_gb")))
 
     def write(self, path: "str | os.PathLike", **extra: Any) -> None:
         """The result as JSON at `path`, atomically (`extra`: more keys, e.g. a SHARP group)."""
@@ -93,6 +101,21 @@ class RunResult:
                 return cls.from_dict(json.load(f))
         except (OSError, ValueError):
             return None
+
+
+def _opt_int(v: Any) -> Optional[int]:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _opt_float(v: Any) -> Optional[float]:
+    try:
+        f = None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f is not None and f == f and abs(f) != float("inf") else None
 
 
 def _write_json(path: "str | os.PathLike", obj: Any, indent: Optional[int] = None) -> None:

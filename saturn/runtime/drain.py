@@ -336,7 +336,9 @@ def _drain(host: dict[str, Any], buf: Any, tmp: str, final: str, ckpt_dir: str, 
 def test_drain_delay(step: int) -> float:
     """SATURN_TEST_SLOW_DRAIN_S="SECONDS" or "SECONDS:FROM_STEP": tests slow drains down (all, or
     those of checkpoints at step >= FROM_STEP) to watch what happens while one is written."""
-    raw = os.environ.get("SATURN_TEST_SLOW_DRAIN_S", "").strip()
+    from saturn.env import test_slow_drains
+
+    raw = test_slow_drains()
     if not raw:
         return 0.0
     secs, _, from_step = raw.partition(":")

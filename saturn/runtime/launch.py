@@ -10,8 +10,12 @@ and relaunch a job with another technique or GPU count without leaking GPUs, por
 
 `result` is always a dict with a `status`:
   * on success, rank 0's JSON result (whatever the target returned; `status` defaults to "ok");
-  * on failure, {"status": "oom" | "failed" | "timeout" | "interrupted", "reason", "log_tail"}
-    (an "interrupted" run whose rank 0 still wrote its result returns that result instead).
+  * on failure, {"status": "oom" | "host_oom" | "failed" | "timeout" | "interrupted", "reason",
+    "error_type", "signal", "host_peak_gb", "host_limit_gb", "log_tail"} (an "interrupted" run whose
+    rank 0 still wrote its result returns that result instead). The status comes from typed
+    signals only (`saturn.runtime.causes`): the exception type a rank wrote, or how a rank that
+    wrote nothing died (its signal; a SIGKILL with the kernel's OOM evidence is "host_oom");
+    `log_tail` is context, never read for the cause.
 
 Each worker is `python -m saturn.runtime.worker <rundir>`: it reads `<rundir>/payload.json`,
 initializes the process group (nccl on GPUs, gloo on CPU "slots"), calls `target(payload, ctx)`
@@ -37,10 +41,11 @@ import threading
 import time
 from typing import Any, Optional, Protocol, Sequence
 
+from saturn.runtime.causes import MemoryWatch
 from saturn.runtime.process import kill_and_reap, log_tail, signal_group, with_repo_on_path
 from saturn.runtime.routing import current_abort, current_pool
 from saturn.runtime.warm_handle import WarmUnavailable
-from saturn.runtime.worker import OOM_MARKERS, write_payload
+from saturn.runtime.worker import write_payload
 
 
 def resolve_device_type(device_type: str = "auto") -> str:
@@ -85,8 +90,9 @@ def run_workers(target: str, payload: dict[str, Any], devices: list[int], *,
     try:
         write_payload(rundir, target, payload)
         procs = _spawn(rundir, devices, device_type, env or {})
-        outcome, culprit = _supervise(procs, timeout_s, grace_s, stop_event)
-        result = collect(rundir, procs, outcome, culprit)
+        watch = MemoryWatch([p.pid for p in procs])
+        outcome, culprit = _supervise(procs, timeout_s, grace_s, stop_event, watch)
+        result = collect(rundir, procs, outcome, culprit, watch)
         if log_path:
             write_log(rundir, len(procs), log_path)
         return result
@@ -152,13 +158,14 @@ class Signals:
 
 
 def _supervise(procs: list[subprocess.Popen], timeout_s: float, grace_s: float,
-               stop_event: Optional[threading.Event]) -> tuple[str, int]:
+               stop_event: Optional[threading.Event], watch: MemoryWatch) -> tuple[str, int]:
     """Wait for the workers: ('done' | 'failed' | 'timeout' | 'interrupted', first failed rank).
     The first rank to fail is the culprit: its peers fail after it (connection closed)."""
     deadline = time.monotonic() + timeout_s
     try:
         with Signals() as sigs:
             while True:
+                watch.sample()
                 codes = [p.poll() for p in procs]
                 if all(c == 0 for c in codes):
                     return "done", 0
@@ -199,26 +206,33 @@ class Exit(Protocol):
     def returncode(self) -> Optional[int]: ...
 
 
-def collect(rundir: str, procs: Sequence[Exit], outcome: str,
-             culprit: int) -> dict[str, Any]:
-    """Rank 0's result, or a structured failure (OOM is told apart from other failures)."""
+def collect(rundir: str, procs: Sequence[Exit], outcome: str, culprit: int,
+            watch: Optional[MemoryWatch] = None) -> dict[str, Any]:
+    """Rank 0's result, or a structured failure whose status and reason come from typed signals:
+    the exception type a rank wrote, else how the rank died (`causes.Death`)."""
     results = [_read_json(os.path.join(rundir, f"result-{r}.json")) for r in range(len(procs))]
     if outcome == "done" and results[0] is not None:
         results[0].setdefault("status", "ok")
         return results[0]
     if outcome == "interrupted" and results[0] is not None:
         return results[0]
+    peak = {"host_peak_gb": watch.peak_gb()} if watch is not None else {}
     bad = _root_cause(procs, results, culprit)
     tail = log_tail(os.path.join(rundir, f"log-{bad}.txt"))
-    oom = any((r or {}).get("status") == "oom" for r in results) or any(
-        m in log_tail(os.path.join(rundir, f"log-{k}.txt"), 200_000) for k in range(len(procs))
-        for m in OOM_MARKERS)
-    status = outcome if outcome in ("timeout", "interrupted") else ("oom" if oom else "failed")
+    typed = [str((r or {}).get("status")) for r in results]
+    out: dict[str, Any] = {**peak, "error_type": (results[bad] or {}).get("error_type", ""), "signal": None}
     if outcome == "done":  # exited 0 but wrote nothing: the target did not return a result
-        reason = "rank 0 exited without writing a result"
+        status, reason = "failed", "rank 0 exited without writing a result"
+    elif results[bad] is None and outcome == "failed":  # it died: its signal and memory say how
+        death = (watch or MemoryWatch([None] * len(procs))).death(bad, procs[bad].returncode)
+        status, reason = death.status, death.describe()
+        out.update(signal=death.signal, host_limit_gb=death.limit_gb,
+                   host_peak_gb=death.peak_gb if death.peak_gb is not None else out.get("host_peak_gb"))
     else:
+        mem = next((s for s in ("oom", "host_oom") if s in typed), None)  # any rank's typed OOM
+        status = outcome if outcome in ("timeout", "interrupted") else (mem or "failed")
         reason = _reason(status, bad, procs[bad].returncode, results[bad], tail)
-    return {"status": status, "reason": reason, "log_tail": tail}
+    return {**out, "status": status, "reason": reason, "log_tail": tail}
 
 
 _PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "remote worker crash",

@@ -9,10 +9,14 @@ memory cannot be swapped, so every process of a node draws on one budget:
     SATURN_STAGING_BUDGET_GB   the node's budget (default: half of the host's memory)
 
 Each process keeps its buffers (`StagingArea`) and records the bytes it holds in a ledger, one
-JSON file per node and user ({pid: bytes}, under a file lock; a dead process's entry is dropped
-on the next access). When a save needs more than the budget has left, it waits until a drain
-frees a buffer (here or in another process): the next save blocks, which is what the planner
-assumes for that case (`saturn.planner.inputs.job_phases`).
+JSON file per node and user ({pid: {"bytes", "start"}}, under a file lock; a dead process's entry
+is dropped on the next access). "start" is the process's start time (/proc/PID/stat): an entry
+counts only if it names a live process that started then, so an entry that is not a Saturn
+saver's (a foreign or recycled pid, a non-numeric or negative value) is ignored with a warning
+and left in the file, never trusted and never crashing a save (#31). When a save needs more than
+the budget has left, it waits until a drain frees a buffer (here or in another process), at most
+`WAIT_LIMIT_S`, then the caller saves synchronously: the next save blocks, which is what the
+planner assumes for that case (`saturn.planner.inputs.job_phases`).
 
     area = StagingArea()
     buf, waited_s = area.acquire(nbytes_of(state))   # blocks while the budget is full
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -38,6 +43,11 @@ from saturn.runtime.process import pid_alive
 
 _ALIGN = 64  # every tensor starts at a 64-byte offset (any dtype's alignment)
 _GIB = 2**30
+# The longest a save waits for the node's budget before saving synchronously: a drain frees its
+# buffer once its bytes are written, minutes at most; waiting longer only stalls training.
+WAIT_LIMIT_S = 300.0
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # ledger entries already warned about (once per process)
 
 
 def budget_bytes() -> int:
@@ -59,8 +69,9 @@ def budget_bytes() -> int:
 
 def ledger_path() -> Path:
     """One ledger per node and user (SATURN_STAGING_LEDGER overrides: tests)."""
-    env = os.environ.get("SATURN_STAGING_LEDGER")
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"saturn-staging-{os.getuid()}.json"
+    from saturn.env import staging_ledger
+
+    return staging_ledger() or Path(tempfile.gettempdir()) / f"saturn-staging-{os.getuid()}.json"
 
 
 class Ledger:
@@ -71,18 +82,42 @@ class Ledger:
         self.budget = budget_bytes() if budget is None else int(budget)
         self.lock = FileLock(str(self.path) + ".lock")
 
-    def _read(self) -> dict[str, int]:
+    def _entries(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """(Saturn savers' live entries {pid: bytes}, entries kept as they are but not counted).
+        A dead process's entry is dropped; one that is not a saver's is ignored with a warning."""
         try:
-            held = json.loads(self.path.read_text())
+            raw = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            held = {}
-        if not isinstance(held, dict):
-            held = {}
-        return {p: int(b) for p, b in held.items() if str(p).isdigit() and pid_alive(int(p))}
+            raw = {}
+        if not isinstance(raw, dict):
+            _warn_once(f"{self.path}:top", f"staging ledger {self.path} is not a JSON object; ignoring it")
+            raw = {}
+        ours: dict[str, int] = {}
+        foreign: dict[str, Any] = {}
+        for key, entry in raw.items():
+            pid = int(key) if str(key).isdigit() else None
+            if pid is not None and not pid_alive(pid):
+                continue  # a dead process holds nothing
+            why = _not_a_saver(pid, entry)
+            if why:
+                foreign[key] = entry
+                _warn_once(f"{self.path}:{key}:{entry!r}", f"staging ledger {self.path}: ignoring entry "
+                           f"{key!r}: {entry!r} ({why})")
+            else:
+                ours[key] = int(entry["bytes"])
+        return ours, foreign
+
+    def _read(self) -> dict[str, int]:
+        return self._entries()[0]
 
     def _write(self, held: dict[str, int]) -> None:
+        """Our entries (with each process's start time), the foreign ones kept as found."""
+        foreign = self._entries()[1]
+        out: dict[str, Any] = dict(foreign)
+        for key, n in held.items():
+            out[key] = {"bytes": int(n), "start": process_start(int(key))}
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(held))
+        tmp.write_text(json.dumps(out))
         os.replace(tmp, self.path)
 
     def held(self) -> int:
@@ -112,6 +147,36 @@ class Ledger:
             self._write(held)
 
 
+def process_start(pid: int) -> Optional[int]:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22); None when
+    unknown. With the pid it names one process: a recycled pid has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _not_a_saver(pid: Optional[int], entry: Any) -> str:
+    """Why a ledger entry is not a live Saturn saver's ('' when it is)."""
+    if pid is None:
+        return "not a process id"
+    if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) \
+            or isinstance(entry.get("bytes"), bool) or entry["bytes"] < 0:
+        return "not a Saturn staging entry ({bytes, start})"
+    start = process_start(pid)
+    if start is None or entry.get("start") != start:
+        return f"process {pid} is not the Saturn process that recorded it"
+    return ""
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg)
+
+
 class StagingArea:
     """This process's staging buffers (flat byte tensors, pinned on a GPU host), reused by size."""
 
@@ -129,10 +194,11 @@ class StagingArea:
         with self._cond:
             return sum(int(b.numel()) for b in self._free + self._busy)
 
-    def acquire(self, nbytes: int, timeout_s: float = 3600.0) -> tuple[Optional[torch.Tensor], float]:
+    def acquire(self, nbytes: int, timeout_s: Optional[float] = None) -> tuple[Optional[torch.Tensor], float]:
         """A buffer of at least `nbytes`, and the seconds waited for the budget. Waits while the
-        node's budget is full; None when `nbytes` exceeds the whole budget or the wait timed out
-        (the caller then saves synchronously)."""
+        node's budget is full (at most `timeout_s`, default `WAIT_LIMIT_S`); None when `nbytes`
+        exceeds the whole budget or the wait timed out (the caller then saves synchronously)."""
+        timeout_s = WAIT_LIMIT_S if timeout_s is None else timeout_s
         t0 = time.perf_counter()
         if nbytes > self.ledger.budget:
             return None, 0.0

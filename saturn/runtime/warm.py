@@ -42,6 +42,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from saturn.runtime import launch
+from saturn.runtime.causes import MemoryWatch
 from saturn.runtime.process import with_repo_on_path
 from saturn.runtime.routing import current_env
 from saturn.runtime.warm_handle import PRELOAD_ENV, Exited, Spawner, WarmUnavailable, WarmWorker
@@ -296,11 +297,13 @@ class WarmPool:
                 w.send({"rundir": rundir, "rank": rank, "world": len(ws), "port": port,
                         "env": {**current_env(), **(env or {})}, "launch_time": start,
                         "drain_behind": self.drain_behind})
-            outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event)
+            watch = MemoryWatch([w.pid for w in ws])
+            outcome, culprit, codes, mems = self._supervise(ws, timeout_s, grace_s, stop_event, abort_event,
+                                                            watch)
             if outcome in ("done", "interrupted") and all(c == 0 for c in codes):
                 keep = [self._clean(w, m) for w, m in zip(ws, mems)]  # a graceful stop keeps them too
             procs = [Exited(c) for c in codes]
-            result = launch.collect(rundir, procs, outcome, culprit)
+            result = launch.collect(rundir, procs, outcome, culprit, watch)
             result["worker_start_s"] = round(worker_start_s, 4)
             if log_path:
                 launch.write_log(rundir, len(ws), log_path)
@@ -310,8 +313,8 @@ class WarmPool:
             shutil.rmtree(rundir, ignore_errors=True)
 
     def _supervise(self, ws: list[WarmWorker], timeout_s: float, grace_s: float,
-                   stop_event: Optional[threading.Event], abort_event: Optional[threading.Event]
-                   ) -> tuple[str, int, list[Optional[int]], list[dict]]:
+                   stop_event: Optional[threading.Event], abort_event: Optional[threading.Event],
+                   watch: MemoryWatch) -> tuple[str, int, list[Optional[int]], list[dict]]:
         """Wait for every rank's reply: (outcome, culprit rank, exit-code-like codes, memories).
         Codes as the cold launcher's: 0 job ok, 1 job failed, <0 killed/died, None still running."""
         n = len(ws)
@@ -322,6 +325,7 @@ class WarmPool:
         bad_since = stop_since = None
         with launch.Signals() as sigs:
             while any(c is None for c in codes):
+                watch.sample()
                 for r, w in enumerate(ws):
                     if codes[r] is not None:
                         continue
@@ -335,8 +339,8 @@ class WarmPool:
                         if msg.get("dirty"):
                             mems[r]["dirty"] = float("inf")  # never back to baseline: replaced
                     elif msg is not None and msg.get("event") == "eof" or not w.alive():
-                        w.popen.wait(timeout=10)
-                        codes[r] = w.returncode if w.returncode not in (None, 0) else -signal.SIGKILL
+                        code = w.reap()  # it died: how (never a timeout of ours, see reap)
+                        codes[r] = code if code not in (None, 0) else -signal.SIGKILL
                     if codes[r] not in (None, 0) and first_bad is None:
                         first_bad, bad_since = r, time.monotonic()
                 now = time.monotonic()

@@ -122,7 +122,7 @@ class WarmWorker:
             raise WarmUnavailable(f"warm worker for slot {self.slot} not ready after {timeout_s:.0f}s") from None
         if msg.get("event") != "ready":
             raise WarmUnavailable(f"warm worker for slot {self.slot} died while starting "
-                                  f"(exit code {self.popen.wait(timeout=10)})")
+                                  f"(exit code {self.reap()})")
         self.ready, self.baseline = msg, dict(msg.get("mem") or {})
         self.start_s = time.monotonic() - self.spawned_at
 
@@ -136,6 +136,18 @@ class WarmWorker:
             os.kill(self.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def reap(self, timeout_s: float = 120.0) -> Optional[int]:
+        """The exit status of a worker whose reply pipe closed (it is dying), never raising: a
+        process the kernel killed at 100+ GB can take longer than a few seconds to exit while its
+        memory is freed (a 10 s `wait` raised TimeoutExpired, which was reported as the job's
+        cause and masked an OOM kill, #33). Past `timeout_s` it is SIGKILLed and reaped."""
+        end = time.monotonic() + timeout_s
+        while self.popen.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        if self.popen.poll() is None:
+            self.kill()
+        return self.popen.returncode
 
     def kill(self) -> None:
         """SIGKILL the worker and anything it started (its own session), then reap it."""

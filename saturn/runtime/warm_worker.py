@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 from saturn.runtime import drain
 from saturn.runtime import worker as cold
+from saturn.runtime.causes import exception_result
 from saturn.runtime.process import die_with_parent
 from saturn.runtime.warm_handle import PRELOAD_ENV
 
@@ -46,8 +47,10 @@ def _preload(device_type: str) -> None:
 
     for mod in PRELOAD:
         importlib.import_module(mod)
-    for entry in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
-        module, _, fn = entry.strip().partition(":")
+    from saturn.env import warm_preload
+
+    for entry in warm_preload(PRELOAD_ENV):
+        module, _, fn = entry.partition(":")
         try:
             loaded = importlib.import_module(module)
             if fn:
@@ -156,8 +159,7 @@ def run_one(cmd: dict[str, Any], device_type: str) -> dict[str, Any]:
             ok = True
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
             traceback.print_exc()
-            status = "oom" if cold.is_oom(exc) else "failed"
-            result = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000]}
+            result = exception_result(exc)
         cold.write_result(rundir, rank, result)
     finally:
         _Job.ctx = None

@@ -2,8 +2,9 @@
 
 It sets up what every technique needs (process group, device, thread count, a SIGTERM flag), then
 calls the target named in RUNDIR/payload.json and writes RUNDIR/result-<rank>.json. An exception
-becomes a result with status "oom" or "failed" (and exit code 1), so the launcher can tell an
-out-of-memory configuration (a profiling outcome) from a bug.
+becomes a result with its type and a status from that type (`saturn.runtime.causes`: "oom" for
+CUDA's OutOfMemoryError, "host_oom" for MemoryError, else "failed"; exit code 1), so the launcher
+can tell an out-of-memory configuration (a profiling outcome) from a bug.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
+from saturn.runtime.causes import exception_result
 from saturn.runtime.process import die_with_parent
-
-# Log text that means the job ran out of (GPU or host) memory, as opposed to a bug.
-OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
-               "DefaultCPUAllocator: can't allocate memory", "std::bad_alloc")
 
 
 @dataclass
@@ -52,10 +50,13 @@ class WorkerContext:
 
 
 def context_from_env() -> WorkerContext:
+    from saturn import env
+
+    launched = env.launch_time()
     return WorkerContext(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                          local_rank=int(os.environ["LOCAL_RANK"]),
-                         device_type=os.environ.get("SATURN_DEVICE_TYPE", "cpu"),
-                         launch_time=float(os.environ.get("SATURN_LAUNCH_TIME", time.time())))
+                         device_type=env.worker_device_type() or "cpu",
+                         launch_time=time.time() if launched is None else launched)
 
 
 def init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
@@ -67,20 +68,15 @@ def init_process_group(ctx: WorkerContext, timeout_s: float) -> None:
         dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s),
                                 device_id=torch.device("cuda", ctx.local_rank))
     else:
-        torch.set_num_threads(int(os.environ.get("SATURN_TORCH_THREADS", "1")))
+        from saturn.env import torch_threads
+
+        torch.set_num_threads(torch_threads())
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
 
 
 def resolve_target(path: str) -> Callable[..., Any]:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(
-        m in str(exc) for m in OOM_MARKERS)
 
 
 def write_result(rundir: str, rank: int, result: dict[str, Any]) -> None:
@@ -116,8 +112,7 @@ def main(rundir: str) -> int:
         result = dict(result or {})
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured result
         traceback.print_exc()
-        status = "oom" if is_oom(exc) else "failed"
-        result, code = {"status": status, "reason": f"{type(exc).__name__}: {exc}"[:2000]}, 1
+        result, code = exception_result(exc), 1
     write_result(rundir, ctx.rank, result)
     sys.stdout.flush()
     if code == 0:

@@ -111,13 +111,20 @@ def check_callable(path: str, what: str) -> None:
 
 
 def missing_local_paths(jobs: Iterable[Any]) -> list[str]:
-    """'job: field path' for every local file a job needs that is not there (weights, text data).
+    """'job: field path' for every local file a job needs that is not there (weights, text data),
+    or is not what it must be (weights that are not a PyTorch checkpoint).
     Checked at `profile` / `run` -- where the jobs run -- before any trial or launch."""
     out = []
     for job in jobs:
         w = getattr(job.model, "weights", None)
         if w and not Path(os.path.expanduser(w)).exists():
             out.append(f"jobs.{job.name}.model.weights: {w} does not exist")
+        elif w:
+            from saturn.zoo.weights import weights_problem
+
+            problem = weights_problem(w)
+            if problem:
+                out.append(f"jobs.{job.name}.model.weights: {problem}")
         d = getattr(job, "data", None)
         if d is not None and getattr(d, "path", None):
             p = Path(os.path.expanduser(d.path))

@@ -34,7 +34,7 @@ class Feasibility:
 class TrialResult:
     """Outcome of a short trial. OOM and failures are outcomes, never exceptions."""
 
-    status: str  # "ok" | "oom" | "failed" | "timeout"
+    status: str  # "ok" | "oom" (device) | "host_oom" (killed for host memory) | "failed" | "timeout"
     step_time_s: Optional[float] = None  # median of the timed steps (warm-up excluded)
     peak_mem_gb: Optional[float] = None  # max over workers
     startup_s: Optional[float] = None  # process start to first step done
@@ -44,7 +44,8 @@ class TrialResult:
     checkpoint_stage_s: Optional[float] = None  # its blocking part as a background save
     worker_start_s: Optional[float] = None  # the part of startup_s spent starting a warm worker
     checkpoint_gb: Optional[float] = None  # host staging a background save of this job needs
-    host_peak_gb: Optional[float] = None  # the job's host peak, all ranks (saturn.profiles.host_memory)
+    host_peak_gb: Optional[float] = None  # the workers' process trees' resident memory, sampled peak
+    host_limit_gb: Optional[float] = None  # what the node allowed (host_oom: where it was killed)
 
     @property
     def feasible(self) -> bool:

@@ -85,7 +85,7 @@ class LaunchedTechnique(Technique):
 def trial_result(res: dict[str, Any]) -> TrialResult:
     """A launch result as a TrialResult (an 'interrupted' trial counts as failed)."""
     status = res.get("status", "failed")
-    if status not in ("ok", "oom", "failed", "timeout"):
+    if status not in ("ok", "oom", "host_oom", "failed", "timeout"):
         status = "failed"
     return TrialResult(status=status, step_time_s=res.get("step_time_s"),
                        peak_mem_gb=res.get("peak_mem_gb"), startup_s=res.get("startup_s"),
@@ -93,7 +93,7 @@ def trial_result(res: dict[str, Any]) -> TrialResult:
                        checkpoint_s=res.get("checkpoint_s"),
                        checkpoint_stage_s=res.get("checkpoint_stage_s"),
                        worker_start_s=res.get("worker_start_s"), checkpoint_gb=res.get("checkpoint_gb"),
-                       host_peak_gb=res.get("host_peak_gb"))
+                       host_peak_gb=res.get("host_peak_gb"), host_limit_gb=res.get("host_limit_gb"))
 
 
 def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str,
@@ -111,10 +111,12 @@ def run_result(res: dict[str, Any], start_step: int, checkpoint_dir: str,
     path = latest_checkpoint(checkpoint_dir, Owner.of(*owner) if owner is not None else None)
     step = int(read_meta(path)["step"]) if path else start_step
     status = {"timeout": "failed"}.get(status, status)
-    if status not in ("oom", "failed", "interrupted"):
+    if status not in ("oom", "host_oom", "failed", "interrupted"):
         status = "failed"
     return RunResult(status=status, step=step, checkpoint=path,
-                     reason=res.get("reason", "") or res.get("log_tail", "")[-500:])
+                     reason=res.get("reason", "") or res.get("log_tail", "")[-500:],
+                     error_type=str(res.get("error_type") or ""), signal=res.get("signal"),
+                     host_peak_gb=res.get("host_peak_gb"), host_limit_gb=res.get("host_limit_gb"))
 
 
 def dp_feasible(job: Any, dp_world: int) -> Feasibility:

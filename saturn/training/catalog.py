@@ -63,7 +63,9 @@ class Owner:
 
         job = meta.get("job")
         name = job.get("name") if isinstance(job, dict) else job
-        if name is not None and str(name) != self.name:
+        if name is None:  # a meta must name its job positively: no name is not "this job" (#31)
+            return "its meta names no job"
+        if str(name) != self.name:
             return f"it belongs to job {name!r}, not {self.name!r}"
         if self.definition is not None:
             theirs = meta.get("definition")
@@ -72,7 +74,9 @@ class Owner:
                     theirs = definition_hash(job)
                 except Exception:  # noqa: BLE001 - an unreadable job dump: not comparable
                     theirs = None
-            if theirs is not None and theirs != self.definition:
+            if theirs is None:
+                return f"its meta names no definition of job {self.name!r}"
+            if theirs != self.definition:
                 return (f"it was written by another definition of job {self.name!r} (definition hash "
                         f"{theirs}, this job's is {self.definition})")
         step = int(meta["step"])

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
+from saturn.env import worker_device_type
 from saturn.runtime import drain
 from saturn.training import catalog, step_io
 from saturn.training import checkpoint as ckpt
@@ -119,7 +120,7 @@ def build_model(job: Any, device: Any = None) -> SequentialModel:
     torch.manual_seed(job.seed)
     device = torch.device(device or "cpu")
     gen = None  # a host-resident model (spilling, CPU offload) of a GPU worker: values made on
-    if device.type == "cpu" and os.environ.get("SATURN_DEVICE_TYPE") == "cuda" \
+    if device.type == "cpu" and worker_device_type() == "cuda" \
             and torch.cuda.is_available():  # its GPU, copied per parameter (rule: any device)
         gen = torch.device("cuda", torch.cuda.current_device())
     return zoo_build(job.model, device=device, seed=job.seed, gen_device=gen)

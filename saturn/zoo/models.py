@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import importlib
-import os
 from typing import Any, Callable, Optional, cast
 
 import torch
@@ -112,16 +111,19 @@ def _as_sequential(made: Any, where: str) -> SequentialModel:
 
 
 def load_weights(model: SequentialModel, path: str) -> None:
-    """Load a state dict from a local file or directory (ours, or HF GPT-2 naming)."""
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        for name in ("model.pt", "pytorch_model.bin"):
-            if os.path.exists(os.path.join(path, name)):
-                path = os.path.join(path, name)
-                break
-        else:
-            raise FileNotFoundError(f"no model.pt or pytorch_model.bin in {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a state dict from a local file or directory (ours, or HF GPT-2 naming). A file that
+    is not a checkpoint of a state dict is a ValueError naming it (saturn.zoo.weights)."""
+    from saturn.zoo.weights import weights_file
+
+    path = weights_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the unpickler fails in many ways on a foreign file
+        raise ValueError(f"model.weights {path}: not a PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}); save a state dict with torch.save") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"model.weights {path}: holds a {type(state).__name__}, not a state dict; save "
+                         "model.state_dict() with torch.save")
     if isinstance(model.config, gpt.GPTConfig) and not any(k.startswith("layers.") for k in state):
         state = gpt.load_hf_gpt2_state_dict(state, model.config)
     model.load_state_dict(state)

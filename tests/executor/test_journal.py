@@ -13,6 +13,7 @@ import pytest
 
 from saturn.executor.journal import Journal, executor_liveness, mark_dead_jobs, record_executor
 from saturn.executor.metrics import SUPERSEDED_FILE, MetricsLog, read_metrics
+from saturn.executor.run_lock import RunLock
 from tests.helpers.cli import saturn_cli
 
 
@@ -122,11 +123,9 @@ def test_status_tells_dead_from_running(tmp_path):
     rd = _journal_with_run(tmp_path)
     j = Journal(rd / "journal.sqlite")
     record_executor(j, rd)
-    assert executor_liveness(rd, j)["state"] == "running"  # this process is alive
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    meta = j.get_meta("executor")
-    j.set_meta("executor", {**meta, "pid": dead.pid})
+    lock = RunLock.acquire(rd, create_dir=False)
+    assert executor_liveness(rd, j)["state"] == "running"  # the run's lock is held
+    lock.release()  # what the kernel does when the executor dies (the pid may live on, reused)
     os.utime(rd / "heartbeat", (0, 0))
     live = executor_liveness(rd, j)
     assert live["state"] == "dead" and "--resume" in live["detail"]
@@ -146,3 +145,60 @@ def test_status_cli_marks_dead_run(tmp_path, capsys):
     status_command(run_dir=rd, json_out=True)
     s = json.loads(capsys.readouterr().out)
     assert s["executor"]["state"] == "dead" and s["jobs"][0]["status"] == "dead"
+
+
+def test_status_and_report_agree_a_killed_run_is_dead(tmp_path, capsys):
+    """#31 item 8: after SIGKILL `saturn status` said dead while `saturn report` (and its --json)
+    still showed the job running: both read one liveness now."""
+    rd = _journal_with_run(tmp_path)
+    j = Journal(rd / "journal.sqlite")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    j.set_meta("executor", {"pid": dead.pid, "host": os.uname().nodename, "since": 0})
+    j.close()
+    code, status_out, _ = saturn_cli(["status", rd], capsys)
+    assert code == 0 and "dead" in status_out, status_out
+    code, report_out, _ = saturn_cli(["report", rd, "--json", tmp_path / "r.json", "--gantt",
+                                      tmp_path / "g.png"], capsys)
+    assert code == 0, report_out
+    assert json.loads((tmp_path / "r.json").read_text())["jobs"][0]["status"] == "dead"
+    row = next(line for line in report_out.splitlines() if line.strip().startswith("│ a"))
+    assert "dead" in row and "running" not in row, report_out
+
+
+def test_sigint_after_every_job_ended_does_not_say_resume(tmp_path, monkeypatch, capsys):
+    """#31 item 8: SIGINT during the final drain of a completed, durable job said to `--resume`
+    (and the journal said 'stopped'): the stop came when nothing was left to stop."""
+    import signal
+
+    import saturn.executor.build as build
+    from tests.helpers.cli import saturn_cli
+
+    real = build.simulated_backend
+
+    def signalling(*a, **k):
+        be = real(*a, **k)
+        poll = be.poll
+
+        def poll_then_sigint():
+            evs = poll()
+            if any(getattr(e, "kind", "") == "finished" for e in evs):
+                os.kill(os.getpid(), signal.SIGINT)  # while the executor settles the job's end
+            return evs
+        be.poll = poll_then_sigint
+        return be
+
+    monkeypatch.setattr(build, "simulated_backend", signalling)
+    w = tmp_path / "w.yaml"
+    w.write_text("name: s\ncluster: {devices: cpu, slots: 1}\n"
+                 "jobs: [{name: a, model: gpt2-tiny, steps: 5, batch_size: 2, seq_len: 8, precision: fp32}]\n")
+    t = tmp_path / "t.csv"
+    t.write_text("job,technique,knobs,gpus,step_time_s,startup_s,feasible,gpu_type\na,ddp,{},1,0.1,1.0,True,cpu\n")
+    rd = tmp_path / "run"
+    code, out, _ = saturn_cli(["run", w, "--profiles", t, "--simulate", "--no-live", "--run-dir", rd], capsys)
+    assert code == 0 and "--resume" not in out and "nothing to resume" in out, out[-2000:]
+    j = Journal(rd / "journal.sqlite")
+    try:
+        assert executor_liveness(rd, j)["state"] == "finished"
+    finally:
+        j.close()

@@ -177,3 +177,75 @@ def test_two_simultaneous_resumes_after_a_kill_only_one_trains(tmp_path):
     assert sum(k == "resumed" for k, _ in ev) == 1
     assert [d["job"] for k, d in ev if k == "finished" and d["status"] == "completed"] == ["a"]
     assert _metric_steps(rd) == list(range(40))
+
+
+# --- #31 item 2: a lock that holds against deletion and links -------------------------------------
+
+def test_deleting_the_lock_file_of_a_live_run_does_not_free_it(tmp_path):
+    rd = tmp_path / "run"
+    lock = RunLock.acquire(rd)
+    (rd / "executor.lock").unlink()  # a "stale lock" clean-up while the run is live
+    with pytest.raises(RunLockedError, match="live executor"):
+        RunLock.acquire(rd)
+    with pytest.raises(RunLockedError):
+        check_not_locked(rd)
+    lock.release()
+    RunLock.acquire(rd).release()
+
+
+def test_deleting_the_lock_file_of_a_live_process_does_not_free_it(tmp_path):
+    rd = tmp_path / "run"
+    code = ("import time; from saturn.executor.run_lock import RunLock; "
+            f"l = RunLock.acquire({str(rd)!r}); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        (rd / "executor.lock").unlink()
+        with pytest.raises(RunLockedError):
+            RunLock.acquire(rd, create_dir=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_symlink_in_the_locks_place_is_never_written_through(tmp_path):
+    rd = tmp_path / "run"
+    rd.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("user data\n")
+    (rd / "executor.lock").symlink_to(target)
+    lock = RunLock.acquire(rd)
+    assert target.read_text() == "user data\n"
+    assert not (rd / "executor.lock").is_symlink()  # the link itself was replaced
+    # swapped for a link while held: still refused, the target still untouched
+    (rd / "executor.lock").unlink()
+    (rd / "executor.lock").symlink_to(target)
+    with pytest.raises(RunLockedError):
+        RunLock.acquire(rd)
+    assert target.read_text() == "user data\n"
+    lock.release()
+
+
+def test_a_directory_in_the_locks_place_is_exit_2_naming_it(tmp_path, capsys):
+    from saturn.errors import SaturnError
+    from saturn.executor import Executor, ExecutorConfig, SimulatedBackend
+    from tests.helpers.cli import saturn_cli
+
+    rd = tmp_path / "run"
+    rd.mkdir()
+    (rd / "executor.lock").mkdir()
+    with pytest.raises(SaturnError, match="executor.lock is a directory"):
+        RunLock.acquire(rd)
+    check_not_locked(rd)  # the refusal left the directory unlocked
+    # a run directory whose lock was replaced by a directory: `saturn run --resume` exits 2 naming it
+    rd2 = tmp_path / "run2"
+    prof = pd.DataFrame([{"job": "j", "technique": "ddp", "gpus": 1, "step_time_s": 0.1, "startup_s": 0.0,
+                          "feasible": True}])
+    ex = Executor({"j": 50}, {"n0": 1}, prof, SimulatedBackend(lambda *a: 0.1), run_dir=rd2,
+                  config=ExecutorConfig(time_limit_s=1.0))
+    ex.close()
+    (rd2 / "executor.lock").unlink()
+    (rd2 / "executor.lock").mkdir()
+    code, out, _ = saturn_cli(["run", "--resume", rd2, "--no-live"], capsys)
+    assert code == 2, out
+    assert str(rd2 / "executor.lock") in out and "directory" in out and "Traceback" not in out, out

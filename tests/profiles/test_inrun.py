@@ -84,9 +84,7 @@ def test_run_completes_a_job_the_budget_skipped_measuring_it_on_its_first_attemp
     monkeypatch.setenv("SATURN_PROFILES", str(store))
     monkeypatch.setenv("SATURN_SEED_PROFILES", "none")  # an empty store: no shipped rows
     monkeypatch.setenv("SATURN_WARM", "0")  # cold attempts: no process-wide warm pool left to later tests
-    # no periodic save: 12 steps under the default checkpoint_every (200); 0 is refused, as the
-    # CLI refuses --checkpoint-every 0 (its range is 1-1e9 steps, README "Every flag is checked")
-    res = saturn.run(str(w), run_dir=tmp_path / "run", interval_s=3600)
+    res = saturn.run(str(w), run_dir=tmp_path / "run", checkpoint_every=10**6, interval_s=3600)
     assert {k: r.status for k, r in res.items()} == {"lm": "completed", "vit": "completed"}
     rows = load_store(store)
     vit = next(j for j in wl.jobs if j.name == "vit")
@@ -221,3 +219,53 @@ def test_a_slower_measurement_scales_up_the_signatures_other_estimates_in_the_ru
     m2.on_launch("a", "ddp", {}, 1, 0)
     faster = m2.on_steps("a", [(1, 0.05), (2, 0.05)])
     assert (faster.rows["technique"] == "ddp").all()  # a faster measurement leaves the guesses as they are
+
+
+def test_a_run_resumed_before_its_first_measurement_still_measures(tmp_path, monkeypatch):
+    """#31 item 8: the resumed executor had no measurer, so a run killed before its first
+    measurement never wrote its `run:` row and `plan` kept warning."""
+    from saturn.api.run_stages import prepare_run, start_executor
+    from saturn.executor.build import resume_executor
+
+    w = _workload(tmp_path)
+    store = tmp_path / "store"
+    monkeypatch.setenv("SATURN_PROFILES", str(store))
+    rd = tmp_path / "run"
+    prep = prepare_run(str(w), None, store_dir=store, run_dir=rd, say=lambda s: None)
+    assert prep.measurer is not None and prep.measurer.pending()
+    ex = start_executor(prep)
+    pending, source = prep.measurer.pending(), prep.measurer.source
+    ex.backend.shutdown()
+    ex.close()  # the executor dies before any attempt measured anything
+    again = resume_executor(rd)
+    try:
+        assert again.measurer is not None, "the resumed executor measures nothing"
+        assert again.measurer.pending() == pending and again.measurer.source == source == "run:run"
+        assert again.measurer.store_dir == str(store)
+    finally:
+        again.backend.shutdown()
+        again.close()
+
+
+def test_run_dir_dot_names_the_run_in_measured_rows(tmp_path, monkeypatch):
+    """#31 item 8: `--run-dir .` wrote rows with source "run:" (empty)."""
+    from saturn.api.run_stages import prepare_run
+
+    w = _workload(tmp_path)
+    here = tmp_path / "run-here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("SATURN_PROFILES", str(tmp_path / "store"))
+    prep = prepare_run(str(w), None, store_dir=tmp_path / "store", run_dir=".", say=lambda s: None)
+    assert prep.measurer is not None and prep.measurer.source == "run:run-here"
+
+
+def test_resumed_measurer_does_not_measure_again_what_the_run_measured(tmp_path):
+    m = RunMeasurer(signatures={"a": "s1", "b": "s2"}, table=_table("estimate: guessed"), hardware=HW,
+                    run_id="r", store_dir=tmp_path)
+    assert len(m.pending()) == 2
+    ev = {"signature": "s1", "technique": "ddp", "knobs": "{}", "gpus": 1, "feasible": True,
+          "step_time_s": 0.2, "stored": True}
+    again = RunMeasurer.from_meta(m.to_meta(), [ev])
+    assert again.pending() == [("s2", "ddp", "{}", 1)] and again.source == "run:r"
+    assert not again.on_launch("a", "ddp", {}, 1, 0) and again.on_launch("b", "ddp", {}, 1, 0)

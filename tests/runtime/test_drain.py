@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 
 import pandas as pd
@@ -244,3 +247,52 @@ def test_resume_settles_a_job_that_was_finishing(tmp_path, published):
     else:
         assert a.status in ("pending", "running") and a.committed_step == 10 and ev["ok"] is False
         assert str(d / "step-10") in ev["reason"] and ev["checkpoint"] == str(d / "step-10")
+
+
+def _acquire_within(area, nbytes, limit_s):
+    """area.acquire(nbytes) in a thread: (buffer, waited) or None if it did not return in limit_s."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(area.acquire(nbytes)), daemon=True)
+    t.start()
+    t.join(limit_s)
+    return out[0] if out else None
+
+
+@pytest.mark.parametrize("entry", ["foreign_live_int", "stale_start", "non_numeric", "negative", "not_a_pid"])
+def test_ledger_ignores_foreign_and_malformed_entries(tmp_path, caplog, entry):
+    """#31 item 6: an entry of a live process that is not a Saturn saver (claiming a huge budget)
+    blocked the first save for 3,600 s; a non-numeric one crashed every staged save. Both are
+    ignored with a warning (and kept in the file: not ours to drop)."""
+    path = tmp_path / "l.json"
+    live = str(os.getppid())  # alive, and no Saturn saver recorded it
+    bad = {"foreign_live_int": {live: 10**15},
+           "stale_start": {live: {"bytes": 10**15, "start": 1}},
+           "non_numeric": {live: "lots"},
+           "negative": {live: {"bytes": -5, "start": staging.process_start(int(live))}},
+           "not_a_pid": {"ghost": 10**15}}[entry]
+    path.write_text(json.dumps(bad))
+    area = staging.StagingArea(staging.Ledger(path, budget=10_000))
+    got = _acquire_within(area, 4096, 10.0)
+    assert got is not None and got[0] is not None and got[1] < 5.0
+    assert "ignoring entry" in caplog.text
+    assert area.ledger.held() == 4096
+    kept = json.loads(path.read_text())
+    assert kept[next(iter(bad))] == next(iter(bad.values()))  # the foreign entry is left as found
+    area.release(got[0])
+    area.close()
+    assert area.ledger.held() == 0
+
+
+def test_staging_wait_is_bounded(tmp_path, monkeypatch):
+    """A genuine saver holding the whole budget makes a save wait at most WAIT_LIMIT_S (then the
+    caller saves synchronously), never the old 3,600 s."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        led = staging.Ledger(tmp_path / "l.json", budget=10_000)
+        assert led.try_reserve(10_000, pid=other.pid)
+        monkeypatch.setattr(staging, "WAIT_LIMIT_S", 0.5)
+        got = _acquire_within(staging.StagingArea(led), 4096, 10.0)
+        assert got is not None and got[0] is None and 0.4 < got[1] < 5.0
+    finally:
+        other.kill()
+        other.wait()

@@ -61,6 +61,26 @@ def test_newest_checkpoint_that_is_not_the_jobs_is_skipped_with_a_warning(tmp_pa
         assert latest_checkpoint(str(tmp_path), Owner.of(a)) == str(own)
 
 
+@pytest.mark.parametrize("stripped", [("job",), ("job", "definition"), ("job_name_only",)])
+def test_checkpoint_whose_meta_does_not_name_the_job_is_skipped(tmp_path, stripped):
+    """#31 item 3: a meta with `job`/`definition` removed (or a bare name where the definition
+    cannot be told) is not this job's: skipped with a warning, like a foreign one."""
+    a = _job("a-lr1")
+    own = _fake_ckpt(tmp_path, 10, a)
+    bad = _fake_ckpt(tmp_path, 20, a)
+    meta = json.loads((bad / "meta.json").read_text())
+    if stripped == ("job_name_only",):
+        meta["job"], why = "a-lr1", "names no definition"
+    else:
+        for k in stripped:
+            meta.pop(k, None)
+        why = "names no job"
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(CheckpointWarning, match=why):
+        assert latest_checkpoint(str(tmp_path), Owner.of(a)) == str(own)
+    assert [p for p, _ in refused_checkpoints(str(tmp_path), Owner.of(a))] == [str(bad)]
+
+
 def test_same_definition_with_more_steps_is_the_same_owner():
     assert Owner.of(_job("a", steps=50)).definition == Owner.of(_job("a", steps=500)).definition
     assert Owner.of(_job("a")).definition != Owner.of(_job("a", lr=2e-3)).definition

@@ -89,6 +89,46 @@ def test_missing_weights_dir_is_a_clear_error(tmp_path):
         build_model(ModelSpec(name="gpt2-tiny", weights=str(tmp_path)))
 
 
+@pytest.mark.parametrize("content", [b"hello world\n", b'{"a": 1}', b"", "list"])
+def test_weights_that_are_not_a_checkpoint_are_a_clear_error_naming_the_file(tmp_path, content):
+    """#31 item 8: a `weights:` file that is not a checkpoint gave `IndexError: pop from empty
+    list` (or KeyError: 101) from the unpickler, naming neither the file nor the field."""
+    from saturn.zoo.weights import weights_problem
+
+    bad = tmp_path / "weights.bin"
+    if content == "list":
+        torch.save([1, 2], bad)  # a checkpoint, but not of a state dict
+    else:
+        bad.write_bytes(content)
+        assert str(bad) in (weights_problem(str(bad)) or "")
+    with pytest.raises(ValueError, match=f"model.weights {bad}"):
+        build_model(ModelSpec(name="gpt2-tiny", weights=str(bad)))
+
+
+def test_weights_that_are_not_a_checkpoint_are_refused_before_any_work(tmp_path, capsys):
+    import yaml
+
+    from saturn.zoo.weights import weights_problem
+    from tests.helpers.cli import saturn_cli
+
+    good = tmp_path / "model.pt"
+    torch.save(build_model(ModelSpec(name="gpt2-tiny")).state_dict(), good)
+    assert weights_problem(str(good)) is None and weights_problem(str(tmp_path)) is None
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not weights\n")
+    w = tmp_path / "w.yaml"
+    w.write_text(yaml.safe_dump({"name": "wt", "cluster": {"devices": "cpu", "slots": 1},
+                                 "jobs": [{"name": "a", "model": {"name": "gpt2-tiny", "weights": str(bad)},
+                                           "batch_size": 2, "seq_len": 8, "steps": 5, "precision": "fp32"}]}))
+    t = tmp_path / "t.csv"
+    t.write_text("job,technique,knobs,gpus,step_time_s,startup_s,feasible,gpu_type\na,ddp,{},1,0.1,1.0,True,cpu\n")
+    rd = tmp_path / "run"
+    code, out, _ = saturn_cli(["run", w, "--profiles", t, "--no-live", "--run-dir", rd], capsys)
+    flat = " ".join(out.split())
+    assert code == 2 and "jobs.a.model.weights" in flat and "not a PyTorch checkpoint" in flat, out[-2000:]
+    assert "Traceback" not in out and not rd.exists()
+
+
 def test_datasets_are_deterministic_and_indexed():
     a, b = SyntheticTokens(100, 16, seed=1), SyntheticTokens(100, 16, seed=1)
     assert torch.equal(a[5][0], b[5][0]) and not torch.equal(a[5][0], a[6][0])

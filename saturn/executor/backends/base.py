@@ -14,7 +14,7 @@ from saturn.runtime.attempt import RunResult
 @dataclass
 class BackendEvent:
     """kind: "progress" (step, loss), "checkpoint" (step, checkpoint, loss), "finished"
-    (status completed|interrupted|failed|oom, step, checkpoint, reason, losses; durable False:
+    (status completed|interrupted|failed|oom|host_oom, step, checkpoint, reason, losses; durable False:
     the checkpoint is still being written, a "durable" event follows) or "durable" (status
     durable|lost; step/checkpoint: the one to resume from when lost; drain_s)."""
 
@@ -31,6 +31,9 @@ class BackendEvent:
     durable: bool = True
     phases: dict = field(default_factory=dict)  # the attempt's measured phases (training.train)
     drain_s: Optional[float] = None
+    error_type: str = ""  # finished: the typed cause (saturn.runtime.causes), "" when none
+    host_peak_gb: Optional[float] = None  # finished: the workers' sampled host memory peak
+    host_limit_gb: Optional[float] = None  # finished: the node's host memory limit
 
     @classmethod
     def finished(cls, job: str, t: float, res: RunResult) -> "BackendEvent":
@@ -38,7 +41,15 @@ class BackendEvent:
         losses = res.losses or []
         return cls("finished", job, t, step=int(res.step), status=res.status, checkpoint=res.checkpoint,
                    reason=res.reason, loss=float(losses[-1][1]) if losses else None, losses=losses,
-                   durable=bool(res.durable) or not res.checkpoint, phases=dict(res.phases))
+                   durable=bool(res.durable) or not res.checkpoint, phases=dict(res.phases),
+                   error_type=res.error_type, host_peak_gb=res.host_peak_gb, host_limit_gb=res.host_limit_gb)
+
+
+def with_log_context(reason: str, tail: str) -> str:
+    """A failure's reason with the attempt log's last lines appended, labelled as context: the
+    cause is the typed one before it (saturn.runtime.causes), never read from the log."""
+    tail = tail.strip()
+    return f"{reason}\nlast lines of the attempt log (context):\n{tail}".strip() if tail else reason
 
 
 class Backend(Protocol):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from saturn.executor.backends.attempts import attempt_for
-from saturn.executor.backends.base import BackendEvent
+from saturn.executor.backends.base import BackendEvent, with_log_context
 from saturn.executor.backends.runner import ENTRY as RUNNER_ENTRY
 from saturn.executor.backends.runner import is_warm_capable, run_attempt
 from saturn.executor.state import JobState
@@ -263,8 +263,8 @@ class ProcessBackend(WallClock):
                                 status="failed", checkpoint=ckpt,
                                 reason=f"job runner exited with code {code}: " + log_tail(pr.job_dir / "log.txt", 800)
                                 + log_tail(pr.job_dir / "runner.txt", 800))
-        if res.status in ("failed", "oom"):
-            res.reason = (res.reason + "\n" + log_tail(pr.job_dir / "log.txt", 1500)).strip()
+        if res.status in ("failed", "oom", "host_oom"):
+            res.reason = with_log_context(res.reason, log_tail(pr.job_dir / "log.txt", 1500))
         return BackendEvent.finished(pr.job, now, res)
 
     def wait(self, timeout_s: float) -> None:

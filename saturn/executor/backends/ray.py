@@ -51,7 +51,7 @@ from types import SimpleNamespace
 from typing import Any, Optional, Union
 
 from saturn.executor.backends.attempts import attempt_for
-from saturn.executor.backends.base import BackendEvent
+from saturn.executor.backends.base import BackendEvent, with_log_context
 from saturn.executor.backends.process import WallClock
 from saturn.executor.backends.ray_actor import AgentAttempt, actor_cls
 from saturn.executor.loop import Executor
@@ -254,8 +254,8 @@ class RayBackend(WallClock):
                 reason=f"job runner exited with code {p.get('code')} on node {att.node}: {att.log_tail[-1500:]}"))
             return
         result = RunResult.from_dict(res)
-        if result.status in ("failed", "oom"):
-            result.reason = (result.reason + "\n" + att.log_tail[-1500:]).strip()
+        if result.status in ("failed", "oom", "host_oom"):
+            result.reason = with_log_context(result.reason, att.log_tail[-1500:])
         self._queued.append(BackendEvent.finished(att.job, now, result))
 
     def _end(self, att: _Att, status: str, reason: str) -> None:

@@ -34,7 +34,6 @@ one state keyed by parameter FQN.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Callable, Optional, Sequence
 
 from saturn.techniques.spilling import host_optimizer as hopt
@@ -150,8 +149,10 @@ class SpillingEngine:
             [sum(p.numel() for p in sh.params) for sh in self.shards],
             budget - stream_budget, optimizer_state) if gpu_state_fraction else [])
         if compile_state_kernel is None:
-            env = os.environ.get("SATURN_SPILLING_COMPILE", "")
-            compile_state_kernel = self.cuda if env == "" else env not in ("0", "false", "no")
+            from saturn.env import spilling_compile
+
+            chosen = spilling_compile()
+            compile_state_kernel = self.cuda if chosen is None else chosen
         if optimizer_state == "bf16" and compile_state_kernel:
             compile_state_kernel = warm_compiled_kernel()  # at start-up, not in the first step
         impl = cpu_adam if cpu_fused_optimizer else "torch"

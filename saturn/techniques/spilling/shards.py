@@ -12,7 +12,6 @@ means one copy per shard per direction instead of one per tensor.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, cast
 
@@ -318,6 +317,7 @@ def default_budget(device: Any) -> float:
 
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        frac = float(os.environ.get("SATURN_GPU_MEMORY_FRACTION", "1") or 1)
-        return 0.9 * min(free, total * frac)
+        from saturn.env import gpu_memory_fraction
+
+        return 0.9 * min(free, total * gpu_memory_fraction())
     return 4.0 * 2**30

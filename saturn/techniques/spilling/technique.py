@@ -205,9 +205,11 @@ class Spilling(LaunchedTechnique):
                                       "per-shard optimizer steps cannot do; use bf16 or fp32")
         # Planning may happen elsewhere: only a node size given explicitly is checked here; the
         # worker checks the real node before allocating (`build`).
-        declared = os.environ.get("SATURN_NODE_HOST_MEMORY_GB")
+        from saturn.env import node_host_memory_gb
+
+        declared = node_host_memory_gb()
         if declared:
-            feas = check_host_memory(job, "cuda", int(float(declared) * 2**30))
+            feas = check_host_memory(job, "cuda", int(declared * 2**30))
             if not feas:
                 return feas
         if _n_layers(job) == 1:
