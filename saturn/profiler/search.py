@@ -23,9 +23,7 @@ settings the technique proposes. Trying everything is slow, so the search skips 
   themselves against the best measured option; the rest are skipped with the reason. Cells the
   prior has no estimate for (user techniques) follow the rules above.
 
-No processes, clocks or files here: `Search` is fed results and answers `ready()`, so it is unit
-tested with synthetic outcomes (tests/profiler/test_search.py).
-"""
+No processes, clocks or files: `Search` is fed results and answers `ready()` (tests/profiler/test_search.py)."""
 
 from __future__ import annotations
 
