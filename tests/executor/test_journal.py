@@ -162,7 +162,7 @@ def test_status_and_report_agree_a_killed_run_is_dead(tmp_path, capsys):
                                       tmp_path / "g.png"], capsys)
     assert code == 0, report_out
     assert json.loads((tmp_path / "r.json").read_text())["jobs"][0]["status"] == "dead"
-    row = next(line for line in report_out.splitlines() if line.strip().startswith("│ a"))
+    row = next(line for line in report_out.splitlines() if line.strip("│ ").split(" ")[:1] == ["a"])
     assert "dead" in row and "running" not in row, report_out
 
 
