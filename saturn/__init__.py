@@ -12,7 +12,7 @@ imported on first use, so `import saturn` stays light.
 """
 
 from saturn.errors import SaturnError
-from saturn.spec import Cluster, Job, Node, Workload, load_workload
+from saturn.spec import Cluster, Job, Node, Workload
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,10 @@ __all__ = ["Cluster", "Job", "JobFuture", "JobReport", "Node", "Orchestrator", "
 
 
 def __getattr__(name: str):
+    if name == "load_workload":  # the spec loader with the registry's checks (saturn.techniques.checks)
+        from saturn.techniques.checks import load_workload
+
+        return load_workload
     if name in _API or name == "api":  # `saturn.api.X` works after a bare `import saturn`
         import importlib
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_runner import saturn_cli
 
 from saturn import env
 from saturn.errors import SaturnError
+from tests.helpers.cli import saturn_cli
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/examples/tiny-cpu.yaml")
 
 

@@ -15,7 +15,7 @@ from saturn.planner.inputs import NodeSpec
 from saturn.planner.options import build_options
 from saturn.planner.plan import Plan
 from saturn.profiles.host_memory import cgroup_limit_bytes, host_bytes, host_oom_row, node_host_memory_gb
-from tests.cli_runner import saturn_cli
+from tests.helpers.cli import saturn_cli
 
 
 def _overlap(a, b) -> bool:

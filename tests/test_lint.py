@@ -9,11 +9,10 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
 
 
 def _run(tool: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

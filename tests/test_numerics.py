@@ -12,8 +12,8 @@ import pytest
 from saturn.errors import SpecError
 from saturn.planner import plan
 from saturn.planner.inputs import JobSpec, NodeSpec
-from saturn.spec import load_workload
-from tests.cli_runner import saturn_cli
+from saturn.techniques.checks import load_workload
+from tests.helpers.cli import saturn_cli
 
 HEAD = "name: t\ndefaults: {seq_len: 16, batch_size: 4, steps: 5}\njobs:\n"
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from saturn.errors import SaturnError
-from tests.cli_runner import saturn_cli
+from tests.helpers.cli import saturn_cli
 
 WL = {"name": "pc", "cluster": {"devices": "cpu", "slots": 2},
       "defaults": {"batch_size": 4, "seq_len": 16, "precision": "fp32", "steps": 10},

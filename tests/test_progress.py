@@ -101,7 +101,7 @@ def test_one_duration_format_and_names_keep_their_differing_tail():
 def test_log_to_checks_the_tracker_before_any_work(capsys):
     import importlib.util
 
-    from tests.cli_runner import saturn_cli
+    from tests.helpers.cli import saturn_cli
 
     tiny = Path(__file__).resolve().parents[1] / "configs/examples/tiny-cpu.yaml"
     code, out, _ = saturn_cli(["run", tiny, "--simulate", "--log-to", "neptune:x"], capsys)
@@ -117,7 +117,7 @@ def test_log_to_checks_the_tracker_before_any_work(capsys):
 def test_gpu_cluster_workload_on_a_machine_without_those_gpus_is_refused(capsys, monkeypatch):
     import torch
 
-    from tests.cli_runner import saturn_cli
+    from tests.helpers.cli import saturn_cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     sweep = Path(__file__).resolve().parents[1] / "configs/examples/gpt2-sweep.yaml"

@@ -16,7 +16,7 @@ import pytest
 
 import saturn
 from saturn.analysis import hyperparameters, sort_results
-from tests.cli_runner import saturn_cli
+from tests.helpers.cli import saturn_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "examples" / "tiny-cpu.yaml"

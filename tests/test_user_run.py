@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import saturn
-from tests.cli_runner import saturn_cli
+from tests.helpers.cli import saturn_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

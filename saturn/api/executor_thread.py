@@ -157,7 +157,7 @@ class ExecutorThread:
             self._ex.est.add_profiles(mine)
             self._ex.emit("profiles", rows=profile_records(mine))
             self._profile_source[name] = "measured"
-            self._ex._replan_needed = True
+            self._ex.replan_needed = True
 
     def _loop(self) -> None:
         from saturn.executor import ExecutorError

@@ -53,6 +53,7 @@ class JobIntake:
     def submit_many(self, jobs: Iterable[Any], profiles: Any = None) -> list[JobFuture]:
         """Add several jobs in one command, so that the planner sees them together."""
         from saturn.spec import Job
+        from saturn.techniques.checks import check_job
 
         self._check_open()
         # validate everything first: a bad job leaves no half-registered batch
@@ -67,6 +68,7 @@ class JobIntake:
             if not isinstance(job, Job):
                 raise OrchestratorError(f"submit(job): job must be a saturn.Job or a dict of its fields, not "
                                         f"{type(job).__name__} ({job!r:.80})")
+            check_job(job)  # techniques and knobs against the registry (SpecError naming the field)
             with self._flock:
                 old = self._futures.get(job.name)
                 if (old is not None and not old.done()) or any(job.name == j.name for j, _ in prepared):

@@ -13,11 +13,13 @@ from typing import Any
 
 
 def as_workload(workload: Any) -> Any:
-    """The Workload for a Workload, a YAML path or YAML text (a file's path kept for messages)."""
-    from saturn.spec import Workload, load_workload
+    """The Workload for a Workload, a YAML path or YAML text (a file's path kept for messages),
+    its techniques and knobs checked against the registry (saturn.techniques.checks)."""
+    from saturn.spec import Workload
+    from saturn.techniques.checks import check_workload, load_workload
 
     if isinstance(workload, Workload):
-        return workload
+        return check_workload(workload)
     return with_path(load_workload(workload), workload)
 
 

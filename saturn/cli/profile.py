@@ -37,7 +37,7 @@ def profile_command(
         table = ProfileStore(store).load()
         if workload is not None:
             from saturn.profiler.session import workload_rows
-            from saturn.spec import load_workload
+            from saturn.techniques.checks import load_workload
 
             table = workload_rows(table, load_workload(workload))
         print_rows(table, title=f"profile store {ProfileStore(store).path}")

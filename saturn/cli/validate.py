@@ -10,7 +10,8 @@ from rich.table import Table
 
 from saturn.cli import flags
 from saturn.cli.common import console, write_json
-from saturn.spec import Workload, load_workload
+from saturn.spec import Workload
+from saturn.techniques.checks import load_workload
 
 
 def job_rows(workload: Workload) -> list[dict]:

@@ -34,7 +34,7 @@ class EventHandling:
     metrics: Any
     measurer: Any
     run_dir: Any
-    _replan_needed: bool
+    replan_needed: bool
     emit: Callable[..., None]
     job_dir: Callable[[str], Any]
     fail_job: Callable[[str, str], None]
@@ -76,7 +76,7 @@ class EventHandling:
                     log.warning("job %s: %s", js.name, ev.reason)
                     if self.metrics is not None:
                         self.metrics.settle(js.name, js.segments)
-                    self._replan_needed = True
+                    self.replan_needed = True
             return
         seg = js.current
         step = ev.step if ev.step is not None and ev.step >= 0 else js.committed_step
@@ -104,19 +104,19 @@ class EventHandling:
         if ev.status in ("oom", "host_oom") and seg is not None:  # a host OOM says so (causes.Death)
             why = ev.reason.splitlines()[0] if ev.status == "host_oom" and ev.reason else ""
             self.emit("infeasible", job=ev.job, technique=seg.technique, gpus=len(seg.gpus), reason=why)
-            self._replan_needed = True
+            self.replan_needed = True
         elif ev.status == "failed" and js.status == PENDING:
             if js.failures > self.cfg.max_retries:
                 times = f"{js.failures} time" + ("s" if js.failures != 1 else "")
                 self.fail_job(ev.job, f"failed {times}; last: {ev.reason[-2000:]}")
-                self._replan_needed = True
+                self.replan_needed = True
             else:  # a retry re-plans (#16): the crashed job's GPUs are free for any job meanwhile
-                self._replan_needed = True
+                self.replan_needed = True
         elif ev.status == "completed" or js.status in (CANCELLED, FAILED):
             if self.cfg.introspect and self.cfg.replan_on_events:
-                self._replan_needed = True
+                self.replan_needed = True
             elif not self._plan_covers():
-                self._replan_needed = True
+                self.replan_needed = True
 
     def _measured(self, measure: Any) -> None:
         """A job's own steps measured its option (saturn.profiles.inrun): every job of its
@@ -145,9 +145,9 @@ class EventHandling:
                 if m.stored or any(option_key(o.technique, o.gpus) != key for o in self.est.options(other)):
                     self.emit("infeasible", job=name, technique=m.technique, gpus=m.gpus, reason=m.reason)
         if m.first or not m.feasible:
-            self._replan_needed = True
+            self.replan_needed = True
 
-    def _settle_drain(self, js: Any, ok: Optional[bool], reason: str) -> None:
+    def settle_drain(self, js: Any, ok: Optional[bool], reason: str) -> None:
         """Decide a finishing job from its checkpoint directory (on resume, its drain's process is
         gone): durable if the pending checkpoint was published, else back to its newest durable."""
         path = js.pending_checkpoint
@@ -164,4 +164,4 @@ class EventHandling:
                          f"{ckpt or 'the start'} (step {step})")
         if self.metrics is not None:
             self.metrics.settle(js.name, js.segments)
-        self._replan_needed = True
+        self.replan_needed = True

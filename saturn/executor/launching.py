@@ -28,7 +28,7 @@ class Launching:
     job_dir: Callable[[str], Any]
     _warn: Callable[[str, str], None]
 
-    def _check_checkpoints(self, js: Any) -> None:
+    def check_checkpoints(self, js: Any) -> None:
         """Report (once each) checkpoints in the job's directory that its runner will skip: another
         job's, another definition's, past the job's end, or damaged (saturn.training.checkpoint)."""
         if self.run_dir is None or js.info.spec is None:
@@ -54,7 +54,7 @@ class Launching:
             if sharp_dispatch.launch(self, a):  # a SHARP group member: the group starts as one attempt
                 continue
             js = self.state.jobs[a["job"]]
-            self._check_checkpoints(js)
+            self.check_checkpoints(js)
             prog = self.job_dir(js.name) / PROGRESS_FILE if self.run_dir is not None else None
             self.emit("launch", job=js.name, technique=a["technique"], knobs=a.get("knobs") or {},
                       node=a["node"], gpus=list(a["gpus"]), start_step=js.committed_step,

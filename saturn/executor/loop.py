@@ -105,7 +105,9 @@ class Executor(EventHandling, Replanning, Launching):
             self.measurer: Any = None
             self.plan_calls = 0
             self.plan_time_s = 0.0
-            self._replan_needed = False
+            # set by events, new jobs, cancels and the API's profile updates: the loop re-plans
+            # at its next turn (saturn.executor.replanning)
+            self.replan_needed = False
             self._skipped_ckpts: set[str] = set()  # checkpoints reported as not the job's own
             self._shutdown: Optional[str] = None
             self._resumed = _state is not None
@@ -175,7 +177,7 @@ class Executor(EventHandling, Replanning, Launching):
         if not self.est.rows.get(info.name):
             raise ExecutorError(f"job {info.name!r} has no profile rows; profile it first")
         self.emit("job_added", info=info.to_dict())
-        self._replan_needed = True
+        self.replan_needed = True
 
     def cancel(self, job_name: str, reason: str = "cancelled") -> None:
         js = self.state.jobs.get(job_name)
@@ -188,7 +190,7 @@ class Executor(EventHandling, Replanning, Launching):
             self.backend.stop(job_name)
         else:
             self.emit("cancel", job=job_name, reason=reason)
-        self._replan_needed = True
+        self.replan_needed = True
 
     def request_shutdown(self, reason: str = "signal") -> None:
         """Checkpoint every running job and stop (Ctrl-C / SIGTERM)."""
@@ -224,15 +226,15 @@ class Executor(EventHandling, Replanning, Launching):
                     self.metrics.rebuild(name, js.segments)
             self.metrics.flush()
             heartbeat(self.run_dir)
-        self._housekeeping()
+        self.housekeeping()
         if self._shutdown is not None:
             if self.display is not None:
                 self.display.update(self)
             return any(j.status in ACTIVE + (FINISHING,) for j in self.state.jobs.values())
         now = self.backend.now()
-        if self._replan_needed or (self.cfg.introspect and now >= self._next_replan):
-            self.replan("event" if self._replan_needed else "interval",
-                        force=self._replan_needed and not self._plan_covers())
+        if self.replan_needed or (self.cfg.introspect and now >= self._next_replan):
+            self.replan("event" if self.replan_needed else "interval",
+                        force=self.replan_needed and not self._plan_covers())
         self._launch_ready()
         busy = ACTIVE + (FINISHING,)  # a finishing job's drain still ends the run later
         if not self.state.done() and not any(j.status in busy for j in self.state.jobs.values()):
@@ -256,7 +258,9 @@ class Executor(EventHandling, Replanning, Launching):
         return self.results
 
     # --------------------------------------------------------------------------------- internals
-    def _housekeeping(self) -> None:
+    def housekeeping(self) -> None:
+        """Settle pending jobs that need no process: completed if no steps are left, failed (with
+        the reason) if no option can run them. Each turn, and once on resume (executor.resume)."""
         for js in self.state.jobs.values():
             if js.status == PENDING and js.remaining_steps <= 0:
                 self.emit("finished", job=js.name, status="completed", step=js.committed_step,

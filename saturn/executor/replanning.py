@@ -39,10 +39,10 @@ class Replanning:
     decisions: list
     plan_calls: int
     plan_time_s: float
-    _replan_needed: bool
+    replan_needed: bool
     _next_replan: float
     emit: Callable[..., None]
-    _housekeeping: Callable[[], None]
+    housekeeping: Callable[[], None]
 
     def _plan_covers(self) -> bool:
         return candidates.covers(candidates.choices_from_plan(self.state.plan, self.state), self.state, self.est)
@@ -84,11 +84,11 @@ class Replanning:
         """Re-solve for the remaining work and adopt the result if it pays (candidates.choose_plan)."""
         from saturn.planner import plan as solve
 
-        self._replan_needed = False
+        self.replan_needed = False
         now = self.backend.now()
         self._next_replan = now + self.cfg.interval_s
         self._launch_facts()
-        self._housekeeping()
+        self.housekeeping()
         if self.state.done():
             return None
         est = self.est

@@ -63,7 +63,7 @@ def _resume_locked(cls: Any, run_dir: Path, path: Path, lock: RunLock, backend_f
         seg = js.current
         if js.status in ACTIVE and seg is not None:
             kill_stale(seg.pid, RUNNER_MARKER)  # a runner that outlived its executor
-            ex._check_checkpoints(js)
+            ex.check_checkpoints(js)
             step, ckpt = latest_checkpoint_step(ex.job_dir(js.name) / "ckpt", js.info.spec,
                                                 js.info.total_steps) if ex.run_dir else (None, None)
             if step is None or step < js.committed_step:
@@ -72,12 +72,12 @@ def _resume_locked(cls: Any, run_dir: Path, path: Path, lock: RunLock, backend_f
                     reason="the executor stopped while this attempt ran")
     for js in list(state.jobs.values()):  # its drain died with the executor, or finished
         if js.status == FINISHING:
-            ex._settle_drain(js, None, "the executor stopped while this job's final checkpoint "
+            ex.settle_drain(js, None, "the executor stopped while this job's final checkpoint "
                                        "was being written")
     for js in state.jobs.values():  # steps logged after the executor's last read
         if ex.metrics is not None and js.segments:
             ex.metrics.reconcile(js.name, js.segments)
-    ex._housekeeping()
+    ex.housekeeping()
     if not state.done():
         ex.replan("resume", force=True)
     return ex

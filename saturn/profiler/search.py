@@ -23,9 +23,7 @@ settings the technique proposes. Trying everything is slow, so the search skips 
   themselves against the best measured option; the rest are skipped with the reason. Cells the
   prior has no estimate for (user techniques) follow the rules above.
 
-No processes, clocks or files here: `Search` is fed results and answers `ready()`, so it is unit
-tested with synthetic outcomes (tests/test_profiler_search.py).
-"""
+No processes, clocks or files: `Search` is fed results and answers `ready()` (tests/profiler/test_search.py)."""
 
 from __future__ import annotations
 
@@ -217,7 +215,7 @@ class Search:
 
     def stuck(self) -> list[str]:
         """The cells left when nothing is ready or running and the search is not done (else []):
-        a bug in these rules (tests/test_profiler_search_ends.py drives random searches to check)."""
+        a bug in these rules (tests/profiler/test_search_ends.py drives random searches to check)."""
         return [] if self.done() or self._pending or self._running else [
             f"{sig} {tech}x{g} ({c.state}" + (f", holding {len(c.held)} setting(s)" if c.held else "") + ")"
             for (sig, tech, g), c in self._cells.items() if c.state not in ("resolved", "pruned")]

@@ -60,11 +60,11 @@ class ProfileReport:
 
 
 def _load(workload: Any) -> Any:
-    if isinstance(workload, (str, os.PathLike)):
-        from saturn.spec import load_workload
+    from saturn.techniques.checks import check_workload, load_workload
 
+    if isinstance(workload, (str, os.PathLike)):
         return load_workload(workload)
-    return workload
+    return check_workload(workload)
 
 
 def profile(workload: Any, *, store_dir: Union[str, os.PathLike, None] = None,

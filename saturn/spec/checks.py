@@ -16,7 +16,7 @@ from typing import Any
 OPTIMIZER_CLASSES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}  # torch.optim.<class>
 # Arguments every torch 2.x release of these classes takes: a spec using only these is accepted
 # without importing torch (1.5 s of `saturn validate` / `saturn plan`); any other argument is
-# checked against the installed torch's real signature. tests/test_planner_speed.py checks that
+# checked against the installed torch's real signature. tests/planner/test_speed.py checks that
 # these are a subset of it.
 KNOWN_ARGUMENTS = {
     "adamw": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "capturable",

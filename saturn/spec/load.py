@@ -14,7 +14,7 @@ import itertools
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -28,6 +28,9 @@ TOP_KEYS = ("name", "cluster", "defaults", "jobs", "sweep", "objective")
 
 _FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 10,000-job files
 
+# (field path inside the job, message, offending value) for each problem a layer above finds
+JobCheck = Callable[[Job], list[tuple[tuple, str, Any]]]
+
 
 def _yaml(text: str, how: str) -> Any:
     """yaml.compose / yaml.safe_load by libyaml when it parses the text; text it refuses is
@@ -38,8 +41,10 @@ def _yaml(text: str, how: str) -> Any:
         return yaml.compose(text) if how == "compose" else yaml.safe_load(text)
 
 
-def load_workload(source: Union[str, os.PathLike]) -> Workload:
-    """A file path, or YAML text (anything containing a newline or a colon-space)."""
+def load_workload(source: Union[str, os.PathLike], *, job_check: Optional[JobCheck] = None) -> Workload:
+    """A file path, or YAML text (anything containing a newline or a colon-space). `job_check`:
+    the checks of a layer above the spec (the technique registry's, saturn.techniques.checks),
+    whose problems are reported like the spec's own, at their YAML line."""
     text, where = _read(source)
     try:
         L.check_size(len(text.encode("utf-8", "replace")), where)
@@ -56,10 +61,11 @@ def load_workload(source: Union[str, os.PathLike]) -> Workload:
     except (ValueError, RecursionError) as exc:
         raise SpecError(str(exc) if isinstance(exc, ValueError) else f"{where}: YAML nested too deeply") from None
     lines = _line_map(root) if root is not None else {}
-    return build_workload(raw, where=where, lines=lines)
+    return build_workload(raw, where=where, lines=lines, job_check=job_check)
 
 
-def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] = None) -> Workload:
+def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] = None,
+                   job_check: Optional[JobCheck] = None) -> Workload:
     """Expand and validate a raw mapping (parsed YAML) into a Workload."""
     lines = lines or {}
     if not isinstance(raw, dict):
@@ -75,6 +81,10 @@ def build_workload(raw: Any, *, where: str = "workload", lines: Optional[dict] =
     built = []
     for job, origin in zip(jobs, origins):
         j = _validate(Job, job, origin, lines, problems, label=job.get("name"))
+        if j is not None and job_check is not None:
+            head = f"{_path(origin)} (job {j.name!r})"
+            problems += [_fmt({"loc": loc, "msg": msg, "type": "value_error", "input": got}, origin, lines, Job, head)
+                         for loc, msg, got in job_check(j)]
         built.append(j)
     cap = known_max_gpus(cluster) if cluster is not None else None
     for j, origin in zip(built, origins):  # here, not in Workload's check: the job's own YAML line

@@ -131,7 +131,9 @@ class Job(_Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     steps: Annotated[Optional[int], NotBool] = Field(default=None, gt=0, le=L.MAX_STEPS)
     epochs: Annotated[Optional[float], NotBool] = Field(default=None, gt=0, le=L.MAX_EPOCHS, allow_inf_nan=False)
-    techniques: Optional[list[str]] = None  # None: every registered technique
+    # None: every registered technique. Names and pinned knobs are checked against the registry
+    # where a workload comes in (saturn.techniques.checks): the spec imports no plug-in.
+    techniques: Optional[list[str]] = None
     gpus: Optional[list[Annotated[int, NotBool]]] = None  # None: 1, 2, 4, ... up to the largest node
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     # exact: fp32 master weights + moments (plain AdamW) | low-memory: options that round them (saturn.numerics)
@@ -159,54 +161,6 @@ class Job(_Strict):
         if max(v) > 1024:
             raise ValueError("GPU counts above 1024 per job are over the planner's limit (1024)")
         return sorted(set(v))
-
-    @field_validator("techniques")
-    @classmethod
-    def _known_techniques(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        if v is None:
-            return v
-        from saturn.techniques.registry import technique_names
-
-        known = technique_names()
-        bad = [t for t in v if t not in known and ":" not in t]  # ':' = a user class by path
-        if bad or not v:
-            raise ValueError(f"unknown technique(s) {bad}; allowed: {known}")
-        for t in v:
-            if ":" in t:
-                L.check_callable(t, "technique")
-        return v
-
-    @model_validator(mode="after")
-    def _pinned_knobs(self) -> "Job":
-        """`knobs: {fsdp: {cpu_offload: true}}`: each knob checked against the technique's typed
-        knobs (saturn.techniques.knobs), the offending field named."""
-        if not self.knobs:
-            return self
-        from saturn.errors import SpecError
-        from saturn.techniques.registry import technique_names, validate_knobs
-
-        known = technique_names()
-        for tech, values in self.knobs.items():
-            if tech not in known and ":" not in tech:
-                raise ValueError(f"knobs.{tech}: unknown technique; allowed: {known}")
-            if self.techniques is not None and tech not in self.techniques:
-                raise ValueError(f"knobs.{tech}: {tech!r} is not in this job's techniques {self.techniques}")
-            try:
-                validate_knobs(tech, values)
-            except SpecError as exc:  # a user technique path that does not import
-                raise ValueError(f"knobs.{tech}: {exc}") from None
-            if tech in known:
-                from saturn.techniques.registry import get_technique
-
-                conflict = get_technique(tech).knob_conflicts(self, dict(values))
-                if conflict:
-                    raise ValueError(f"knobs.{tech}: {conflict}")
-            from saturn.numerics import numerics_conflict
-
-            conflict = numerics_conflict(self.numerics, tech, dict(values))
-            if conflict:
-                raise ValueError(f"knobs.{tech}: {conflict}")
-        return self
 
     @model_validator(mode="after")
     def _numerics(self) -> "Job":

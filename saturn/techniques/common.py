@@ -127,6 +127,14 @@ def dp_feasible(job: Any, dp_world: int) -> Feasibility:
     return Feasibility(True)
 
 
+class DataParallelTechnique(LaunchedTechnique):
+    """A launched technique over data-parallel ranks only (ddp, fsdp): feasible on `gpus` devices
+    wherever the batch splits over them (`dp_feasible`); the plug-in adds its knobs and candidates."""
+
+    def feasible(self, job: Any, gpus: int) -> Feasibility:
+        return dp_feasible(job, gpus)
+
+
 def has_blocks(job: Any) -> bool:
     """Whether the model has a repeated block class (needed for per-block wrapping/checkpointing).
     Zoo models always do; user factories are checked when built."""

@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from saturn.techniques.base import Feasibility
-from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
+from saturn.techniques.common import DataParallelTechnique, has_blocks
 from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
 from saturn.training import loop
@@ -28,14 +27,11 @@ class DDPKnobs:
 
 
 @register
-class DDP(LaunchedTechnique):
+class DDP(DataParallelTechnique):
     name = "ddp"
     builder = "saturn.techniques.ddp:build"
     requires = "torch (nccl on GPUs, gloo on CPU); 1 device = plain single-device training"
     knob_type = DDPKnobs
-
-    def feasible(self, job: Any, gpus: int) -> Feasibility:
-        return dp_feasible(job, gpus)
 
     def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
         base = {"bucket_cap_mb": 25, "activation_checkpointing": False, "grad_compression": "none"}

@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from saturn.techniques.base import Feasibility
-from saturn.techniques.common import LaunchedTechnique, dp_feasible, has_blocks
+from saturn.techniques.common import DataParallelTechnique, has_blocks
 from saturn.techniques.knobs import knob, knob_dataclass
 from saturn.techniques.registry import register
 from saturn.training import loop
@@ -33,14 +32,11 @@ class FSDPKnobs:
 
 
 @register
-class FSDP(LaunchedTechnique):
+class FSDP(DataParallelTechnique):
     name = "fsdp"
     builder = "saturn.techniques.fsdp:build"
     requires = "torch>=2.6 (FSDP2 fully_shard); CPU offload needs CUDA"
     knob_type = FSDPKnobs
-
-    def feasible(self, job: Any, gpus: int) -> Feasibility:
-        return dp_feasible(job, gpus)
 
     def candidates(self, job: Any, gpus: int) -> list[dict[str, Any]]:
         mp = "policy" if job.precision != "fp32" else "autocast"

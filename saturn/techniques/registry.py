@@ -64,7 +64,7 @@ def technique_names() -> list[str]:
 
     Read from the technique modules' source (`@register` classes' `name = "..."`), not by
     importing them: they import torch, and validating or planning a workload must not (about
-    1.5 s of start-up). tests/test_planner_speed.py checks the two agree."""
+    1.5 s of start-up). tests/planner/test_speed.py checks the two agree."""
     return sorted(set(_declared_names()) | set(_REGISTRY))
 
 

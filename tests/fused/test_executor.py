@@ -19,7 +19,7 @@ GROUP = "fused:a+b+c"
 WORKLOAD = """name: tiny-fused
 cluster: {devices: cpu, slots: 1}
 defaults: {seq_len: 16, batch_size: 4, precision: fp32, model: gpt2-tiny,
-           data: {factory: "tests.slow_data:slow_tokens", kwargs: {vocab_size: 256, delay_s: 0.01}}}
+           data: {factory: "tests.helpers.slow_data:slow_tokens", kwargs: {vocab_size: 256, delay_s: 0.01}}}
 jobs:
   - {name: a, steps: 40, seed: 0}
   - {name: b, steps: 40, seed: 1, optimizer: {name: adamw, lr: 0.003, weight_decay: 0.1}}

@@ -378,7 +378,7 @@ class RayExecutor(Executor):
         if lost or self._plan_uses_missing_gpus():
             self.replan("node_lost" if lost else "cluster", force=True)
         else:
-            self._replan_needed = True  # a joined node: used by the next re-plan (adopted if it pays)
+            self.replan_needed = True  # a joined node: used by the next re-plan (adopted if it pays)
         return True
 
     def _plan_uses_missing_gpus(self) -> bool:

@@ -22,7 +22,7 @@ SHARP (many spilled models sharing a pool of workers) builds on the task interfa
 `saturn.sharp`.
 """
 
-from saturn.techniques.spilling.engine import SpillingEngine, StepState
+from saturn.techniques.spilling.engine import SpillingEngine
 from saturn.techniques.spilling.host_optimizer import cpu_adam_speed, optimizer_class
 from saturn.techniques.spilling.shards import (
                                                activation_estimate,
@@ -30,6 +30,7 @@ from saturn.techniques.spilling.shards import (
                                                packed_shards,
                                                uniform_shards,
 )
+from saturn.techniques.spilling.step_state import StepState
 from saturn.techniques.spilling.technique import (
                                                DEFAULT_KNOBS,
                                                Spilling,

@@ -34,7 +34,6 @@ one state keyed by parameter FQN.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from saturn.techniques.spilling import host_optimizer as hopt
@@ -42,27 +41,8 @@ from saturn.techniques.spilling import shards as shp
 from saturn.techniques.spilling import split as spl
 from saturn.techniques.spilling.pool import ShardPool, lean_shard_cap
 from saturn.techniques.spilling.states import FlatAdamW, FlatSlot, warm_compiled_kernel
+from saturn.techniques.spilling.step_state import StepState
 from saturn.techniques.spilling.transfer import Resident, Transfers
-
-
-@dataclass
-class StepState:
-    """Everything one step carries between its tasks (boundary activations, the gradient flowing
-    back, RNG states, the loss) and which task is next."""
-
-    targets: Any
-    boundary: list[Any]
-    on_host: list[Any]
-    rng: list[Any]
-    compute_only: bool = False
-    next: int = 0
-    grad_out: Any = None
-    loss: Any = None
-    tasks: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        return self.next >= len(self.tasks)
 
 
 class SpillingEngine:
