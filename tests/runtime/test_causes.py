@@ -22,7 +22,7 @@ from saturn.runtime.launch import run_workers
 from saturn.runtime.routing import using_pool
 from saturn.runtime.warm import WarmPool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_status_comes_from_the_exception_type_not_its_words():
@@ -69,16 +69,16 @@ def _launch(mode, pool, target, payload=None, env=None, timeout_s=120):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cold", "warm"])
 def test_worker_causes_are_typed(mode, pool, monkeypatch):
-    res = _launch(mode, pool, "tests.cause_factories:lying_target")
+    res = _launch(mode, pool, "tests.helpers.cause_factories:lying_target")
     assert res["status"] == "failed" and res["error_type"] == "ValueError", res
     assert "ValueError: not a memory problem" in res["reason"]
-    res = _launch(mode, pool, "tests.cause_factories:gpu_oom_target")
+    res = _launch(mode, pool, "tests.helpers.cause_factories:gpu_oom_target")
     assert res["status"] == "oom" and res["error_type"] == "RuntimeError", res
-    res = _launch(mode, pool, "tests.cause_factories:sigkill_target")  # the real limit: far away
+    res = _launch(mode, pool, "tests.helpers.cause_factories:sigkill_target")  # the real limit: far away
     assert res["status"] == "failed" and res["signal"] == 9, res
     assert "killed by SIGKILL (not by Saturn)" in res["reason"]
     monkeypatch.setenv("SATURN_NODE_HOST_MEMORY_GB", "0.05")  # the node "has" 54 MB: the worker is at it
-    res = _launch(mode, pool, "tests.cause_factories:sigkill_target")
+    res = _launch(mode, pool, "tests.helpers.cause_factories:sigkill_target")
     assert res["status"] == "host_oom" and res["host_peak_gb"] > 0.05, res
     assert res["reason"].startswith("host out of memory: killed at ") and "the node has 0.1 GB" in res["reason"]
 
@@ -87,7 +87,7 @@ def test_worker_causes_are_typed(mode, pool, monkeypatch):
 def test_a_warm_worker_slow_to_die_is_reported_dead_not_as_a_supervision_timeout(pool):
     """Its reply pipe closed, the process exits only 12 s later (the kernel freeing a huge
     resident set): the pool's 10 s wait raised TimeoutExpired, which became the job's cause."""
-    res = _launch("warm", pool, "tests.cause_factories:slow_death_target", {"linger_s": 12})
+    res = _launch("warm", pool, "tests.helpers.cause_factories:slow_death_target", {"linger_s": 12})
     assert res["status"] == "failed" and res["signal"] == 9, res
     assert "TimeoutExpired" not in res["reason"] and "killed by SIGKILL" in res["reason"]
 
@@ -96,7 +96,7 @@ LYING = """name: lying
 cluster: {devices: cpu, slots: 1}
 defaults: {seq_len: 16, batch_size: 4, precision: fp32, steps: 20, techniques: [ddp], gpus: [1]}
 jobs:
-  - {name: liar, model: gpt2-tiny, data: {factory: "tests.cause_factories:lying_data"}}
+  - {name: liar, model: gpt2-tiny, data: {factory: "tests.helpers.cause_factories:lying_data"}}
 """
 
 
@@ -145,7 +145,7 @@ KILLED = """name: killed
 cluster: {devices: cpu, slots: 1}
 defaults: {seq_len: 16, batch_size: 4, precision: fp32, steps: 20, gpus: [1]}
 jobs:
-  - {name: big, model: gpt2-tiny, techniques: [ddp, fsdp], data: {factory: "tests.cause_factories:killed_data"}}
+  - {name: big, model: gpt2-tiny, techniques: [ddp, fsdp], data: {factory: "tests.helpers.cause_factories:killed_data"}}
 """
 
 

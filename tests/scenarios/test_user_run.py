@@ -16,7 +16,7 @@ import pytest
 import saturn
 from tests.helpers.cli import saturn_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _has_tensorboard() -> bool:

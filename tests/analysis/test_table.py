@@ -18,7 +18,7 @@ import saturn
 from saturn.analysis import hyperparameters, sort_results
 from tests.helpers.cli import saturn_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "examples" / "tiny-cpu.yaml"
 
 

@@ -1,5 +1,5 @@
 """Factories and worker targets that fail in chosen ways, for the true-cause tests (#31 item 4,
-#33 item 4): `data: {factory: "tests.cause_factories:lying_data"}` prints "out of memory" and raises
+#33 item 4): `data: {factory: "tests.helpers.cause_factories:lying_data"}` prints "out of memory" and raises
 ValueError; `killed_data` SIGKILLs its worker (only inside a worker: RANK is set there, never in
 the executor); the `*_target` functions are `launch.run_workers` targets."""
 

@@ -103,7 +103,7 @@ def test_log_to_checks_the_tracker_before_any_work(capsys):
 
     from tests.helpers.cli import saturn_cli
 
-    tiny = Path(__file__).resolve().parents[1] / "configs/examples/tiny-cpu.yaml"
+    tiny = Path(__file__).resolve().parents[2] / "configs/examples/tiny-cpu.yaml"
     code, out, _ = saturn_cli(["run", tiny, "--simulate", "--log-to", "neptune:x"], capsys)
     assert code == 2 and "unknown tracker 'neptune'" in out
     code, out, _ = saturn_cli(["run", tiny, "--simulate", "--log-to", "tensorboard"], capsys)
@@ -120,7 +120,7 @@ def test_gpu_cluster_workload_on_a_machine_without_those_gpus_is_refused(capsys,
     from tests.helpers.cli import saturn_cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    sweep = Path(__file__).resolve().parents[1] / "configs/examples/gpt2-sweep.yaml"
+    sweep = Path(__file__).resolve().parents[2] / "configs/examples/gpt2-sweep.yaml"
     code, out, t = saturn_cli(["run", sweep, "--run-dir", Path(tempfile.mkdtemp()) / "r"], capsys)
     assert code == 2 and "--simulate" in out and "devices: cpu" in out and "0 CUDA GPU" in out, out
     assert t < 30
