@@ -125,6 +125,27 @@ def host_limit_bytes() -> Optional[int]:
     return min(limits) if limits else None
 
 
+def host_available_bytes() -> Optional[int]:
+    """Host memory a new allocation can take now without swapping or an OOM kill: the kernel's
+    MemAvailable, or what is left under this process's cgroup limit when lower; None when unknown.
+    Why: a background save's staging copy is as big as the job's state, which the job already
+    holds once; a budget of half of MemTotal does not see that (issue 33)."""
+    out: list[int] = []
+    try:
+        import psutil
+
+        out.append(int(psutil.virtual_memory().available))
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: the cgroup may still say
+        pass
+    for d in _cgroup_dirs():
+        for lim, used in (("memory.max", "memory.current"),
+                          ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+            v, u = _read_int(os.path.join(d, lim)), _read_int(os.path.join(d, used))
+            if v is not None and u is not None and 0 < v < 2**60:
+                out.append(max(0, v - u))
+    return min(out) if out else None
+
+
 def oom_kill_count() -> Optional[int]:
     """The cgroup's count of processes the kernel's OOM killer killed (None when unreadable)."""
     for d in _cgroup_dirs():

@@ -248,6 +248,22 @@ def has_dtensor(state: Any) -> bool:
     return any(isinstance(t, DTensor) for t in staging.tensors_of(state))
 
 
+def async_fits(state: dict[str, Any]) -> bool:
+    """Whether DCP's stager may copy `state` (this rank's shards, times the ranks of this node)
+    into host memory: only if the host has it available now (`staging.host_fits`). Collective:
+    every rank gets the same answer (all stage, or all save synchronously)."""
+    from torch.distributed.tensor import DTensor
+
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in staging.tensors_of(state)]
+    need = sum(t.numel() * t.element_size() for t in local)
+    ok = staging.host_fits(need * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    if world_size() > 1:
+        flag = torch.tensor([1 if ok else 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=BACKGROUND.group_for())
+        ok = bool(flag.item())
+    return ok
+
+
 def publish(tmp: str, final: str, ckpt_dir: str, meta: dict[str, Any], keep: int) -> None:
     """`catalog.publish`, leaving alone the `tmp-N` directories of this process's drains."""
     catalog.publish(tmp, final, ckpt_dir, meta, keep,
@@ -319,7 +335,7 @@ def _drain(host: dict[str, Any], buf: Any, tmp: str, final: str, ckpt_dir: str, 
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         writer = FileSystemWriter(tmp, thread_count=DRAIN_THREADS)  # several files in parallel
-        dcp.save(host, storage_writer=writer, no_dist=True)
+        dcp.save(staging.exact_views(host), storage_writer=writer, no_dist=True)
         publish(tmp, final, ckpt_dir, {**meta, "drain_s": round(time.perf_counter() - t0, 6)}, keep)
         ok = True
         return final

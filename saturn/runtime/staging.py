@@ -16,7 +16,15 @@ saver's (a foreign or recycled pid, a non-numeric or negative value) is ignored 
 and left in the file, never trusted and never crashing a save (#31). When a save needs more than
 the budget has left, it waits until a drain frees a buffer (here or in another process), at most
 `WAIT_LIMIT_S`, then the caller saves synchronously: the next save blocks, which is what the
-planner assumes for that case (`saturn.planner.inputs.job_phases`).
+planner assumes for that case (`saturn.planner.inputs.job_phases`). The budget alone does not
+know what the job itself holds (a spilled job keeps its whole fp32 state on the host), so a new
+buffer is also allocated only if it fits in the memory the host has available now
+(`causes.host_available_bytes`) minus `host_margin_bytes()`; otherwise the save is synchronous,
+from the tensors as they are (issue 33: a 6.7B spilled job was OOM-killed at its save).
+
+`exact_views(state)` gives DCP tensors it writes without copying: DCP clones every tensor whose
+storage is bigger than the tensor (a view into a flat buffer: spilling's masters and moments, a
+staging buffer's views), and freed clones stay resident in the allocator's arenas.
 
     area = StagingArea()
     buf, waited_s = area.acquire(nbytes_of(state))   # blocks while the budget is full
@@ -39,6 +47,7 @@ from typing import Any, Optional
 import torch
 from filelock import FileLock
 
+from saturn.runtime.causes import host_available_bytes
 from saturn.runtime.process import pid_alive
 
 _ALIGN = 64  # every tensor starts at a 64-byte offset (any dtype's alignment)
@@ -65,6 +74,25 @@ def budget_bytes() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 16 * _GIB
+
+
+def host_margin_bytes() -> int:
+    """Memory a staging buffer leaves free on the host: 5% of it, at least 2 GiB (page cache
+    for the drain's writes, data loaders, the allocator's slack)."""
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - unknown size: the floor
+        total = 0
+    return max(2 * _GIB, total // 20)
+
+
+def host_fits(nbytes: int) -> bool:
+    """Whether a new host allocation of `nbytes` fits in what the host has available now (minus
+    `host_margin_bytes()`); True when that is unknown (the budget still applies)."""
+    avail = host_available_bytes()
+    return avail is None or int(nbytes) <= avail - host_margin_bytes()
 
 
 def ledger_path() -> Path:
@@ -197,7 +225,8 @@ class StagingArea:
     def acquire(self, nbytes: int, timeout_s: Optional[float] = None) -> tuple[Optional[torch.Tensor], float]:
         """A buffer of at least `nbytes`, and the seconds waited for the budget. Waits while the
         node's budget is full (at most `timeout_s`, default `WAIT_LIMIT_S`); None when `nbytes`
-        exceeds the whole budget or the wait timed out (the caller then saves synchronously)."""
+        exceeds the whole budget or what the host has available, or the wait timed out (the
+        caller then saves synchronously)."""
         timeout_s = WAIT_LIMIT_S if timeout_s is None else timeout_s
         t0 = time.perf_counter()
         if nbytes > self.ledger.budget:
@@ -215,6 +244,8 @@ class StagingArea:
                 for b in self._free:
                     self._free_buffer(b)
                 self._free.clear()
+                if not host_fits(nbytes):  # the job holds the host's memory: save synchronously
+                    return None, time.perf_counter() - t0
                 if self.ledger.try_reserve(nbytes):
                     break
                 if time.perf_counter() - t0 > timeout_s:
@@ -317,3 +348,32 @@ def copy_into(state: Any, buf: torch.Tensor) -> Any:
     if cuda:
         torch.cuda.synchronize()
     return out
+
+
+def exact_views(state: Any) -> Any:
+    """`state` with each plain contiguous CPU tensor that views a bigger storage replaced by a
+    tensor over the same memory whose storage is exactly its bytes (no copy), so DCP's writer
+    does not clone it (`_SerialCpuLoader`/`_OverlappingCpuLoader` clone such views: a model-sized
+    copy of a spilled job's flat buffers). Others (DTensors, GPU tensors) stay as they are."""
+    import numpy as np
+
+    def walk(obj: Any) -> Any:
+        if type(obj) is torch.Tensor and obj.device.type == "cpu" and obj.is_contiguous() \
+                and obj.untyped_storage().nbytes() != obj.numel() * obj.element_size() and obj.numel():
+            t = obj.detach()
+            as_int = {torch.bfloat16: torch.int16, torch.float16: torch.int16}.get(t.dtype)
+            try:
+                arr = (t.view(as_int) if as_int else t).numpy()
+            except (TypeError, RuntimeError):  # a dtype numpy lacks: DCP copies it
+                return obj
+            out = torch.from_numpy(np.ascontiguousarray(arr))
+            return out.view(t.dtype) if as_int else out
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        if isinstance(obj, tuple):
+            return tuple(walk(v) for v in obj)
+        return obj
+
+    return walk(state)

@@ -36,7 +36,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from saturn.runtime import drain
+from saturn.runtime import drain, staging
 from saturn.training.catalog import CheckpointWarning, Owner, intact_checkpoints, read_meta
 
 
@@ -72,6 +72,9 @@ def save_state(ckpt_dir: str, step: int, model_sd: dict[str, Any], optim_sd: dic
         staged = drain.save_staged(state, tmp, final, ckpt_dir, {**meta, "step": int(step)}, keep)
         if staged is not None:
             return staged
+        # No room to stage (the node's budget or the host's available memory): write from the
+        # tensors as they are. Never DCP's stager here: its copy is unbudgeted (issue 33).
+        background = False
     drain.wait_drains(ckpt_dir)  # a synchronous save publishes after the staged ones of its directory
     if drain.rank() == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
@@ -79,11 +82,11 @@ def save_state(ckpt_dir: str, step: int, model_sd: dict[str, Any], optim_sd: dic
         os.makedirs(tmp)
     _barrier()
     meta = {**meta, "step": int(step)}
-    if background and not drain.BACKGROUND.broken:
+    if background and not drain.BACKGROUND.broken and drain.async_fits(state):
         started = drain.save_async(state, tmp, final, ckpt_dir, meta, keep)
         return started if started is not None else save_state(ckpt_dir, step, model_sd, optim_sd,
                                                                meta, keep)
-    dcp.save(state, checkpoint_id=tmp)
+    dcp.save(staging.exact_views(state), checkpoint_id=tmp)  # views written without a copy
     _barrier()
     if drain.rank() == 0:
         drain.publish(tmp, final, ckpt_dir, meta, keep)
