@@ -257,7 +257,7 @@ def async_fits(state: dict[str, Any]) -> bool:
     local = [t.to_local() if isinstance(t, DTensor) else t for t in staging.tensors_of(state)]
     need = sum(t.numel() * t.element_size() for t in local)
     ok = staging.host_fits(need * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
-    if world_size() > 1:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         flag = torch.tensor([1 if ok else 0])
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=BACKGROUND.group_for())
         ok = bool(flag.item())

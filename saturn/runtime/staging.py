@@ -355,8 +355,6 @@ def exact_views(state: Any) -> Any:
     tensor over the same memory whose storage is exactly its bytes (no copy), so DCP's writer
     does not clone it (`_SerialCpuLoader`/`_OverlappingCpuLoader` clone such views: a model-sized
     copy of a spilled job's flat buffers). Others (DTensors, GPU tensors) stay as they are."""
-    import numpy as np
-
     def walk(obj: Any) -> Any:
         if type(obj) is torch.Tensor and obj.device.type == "cpu" and obj.is_contiguous() \
                 and obj.untyped_storage().nbytes() != obj.numel() * obj.element_size() and obj.numel():
@@ -366,8 +364,8 @@ def exact_views(state: Any) -> Any:
                 arr = (t.view(as_int) if as_int else t).numpy()
             except (TypeError, RuntimeError):  # a dtype numpy lacks: DCP copies it
                 return obj
-            out = torch.from_numpy(np.ascontiguousarray(arr))
-            return out.view(t.dtype) if as_int else out
+            out = torch.from_numpy(arr)  # the same memory (contiguous), 0-dim stays 0-dim
+            return (out.view(t.dtype) if as_int else out).view(t.shape)
         if isinstance(obj, dict):
             return {k: walk(v) for k, v in obj.items()}
         if isinstance(obj, list):
