@@ -180,7 +180,7 @@ def saturn_run(name: str, model: dict[str, Any], numerics: str, steps: int, time
         state, _ = load_run(d / "run")
         seg = state.jobs["giant"].segments[-1]
         r.update(job_status=job["status"], steps=job["steps"], attempts=job["attempts"],
-                 technique=seg.technique, knobs=dict(seg.knobs), reason=job["reason"])
+                 technique=seg.technique, knobs=dict(seg.knobs), reason=job.get("cause") or job["reason"])
         times = []  # the training loop's own per-step lines (step_io.MetricsWriter), last attempt
         for f in sorted((d / "run").rglob("progress.jsonl"), key=lambda f: f.stat().st_mtime)[-1:]:
             rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
