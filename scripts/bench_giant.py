@@ -189,6 +189,8 @@ def saturn_run(name: str, model: dict[str, Any], numerics: str, steps: int, time
         r["s_per_step"] = statistics.median(times[1:] or times) if times else None
     except Exception as exc:  # noqa: BLE001 - what the run left is recorded as it is
         r["summary_error"] = f"{type(exc).__name__}: {exc}"
+    if status != "ok":  # what saturn run said (the log stays in the work directory only)
+        r["log_tail"] = (d / "saturn-run.log").read_text(errors="replace")[-1500:]
     return r
 
 
