@@ -35,9 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# Jobs run in forked processes that copy batches to the GPU: the parent must not initialize CUDA
-# before it forks them (a forked child then cannot use it). NVML answers torch.cuda.is_available()
-# without initializing CUDA; nothing else in the parent touches the GPU until the results are out.
+# Jobs run in spawned processes that copy batches to the GPU (on an H100 host a forked job found
+# CUDA already initialized in this parent and could not use it). NVML answers
+# torch.cuda.is_available() without initializing CUDA. Inside a job, the pipelines fork their
+# workers, which never touch the GPU.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -144,7 +145,7 @@ def _window(trace, t0, t1):
 
 
 def measure(arm: str, cfg: dict, data_dir: str, n_jobs: int, step_s: float, duration: float, tmp: str) -> dict:
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     cores = os.cpu_count() or 1
     barrier, q = ctx.Barrier(n_jobs), ctx.Queue()
     ledger = os.path.join(tmp, f"ledger-{arm}-{n_jobs}-{time.time_ns()}.json")

@@ -180,7 +180,7 @@ def saturn_run(name: str, model: dict[str, Any], numerics: str, steps: int, time
         state, _ = load_run(d / "run")
         seg = state.jobs["giant"].segments[-1]
         r.update(job_status=job["status"], steps=job["steps"], attempts=job["attempts"],
-                 technique=seg.technique, knobs=dict(seg.knobs), reason=job["reason"])
+                 technique=seg.technique, knobs=dict(seg.knobs), reason=job.get("cause") or job["reason"])
         times = []  # the training loop's own per-step lines (step_io.MetricsWriter), last attempt
         for f in sorted((d / "run").rglob("progress.jsonl"), key=lambda f: f.stat().st_mtime)[-1:]:
             rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
@@ -189,6 +189,8 @@ def saturn_run(name: str, model: dict[str, Any], numerics: str, steps: int, time
         r["s_per_step"] = statistics.median(times[1:] or times) if times else None
     except Exception as exc:  # noqa: BLE001 - what the run left is recorded as it is
         r["summary_error"] = f"{type(exc).__name__}: {exc}"
+    if status != "ok":  # what saturn run said (the log stays in the work directory only)
+        r["log_tail"] = (d / "saturn-run.log").read_text(errors="replace")[-1500:]
     return r
 
 

@@ -43,13 +43,22 @@ step() {  # step NAME LIMIT_S CMD...
   cat /sys/fs/cgroup/memory.max 2>/dev/null; \
   python3 -c 'import torch; print(torch.__version__, torch.cuda.is_available())'; } > "$RES/machine.txt" 2>&1
 
-# Issue 33: gpt-6.7b from an empty store (default numerics) and DeepSpeed ZeRO-3 offload on it.
-step giant-a 620 python3 scripts/bench_giant.py --only probes,saturn-6.7b,deepspeed-6.7b --out-dir "$RES/giant"
-# Issue 35: input pipelines vs DataLoader (defaults, hand-tuned grid, naive) for 1, 2, 4 jobs.
-step data 260 python3 scripts/bench_data.py --budget-s 230 --json "$RES/data.json"
-# Issue 36: K fused GPT-2 small / ViT-base vs K jobs one after another.
-step fused 240 python3 scripts/bench_fused.py --budget-s 200
-# Issue 33: gpt-13b with numerics: low-memory; gpt-2.7b at a 7 GB cap vs DeepSpeed offload.
-step giant-b 660 python3 scripts/bench_giant.py --only saturn-13b,cap7 --out-dir "$RES/giant"
+# STEPS picks and orders the steps (default: all, in this order).
+for s in ${STEPS:-giant-a data fused giant-b}; do
+  case $s in
+    # Issue 33: gpt-6.7b from an empty store (default numerics) and DeepSpeed ZeRO-3 offload on it.
+    giant-a) step giant-a 620 python3 scripts/bench_giant.py --only probes,saturn-6.7b,deepspeed-6.7b \
+               --out-dir "$RES/giant" ;;
+    giant-67) step giant-67 330 python3 scripts/bench_giant.py --only probes,saturn-6.7b --out-dir "$RES/giant" ;;
+    # Issue 35: input pipelines vs DataLoader (defaults, hand-tuned grid, naive) for 1, 2, 4 jobs.
+    data) step data 260 python3 scripts/bench_data.py --budget-s ${DATA_BUDGET_S:-230} --json "$RES/data.json" ;;
+    # Issue 36: K fused GPT-2 small / ViT-base vs K jobs one after another.
+    fused) step fused 240 python3 scripts/bench_fused.py --budget-s ${FUSED_BUDGET_S:-200} ;;
+    # Issue 33: gpt-13b with numerics: low-memory; gpt-2.7b at a 7 GB cap vs DeepSpeed offload.
+    giant-b) step giant-b 660 python3 scripts/bench_giant.py --only saturn-13b,cap7 --out-dir "$RES/giant" ;;
+    giant-13) step giant-13 400 python3 scripts/bench_giant.py --only saturn-13b --out-dir "$RES/giant" ;;
+    *) echo "== unknown step $s" >> "$RES/session.log" ;;
+  esac
+done
 tar czf "$RES/bench.tgz" benchmarks BENCHMARKS.md 2>/dev/null
 echo "== done $(date +%T)" >> "$RES/session.log"

@@ -67,7 +67,7 @@ def summarize(run_dir: Union[str, Path]) -> dict[str, Any]:
                      "attempts": len(segs), "loss": js.loss, "start_s": start, "end_s": end,
                      "planned_runtime_s": pred, "actual_runtime_s": actual, "prediction_error": err,
                      "durable_s": durable, "phases": attempt_phases(segs),
-                     "reason": js.reason[-300:] if js.reason else "",
+                     "reason": js.reason[:300] if js.reason else "",  # the head names the cause
                      "cause": failure_cause(js.reason) if js.status == "failed" else "",
                      "log": js.log if js.log and Path(js.log).exists() else _existing_log(run_dir, js.name),
                      "group": next((s.knobs["group"] for s in reversed(segs) if s.knobs.get("group")), None)})

@@ -38,17 +38,21 @@ exactly.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from saturn.fused.grouping import FusionRefusal, check_group
 from saturn.fused.vmap_check import vmap_refusal
 from saturn.training import checkpoint as ckpt
 from saturn.training import loop as training
 from saturn.zoo.data import batch_for_step, made_on_device
+
+VMAP_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -195,7 +199,11 @@ class FusedEngine:
         for t in self.params.values():
             t.grad = None
         job0 = self.members[0].job
-        with training.autocast(job0, self.device.type):
+        # Under vmap on CUDA, the memory-efficient attention kernel's backward refuses the batched
+        # log-sum-exp's strides (an H100 run: "LSE is not correctly aligned (strideH)"): flash
+        # attention where it applies, else the math kernel.
+        kernels = sdpa_kernel(VMAP_SDPA_BACKENDS) if self.device.type == "cuda" else nullcontext()
+        with training.autocast(job0, self.device.type), kernels:
             losses = self._vloss(self.params, self.buffers, x, y)
         scalers = [m.scaler for m in self.members if m.scaler is not None]  # fp16: all or none
         scaled = [s.scale(losses[k]) for k, s in enumerate(scalers)]
