@@ -336,13 +336,7 @@ def copy_into(state: Any, buf: torch.Tensor) -> Any:
             cuda = cuda or src.is_cuda
             dst.copy_(src, non_blocking=src.is_cuda)
             return dst
-        if isinstance(obj, dict):
-            return {k: walk(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [walk(v) for v in obj]
-        if isinstance(obj, tuple):
-            return tuple(walk(v) for v in obj)
-        return copy.deepcopy(obj)
+        return map_state(obj, walk, copy.deepcopy)
 
     out = walk(state)
     if cuda:
@@ -366,12 +360,17 @@ def exact_views(state: Any) -> Any:
                 return obj
             out = torch.from_numpy(arr)  # the same memory (contiguous), 0-dim stays 0-dim
             return (out.view(t.dtype) if as_int else out).view(t.shape)
-        if isinstance(obj, dict):
-            return {k: walk(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [walk(v) for v in obj]
-        if isinstance(obj, tuple):
-            return tuple(walk(v) for v in obj)
-        return obj
+        return obj if isinstance(obj, torch.Tensor) else map_state(obj, walk, lambda v: v)
 
     return walk(state)
+
+
+def map_state(obj: Any, walk: Any, leaf: Any) -> Any:
+    """`obj` with `walk` applied to each value of a dict/list/tuple, `leaf(obj)` otherwise."""
+    if isinstance(obj, dict):
+        return {k: walk(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [walk(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(walk(v) for v in obj)
+    return leaf(obj)
