@@ -40,7 +40,7 @@ step() {  # step NAME LIMIT_S CMD...
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g; \
-  cat /sys/fs/cgroup/memory.max 2>/dev/null; \
+  cat /sys/fs/cgroup/memory.max 2>/dev/null; df -h /tmp; \
   python3 -c 'import torch; print(torch.__version__, torch.cuda.is_available())'; } > "$RES/machine.txt" 2>&1
 
 # STEPS picks and orders the steps (default: all, in this order).
