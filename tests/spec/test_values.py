@@ -3,13 +3,12 @@ field path (and the file and line), exit 2, no traceback; and the model-replacin
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import yaml
 
 from saturn.errors import SpecError
 from saturn.spec import load_workload
+from tests.helpers.cli import saturn_cli
 
 HEAD = """\
 name: w
@@ -19,21 +18,11 @@ defaults: {model: gpt2-tiny, batch_size: 4, seq_len: 16, steps: 10}
 
 
 def _validate(tmp_path, capsys, text: str):
-    from saturn.cli.main import run
-
     p = tmp_path / "w.yaml"
     p.write_text(text)
-    old = sys.argv
-    sys.argv = ["saturn", "validate", str(p)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            run()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return e.value.code, text, str(p)
+    code, out, _ = saturn_cli(["validate", p], capsys)
+    assert "Traceback" not in out
+    return code, out, str(p)
 
 
 BAD = {
