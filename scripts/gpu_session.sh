@@ -8,7 +8,8 @@
 # at every call, which would overwrite what a step writes into the checkout. Results: RES/session.log
 # (one line per step: name, start, rc, end), RES/<step>.log, RES/<step>/ (each script's --out-dir or
 # --json) and RES/tree/ (benchmarks/ and BENCHMARKS.md as the scripts left them).
-# Needs .whl/: wheels for the packages the GPU image lacks (../shared/device/build-wheels.sh).
+# Needs .whl/: wheels for the packages the GPU image lacks (highspy, pydantic, deepspeed, ...), built
+# for Python 3.12 manylinux x86_64 and installed with pip --target.
 # DEADLINE_S (default 1380): no step starts after this many seconds from the session's start;
 # HARD_S (default 1560): every step's time limit is cut so that it ends by then.
 set -u
